@@ -1,0 +1,1 @@
+"""The attach relay: the Kubernetes WebSocket channel protocol, sans-I/O (:mod:`.protocol`)."""
