@@ -1,0 +1,589 @@
+"""Parse ``hgrun.yaml``, an app's manifest, into a :class:`~hgrun.models.Manifest`.
+
+The YAML is composed into nodes (not loaded into plain values) so that every error can name the
+line and column of the node at fault and its key path, e.g. ``hgrun.yaml:12:14:
+scripts.nightly.timeout: "10 minutes" is not a duration``. Everything is validated here: unknown
+keys, types, durations, sizes, cron expressions, time zones, names. yaml's own exceptions are
+translated here and nowhere else. docs/manifest.md documents the format.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import urllib.parse
+import zoneinfo
+from collections.abc import Iterable, Mapping
+from pathlib import PurePosixPath
+
+import yaml
+from croniter import croniter
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from hgrun.duration import parse_duration
+from hgrun.errors import ManifestError
+from hgrun.models import (
+    APP_NAME,
+    DEFAULT_SIZE,
+    ENV_NAME,
+    SIZES,
+    Build,
+    Catchup,
+    Concurrency,
+    Manifest,
+    Notify,
+    Script,
+)
+
+STACKS = ("python", "node")
+NOTIFY_EVENTS = ("failure", "success", "timeout")
+# The @-macros of Vixie cron that name a schedule; @reboot names an event, which hgrun has not.
+CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+# A Docker network name (moby: daemon/network, "validNetworkNameRegex" [a-zA-Z0-9][a-zA-Z0-9_.-]).
+# This refuses "container:<id>", which would join another container's namespace.
+NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# croniter extensions that Vixie cron, Kubernetes and Nomad do not read: H (hashed) and R (random)
+# as a whole field item, e.g. "H", "H/15", "H(0-29)", "R". Month and day names hold no item
+# starting with H or R, so THU or MAR are not caught.
+_CRON_HASHED = re.compile(r"(?:^|,)[HhRr](?:$|[(/,])")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+_TOP_KEYS = ("name", "build", "env", "size", "network", "scripts")
+_BUILD_KEYS = ("dockerfile", "stack", "base")
+_SCRIPT_KEYS = (
+    "command",
+    "process",
+    "timeout",
+    "size",
+    "concurrency",
+    "cron",
+    "catchup",
+    "starting_deadline",
+    "timezone",
+    "history",
+    "notify",
+)
+_NOTIFY_KEYS = ("webhook", "email", "on")
+
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_NULL = "tag:yaml.org,2002:null"
+_MERGE = "tag:yaml.org,2002:merge"
+_KINDS = {
+    _STR: "a string",
+    _INT: "a number",
+    _FLOAT: "a number",
+    _NULL: "nothing",
+    "tag:yaml.org,2002:bool": "a boolean",
+    "tag:yaml.org,2002:timestamp": "a date",
+}
+
+_DURATION_HINT = "use a number with a unit, like 90s, 15m or 1h"
+_CRON_HINT = (
+    'use 5 fields "minute hour day-of-month month day-of-week", like "0 4 * * *", '
+    "or one of " + ", ".join(CRON_MACROS)
+)
+
+Path = tuple[str, ...]
+
+
+def parse_manifest(
+    text: str, file: str = "hgrun.yaml", procfile: Mapping[str, str] | None = None
+) -> Manifest:
+    """Parse and validate the manifest ``text``; ``file`` names it in errors.
+
+    When ``procfile`` (as returned by :func:`hgrun.procfile.parse_procfile`) is given, a script's
+    ``process:`` must name one of its types. The build stack is recorded as written; detecting it
+    from the app's files is the CLI's job at deploy time.
+
+    Raises :class:`ManifestError` for YAML syntax errors and for any invalid content, located at
+    the offending node as ``file:line:col`` with the key path in the message.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        problem = e.problem or e.context or "syntax error"
+        hint = (
+            "indent with spaces, not tabs"
+            if "\\t" in problem
+            else "check the indentation, and quote values that contain ': ' or ' #' "
+            "or start with a special character such as *, &, !, @ or `"
+        )
+        raise ManifestError(
+            f"invalid YAML: {problem}",
+            file=file,
+            line=mark.line + 1 if mark else None,
+            col=mark.column + 1 if mark else None,
+            hint=hint,
+        ) from e
+    except yaml.YAMLError as e:
+        # A ReaderError (a character YAML does not allow) carries a position, not a mark.
+        position = getattr(e, "position", None)
+        line = text.count("\n", 0, position) + 1 if isinstance(position, int) else None
+        raise ManifestError(
+            f"invalid YAML: {e}",
+            file=file,
+            line=line,
+            hint="remove control characters; the manifest must be UTF-8 text",
+        ) from e
+    if root is None:
+        raise ManifestError(
+            "the manifest is empty",
+            file=file,
+            hint="start it with the app's name, e.g. 'name: myapp'; see docs/manifest.md",
+        )
+    return _Reader(file, procfile).manifest(root)
+
+
+def cron_problem(expr: str) -> str | None:
+    """Return why ``expr`` is not a schedule hgrun accepts, or ``None`` when it is.
+
+    Accepted: 5 fields (minute hour day-of-month month day-of-week) that croniter validates
+    strictly (so ``0 0 31 2 *``, a date that never comes, is refused), or one of
+    :data:`CRON_MACROS`. Refused although croniter reads them: a seconds or year field (6 or 7
+    fields), ``@reboot``, and ``H``/``R`` items, which other schedulers read differently or not
+    at all.
+    """
+    e = expr.strip()
+    if not e:
+        return "is empty"
+    if e.startswith("@"):
+        if e.lower() == "@reboot":
+            return "@reboot is not supported: hgrun schedules by time only"
+        if e.lower() not in CRON_MACROS:
+            return f"unknown macro {e!r}"
+        return None
+    fields = e.split()
+    if len(fields) != 5:
+        return f"has {len(fields)} fields, expected 5"
+    if any(_CRON_HASHED.search(f) for f in fields):
+        return "H (hashed) and R (random) values are not supported"
+    if not croniter.is_valid(e, strict=True):
+        return "is not a valid cron expression"
+    return None
+
+
+class _Reader:
+    """Walks the composed node tree; each method validates one kind of value at a key path."""
+
+    def __init__(self, file: str, procfile: Mapping[str, str] | None) -> None:
+        self.file = file
+        self.procfile = procfile
+
+    def error(self, node: Node, path: Path, what: str, hint: str | None = None) -> ManifestError:
+        prefix = f"{'.'.join(path)}: " if path else ""
+        return ManifestError(
+            prefix + what,
+            file=self.file,
+            line=node.start_mark.line + 1,
+            col=node.start_mark.column + 1,
+            hint=hint,
+        )
+
+    # -- shapes ---------------------------------------------------------------------------------
+
+    def mapping(
+        self, node: Node, path: Path, allowed: Iterable[str] | None = None
+    ) -> dict[str, tuple[Node, Node]]:
+        """Return ``{key: (key node, value node)}``; refuse non-mappings, duplicates, unknowns.
+
+        ``allowed=None`` admits any key (env names, script names); the caller checks them.
+        """
+        if not isinstance(node, MappingNode):
+            raise self.error(node, path, f"expected a mapping, found {_kind(node)}")
+        known = tuple(allowed) if allowed is not None else None
+        items: dict[str, tuple[Node, Node]] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode):
+                raise self.error(key_node, path, f"a key must be a string, not {_kind(key_node)}")
+            if key_node.tag == _MERGE:
+                raise self.error(
+                    key_node,
+                    path,
+                    "merge keys (<<) are not supported",
+                    hint="write the keys out in each mapping",
+                )
+            # The key's text as written: with YAML 1.1 resolution, "on:" would be the boolean true.
+            key = key_node.value
+            if key in items:
+                first = items[key][0].start_mark.line + 1
+                raise self.error(
+                    key_node,
+                    (*path, key),
+                    "duplicate key",
+                    hint=f"it is already set on line {first}; keep one of the two",
+                )
+            if known is not None and key not in known:
+                raise self.error(
+                    key_node,
+                    (*path, key),
+                    "unknown key",
+                    hint=_suggest(key, known, "valid keys here: " + ", ".join(known)),
+                )
+            items[key] = (key_node, value_node)
+        return items
+
+    def optional_mapping(
+        self, node: Node, path: Path, allowed: Iterable[str] | None = None
+    ) -> dict[str, tuple[Node, Node]]:
+        # "scripts:" with every entry commented out is an empty section, not an error.
+        if isinstance(node, ScalarNode) and node.tag == _NULL:
+            return {}
+        return self.mapping(node, path, allowed)
+
+    def string(self, node: Node, path: Path, *, example: str = "") -> str:
+        if not isinstance(node, ScalarNode) or node.tag != _STR:
+            hint = f"write it as a string, e.g. {example}" if example else None
+            if isinstance(node, ScalarNode) and node.tag not in (_NULL,):
+                hint = f'put it in quotes: "{node.value}"'
+            raise self.error(node, path, f"expected a string, found {_kind(node)}", hint=hint)
+        if not node.value.strip():
+            raise self.error(node, path, "must not be empty", hint=example or None)
+        return str(node.value)
+
+    def choice(self, node: Node, path: Path, choices: Iterable[str]) -> str:
+        options = tuple(choices)
+        value = self.string(node, path, example=options[0])
+        if value not in options:
+            raise self.error(
+                node,
+                path,
+                f"{_show(value)} is not one of {', '.join(options)}",
+                hint=_suggest(value, options, "use one of: " + ", ".join(options)),
+            )
+        return value
+
+    def duration(self, node: Node, path: Path) -> float:
+        if not isinstance(node, ScalarNode) or node.tag not in (_STR, _INT, _FLOAT):
+            raise self.error(
+                node, path, f"expected a duration, found {_kind(node)}", hint=_DURATION_HINT
+            )
+        try:
+            return parse_duration(node.value)
+        except ValueError as e:
+            raise self.error(
+                node, path, f"{_show(node.value)} is not a duration ({e})", hint=_DURATION_HINT
+            ) from e
+
+    def integer(self, node: Node, path: Path, *, minimum: int) -> int:
+        if not isinstance(node, ScalarNode) or node.tag != _INT:
+            raise self.error(
+                node, path, f"expected a whole number, found {_kind(node)}", hint=f"e.g. {minimum}"
+            )
+        value = int(yaml.constructor.SafeConstructor().construct_yaml_int(node))
+        if value < minimum:
+            raise self.error(node, path, f"must be at least {minimum}, not {value}")
+        return value
+
+    def strings(self, node: Node, path: Path, *, example: str) -> list[str]:
+        """A string or a list of strings, as a list."""
+        if isinstance(node, SequenceNode):
+            values = [self.string(item, path, example=example) for item in node.value]
+            if not values:
+                raise self.error(node, path, "the list is empty", hint=f"e.g. [{example}]")
+            return values
+        return [self.string(node, path, example=example)]
+
+    # -- the manifest -----------------------------------------------------------------------------
+
+    def manifest(self, root: Node) -> Manifest:
+        if not isinstance(root, MappingNode):
+            raise self.error(
+                root,
+                (),
+                f"the manifest must be a mapping of keys, found {_kind(root)}",
+                hint="start it with the app's name, e.g. 'name: myapp'; see docs/manifest.md",
+            )
+        top = self.mapping(root, (), _TOP_KEYS)
+        if "name" not in top:
+            raise self.error(
+                root,
+                (),
+                "missing required key 'name'",
+                hint="add the app's name at the top, e.g. 'name: myapp'",
+            )
+        name = self.string(top["name"][1], ("name",), example="myapp")
+        if not APP_NAME.match(name):
+            raise self.error(
+                top["name"][1],
+                ("name",),
+                f"{_show(name)} is not a valid app name",
+                hint="use lowercase letters, digits and '-', starting with a letter "
+                "(at most 63 characters)",
+            )
+        build = self.build(top["build"][1]) if "build" in top else Build()
+        env = self.env(top["env"][1]) if "env" in top else {}
+        size = self.size(top["size"][1], ("size",)) if "size" in top else DEFAULT_SIZE
+        network = self.network(top["network"][1]) if "network" in top else "none"
+        scripts: list[Script] = []
+        if "scripts" in top:
+            section = self.optional_mapping(top["scripts"][1], ("scripts",))
+            for script_name, (key_node, value_node) in section.items():
+                scripts.append(self.script(script_name, key_node, value_node))
+        return Manifest(
+            name=name, build=build, env=env, size=size, network=network, scripts=tuple(scripts)
+        )
+
+    def build(self, node: Node) -> Build:
+        path: Path = ("build",)
+        items = self.optional_mapping(node, path, _BUILD_KEYS)
+        dockerfile = stack = base = None
+        if "dockerfile" in items:
+            value_node = items["dockerfile"][1]
+            dockerfile = self.string(value_node, (*path, "dockerfile"), example="Dockerfile")
+            pure = PurePosixPath(dockerfile)
+            if pure.is_absolute() or ".." in pure.parts:
+                raise self.error(
+                    value_node,
+                    (*path, "dockerfile"),
+                    f"{_show(dockerfile)} is outside the app directory",
+                    hint="give a path relative to the app directory, like Dockerfile or "
+                    "docker/Dockerfile",
+                )
+        if "stack" in items:
+            key_node, value_node = items["stack"]
+            stack = self.choice(value_node, (*path, "stack"), STACKS)
+            if dockerfile is not None:
+                raise self.error(
+                    key_node,
+                    (*path, "stack"),
+                    "give either dockerfile or stack, not both",
+                    hint="stack generates a Dockerfile; remove it to build your own Dockerfile",
+                )
+        if "base" in items:
+            key_node, value_node = items["base"]
+            base = self.string(value_node, (*path, "base"), example="hgrun/python:bookworm")
+            if any(c.isspace() for c in base):
+                raise self.error(
+                    value_node,
+                    (*path, "base"),
+                    f"{_show(base)} is not an image name",
+                    hint="e.g. hgrun/python:bookworm",
+                )
+            if dockerfile is not None:
+                raise self.error(
+                    key_node,
+                    (*path, "base"),
+                    "base applies only to a generated Dockerfile, not to dockerfile",
+                    hint="set the base image in your Dockerfile's FROM line, and remove base",
+                )
+        return Build(dockerfile=dockerfile, stack=stack, base=base)
+
+    def env(self, node: Node) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for key, (key_node, value_node) in self.optional_mapping(node, ("env",)).items():
+            path = ("env", key)
+            if not ENV_NAME.match(key):
+                raise self.error(
+                    key_node,
+                    path,
+                    f"{_show(key)} is not a valid environment variable name",
+                    hint="use letters, digits and '_', not starting with a digit",
+                )
+            if not isinstance(value_node, ScalarNode):
+                raise self.error(
+                    value_node,
+                    path,
+                    f"expected a string, found {_kind(value_node)}",
+                    hint="environment values are strings; quote the whole value",
+                )
+            if value_node.tag == _NULL:
+                raise self.error(
+                    value_node, path, "has no value", hint='write KEY: "" for an empty value'
+                )
+            # The text as written: "DEBUG: no" stays "no" and "PORT: 0800" stays "0800", where
+            # YAML 1.1 would have made them False and 800.
+            env[key] = str(value_node.value)
+        return env
+
+    def size(self, node: Node, path: Path) -> str:
+        return self.choice(node, path, SIZES)
+
+    def network(self, node: Node) -> str:
+        path: Path = ("network",)
+        value = self.string(node, path, example="none")
+        if not NETWORK_NAME.match(value):
+            raise self.error(
+                node,
+                path,
+                f"{_show(value)} is not a network name",
+                hint="use none, host, or the name of a Docker network "
+                "(letters, digits, '_', '.', '-')",
+            )
+        return value
+
+    def script(self, name: str, key_node: Node, node: Node) -> Script:
+        path: Path = ("scripts", name)
+        if not APP_NAME.match(name):
+            raise self.error(
+                key_node,
+                path,
+                f"{_show(name)} is not a valid script name",
+                hint="use lowercase letters, digits and '-', starting with a letter",
+            )
+        # "nightly:" with nothing under it reads as null: report what is missing, not the type.
+        items = self.optional_mapping(node, path, _SCRIPT_KEYS)
+
+        def at(key: str) -> Path:
+            return (*path, key)
+
+        both_hint = "command: runs a shell command; process: runs a Procfile process type"
+        if "command" in items and "process" in items:
+            raise self.error(
+                items["process"][0], path, "give either command or process, not both", both_hint
+            )
+        if "command" not in items and "process" not in items:
+            raise self.error(key_node, path, "needs a command or a process", both_hint)
+        command = process = None
+        if "command" in items:
+            command = self.string(items["command"][1], at("command"), example="python3 task.py")
+        else:
+            value_node = items["process"][1]
+            process = self.string(value_node, at("process"), example="worker")
+            if self.procfile is not None and process not in self.procfile:
+                known = tuple(self.procfile)
+                defined = "the Procfile defines: " + ", ".join(known) if known else ""
+                raise self.error(
+                    value_node,
+                    at("process"),
+                    f"{_show(process)} is not a process type in the Procfile",
+                    hint=_suggest(process, known, defined or "the Procfile defines no types"),
+                )
+        d = Script(name=name)
+
+        def get(key: str) -> Node | None:
+            return items[key][1] if key in items else None
+
+        n = get("timeout")
+        timeout = self.duration(n, at("timeout")) if n else d.timeout
+        n = get("size")
+        size = self.size(n, at("size")) if n else d.size
+        n = get("concurrency")
+        concurrency = (
+            Concurrency(self.choice(n, at("concurrency"), Concurrency)) if n else d.concurrency
+        )
+        n = get("cron")
+        cron = self.cron(n, at("cron")) if n else d.cron
+        n = get("catchup")
+        catchup = Catchup(self.choice(n, at("catchup"), Catchup)) if n else d.catchup
+        n = get("starting_deadline")
+        deadline = self.duration(n, at("starting_deadline")) if n else d.starting_deadline
+        n = get("timezone")
+        timezone = self.timezone(n, at("timezone")) if n else d.timezone
+        n = get("history")
+        history = self.integer(n, at("history"), minimum=1) if n else d.history
+        n = get("notify")
+        notify = self.notify(n, at("notify")) if n else d.notify
+        return Script(
+            name=name,
+            command=command,
+            process=process,
+            timeout=timeout,
+            size=size,
+            concurrency=concurrency,
+            cron=cron,
+            catchup=catchup,
+            starting_deadline=deadline,
+            timezone=timezone,
+            history=history,
+            notify=notify,
+        )
+
+    def cron(self, node: Node, path: Path) -> str:
+        expr = self.string(node, path, example='"0 4 * * *"').strip()
+        problem = cron_problem(expr)
+        if problem is not None:
+            raise self.error(node, path, f"{_show(expr)} {problem}", hint=_CRON_HINT)
+        return expr
+
+    def timezone(self, node: Node, path: Path) -> str:
+        name = self.string(node, path, example="Europe/Paris")
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as e:
+            raise self.error(
+                node,
+                path,
+                f"{_show(name)} is not a known time zone",
+                hint=_suggest(
+                    name,
+                    sorted(zoneinfo.available_timezones()),
+                    "use an IANA time zone name, like UTC or Europe/Paris",
+                ),
+            ) from e
+        return name
+
+    def notify(self, node: Node, path: Path) -> Notify:
+        items = self.mapping(node, path, _NOTIFY_KEYS)
+        webhook = None
+        if "webhook" in items:
+            value_node = items["webhook"][1]
+            webhook = self.string(
+                value_node, (*path, "webhook"), example="https://example.com/hook"
+            )
+            url = urllib.parse.urlsplit(webhook)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise self.error(
+                    value_node,
+                    (*path, "webhook"),
+                    f"{_show(webhook)} is not an http or https URL",
+                    hint="e.g. https://example.com/hooks/hgrun",
+                )
+        emails: list[str] = []
+        if "email" in items:
+            value_node = items["email"][1]
+            emails = self.strings(value_node, (*path, "email"), example="ops@example.com")
+            for address in emails:
+                if not _EMAIL.match(address):
+                    raise self.error(
+                        value_node,
+                        (*path, "email"),
+                        f"{_show(address)} is not an email address",
+                        hint="e.g. ops@example.com",
+                    )
+        if webhook is None and not emails:
+            raise self.error(
+                node,
+                path,
+                "needs a webhook or an email",
+                hint="add 'webhook: https://...' or 'email: [ops@example.com]', or remove notify",
+            )
+        on: tuple[str, ...] = Notify().on
+        if "on" in items:
+            value_node = items["on"][1]
+            events = self.strings(value_node, (*path, "on"), example="failure")
+            for event in events:
+                if event not in NOTIFY_EVENTS:
+                    raise self.error(
+                        value_node,
+                        (*path, "on"),
+                        f"{_show(event)} is not one of {', '.join(NOTIFY_EVENTS)}",
+                        hint=_suggest(
+                            event, NOTIFY_EVENTS, "use any of: " + ", ".join(NOTIFY_EVENTS)
+                        ),
+                    )
+            on = tuple(dict.fromkeys(events))
+        return Notify(webhook=webhook, email=tuple(emails), on=on)
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    kind = _KINDS.get(node.tag, "a value")
+    if node.tag == _NULL:
+        return kind
+    return f"{kind} {_show(node.value)}" if kind != "a string" else kind
+
+
+def _show(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _suggest(word: str, options: Iterable[str], otherwise: str) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else otherwise
