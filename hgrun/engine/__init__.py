@@ -1,0 +1,98 @@
+"""The engine interface: what the server needs from a container engine.
+
+Kept small on purpose so that a Docker Swarm (replicated-job) or Kubernetes Job backend fits the
+same shape. Only ``engine/docker.py`` imports ``docker``. Every engine failure is an
+:class:`hgrun.errors.EngineError` (or :class:`NotFoundError` for a container that is gone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import IO, Protocol
+
+from hgrun.models import Size
+
+LABEL_RUN = "hgrun.run"
+LABEL_APP = "hgrun.app"
+LABEL_WORKSPACE = "hgrun.workspace"
+LABEL_INSTANCE = "hgrun.instance"
+
+# Capabilities an ordinary app command needs, from Docker's default set: files owned by other
+# users (CHOWN, DAC_OVERRIDE, FOWNER, FSETID), dropping to another user (SETUID, SETGID),
+# signalling its own children (KILL) and binding ports below 1024 (NET_BIND_SERVICE).
+# Docker's defaults also grant MKNOD, NET_RAW, SETPCAP, SETFCAP, SYS_CHROOT and AUDIT_WRITE:
+# those are left out.
+CAPABILITIES = (
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "SETUID",
+    "SETGID",
+    "KILL",
+    "NET_BIND_SERVICE",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineInfo:
+    cpus: int
+    memory: int
+    version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerSpec:
+    """Everything needed to create a run's container; built from values, no I/O."""
+
+    image: str
+    command: Sequence[str]
+    env: Mapping[str, str]
+    labels: Mapping[str, str]
+    size: Size
+    network: str = "none"
+    tty: bool = False
+    stdin: bool = False
+    working_dir: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerState:
+    id: str
+    labels: Mapping[str, str]
+    running: bool
+    status: str  # created | running | exited | ...
+    exit_code: int | None
+    oom_killed: bool
+    error: str
+
+
+class AttachStream(Protocol):
+    """A container's attached stdio: raw bytes (multiplexed unless the container has a TTY)."""
+
+    async def read(self, n: int = 65536) -> bytes: ...
+    async def write(self, data: bytes) -> None: ...
+    async def close_stdin(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    def info(self) -> EngineInfo: ...
+    def image_id(self, image: str) -> str | None: ...
+    def build(
+        self, context: IO[bytes], *, tag: str, labels: Mapping[str, str], network: str
+    ) -> Iterator[str]: ...
+    def create(self, spec: ContainerSpec) -> str: ...
+    async def attach(self, container_id: str, *, stdin: bool, logs: bool) -> AttachStream: ...
+    async def put_archive(
+        self, container_id: str, path: str, data: AsyncIterator[bytes]
+    ) -> None: ...
+    async def logs(self, container_id: str) -> AsyncIterator[bytes]: ...
+    def start(self, container_id: str) -> None: ...
+    def resize(self, container_id: str, width: int, height: int) -> None: ...
+    def wait(self, container_id: str) -> int: ...
+    def inspect(self, container_id: str) -> ContainerState: ...
+    def stop(self, container_id: str, grace: float) -> None: ...
+    def remove(self, container_id: str) -> None: ...
+    def list(self, labels: Mapping[str, str]) -> list[ContainerState]: ...

@@ -1,0 +1,355 @@
+"""The Docker engine: the only module that imports ``docker``.
+
+docker-py serves the plain request/response calls (run in a worker thread by the caller). Three
+calls stream and are done here over asyncio instead, because docker-py buffers them: ``attach``
+(a hijacked connection: docker-py's requests layer can swallow the first bytes of it,
+docker-py#2466), ``put_archive`` (an upload streamed as it arrives, never held whole) and ``logs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import IO, Any
+
+import docker
+import docker.errors
+import httpx
+import requests.exceptions
+from docker.types import Ulimit
+
+from hgrun.engine import CAPABILITIES, ContainerSpec, ContainerState, EngineInfo
+from hgrun.errors import (
+    CommandNotFoundError,
+    EngineError,
+    HgrunError,
+    NotExecutableError,
+    NotFoundError,
+)
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+
+
+def create_args(spec: ContainerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """docker-py ``create_container`` kwargs and ``create_host_config`` kwargs for a run.
+
+    Hardening after OWASP's Docker cheat sheet: all capabilities dropped but the few an ordinary
+    command needs, no-new-privileges, a pids limit, memory without swap (memswap == memory),
+    CPU quota, an init process (docker-init, i.e. tini) that reaps zombies and forwards signals,
+    no core dumps. Never privileged, no devices, no mounts (so never the Docker socket).
+    """
+    host_config: dict[str, Any] = {
+        "network_mode": spec.network,
+        "init": True,
+        "cap_drop": ["ALL"],
+        "cap_add": list(CAPABILITIES),
+        "security_opt": ["no-new-privileges:true"],
+        "pids_limit": spec.size.pids,
+        "mem_limit": spec.size.memory,
+        "memswap_limit": spec.size.memory,
+        "nano_cpus": int(spec.size.cpus * 1e9),
+        "ulimits": [
+            {"Name": "nofile", "Soft": 4096, "Hard": 4096},
+            {"Name": "core", "Soft": 0, "Hard": 0},
+        ],
+        "privileged": False,
+    }
+    create: dict[str, Any] = {
+        "image": spec.image,
+        "command": list(spec.command),
+        "environment": dict(spec.env),
+        "labels": dict(spec.labels),
+        "tty": spec.tty,
+        # docker-py sets StdinOnce along with OpenStdin when detach is false: the container's
+        # stdin then closes when the attached client half-closes, which is how EOF reaches a
+        # piped command.
+        "stdin_open": spec.stdin,
+        "detach": False,
+        "working_dir": spec.working_dir,
+    }
+    return create, host_config
+
+
+@contextlib.contextmanager
+def _translate(what: str) -> Iterator[None]:
+    """Translate docker-py and transport errors into the hgrun error tree."""
+    try:
+        yield
+    except HgrunError:
+        raise
+    except docker.errors.NotFound as e:
+        raise NotFoundError(f"{what}: {_explain(e)}") from e
+    except docker.errors.APIError as e:
+        raise EngineError(f"{what}: {_explain(e)}") from e
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
+        raise EngineError(
+            f"{what}: cannot reach the Docker engine ({e})",
+            "check that dockerd runs and that --docker-host / DOCKER_HOST points at it",
+        ) from e
+
+
+def _explain(e: docker.errors.APIError) -> str:
+    return str(e.explanation or e)
+
+
+class _RawAttach:
+    """A hijacked attach connection: after the HTTP upgrade it is a plain byte pipe."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, leftover: bytes
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._leftover = leftover
+
+    async def read(self, n: int = 65536) -> bytes:
+        if self._leftover:
+            data, self._leftover = self._leftover, b""
+            return data
+        try:
+            return await self._reader.read(n)
+        except (ConnectionError, OSError):
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except (ConnectionError, OSError) as e:
+            raise EngineError(f"the container's stdin is closed ({e})") from e
+
+    async def close_stdin(self) -> None:
+        # A half-close of the hijacked connection closes the container's stdin (StdinOnce).
+        with contextlib.suppress(ConnectionError, OSError):
+            if self._writer.can_write_eof():
+                self._writer.write_eof()
+
+    async def close(self) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            self._writer.close()
+
+
+class DockerEngine:
+    def __init__(self, host: str | None = None, timeout: float = 120.0) -> None:
+        self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+        with _translate("cannot connect to the Docker engine"):
+            self._client = docker.DockerClient(base_url=self.host, version="auto", timeout=timeout)
+            self._api = self._client.api
+            self._version = self._api.api_version
+        url = urllib.parse.urlsplit(self.host)
+        if url.scheme == "unix":
+            self._uds: str | None = url.path
+            self._tcp: tuple[str, int] | None = None
+            transport = httpx.AsyncHTTPTransport(uds=url.path)
+            base = "http://docker"
+        elif url.scheme in ("tcp", "http"):
+            self._uds = None
+            self._tcp = (url.hostname or "127.0.0.1", url.port or 2375)
+            transport = httpx.AsyncHTTPTransport()
+            base = f"http://{self._tcp[0]}:{self._tcp[1]}"
+        else:
+            raise EngineError(
+                f"unsupported Docker host {self.host!r}", "use unix:///path or tcp://host:port"
+            )
+        self._http = httpx.AsyncClient(transport=transport, base_url=base, timeout=None)
+
+    def _path(self, path: str) -> str:
+        return f"/v{self._version}{path}"
+
+    # -- plain calls (blocking; callers run them in a thread) ------------------------------
+
+    def info(self) -> EngineInfo:
+        with _translate("cannot read the engine's info"):
+            info = self._api.info()
+            version = self._api.version().get("Version", "?")
+        return EngineInfo(cpus=int(info["NCPU"]), memory=int(info["MemTotal"]), version=version)
+
+    def image_id(self, image: str) -> str | None:
+        try:
+            with _translate(f"cannot inspect image {image}"):
+                return str(self._api.inspect_image(image)["Id"])
+        except NotFoundError:
+            return None
+
+    def build(
+        self, context: IO[bytes], *, tag: str, labels: Mapping[str, str], network: str
+    ) -> Iterator[str]:
+        """Build ``context`` (a tar) as ``tag``, yielding the build's output line by line."""
+        with _translate("the build failed"):
+            stream = self._api.build(
+                fileobj=context,
+                custom_context=True,
+                tag=tag,
+                labels=dict(labels),
+                rm=True,
+                forcerm=True,
+                network_mode=network,
+                decode=True,
+            )
+            for event in stream:
+                if "error" in event:
+                    detail = event.get("errorDetail", {}).get("message") or event["error"]
+                    raise EngineError(
+                        f"the build failed: {str(detail).strip()}",
+                        "fix the Dockerfile or the build context, then deploy again",
+                    )
+                text = event.get("stream") or event.get("status")
+                if text:
+                    for line in str(text).splitlines():
+                        if line.strip():
+                            yield line
+
+    def create(self, spec: ContainerSpec) -> str:
+        args, host = create_args(spec)
+        with _translate(f"cannot create a container from {spec.image}"):
+            host["ulimits"] = [Ulimit(**{k.lower(): v for k, v in u.items()}) for u in host["ulimits"]]
+            container = self._api.create_container(
+                host_config=self._api.create_host_config(**host), **args
+            )
+        return str(container["Id"])
+
+    def start(self, container_id: str) -> None:
+        try:
+            self._api.start(container_id)
+        except docker.errors.APIError as e:
+            message = _explain(e)
+            # The OCI runtime reports exec failures at start (Docker maps these to 127 and 126).
+            if "executable file not found" in message or "no such file or directory" in message:
+                raise CommandNotFoundError(f"command not found: {message}") from e
+            if "permission denied" in message:
+                raise NotExecutableError(f"command not executable: {message}") from e
+            raise EngineError(f"cannot start the container: {message}") from e
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise EngineError(f"cannot start the container: {e}") from e
+
+    def resize(self, container_id: str, width: int, height: int) -> None:
+        with contextlib.suppress(HgrunError), _translate("cannot resize the TTY"):
+            self._api.resize(container_id, height=height, width=width)
+
+    def wait(self, container_id: str) -> int:
+        with _translate("cannot wait for the container"):
+            return int(self._api.wait(container_id, timeout=None)["StatusCode"])
+
+    def inspect(self, container_id: str) -> ContainerState:
+        with _translate(f"cannot inspect container {container_id[:12]}"):
+            return _state(self._api.inspect_container(container_id))
+
+    def stop(self, container_id: str, grace: float) -> None:
+        with contextlib.suppress(NotFoundError), _translate("cannot stop the container"):
+            self._api.stop(container_id, timeout=max(0, int(grace)))
+
+    def remove(self, container_id: str) -> None:
+        with contextlib.suppress(NotFoundError), _translate("cannot remove the container"):
+            self._api.remove_container(container_id, force=True, v=True)
+
+    def list(self, labels: Mapping[str, str]) -> list[ContainerState]:
+        filters = {"label": [f"{k}={v}" if v else k for k, v in labels.items()]}
+        with _translate("cannot list containers"):
+            summaries = self._api.containers(all=True, filters=filters)
+            states = []
+            for summary in summaries:
+                with contextlib.suppress(NotFoundError):
+                    states.append(_state(self._api.inspect_container(summary["Id"])))
+        return states
+
+    # -- streaming calls (asyncio) ----------------------------------------------------------
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            if self._uds is not None:
+                return await asyncio.open_unix_connection(self._uds, limit=1 << 20)
+            assert self._tcp is not None  # noqa: S101 - set together with _uds in __init__
+            return await asyncio.open_connection(*self._tcp, limit=1 << 20)
+        except OSError as e:
+            raise EngineError(f"cannot reach the Docker engine at {self.host}: {e}") from e
+
+    async def attach(self, container_id: str, *, stdin: bool, logs: bool) -> _RawAttach:
+        """Attach to stdio; call before start so no output is lost (as ``docker run`` does)."""
+        query = urllib.parse.urlencode(
+            {"stream": 1, "stdout": 1, "stderr": 1, "stdin": int(stdin), "logs": int(logs)}
+        )
+        reader, writer = await self._connect()
+        request = (
+            f"POST {self._path(f'/containers/{container_id}/attach')}?{query} HTTP/1.1\r\n"
+            "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+        )
+        writer.write(request.encode())
+        await writer.drain()
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as e:
+            writer.close()
+            raise EngineError(f"cannot attach to container {container_id[:12]}: {e}") from e
+        status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
+        parts = status_line.split(" ", 2)
+        code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        if code not in (101, 200):
+            body = await reader.read(65536)
+            writer.close()
+            message = _json_message(body) or status_line
+            if code == 404:
+                raise NotFoundError(f"container {container_id[:12]} not found: {message}")
+            raise EngineError(f"cannot attach to container {container_id[:12]}: {message}")
+        return _RawAttach(reader, writer, b"")
+
+    async def put_archive(self, container_id: str, path: str, data: AsyncIterator[bytes]) -> None:
+        """Extract a tar stream into the container at ``path`` (which must exist), streaming."""
+        try:
+            response = await self._http.put(
+                self._path(f"/containers/{container_id}/archive"),
+                params={"path": path},
+                headers={"Content-Type": "application/x-tar"},
+                content=data,
+            )
+        except httpx.HTTPError as e:
+            raise EngineError(f"cannot copy files into the container: {e}") from e
+        if response.status_code == 404:
+            raise NotFoundError(f"cannot copy files into the container: {_json_message(response.content)}")
+        if response.status_code >= 400:
+            raise EngineError(
+                f"cannot copy files into the container: {_json_message(response.content)}"
+            )
+
+    async def logs(self, container_id: str) -> AsyncIterator[bytes]:
+        """Everything the container wrote so far, raw (multiplexed unless it has a TTY)."""
+        try:
+            async with self._http.stream(
+                "GET",
+                self._path(f"/containers/{container_id}/logs"),
+                params={"stdout": 1, "stderr": 1, "follow": 0},
+            ) as response:
+                if response.status_code >= 400:
+                    body = await response.aread()
+                    raise EngineError(f"cannot read the container's logs: {_json_message(body)}")
+                async for chunk in response.aiter_raw():
+                    yield chunk
+        except httpx.HTTPError as e:
+            raise EngineError(f"cannot read the container's logs: {e}") from e
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        self._client.close()
+
+
+def _json_message(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("message", "")).strip() or body.decode(errors="replace")
+    except (ValueError, AttributeError):
+        return body.decode(errors="replace").strip()
+
+
+def _state(raw: Mapping[str, Any]) -> ContainerState:
+    state = raw.get("State", {})
+    return ContainerState(
+        id=str(raw["Id"]),
+        labels=dict(raw.get("Config", {}).get("Labels") or {}),
+        running=bool(state.get("Running")),
+        status=str(state.get("Status", "")),
+        exit_code=state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")),
+        error=str(state.get("Error") or ""),
+    )

@@ -1,0 +1,216 @@
+"""Domain values shared by the CLI, the server and the parsers. No I/O here."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Mapping, Sequence
+
+# A name a POSIX shell accepts as a variable (IEEE Std 1003.1, XBD 3.235 "Name").
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# App, script and process-type names: lowercase letters, digits, dashes and underscores.
+APP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+class RunStatus(enum.StrEnum):
+    """The lifecycle of a run: queued -> starting -> running -> one of the final states."""
+
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELED = "canceled"
+    SKIPPED = "skipped"
+    LOST = "lost"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING)
+
+
+class TriggerKind(enum.StrEnum):
+    USER = "user"
+    API = "api"
+    CRON = "cron"
+    RUN = "run"  # started from inside another run (fan-out)
+
+
+class Concurrency(enum.StrEnum):
+    QUEUE = "queue"
+    SKIP = "skip"
+    ALLOW = "allow"
+    REPLACE = "replace"
+
+
+class Catchup(enum.StrEnum):
+    SKIP = "skip"
+    LATEST = "latest"
+
+
+class Scope(enum.StrEnum):
+    ADMIN = "admin"
+    DEPLOY = "deploy"
+    RUN = "run"
+    TRIGGER = "trigger"
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """A run size: memory (bytes), CPUs and a pids limit, after Render's instance table."""
+
+    name: str
+    memory: int
+    cpus: float
+    pids: int
+
+    @property
+    def memory_mb(self) -> int:
+        return self.memory // (1024 * 1024)
+
+
+_MB = 1024 * 1024
+SIZES: dict[str, Size] = {
+    s.name: s
+    for s in (
+        Size("starter", 512 * _MB, 0.5, 256),
+        Size("standard", 2048 * _MB, 1.0, 512),
+        Size("pro", 4096 * _MB, 2.0, 1024),
+        Size("pro-plus", 8192 * _MB, 4.0, 2048),
+        Size("pro-max", 16384 * _MB, 4.0, 4096),
+        Size("pro-ultra", 32768 * _MB, 8.0, 4096),
+    )
+}
+DEFAULT_SIZE = "starter"
+
+
+@dataclasses.dataclass(frozen=True)
+class Notify:
+    """Where to report a script's outcome."""
+
+    webhook: str | None = None
+    email: tuple[str, ...] = ()
+    on: tuple[str, ...] = ("failure",)  # any of: failure, success, timeout
+
+
+@dataclasses.dataclass(frozen=True)
+class Script:
+    """A named command in the manifest (``command`` or a Procfile ``process`` type)."""
+
+    name: str
+    command: str | None = None
+    process: str | None = None
+    timeout: float = 15 * 60.0
+    size: str | None = None
+    concurrency: Concurrency = Concurrency.QUEUE
+    cron: str | None = None
+    catchup: Catchup = Catchup.SKIP
+    starting_deadline: float | None = None
+    timezone: str = "UTC"
+    history: int = 100
+    notify: Notify = dataclasses.field(default_factory=Notify)
+
+
+@dataclasses.dataclass(frozen=True)
+class Build:
+    """How an app's image is built: its own Dockerfile, or one generated for a detected stack."""
+
+    dockerfile: str | None = None
+    stack: str | None = None  # "python" | "node" when detected or named
+    base: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    name: str
+    build: Build = dataclasses.field(default_factory=Build)
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    size: str = DEFAULT_SIZE
+    network: str = "none"
+    scripts: Sequence[Script] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Token:
+    id: int
+    workspace: str
+    name: str
+    scope: Scope
+    script: str | None
+    created: float
+    revoked: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class App:
+    id: int
+    workspace: str
+    name: str
+    created: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+    id: int
+    app_id: int
+    version: int
+    image: str
+    context_hash: str
+    procfile: Mapping[str, str]
+    manifest: Mapping[str, object]
+    env: Mapping[str, str]
+    description: str
+    created: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Trigger:
+    """Who or what started a run: a user's token, an API token, a cron slot or a parent run."""
+
+    kind: TriggerKind
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    id: int
+    workspace: str
+    app_id: int
+    release_id: int
+    command: Sequence[str]
+    process_type: str | None
+    tty: bool
+    detached: bool
+    uploads: bool
+    size: str
+    timeout: float
+    env: Mapping[str, str]
+    trigger: Trigger
+    script: str | None
+    slot: str | None
+    parent_run: int | None
+    status: RunStatus
+    exit_code: int | None
+    oom: bool
+    container_id: str | None
+    error: str | None
+    created: float
+    started: float | None
+    finished: float | None
+
+    @property
+    def label(self) -> str:
+        """How logs and tables name the run, like Heroku's ``run.1234``."""
+        return f"run.{self.id}"
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None:
+            return None
+        end = self.finished if self.finished is not None else None
+        return None if end is None else max(0.0, end - self.started)

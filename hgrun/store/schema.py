@@ -1,0 +1,100 @@
+"""Versioned schema migrations. Each entry moves the schema one version up; never edit a shipped one."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: workspaces, tokens, apps, config, releases, build cache, runs and their output.
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE workspaces (
+        id TEXT PRIMARY KEY,
+        created REAL NOT NULL
+    );
+    CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY,
+        workspace TEXT NOT NULL REFERENCES workspaces(id),
+        name TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        scope TEXT NOT NULL,
+        script TEXT,
+        created REAL NOT NULL,
+        revoked REAL,
+        UNIQUE (workspace, name)
+    );
+    CREATE TABLE apps (
+        id INTEGER PRIMARY KEY,
+        workspace TEXT NOT NULL REFERENCES workspaces(id),
+        name TEXT NOT NULL,
+        created REAL NOT NULL,
+        UNIQUE (workspace, name)
+    );
+    CREATE TABLE config (
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (app_id, key)
+    );
+    CREATE TABLE images (
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        context_hash TEXT NOT NULL,
+        image TEXT NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (app_id, context_hash)
+    );
+    CREATE TABLE releases (
+        id INTEGER PRIMARY KEY,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        image TEXT NOT NULL,
+        context_hash TEXT NOT NULL,
+        procfile TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        env TEXT NOT NULL,
+        description TEXT NOT NULL,
+        created REAL NOT NULL,
+        UNIQUE (app_id, version)
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        workspace TEXT NOT NULL,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        release_id INTEGER NOT NULL REFERENCES releases(id),
+        command TEXT NOT NULL,
+        process_type TEXT,
+        tty INTEGER NOT NULL,
+        detached INTEGER NOT NULL,
+        uploads INTEGER NOT NULL,
+        size TEXT NOT NULL,
+        timeout REAL NOT NULL,
+        env TEXT NOT NULL,
+        trigger_kind TEXT NOT NULL,
+        trigger_name TEXT NOT NULL,
+        script TEXT,
+        slot TEXT,
+        parent_run INTEGER,
+        status TEXT NOT NULL,
+        exit_code INTEGER,
+        oom INTEGER NOT NULL DEFAULT 0,
+        container_id TEXT,
+        error TEXT,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL
+    );
+    CREATE INDEX runs_by_app ON runs (app_id, id DESC);
+    CREATE INDEX runs_active ON runs (status) WHERE status IN ('queued', 'starting', 'running');
+    CREATE TABLE output (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        app_id INTEGER NOT NULL,
+        stream INTEGER NOT NULL,
+        ts REAL NOT NULL,
+        data BLOB NOT NULL
+    );
+    CREATE INDEX output_by_run ON output (run_id, id);
+    CREATE INDEX output_by_app ON output (app_id, id);
+    """,
+]
