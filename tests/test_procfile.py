@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import pytest
+
+from hgrun.errors import ExitStatus, ProcfileError
+from hgrun.procfile import parse_procfile, resolve_command
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", {}),
+        ("web: python3 app.py", {"web": "python3 app.py"}),
+        ("web: python3 app.py\n", {"web": "python3 app.py"}),
+        ("web:python3 app.py", {"web": "python3 app.py"}),
+        ("web:   python3 app.py   ", {"web": "python3 app.py"}),
+        ("web: a\nworker: b\n", {"web": "a", "worker": "b"}),
+        ("worker: b\nweb: a\n", {"worker": "b", "web": "a"}),
+        ("web: a\r\nworker: b\r\n", {"web": "a", "worker": "b"}),
+        ("\ufeffweb: a\n", {"web": "a"}),
+        ("# a comment\nweb: a\n", {"web": "a"}),
+        ("  # indented comment\nweb: a\n", {"web": "a"}),
+        ("\n\n  \nweb: a\n\n", {"web": "a"}),
+        ("  web: a", {"web": "a"}),
+        ("web_2-b: a", {"web_2-b": "a"}),
+        ("Web: a", {"Web": "a"}),
+        ("web: python3 -c 'print(1)': x", {"web": "python3 -c 'print(1)': x"}),
+        ("web: echo $PORT # not a comment", {"web": "echo $PORT # not a comment"}),
+        ("web: a\tb", {"web": "a\tb"}),
+    ],
+)
+def test_parse(text: str, expected: dict[str, str]) -> None:
+    result = parse_procfile(text)
+    assert result == expected
+    assert list(result) == list(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "col", "what", "hint_part"),
+    [
+        ("web python3 app.py", 1, 1, "expected 'name: command'", "name: command"),
+        ("web: a\n\n  worker", 3, 3, "expected 'name: command', found 'worker'", "name: command"),
+        ("web: a\nweb: b", 2, 1, "duplicate process type 'web'", "already defined on line 1"),
+        ("web: a\r\nx: y\r\nweb: b\r\n", 3, 1, "duplicate process type 'web'", "line 1"),
+        ("web:", 1, 5, "process type 'web' has no command", "after the ':'"),
+        ("web:   \n", 1, 5, "process type 'web' has no command", "after the ':'"),
+        ("  web:", 1, 7, "process type 'web' has no command", "after the ':'"),
+        ("web page: a", 1, 1, "invalid name 'web page'", "letters, digits"),
+        ("web : a", 1, 1, "invalid name 'web '", "no space before"),
+        ("wéb: a", 1, 1, "invalid name 'wéb'", "letters, digits"),
+        ("web.1: a", 1, 1, "invalid name 'web.1'", "letters, digits"),
+        (": a", 1, 1, "empty process type name", "letters, digits"),
+        ("\ufeff# c\nweb: a\nbad line", 3, 1, "expected 'name: command'", "name: command"),
+    ],
+)
+def test_errors(text: str, line: int, col: int, what: str, hint_part: str) -> None:
+    with pytest.raises(ProcfileError) as info:
+        parse_procfile(text)
+    err = info.value
+    assert (err.file, err.line, err.col) == ("Procfile", line, col)
+    assert err.what.startswith(what)
+    assert err.message == f"Procfile:{line}:{col}: {err.what}"
+    assert err.hint is not None and hint_part in err.hint
+    assert err.exit_status == ExitStatus.INPUT
+
+
+def test_error_names_the_file() -> None:
+    with pytest.raises(ProcfileError, match=r"^apps/web/Procfile:1:1: "):
+        parse_procfile("nope", file="apps/web/Procfile")
+
+
+PROCFILE = {"web": "python3 -m http.server 8000", "worker": "python3 manage.py worker"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "process"),
+    [
+        (["worker"], "python3 manage.py worker", "worker"),
+        (["worker", "--once"], "python3 manage.py worker --once", "worker"),
+        (["worker", "a b", "it's"], "python3 manage.py worker 'a b' 'it'\"'\"'s'", "worker"),
+        (["worker", "$HOME", ";", "rm"], "python3 manage.py worker '$HOME' ';' rm", "worker"),
+        (["bash"], ["bash"], None),
+        (["python3", "manage.py", "migrate"], ["python3", "manage.py", "migrate"], None),
+        (["Worker"], ["Worker"], None),
+        ([], [], None),
+    ],
+)
+def test_resolve_command(argv: list[str], command: str | list[str], process: str | None) -> None:
+    resolved = resolve_command(PROCFILE, argv)
+    assert resolved == (command, process)
+    assert resolved.command == command and resolved.process == process
+
+
+def test_resolve_command_copies_argv() -> None:
+    argv = ["bash"]
+    resolved = resolve_command({}, argv)
+    assert resolved.command == argv and resolved.command is not argv
