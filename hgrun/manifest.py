@@ -129,7 +129,7 @@ def parse_manifest(
             line=line,
             hint="remove control characters; the manifest must be UTF-8 text",
         ) from e
-    if root is None:
+    if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL):
         raise ManifestError(
             "the manifest is empty",
             file=file,
@@ -149,20 +149,20 @@ def cron_problem(expr: str) -> str | None:
     """
     e = expr.strip()
     if not e:
-        return "is empty"
+        return "it is empty"
     if e.startswith("@"):
         if e.lower() == "@reboot":
-            return "@reboot is not supported: hgrun schedules by time only"
+            return "@reboot is not supported, hgrun schedules by time only"
         if e.lower() not in CRON_MACROS:
             return f"unknown macro {e!r}"
         return None
     fields = e.split()
     if len(fields) != 5:
-        return f"has {len(fields)} fields, expected 5"
+        return f"{len(fields)} fields, expected 5"
     if any(_CRON_HASHED.search(f) for f in fields):
         return "H (hashed) and R (random) values are not supported"
     if not croniter.is_valid(e, strict=True):
-        return "is not a valid cron expression"
+        return "a field is malformed or out of range, or the date never comes"
     return None
 
 
@@ -173,7 +173,8 @@ class _Reader:
         self.file = file
         self.procfile = procfile
 
-    def error(self, node: Node, path: Path, what: str, hint: str | None = None) -> ManifestError:
+    def error(self, node: Node, path: Path, what: str, hint: str) -> ManifestError:
+        """A :class:`ManifestError` at ``node``; every manifest error says how to fix it."""
         prefix = f"{'.'.join(path)}: " if path else ""
         return ManifestError(
             prefix + what,
@@ -193,12 +194,22 @@ class _Reader:
         ``allowed=None`` admits any key (env names, script names); the caller checks them.
         """
         if not isinstance(node, MappingNode):
-            raise self.error(node, path, f"expected a mapping, found {_kind(node)}")
+            raise self.error(
+                node,
+                path,
+                f"expected a mapping, found {_kind(node)}",
+                hint="write 'key: value' pairs indented under it; see docs/manifest.md",
+            )
         known = tuple(allowed) if allowed is not None else None
         items: dict[str, tuple[Node, Node]] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, ScalarNode):
-                raise self.error(key_node, path, f"a key must be a string, not {_kind(key_node)}")
+                raise self.error(
+                    key_node,
+                    path,
+                    f"a key must be a string, not {_kind(key_node)}",
+                    hint="keys are plain names, like size or timeout",
+                )
             if key_node.tag == _MERGE:
                 raise self.error(
                     key_node,
@@ -236,12 +247,13 @@ class _Reader:
 
     def string(self, node: Node, path: Path, *, example: str = "") -> str:
         if not isinstance(node, ScalarNode) or node.tag != _STR:
-            hint = f"write it as a string, e.g. {example}" if example else None
-            if isinstance(node, ScalarNode) and node.tag not in (_NULL,):
+            hint = f"write it as a string, e.g. {example}" if example else "write it as a string"
+            if isinstance(node, ScalarNode) and node.tag != _NULL:
                 hint = f'put it in quotes: "{node.value}"'
             raise self.error(node, path, f"expected a string, found {_kind(node)}", hint=hint)
         if not node.value.strip():
-            raise self.error(node, path, "must not be empty", hint=example or None)
+            hint = f"e.g. {example}" if example else "give a value, or remove the key"
+            raise self.error(node, path, "must not be empty", hint=hint)
         return str(node.value)
 
     def choice(self, node: Node, path: Path, choices: Iterable[str]) -> str:
@@ -275,17 +287,17 @@ class _Reader:
             )
         value = int(yaml.constructor.SafeConstructor().construct_yaml_int(node))
         if value < minimum:
-            raise self.error(node, path, f"must be at least {minimum}, not {value}")
+            raise self.error(
+                node, path, f"must be at least {minimum}, not {value}", hint=f"e.g. {minimum}"
+            )
         return value
 
-    def strings(self, node: Node, path: Path, *, example: str) -> list[str]:
-        """A string or a list of strings, as a list."""
-        if isinstance(node, SequenceNode):
-            values = [self.string(item, path, example=example) for item in node.value]
-            if not values:
-                raise self.error(node, path, "the list is empty", hint=f"e.g. [{example}]")
-            return values
-        return [self.string(node, path, example=example)]
+    def strings(self, node: Node, path: Path, *, example: str) -> list[tuple[str, Node]]:
+        """A string or a non-empty list of strings, as ``[(value, its node)]``."""
+        items = node.value if isinstance(node, SequenceNode) else [node]
+        if not items:
+            raise self.error(node, path, "the list is empty", hint=f"e.g. [{example}]")
+        return [(self.string(item, path, example=example), item) for item in items]
 
     # -- the manifest -----------------------------------------------------------------------------
 
@@ -463,12 +475,16 @@ class _Reader:
         size = self.size(n, at("size")) if n else d.size
         n = get("concurrency")
         concurrency = (
-            Concurrency(self.choice(n, at("concurrency"), Concurrency)) if n else d.concurrency
+            Concurrency(self.choice(n, at("concurrency"), [c.value for c in Concurrency]))
+            if n
+            else d.concurrency
         )
         n = get("cron")
         cron = self.cron(n, at("cron")) if n else d.cron
         n = get("catchup")
-        catchup = Catchup(self.choice(n, at("catchup"), Catchup)) if n else d.catchup
+        catchup = (
+            Catchup(self.choice(n, at("catchup"), [c.value for c in Catchup])) if n else d.catchup
+        )
         n = get("starting_deadline")
         deadline = self.duration(n, at("starting_deadline")) if n else d.starting_deadline
         n = get("timezone")
@@ -496,7 +512,9 @@ class _Reader:
         expr = self.string(node, path, example='"0 4 * * *"').strip()
         problem = cron_problem(expr)
         if problem is not None:
-            raise self.error(node, path, f"{_show(expr)} {problem}", hint=_CRON_HINT)
+            raise self.error(
+                node, path, f"{_show(expr)} is not a valid schedule: {problem}", hint=_CRON_HINT
+            )
         return expr
 
     def timezone(self, node: Node, path: Path) -> str:
@@ -534,16 +552,16 @@ class _Reader:
                 )
         emails: list[str] = []
         if "email" in items:
-            value_node = items["email"][1]
-            emails = self.strings(value_node, (*path, "email"), example="ops@example.com")
-            for address in emails:
+            found = self.strings(items["email"][1], (*path, "email"), example="ops@example.com")
+            for address, item in found:
                 if not _EMAIL.match(address):
                     raise self.error(
-                        value_node,
+                        item,
                         (*path, "email"),
                         f"{_show(address)} is not an email address",
                         hint="e.g. ops@example.com",
                     )
+                emails.append(address)
         if webhook is None and not emails:
             raise self.error(
                 node,
@@ -553,19 +571,18 @@ class _Reader:
             )
         on: tuple[str, ...] = Notify().on
         if "on" in items:
-            value_node = items["on"][1]
-            events = self.strings(value_node, (*path, "on"), example="failure")
-            for event in events:
+            events = self.strings(items["on"][1], (*path, "on"), example="failure")
+            for event, item in events:
                 if event not in NOTIFY_EVENTS:
                     raise self.error(
-                        value_node,
+                        item,
                         (*path, "on"),
                         f"{_show(event)} is not one of {', '.join(NOTIFY_EVENTS)}",
                         hint=_suggest(
                             event, NOTIFY_EVENTS, "use any of: " + ", ".join(NOTIFY_EVENTS)
                         ),
                     )
-            on = tuple(dict.fromkeys(events))
+            on = tuple(dict.fromkeys(event for event, _ in events))
         return Notify(webhook=webhook, email=tuple(emails), on=on)
 
 
