@@ -86,7 +86,7 @@ _CRON_HINT = (
     "or one of " + ", ".join(CRON_MACROS)
 )
 
-Path = tuple[str, ...]
+KeyPath = tuple[str, ...]
 
 
 def parse_manifest(
@@ -173,7 +173,7 @@ class _Reader:
         self.file = file
         self.procfile = procfile
 
-    def error(self, node: Node, path: Path, what: str, hint: str) -> ManifestError:
+    def error(self, node: Node, path: KeyPath, what: str, hint: str) -> ManifestError:
         """A :class:`ManifestError` at ``node``; every manifest error says how to fix it."""
         prefix = f"{'.'.join(path)}: " if path else ""
         return ManifestError(
@@ -187,7 +187,7 @@ class _Reader:
     # -- shapes ---------------------------------------------------------------------------------
 
     def mapping(
-        self, node: Node, path: Path, allowed: Iterable[str] | None = None
+        self, node: Node, path: KeyPath, allowed: Iterable[str] | None = None
     ) -> dict[str, tuple[Node, Node]]:
         """Return ``{key: (key node, value node)}``; refuse non-mappings, duplicates, unknowns.
 
@@ -238,14 +238,14 @@ class _Reader:
         return items
 
     def optional_mapping(
-        self, node: Node, path: Path, allowed: Iterable[str] | None = None
+        self, node: Node, path: KeyPath, allowed: Iterable[str] | None = None
     ) -> dict[str, tuple[Node, Node]]:
         # "scripts:" with every entry commented out is an empty section, not an error.
         if isinstance(node, ScalarNode) and node.tag == _NULL:
             return {}
         return self.mapping(node, path, allowed)
 
-    def string(self, node: Node, path: Path, *, example: str = "") -> str:
+    def string(self, node: Node, path: KeyPath, *, example: str = "") -> str:
         if not isinstance(node, ScalarNode) or node.tag != _STR:
             hint = f"write it as a string, e.g. {example}" if example else "write it as a string"
             if isinstance(node, ScalarNode) and node.tag != _NULL:
@@ -256,7 +256,7 @@ class _Reader:
             raise self.error(node, path, "must not be empty", hint=hint)
         return str(node.value)
 
-    def choice(self, node: Node, path: Path, choices: Iterable[str]) -> str:
+    def choice(self, node: Node, path: KeyPath, choices: Iterable[str]) -> str:
         options = tuple(choices)
         value = self.string(node, path, example=options[0])
         if value not in options:
@@ -268,7 +268,7 @@ class _Reader:
             )
         return value
 
-    def duration(self, node: Node, path: Path) -> float:
+    def duration(self, node: Node, path: KeyPath) -> float:
         if not isinstance(node, ScalarNode) or node.tag not in (_STR, _INT, _FLOAT):
             raise self.error(
                 node, path, f"expected a duration, found {_kind(node)}", hint=_DURATION_HINT
@@ -280,7 +280,7 @@ class _Reader:
                 node, path, f"{_show(node.value)} is not a duration ({e})", hint=_DURATION_HINT
             ) from e
 
-    def integer(self, node: Node, path: Path, *, minimum: int) -> int:
+    def integer(self, node: Node, path: KeyPath, *, minimum: int) -> int:
         if not isinstance(node, ScalarNode) or node.tag != _INT:
             raise self.error(
                 node, path, f"expected a whole number, found {_kind(node)}", hint=f"e.g. {minimum}"
@@ -292,7 +292,7 @@ class _Reader:
             )
         return value
 
-    def strings(self, node: Node, path: Path, *, example: str) -> list[tuple[str, Node]]:
+    def strings(self, node: Node, path: KeyPath, *, example: str) -> list[tuple[str, Node]]:
         """A string or a non-empty list of strings, as ``[(value, its node)]``."""
         items = node.value if isinstance(node, SequenceNode) else [node]
         if not items:
@@ -340,7 +340,7 @@ class _Reader:
         )
 
     def build(self, node: Node) -> Build:
-        path: Path = ("build",)
+        path: KeyPath = ("build",)
         items = self.optional_mapping(node, path, _BUILD_KEYS)
         dockerfile = stack = base = None
         if "dockerfile" in items:
@@ -411,11 +411,11 @@ class _Reader:
             env[key] = str(value_node.value)
         return env
 
-    def size(self, node: Node, path: Path) -> str:
+    def size(self, node: Node, path: KeyPath) -> str:
         return self.choice(node, path, SIZES)
 
     def network(self, node: Node) -> str:
-        path: Path = ("network",)
+        path: KeyPath = ("network",)
         value = self.string(node, path, example="none")
         if not NETWORK_NAME.match(value):
             raise self.error(
@@ -428,7 +428,7 @@ class _Reader:
         return value
 
     def script(self, name: str, key_node: Node, node: Node) -> Script:
-        path: Path = ("scripts", name)
+        path: KeyPath = ("scripts", name)
         if not APP_NAME.match(name):
             raise self.error(
                 key_node,
@@ -439,7 +439,7 @@ class _Reader:
         # "nightly:" with nothing under it reads as null: report what is missing, not the type.
         items = self.optional_mapping(node, path, _SCRIPT_KEYS)
 
-        def at(key: str) -> Path:
+        def at(key: str) -> KeyPath:
             return (*path, key)
 
         both_hint = "command: runs a shell command; process: runs a Procfile process type"
@@ -508,7 +508,7 @@ class _Reader:
             notify=notify,
         )
 
-    def cron(self, node: Node, path: Path) -> str:
+    def cron(self, node: Node, path: KeyPath) -> str:
         expr = self.string(node, path, example='"0 4 * * *"').strip()
         problem = cron_problem(expr)
         if problem is not None:
@@ -517,7 +517,7 @@ class _Reader:
             )
         return expr
 
-    def timezone(self, node: Node, path: Path) -> str:
+    def timezone(self, node: Node, path: KeyPath) -> str:
         name = self.string(node, path, example="Europe/Paris")
         try:
             zoneinfo.ZoneInfo(name)
@@ -534,7 +534,7 @@ class _Reader:
             ) from e
         return name
 
-    def notify(self, node: Node, path: Path) -> Notify:
+    def notify(self, node: Node, path: KeyPath) -> Notify:
         items = self.mapping(node, path, _NOTIFY_KEYS)
         webhook = None
         if "webhook" in items:
