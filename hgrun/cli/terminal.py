@@ -66,6 +66,10 @@ class Terminal:
         return cls(stdin, stdout, stderr, _isatty(stdin), _isatty(stdout), environ or {})
 
     @property
+    def stderr_isatty(self) -> bool:
+        return _isatty(self.stderr)
+
+    @property
     def colour(self) -> bool:
         """Whether to colour output: stdout is a terminal and ``NO_COLOR`` is unset or empty
         (https://no-color.org)."""

@@ -176,7 +176,13 @@ class DockerEngine:
             return None
 
     def build(
-        self, context: IO[bytes], *, tag: str, labels: Mapping[str, str], network: str
+        self,
+        context: IO[bytes],
+        *,
+        tag: str,
+        labels: Mapping[str, str],
+        network: str,
+        dockerfile: str = "Dockerfile",
     ) -> Iterator[str]:
         """Build ``context`` (a tar) as ``tag``, yielding the build's output line by line."""
         with _translate("the build failed"):
@@ -188,6 +194,7 @@ class DockerEngine:
                 rm=True,
                 forcerm=True,
                 network_mode=network,
+                dockerfile=dockerfile,
                 decode=True,
             )
             for event in stream:
@@ -206,7 +213,9 @@ class DockerEngine:
     def create(self, spec: ContainerSpec) -> str:
         args, host = create_args(spec)
         with _translate(f"cannot create a container from {spec.image}"):
-            host["ulimits"] = [Ulimit(**{k.lower(): v for k, v in u.items()}) for u in host["ulimits"]]
+            host["ulimits"] = [
+                Ulimit(**{k.lower(): v for k, v in u.items()}) for u in host["ulimits"]
+            ]
             container = self._api.create_container(
                 host_config=self._api.create_host_config(**host), **args
             )
@@ -308,7 +317,9 @@ class DockerEngine:
         except httpx.HTTPError as e:
             raise EngineError(f"cannot copy files into the container: {e}") from e
         if response.status_code == 404:
-            raise NotFoundError(f"cannot copy files into the container: {_json_message(response.content)}")
+            raise NotFoundError(
+                f"cannot copy files into the container: {_json_message(response.content)}"
+            )
         if response.status_code >= 400:
             raise EngineError(
                 f"cannot copy files into the container: {_json_message(response.content)}"

@@ -145,9 +145,10 @@ class Store:
             row = db.execute("SELECT * FROM tokens WHERE id = ?", (cur.lastrowid,)).fetchone()
         return _token(row)
 
-    def token_by_hash(self, digest: str) -> Token | None:
+    def token_by_hash(self, digest: str) -> tuple[Token, str] | None:
+        """The live token stored under ``digest``, with the stored digest."""
         row = self._one("SELECT * FROM tokens WHERE hash = ? AND revoked IS NULL", (digest,))
-        return _token(row) if row else None
+        return (_token(row), str(row["hash"])) if row else None
 
     def tokens(self, workspace: str) -> list[Token]:
         rows = self._query(

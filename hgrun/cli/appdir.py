@@ -1,0 +1,136 @@
+"""An app folder on the user's machine: its Procfile, its manifest, its build context."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+from hgrun.context import context_hash, write_context_tar
+from hgrun.errors import InputError, ManifestError
+from hgrun.manifest import parse_manifest
+from hgrun.models import Manifest
+from hgrun.procfile import parse_procfile
+
+MANIFEST = "hgrun.yaml"
+PROCFILE = "Procfile"
+DEFAULT_BASES = {"python": "hgrun/python:bookworm", "node": "hgrun/node:bookworm"}
+CHUNK = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class AppDir:
+    root: Path
+    manifest: Manifest
+    manifest_text: str
+    procfile_text: str
+    dockerfile: str
+    generated: dict[str, bytes]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def context_hash(self) -> str:
+        extra = b"".join(k.encode() + b"\0" + v for k, v in sorted(self.generated.items()))
+        return context_hash(self.root, extra, dockerfile=self.dockerfile)
+
+    def tar_chunks(self, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
+        """The build context as tar chunks, spooled to disk first (never whole in memory)."""
+        with tempfile.TemporaryFile(prefix="hgrun-context-") as spool:
+            write_context_tar(self.root, spool, self.generated, dockerfile=self.dockerfile)
+            spool.seek(0)
+            yield from read_chunks(spool, progress)
+
+
+def read_chunks(f: IO[bytes], progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
+    while chunk := f.read(CHUNK):
+        if progress:
+            progress(len(chunk))
+        yield chunk
+
+
+def find_app_dir(start: Path) -> Path | None:
+    for folder in (start, *start.parents):
+        if (folder / MANIFEST).is_file():
+            return folder
+    return None
+
+
+def load(root: Path) -> AppDir:
+    """Read and validate the app in ``root`` (errors name file:line:col); decide the build."""
+    manifest_path = root / MANIFEST
+    try:
+        manifest_text = manifest_path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise InputError(
+            f"{manifest_path}: not found", "run hgrun from your app's folder, or pass --app"
+        ) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{manifest_path}: cannot read it ({e})") from e
+    procfile_path = root / PROCFILE
+    procfile_text = ""
+    if procfile_path.is_file():
+        try:
+            procfile_text = procfile_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{procfile_path}: cannot read it ({e})") from e
+    procfile = parse_procfile(procfile_text, file=_shown(procfile_path)) if procfile_text else {}
+    manifest = parse_manifest(manifest_text, file=_shown(manifest_path), procfile=procfile)
+    dockerfile, generated = _build_plan(root, manifest, _shown(manifest_path))
+    return AppDir(root, manifest, manifest_text, procfile_text, dockerfile, generated)
+
+
+def _shown(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def _build_plan(root: Path, manifest: Manifest, file: str) -> tuple[str, dict[str, bytes]]:
+    """The Dockerfile to build with, and any generated file to add to the context."""
+    build = manifest.build
+    if build.dockerfile:
+        if not (root / build.dockerfile).is_file():
+            raise ManifestError(
+                f"build.dockerfile: {build.dockerfile} does not exist",
+                file=file,
+                hint="fix the path, or remove build.dockerfile to let hgrun generate one",
+            )
+        return build.dockerfile, {}
+    stack = build.stack or detect_stack(root)
+    if stack is None:
+        if (root / "Dockerfile").is_file():
+            return "Dockerfile", {}
+        raise ManifestError(
+            "build: no Dockerfile, and no Python or Node app detected",
+            file=file,
+            hint="add a Dockerfile, or set build.stack to python or node",
+        )
+    base = build.base or DEFAULT_BASES[stack]
+    return "Dockerfile.hgrun", {"Dockerfile.hgrun": generated_dockerfile(stack, base).encode()}
+
+
+def detect_stack(root: Path) -> str | None:
+    if any((root / f).is_file() for f in ("requirements.txt", "pyproject.toml", "manage.py")):
+        return "python"
+    if (root / "package.json").is_file():
+        return "node"
+    return None
+
+
+def generated_dockerfile(stack: str, base: str) -> str:
+    """A Dockerfile for a detected stack on ``base``; dependencies install only when declared."""
+    lines = [f"FROM {base}", "WORKDIR /app", "COPY . /app"]
+    if stack == "python":
+        lines.append(
+            "RUN if [ -f requirements.txt ] && command -v pip3 >/dev/null;"
+            " then pip3 install --no-cache-dir -r requirements.txt; fi"
+        )
+    elif stack == "node":
+        lines.append("RUN if [ -f package-lock.json ]; then npm ci --omit=dev; fi")
+    return "\n".join(lines) + "\n"

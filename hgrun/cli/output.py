@@ -1,0 +1,122 @@
+"""How the CLI shows things: rich on a terminal, plain text otherwise, JSON on request."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from hgrun.cli.terminal import Terminal
+from hgrun.duration import format_duration
+
+STATUS_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "timed_out": "red",
+    "lost": "red",
+    "canceled": "yellow",
+    "skipped": "yellow",
+    "running": "cyan",
+    "starting": "cyan",
+    "queued": "cyan",
+}
+
+
+class Output:
+    """The CLI's only way to print. Data goes to stdout; messages and progress to stderr."""
+
+    def __init__(self, terminal: Terminal) -> None:
+        self.terminal = terminal
+        colour = terminal.colour
+        self.out = Console(
+            file=sys.stdout,
+            no_color=not colour,
+            highlight=False,
+            force_terminal=terminal.stdout_isatty or None,
+            soft_wrap=not terminal.stdout_isatty,
+        )
+        self.err = Console(
+            file=sys.stderr,
+            no_color=not colour or not terminal.environ.get("TERM"),
+            highlight=False,
+            stderr=True,
+            soft_wrap=True,
+        )
+
+    @property
+    def interactive(self) -> bool:
+        return self.terminal.stdout_isatty
+
+    def json(self, value: Any) -> None:
+        sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+
+    def line(self, text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    def info(self, text: str) -> None:
+        """A message for a person: stderr, so pipes and $(...) get only data."""
+        self.err.print(text, markup=False)
+
+    def success(self, text: str) -> None:
+        self.err.print(f"[green]✓[/green] {_escape(text)}" if self.terminal.colour else text)
+
+    def error(self, message: str, hint: str | None) -> None:
+        if self.terminal.colour:
+            self.err.print(f"[bold red]error:[/bold red] {_escape(message)}")
+            if hint:
+                self.err.print(f"[dim]hint:[/dim] {_escape(hint)}")
+        else:
+            sys.stderr.write(f"error: {message}\n")
+            if hint:
+                sys.stderr.write(f"hint: {hint}\n")
+            sys.stderr.flush()
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """A rich table on a terminal; tab-separated columns with a header line otherwise."""
+        if self.interactive:
+            table = Table(box=None, header_style="bold", pad_edge=False)
+            for header in headers:
+                table.add_column(header)
+            for row in rows:
+                table.add_row(*(_cell(value, header) for value, header in zip(row, headers)))
+            self.out.print(table)
+            return
+        lines = ["\t".join(h.lower() for h in headers)]
+        lines += ["\t".join("" if v is None else str(v) for v in row) for row in rows]
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+def _cell(value: Any, header: str) -> str:
+    text = "" if value is None else str(value)
+    if header.lower() == "status" and text in STATUS_STYLE:
+        return f"[{STATUS_STYLE[text]}]{text}[/]"
+    return _escape(text)
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    if ts is None:
+        return ""
+    delta = (now or time.time()) - ts
+    if delta < 60:
+        return f"{int(delta)}s ago"
+    if delta < 3600:
+        return f"{int(delta // 60)}m ago"
+    if delta < 86400:
+        return f"{int(delta // 3600)}h ago"
+    return time.strftime("%Y-%m-%d", time.localtime(ts))
+
+
+def duration(seconds: float | None) -> str:
+    return "" if seconds is None else format_duration(seconds)

@@ -1,0 +1,112 @@
+"""``--file`` uploads: a tar stream made as it is sent, so memory stays flat whatever the size."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from hgrun.errors import InputError
+
+CHUNK = 1024 * 1024
+UPLOAD_ROOT = "uploads"  # extracted under /tmp, so files land in /tmp/uploads
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    path: Path
+    arcname: str
+    size: int
+    kind: str  # file | dir | link
+    mode: int
+    target: str = ""
+
+
+def plan(paths: Sequence[str]) -> list[Upload]:
+    """Every entry to send, checked before anything starts: a missing path is an error here."""
+    entries: list[Upload] = []
+    seen: set[str] = set()
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists() and not path.is_symlink():
+            raise InputError(f"--file {raw}: no such file or directory", "check the path")
+        name = path.resolve().name if raw in (".", "..") else path.name
+        if name in seen:
+            raise InputError(
+                f"--file {raw}: another --file is also named {name!r}",
+                "both would land at /tmp/uploads/" + name + "; rename one",
+            )
+        seen.add(name)
+        entries.append(_entry(path, f"{UPLOAD_ROOT}/{name}"))
+        if path.is_dir() and not path.is_symlink():
+            for folder, dirs, files in os.walk(path):
+                dirs.sort()
+                for child in sorted(dirs) + sorted(files):
+                    full = Path(folder) / child
+                    rel = full.relative_to(path).as_posix()
+                    if full.is_dir() and not full.is_symlink():
+                        entries.append(_entry(full, f"{UPLOAD_ROOT}/{name}/{rel}"))
+                    elif child in files:
+                        entries.append(_entry(full, f"{UPLOAD_ROOT}/{name}/{rel}"))
+    return entries
+
+
+def _entry(path: Path, arcname: str) -> Upload:
+    try:
+        st = path.lstat()
+    except OSError as e:
+        raise InputError(f"--file {path}: {e.strerror}") from e
+    if stat.S_ISLNK(st.st_mode):
+        return Upload(path, arcname, 0, "link", 0o777, os.readlink(path))
+    if stat.S_ISDIR(st.st_mode):
+        return Upload(path, arcname, 0, "dir", 0o755)
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"--file {path}: not a regular file, folder or link")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"--file {path}: permission denied", "check the file's permissions")
+    return Upload(path, arcname, st.st_size, "file", 0o755 if st.st_mode & 0o111 else 0o644)
+
+
+def total_bytes(entries: Sequence[Upload]) -> int:
+    return sum(e.size for e in entries)
+
+
+def tar_stream(
+    entries: Sequence[Upload], progress: Callable[[int], None] | None = None
+) -> Iterator[bytes]:
+    """POSIX tar bytes for ``entries``: headers, then file contents in 1 MiB chunks."""
+    yield _header(Upload(Path("."), UPLOAD_ROOT, 0, "dir", 0o755))
+    for entry in entries:
+        yield _header(entry)
+        if entry.kind != "file":
+            continue
+        sent = 0
+        with open(entry.path, "rb") as f:
+            while sent < entry.size and (chunk := f.read(min(CHUNK, entry.size - sent))):
+                sent += len(chunk)
+                if progress:
+                    progress(len(chunk))
+                yield chunk
+        if sent < entry.size:
+            raise InputError(f"--file {entry.path}: the file shrank while it was being sent")
+        if entry.size % tarfile.BLOCKSIZE:
+            yield b"\0" * (tarfile.BLOCKSIZE - entry.size % tarfile.BLOCKSIZE)
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def _header(entry: Upload) -> bytes:
+    info = tarfile.TarInfo(entry.arcname)
+    info.mode = entry.mode
+    info.uid = info.gid = 0
+    info.mtime = int(entry.path.lstat().st_mtime) if entry.path != Path(".") else 0
+    if entry.kind == "dir":
+        info.type = tarfile.DIRTYPE
+    elif entry.kind == "link":
+        info.type = tarfile.SYMTYPE
+        info.linkname = entry.target
+    else:
+        info.size = entry.size
+    return info.tobuf(format=tarfile.PAX_FORMAT)

@@ -1,0 +1,78 @@
+"""Bearer tokens, workspaces and scopes.
+
+Tokens are ``hgr_`` + 256 random bits, shown once and stored as a SHA-256 hash. Lookup is by
+hash; the final comparison is constant-time. A token belongs to one workspace; the optional
+``X-Workspace-Id`` header must name it. Scopes nest: ``admin`` may do anything, ``deploy`` manages
+apps, builds, releases and config and may run, ``run`` starts and watches runs, ``trigger`` may
+only start scripts (optionally one script) and read those runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import secrets
+from collections.abc import Mapping
+
+from hgrun.errors import AuthError, ForbiddenError
+from hgrun.models import Scope, Token
+from hgrun.store import Store, hash_token
+
+TOKEN_PREFIX = "hgr_"
+
+# What each scope grants, by action.
+GRANTS: dict[Scope, frozenset[str]] = {
+    Scope.ADMIN: frozenset({"admin", "deploy", "run", "read", "trigger"}),
+    Scope.DEPLOY: frozenset({"deploy", "run", "read", "trigger"}),
+    Scope.RUN: frozenset({"run", "read", "trigger"}),
+    Scope.TRIGGER: frozenset({"trigger"}),
+}
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    token: Token
+
+    @property
+    def workspace(self) -> str:
+        return self.token.workspace
+
+    @property
+    def name(self) -> str:
+        return self.token.name
+
+    def require(self, action: str) -> None:
+        if action not in GRANTS[self.token.scope]:
+            raise ForbiddenError(
+                f"token {self.token.name!r} (scope {self.token.scope.value}) may not {action}",
+                "use a token with a wider scope; see `hgrun tokens`",
+            )
+
+
+def authenticate(store: Store, headers: Mapping[str, str]) -> Principal:
+    """The principal behind a request's headers, or AuthError/ForbiddenError."""
+    header = headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise AuthError(
+            "missing bearer token",
+            "send `Authorization: Bearer <token>`; `hgrun login` stores one for the CLI",
+        )
+    digest = hash_token(secret.strip())
+    found = store.token_by_hash(digest)
+    # Found through an index on the digest of a 256-bit secret, which leaks nothing useful about
+    # the secret; the digests are still compared in constant time before trusting the row.
+    if found is None or not hmac.compare_digest(digest, found[1]):
+        raise AuthError("invalid or revoked token", "log in again with a valid token")
+    token = found[0]
+    workspace = headers.get("x-workspace-id")
+    if workspace and not hmac.compare_digest(workspace.encode(), token.workspace.encode()):
+        raise ForbiddenError(
+            f"token {token.name!r} does not belong to workspace {workspace!r}",
+            "drop X-Workspace-Id or use a token of that workspace",
+        )
+    return Principal(token)

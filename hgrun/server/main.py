@@ -1,0 +1,93 @@
+"""The composition root: store, engine, supervisor and API wired together, served by uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+
+from hgrun.engine.docker import DockerEngine
+from hgrun.errors import HgrunError, InputError
+from hgrun.models import Scope
+from hgrun.server.api import Server, build_app
+from hgrun.server.auth import new_token
+from hgrun.server.supervisor import Limits, Supervisor
+from hgrun.store import Store
+
+DEFAULT_WORKSPACE = "default"
+
+
+def open_store(data_dir: Path) -> Store:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise InputError(
+            f"cannot create the data directory {data_dir}: {e.strerror}", "pass --data-dir"
+        ) from e
+    return Store(data_dir / "hgrun.db")
+
+
+def first_start(store: Store) -> str | None:
+    """Create the default workspace and its admin token; the token, or None if not first."""
+    if not store.ensure_workspace(DEFAULT_WORKSPACE):
+        return None
+    token = new_token()
+    store.add_token(DEFAULT_WORKSPACE, "admin", token, Scope.ADMIN)
+    return token
+
+
+def serve(
+    *,
+    host: str,
+    port: int,
+    data_dir: Path,
+    docker_host: str | None,
+    limits: Limits,
+    say: Callable[[str], None],
+) -> None:
+    """Run the server until SIGTERM or SIGINT; runs in flight are taken up at the next start."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    store = open_store(data_dir)
+    engine = DockerEngine(docker_host)
+    info = engine.info()
+    instance = store.meta("instance", lambda: secrets.token_hex(8))
+    supervisor = Supervisor(store, engine, instance=instance, limits=limits)
+    server = Server(store, engine, supervisor, host_cpus=info.cpus, host_memory=info.memory)
+    token = first_start(store)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await supervisor.start()
+        say(
+            f"hgrun server listening on http://{host}:{port} (engine {engine.host}, data {data_dir})"
+        )
+        if token:
+            say(f"admin token: {token}")
+            say("(shown once; it is stored only as a hash. Save it: `hgrun login --token ...`)")
+        yield
+        await supervisor.shutdown()
+        await engine.aclose()
+
+    app = build_app(server)
+    app.router.lifespan_context = lifespan
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ws="websockets-sansio",
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        ws_max_size=16 * 1024 * 1024,
+    )
+    try:
+        uvicorn.Server(config).run()
+    except HgrunError:
+        raise
+    finally:
+        store.close()
