@@ -241,9 +241,9 @@ def _deploy(ctx: Context, app: appdir.AppDir, *, quiet: bool = False) -> dict[st
     )
     if not quiet:
         took = time.monotonic() - started
-        out.success(
-            f"Released {app.name} v{release['version']} ({release['image'][7:19]}) in {took:.1f}s"
-        )
+        what = "Unchanged:" if release.get("unchanged") else "Released"
+        image = release["image"][7:19]
+        out.success(f"{what} {app.name} v{release['version']} ({image}) in {took:.1f}s")
     return release
 
 
@@ -382,6 +382,9 @@ def run(
     entries = uploads.plan(files)
     name = _prepare_app(ctx, app_name, no_build)
     use_tty = (ctx.terminal.stdin_isatty and ctx.terminal.stdout_isatty) if tty is None else tty
+    if use_tty and not detached and "TERM" not in env and ctx.environ.get("TERM"):
+        # The remote shell draws for the local terminal (as Scalingo's and Heroku's CLIs do).
+        env["TERM"] = ctx.environ["TERM"]
     run_info = ctx.api.post(
         f"/v1/apps/{name}/runs",
         {

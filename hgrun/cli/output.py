@@ -85,7 +85,9 @@ class Output:
             for header in headers:
                 table.add_column(header)
             for row in rows:
-                table.add_row(*(_cell(value, header) for value, header in zip(row, headers)))
+                table.add_row(
+                    *(_cell(value, header) for value, header in zip(row, headers, strict=True))
+                )
             self.out.print(table)
             return
         lines = ["\t".join(h.lower() for h in headers)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import os
 import urllib.parse
@@ -363,4 +364,20 @@ def _state(raw: Mapping[str, Any]) -> ContainerState:
         exit_code=state.get("ExitCode"),
         oom_killed=bool(state.get("OOMKilled")),
         error=str(state.get("Error") or ""),
+        finished_at=_timestamp(state.get("FinishedAt")),
     )
+
+
+def _timestamp(text: str | None) -> float | None:
+    """Docker's RFC 3339 times carry nanoseconds; the zero time means "not yet"."""
+    if not text or text.startswith("0001-"):
+        return None
+    main, _, rest = text.partition(".")
+    fraction = "".join(c for c in rest if c.isdigit())[:6]
+    zone = rest[len(rest.rstrip("Z+-:0123456789")) :] if rest else text[19:]
+    zone = "+00:00" if zone.endswith("Z") or not zone else zone[-6:]
+    try:
+        stamp = datetime.datetime.fromisoformat(f"{main[:19]}{zone}")
+    except ValueError:
+        return None
+    return stamp.timestamp() + (int(fraction.ljust(6, "0")) / 1e6 if fraction else 0.0)

@@ -358,9 +358,19 @@ async def create_release(server: Server, request: Request) -> Response:
             f"hgrun.yaml names app {manifest.name!r}, not {app.name!r}",
             "deploy from the app's own folder, or pass --app",
         )
-    release = _new_release(
-        server, app, image, context_hash, procfile, _manifest_json(manifest), "Deploy"
-    )
+    manifest_json = _manifest_json(manifest)
+    latest = server.store.latest_release(app.id)
+    env = _release_env(server, app, manifest_json)
+    if (
+        latest is not None
+        and latest.image == image
+        and latest.procfile == procfile
+        and latest.manifest == manifest_json
+        and latest.env == env
+    ):
+        # Nothing changed: the live release stands, as `git push` of the same commit does.
+        return JSONResponse({**_release_json(latest), "unchanged": True})
+    release = _new_release(server, app, image, context_hash, procfile, manifest_json, "Deploy")
     return JSONResponse(_release_json(release), status_code=201)
 
 
@@ -377,16 +387,20 @@ def _new_release(
     manifest: Any,
     description: str,
 ) -> Release:
-    env = {**(manifest.get("env") or {}), **server.store.config(app.id)}
     return server.store.create_release(
         app.id,
         image=image,
         context_hash=context_hash,
         procfile=procfile,
         manifest=manifest,
-        env=env,
+        env=_release_env(server, app, manifest),
         description=description,
     )
+
+
+def _release_env(server: Server, app: App, manifest: Any) -> dict[str, str]:
+    """Manifest defaults overridden by the app's config: the env a release snapshots."""
+    return {**(manifest.get("env") or {}), **server.store.config(app.id)}
 
 
 async def create_run(server: Server, request: Request) -> Response:
@@ -415,9 +429,10 @@ async def create_run(server: Server, request: Request) -> Response:
     _check_capacity(server, size)
     timeout = _timeout(server, body.get("timeout"))
     resolved = resolve_command(release.procfile, argv)
-    command = (
-        ["sh", "-c", resolved.command] if resolved.process is not None else list(resolved.command)
-    )
+    if isinstance(resolved.command, str):
+        command = ["sh", "-c", resolved.command]
+    else:
+        command = list(resolved.command)
     detached = bool(_field(body, "detached", bool, False))
     tty = bool(_field(body, "tty", bool, False)) and not detached
     run = server.store.create_run(

@@ -63,9 +63,8 @@ def serve(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await supervisor.start()
-        say(
-            f"hgrun server listening on http://{host}:{port} (engine {engine.host}, data {data_dir})"
-        )
+        say(f"hgrun server listening on http://{host}:{port}")
+        say(f"engine {engine.host}, data in {data_dir}")
         if token:
             say(f"admin token: {token}")
             say("(shown once; it is stored only as a hash. Save it: `hgrun login --token ...`)")

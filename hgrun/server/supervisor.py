@@ -24,6 +24,7 @@ from hgrun.engine import (
     LABEL_INSTANCE,
     LABEL_RUN,
     LABEL_WORKSPACE,
+    AttachStream,
     ContainerSpec,
     ContainerState,
     Engine,
@@ -80,7 +81,7 @@ class Subscriber:
 class RunSession:
     run: Run
     container_id: str
-    stream: object | None = None  # AttachStream
+    stream: AttachStream | None = None
     subscribers: list[Subscriber] = field(default_factory=list)
     uploads_done: asyncio.Event = field(default_factory=asyncio.Event)
     client_joined: asyncio.Event = field(default_factory=asyncio.Event)
@@ -253,12 +254,12 @@ class Supervisor:
         await session.started.wait()
         if session.stream is not None and not session.finished.is_set():
             with contextlib.suppress(EngineError):
-                await session.stream.write(data)  # type: ignore[attr-defined]
+                await session.stream.write(data)
 
     async def close_stdin(self, session: RunSession) -> None:
         await session.started.wait()
         if session.stream is not None:
-            await session.stream.close_stdin()  # type: ignore[attr-defined]
+            await session.stream.close_stdin()
 
     async def resize(self, session: RunSession, width: int, height: int) -> None:
         session.size = (width, height)
@@ -332,8 +333,10 @@ class Supervisor:
     async def _pump(self, session: RunSession) -> None:
         demuxer = Demuxer(session.run.tty)
         stream = session.stream
+        if stream is None:
+            return
         while True:
-            data = await stream.read(65536)  # type: ignore[union-attr]
+            data = await stream.read(65536)
             if not data:
                 break
             now = self.clock()
@@ -381,17 +384,17 @@ class Supervisor:
         if message and status is not RunStatus.SUCCEEDED:
             line = f"hgrun: {message}\n".encode()
             self.store.append_output(run.id, run.app_id, [(STDERR, self.clock(), line)])
+        finished = state.finished_at if state and state.finished_at else self.clock()
         session.run = self.store.update_run(
             run.id,
             status=status,
             exit_code=exit_code,
             oom=int(oom),
             error=message,
-            finished=self.clock(),
+            finished=finished,
         )
-        if session.stream is not None:
-            await session.stream.close()  # type: ignore[attr-defined]
-        await asyncio.to_thread(self.engine.remove, session.container_id)
+        # The outcome is stored: clients hear it now, and the container goes after (a crash in
+        # between leaves a stray that recovery removes).
         session.outcome = Finished(exit_code, status, message)
         session.finished.set()
         session.started.set()
@@ -400,6 +403,9 @@ class Supervisor:
                 await subscriber.queue.put(Output(STDERR, f"hgrun: {message}\n".encode()))
             await subscriber.queue.put(session.outcome)
         self.sessions.pop(run.id, None)
+        if session.stream is not None:
+            await session.stream.close()
+        await asyncio.to_thread(self.engine.remove, session.container_id)
 
     # -- watchdog: timeouts, grace after disconnect, idle sessions, strays -------------------
 

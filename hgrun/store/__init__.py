@@ -159,7 +159,8 @@ class Store:
     def revoke_token(self, workspace: str, name: str) -> None:
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE tokens SET revoked = ? WHERE workspace = ? AND name = ? AND revoked IS NULL",
+                "UPDATE tokens SET revoked = ?"
+                " WHERE workspace = ? AND name = ? AND revoked IS NULL",
                 (self._clock(), workspace, name),
             )
             if cur.rowcount == 0:
@@ -367,7 +368,7 @@ class Store:
         script: str | None = None,
         limit: int = 50,
     ) -> list[Run]:
-        where, args = ["workspace = ?"], [workspace]
+        where, args = ["workspace = ?"], [workspace]  # type: list[str], list[Any]
         if app_id is not None:
             where.append("app_id = ?")
             args.append(app_id)

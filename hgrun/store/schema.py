@@ -1,4 +1,5 @@
-"""Versioned schema migrations. Each entry moves the schema one version up; never edit a shipped one."""
+"""Versioned schema migrations: each entry moves the schema one version up. Never edit one that
+has shipped; add the next."""
 
 from __future__ import annotations
 
