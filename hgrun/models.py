@@ -202,6 +202,7 @@ class Run:
     created: float
     started: float | None
     finished: float | None
+    script_id: int | None = None
 
     @property
     def label(self) -> str:
@@ -214,3 +215,39 @@ class Run:
             return None
         end = self.finished if self.finished is not None else None
         return None if end is None else max(0.0, end - self.started)
+
+
+def script_to_json(script: Script) -> dict[str, object]:
+    return dataclasses.asdict(script)
+
+
+def script_from_json(data: Mapping[str, object]) -> Script:
+    """The inverse of :func:`script_to_json` (for specs the store kept)."""
+    fields = dict(data)
+    notify = fields.pop("notify", None) or {}
+    if isinstance(notify, Mapping):
+        fields["notify"] = Notify(
+            webhook=notify.get("webhook"),  # type: ignore[arg-type]
+            email=tuple(notify.get("email") or ()),  # type: ignore[arg-type]
+            on=tuple(notify.get("on") or ("failure",)),  # type: ignore[arg-type]
+        )
+    fields["concurrency"] = Concurrency(str(fields.get("concurrency", "queue")))
+    fields["catchup"] = Catchup(str(fields.get("catchup", "skip")))
+    known = {f.name for f in dataclasses.fields(Script)}
+    return Script(**{k: v for k, v in fields.items() if k in known})  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScriptRecord:
+    """A script as registered on the server: the manifest's spec plus scheduling state."""
+
+    id: int
+    workspace: str
+    app_id: int
+    spec: Script
+    cursor: float | None
+    active: bool
+
+    @property
+    def name(self) -> str:
+        return self.spec.name

@@ -95,6 +95,10 @@ def cli(click_ctx: click.Context, debug: bool) -> None:
 @click.option("--idle-timeout", default="30m", show_default=True, help="Idle attached session.")
 @click.option("--max-timeout", default="1h", show_default=True, help="Cap on every run.")
 @click.option("--max-upload", default=2048, show_default=True, help="Upload cap, in MB.")
+@click.option("--notify-webhook", help="Also POST every script notification here.")
+@click.option("--notify-email", multiple=True, help="Also mail every notification here.")
+@click.option("--smtp-url", help="SMTP server for email, e.g. smtp://127.0.0.1:25.")
+@click.option("--mail-from", default="hgrun@localhost", show_default=True)
 @pass_ctx
 def server(
     ctx: Context,
@@ -106,9 +110,14 @@ def server(
     idle_timeout: str,
     max_timeout: str,
     max_upload: int,
+    notify_webhook: str | None,
+    notify_email: tuple[str, ...],
+    smtp_url: str | None,
+    mail_from: str,
 ) -> None:
     """Run the hgrun server (REST API, attach relay, supervisor) in the foreground."""
     from hgrun.server.main import serve
+    from hgrun.server.notifier import Targets
     from hgrun.server.supervisor import Limits
 
     if data_dir is None:
@@ -125,7 +134,21 @@ def server(
         click.echo(text)
         sys.stdout.flush()
 
-    serve(host=host, port=port, data_dir=data_dir, docker_host=docker_host, limits=limits, say=say)
+    if smtp_url and not smtp_url.startswith("smtp://"):
+        raise InputError(f"--smtp-url {smtp_url!r}: expected smtp://HOST:PORT")
+    targets = Targets(
+        webhook=notify_webhook, email=notify_email, smtp_url=smtp_url, mail_from=mail_from
+    )
+    serve(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        docker_host=docker_host,
+        limits=limits,
+        targets=targets,
+        environ=ctx.environ,
+        say=say,
+    )
 
 
 def _duration_flag(flag: str, value: str) -> float:
@@ -641,6 +664,224 @@ def stop(ctx: Context, run_id: str, as_json: bool) -> None:
         ctx.output.json(info)
     else:
         ctx.output.success(f"Stopped {info['label']} ({info['status']})")
+
+
+# -- scripts, tokens, audit ----------------------------------------------------------------
+
+
+def _script(ctx: Context, app: str, name: str) -> dict[str, Any]:
+    for script in ctx.api.get(f"/v1/apps/{app}/scripts"):
+        if script["name"] == name:
+            return dict(script)
+    raise errors.NotFoundError(
+        f"app {app} has no script {name!r}",
+        "scripts come from hgrun.yaml; list them with `hgrun scripts`",
+    )
+
+
+@cli.command()
+@app_option
+@json_option
+@pass_ctx
+def scripts(ctx: Context, app_name: str | None, as_json: bool) -> None:
+    """The app's scripts: schedule, next fire time, policies and the last run."""
+    items = ctx.api.get(f"/v1/apps/{_app_name(app_name)}/scripts")
+    if as_json:
+        ctx.output.json(items)
+        return
+    rows = []
+    for s in items:
+        last = s["last_run"]
+        schedule = f"{s['cron']} ({s['timezone']})" if s["cron"] else ""
+        next_fire = ""
+        if s["next_fire"]:
+            next_fire = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["next_fire"]))
+        rows.append(
+            (
+                s["name"],
+                s["command"] or f"process {s['process']}",
+                schedule,
+                next_fire,
+                f"{s['concurrency']}/{s['catchup']}",
+                f"{last['label']} {last['status']}" if last else "",
+            )
+        )
+    ctx.output.table(["Name", "Command", "Schedule", "Next", "Policy", "Last run"], rows)
+
+
+@cli.command("scripts:run")
+@click.argument("name")
+@app_option
+@click.option(
+    "--input",
+    "input_text",
+    metavar="JSON|@FILE",
+    help="JSON for HOSTINGGURU_RUN_INPUT, or @file to read it from a file.",
+)
+@click.option("--detached", "-d", is_flag=True, help="Return at once with the run id.")
+@click.option("--wait", is_flag=True, help="With --detached: wait for the end, exit with its code.")
+@json_option
+@pass_ctx
+def scripts_run(
+    ctx: Context,
+    name: str,
+    app_name: str | None,
+    input_text: str | None,
+    detached: bool,
+    wait: bool,
+    as_json: bool,
+) -> int:
+    """Trigger a script by hand; attached like `hgrun run`, or --detached."""
+    body = b""
+    if input_text is not None:
+        raw = input_text
+        if raw.startswith("@"):
+            try:
+                raw = Path(raw[1:]).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise InputError(f"--input {input_text}: cannot read it ({e})") from e
+        try:
+            body = json.dumps(json.loads(raw)).encode()
+        except ValueError as e:
+            raise InputError(f"--input: not valid JSON ({e})", "e.g. --input '{\"id\": 42}'") from e
+    script = _script(ctx, _app_name(app_name), name)
+    use_tty = ctx.terminal.stdin_isatty and ctx.terminal.stdout_isatty and not detached
+    info = ctx.api.request(
+        "POST",
+        f"/v1/scripts/{script['id']}/runs",
+        params={"detached": int(detached), "tty": int(use_tty), "via": "cli"},
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    run_id = info["id"]
+    if info["status"] == "skipped":
+        ctx.output.error(f"{info['label']} skipped: {info['error']}", None)
+        return int(ExitStatus.CONFLICT)
+    if detached:
+        if wait:
+            info = _wait_for(ctx, run_id)
+        if as_json:
+            ctx.output.json(info)
+        else:
+            ctx.output.line(info["label"])
+        if wait:
+            return _exit_code(info)
+        return 0
+    if info["status"] == "queued":
+        ctx.output.info(f"{info['label']} is queued behind the script's running run ...")
+        while info["status"] == "queued":
+            time.sleep(0.5)
+            info = ctx.api.get(f"/v1/runs/{run_id}")
+    return _attach(ctx, run_id, use_tty)
+
+
+def _wait_for(ctx: Context, run_id: int) -> dict[str, Any]:
+    while True:
+        info: dict[str, Any] = ctx.api.get(f"/v1/runs/{run_id}")
+        if info["status"] not in ("queued", "starting", "running"):
+            return info
+        time.sleep(0.5)
+
+
+def _exit_code(info: dict[str, Any]) -> int:
+    if info["status"] == "timed_out":
+        return int(ExitStatus.TIMED_OUT)
+    if info["exit_code"] is not None:
+        return int(info["exit_code"])
+    return 0 if info["status"] == "succeeded" else int(ExitStatus.ERROR)
+
+
+@cli.command("tokens")
+@json_option
+@pass_ctx
+def tokens_list(ctx: Context, as_json: bool) -> None:
+    """The workspace's tokens (never their secrets)."""
+    items = ctx.api.get("/v1/tokens")
+    if as_json:
+        ctx.output.json(items)
+        return
+    ctx.output.table(
+        ["Name", "Scope", "Script", "Created"],
+        [(t["name"], t["scope"], t["script"] or "", ago(t["created"])) for t in items],
+    )
+
+
+@cli.command("tokens:create")
+@click.argument("name")
+@click.option("--scope", required=True, type=click.Choice(["admin", "deploy", "run", "trigger"]))
+@click.option("--script", "script_name", help="Limit a trigger token to this script.")
+@app_option
+@json_option
+@pass_ctx
+def tokens_create(
+    ctx: Context,
+    name: str,
+    scope: str,
+    script_name: str | None,
+    app_name: str | None,
+    as_json: bool,
+) -> None:
+    """Create a token; its secret is printed once, on stdout."""
+    body: dict[str, Any] = {"name": name, "scope": scope}
+    if script_name:
+        body["script"] = f"{_app_name(app_name)}/{script_name}"
+    token = ctx.api.post("/v1/tokens", body)
+    if as_json:
+        ctx.output.json(token)
+        return
+    ctx.output.line(token["token"])
+    ctx.output.info(f"Token {name} ({scope}) created; the secret above is shown only once.")
+
+
+@cli.command("tokens:revoke")
+@click.argument("name")
+@pass_ctx
+def tokens_revoke(ctx: Context, name: str) -> None:
+    """Revoke a token at once."""
+    ctx.api.request("DELETE", f"/v1/tokens/{name}")
+    ctx.output.success(f"Revoked token {name}")
+
+
+@cli.command()
+@click.option("--run", "-r", "run_id", help="Only this run's records.")
+@click.option("--limit", "-n", default=200, show_default=True, type=click.IntRange(1, 10000))
+@json_option
+@pass_ctx
+def audit(ctx: Context, run_id: str | None, limit: int, as_json: bool) -> int:
+    """The audit log, decrypted: who ran what, with input and output. Exits 1 if tampered."""
+    records = ctx.api.get("/v1/audit", run=_run_id(run_id) if run_id else None, limit=limit)
+    if as_json:
+        ctx.output.json(records)
+    else:
+        for record in records:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["time"]))
+            head = f"#{record['id']} {stamp} run.{record['run']} {record['action']}"
+            if record["problem"]:
+                ctx.output.line(f"{head} !! {record['problem']}")
+                continue
+            payload = dict(record["payload"] or {})
+            actor = payload.pop("actor", "")
+            ctx.output.line(f"{head} by {actor}")
+            for key in ("command", "env_keys", "mode", "status", "exit_code", "error"):
+                if payload.get(key) not in (None, "", []):
+                    value = payload[key]
+                    shown = shlex.join(value) if key == "command" else value
+                    if key == "env_keys":
+                        shown = ", ".join(value)
+                    ctx.output.line(f"    {key}: {shown}")
+            for key in ("input", "stdout", "stderr"):
+                if payload.get(key):
+                    ctx.output.line(f"    {key}:")
+                    for line in str(payload[key]).splitlines()[-20:]:
+                        ctx.output.line(f"      {line}")
+    tampered = [r for r in records if r["problem"]]
+    if tampered:
+        ctx.output.error(
+            f"{len(tampered)} audit record(s) failed verification",
+            "the audit store was changed outside hgrun",
+        )
+        return int(ExitStatus.ERROR)
+    return 0
 
 
 @cli.command()

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import json
 import logging
+import re
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,12 +25,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from hgrun import __version__
+from hgrun import __version__, schedule
 from hgrun.duration import parse_duration
 from hgrun.engine import Engine
 from hgrun.errors import (
     CapacityError,
     ConflictError,
+    ForbiddenError,
     HgrunError,
     InputError,
     NotFoundError,
@@ -42,15 +46,28 @@ from hgrun.models import (
     Release,
     Run,
     RunStatus,
+    Scope,
+    ScriptRecord,
+    Token,
     Trigger,
     TriggerKind,
 )
 from hgrun.procfile import parse_procfile, resolve_command
 from hgrun.relay import protocol
-from hgrun.server.auth import Principal, authenticate
+from hgrun.server.auth import Principal, authenticate, new_token
 from hgrun.server.logs import LineAssembler, LogLine
+from hgrun.server.scripts import (
+    MAX_INPUT,
+    RUN_TOKEN_PREFIX,
+    ScriptRunner,
+    parent_of,
+    trigger_for,
+)
 from hgrun.server.supervisor import Finished, Output, Supervisor
 from hgrun.store import Store
+from hgrun.store.audit import AuditLog
+
+TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 log = logging.getLogger("hgrun.api")
 
@@ -65,8 +82,11 @@ class Server:
     store: Store
     engine: Engine
     supervisor: Supervisor
+    scripts: ScriptRunner
+    audit: AuditLog
     host_cpus: int
     host_memory: int
+    clock: Callable[[], float] = time.time
 
 
 Handler = Callable[[Server, Request], Awaitable[Response]]
@@ -369,8 +389,10 @@ async def create_release(server: Server, request: Request) -> Response:
         and latest.env == env
     ):
         # Nothing changed: the live release stands, as `git push` of the same commit does.
+        server.store.sync_scripts(principal.workspace, app.id, manifest.scripts)
         return JSONResponse({**_release_json(latest), "unchanged": True})
     release = _new_release(server, app, image, context_hash, procfile, manifest_json, "Deploy")
+    server.store.sync_scripts(principal.workspace, app.id, manifest.scripts)
     return JSONResponse(_release_json(release), status_code=201)
 
 
@@ -521,21 +543,27 @@ def _int_param(value: str | None, name: str, default: int) -> int:
 
 
 async def get_run(server: Server, request: Request) -> Response:
-    principal = _principal(server, request, "read")
+    principal = authenticate(server.store, request.headers)
     run = _run(server, principal, request.path_params["run_id"])
+    if not principal.may_read_run(run.script_id):
+        raise ForbiddenError(
+            f"token {principal.name!r} may not read {run.label}",
+            "a trigger token reads only the runs of the scripts it may trigger",
+        )
     app = server.store.app_by_id(run.app_id)
     body = run_json(run, app.name)
     tail = _int_param(request.query_params.get("stderr_tail"), "stderr_tail", 0)
     if tail:
-        body["stderr_tail"] = _tail_lines(server, run.id, tail, stream="stderr")
+        body["stderr_tail"] = stderr_tail(server.store, run.id, tail)
     return JSONResponse(body)
 
 
-def _tail_lines(server: Server, run_id: int, n: int, stream: str | None = None) -> list[str]:
+def stderr_tail(store: Store, run_id: int, n: int) -> list[str]:
+    """The last ``n`` lines a run wrote to stderr."""
     assembler = LineAssembler()
-    lines = assembler.feed(server.store.output(run_id=run_id, limit=10**9))
+    lines = assembler.feed(store.output(run_id=run_id, limit=10**9))
     lines += assembler.flush()
-    return [line.text for line in lines if stream is None or line.stream == stream][-n:]
+    return [line.text for line in lines if line.stream == "stderr"][-n:]
 
 
 async def stop_run(server: Server, request: Request) -> Response:
@@ -626,6 +654,176 @@ async def app_logs(server: Server, request: Request) -> Response:
             await asyncio.sleep(0.25)
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+# -- scripts, tokens, audit ---------------------------------------------------------------
+
+
+def script_json(server: Server, script: ScriptRecord, app_name: str) -> dict[str, Any]:
+    spec = script.spec
+    last = server.store.script_runs(script.id, limit=1)
+    next_fire = None
+    if spec.cron:
+        now = datetime.datetime.fromtimestamp(server.clock(), datetime.UTC)
+        next_fire = schedule.next_fire(spec.cron, spec.timezone, now).timestamp()
+    return {
+        "id": script.id,
+        "app": app_name,
+        "name": spec.name,
+        "command": spec.command,
+        "process": spec.process,
+        "cron": spec.cron,
+        "timezone": spec.timezone,
+        "next_fire": next_fire,
+        "concurrency": spec.concurrency.value,
+        "catchup": spec.catchup.value,
+        "timeout": spec.timeout,
+        "size": spec.size,
+        "history": spec.history,
+        "notify": dataclasses.asdict(spec.notify),
+        "last_run": run_json(last[0], app_name) if last else None,
+    }
+
+
+async def list_scripts(server: Server, request: Request) -> Response:
+    principal = _principal(server, request, "read")
+    app = _app(server, principal, request)
+    scripts = server.store.scripts(principal.workspace, app_id=app.id)
+    return JSONResponse([script_json(server, s, app.name) for s in scripts])
+
+
+async def trigger_script(server: Server, request: Request) -> Response:
+    """Start a script; the JSON body, if any, becomes HOSTINGGURU_RUN_INPUT in the container."""
+    principal = authenticate(server.store, request.headers)
+    script = server.store.script(request.path_params["script_id"], principal.workspace)
+    if not principal.may_trigger(script.id):
+        raise ForbiddenError(
+            f"token {principal.name!r} may not trigger script {script.name!r}",
+            "use a token with the trigger scope for this script",
+        )
+    body = await _body_bytes(request, MAX_INPUT)
+    input_json = None
+    if body.strip():
+        try:
+            input_json = json.dumps(json.loads(body))
+        except ValueError as e:
+            raise InputError(f"the run input is not valid JSON: {e}") from e
+    query = request.query_params
+    detached = query.get("detached", "1") not in ("0", "false")
+    via_api = query.get("via") != "cli"
+    parent = parent_of(principal.name)
+    run = await server.scripts.trigger(
+        script,
+        trigger_for(principal.name, via_api),
+        input_json=input_json,
+        parent_run=parent,
+        detached=detached,
+        tty=query.get("tty") in ("1", "true"),
+    )
+    if run is None:  # only for cron slots
+        raise ConflictError("this slot already ran")
+    app = server.store.app_by_id(script.app_id)
+    return JSONResponse(run_json(run, app.name), status_code=201)
+
+
+async def list_script_runs(server: Server, request: Request) -> Response:
+    principal = authenticate(server.store, request.headers)
+    script = server.store.script(request.path_params["script_id"], principal.workspace)
+    if not principal.may_read_run(script.id):
+        raise ForbiddenError(f"token {principal.name!r} may not read runs of {script.name!r}")
+    query = request.query_params
+    limit = min(_int_param(query.get("limit"), "limit", 50), 1000)
+    before = _int_param(query.get("before"), "before", 0) or None
+    app = server.store.app_by_id(script.app_id)
+    runs = server.store.script_runs(script.id, limit=limit, before=before)
+    return JSONResponse([run_json(r, app.name) for r in runs])
+
+
+async def _body_bytes(request: Request, cap: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise PayloadTooLargeError(f"request body over {cap // 1024} KB")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise PayloadTooLargeError(f"request body over {cap // 1024} KB")
+    return bytes(body)
+
+
+def _token_json(token: Token) -> dict[str, Any]:
+    return {
+        "name": token.name,
+        "scope": token.scope.value,
+        "script": token.script,
+        "created": token.created,
+    }
+
+
+async def list_tokens(server: Server, request: Request) -> Response:
+    principal = _principal(server, request, "admin")
+    tokens = server.store.tokens(principal.workspace)
+    return JSONResponse([_token_json(t) for t in tokens])
+
+
+async def create_token(server: Server, request: Request) -> Response:
+    principal = _principal(server, request, "admin")
+    body = await _json_body(request)
+    name = _field(body, "name", str) or ""
+    if not TOKEN_NAME.match(name) or name.startswith(RUN_TOKEN_PREFIX):
+        raise InputError(
+            f"invalid token name {name!r}",
+            "use letters, digits, dots, dashes and underscores (not starting with 'run.')",
+        )
+    try:
+        scope = Scope(_field(body, "scope", str) or "")
+    except ValueError as e:
+        raise InputError(
+            f"unknown scope {body.get('scope')!r}", f"scopes: {', '.join(s.value for s in Scope)}"
+        ) from e
+    script_ref = _field(body, "script", str)
+    script_id = None
+    if script_ref:
+        if scope is not Scope.TRIGGER:
+            raise InputError("--script applies to trigger tokens only", "add --scope trigger")
+        app_name, _, script_name = script_ref.rpartition("/")
+        if not app_name:
+            raise InputError(f"script {script_ref!r}: expected APP/SCRIPT")
+        app = server.store.app(principal.workspace, app_name)
+        script_id = str(server.store.script_by_name(app.id, script_name).id)
+    secret = new_token()
+    token = server.store.add_token(principal.workspace, name, secret, scope, script_id)
+    return JSONResponse({**_token_json(token), "token": secret}, status_code=201)
+
+
+async def revoke_token(server: Server, request: Request) -> Response:
+    principal = _principal(server, request, "admin")
+    name = request.path_params["name"]
+    if name == principal.name:
+        raise ConflictError("a token cannot revoke itself", "revoke it with another admin token")
+    server.store.revoke_token(principal.workspace, name)
+    return JSONResponse({"name": name, "revoked": True})
+
+
+async def audit_log(server: Server, request: Request) -> Response:
+    principal = _principal(server, request, "admin")
+    query = request.query_params
+    run_id = _int_param(query.get("run"), "run", 0) or None
+    limit = min(_int_param(query.get("limit"), "limit", 200), 10_000)
+    records = server.audit.read(principal.workspace, run_id=run_id, limit=limit)
+    return JSONResponse(
+        [
+            {
+                "id": r.id,
+                "time": r.ts,
+                "run": r.run_id,
+                "action": r.action,
+                "payload": r.payload,
+                "problem": r.problem,
+            }
+            for r in records
+        ]
+    )
 
 
 # -- the attach WebSocket ------------------------------------------------------------------
@@ -754,6 +952,13 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", "/v1/runs/{run_id:int}", get_run, "One run; stderr_tail=N [read]"),
     ("POST", "/v1/runs/{run_id:int}/stop", stop_run, "SIGTERM, then SIGKILL [run]"),
     ("PUT", "/v1/runs/{run_id:int}/files", upload_files, "Tar into /tmp/uploads [run]"),
+    ("GET", "/v1/apps/{app}/scripts", list_scripts, "The app's scripts [read]"),
+    ("POST", "/v1/scripts/{script_id:int}/runs", trigger_script, "Trigger; body=input [trigger]"),
+    ("GET", "/v1/scripts/{script_id:int}/runs", list_script_runs, "A script's runs [trigger]"),
+    ("GET", "/v1/tokens", list_tokens, "Tokens of the workspace [admin]"),
+    ("POST", "/v1/tokens", create_token, "Create: {name, scope, script}; shown once [admin]"),
+    ("DELETE", "/v1/tokens/{name}", revoke_token, "Revoke a token [admin]"),
+    ("GET", "/v1/audit", audit_log, "The decrypted audit log; run=ID [admin]"),
 ]
 
 

@@ -45,6 +45,17 @@ class Principal:
     def name(self) -> str:
         return self.token.name
 
+    def may_trigger(self, script_id: int) -> bool:
+        """A trigger token may be limited to one script; wider scopes may trigger any."""
+        if "trigger" not in GRANTS[self.token.scope]:
+            return False
+        return self.token.script is None or self.token.script == str(script_id)
+
+    def may_read_run(self, run_script_id: int | None) -> bool:
+        if "read" in GRANTS[self.token.scope]:
+            return True
+        return run_script_id is not None and self.may_trigger(run_script_id)
+
     def require(self, action: str) -> None:
         if action not in GRANTS[self.token.scope]:
             raise ForbiddenError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 import uvicorn
@@ -14,10 +14,14 @@ from starlette.applications import Starlette
 from hgrun.engine.docker import DockerEngine
 from hgrun.errors import HgrunError, InputError
 from hgrun.models import Scope
-from hgrun.server.api import Server, build_app
+from hgrun.server.api import Server, build_app, stderr_tail
 from hgrun.server.auth import new_token
+from hgrun.server.notifier import Notifier, Targets
+from hgrun.server.scheduler import Scheduler
+from hgrun.server.scripts import ScriptRunner
 from hgrun.server.supervisor import Limits, Supervisor
 from hgrun.store import Store
+from hgrun.store.audit import AuditLog, load_key
 
 DEFAULT_WORKSPACE = "default"
 
@@ -48,6 +52,8 @@ def serve(
     data_dir: Path,
     docker_host: str | None,
     limits: Limits,
+    targets: Targets,
+    environ: Mapping[str, str],
     say: Callable[[str], None],
 ) -> None:
     """Run the server until SIGTERM or SIGINT; runs in flight are taken up at the next start."""
@@ -57,19 +63,44 @@ def serve(
     info = engine.info()
     instance = store.meta("instance", lambda: secrets.token_hex(8))
     supervisor = Supervisor(store, engine, instance=instance, limits=limits)
-    server = Server(store, engine, supervisor, host_cpus=info.cpus, host_memory=info.memory)
+    audit = AuditLog(data_dir / "audit.db", load_key(data_dir, environ))
+    supervisor.audit = lambda action, run, payload: audit.append(
+        run.workspace, run.id, action, {"actor": str(run.trigger), **payload}
+    )
+    advertised = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    scripts = ScriptRunner(store, supervisor, server_url=advertised)
+    notifier = Notifier(
+        targets,
+        stderr_tail=lambda run_id: stderr_tail(store, run_id, 50),
+        app_name=lambda app_id: store.app_by_id(app_id).name,
+    )
+    scripts.on_run_finished.append(notifier.run_finished)
+    scheduler = Scheduler(store, scripts)
+    server = Server(
+        store,
+        engine,
+        supervisor,
+        scripts,
+        audit,
+        host_cpus=info.cpus,
+        host_memory=info.memory,
+    )
     token = first_start(store)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await supervisor.start()
+        await scripts.resume_queues()
+        scheduler.start()
         say(f"hgrun server listening on http://{host}:{port}")
         say(f"engine {engine.host}, data in {data_dir}")
         if token:
             say(f"admin token: {token}")
             say("(shown once; it is stored only as a hash. Save it: `hgrun login --token ...`)")
         yield
+        await scheduler.stop()
         await supervisor.shutdown()
+        await notifier.drain()
         await engine.aclose()
 
     app = build_app(server)
@@ -90,3 +121,4 @@ def serve(
         raise
     finally:
         store.close()
+        audit.close()

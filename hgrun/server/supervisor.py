@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from hgrun.duration import format_duration
 from hgrun.engine import (
@@ -45,6 +46,9 @@ log = logging.getLogger("hgrun.supervisor")
 FLUSH_BYTES = 256 * 1024
 FLUSH_SECONDS = 0.2
 UPLOAD_DIR_PARENT = "/tmp"  # uploads arrive as tar entries under "uploads/"
+AUDIT_CAP = 1024 * 1024  # input and output kept in an audit record, each (the tail past it)
+
+Audit = Callable[[str, Run, dict[str, Any]], None]
 
 
 @dataclass
@@ -94,6 +98,7 @@ class RunSession:
     alone_since: float | None = None
     task: asyncio.Task[None] | None = None
     pending: list[tuple[int, float, bytes]] = field(default_factory=list)
+    stdin_log: bytearray = field(default_factory=bytearray)
     pending_bytes: int = 0
     last_flush: float = 0.0
 
@@ -115,6 +120,9 @@ class Supervisor:
         self.clock = clock
         self.sessions: dict[int, RunSession] = {}
         self._watchdog: asyncio.Task[None] | None = None
+        # Called with each run once its outcome is stored (scripts start their queue from here).
+        self.on_finish: list[Callable[[Run], Awaitable[None]]] = []
+        self.audit: Audit | None = None
 
     # -- lifecycle of the supervisor ---------------------------------------------------------
 
@@ -137,14 +145,21 @@ class Supervisor:
 
     # -- launching ---------------------------------------------------------------------------
 
-    async def launch(self, run: Run, release: Release, network: str) -> RunSession:
+    async def launch(
+        self,
+        run: Run,
+        release: Release,
+        network: str,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> RunSession:
         """Create the run's container and attach to it; it starts when its inputs are ready.
 
         A detached run without uploads starts at once; an attached run starts when its first
-        client attaches; a run with uploads starts when they are in place.
+        client attaches; a run with uploads starts when they are in place. ``extra_env`` goes to
+        the container only, never to the store (a run's own token, say).
         """
         size = SIZES[run.size]
-        env = {**run.env, "HGRUN_RUN_ID": str(run.id)}
+        env = {**run.env, **(extra_env or {}), "HGRUN_RUN_ID": str(run.id)}
         spec = ContainerSpec(
             image=release.image,
             command=list(run.command),
@@ -194,6 +209,18 @@ class Supervisor:
             raise
         self.sessions[run.id] = session
         session.task = asyncio.create_task(self._supervise(session))
+        if self.audit is not None:
+            self.audit(
+                "run.start",
+                run,
+                {
+                    "command": list(run.command),
+                    "env_keys": sorted(env),
+                    "input": run.env.get("HOSTINGGURU_RUN_INPUT"),
+                    "mode": "detached" if run.detached else ("tty" if run.tty else "attached"),
+                    "size": run.size,
+                },
+            )
         return session
 
     async def upload(self, run_id: int, body: AsyncIterator[bytes]) -> int:
@@ -251,6 +278,10 @@ class Supervisor:
 
     async def stdin(self, session: RunSession, data: bytes) -> None:
         session.last_activity = self.clock()
+        if self.audit is not None:
+            session.stdin_log += data
+            if len(session.stdin_log) > 2 * AUDIT_CAP:
+                del session.stdin_log[:-AUDIT_CAP]
         await session.started.wait()
         if session.stream is not None and not session.finished.is_set():
             with contextlib.suppress(EngineError):
@@ -406,6 +437,40 @@ class Supervisor:
         if session.stream is not None:
             await session.stream.close()
         await asyncio.to_thread(self.engine.remove, session.container_id)
+        if self.audit is not None:
+            self.audit("run.finish", session.run, self._audit_finish(session))
+        await self._announce(session.run)
+
+    def _audit_finish(self, session: RunSession) -> dict[str, Any]:
+        run = session.run
+        output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        before = None
+        # Newest chunks first, until the cap: the tail of a long output is what matters.
+        while sum(map(len, output.values())) < 2 * AUDIT_CAP:
+            chunks = self.store.output(run_id=run.id, before=before, limit=256, newest_first=True)
+            if not chunks:
+                break
+            for _cursor, _run, stream, _ts, data in chunks:
+                buffer = output["stderr" if stream == STDERR else "stdout"]
+                buffer[:0] = data
+            before = chunks[-1][0]
+        return {
+            "status": run.status.value,
+            "exit_code": run.exit_code,
+            "oom": run.oom,
+            "error": run.error,
+            "duration": run.duration,
+            "input": session.stdin_log.decode("utf-8", "replace") if session.stdin_log else None,
+            "stdout": bytes(output["stdout"][-AUDIT_CAP:]).decode("utf-8", "replace"),
+            "stderr": bytes(output["stderr"][-AUDIT_CAP:]).decode("utf-8", "replace"),
+        }
+
+    async def _announce(self, run: Run) -> None:
+        for callback in self.on_finish:
+            try:
+                await callback(run)
+            except Exception:
+                log.exception("run %s: a finish callback failed", run.id)
 
     # -- watchdog: timeouts, grace after disconnect, idle sessions, strays -------------------
 
@@ -465,6 +530,8 @@ class Supervisor:
         }
         for run in self.store.active_runs():
             container = containers.pop(str(run.id), None)
+            if container is None and run.status is RunStatus.QUEUED and run.script_id:
+                continue  # waits in its script's queue, which the script runner resumes
             if container is None:
                 self.store.update_run(
                     run.id,

@@ -23,9 +23,13 @@ from hgrun.models import (
     Run,
     RunStatus,
     Scope,
+    Script,
+    ScriptRecord,
     Token,
     Trigger,
     TriggerKind,
+    script_from_json,
+    script_to_json,
 )
 from hgrun.store.schema import MIGRATIONS
 
@@ -302,13 +306,17 @@ class Store:
         slot: str | None = None,
         parent_run: int | None = None,
         status: RunStatus = RunStatus.QUEUED,
+        script_id: int | None = None,
+        error: str | None = None,
     ) -> Run:
+        """Insert a run. A second run for one script and cron slot is a ConflictError."""
+        finished = self._clock() if status.finished else None
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO runs (workspace, app_id, release_id, command, process_type, tty,"
                 " detached, uploads, size, timeout, env, trigger_kind, trigger_name, script, slot,"
-                " parent_run, status, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " parent_run, status, created, script_id, error, finished)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     workspace,
                     app_id,
@@ -328,6 +336,9 @@ class Store:
                     parent_run,
                     status.value,
                     self._clock(),
+                    script_id,
+                    error,
+                    finished,
                 ),
             )
             row = db.execute("SELECT * FROM runs WHERE id = ?", (cur.lastrowid,)).fetchone()
@@ -393,6 +404,117 @@ class Store:
         )
         return [_run(r) for r in rows]
 
+    # -- scripts ----------------------------------------------------------------------------
+
+    def sync_scripts(self, workspace: str, app_id: int, scripts: Sequence[Script]) -> None:
+        """Register the manifest's scripts at a release: upsert these, deactivate the rest.
+
+        A script keeps its id (and so its history and cron cursor) across releases.
+        """
+        now = self._clock()
+        with self._tx() as db:
+            db.execute("UPDATE scripts SET active = 0, updated = ? WHERE app_id = ?", (now, app_id))
+            for script in scripts:
+                db.execute(
+                    "INSERT INTO scripts (workspace, app_id, name, spec, cron, timezone, active,"
+                    " updated) VALUES (?, ?, ?, ?, ?, ?, 1, ?)"
+                    " ON CONFLICT (app_id, name) DO UPDATE SET spec = excluded.spec,"
+                    " cron = excluded.cron, timezone = excluded.timezone, active = 1,"
+                    " updated = excluded.updated,"
+                    " cursor = CASE WHEN scripts.cron IS excluded.cron"
+                    " AND scripts.timezone = excluded.timezone THEN scripts.cursor END",
+                    (
+                        workspace,
+                        app_id,
+                        script.name,
+                        json.dumps(script_to_json(script)),
+                        script.cron,
+                        script.timezone,
+                        now,
+                    ),
+                )
+
+    def scripts(
+        self, workspace: str | None = None, app_id: int | None = None, cron_only: bool = False
+    ) -> list[ScriptRecord]:
+        where, args = ["active = 1"], []  # type: list[str], list[Any]
+        if workspace is not None:
+            where.append("workspace = ?")
+            args.append(workspace)
+        if app_id is not None:
+            where.append("app_id = ?")
+            args.append(app_id)
+        if cron_only:
+            where.append("cron IS NOT NULL")
+        rows = self._query(f"SELECT * FROM scripts WHERE {' AND '.join(where)} ORDER BY id", args)
+        return [_script(r) for r in rows]
+
+    def script(self, script_id: int, workspace: str | None = None) -> ScriptRecord:
+        row = self._one("SELECT * FROM scripts WHERE id = ? AND active = 1", (script_id,))
+        if row is None or (workspace is not None and row["workspace"] != workspace):
+            raise NotFoundError(f"script {script_id} not found", "list them with `hgrun scripts`")
+        return _script(row)
+
+    def script_by_name(self, app_id: int, name: str) -> ScriptRecord:
+        row = self._one(
+            "SELECT * FROM scripts WHERE app_id = ? AND name = ? AND active = 1", (app_id, name)
+        )
+        if row is None:
+            raise NotFoundError(
+                f"script {name!r} not found",
+                "scripts come from hgrun.yaml; deploy to register them",
+            )
+        return _script(row)
+
+    def set_cursor(self, script_id: int, cursor: float) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE scripts SET cursor = ? WHERE id = ?", (cursor, script_id))
+
+    def script_run_counts(self, script_id: int) -> dict[RunStatus, int]:
+        rows = self._query(
+            "SELECT status, COUNT(*) FROM runs WHERE script_id = ?"
+            " AND status IN ('queued', 'starting', 'running') GROUP BY status",
+            (script_id,),
+        )
+        return {RunStatus(r[0]): int(r[1]) for r in rows}
+
+    def oldest_queued(self, script_id: int) -> Run | None:
+        row = self._one(
+            "SELECT * FROM runs WHERE script_id = ? AND status = 'queued' AND container_id IS NULL"
+            " ORDER BY id LIMIT 1",
+            (script_id,),
+        )
+        return _run(row) if row else None
+
+    def script_runs(self, script_id: int, limit: int = 50, before: int | None = None) -> list[Run]:
+        rows = self._query(
+            "SELECT * FROM runs WHERE script_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            (script_id, before if before is not None else 2**62, limit),
+        )
+        return [_run(r) for r in rows]
+
+    def prune_script_history(self, script_id: int, keep: int) -> int:
+        """Delete finished runs (and their output) beyond the newest ``keep``; the count."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT id FROM runs WHERE script_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+                (script_id, keep - 1),
+            ).fetchone()
+            if row is None:
+                return 0
+            doomed = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM runs WHERE script_id = ? AND id < ?"
+                    " AND status NOT IN ('queued', 'starting', 'running')",
+                    (script_id, row[0]),
+                )
+            ]
+            for run_id in doomed:
+                db.execute("DELETE FROM output WHERE run_id = ?", (run_id,))
+                db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            return len(doomed)
+
     # -- output -----------------------------------------------------------------------------
 
     def append_output(self, run_id: int, app_id: int, chunks: Sequence[tuple[int, float, bytes]]):
@@ -437,6 +559,17 @@ class Store:
             (*args, limit),
         )
         return [(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+
+
+def _script(row: sqlite3.Row) -> ScriptRecord:
+    return ScriptRecord(
+        id=row["id"],
+        workspace=row["workspace"],
+        app_id=row["app_id"],
+        spec=script_from_json(json.loads(row["spec"])),
+        cursor=row["cursor"],
+        active=bool(row["active"]),
+    )
 
 
 def _token(row: sqlite3.Row) -> Token:
@@ -492,4 +625,5 @@ def _run(row: sqlite3.Row) -> Run:
         created=row["created"],
         started=row["started"],
         finished=row["finished"],
+        script_id=row["script_id"],
     )

@@ -98,4 +98,24 @@ MIGRATIONS: list[str] = [
     CREATE INDEX output_by_run ON output (run_id, id);
     CREATE INDEX output_by_app ON output (app_id, id);
     """,
+    # 2: scripts registered from the manifest at each release; one run per script and cron slot.
+    """
+    CREATE TABLE scripts (
+        id INTEGER PRIMARY KEY,
+        workspace TEXT NOT NULL,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        cron TEXT,
+        timezone TEXT NOT NULL,
+        cursor REAL,
+        active INTEGER NOT NULL DEFAULT 1,
+        updated REAL NOT NULL,
+        UNIQUE (app_id, name)
+    );
+    ALTER TABLE runs ADD COLUMN script_id INTEGER REFERENCES scripts(id);
+    CREATE UNIQUE INDEX runs_one_per_slot ON runs (script_id, slot) WHERE slot IS NOT NULL;
+    CREATE INDEX runs_by_script ON runs (script_id, id DESC) WHERE script_id IS NOT NULL;
+    CREATE INDEX runs_by_script_status ON runs (script_id, status) WHERE script_id IS NOT NULL;
+    """,
 ]

@@ -1,0 +1,238 @@
+"""Scripts: named commands from the manifest, triggered by hand, by the API or by cron.
+
+Every trigger goes through :meth:`ScriptRunner.trigger`, which applies the script's concurrency
+policy under a per-script lock, so a storm of simultaneous triggers sees one consistent count of
+runs in flight. Queued runs wait as rows with status ``queued`` and no container; when a run of
+the script ends, the oldest one starts. The store's unique key on (script, cron slot) makes a
+second run of one slot impossible, across restarts and server processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+
+from hgrun.errors import ConflictError, InputError, NotFoundError
+from hgrun.models import (
+    SIZES,
+    Release,
+    Run,
+    RunStatus,
+    Scope,
+    ScriptRecord,
+    Trigger,
+    TriggerKind,
+)
+from hgrun.schedule import Decision, decide, skip_reason
+from hgrun.server.auth import new_token
+from hgrun.server.supervisor import Supervisor
+from hgrun.store import Store
+
+log = logging.getLogger("hgrun.scripts")
+
+INPUT_VAR = "HOSTINGGURU_RUN_INPUT"
+MAX_INPUT = 64 * 1024
+RUN_TOKEN_PREFIX = "run."  # tokens a run gets to trigger scripts from inside (fan-out)
+
+
+class ScriptRunner:
+    def __init__(
+        self,
+        store: Store,
+        supervisor: Supervisor,
+        *,
+        backlog: int = 1000,
+        server_url: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.supervisor = supervisor
+        self.backlog = backlog
+        self.server_url = server_url
+        self.clock = clock
+        self._locks: collections.defaultdict[int, asyncio.Lock] = collections.defaultdict(
+            asyncio.Lock
+        )
+        self.on_run_finished: list[Callable[[Run, ScriptRecord], None]] = []
+        supervisor.on_finish.append(self._finished)
+
+    async def trigger(
+        self,
+        script: ScriptRecord,
+        trigger: Trigger,
+        *,
+        input_json: str | None = None,
+        slot: float | None = None,
+        parent_run: int | None = None,
+        detached: bool = True,
+        tty: bool = False,
+    ) -> Run | None:
+        """Apply the concurrency policy; the run made (started, queued or skipped).
+
+        None when ``slot`` already has its run (another process or an earlier try made it).
+        """
+        if input_json is not None and len(input_json.encode()) > MAX_INPUT:
+            raise InputError(f"the run input is over {MAX_INPUT // 1024} KB")
+        release = self.store.latest_release(script.app_id)
+        if release is None:
+            raise NotFoundError("the app has no release yet", "run `hgrun deploy` first")
+        async with self._locks[script.id]:
+            counts = self.store.script_run_counts(script.id)
+            queued = counts.get(RunStatus.QUEUED, 0)
+            active = counts.get(RunStatus.STARTING, 0) + counts.get(RunStatus.RUNNING, 0)
+            policy = script.spec.concurrency
+            decision = decide(policy, active, queued, self.backlog)
+            status = RunStatus.SKIPPED if decision is Decision.SKIP else RunStatus.QUEUED
+            why = skip_reason(policy, active, queued, self.backlog)
+            try:
+                run = self._create(
+                    script, release, trigger, input_json, slot, parent_run, detached, tty, status,
+                    why,
+                )  # fmt: skip
+            except ConflictError:
+                if slot is None:
+                    raise
+                return None
+            if decision is Decision.REPLACE:
+                for victim in self.store.runs(
+                    script.workspace,
+                    app_id=script.app_id,
+                    statuses=[RunStatus.STARTING, RunStatus.RUNNING],
+                    script=script.spec.name,
+                    limit=1000,
+                ):
+                    if victim.script_id == script.id:
+                        await self.supervisor.stop(
+                            victim.id, RunStatus.CANCELED, f"replaced by {run.label}"
+                        )
+            if decision in (Decision.START, Decision.REPLACE):
+                return await self._launch(run, release)
+            return run
+
+    def _create(
+        self,
+        script: ScriptRecord,
+        release: Release,
+        trigger: Trigger,
+        input_json: str | None,
+        slot: float | None,
+        parent_run: int | None,
+        detached: bool,
+        tty: bool,
+        status: RunStatus,
+        why: str | None,
+    ) -> Run:
+        spec = script.spec
+        if spec.process:
+            if spec.process not in release.procfile:
+                raise InputError(
+                    f"script {spec.name}: the release has no process type {spec.process!r}"
+                )
+            command = ["sh", "-c", release.procfile[spec.process]]
+        else:
+            command = ["sh", "-c", spec.command or "true"]
+        env = dict(release.env)
+        if input_json is not None:
+            env[INPUT_VAR] = input_json
+        size = spec.size or str(release.manifest.get("size") or "starter")
+        if size not in SIZES:
+            raise InputError(f"script {spec.name}: unknown size {size!r}")
+        return self.store.create_run(
+            workspace=script.workspace,
+            app_id=script.app_id,
+            release_id=release.id,
+            command=command,
+            process_type=spec.process,
+            tty=tty and not detached,
+            detached=detached,
+            uploads=False,
+            size=size,
+            timeout=min(spec.timeout, self.supervisor.limits.max_timeout),
+            env=env,
+            trigger=trigger,
+            script=spec.name,
+            slot=None if slot is None else _slot_key(slot),
+            parent_run=parent_run,
+            status=status,
+            script_id=script.id,
+            error=why,
+        )
+
+    async def _launch(self, run: Run, release: Release) -> Run:
+        """Start a run of a script, with a token of its own for fan-out triggers."""
+        token = new_token()
+        self.store.add_token(run.workspace, f"{RUN_TOKEN_PREFIX}{run.id}", token, Scope.TRIGGER)
+        extra = {"HGRUN_TOKEN": token, "HGRUN_WORKSPACE": run.workspace}
+        if self.server_url:
+            extra["HGRUN_URL"] = self.server_url
+        network = str(release.manifest.get("network") or "none")
+        try:
+            session = await self.supervisor.launch(run, release, network, extra_env=extra)
+        except Exception:
+            self._revoke_run_token(run)
+            raise
+        return session.run
+
+    def _revoke_run_token(self, run: Run) -> None:
+        try:
+            self.store.revoke_token(run.workspace, f"{RUN_TOKEN_PREFIX}{run.id}")
+        except NotFoundError:
+            pass
+
+    async def _finished(self, run: Run) -> None:
+        """A run ended: revoke its token, start the next queued one, prune, notify."""
+        if run.script_id is None:
+            return
+        self._revoke_run_token(run)
+        try:
+            script = self.store.script(run.script_id)
+        except NotFoundError:
+            return
+        await self.start_queued(script)
+        self.store.prune_script_history(script.id, script.spec.history)
+        for listener in self.on_run_finished:
+            listener(run, script)
+
+    async def start_queued(self, script: ScriptRecord) -> None:
+        """Start the oldest queued run when none of the script's runs is in flight."""
+        async with self._locks[script.id]:
+            counts = self.store.script_run_counts(script.id)
+            if counts.get(RunStatus.STARTING, 0) + counts.get(RunStatus.RUNNING, 0):
+                return
+            # A run that cannot start is recorded failed by the supervisor; take the next one.
+            while (nxt := self.store.oldest_queued(script.id)) is not None:
+                try:
+                    await self._launch(nxt, self.store.release(nxt.release_id))
+                    return
+                except Exception as e:
+                    log.warning("run %s: could not start from the queue: %s", nxt.id, e)
+                    if self.store.run(nxt.id).status is RunStatus.QUEUED:
+                        self.store.update_run(
+                            nxt.id, status=RunStatus.FAILED, error=str(e), finished=self.clock()
+                        )
+
+    async def resume_queues(self) -> None:
+        """After a restart, start what waits in each script's queue."""
+        for script in self.store.scripts():
+            await self.start_queued(script)
+
+
+def parent_of(trigger_name: str) -> int | None:
+    """The run behind a run's own token (``run.42`` -> 42), for lineage."""
+    if trigger_name.startswith(RUN_TOKEN_PREFIX) and trigger_name[4:].isdigit():
+        return int(trigger_name[4:])
+    return None
+
+
+def trigger_for(token_name: str, via_api: bool) -> Trigger:
+    parent = parent_of(token_name)
+    if parent is not None:
+        return Trigger(TriggerKind.RUN, token_name)
+    return Trigger(TriggerKind.API if via_api else TriggerKind.USER, token_name)
+
+
+def _slot_key(slot: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot))
