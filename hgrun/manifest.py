@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
 
 import yaml
-from croniter import croniter
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from hgrun.duration import parse_duration
@@ -35,18 +34,15 @@ from hgrun.models import (
     Notify,
     Script,
 )
+from hgrun.schedule import MACROS, validate_cron
 
 STACKS = ("python", "node")
 NOTIFY_EVENTS = ("failure", "success", "timeout")
 # The @-macros of Vixie cron that name a schedule; @reboot names an event, which hgrun has not.
-CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+CRON_MACROS = tuple(MACROS)
 # A Docker network name (moby: daemon/network, "validNetworkNameRegex" [a-zA-Z0-9][a-zA-Z0-9_.-]).
 # This refuses "container:<id>", which would join another container's namespace.
 NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-# croniter extensions that Vixie cron, Kubernetes and Nomad do not read: H (hashed) and R (random)
-# as a whole field item, e.g. "H", "H/15", "H(0-29)", "R". Month and day names hold no item
-# starting with H or R, so THU or MAR are not caught.
-_CRON_HASHED = re.compile(r"(?:^|,)[HhRr](?:$|[(/,])")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 _TOP_KEYS = ("name", "build", "env", "size", "network", "scripts")
@@ -136,34 +132,6 @@ def parse_manifest(
             hint="start it with the app's name, e.g. 'name: myapp'; see docs/manifest.md",
         )
     return _Reader(file, procfile).manifest(root)
-
-
-def cron_problem(expr: str) -> str | None:
-    """Return why ``expr`` is not a schedule hgrun accepts, or ``None`` when it is.
-
-    Accepted: 5 fields (minute hour day-of-month month day-of-week) that croniter validates
-    strictly (so ``0 0 31 2 *``, a date that never comes, is refused), or one of
-    :data:`CRON_MACROS`. Refused although croniter reads them: a seconds or year field (6 or 7
-    fields), ``@reboot``, and ``H``/``R`` items, which other schedulers read differently or not
-    at all.
-    """
-    e = expr.strip()
-    if not e:
-        return "it is empty"
-    if e.startswith("@"):
-        if e.lower() == "@reboot":
-            return "@reboot is not supported, hgrun schedules by time only"
-        if e.lower() not in CRON_MACROS:
-            return f"unknown macro {e!r}"
-        return None
-    fields = e.split()
-    if len(fields) != 5:
-        return f"{len(fields)} fields, expected 5"
-    if any(_CRON_HASHED.search(f) for f in fields):
-        return "H (hashed) and R (random) values are not supported"
-    if not croniter.is_valid(e, strict=True):
-        return "a field is malformed or out of range, or the date never comes"
-    return None
 
 
 class _Reader:
@@ -510,7 +478,7 @@ class _Reader:
 
     def cron(self, node: Node, path: KeyPath) -> str:
         expr = self.string(node, path, example='"0 4 * * *"').strip()
-        problem = cron_problem(expr)
+        problem = validate_cron(expr)
         if problem is not None:
             raise self.error(
                 node, path, f"{_show(expr)} is not a valid schedule: {problem}", hint=_CRON_HINT

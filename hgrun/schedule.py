@@ -91,7 +91,7 @@ def validate_cron(expr: str) -> str | None:
     """
     e = expr.strip()
     if not e:
-        return "is empty"
+        return "it is empty"
     if e.startswith("@"):
         if e.lower() == "@reboot":
             return "@reboot is not supported: hgrun schedules by time only"
@@ -100,21 +100,21 @@ def validate_cron(expr: str) -> str | None:
         return None
     fields = e.split()
     if len(fields) != 5:
-        return f"has {len(fields)} fields, expected 5 (minute hour day-of-month month day-of-week)"
+        return f"{len(fields)} fields, expected 5 (minute hour day-of-month month day-of-week)"
     if any(_HASHED.search(f) for f in fields):
         return "H (hashed) and R (random) values are not supported"
     if not croniter.is_valid(e):
-        return "is not a valid cron expression"
+        return "a field is malformed or out of range"
     # strict=True checks day-of-month against the month; only meaningful when day-of-week does
     # not widen the match (crontab(5): if both day fields are restricted, either may match).
     if fields[4] == "*" and not croniter.is_valid(e, strict=True):
-        return "names a day that never occurs in that month"
+        return "that day never occurs in that month"
     try:
         croniter(e, _PROBE).get_next(datetime)
     except CroniterBadDateError:
-        return "never fires"
+        return "it never fires"
     except CroniterError:
-        return "is not a valid cron expression"
+        return "a field is malformed or out of range"
     return None
 
 
