@@ -7,13 +7,12 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from hgrun.context import context_hash, write_context_tar
 from hgrun.errors import InputError, ManifestError
-from hgrun.manifest import parse_manifest
-from hgrun.models import Manifest
-from hgrun.procfile import parse_procfile
+
+if TYPE_CHECKING:
+    from hgrun.models import Manifest
 
 MANIFEST = "hgrun.yaml"
 PROCFILE = "Procfile"
@@ -35,11 +34,15 @@ class AppDir:
         return self.manifest.name
 
     def context_hash(self) -> str:
+        from hgrun.context import context_hash
+
         extra = b"".join(k.encode() + b"\0" + v for k, v in sorted(self.generated.items()))
         return context_hash(self.root, extra, dockerfile=self.dockerfile)
 
     def tar_chunks(self, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
         """The build context as tar chunks, spooled to disk first (never whole in memory)."""
+        from hgrun.context import write_context_tar
+
         with tempfile.TemporaryFile(prefix="hgrun-context-") as spool:
             write_context_tar(self.root, spool, self.generated, dockerfile=self.dockerfile)
             spool.seek(0)
@@ -62,6 +65,10 @@ def find_app_dir(start: Path) -> Path | None:
 
 def load(root: Path) -> AppDir:
     """Read and validate the app in ``root`` (errors name file:line:col); decide the build."""
+    # Imported here: YAML and cron validation are not needed by commands given --app.
+    from hgrun.manifest import parse_manifest
+    from hgrun.procfile import parse_procfile
+
     manifest_path = root / MANIFEST
     try:
         manifest_text = manifest_path.read_text(encoding="utf-8")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import os
 import stat
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from hgrun import errors
 
@@ -73,33 +73,88 @@ class Settings:
 
 
 class Api:
+    """A small blocking client on the standard library's http.client.
+
+    httpx would do, but importing it (and httpcore, and trio when present) costs more than a
+    whole `docker run`; a one-off's start time is the CLI's first impression.
+    """
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._http = httpx.Client(
-            base_url=settings.url,
-            headers=settings.headers(),
-            timeout=httpx.Timeout(30.0, read=None),
-        )
+        url = urllib.parse.urlsplit(settings.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise errors.InputError(
+                f"invalid server URL {settings.url!r}", "use e.g. http://127.0.0.1:8765"
+            )
+        self._https = url.scheme == "https"
+        self._host = url.hostname
+        self._port = url.port or (443 if self._https else 80)
+        self._prefix = url.path.rstrip("/")
+        self._headers = {**settings.headers(), "Accept": "application/json"}
+        self._conn: http.client.HTTPConnection | None = None
 
     def close(self) -> None:
-        self._http.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._send(method, path, **kwargs)
-        if not response.content:
-            return None
-        return response.json()
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self._https:
+                self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=60)
+            else:
+                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=60)
+        return self._conn
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as e:
-            raise self._unreachable(e) from e
-        _check(response)
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: bytes | Iterable[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+        read_timeout: float | None = 60,
+    ) -> http.client.HTTPResponse:
+        query = _query(params)
+        target = self._prefix + path + (f"?{query}" if query else "")
+        all_headers = {**self._headers, **(headers or {})}
+        chunked = body is not None and not isinstance(body, bytes)
+        if chunked:
+            all_headers["Transfer-Encoding"] = "chunked"
+        # A kept-alive connection the server closed meanwhile fails on first use: retry once
+        # on a fresh one, for requests whose body can be sent again.
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.timeout = read_timeout
+                conn.request(method, target, body=body, headers=all_headers, encode_chunked=chunked)
+                response = conn.getresponse()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
+                self.close()
+                if attempt == 2 or chunked:
+                    raise self._unreachable(e) from e
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                raise self._unreachable(e) from e
+        if response.status >= 400:
+            data = response.read()
+            _check(response.status, data)
         return response
 
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if "json" in kwargs:
+            kwargs["body"] = json.dumps(kwargs.pop("json")).encode()
+            kwargs["headers"] = {"Content-Type": "application/json", **kwargs.get("headers", {})}
+        if "content" in kwargs:
+            kwargs["body"] = kwargs.pop("content")
+        response = self._send(method, path, **kwargs)
+        data = response.read()
+        return json.loads(data) if data else None
+
     def get(self, path: str, **params: Any) -> Any:
-        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+        return self.request("GET", path, params=params)
 
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, json=body if body is not None else {})
@@ -109,12 +164,16 @@ class Api:
 
     def put_stream(self, path: str, chunks: Iterable[bytes]) -> Any:
         return self.request(
-            "PUT", path, content=chunks, headers={"Content-Type": "application/x-tar"}
+            "PUT",
+            path,
+            body=(c for c in chunks if c),
+            headers={"Content-Type": "application/x-tar"},
+            read_timeout=None,
         )
 
     def exists(self, path: str) -> bool:
         try:
-            self._send("GET", path)
+            self._send("GET", path).read()
         except errors.NotFoundError:
             return False
         return True
@@ -129,22 +188,18 @@ class Api:
         headers: Mapping[str, str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """An NDJSON response, one object per line, as it arrives."""
+        body = None if content is None else (c for c in content if c)
+        response = self._send(
+            method, path, params=params, body=body, headers=headers, read_timeout=None
+        )
         try:
-            with self._http.stream(
-                method,
-                path,
-                params={k: v for k, v in (params or {}).items() if v is not None},
-                content=content,
-                headers=headers,
-            ) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    _check(response)
-                for line in response.iter_lines():
-                    if line.strip():
-                        yield json.loads(line)
-        except httpx.TransportError as e:
+            for line in response:
+                if line.strip():
+                    yield json.loads(line)
+        except (OSError, http.client.HTTPException) as e:
             raise self._unreachable(e) from e
+        finally:
+            self.close()
 
     def _unreachable(self, e: Exception) -> errors.UnreachableError:
         return errors.UnreachableError(
@@ -153,13 +208,22 @@ class Api:
         )
 
 
-def _check(response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
+def _query(params: Mapping[str, Any] | None) -> str:
+    pairs: list[tuple[str, str]] = []
+    for key, value in (params or {}).items():
+        if value is None:
+            continue
+        for item in value if isinstance(value, list | tuple) else [value]:
+            pairs.append((key, str(item)))
+    return urllib.parse.urlencode(pairs)
+
+
+def _check(status: int, data: bytes) -> None:
     try:
-        body = response.json()
+        body = json.loads(data)
     except ValueError:
-        body = {"message": f"server answered {response.status_code}: {response.text[:200]}"}
+        text = data[:200].decode(errors="replace")
+        body = {"message": f"server answered {status}: {text}"}
     if not isinstance(body, dict):
-        body = {"message": f"server answered {response.status_code}"}
-    raise errors.from_json(body, response.status_code)
+        body = {"message": f"server answered {status}"}
+    raise errors.from_json(body, status)

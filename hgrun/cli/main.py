@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -19,7 +18,6 @@ import click
 
 from hgrun import __version__, errors
 from hgrun.cli import appdir, uploads
-from hgrun.cli.attach import attach as attach_session
 from hgrun.cli.client import Api, Settings
 from hgrun.cli.output import Output, ago, duration
 from hgrun.cli.terminal import Terminal
@@ -477,6 +475,10 @@ def _upload(ctx: Context, run_id: int, entries: list[uploads.Upload]) -> None:
 
 
 def _attach(ctx: Context, run_id: int, tty: bool) -> int:
+    import asyncio
+
+    from hgrun.cli.attach import attach as attach_session
+
     settings = ctx.settings
     url = settings.ws_url(f"/v1/runs/{run_id}/attach")
     try:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from hgrun.cli.terminal import Terminal
 from hgrun.duration import format_duration
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 STATUS_STYLE = {
     "succeeded": "green",
@@ -32,17 +33,27 @@ class Output:
 
     def __init__(self, terminal: Terminal) -> None:
         self.terminal = terminal
-        colour = terminal.colour
-        self.out = Console(
+
+    # rich is imported on first use only: most commands a script runs print no table.
+    @functools.cached_property
+    def out(self) -> Console:
+        from rich.console import Console
+
+        return Console(
             file=sys.stdout,
-            no_color=not colour,
+            no_color=not self.terminal.colour,
             highlight=False,
-            force_terminal=terminal.stdout_isatty or None,
-            soft_wrap=not terminal.stdout_isatty,
+            force_terminal=self.terminal.stdout_isatty or None,
+            soft_wrap=not self.terminal.stdout_isatty,
         )
-        self.err = Console(
+
+    @functools.cached_property
+    def err(self) -> Console:
+        from rich.console import Console
+
+        return Console(
             file=sys.stderr,
-            no_color=not colour or not terminal.environ.get("TERM"),
+            no_color=not self.terminal.colour or not self.terminal.environ.get("TERM"),
             highlight=False,
             stderr=True,
             soft_wrap=True,
@@ -62,10 +73,14 @@ class Output:
 
     def info(self, text: str) -> None:
         """A message for a person: stderr, so pipes and $(...) get only data."""
-        self.err.print(text, markup=False)
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
 
     def success(self, text: str) -> None:
-        self.err.print(f"[green]✓[/green] {_escape(text)}" if self.terminal.colour else text)
+        if self.terminal.colour:
+            self.err.print(f"[green]✓[/green] {_escape(text)}")
+        else:
+            self.info(text)
 
     def error(self, message: str, hint: str | None) -> None:
         if self.terminal.colour:
@@ -81,6 +96,8 @@ class Output:
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """A rich table on a terminal; tab-separated columns with a header line otherwise."""
         if self.interactive:
+            from rich.table import Table
+
             table = Table(box=None, header_style="bold", pad_edge=False)
             for header in headers:
                 table.add_column(header)
