@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ class Scheduler:
         self.clock = clock
         self.tick_seconds = tick
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: dict[int, asyncio.Task[int | None]] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -50,27 +52,44 @@ class Scheduler:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task in list(self._in_flight.values()):
+            with contextlib.suppress(Exception):
+                await task
 
     async def _loop(self) -> None:
         while True:
             try:
-                await self.tick(self.clock())
+                self.tick(self.clock())
             except Exception:
                 log.exception("scheduler tick failed")
             # Wake just after the next whole second: cron slots fall on whole minutes.
             await asyncio.sleep(self.tick_seconds - (self.clock() % self.tick_seconds) + 0.01)
 
-    async def tick(self, now: float) -> list[int]:
-        """Trigger every due slot; returns the ids of the runs made."""
-        made: list[int] = []
-        at = datetime.datetime.fromtimestamp(now, datetime.UTC)
-        for script in self.store.scripts(cron_only=True):
-            run_id = await self._evaluate(script, at)
-            if run_id is not None:
-                made.append(run_id)
-        return made
+    def tick(self, now: float) -> list[asyncio.Task[int | None]]:
+        """Start a trigger for every script with a due slot; the tasks (each gives a run id).
 
-    async def _evaluate(self, script: ScriptRecord, now: datetime.datetime) -> int | None:
+        Scripts are independent: each due slot is triggered in a task of its own, so a slow
+        container start delays no other script and no later tick. A script whose previous
+        trigger is still in flight is left for the next tick.
+        """
+        at = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        started = []
+        for script in self.store.scripts(cron_only=True):
+            if script.id in self._in_flight:
+                continue
+            slot = self._due(script, at)
+            if slot is None:
+                continue
+            task = asyncio.create_task(self._trigger(script, slot))
+            self._in_flight[script.id] = task
+            task.add_done_callback(functools.partial(self._done, script.id))
+            started.append(task)
+        return started
+
+    def _done(self, script_id: int, _task: asyncio.Task[int | None]) -> None:
+        self._in_flight.pop(script_id, None)
+
+    def _due(self, script: ScriptRecord, now: datetime.datetime) -> datetime.datetime | None:
         spec = script.spec
         if spec.cron is None:
             return None
@@ -89,9 +108,10 @@ class Scheduler:
             spec.starting_deadline,
             tick_grace=TICK_GRACE,
         )
-        if not slots:
-            return None
-        slot = slots[-1]
+        return slots[-1] if slots else None
+
+    async def _trigger(self, script: ScriptRecord, slot: datetime.datetime) -> int | None:
+        spec = script.spec
         stamp = slot.strftime("%Y-%m-%dT%H:%M:%SZ")
         # Trigger first, then move the cursor: a crash in between retries the slot, and the
         # store's unique key turns the retry into a no-op.
