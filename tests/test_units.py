@@ -1,0 +1,333 @@
+"""Unit tests of the pure pieces and of the stores (real SQLite), without Docker."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from hgrun.cli import uploads
+from hgrun.engine import CAPABILITIES, ContainerSpec
+from hgrun.engine.docker import _timestamp, create_args
+from hgrun.engine.multiplex import STDERR, STDOUT, Demuxer, frame
+from hgrun.errors import ConflictError, EngineError, InputError, NotFoundError
+from hgrun.models import SIZES, RunStatus, Scope, Script, Trigger, TriggerKind
+from hgrun.server.auth import authenticate, new_token
+from hgrun.server.logs import LineAssembler
+from hgrun.store import Store, hash_token
+from hgrun.store.audit import AuditLog, load_key
+
+# -- Docker's multiplexed stream -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 8, 9, 64, 10_000])
+def test_demuxer_any_chunking(chunk: int) -> None:
+    raw = frame(STDOUT, b"hello\n") + frame(STDERR, b"oops\n") + frame(STDOUT, b"x" * 3000)
+    demuxer = Demuxer(tty=False)
+    out: list[tuple[int, bytes]] = []
+    for i in range(0, len(raw), chunk):
+        out += demuxer.feed(raw[i : i + chunk])
+    joined: dict[int, bytes] = {STDOUT: b"", STDERR: b""}
+    for stream, data in out:
+        joined[stream] += data
+    assert joined == {STDOUT: b"hello\n" + b"x" * 3000, STDERR: b"oops\n"}
+    assert demuxer.pending == 0
+
+
+def test_demuxer_tty_is_raw_stdout() -> None:
+    assert Demuxer(tty=True).feed(b"\x01\x00abc") == [(STDOUT, b"\x01\x00abc")]
+
+
+def test_demuxer_rejects_garbage() -> None:
+    with pytest.raises(EngineError, match="stream byte 9"):
+        Demuxer(tty=False).feed(b"\x09\x00\x00\x00\x00\x00\x00\x01a")
+
+
+def test_demuxer_holds_a_truncated_frame() -> None:
+    demuxer = Demuxer(tty=False)
+    assert demuxer.feed(frame(STDOUT, b"abcdef")[:-2]) == []
+    assert demuxer.pending == 12
+
+
+# -- container arguments -------------------------------------------------------------------
+
+
+def test_create_args_harden_the_container() -> None:
+    spec = ContainerSpec(
+        image="img",
+        command=["sh", "-c", "true"],
+        env={"A": "1"},
+        labels={"hgrun.run": "7"},
+        size=SIZES["standard"],
+        stdin=True,
+    )
+    create, host = create_args(spec)
+    assert host["cap_drop"] == ["ALL"]
+    assert set(host["cap_add"]) == set(CAPABILITIES)
+    assert "SYS_ADMIN" not in host["cap_add"] and "NET_RAW" not in host["cap_add"]
+    assert host["security_opt"] == ["no-new-privileges:true"]
+    assert host["init"] is True and host["privileged"] is False
+    assert host["mem_limit"] == host["memswap_limit"] == 2048 * 1024 * 1024
+    assert host["nano_cpus"] == 1_000_000_000
+    assert host["pids_limit"] == SIZES["standard"].pids
+    assert host["network_mode"] == "none"
+    assert "binds" not in host and "devices" not in host
+    assert create["stdin_open"] is True and create["detach"] is False
+    assert create["labels"] == {"hgrun.run": "7"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-23T18:08:20.123456789Z", 1795457300.123456),
+        ("2026-11-23T18:08:20Z", 1795457300.0),
+        ("0001-01-01T00:00:00Z", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_engine_timestamps(text: str | None, expected: float | None) -> None:
+    assert _timestamp(text) == expected
+
+
+# -- log lines -----------------------------------------------------------------------------
+
+
+def test_line_assembler_splits_per_run_and_stream() -> None:
+    assembler = LineAssembler()
+    lines = assembler.feed(
+        [
+            (1, 10, 1, 1.0, b"a\nb"),
+            (2, 11, 1, 1.5, b"x\n"),
+            (3, 10, 2, 2.0, b"err\n"),
+            (4, 10, 1, 3.0, b"c\r\nd"),
+        ]
+    )
+    assert [(ln.run_id, ln.stream, ln.text) for ln in lines] == [
+        (10, "stdout", "a"),
+        (11, "stdout", "x"),
+        (10, "stderr", "err"),
+        (10, "stdout", "bc"),
+    ]
+    assert assembler.pending_runs() == [10]
+    assert [ln.text for ln in assembler.flush(10)] == ["d"]
+    assert assembler.flush() == []
+
+
+def test_line_assembler_replaces_bad_utf8() -> None:
+    (line,) = LineAssembler().feed([(1, 1, 1, 0.0, b"caf\xe9\n")])
+    assert line.text == "caf\ufffd"
+
+
+# -- uploads -------------------------------------------------------------------------------
+
+
+def test_upload_tar_stream_is_a_valid_tar(tmp_path: Path) -> None:
+    (tmp_path / "dump.bin").write_bytes(bytes(range(256)) * 1000 + b"tail")
+    folder = tmp_path / "dir"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "f.txt").write_text("hello")
+    (folder / "run.sh").write_text("#!/bin/sh\n")
+    (folder / "run.sh").chmod(0o755)
+    entries = uploads.plan([str(tmp_path / "dump.bin"), str(folder)])
+    sent: list[int] = []
+    data = b"".join(uploads.tar_stream(entries, sent.append))
+    assert sum(sent) == uploads.total_bytes(entries)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+        assert names[0] == "uploads"
+        assert "uploads/dump.bin" in names and "uploads/dir/sub/f.txt" in names
+        dump = tar.extractfile("uploads/dump.bin")
+        assert dump is not None and dump.read() == (tmp_path / "dump.bin").read_bytes()
+        assert tar.getmember("uploads/dir/run.sh").mode == 0o755
+
+
+@pytest.mark.parametrize(
+    ("paths", "message"),
+    [
+        (["nope.tar"], "--file nope.tar: no such file or directory"),
+        (["a/x", "b/x"], "another --file is also named 'x'"),
+    ],
+)
+def test_upload_plan_refuses(tmp_path: Path, paths: list[str], message: str) -> None:
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "x").write_text("1")
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        uploads.plan([str(tmp_path / p) if "/" in p else p for p in paths])
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+def _run_args(store: Store, app_id: int, release_id: int, **extra: object) -> dict[str, object]:
+    return {
+        "workspace": "default",
+        "app_id": app_id,
+        "release_id": release_id,
+        "command": ["true"],
+        "process_type": None,
+        "tty": False,
+        "detached": True,
+        "uploads": False,
+        "size": "starter",
+        "timeout": 60.0,
+        "env": {},
+        "trigger": Trigger(TriggerKind.USER, "admin"),
+        **extra,
+    }
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    store = Store(tmp_path / "hgrun.db", clock=lambda: 1000.0)
+    store.ensure_workspace("default")
+    return store
+
+
+def _release(store: Store) -> tuple[int, int]:
+    app = store.create_app("default", "app")
+    release = store.create_release(
+        app.id,
+        image="sha256:x",
+        context_hash="h" * 64,
+        procfile={},
+        manifest={},
+        env={},
+        description="Deploy",
+    )
+    return app.id, release.id
+
+
+def test_store_migrates_to_the_latest_version(tmp_path: Path) -> None:
+    from hgrun.store.schema import MIGRATIONS
+
+    assert Store(tmp_path / "a.db").schema_version == len(MIGRATIONS)
+    assert Store(tmp_path / "a.db").schema_version == len(MIGRATIONS)  # idempotent
+
+
+def test_store_keeps_only_token_hashes(store: Store, tmp_path: Path) -> None:
+    secret = new_token()
+    store.add_token("default", "ci", secret, Scope.RUN)
+    raw = (tmp_path / "hgrun.db").read_bytes()
+    assert secret.encode() not in raw
+    found = store.token_by_hash(hash_token(secret))
+    assert found is not None and found[0].name == "ci"
+    with pytest.raises(ConflictError):
+        store.add_token("default", "ci", new_token(), Scope.RUN)
+
+
+def test_authenticate(store: Store) -> None:
+    secret = new_token()
+    store.add_token("default", "ci", secret, Scope.TRIGGER)
+    principal = authenticate(store, {"authorization": f"Bearer {secret}"})
+    assert principal.name == "ci" and principal.may_trigger(3)
+    assert not principal.may_read_run(None)
+    from hgrun.errors import AuthError, ForbiddenError
+
+    with pytest.raises(ForbiddenError):
+        principal.require("read")
+    with pytest.raises(AuthError):
+        authenticate(store, {})
+    with pytest.raises(AuthError):
+        authenticate(store, {"authorization": "Bearer nope"})
+    with pytest.raises(ForbiddenError):
+        authenticate(store, {"authorization": f"Bearer {secret}", "x-workspace-id": "other"})
+    store.revoke_token("default", "ci")
+    with pytest.raises(AuthError):
+        authenticate(store, {"authorization": f"Bearer {secret}"})
+
+
+def test_one_run_per_script_slot(store: Store) -> None:
+    app_id, release_id = _release(store)
+    store.sync_scripts("default", app_id, [Script(name="s", command="true", cron="* * * * *")])
+    (script,) = store.scripts()
+    args = _run_args(store, app_id, release_id, script_id=script.id, slot="2026-01-01T00:00:00Z")
+    store.create_run(**args)  # type: ignore[arg-type]
+    with pytest.raises(ConflictError):
+        store.create_run(**args)  # type: ignore[arg-type]
+    # Another slot, or no slot, is fine.
+    store.create_run(**{**args, "slot": "2026-01-01T00:01:00Z"})  # type: ignore[arg-type]
+    store.create_run(**{**args, "slot": None})  # type: ignore[arg-type]
+
+
+def test_sync_scripts_keeps_ids_and_resets_a_changed_schedule(store: Store) -> None:
+    app_id, _ = _release(store)
+    store.sync_scripts("default", app_id, [Script(name="s", command="a", cron="* * * * *")])
+    (first,) = store.scripts()
+    store.set_cursor(first.id, 500.0)
+    store.sync_scripts("default", app_id, [Script(name="s", command="b", cron="* * * * *")])
+    (same,) = store.scripts()
+    assert same.id == first.id and same.cursor == 500.0 and same.spec.command == "b"
+    store.sync_scripts("default", app_id, [Script(name="s", command="b", cron="0 * * * *")])
+    assert store.scripts()[0].cursor is None
+    store.sync_scripts("default", app_id, [])
+    assert store.scripts() == []
+    with pytest.raises(NotFoundError):
+        store.script(first.id)
+
+
+def test_prune_script_history_keeps_the_newest(store: Store) -> None:
+    app_id, release_id = _release(store)
+    store.sync_scripts("default", app_id, [Script(name="s", command="true")])
+    (script,) = store.scripts()
+    ids = []
+    for _ in range(6):
+        run = store.create_run(**_run_args(store, app_id, release_id, script_id=script.id))  # type: ignore[arg-type]
+        store.append_output(run.id, app_id, [(1, 1.0, b"out\n")])
+        store.update_run(run.id, status=RunStatus.SUCCEEDED, exit_code=0, finished=2.0)
+        ids.append(run.id)
+    assert store.prune_script_history(script.id, keep=3) == 3
+    assert [r.id for r in store.script_runs(script.id)] == ids[:2:-1]
+    assert store.output(run_id=ids[0]) == []
+    assert store.output(run_id=ids[-1])[0][4] == b"out\n"
+
+
+def test_a_finished_run_never_changes(store: Store) -> None:
+    app_id, release_id = _release(store)
+    run = store.create_run(**_run_args(store, app_id, release_id))  # type: ignore[arg-type]
+    store.update_run(run.id, status=RunStatus.TIMED_OUT, exit_code=124, finished=5.0)
+    after = store.update_run(run.id, status=RunStatus.SUCCEEDED, exit_code=0)
+    assert after.status is RunStatus.TIMED_OUT and after.exit_code == 124
+
+
+# -- the audit log -------------------------------------------------------------------------
+
+
+def test_audit_log_is_encrypted_and_detects_tampering(tmp_path: Path) -> None:
+    key = load_key(tmp_path, {})
+    assert (tmp_path / "audit.key").stat().st_mode & 0o777 == 0o600
+    log = AuditLog(tmp_path / "audit.db", key)
+    log.append("default", 1, "run.start", {"command": ["psql", "-c", "select secret"]})
+    log.append("default", 1, "run.finish", {"stdout": "the-output-text"})
+    log.append("default", 2, "run.start", {"command": ["true"]})
+    log.close()
+    raw = (tmp_path / "audit.db").read_bytes()
+    assert b"select secret" not in raw and b"the-output-text" not in raw
+    log = AuditLog(tmp_path / "audit.db", key)
+    records = log.read("default")
+    assert [r.problem for r in records] == [None, None, None]
+    assert records[0].payload == {"command": ["psql", "-c", "select secret"]}
+    assert [r.action for r in log.read("default", run_id=1)] == ["run.start", "run.finish"]
+    assert log.read("other") == []
+    log.close()
+
+    db = sqlite3.connect(tmp_path / "audit.db")
+    blob = bytearray(db.execute("SELECT payload FROM audit WHERE id = 2").fetchone()[0])
+    blob[40] ^= 1
+    db.execute("UPDATE audit SET payload = ? WHERE id = 2", (bytes(blob),))
+    db.execute("UPDATE audit SET action = 'run.other' WHERE id = 1")
+    db.commit()
+    db.close()
+    problems = [r.problem for r in AuditLog(tmp_path / "audit.db", key).read("default")]
+    assert problems[0] is not None and "altered" in problems[0]
+    assert problems[1] == "record was altered"
+    assert problems[2] is not None and "before this one" in problems[2]
+
+
+def test_audit_key_from_env_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a valid Fernet key"):
+        load_key(tmp_path, {"HGRUN_AUDIT_KEY": "short"})
