@@ -705,10 +705,12 @@ def scripts(ctx: Context, app_name: str | None, as_json: bool) -> None:
                 schedule,
                 next_fire,
                 f"{s['concurrency']}/{s['catchup']}",
-                f"{last['label']} {last['status']}" if last else "",
+                f"{last['label']} {ago(last['created'])}" if last else "",
+                last["status"] if last else "",
             )
         )
-    ctx.output.table(["Name", "Command", "Schedule", "Next", "Policy", "Last run"], rows)
+    headers = ["Name", "Command", "Schedule", "Next", "Policy", "Last run", "Status"]
+    ctx.output.table(headers, rows)
 
 
 @cli.command("scripts:run")
