@@ -331,3 +331,13 @@ def test_audit_log_is_encrypted_and_detects_tampering(tmp_path: Path) -> None:
 def test_audit_key_from_env_is_checked(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not a valid Fernet key"):
         load_key(tmp_path, {"HGRUN_AUDIT_KEY": "short"})
+
+
+def test_supervisor_lease(store: Store) -> None:
+    assert store.claim_lease("supervisor", "a", 15) is None
+    assert store.claim_lease("supervisor", "a", 15) is None  # renewal
+    assert store.claim_lease("supervisor", "b", 15) == "a"
+    assert store.claim_lease("supervisor", "b", 15, holder_gone=lambda h: h == "a") is None
+    assert store.claim_lease("supervisor", "a", 15) == "b"
+    store.release_lease("supervisor", "b")
+    assert store.claim_lease("supervisor", "a", 15) is None

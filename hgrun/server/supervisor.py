@@ -14,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +49,7 @@ log = logging.getLogger("hgrun.supervisor")
 FLUSH_BYTES = 256 * 1024
 FLUSH_SECONDS = 0.2
 UPLOAD_DIR_PARENT = "/tmp"  # uploads arrive as tar entries under "uploads/"
+LEASE_TTL = 15.0  # renewed every 5 s; a SIGKILLed holder frees it within this
 AUDIT_CAP = 1024 * 1024  # input and output kept in an audit record, each (the tail past it)
 
 Audit = Callable[[str, Run, dict[str, Any]], None]
@@ -120,6 +124,9 @@ class Supervisor:
         self.clock = clock
         self.sessions: dict[int, RunSession] = {}
         self._watchdog: asyncio.Task[None] | None = None
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.leader = False
+        self.warned = False
         # Called with each run once its outcome is stored (scripts start their queue from here).
         self.on_finish: list[Callable[[Run], Awaitable[None]]] = []
         self.audit: Audit | None = None
@@ -127,13 +134,31 @@ class Supervisor:
     # -- lifecycle of the supervisor ---------------------------------------------------------
 
     async def start(self) -> None:
-        await self.recover()
+        """Take up runs left in flight, unless another live server supervises this store.
+
+        Two servers may share a store (cron slots stay unique through the store's key), but only
+        the one holding the supervisor lease takes up and reaps containers: the other must not
+        adopt runs that a live process is still watching.
+        """
+        await self._claim()
         self._watchdog = asyncio.create_task(self._watch())
+
+    async def _claim(self) -> None:
+        """Hold the supervisor lease; on becoming its holder, take up what was left behind."""
+        holder = self.store.claim_lease("supervisor", self.owner, LEASE_TTL, _process_gone)
+        was_leader, self.leader = self.leader, holder is None
+        if self.leader and not was_leader:
+            await self.recover()
+        elif holder is not None and not self.warned:
+            self.warned = True
+            log.warning("hgrun server %s supervises this store: its runs are left to it", holder)
 
     async def shutdown(self) -> None:
         """Leave runs going: their containers are taken up again at the next start."""
         if self._watchdog:
             self._watchdog.cancel()
+        if self.leader:
+            self.store.release_lease("supervisor", self.owner)
         for session in list(self.sessions.values()):
             self._flush(session)
             if session.task:
@@ -485,7 +510,10 @@ class Supervisor:
                     await self._check(session, now)
                 except Exception:
                     log.exception("run %s: watchdog check failed", session.run.id)
-            if ticks % 120 == 0:
+            if ticks % 10 == 0:
+                with contextlib.suppress(Exception):
+                    await self._claim()
+            if ticks % 120 == 0 and self.leader:
                 with contextlib.suppress(Exception):
                     await self.reap()
 
@@ -604,3 +632,18 @@ class Supervisor:
         if session is None:
             raise NotFoundError(f"run {run_id} is not in flight")
         return session
+
+
+def _process_gone(holder: str) -> bool:
+    """Whether a lease holder (``host:pid:nonce``) is a process of this host that has died."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

@@ -117,6 +117,40 @@ class Store:
             db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
             return value
 
+    def claim_lease(
+        self,
+        name: str,
+        owner: str,
+        ttl: float,
+        holder_gone: Callable[[str], bool] = lambda _holder: False,
+    ) -> str | None:
+        """Take or renew the lease ``name`` for ``owner``; None if taken, else who holds it.
+
+        Returns the holder's id when another owner holds an unexpired lease that
+        ``holder_gone(holder)`` does not declare dead; otherwise the caller now holds the lease
+        for ``ttl`` seconds and None is returned.
+        """
+        now = self._clock()
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (f"lease:{name}",)).fetchone()
+            if row:
+                holder, _, expires = str(row[0]).rpartition(" ")
+                if holder != owner and float(expires) > now and not holder_gone(holder):
+                    return holder
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (f"lease:{name}", f"{owner} {now + ttl}"),
+            )
+        return None
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM meta WHERE key = ? AND value LIKE ?",
+                (f"lease:{name}", f"{owner} %"),
+            )
+
     # -- workspaces and tokens --------------------------------------------------------------
 
     def ensure_workspace(self, workspace: str) -> bool:
