@@ -67,6 +67,7 @@ class ContainerState:
     oom_killed: bool
     error: str
     finished_at: float | None = None  # epoch seconds, once the container has exited
+    started_at: float | None = None
 
 
 class AttachStream(Protocol):

@@ -365,6 +365,7 @@ def _state(raw: Mapping[str, Any]) -> ContainerState:
         oom_killed=bool(state.get("OOMKilled")),
         error=str(state.get("Error") or ""),
         finished_at=_timestamp(state.get("FinishedAt")),
+        started_at=_timestamp(state.get("StartedAt")),
     )
 
 

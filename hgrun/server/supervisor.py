@@ -560,26 +560,46 @@ class Supervisor:
             container = containers.pop(str(run.id), None)
             if container is None and run.status is RunStatus.QUEUED and run.script_id:
                 continue  # waits in its script's queue, which the script runner resumes
-            if container is None:
+            started = container is not None and container.status != "created"
+            if container is not None and (started or run.status is RunStatus.RUNNING):
+                if run.status is not RunStatus.RUNNING:
+                    # Killed between starting the container and recording it.
+                    run = self.store.update_run(
+                        run.id,
+                        status=RunStatus.RUNNING,
+                        started=container.started_at or self.clock(),
+                    )
+                await self._retake(run, container)
+                continue
+            if container is not None:
+                await asyncio.to_thread(self.engine.remove, container.id)
+            if run.status is RunStatus.RUNNING:
                 self.store.update_run(
                     run.id,
                     status=RunStatus.LOST,
                     error="the container vanished while the server was down",
                     finished=self.clock(),
                 )
-            elif run.status is not RunStatus.RUNNING:
-                await asyncio.to_thread(self.engine.remove, container.id)
+            elif run.detached and not run.uploads:
+                # Never started, and nobody waits on a terminal for it: start it now.
+                await self._relaunch(run)
+            else:
                 self.store.update_run(
                     run.id,
                     status=RunStatus.LOST,
-                    error="the server stopped before the run started",
+                    error="the server stopped before the run started; start it again",
                     finished=self.clock(),
                 )
-            else:
-                await self._retake(run, container)
         for stray in containers.values():
             log.info("removing stray container %s", stray.id[:12])
             await asyncio.to_thread(self.engine.remove, stray.id)
+
+    async def _relaunch(self, run: Run) -> None:
+        release = self.store.release(run.release_id)
+        try:
+            await self.launch(run, release, str(release.manifest.get("network") or "none"))
+        except HgrunError as e:
+            log.warning("run %s: could not start it after the restart: %s", run.id, e.message)
 
     async def _retake(self, run: Run, container: ContainerState) -> None:
         session = RunSession(run=run, container_id=container.id, last_activity=self.clock())
