@@ -14,7 +14,7 @@ import json
 import re
 import urllib.parse
 import zoneinfo
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 
 import yaml
@@ -132,6 +132,28 @@ def parse_manifest(
             hint="start it with the app's name, e.g. 'name: myapp'; see docs/manifest.md",
         )
     return _Reader(file, procfile).manifest(root)
+
+
+def locate(text: str, path: Sequence[str]) -> tuple[int, int] | None:
+    """Line and column (1-based) of the value at ``path`` in a manifest already parsed.
+
+    For checks that need more than the text (a file that must exist, say) and still want to
+    point at the key; None when the path is not there.
+    """
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    for key in path:
+        if not isinstance(node, MappingNode):
+            return None
+        found = [v for k, v in node.value if isinstance(k, ScalarNode) and k.value == key]
+        if not found:
+            return None
+        node = found[0]
+    if node is None:
+        return None
+    return node.start_mark.line + 1, node.start_mark.column + 1
 
 
 class _Reader:

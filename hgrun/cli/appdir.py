@@ -87,7 +87,7 @@ def load(root: Path) -> AppDir:
             raise InputError(f"{procfile_path}: cannot read it ({e})") from e
     procfile = parse_procfile(procfile_text, file=_shown(procfile_path)) if procfile_text else {}
     manifest = parse_manifest(manifest_text, file=_shown(manifest_path), procfile=procfile)
-    dockerfile, generated = _build_plan(root, manifest, _shown(manifest_path))
+    dockerfile, generated = _build_plan(root, manifest, manifest_text, _shown(manifest_path))
     return AppDir(root, manifest, manifest_text, procfile_text, dockerfile, generated)
 
 
@@ -98,14 +98,21 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _build_plan(root: Path, manifest: Manifest, file: str) -> tuple[str, dict[str, bytes]]:
+def _build_plan(
+    root: Path, manifest: Manifest, text: str, file: str
+) -> tuple[str, dict[str, bytes]]:
     """The Dockerfile to build with, and any generated file to add to the context."""
+    from hgrun.manifest import locate
+
     build = manifest.build
     if build.dockerfile:
         if not (root / build.dockerfile).is_file():
+            line, col = locate(text, ("build", "dockerfile")) or (None, None)
             raise ManifestError(
                 f"build.dockerfile: {build.dockerfile} does not exist",
                 file=file,
+                line=line,
+                col=col,
                 hint="fix the path, or remove build.dockerfile to let hgrun generate one",
             )
         return build.dockerfile, {}
@@ -113,9 +120,12 @@ def _build_plan(root: Path, manifest: Manifest, file: str) -> tuple[str, dict[st
     if stack is None:
         if (root / "Dockerfile").is_file():
             return "Dockerfile", {}
+        line, col = locate(text, ("build",)) or locate(text, ("name",)) or (None, None)
         raise ManifestError(
             "build: no Dockerfile, and no Python or Node app detected",
             file=file,
+            line=line,
+            col=col,
             hint="add a Dockerfile, or set build.stack to python or node",
         )
     base = build.base or DEFAULT_BASES[stack]

@@ -232,8 +232,9 @@ def _load_app(folder: Path | None) -> appdir.AppDir:
 def _deploy(ctx: Context, app: appdir.AppDir, *, quiet: bool = False) -> dict[str, Any]:
     out = ctx.output
     started = time.monotonic()
-    digest = app.context_hash()
     base = f"/v1/apps/{app.name}"
+    ctx.api.get(base)  # an app that does not exist fails here, before any upload
+    digest = app.context_hash()
     if ctx.api.exists(f"{base}/builds/{digest}"):
         if not quiet:
             out.info(f"Context {digest[:12]} is already built: reusing it, nothing to upload.")

@@ -445,7 +445,9 @@ async def create_run(server: Server, request: Request) -> Response:
         if not isinstance(value, str):
             raise InputError(f"env value of {key} must be a string")
     manifest = release.manifest
-    size = _field(body, "size", str) or str(manifest.get("size") or "starter")
+    size = _field(body, "size", str)
+    if size is None:
+        size = str(manifest.get("size") or "starter")
     if size not in SIZES:
         raise InputError(f"unknown size {size!r}", f"sizes: {', '.join(SIZES)}")
     _check_capacity(server, size)

@@ -429,8 +429,8 @@ class Supervisor:
             status = RunStatus.FAILED
         if oom:
             message = (
-                f"{run.label} was killed: out of memory (size {run.size},"
-                f" {SIZES[run.size].memory_mb} MB)"
+                f"out of memory: a process of {run.label} was killed at the limit of its size"
+                f" ({run.size}, {SIZES[run.size].memory_mb} MB); try a bigger --size"
             )
         if status is RunStatus.TIMED_OUT:
             exit_code = int(ExitStatus.TIMED_OUT)
