@@ -288,6 +288,12 @@ def test_api_trigger_refuses_a_body_over_the_cap(api: ScriptApi, echo_app: str) 
     response = api.trigger(script_id, big)
     assert response.status_code == 413, (response.status_code, response.text)
     assert {"error", "message", "hint"} <= set(response.json())
+    # Just under the cap is accepted, and reaches the container whole.
+    fits = json.dumps({"blob": "y" * (60 * 1024)})
+    run = api.finished_run(api.start(script_id, fits.encode())["id"])
+    assert run["status"] == "succeeded", run
+    assert f"input={fits}\n" in api.log_text(echo_app, run["id"])
+    before += 1
     # Streamed without a Content-Length, the cap holds too.
     response = api.http.post(
         f"/v1/scripts/{script_id}/runs",
@@ -1089,6 +1095,24 @@ def test_a_trigger_token_starts_its_script_and_reads_its_runs_and_nothing_else(
     assert token_name not in check(cli("tokens"))
 
 
+def test_ci_with_a_trigger_token_uses_scripts_run_detached_wait(
+    cli: Cli, api: ScriptApi, echo_app: str
+) -> None:
+    """What a CI job does with the token made for it: trigger by name and wait for the code."""
+    token_name = unique("ci")
+    secret = check(
+        cli("tokens:create", token_name, "--scope", "trigger", "--script", "show", "-a", echo_app)
+    ).strip()
+    try:
+        done = cli(
+            "scripts:run", "show", "--app", echo_app, "--detached", "--wait",
+            "--input", '{"code": 9}', env={"HGRUN_TOKEN": secret},
+        )  # fmt: skip
+        assert done.returncode == 9, (done.returncode, text(done.stdout), text(done.stderr))
+    finally:
+        check(cli("tokens:revoke", token_name))
+
+
 def test_tokens_create_refuses_a_script_for_a_wider_scope_and_an_unknown_script(
     cli: Cli, echo_app: str
 ) -> None:
@@ -1159,28 +1183,36 @@ def test_the_audit_store_is_encrypted_shown_by_hgrun_audit_and_tampering_is_repo
     assert finish[0]["payload"]["input"] == f"{stdin_mark}\n"
     assert finish[0]["payload"]["stdout"] == f"{stdin_mark.upper()}\n"
 
-    # Flip one byte of one record's ciphertext (Fernet tokens are base64: keep it base64).
-    victim = records[1]["id"]
+    assert len(records) >= 6, records
+    ids = [r["id"] for r in records]
     db = sqlite3.connect(srv.data_dir / "audit.db")
     try:
-        (blob,) = db.execute("SELECT payload FROM audit WHERE id = ?", (victim,)).fetchone()
+        # Flip one byte of one record's ciphertext (Fernet tokens are base64: keep it base64).
+        (blob,) = db.execute("SELECT payload FROM audit WHERE id = ?", (ids[1],)).fetchone()
         blob = bytearray(blob)
         at = len(blob) // 2
         blob[at] = ord("A") if blob[at] != ord("A") else ord("B")
         with db:
-            db.execute("UPDATE audit SET payload = ? WHERE id = ?", (bytes(blob), victim))
+            db.execute("UPDATE audit SET payload = ? WHERE id = ?", (bytes(blob), ids[1]))
+            # Point another record at a different run, in the clear column only.
+            db.execute("UPDATE audit SET run_id = run_id + 1000 WHERE id = ?", (ids[3],))
+            # And drop a third one.
+            db.execute("DELETE FROM audit WHERE id = ?", (ids[4],))
     finally:
         db.close()
     done = cli("audit", server=srv)
     assert done.returncode == 1, (done.returncode, text(done.stdout), text(done.stderr))
-    assert f"#{victim} " in text(done.stdout) and "!!" in text(done.stdout)
+    assert f"#{ids[1]} " in text(done.stdout) and "!!" in text(done.stdout)
     assert "failed verification" in text(done.stderr) and "Traceback" not in text(done.stderr)
     problems = {
         r["id"]: r["problem"] for r in json.loads(cli("audit", "--json", server=srv).stdout)
     }
-    assert problems[victim] == "record was altered"
-    assert problems[records[2]["id"]] is not None, "the chain did not catch the change"
-    assert all(p is None for i, p in problems.items() if i < victim)
+    assert problems[ids[0]] is None
+    assert problems[ids[1]] == "record was altered"
+    assert problems[ids[2]] is not None, "the chain did not catch the changed record"
+    assert problems[ids[3]] is not None, "a changed run id went unnoticed"
+    assert ids[4] not in problems
+    assert problems[ids[5]] is not None, "the chain did not catch the deleted record"
     # Also across a restart, with the key read back from its file.
     srv.restart()
     assert cli("audit", server=srv).returncode == 1
