@@ -96,11 +96,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     client = docker.DockerClient(base_url=given)
     try:
         for label in TEST_LABELS:
-            for container in client.containers.list(all=True, filters={"label": label}):
+            for container in client.containers.list(
+                all=True, filters={"label": label}, sparse=True
+            ):
                 try:
                     container.remove(force=True)
-                except docker.errors.NotFound:
-                    pass
+                except docker.errors.APIError:
+                    pass  # gone already, or another session is removing it
         for tag in _test_image_tags(client) - at_start - BASE_IMAGES:
             try:
                 client.images.remove(tag, force=True)

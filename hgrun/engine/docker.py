@@ -253,8 +253,15 @@ class DockerEngine:
             self._api.stop(container_id, timeout=max(0, int(grace)))
 
     def remove(self, container_id: str) -> None:
-        with contextlib.suppress(NotFoundError), _translate("cannot remove the container"):
-            self._api.remove_container(container_id, force=True, v=True)
+        try:
+            with _translate("cannot remove the container"):
+                self._api.remove_container(container_id, force=True, v=True)
+        except NotFoundError:
+            pass
+        except EngineError as e:
+            # 409: someone else (a reaper, `docker rm`) is already removing it.
+            if "already in progress" not in e.message:
+                raise
 
     def list(self, labels: Mapping[str, str]) -> list[ContainerState]:
         filters = {"label": [f"{k}={v}" if v else k for k, v in labels.items()]}

@@ -688,9 +688,14 @@ def script_json(server: Server, script: ScriptRecord, app_name: str) -> dict[str
 
 
 async def list_scripts(server: Server, request: Request) -> Response:
-    principal = _principal(server, request, "read")
+    """The app's scripts; a trigger token sees only those it may trigger (so CI can find them)."""
+    principal = authenticate(server.store, request.headers)
     app = _app(server, principal, request)
-    scripts = server.store.scripts(principal.workspace, app_id=app.id)
+    scripts = [
+        s
+        for s in server.store.scripts(principal.workspace, app_id=app.id)
+        if principal.may_read_run(s.id)
+    ]
     return JSONResponse([script_json(server, s, app.name) for s in scripts])
 
 

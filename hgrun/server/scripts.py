@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -108,6 +109,14 @@ class ScriptRunner:
                         await self.supervisor.stop(
                             victim.id, RunStatus.CANCELED, f"replaced by {run.label}"
                         )
+                        # The replacement starts only once the victim is gone: never two.
+                        session = self.supervisor.sessions.get(victim.id)
+                        if session is not None:
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(
+                                    session.finished.wait(),
+                                    self.supervisor.limits.stop_grace + 30,
+                                )
             if decision in (Decision.START, Decision.REPLACE):
                 return await self._launch(run, release)
             return run

@@ -339,9 +339,14 @@ class Supervisor:
         session.client_joined.set()
         session.uploads_done.set()
         if session.started.is_set():
-            grace = 1.0 if status is RunStatus.TIMED_OUT else self.limits.stop_grace
-            await asyncio.to_thread(self.engine.stop, session.container_id, grace)
+            await asyncio.to_thread(self.engine.stop, session.container_id, self._grace(session))
         return self.store.run(run_id)
+
+    def _grace(self, session: RunSession) -> float:
+        timed_out = (
+            session.stop_reason is not None and session.stop_reason[0] is RunStatus.TIMED_OUT
+        )
+        return 1.0 if timed_out else self.limits.stop_grace
 
     # -- the run itself ----------------------------------------------------------------------
 
@@ -361,6 +366,11 @@ class Supervisor:
             session.run = self.store.update_run(run.id, status=RunStatus.RUNNING, started=now)
             session.last_activity = now
             session.started.set()
+            if session.stop_reason is not None:
+                # Stopped while the engine was starting it: stop() could not reach it then.
+                await asyncio.to_thread(
+                    self.engine.stop, session.container_id, self._grace(session)
+                )
             if session.size and run.tty:
                 await asyncio.to_thread(self.engine.resize, session.container_id, *session.size)
             await self._pump(session)
