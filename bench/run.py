@@ -1,0 +1,1026 @@
+#!/usr/bin/env python3
+"""hgrun against the docker CLI, side by side in one run, on one image. Prints ratios.
+
+    python3 bench/run.py            # the full run: N=20, 100 MB of output, a 1 GB upload
+    python3 bench/run.py --quick    # N=5, 20 MB, 100 MB
+    python3 bench/run.py --json     # the same measurements as one JSON document on stdout
+
+This is a benchmark, not a test: it never asserts on timings. It exits 0 when every measurement
+ran (whether or not a target was met), 1 when something failed to run. See bench/README.md for
+what is measured, how, and the latest figures.
+
+It starts its own ``hgrun server`` on a free 127.0.0.1 port with a temp data dir, creates and
+deploys an app whose Dockerfile is ``FROM $HGRUN_BENCH_BASE_IMAGE``, and runs the deployed
+release's image with both hgrun and ``docker run`` (by image id, ``--pull never``, network none).
+At the end it stops the server, removes every container it made (the server's, by its instance
+label; its own, by a ``hgrun.bench`` label), the app's image tag and the temp dir.
+
+Environment:
+  DOCKER_HOST             the engine (default unix:///tmp/dk/docker.sock)
+  HGRUN_BENCH_BASE_IMAGE  the app's base image (default hgrun-test/busybox:latest); must exist
+                          locally and have sh, head, ls and true: nothing is pulled
+  HGRUN_BENCH_CLI         how to invoke hgrun, shell-split (default: the `hgrun` console script
+                          next to this Python, else `python -m hgrun.cli.main`)
+  HGRUN_BENCH_TMPDIR      where the temp dir (data dir, app, the upload file, the bytecode
+                          cache of the hgrun processes) goes (default: $TMPDIR or /tmp)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DOCKER_HOST = "unix:///tmp/dk/docker.sock"
+DEFAULT_BASE_IMAGE = "hgrun-test/busybox:latest"
+MIB = 1024 * 1024
+ADMIN_TOKEN = re.compile(r"admin token: (\S+)")
+SAMPLE_EVERY = 0.05  # seconds between RSS samples
+CMD_TIMEOUT = 900.0  # no single command of the benchmark may take longer
+SETTLE = 0.25  # seconds of pause before each timed command (after the engine is quiet)
+QUIESCE_MAX = 60.0  # at most this long waiting for the previous sample's containers to go
+
+
+def say(text: str) -> None:
+    """Progress goes to stderr, so `--json` keeps stdout clean."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    n: int  # start-to-exit samples per side
+    warmup: int  # start-to-exit warmups per side
+    output_bytes: int
+    output_reps: int
+    upload_bytes: int
+    upload_reps: int
+    upload_content: str  # random | sparse
+    startup_n: int  # `--version` samples per side (CLI start-up alone, informational)
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    if args.quick:
+        plan = Plan(5, 1, 20 * MIB, 3, 100 * MIB, 2, "random", 5)
+    else:
+        plan = Plan(20, 2, 100 * MIB, 5, 1024 * MIB, 3, "random", 10)
+    changes: dict[str, Any] = {}
+    if args.n is not None:
+        changes["n"] = args.n
+    if args.output_mb is not None:
+        changes["output_bytes"] = args.output_mb * MIB
+    if args.upload_mb is not None:
+        changes["upload_bytes"] = args.upload_mb * MIB
+    if args.sparse:
+        changes["upload_content"] = "sparse"
+    return Plan(**{**plan.__dict__, **changes})
+
+
+# -- processes and their memory ------------------------------------------------------------
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    """pid and every process below it (from the ppid field of /proc/*/stat)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # comm may hold spaces and parens: the fields after the last ')' are fixed.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        parents.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(parents.get(p, ()))
+    return found
+
+
+class RssSampler:
+    """Samples VmRSS of a process tree every 50 ms in a thread; keeps the peak.
+
+    Also keeps the root process's own VmHWM (the kernel's exact peak RSS, reset with
+    /proc/PID/clear_refs for a long-lived process), so a spike between two samples is not missed.
+    """
+
+    def __init__(self, pid: int, *, reset_hwm: bool = False) -> None:
+        self.pid = pid
+        self.peak_tree_kb = 0
+        self.hwm_kb = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        if reset_hwm:
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{pid}/clear_refs", "w") as f:
+                    f.write("5")
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(SAMPLE_EVERY):
+                return
+
+    def sample(self) -> None:
+        hwm = _status_kb(self.pid, "VmHWM")
+        if hwm == 0:  # gone (or a zombie): nothing more to learn
+            return
+        self.hwm_kb = max(self.hwm_kb, hwm)
+        tree = sum(_status_kb(p, "VmRSS") for p in _descendants(self.pid))
+        self.peak_tree_kb = max(self.peak_tree_kb, tree)
+        self.samples += 1
+
+    @property
+    def peak_mb(self) -> float:
+        return max(self.peak_tree_kb, self.hwm_kb) / 1024
+
+
+@dataclass
+class Done:
+    seconds: float
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    stdout_bytes: int = 0
+
+
+def run_timed(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str],
+    cwd: Path | None = None,
+    stdout: str = "devnull",  # devnull | capture | count
+    watch: Callable[[int], contextlib.AbstractContextManager[Any]] | None = None,
+    check: bool = True,
+) -> Done:
+    """Run argv with stdin at EOF; wall time from spawn to exit."""
+    out_target = subprocess.DEVNULL if stdout == "devnull" else subprocess.PIPE
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=out_target, stderr=subprocess.PIPE, env=env, cwd=cwd
+    )
+    watcher = watch(proc.pid) if watch else contextlib.nullcontext()
+    err_chunks: list[bytes] = []
+    err_thread = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
+    err_thread.start()
+    out = b""
+    counted = 0
+    with watcher:
+        try:
+            if stdout == "capture":
+                out = proc.stdout.read()  # type: ignore[union-attr]
+            elif stdout == "count":
+                fd = proc.stdout.fileno()  # type: ignore[union-attr]
+                while chunk := os.read(fd, MIB):
+                    counted += len(chunk)
+            proc.wait(CMD_TIMEOUT)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        seconds = time.perf_counter() - t0
+    err_thread.join(10)
+    if proc.stdout:
+        proc.stdout.close()
+    done = Done(seconds, proc.returncode, out, b"".join(err_chunks), counted)
+    if check and done.returncode != 0:
+        raise BenchError(
+            f"{shlex.join(argv)} exited {done.returncode}:\n"
+            f"{done.stderr.decode(errors='replace')[-2000:]}"
+        )
+    return done
+
+
+# -- statistics ----------------------------------------------------------------------------
+
+
+def p90(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+def summary(values: Sequence[float]) -> dict[str, Any]:
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "p90": p90(values),
+        "min": min(values),
+        "max": max(values),
+        "samples": [round(v, 4) for v in values],
+    }
+
+
+# -- the hgrun server ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    cli: list[str]
+    data_dir: Path
+    docker_host: str
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    token: str = ""
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        argv = [
+            *self.cli, "server", "--host", "127.0.0.1", "--port", str(self.port),
+            "--data-dir", str(self.data_dir), "--docker-host", self.docker_host,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.data_dir,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            if self.token and self._healthy():
+                return
+            time.sleep(0.1)
+        log = "".join(self.output)
+        raise BenchError(f"hgrun server did not come up (or printed no admin token):\n{log}")
+
+    def _read(self) -> None:
+        assert self.process and self.process.stdout
+        for raw in self.process.stdout:
+            line = raw.decode(errors="replace")
+            self.output.append(line)
+            if m := ADMIN_TOKEN.search(line):
+                self.token = m.group(1)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/v1/health", timeout=2) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    @property
+    def pid(self) -> int:
+        assert self.process
+        return self.process.pid
+
+    def instance(self) -> str | None:
+        """The server's instance id (the label on every container it makes)."""
+        db = self.data_dir / "hgrun.db"
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            try:
+                row = con.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return None
+        return str(row[0]) if row else None
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# -- the benchmark -------------------------------------------------------------------------
+
+
+def default_cli() -> list[str]:
+    given = os.environ.get("HGRUN_BENCH_CLI")
+    if given:
+        return shlex.split(given)
+    script = Path(sysconfig.get_path("scripts")) / "hgrun"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "hgrun.cli.main"]
+
+
+class Bench:
+    def __init__(
+        self, plan: Plan, tmp: Path, docker_host: str, base_image: str, *, pyc: bool = True
+    ) -> None:
+        self.plan = plan
+        self.tmp = tmp
+        self.docker_host = docker_host
+        self.base_image = base_image
+        self.cli = default_cli()
+        docker = shutil.which("docker")
+        if docker is None:
+            raise BenchError("the docker CLI is not on PATH")
+        self.docker = docker
+        self.bench_id = uuid.uuid4().hex[:10]
+        self.app = f"bench-{self.bench_id[:8]}"
+        self.app_dir = tmp / "app"
+        self.env = {
+            **os.environ,
+            "DOCKER_HOST": docker_host,
+            "XDG_CONFIG_HOME": str(tmp / "config"),
+            "NO_COLOR": "1",
+        }
+        self.pyc = pyc
+        if pyc:
+            # As installed: pip compiles bytecode at install time. A dev environment with
+            # PYTHONDONTWRITEBYTECODE=1 and an editable install would otherwise compile every
+            # hgrun module from source on every command. The cache goes to the temp dir, never
+            # into the source tree.
+            self.env.pop("PYTHONDONTWRITEBYTECODE", None)
+            self.env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+        self.server = Server(self.cli, tmp / "data", docker_host, self.env)
+        self.image = ""  # the deployed release's image id: what both sides run
+        self.results: dict[str, Any] = {}
+        self.retries: list[str] = []
+        self.instance: str | None = None  # the server's instance label, once it runs
+
+    def attempt(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """One sample; on a failure, note it and try again (twice at most).
+
+        The engine may be shared: another hgrun server, or a test session's cleanup removing
+        every container labelled hgrun.run, can take a run's container away mid-sample. A retry
+        is printed and kept in the results, never hidden.
+        """
+        for tries in range(3):
+            try:
+                return fn(*args)
+            except BenchError as e:
+                if tries == 2:
+                    raise
+                first = str(e).strip().splitlines()
+                reason = f"{what}: {first[-1] if first else e}"
+                say(f"retrying after a failure: {reason}")
+                self.retries.append(reason)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def hgrun(self, *args: str) -> list[str]:
+        return [*self.cli, *args]
+
+    def docker_cmd(self, *args: str) -> list[str]:
+        return [self.docker, *args]
+
+    def run_hgrun(self, *args: str) -> list[str]:
+        # --no-build: the live release, no build check (that is measured apart, as info).
+        return self.hgrun("run", "--no-tty", "--no-build", *args)
+
+    def docker_run(self, *args: str, flags_first: bool = False) -> list[str]:
+        """`docker run --rm` of the deployed image; with ``flags_first`` the first args are
+        extra `docker run` flags up to the command (whose first word is the last flag's end)."""
+        base = [
+            "run", "--rm", "--pull", "never", "--network", "none",
+            "--label", f"hgrun.bench={self.bench_id}",
+        ]  # fmt: skip
+        if flags_first:
+            *flags, command = args
+            return self.docker_cmd(*base, *flags, self.image, command)
+        return self.docker_cmd(*base, self.image, *args)
+
+    def check_output(self, argv: Sequence[str], cwd: Path | None = None) -> str:
+        done = run_timed(argv, env=self.env, cwd=cwd, stdout="capture")
+        return done.stdout.decode()
+
+    # -- setup and teardown --------------------------------------------------------------
+
+    def setup(self) -> None:
+        probe = subprocess.run(
+            self.docker_cmd("image", "inspect", "--format", "{{.Id}}", self.base_image),
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
+        if probe.returncode != 0:
+            raise BenchError(
+                f"image {self.base_image} is not on the engine at {self.docker_host}"
+                " (nothing is pulled): make it with scripts/images --busybox"
+            )
+        (self.tmp / "data").mkdir()
+        self.app_dir.mkdir()
+        (self.app_dir / "hgrun.yaml").write_text(
+            f"name: {self.app}\nbuild:\n  dockerfile: Dockerfile\n"
+        )
+        (self.app_dir / "Dockerfile").write_text(f"FROM {self.base_image}\n")
+        say(f"starting hgrun server ({shlex.join(self.cli)} server) ...")
+        self.server.start()
+        self.env["HGRUN_URL"] = self.server.url
+        self.env["HGRUN_TOKEN"] = self.server.token
+        say(f"server on {self.server.url} (pid {self.server.pid}); deploying app {self.app}")
+        self.check_output(self.hgrun("apps:create", self.app), cwd=self.app_dir)
+        self.check_output(self.hgrun("deploy"), cwd=self.app_dir)
+        releases = json.loads(self.check_output(self.hgrun("releases", "--json"), self.app_dir))
+        self.image = releases[0]["image"]
+        self.results["server_rss_fresh_mb"] = _status_kb(self.server.pid, "VmRSS") / 1024
+        self.instance = self.server.instance()
+        say(f"deployed: image {self.image[:19]} (FROM {self.base_image}); docker runs the same id")
+
+    def cleanup(self) -> None:
+        instance = None
+        with contextlib.suppress(Exception):
+            instance = self.server.instance()
+        with contextlib.suppress(Exception):
+            self.server.stop()
+        labels = [f"hgrun.bench={self.bench_id}"]
+        if instance:
+            labels.append(f"hgrun.instance={instance}")
+        for label in labels:
+            ids = subprocess.run(
+                self.docker_cmd("ps", "-aq", "--filter", f"label={label}"),
+                env=self.env,
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            if ids:
+                say(f"removing {len(ids)} leftover container(s) labelled {label}")
+                subprocess.run(self.docker_cmd("rm", "-f", *ids), env=self.env, capture_output=True)
+        tags = subprocess.run(
+            self.docker_cmd(
+                "images", "--format", "{{.Repository}}:{{.Tag}}", f"hgrun/*-{self.app}"
+            ),
+            env=self.env,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        if tags:
+            subprocess.run(self.docker_cmd("rmi", *tags), env=self.env, capture_output=True)
+
+    # -- 0. what a process start costs (info) --------------------------------------------
+
+    def cli_startup(self) -> None:
+        n = self.plan.startup_n
+        say(f"CLI start-up: `hgrun --version` vs `docker --version`, {n} each")
+        h: list[float] = []
+        d: list[float] = []
+        for i in range(n + 1):
+            pair = [("h", self.hgrun("--version")), ("d", self.docker_cmd("--version"))]
+            for side, argv in pair if i % 2 == 0 else pair[::-1]:
+                time.sleep(SETTLE)
+                t = run_timed(argv, env=self.env).seconds
+                if i:  # the first round is a warmup
+                    (h if side == "h" else d).append(t)
+        self.results["cli_startup"] = {"hgrun": summary(h), "docker": summary(d)}
+
+    # -- 1. start-to-exit ----------------------------------------------------------------
+
+    def start_to_exit(self) -> None:
+        p = self.plan
+        hardened = hardened_docker_flags()
+        say(
+            f"start-to-exit: `hgrun run --no-tty --no-build true` vs `docker run --rm true`; as"
+            f" info, hgrun with its build check and docker with hgrun's container settings;"
+            f" {p.warmup} warmups + {p.n} each, interleaved"
+        )
+        sides = [
+            ("h", self.run_hgrun("true")),
+            ("d", self.docker_run("true")),
+            ("b", self.hgrun("run", "--no-tty", "true")),  # no --no-build: the build check
+        ]
+        if hardened:
+            sides.append(("k", self.docker_run(*hardened, "true", flags_first=True)))
+        samples: dict[str, list[float]] = {side: [] for side, _ in sides}
+        for i in range(p.warmup + p.n):
+            # Rotate the order each round, so no side always goes first (or right after hgrun).
+            k = i % len(sides)
+            for side, argv in sides[k:] + sides[:k]:
+                t = self.attempt(f"start-to-exit ({side})", self._seconds, argv)
+                if i >= p.warmup:
+                    samples[side].append(t)
+        self.results["start_to_exit"] = {
+            "hgrun": summary(samples["h"]),
+            "docker": summary(samples["d"]),
+        }
+        self.results["start_to_exit_build_check"] = {"hgrun": summary(samples["b"])}
+        if hardened:
+            self.results["start_to_exit_docker_hardened"] = {
+                "flags": hardened,
+                "docker": summary(samples["k"]),
+            }
+
+    # -- 2. output throughput ------------------------------------------------------------
+
+    def output(self) -> None:
+        p = self.plan
+        size = p.output_bytes
+        script = f"head -c {size} /dev/zero"
+        say(
+            f"output: {size // MIB} MB through `hgrun run` and `docker run` into /dev/null, "
+            f"1 counted warmup + {p.output_reps} each, interleaved"
+        )
+        h: list[float] = []
+        d: list[float] = []
+        for i in range(p.output_reps + 1):
+            pair = [
+                ("h", self.run_hgrun("sh", "-c", script)),
+                ("d", self.docker_run("sh", "-c", script)),
+            ]
+            for side, argv in pair if i % 2 == 0 else pair[::-1]:
+                if i == 0:  # the warmup reads the bytes and counts them: nothing lost
+                    self.attempt(f"output count ({side})", self._count, argv, size, side)
+                else:
+                    t = self.attempt(f"output ({side})", self._seconds, argv)
+                    (h if side == "h" else d).append(t)
+        self.results["output"] = {
+            "bytes": size,
+            "hgrun": summary(h),
+            "docker": summary(d),
+            "hgrun_mb_s": size / MIB / statistics.median(h),
+            "docker_mb_s": size / MIB / statistics.median(d),
+        }
+
+    def quiesce(self) -> None:
+        """Before each timed sample: wait until no container of the previous one is left, then
+        pause a little, as between a user's commands. hgrun reports the exit before it removes
+        the container (a removal of a container holding 1 GB takes a while): that work must
+        not land on the next sample, which may be docker's."""
+        deadline = time.monotonic() + QUIESCE_MAX
+        labels = [f"hgrun.bench={self.bench_id}"]
+        if self.instance:
+            labels.append(f"hgrun.instance={self.instance}")
+        while time.monotonic() < deadline:
+            busy = False
+            for label in labels:
+                listed = subprocess.run(
+                    self.docker_cmd("ps", "-aq", "--filter", f"label={label}"),
+                    env=self.env,
+                    capture_output=True,
+                    text=True,
+                )
+                busy = busy or bool(listed.stdout.strip())
+            if not busy:
+                break
+            time.sleep(0.05)
+        time.sleep(SETTLE)
+
+    def _seconds(self, argv: Sequence[str]) -> float:
+        self.quiesce()
+        return run_timed(argv, env=self.env, cwd=self.app_dir).seconds
+
+    def _count(self, argv: Sequence[str], size: int, side: str) -> None:
+        self.quiesce()
+        done = run_timed(argv, env=self.env, cwd=self.app_dir, stdout="count")
+        if done.stdout_bytes != size:
+            raise BenchError(f"{side}: {done.stdout_bytes} bytes of output, expected {size}")
+
+    # -- 3 and 4. upload, and memory during it --------------------------------------------
+
+    def make_upload_file(self) -> Path:
+        p = self.plan
+        path = self.tmp / "big.bin"
+        t0 = time.perf_counter()
+        if p.upload_content == "sparse":
+            with open(path, "wb") as f:
+                f.truncate(p.upload_bytes)
+        else:
+            block = os.urandom(MIB)
+            with open(path, "wb") as f:
+                for i in range(p.upload_bytes // MIB):
+                    # A fresh random block every 64 MB, the rest varied cheaply: incompressible
+                    # enough (nothing on either path compresses anyway), quick to write.
+                    if i % 64 == 0:
+                        block = os.urandom(MIB)
+                    f.write(block[i % 4096 :] + block[: i % 4096])
+                f.write(os.urandom(p.upload_bytes % MIB))
+        say(
+            f"made {path.name}: {p.upload_bytes // MIB} MB, {p.upload_content} "
+            f"({time.perf_counter() - t0:.1f}s; it sits in the page cache for both sides)"
+        )
+        return path
+
+    def upload(self) -> None:
+        p = self.plan
+        big = self.make_upload_file()
+        size = p.upload_bytes
+        say(
+            f"upload: `hgrun run --file` vs docker create --rm + cp + start -a, "
+            f"1 warmup + {p.upload_reps} each, interleaved; RSS sampled every 50 ms"
+        )
+        h: list[float] = []
+        d: list[float] = []
+        d_cp: list[float] = []
+        cli_peaks: list[float] = []
+        server_peaks: list[float] = []
+        docker_cli_peaks: list[float] = []
+        server_before = _status_kb(self.server.pid, "VmRSS") / 1024
+        for i in range(p.upload_reps + 1):
+            order = ["h", "d"] if i % 2 == 0 else ["d", "h"]
+            for side in order:
+                if side == "h":
+                    t, cli_mb, srv_mb = self.attempt("upload (h)", self._upload_hgrun, big, size)
+                    if i:
+                        h.append(t)
+                    cli_peaks.append(cli_mb)
+                    server_peaks.append(srv_mb)
+                else:
+                    t, cp_t, cp_mb = self.attempt("upload (d)", self._upload_docker, big, size)
+                    if i:
+                        d.append(t)
+                        d_cp.append(cp_t)
+                    docker_cli_peaks.append(cp_mb)
+        self.results["upload"] = {
+            "bytes": size,
+            "content": p.upload_content,
+            "hgrun": summary(h),
+            "docker": summary(d),
+            "docker_cp_only": summary(d_cp),
+        }
+        self.results["memory"] = {
+            "cli_peak_mb": max(cli_peaks),
+            "server_peak_mb": max(server_peaks),
+            "server_rss_before_mb": server_before,
+            "docker_cli_peak_mb": max(docker_cli_peaks),
+            "cli_peaks_mb": [round(x, 1) for x in cli_peaks],
+            "server_peaks_mb": [round(x, 1) for x in server_peaks],
+        }
+        big.unlink()
+
+    def _upload_hgrun(self, big: Path, size: int) -> tuple[float, float, float]:
+        self.quiesce()
+        argv = self.run_hgrun("--file", str(big), "sh", "-c", "ls -l /tmp/uploads")
+        cli: list[RssSampler] = []
+        with RssSampler(self.server.pid, reset_hwm=True) as server:
+
+            @contextlib.contextmanager
+            def watch(pid: int) -> Any:
+                with RssSampler(pid) as s:
+                    cli.append(s)
+                    yield s
+
+            done = run_timed(argv, env=self.env, cwd=self.app_dir, stdout="capture", watch=watch)
+        _expect_size(done.stdout, big.name, size, "hgrun")
+        return done.seconds, cli[0].peak_mb, server.peak_mb
+
+    def _upload_docker(self, big: Path, size: int) -> tuple[float, float, float]:
+        """`docker create --rm` + `docker cp` + `docker start -a`: until the exit is reported,
+        like `hgrun run --file` (both remove the container afterwards, in the background; the
+        next sample waits for that)."""
+        self.quiesce()
+        t0 = time.perf_counter()
+        create = self.docker_cmd(
+            "create", "--rm", "--pull", "never", "--network", "none",
+            "--label", f"hgrun.bench={self.bench_id}",
+            self.image, "sh", "-c", f"ls -l /tmp/{big.name}",
+        )  # fmt: skip
+        ctr = self.check_output(create).strip()
+        samplers: list[RssSampler] = []
+
+        @contextlib.contextmanager
+        def watch(pid: int) -> Any:
+            with RssSampler(pid) as s:
+                samplers.append(s)
+                yield s
+
+        try:
+            cp_argv = self.docker_cmd("cp", str(big), f"{ctr}:/tmp/")
+            cp = run_timed(cp_argv, env=self.env, watch=watch)
+            out = self.check_output(self.docker_cmd("start", "-a", ctr))
+            total = time.perf_counter() - t0
+        except BaseException:
+            subprocess.run(self.docker_cmd("rm", "-f", ctr), env=self.env, capture_output=True)
+            raise
+        _expect_size(out.encode(), big.name, size, "docker")
+        return total, cp.seconds, samplers[0].peak_mb
+
+
+def hardened_docker_flags() -> list[str] | None:
+    """`docker run` flags for the container settings hgrun gives a run of the default size
+    (init, capabilities, no-new-privileges, pids, memory and CPU limits, ulimits), read from
+    hgrun's own code; None when that cannot be read (then the row is left out)."""
+    try:
+        from hgrun.engine import ContainerSpec
+        from hgrun.engine.docker import create_args
+        from hgrun.models import DEFAULT_SIZE, SIZES
+
+        spec = ContainerSpec(
+            image="x", command=["true"], env={}, labels={}, size=SIZES[DEFAULT_SIZE]
+        )
+        _create, host = create_args(spec)
+    except Exception:  # noqa: BLE001 - any change in hgrun's internals just drops the row
+        return None
+    flags: list[str] = []
+    if host.get("init"):
+        flags.append("--init")
+    for cap in host.get("cap_drop") or ():
+        flags += ["--cap-drop", cap]
+    for cap in host.get("cap_add") or ():
+        flags += ["--cap-add", cap]
+    for opt in host.get("security_opt") or ():
+        flags += ["--security-opt", opt]
+    if host.get("pids_limit"):
+        flags += ["--pids-limit", str(host["pids_limit"])]
+    if host.get("mem_limit"):
+        flags += ["--memory", str(host["mem_limit"])]
+    if host.get("memswap_limit"):
+        flags += ["--memory-swap", str(host["memswap_limit"])]
+    if host.get("nano_cpus"):
+        flags += ["--cpus", f"{host['nano_cpus'] / 1e9:g}"]
+    for u in host.get("ulimits") or ():
+        flags += ["--ulimit", f"{u['Name'].lower()}={u['Soft']}:{u['Hard']}"]
+    return flags
+
+
+def _expect_size(listing: bytes, name: str, size: int, side: str) -> None:
+    for line in listing.decode(errors="replace").splitlines():
+        if line.rstrip().endswith(name) and str(size) in line.split():
+            return
+    raise BenchError(f"{side}: {name} of {size} bytes not found in the container: {listing!r}")
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def rows(r: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
+    """One dict per line of the table: metric, hgrun, docker, ratio, target, ok."""
+    out: list[dict[str, Any]] = []
+
+    def add(metric: str, hg: str, dk: str, ratio: float | None, target: str, ok: bool | None,
+            key: str) -> None:  # fmt: skip
+        out.append(
+            {"key": key, "metric": metric, "hgrun": hg, "docker": dk,
+             "ratio": None if ratio is None else round(ratio, 3), "target": target, "ok": ok}
+        )  # fmt: skip
+
+    ms = lambda s: f"{s * 1000:.0f} ms"  # noqa: E731
+    if "cli_startup" in r:
+        c = r["cli_startup"]
+        hm, dm = c["hgrun"]["median"], c["docker"]["median"]
+        add("CLI start-up (--version), median", ms(hm), ms(dm), hm / dm, "info", None, "cli")
+    if "start_to_exit" in r:
+        s = r["start_to_exit"]
+        hm, dm = s["hgrun"]["median"], s["docker"]["median"]
+        add(f"start-to-exit `true`, median (N={s['hgrun']['n']})", ms(hm), ms(dm), hm / dm,
+            "<= 1.15", hm / dm <= 1.15, "start_median")  # fmt: skip
+        hp, dp = s["hgrun"]["p90"], s["docker"]["p90"]
+        add("start-to-exit `true`, p90", ms(hp), ms(dp), hp / dp, "info", None, "start_p90")
+    if "start_to_exit_docker_hardened" in r:
+        k = r["start_to_exit_docker_hardened"]["docker"]["median"]
+        hm = r["start_to_exit"]["hgrun"]["median"]
+        add("  docker run with hgrun's container settings", "", ms(k), hm / k, "info", None,
+            "start_docker_hardened")  # fmt: skip
+    if "start_to_exit_build_check" in r:
+        b = r["start_to_exit_build_check"]["hgrun"]["median"]
+        dm = r["start_to_exit"]["docker"]["median"]
+        add("  same, with the build check (no --no-build)", ms(b), ms(dm), b / dm, "info", None,
+            "start_build_check")  # fmt: skip
+    if "output" in r:
+        o = r["output"]
+        hs, ds = o["hgrun_mb_s"], o["docker_mb_s"]
+        add(f"output {o['bytes'] // MIB} MB, throughput (median)", f"{hs:.0f} MB/s",
+            f"{ds:.0f} MB/s", hs / ds, ">= 1.0", hs / ds >= 1.0, "output")  # fmt: skip
+    if "upload" in r:
+        u = r["upload"]
+        hm, dm = u["hgrun"]["median"], u["docker"]["median"]
+        add(f"upload {u['bytes'] // MIB} MB ({u['content']}), duration (median)",
+            f"{hm:.2f} s", f"{dm:.2f} s", hm / dm, "<= 1.3", hm / dm <= 1.3, "upload")  # fmt: skip
+        cp = u["docker_cp_only"]["median"]
+        add("  docker cp alone (median)", "", f"{cp:.2f} s", hm / cp, "info", None, "upload_cp")
+    if "memory" in r:
+        m = r["memory"]
+        what = f"{plan.upload_bytes // MIB} MB upload"
+        add(f"peak RSS, CLI, during the {what}", f"{m['cli_peak_mb']:.0f} MB",
+            f"{m['docker_cli_peak_mb']:.0f} MB (docker cp)", None, "< 150 MB",
+            m["cli_peak_mb"] < 150, "rss_cli")  # fmt: skip
+        add(f"peak RSS, server, during the {what}",
+            f"{m['server_peak_mb']:.0f} MB (before {m['server_rss_before_mb']:.0f},"
+            f" fresh {r.get('server_rss_fresh_mb', 0):.0f})", "-", None,
+            "< 150 MB", m["server_peak_mb"] < 150, "rss_server")  # fmt: skip
+    return out
+
+
+def print_table(table: list[dict[str, Any]]) -> None:
+    header = ["metric", "hgrun", "docker", "ratio", "target", "ok?"]
+    lines = [
+        [
+            t["metric"],
+            t["hgrun"],
+            t["docker"],
+            "" if t["ratio"] is None else f"{t['ratio']:.2f}",
+            t["target"],
+            {True: "ok", False: "MISSED", None: ""}[t["ok"]],
+        ]
+        for t in table
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
+    fmt = lambda row: " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()  # noqa: E731
+    print(fmt(header))
+    print("-+-".join("-" * w for w in widths))
+    for line in lines:
+        print(fmt(line))
+
+
+def source_state() -> dict[str, Any]:
+    """The commit the measured hgrun is (an editable install measures the work tree)."""
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return {
+        "commit": git("rev-parse", "--short=12", "HEAD"),
+        "hgrun_dirty": bool(git("status", "--porcelain", "--", "hgrun")),
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_mb": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N=5, 20 MB output, 100 MB upload")
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    parser.add_argument("--n", type=int, help="start-to-exit samples per side")
+    parser.add_argument("--output-mb", type=int, help="MB (MiB) of output")
+    parser.add_argument("--upload-mb", type=int, help="MB (MiB) to upload")
+    parser.add_argument("--sparse", action="store_true", help="upload a sparse file (zeros)")
+    parser.add_argument(
+        "--no-pyc",
+        action="store_true",
+        help="no bytecode cache for hgrun (keep PYTHONDONTWRITEBYTECODE as the environment has it)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (for debugging)")
+    args = parser.parse_args(argv)
+    plan = make_plan(args)
+    docker_host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+    base_image = os.environ.get("HGRUN_BENCH_BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    tmp = Path(tempfile.mkdtemp(prefix="hgrun-bench-", dir=os.environ.get("HGRUN_BENCH_TMPDIR")))
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    started = time.time()
+    bench: Bench | None = None
+    status = 0
+    load_before = os.getloadavg()
+    source = source_state()
+    if load_before[0] > (os.cpu_count() or 1):
+        say(
+            f"warning: load average {load_before[0]:.1f} on {os.cpu_count()} CPUs: other work"
+            " competes for the machine, so the figures will be noisy (the ratios less so:"
+            " both sides are interleaved)"
+        )
+    try:
+        bench = Bench(plan, tmp, docker_host, base_image, pyc=not args.no_pyc)
+        bench.setup()
+        bench.cli_startup()
+        bench.start_to_exit()
+        bench.output()
+        bench.upload()
+    except BenchError as e:
+        say(f"failed: {e}")
+        status = 1
+    except KeyboardInterrupt:
+        say("interrupted")
+        status = 130
+    finally:
+        if bench is not None:
+            say("cleaning up (server, containers, image tag, temp dir)")
+            bench.cleanup()
+            if status and bench.server.output:
+                say("server output (last lines):\n" + "".join(bench.server.output[-30:]))
+        if args.keep:
+            say(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if bench is None or not bench.results:
+        return status or 1
+    table = rows(bench.results, plan)
+    doc: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "mode": "quick" if args.quick else "full",
+        "plan": plan.__dict__,
+        "machine": machine(),
+        "source": source,
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "docker_host": docker_host,
+        "image": bench.image,
+        "base_image": base_image,
+        "hgrun_cli": bench.cli,
+        "bytecode_cache": bench.pyc,
+        "complete": status == 0,
+        "retries": bench.retries,
+        "table": table,
+        "results": bench.results,
+    }
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        print()
+    else:
+        m = doc["machine"]
+        print(
+            f"hgrun vs docker, {doc['date']}, {doc['mode']} run, {m['cpus']} CPUs ({m['cpu']}), "
+            f"load {doc['loadavg_before'][0]} -> {doc['loadavg_after'][0]}, image "
+            f"{bench.image[7:19]} (FROM {base_image}), hgrun at {source['commit']}"
+            f"{' + uncommitted changes' if source['hgrun_dirty'] else ''}, bytecode cache "
+            f"{'on' if bench.pyc else 'off'}"
+        )
+        if table:
+            print_table(table)
+        missed = [t["metric"].strip() for t in table if t["ok"] is False]
+        if missed:
+            print(f"\nmissed targets: {'; '.join(missed)}")
+        if bench.retries:
+            print(f"\nretried samples ({len(bench.retries)}):")
+            for reason in bench.retries:
+                print(f"  {reason}")
+        if status:
+            why = "interrupted" if status == 130 else "a step failed, see above"
+            print(f"\n(incomplete: {why})")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
