@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,6 +62,22 @@ def find_app_dir(start: Path) -> Path | None:
         if (folder / MANIFEST).is_file():
             return folder
     return None
+
+
+_NAME_LINE = re.compile(r"^name:[ \t]*['\"]?([a-z][a-z0-9-]{0,62})['\"]?[ \t]*(?:#.*)?$", re.M)
+
+
+def quick_name(root: Path) -> str | None:
+    """The app's name from a plain top-level ``name:`` line, without parsing the YAML.
+
+    For commands that only need the name; None when the line is not that simple (then parse).
+    """
+    try:
+        text = (root / MANIFEST).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    found = _NAME_LINE.findall(text)
+    return found[0] if len(found) == 1 else None
 
 
 def load(root: Path) -> AppDir:

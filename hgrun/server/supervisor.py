@@ -46,7 +46,8 @@ from hgrun.store import Store
 
 log = logging.getLogger("hgrun.supervisor")
 
-FLUSH_BYTES = 256 * 1024
+FLUSH_BYTES = 1024 * 1024
+READ_SIZE = 256 * 1024
 FLUSH_SECONDS = 0.2
 UPLOAD_DIR_PARENT = "/tmp"  # uploads arrive as tar entries under "uploads/"
 LEASE_TTL = 15.0  # renewed every 5 s; a SIGKILLed holder frees it within this
@@ -402,7 +403,7 @@ class Supervisor:
         if stream is None:
             return
         while True:
-            data = await stream.read(65536)
+            data = await stream.read(READ_SIZE)
             if not data:
                 break
             now = self.clock()
@@ -413,8 +414,17 @@ class Supervisor:
                 for subscriber in list(session.subscribers):
                     await subscriber.queue.put(Output(channel, payload))
             if session.pending_bytes >= FLUSH_BYTES or now - session.last_flush >= FLUSH_SECONDS:
-                self._flush(session)
+                await self._flush_async(session)
         self._flush(session)
+
+    async def _flush_async(self, session: RunSession) -> None:
+        """Store pending output from a worker thread, so the event loop keeps relaying."""
+        chunks, session.pending, session.pending_bytes = session.pending, [], 0
+        session.last_flush = self.clock()
+        if chunks:
+            await asyncio.to_thread(
+                self.store.append_output, session.run.id, session.run.app_id, chunks
+            )
 
     def _flush(self, session: RunSession) -> None:
         if session.pending:
