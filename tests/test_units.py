@@ -136,6 +136,7 @@ def test_upload_tar_stream_is_a_valid_tar(tmp_path: Path) -> None:
     sent: list[int] = []
     data = b"".join(uploads.tar_stream(entries, sent.append))
     assert sum(sent) == uploads.total_bytes(entries)
+    assert len(data) == uploads.tar_size(entries)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         names = tar.getnames()
         assert names[0] == "uploads"

@@ -119,7 +119,9 @@ class Api:
         query = _query(params)
         target = self._prefix + path + (f"?{query}" if query else "")
         all_headers = {**self._headers, **(headers or {})}
-        chunked = body is not None and not isinstance(body, bytes)
+        chunked = (
+            body is not None and not isinstance(body, bytes) and "Content-Length" not in all_headers
+        )
         if chunked:
             all_headers["Transfer-Encoding"] = "chunked"
         # A kept-alive connection the server closed meanwhile fails on first use: retry once
@@ -162,12 +164,16 @@ class Api:
     def patch(self, path: str, body: Any) -> Any:
         return self.request("PATCH", path, json=body)
 
-    def put_stream(self, path: str, chunks: Iterable[bytes]) -> Any:
+    def put_stream(self, path: str, chunks: Iterable[bytes], length: int | None = None) -> Any:
+        """PUT a stream; with its ``length`` known it goes as is, without chunked encoding."""
+        headers = {"Content-Type": "application/x-tar"}
+        if length is not None:
+            headers["Content-Length"] = str(length)
         return self.request(
             "PUT",
             path,
             body=(c for c in chunks if c),
-            headers={"Content-Type": "application/x-tar"},
+            headers=headers,
             read_timeout=None,
         )
 

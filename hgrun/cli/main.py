@@ -458,7 +458,7 @@ def _upload(ctx: Context, run_id: int, entries: list[uploads.Upload]) -> None:
     total = uploads.total_bytes(entries)
     path = f"/v1/runs/{run_id}/files"
     if not ctx.terminal.stderr_isatty:
-        ctx.api.put_stream(path, uploads.tar_stream(entries))
+        ctx.api.put_stream(path, uploads.tar_stream(entries), uploads.tar_size(entries))
         return
     from rich.progress import (
         BarColumn,
@@ -476,7 +476,11 @@ def _upload(ctx: Context, run_id: int, entries: list[uploads.Upload]) -> None:
         transient=True,
     ) as progress:
         task = progress.add_task("Uploading", total=total)
-        ctx.api.put_stream(path, uploads.tar_stream(entries, lambda n: progress.advance(task, n)))
+        ctx.api.put_stream(
+            path,
+            uploads.tar_stream(entries, lambda n: progress.advance(task, n)),
+            uploads.tar_size(entries),
+        )
     ctx.output.info(f"Uploaded {len(entries)} file(s), {total / 1024**2:.1f} MB to /tmp/uploads")
 
 

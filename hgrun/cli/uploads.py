@@ -74,11 +74,21 @@ def total_bytes(entries: Sequence[Upload]) -> int:
     return sum(e.size for e in entries)
 
 
+def tar_size(entries: Sequence[Upload]) -> int:
+    """The exact length of :func:`tar_stream`'s output, so it can go with a Content-Length."""
+    size = len(_header(_ROOT)) + 2 * tarfile.BLOCKSIZE
+    for entry in entries:
+        size += len(_header(entry))
+        if entry.kind == "file":
+            size += -(-entry.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return size
+
+
 def tar_stream(
     entries: Sequence[Upload], progress: Callable[[int], None] | None = None
 ) -> Iterator[bytes]:
     """POSIX tar bytes for ``entries``: headers, then file contents in 1 MiB chunks."""
-    yield _header(Upload(Path("."), UPLOAD_ROOT, 0, "dir", 0o755))
+    yield _header(_ROOT)
     for entry in entries:
         yield _header(entry)
         if entry.kind != "file":
@@ -95,6 +105,9 @@ def tar_stream(
         if entry.size % tarfile.BLOCKSIZE:
             yield b"\0" * (tarfile.BLOCKSIZE - entry.size % tarfile.BLOCKSIZE)
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+_ROOT = Upload(Path("."), UPLOAD_ROOT, 0, "dir", 0o755)
 
 
 def _header(entry: Upload) -> bytes:
