@@ -45,6 +45,7 @@ class Store:
     def __init__(self, path: Path | str, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.RLock()
+        self._releases: dict[int, Release] = {}
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row
@@ -310,14 +311,26 @@ class Store:
         return [_release(r) for r in rows]
 
     def latest_release(self, app_id: int) -> Release | None:
-        rows = self.releases(app_id, limit=1)
-        return rows[0] if rows else None
+        row = self._one(
+            "SELECT id FROM releases WHERE app_id = ? ORDER BY version DESC LIMIT 1", (app_id,)
+        )
+        return self.release(row[0]) if row else None
 
     def release(self, release_id: int) -> Release:
+        """One release. Releases never change, so each is decoded once and kept (a manifest
+        with a thousand scripts is a large JSON document, and every trigger reads it)."""
+        cached = self._releases.get(release_id)
+        if cached is not None:
+            return cached
         row = self._one("SELECT * FROM releases WHERE id = ?", (release_id,))
         if row is None:
             raise NotFoundError(f"release #{release_id} not found")
-        return _release(row)
+        release = _release(row)
+        with self._lock:
+            if len(self._releases) >= 256:
+                self._releases.clear()
+            self._releases[release_id] = release
+        return release
 
     # -- runs -------------------------------------------------------------------------------
 
