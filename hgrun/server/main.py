@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import secrets
@@ -89,6 +91,11 @@ def serve(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Engine calls block a worker thread each (docker-py is synchronous); the default pool
+        # of cpu+4 threads makes a burst of cron starts queue behind a few slow `docker stop`s.
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="engine")
+        )
         await supervisor.start()
         await scripts.resume_queues()
         scheduler.start()
