@@ -140,7 +140,14 @@ def next_fire(expr: str, tz: str, after: datetime) -> datetime:
 
 def last_fire(expr: str, tz: str, at: datetime) -> datetime:
     """The most recent slot of ``expr`` at or before ``at`` (``at`` itself counts), in UTC."""
+    # Slots fall on whole minutes, so the answer is the same for every ``at`` of one minute:
+    # a scheduler ticking each second for many scripts computes each schedule once a minute.
     at = _utc(at, "at")
+    return _last_fire_in_minute(expr, tz, at.replace(second=0, microsecond=0))
+
+
+@functools.lru_cache(maxsize=4096)
+def _last_fire_in_minute(expr: str, tz: str, at: datetime) -> datetime:
     cron, zone, fixed = _compile(expr, tz)
     # Slots fall on whole minutes, so "slot <= at" is "slot < floor(at) + 1 minute"; croniter's
     # get_prev is exclusive of its start.

@@ -18,7 +18,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +131,7 @@ class Supervisor:
         # Called with each run once its outcome is stored (scripts start their queue from here).
         self.on_finish: list[Callable[[Run], Awaitable[None]]] = []
         self.audit: Audit | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle of the supervisor ---------------------------------------------------------
 
@@ -170,6 +171,14 @@ class Supervisor:
                     await session.task
 
     # -- launching ---------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task held here until it ends: the event loop keeps only weak references, and a
+        session's task outlives its place in ``sessions`` (it announces the end after)."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def launch(
         self,
@@ -234,7 +243,7 @@ class Supervisor:
             )
             raise
         self.sessions[run.id] = session
-        session.task = asyncio.create_task(self._supervise(session))
+        session.task = self._spawn(self._supervise(session))
         if self.audit is not None:
             self.audit(
                 "run.start",
@@ -435,6 +444,8 @@ class Supervisor:
 
     async def _finish(self, session: RunSession, exit_code: int | None) -> None:
         """Record the outcome, remove the container, tell the clients. Runs exactly once."""
+        if session.outcome is not None:
+            return  # already recorded; a failure after that must not announce the end twice
         run = session.run
         state: ContainerState | None = None
         with contextlib.suppress(HgrunError):
@@ -461,13 +472,17 @@ class Supervisor:
             line = f"hgrun: {message}\n".encode()
             self.store.append_output(run.id, run.app_id, [(STDERR, self.clock(), line)])
         finished = state.finished_at if state and state.finished_at else self.clock()
+        times = {"finished": finished}
+        if state and state.started_at and run.started is not None:
+            # The engine's own clock on both ends, so a short run never ends before it began.
+            times["started"] = state.started_at
         session.run = self.store.update_run(
             run.id,
             status=status,
             exit_code=exit_code,
             oom=int(oom),
             error=message,
-            finished=finished,
+            **times,
         )
         # The outcome is stored: clients hear it now, and the container goes after (a crash in
         # between leaves a stray that recovery removes).
@@ -479,12 +494,15 @@ class Supervisor:
                 await subscriber.queue.put(Output(STDERR, f"hgrun: {message}\n".encode()))
             await subscriber.queue.put(session.outcome)
         self.sessions.pop(run.id, None)
-        if session.stream is not None:
-            await session.stream.close()
-        await asyncio.to_thread(self.engine.remove, session.container_id)
-        if self.audit is not None:
-            self.audit("run.finish", session.run, self._audit_finish(session))
-        await self._announce(session.run)
+        try:
+            if session.stream is not None:
+                await session.stream.close()
+            await asyncio.to_thread(self.engine.remove, session.container_id)
+            if self.audit is not None:
+                self.audit("run.finish", session.run, self._audit_finish(session))
+        finally:
+            # Whatever failed above, the run is over: a script's queue must hear of it.
+            await self._announce(session.run)
 
     def _audit_finish(self, session: RunSession) -> dict[str, Any]:
         run = session.run
@@ -633,7 +651,7 @@ class Supervisor:
             session.stream = await self.engine.attach(container.id, stdin=False, logs=True)
             session.started.set()
             self.sessions[run.id] = session
-            session.task = asyncio.create_task(self._resume(session))
+            session.task = self._spawn(self._resume(session))
         else:
             self.sessions[run.id] = session
             session.started.set()
