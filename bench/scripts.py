@@ -1,0 +1,1453 @@
+#!/usr/bin/env python3
+"""hgrun scripts at scale: a cron fan-out, a trigger storm, listing runs among many. Prints figures.
+
+    python3 bench/scripts.py            # full: 1,000 cron scripts, 1,000 triggers, 1,000,000 runs
+    python3 bench/scripts.py --quick    # 100 cron scripts, 200 triggers, 100,000 runs
+    python3 bench/scripts.py --json     # the same measurements as one JSON document on stdout
+
+This is a benchmark, not a test: it never asserts. It exits 0 when every measurement ran (whether
+or not a target was met), 1 when one could not run. bench/SCRIPTS.md says what is measured, how,
+and holds the latest figures.
+
+1. Cron fan-out: N scripts with ``cron: "* * * * *"``, command ``true``, concurrency ``allow``
+   are deployed; at the next minute boundary (the slot) all N are due. For each script its run of
+   that slot is read (``GET /v1/scripts/{id}/runs?limit=1``): dispatch lag = ``created - slot``
+   (the run is recorded and handed to the supervisor), start lag = ``started - slot`` (the
+   container really started; bounded by how fast dockerd creates containers). A few seconds
+   after the slot the app is released again with the same scripts but no ``cron``, so the next
+   minute does not fire; every run is waited for before going on.
+2. Trigger storm: M concurrent ``POST /v1/scripts/{id}/runs`` over 50 keep-alive connections
+   (asyncio and a hand-written HTTP/1.1 client, ~0.1 ms of CPU a request: httpx.AsyncClient,
+   ``--client httpx``, needs ~5 ms and on 2 cores becomes the limit) on one ``queue`` script
+   whose command is ``true``. Intake = 201s / (first request sent .. last 201 received), with
+   the server's CPU per trigger. Then the queue drains (one container at a time) and the
+   script's runs are read back: all accepted, none lost, never two running at once
+   (started/finished intervals), started in id order. Runs that stop ending for 60 s are a
+   stall: reported with the server's error lines, and the server restarted to finish.
+3. Listing: the server is stopped, its store copied, R runs written into the copy with sqlite3
+   (interleaved across 100 scripts; the columns are read from the real ``runs`` table and a real
+   run is the template, so the seed follows the schema), a server started on the copy, and
+   ``GET /v1/scripts/{id}/runs?limit=50`` timed 500 times (then 500 more with ``before=`` in the
+   middle of the script's runs), one request at a time over loopback. The same SQL alone, and
+   ``EXPLAIN QUERY PLAN``, are reported beside it.
+
+It starts its own ``hgrun server`` (free 127.0.0.1 port, temp data dir, ``--docker-host``), and at
+the end stops it, removes every container it made (by the server's instance label), the app's
+image tag and the temp dir.
+
+Environment:
+  DOCKER_HOST             the engine (default unix:///tmp/dk/docker.sock)
+  HGRUN_BENCH_BASE_IMAGE  the app's base image (default hgrun-test/busybox:latest); must exist
+                          locally and have sh and true: nothing is pulled
+  HGRUN_BENCH_CLI         how to invoke hgrun, shell-split (default: the `hgrun` console script
+                          next to this Python, else `python -m hgrun.cli.main`)
+  HGRUN_BENCH_TMPDIR      where the temp dir goes (default /tmp)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_DOCKER_HOST = "unix:///tmp/dk/docker.sock"
+DEFAULT_BASE_IMAGE = "hgrun-test/busybox:latest"
+ADMIN_TOKEN = re.compile(r"admin token: (\S+)")
+ACTIVE = ("queued", "starting", "running")
+MAX_TIMEOUT = "10m"  # the server's --max-timeout: no bench run can hang for an hour
+SETTLE = 5.0  # seconds after the slot before the cron is switched off again
+STALL = 60.0  # seconds with runs in flight and none ending before it counts as stalled
+CMD_TIMEOUT = 600.0
+
+
+def say(text: str) -> None:
+    """Progress goes to stderr, so `--json` keeps stdout clean."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    cron_scripts: int  # 1. scripts due in the same minute
+    triggers: int  # 2. concurrent API triggers on one queue script
+    connections: int  # 2. client connections for the storm
+    rows: int  # 3. runs in the store
+    list_scripts: int  # 3. scripts the rows are spread across
+    list_samples: int  # 3. timed requests per variant
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    if args.quick:
+        plan = Plan(100, 200, 50, 100_000, 100, 500)
+    else:
+        plan = Plan(1000, 1000, 50, 1_000_000, 100, 500)
+    changes = {
+        k: v
+        for k, v in (
+            ("cron_scripts", args.cron_scripts),
+            ("triggers", args.triggers),
+            ("rows", args.rows),
+        )
+        if v is not None
+    }
+    return Plan(**{**asdict(plan), **changes})
+
+
+# -- figures -------------------------------------------------------------------------------
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    """The p-th percentile, nearest rank (p99 of 1,000 is the 990th smallest)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def spread(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> dict[str, Any]:
+    if not values:
+        return {"n": 0}
+    v = [x * scale for x in values]
+    return {
+        "n": len(v),
+        "min": round(min(v), digits),
+        "p50": round(pct(v, 50), digits),
+        "p95": round(pct(v, 95), digits),
+        "p99": round(pct(v, 99), digits),
+        "max": round(max(v), digits),
+    }
+
+
+def top(counts: dict[str, int], n: int = 5) -> list[dict[str, Any]]:
+    """The ``n`` most frequent messages, as {"count", "message"} (messages cut at 300)."""
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    return [{"count": c, "message": m[:300]} for m, c in ranked]
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def minute_stamp(slot: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot))
+
+
+# -- the server ----------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    cli: list[str]
+    data_dir: Path
+    docker_host: str
+    env: dict[str, str]
+    token: str = ""
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    output: list[str] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start and wait for /v1/health (and, on a first start, the admin token line)."""
+        argv = [
+            *self.cli,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--docker-host",
+            self.docker_host,
+            "--max-timeout",
+            MAX_TIMEOUT,
+        ]
+        self.output = []
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.data_dir,
+        )
+        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        self.sources.append(hgrun_source(self.env))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            if self.token and self._healthy():
+                return
+            time.sleep(0.1)
+        log = "".join(self.output[-40:])
+        raise BenchError(f"hgrun server did not come up (or printed no admin token):\n{log}")
+
+    def _read(self, process: subprocess.Popen[bytes]) -> None:
+        for raw in process.stdout or ():
+            line = raw.decode(errors="replace")
+            self.output.append(line)
+            if m := ADMIN_TOKEN.search(line):
+                self.token = m.group(1)
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used so far, all threads."""
+        if self.process is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def errors(self, n: int = 12) -> list[str]:
+        """The server's distinct error lines (log lines and exception summaries), newest last."""
+        seen: dict[str, None] = {}
+        for line in self.output:
+            text = line.strip()
+            if re.search(
+                r"Error:|Exception|failed|destroyed|Traceback", text
+            ) and not text.startswith(("File ", "Traceback", "^")):
+                seen[text[:300]] = None
+        return list(seen)[-n:]
+
+    def memory_mb(self) -> dict[str, float]:
+        """The server's resident memory now and at its peak (VmRSS, VmHWM), in MB."""
+        out: dict[str, float] = {}
+        if self.process is None:
+            return out
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key.lower()] = round(int(value.split()[0]) / 1024, 1)
+        return out
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def instance(self) -> str | None:
+        """The server's instance id (the label on every container it makes)."""
+        db = self.data_dir / "hgrun.db"
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            try:
+                row = con.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return None
+        return str(row[0]) if row else None
+
+    def stop(self) -> None:
+        if not self.running:
+            return
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def hgrun_source(env: dict[str, str]) -> dict[str, Any]:
+    """Where the hgrun a server started now imports comes from (the editable install may be
+    re-pointed while a bench runs), and that tree's commit."""
+    try:
+        where = subprocess.run(
+            [sys.executable, "-c", "import hgrun, os; print(os.path.dirname(hgrun.__file__))"],
+            env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=30,
+        ).stdout.strip()  # fmt: skip
+        head = subprocess.run(
+            ["git", "-C", where, "log", "-1", "--format=%h %s"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()[:100]  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", where, "status", "--porcelain", "--", "."],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return {"at": time.strftime("%H:%M:%S"), "path": where, "commit": head, "dirty": bool(dirty)}
+
+
+def default_cli() -> list[str]:
+    given = os.environ.get("HGRUN_BENCH_CLI")
+    if given:
+        return shlex.split(given)
+    script = Path(sysconfig.get_path("scripts")) / "hgrun"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "hgrun.cli.main"]
+
+
+# -- the app -------------------------------------------------------------------------------
+
+
+def cron_name(i: int) -> str:
+    return f"cron-{i:04d}"
+
+
+def list_name(i: int) -> str:
+    return f"list-{i:03d}"
+
+
+STORM = "storm"
+
+
+def manifest(app: str, plan: Plan, *, cron_scripts: bool, cron: bool) -> str:
+    """hgrun.yaml: the cron scripts (with or without their schedule), the storm's queue script
+    and the scripts the listing's rows belong to."""
+    out = [f"name: {app}", "build:", "  dockerfile: Dockerfile", "network: none", "scripts:"]
+    if cron_scripts:
+        for i in range(plan.cron_scripts):
+            out += [
+                f"  {cron_name(i)}:",
+                '    command: "true"',
+                "    concurrency: allow",
+                "    timeout: 5m",
+                "    history: 5",
+            ]
+            if cron:
+                out.append('    cron: "* * * * *"')
+    out += [
+        f"  {STORM}:",
+        '    command: "true"',
+        "    concurrency: queue",
+        "    timeout: 5m",
+        f"    history: {plan.triggers + 100}",  # keep every run of the storm to count them
+    ]
+    for i in range(plan.list_scripts):
+        out += [f"  {list_name(i)}:", '    command: "true"', "    concurrency: allow"]
+    return "\n".join(out) + "\n"
+
+
+# -- the benchmark -------------------------------------------------------------------------
+
+
+@dataclass
+class Conn:
+    """One keep-alive connection of the storm's client."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+
+class Bench:
+    def __init__(self, plan: Plan, tmp: Path, docker_host: str, base_image: str) -> None:
+        self.plan = plan
+        self.tmp = tmp
+        self.docker_host = docker_host
+        self.base_image = base_image
+        self.cli = default_cli()
+        docker = shutil.which("docker")
+        if docker is None:
+            raise BenchError("the docker CLI is not on PATH")
+        self.docker = docker
+        self.app = f"bench-{uuid.uuid4().hex[:8]}"
+        self.app_dir = tmp / "app"
+        self.env = {
+            **os.environ,
+            "DOCKER_HOST": docker_host,
+            "XDG_CONFIG_HOME": str(tmp / "config"),
+            "NO_COLOR": "1",
+        }
+        self.server = Server(self.cli, tmp / "data", docker_host, self.env)
+        self.servers: list[Server] = [self.server]
+        self.instances: set[str] = set()
+        self.context_hash = ""
+        self.http: httpx.Client | None = None
+        self.results: dict[str, Any] = {}
+        self.failures: list[str] = []
+        self.client_kind = "raw"
+        self.stalls: list[dict[str, Any]] = []
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def client(self) -> httpx.Client:
+        if self.http is None:
+            self.http = httpx.Client(
+                base_url=self.server.url,
+                headers={"Authorization": f"Bearer {self.server.token}"},
+                timeout=120,
+            )
+        return self.http
+
+    def reconnect(self) -> None:
+        if self.http is not None:
+            self.http.close()
+            self.http = None
+
+    def get(self, path: str, **params: Any) -> Any:
+        r = self.client().get(path, params=params or None)
+        if r.status_code != 200:
+            raise BenchError(f"GET {path} -> {r.status_code}: {r.text[:300]}")
+        return r.json()
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        r = self.client().post(path, json=body)
+        if r.status_code not in (200, 201):
+            raise BenchError(f"POST {path} -> {r.status_code}: {r.text[:300]}")
+        return r.json()
+
+    def hgrun(self, *args: str, cwd: Path | None = None) -> str:
+        done = subprocess.run(
+            [*self.cli, *args],
+            env={**self.env, "HGRUN_URL": self.server.url, "HGRUN_TOKEN": self.server.token},
+            cwd=cwd,
+            capture_output=True,
+            timeout=CMD_TIMEOUT,
+        )
+        if done.returncode != 0:
+            raise BenchError(
+                f"hgrun {' '.join(args)} exited {done.returncode}:\n"
+                f"{done.stderr.decode(errors='replace')[-2000:]}"
+            )
+        return done.stdout.decode(errors="replace")
+
+    def docker_cmd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.docker, *args], env=self.env, capture_output=True, text=True, timeout=CMD_TIMEOUT
+        )
+
+    def release(self, text: str) -> None:
+        """A new release of the app with this hgrun.yaml, on the image already built (what
+        `hgrun deploy` posts when the context is unchanged; no build)."""
+        (self.app_dir / "hgrun.yaml").write_text(text)
+        self.post(
+            f"/v1/apps/{self.app}/releases",
+            {"context_hash": self.context_hash, "procfile": "", "manifest": text},
+        )
+
+    def scripts(self) -> dict[str, int]:
+        return {s["name"]: s["id"] for s in self.get(f"/v1/apps/{self.app}/scripts")}
+
+    def active_runs(self) -> int:
+        return len(self.get(f"/v1/apps/{self.app}/runs", active=1, limit=100_000))
+
+    def wait_idle(
+        self, timeout: float, what: str, every: float = 1.0, stall: float = STALL
+    ) -> float:
+        """Wait until the app has no run in flight; the wall-clock time it happened.
+
+        Runs that stop moving (none of the app's runs ends for ``stall`` seconds, while each
+        is a `true`) are a lost hand-off in the server: recorded in ``self.stalls`` with their
+        statuses and the server's error lines; then the server is restarted, which takes the
+        runs up again and resumes the queues.
+        """
+        deadline = time.monotonic() + timeout
+        last_say = 0.0
+        last_n, changed = -1, time.monotonic()
+        while True:
+            runs = self.get(f"/v1/apps/{self.app}/runs", active=1, limit=100_000)
+            n, now = len(runs), time.time()
+            if n == 0:
+                return now
+            if time.monotonic() > deadline:
+                raise BenchError(f"{what}: {n} runs still in flight after {timeout:.0f} s")
+            if n != last_n:
+                last_n, changed = n, time.monotonic()
+            elif time.monotonic() - changed > stall:
+                say(
+                    f"  {what}: {n} runs in flight and none ended for {stall:.0f} s: stalled;"
+                    " restarting the server, which takes them up"
+                )
+                self.stalls.append({
+                    "what": what,
+                    "in_flight": n,
+                    "statuses": {st: sum(r["status"] == st for r in runs) for st in ACTIVE},
+                    "stalled_s": round(time.monotonic() - changed, 1),
+                    "server_errors": self.server.errors(),
+                })  # fmt: skip
+                self.restart()
+                changed = time.monotonic()
+            if time.monotonic() - last_say > 15:
+                say(f"  {what}: {n} runs in flight")
+                last_say = time.monotonic()
+            time.sleep(every)
+
+    def restart(self) -> None:
+        self.reconnect()
+        self.server.stop()
+        self.server.start()
+
+    def script_runs(self, script_id: int) -> list[dict[str, Any]]:
+        """Every run of a script, newest first (paged with before=)."""
+        out: list[dict[str, Any]] = []
+        before: int | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 1000}
+            if before is not None:
+                params["before"] = before
+            page = self.get(f"/v1/scripts/{script_id}/runs", **params)
+            out += page
+            if len(page) < 1000:
+                return out
+            before = page[-1]["id"]
+
+    def health_latency(self, seconds: float) -> list[float]:
+        """Sequential GET /v1/health for ``seconds``: how long the event loop keeps a request."""
+        samples: list[float] = []
+        end = time.monotonic() + seconds
+        c = self.client()
+        while time.monotonic() < end:
+            t = time.perf_counter()
+            c.get("/v1/health")
+            samples.append(time.perf_counter() - t)
+            time.sleep(0.02)
+        return samples
+
+    # -- setup and teardown --------------------------------------------------------------
+
+    def setup(self) -> None:
+        probe = self.docker_cmd("image", "inspect", "--format", "{{.Id}}", self.base_image)
+        if probe.returncode != 0:
+            raise BenchError(
+                f"image {self.base_image} is not on the engine at {self.docker_host}"
+                " (nothing is pulled): make it with scripts/images --busybox"
+            )
+        (self.tmp / "data").mkdir()
+        self.app_dir.mkdir()
+        (self.app_dir / "Dockerfile").write_text(f"FROM {self.base_image}\n")
+        # The app's first release: every script registered, no cron yet.
+        text = manifest(self.app, self.plan, cron_scripts=True, cron=False)
+        (self.app_dir / "hgrun.yaml").write_text(text)
+        say(f"starting hgrun server ({shlex.join(self.cli)} server) ...")
+        self.server.start()
+        if inst := self.server.instance():
+            self.instances.add(inst)
+        say(f"server on {self.server.url}; deploying app {self.app}")
+        self.hgrun("apps:create", self.app, cwd=self.app_dir)
+        self.hgrun("deploy", cwd=self.app_dir)
+        releases = self.get(f"/v1/apps/{self.app}/releases")
+        self.context_hash = releases[0]["context_hash"]
+        self.results["release_manifest_kb"] = round(len(text) / 1024, 1)
+
+    def cleanup(self) -> dict[str, Any]:
+        instances = set(self.instances)
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                if inst := server.instance():
+                    instances.add(inst)
+        self.reconnect()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                server.stop()
+        removed = 0
+        for inst in sorted(instances):
+            ids = self.docker_cmd(
+                "ps", "-aq", "--filter", f"label=hgrun.instance={inst}"
+            ).stdout.split()
+            if ids:
+                say(f"removing {len(ids)} leftover container(s) of instance {inst}")
+                self.docker_cmd("rm", "-f", *ids)
+                removed += len(ids)
+        tags = self.docker_cmd(
+            "images", "--format", "{{.Repository}}:{{.Tag}}", f"hgrun/*-{self.app}"
+        ).stdout.split()
+        if tags:
+            self.docker_cmd("rmi", *tags)
+        left = 0
+        for inst in sorted(instances):
+            left += len(
+                self.docker_cmd(
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    "label=hgrun.run",
+                    "--filter",
+                    f"label=hgrun.instance={inst}",
+                ).stdout.split()
+            )
+        return {"leftover_removed": removed, "containers_left": left}
+
+    # -- 1. cron fan-out -----------------------------------------------------------------
+
+    def cron_fanout(self) -> None:
+        n = self.plan.cron_scripts
+        say(f"1. cron fan-out: {n} scripts with cron '* * * * *', concurrency allow")
+        baseline = self.health_latency(2.0)  # the event loop with no cron script
+        # The slot is the next minute boundary, at least 8 s after the release so the scheduler
+        # has seen every script first. Too close: wait for the minute to turn before releasing
+        # (every minute fires, so no other boundary may fall between the release and the slot).
+        now = time.time()
+        slot = (math.floor(now / 60) + 1) * 60.0
+        if slot - now < 8:
+            time.sleep(slot - now + 1.0)
+            now = time.time()
+            slot = (math.floor(now / 60) + 1) * 60.0
+        self.release(manifest(self.app, self.plan, cron_scripts=True, cron=True))
+        released = time.time()
+        say(
+            f"  released with cron at +{released - now:.1f} s; slot {minute_stamp(slot)},"
+            f" in {slot - released:.0f} s"
+        )
+        # While waiting: the same probe with N cron scripts registered (the scheduler ticks).
+        loaded: list[float] = []
+        if slot - time.time() > 4:
+            time.sleep(1.5)
+            loaded = self.health_latency(min(10.0, slot - time.time() - 1.5))
+        time.sleep(max(0.0, slot + SETTLE - time.time()))
+        # Switch the schedule off (same scripts, no cron) so the next minute does not fire.
+        t = time.time()
+        self.release(manifest(self.app, self.plan, cron_scripts=True, cron=False))
+        off = time.time()
+        say(
+            f"  cron off at slot+{off - slot:.1f} s (the release took {off - t:.1f} s);"
+            " waiting for every run to finish"
+        )
+        # Every create is queued before any start (one FIFO thread pool), so no run may end for
+        # minutes here: a stall is only declared after 10.
+        idle = self.wait_idle(20 * 60, "cron runs", every=3.0, stall=600.0)
+        say(f"  all finished at slot+{idle - slot:.1f} s; reading each script's runs")
+        ids = self.scripts()
+        stamp = minute_stamp(slot)
+        by_slot: dict[str, int] = {}  # every cron run of the app, by slot: only ours expected
+        for run in self.get(f"/v1/apps/{self.app}/runs", trigger="cron", limit=100_000):
+            by_slot[run["trigger"]["name"]] = by_slot.get(run["trigger"]["name"], 0) + 1
+        dispatch, start, missing, wrong = [], [], [], 0
+        statuses: dict[str, int] = {}
+        errors: dict[str, int] = {}
+        for i in range(n):
+            name = cron_name(i)
+            runs = self.get(f"/v1/scripts/{ids[name]}/runs", limit=1)
+            if runs and runs[0]["trigger"]["name"] != stamp:
+                # A later slot ran too (the cron went off late): look further back.
+                wrong += 1
+                runs = [
+                    r
+                    for r in self.get(f"/v1/scripts/{ids[name]}/runs", limit=10)
+                    if r["trigger"]["name"] == stamp
+                ]
+            if not runs or runs[0]["trigger"]["kind"] != "cron":
+                missing.append(name)
+                continue
+            run = runs[0]
+            statuses[run["status"]] = statuses.get(run["status"], 0) + 1
+            if run["error"]:
+                errors[run["error"]] = errors.get(run["error"], 0) + 1
+            dispatch.append(run["created"] - slot)
+            if run["started"] is not None:
+                start.append(run["started"] - slot)
+        self.results["cron"] = {
+            "scripts": n,
+            "slot": stamp,
+            "runs_for_slot": len(dispatch),
+            "missing": len(missing),
+            "missing_first": missing[:5],
+            "later_slot_ran": wrong,
+            "cron_runs_by_slot": by_slot,
+            "statuses": statuses,
+            "errors": top(errors),
+            "dispatch_lag_s": spread(dispatch),
+            "start_lag_s": spread(start),
+            "dispatch_window_s": round(max(dispatch) - min(dispatch), 3) if dispatch else None,
+            "all_finished_after_slot_s": round(idle - slot, 1),
+            "cron_off_after_slot_s": round(off - slot, 1),
+            "health_ms_no_cron": spread(baseline, 1000, 1),
+            "health_ms_with_cron": spread(loaded, 1000, 1),
+            "server_memory_mb": self.server.memory_mb(),
+        }
+        c = self.results["cron"]
+        say(
+            f"  dispatch lag p50 {c['dispatch_lag_s'].get('p50')} s,"
+            f" p99 {c['dispatch_lag_s'].get('p99')} s; start lag p99"
+            f" {c['start_lag_s'].get('p99')} s; {len(dispatch)}/{n} runs"
+        )
+        # The cron scripts have served: release without them (smaller manifest for the rest).
+        self.release(manifest(self.app, self.plan, cron_scripts=False, cron=False))
+
+    # -- 2. trigger storm ----------------------------------------------------------------
+
+    def storm(self) -> None:
+        m, conns = self.plan.triggers, self.plan.connections
+        say(f"2. trigger storm: {m} concurrent POSTs on one queue script, {conns} connections")
+        sid = self.scripts()[STORM]
+        before = {r["id"] for r in self.script_runs(sid)}
+        sent_wall = time.time()
+        server_cpu, client_cpu = self.server.cpu_seconds(), own_cpu_seconds()
+        answers, t_first, elapsed = asyncio.run(self._storm(sid, m, conns))
+        server_cpu = self.server.cpu_seconds() - server_cpu
+        client_cpu = own_cpu_seconds() - client_cpu
+        codes: dict[str, int] = {}
+        for a in answers:
+            codes[str(a["code"])] = codes.get(str(a["code"]), 0) + 1
+        ok = [a for a in answers if a["code"] == 201]
+        last_201 = max((a["recv"] for a in ok), default=math.nan)
+        intake_s = last_201 - t_first
+        intake = len(ok) / intake_s if ok else 0.0
+        say(
+            f"  {len(ok)}/{m} accepted (201) in {intake_s:.2f} s: {intake:.0f} triggers/s;"
+            " draining the queue (one container at a time)"
+        )
+        accepted_at = time.time()
+        idle = self.wait_idle(max(600.0, m * 5.0), "storm queue", every=2.0)
+        runs = [r for r in self.script_runs(sid) if r["id"] not in before]
+        accepted_ids = {a["id"] for a in ok}
+        listed = {r["id"] for r in runs}
+        statuses: dict[str, int] = {}
+        errors: dict[str, int] = {}
+        for r in runs:
+            statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+            if r["error"]:
+                errors[r["error"]] = errors.get(r["error"], 0) + 1
+        ran = sorted((r for r in runs if r["started"] is not None), key=lambda r: r["started"])
+        overlaps, most, order_breaks = 0, 0, 0
+        events: list[tuple[float, int]] = []
+        for prev, nxt in zip(ran, ran[1:], strict=False):
+            if prev["finished"] is None or nxt["started"] < prev["finished"]:
+                overlaps += 1
+            if nxt["id"] < prev["id"]:
+                order_breaks += 1
+        for r in ran:
+            events.append((r["started"], 1))
+            events.append((r["finished"] if r["finished"] is not None else math.inf, -1))
+        live = 0
+        for _t, d in sorted(events, key=lambda e: (e[0], e[1])):  # ends before starts on ties
+            live += d
+            most = max(most, live)
+        finished = [r["finished"] for r in runs if r["finished"] is not None]
+        per_run = [r["finished"] - r["started"] for r in ran if r["finished"] is not None]
+        gaps = [
+            b["started"] - a["finished"]
+            for a, b in zip(ran, ran[1:], strict=False)
+            if a["finished"] is not None
+        ]
+        self.results["storm"] = {
+            "triggers": m,
+            "connections": conns,
+            "http_codes": codes,
+            "accepted": len(ok),
+            "intake_s": round(intake_s, 3),
+            "intake_per_s": round(intake, 1),
+            "client": self.client_kind,
+            "client_wall_s": round(elapsed, 3),
+            "client_cpu_s": round(client_cpu, 2),
+            "server_cpu_s": round(server_cpu, 2),
+            "server_cpu_ms_per_trigger": round(server_cpu / max(len(ok), 1) * 1000, 2),
+            "request_latency_ms": spread([a["recv"] - a["sent"] for a in answers], 1000, 1),
+            "runs_listed": len(runs),
+            "lost": len(accepted_ids - listed),
+            "unexpected": len(listed - accepted_ids),
+            "statuses": statuses,
+            "errors": top(errors),
+            "overlapping_pairs": overlaps,
+            "max_running_at_once": most,
+            "started_out_of_id_order": order_breaks,
+            "drain_after_last_201_s": round(idle - accepted_at, 1),
+            "drain_total_s": round((max(finished) if finished else idle) - sent_wall, 1),
+            "run_seconds": spread(per_run, 1, 3),
+            "handoff_gap_s": spread(gaps, 1, 3),
+            "queue_stalls": [x for x in self.stalls if x["what"] == "storm queue"],
+            "server_memory_mb": self.server.memory_mb(),
+        }
+        s = self.results["storm"]
+        say(
+            f"  drained in {s['drain_total_s']} s; {len(runs)} runs, lost {s['lost']},"
+            f" max at once {most}, out of order {order_breaks}"
+        )
+
+    async def _storm(self, sid: int, m: int, conns: int) -> tuple[list[dict], float, float]:
+        if self.client_kind == "httpx":
+            return await self._storm_httpx(sid, m, conns)
+        return await self._storm_raw(sid, m, conns)
+
+    async def _storm_raw(self, sid: int, m: int, conns: int) -> tuple[list[dict], float, float]:
+        """The storm from keep-alive HTTP/1.1 connections written by hand: a load generator that
+        costs ~0.1 ms of CPU a request, so on 2 cores the client does not set the pace."""
+        host, port = "127.0.0.1", self.server.port
+        auth = f"Authorization: Bearer {self.server.token}\r\n"
+        post = (
+            f"POST /v1/scripts/{sid}/runs HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+        health = f"GET /v1/health HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+
+        async def connect() -> Conn:
+            return Conn(*await asyncio.open_connection(host, port))
+
+        async def roundtrip(conn: Conn, request: bytes) -> tuple[int, bytes]:
+            conn.writer.write(request)
+            await conn.writer.drain()
+            head = await conn.reader.readuntil(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            code = int(lines[0].split(b" ", 2)[1])
+            length, close = 0, False
+            for line in lines[1:]:
+                key, _, value = line.partition(b":")
+                key = key.strip().lower()
+                if key == b"content-length":
+                    length = int(value)
+                elif key == b"transfer-encoding":
+                    raise BenchError("a chunked answer: the storm client reads Content-Length only")
+                elif key == b"connection" and b"close" in value.lower():
+                    close = True
+            body = await conn.reader.readexactly(length)
+            if close:  # the server ends this connection: open another
+                conn.writer.close()
+                fresh = await connect()
+                conn.reader, conn.writer = fresh.reader, fresh.writer
+            return code, body
+
+        pool = [await connect() for _ in range(conns)]
+        await asyncio.gather(*(roundtrip(c, health) for c in pool))  # every connection warm
+        answers: list[dict[str, Any]] = []
+        todo = iter(range(m))
+
+        async def worker(conn: Conn) -> None:
+            for _ in todo:
+                sent = time.perf_counter()
+                code, body = await roundtrip(conn, post)
+                recv = time.perf_counter()
+                rid = json.loads(body).get("id") if code == 201 else None
+                answers.append({"sent": sent, "recv": recv, "code": code, "id": rid})
+
+        t0 = time.perf_counter()
+        try:
+            await asyncio.gather(*(worker(c) for c in pool))
+        finally:
+            for conn in pool:
+                conn.writer.close()
+        return answers, t0, time.perf_counter() - t0
+
+    async def _storm_httpx(self, sid: int, m: int, conns: int) -> tuple[list[dict], float, float]:
+        limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
+        headers = {"Authorization": f"Bearer {self.server.token}"}
+        async with httpx.AsyncClient(
+            base_url=self.server.url, headers=headers, limits=limits, timeout=300
+        ) as client:
+            # Open the connections first: the storm measures intake, not TCP handshakes.
+            await asyncio.gather(*(client.get("/v1/health") for _ in range(conns)))
+            answers: list[dict[str, Any]] = []
+            todo = iter(range(m))
+
+            async def worker() -> None:
+                for _ in todo:
+                    sent = time.perf_counter()
+                    r = await client.post(f"/v1/scripts/{sid}/runs", content=b"")
+                    recv = time.perf_counter()
+                    body = (
+                        r.json()
+                        if r.headers.get("content-type", "").startswith("application/json")
+                        else {}
+                    )
+                    answers.append(
+                        {"sent": sent, "recv": recv, "code": r.status_code, "id": body.get("id")}
+                    )
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(conns)))
+            return answers, t0, time.perf_counter() - t0
+
+    # -- 3. listing among many runs ------------------------------------------------------
+
+    def listing(self) -> None:
+        p = self.plan
+        say(
+            f"3. listing: {p.rows:,} runs across {p.list_scripts} scripts; stopping the server"
+            " and seeding a copy of its store"
+        )
+        scripts = self.scripts()
+        if not self.script_runs(scripts[STORM]):  # the seed copies a real run: make one
+            self.post(f"/v1/scripts/{scripts[STORM]}/runs", {})
+            self.wait_idle(120, "template run")
+        self.reconnect()
+        self.server.stop()
+        copy = self.tmp / "data-list"
+        shutil.copytree(self.server.data_dir, copy)
+        db = copy / "hgrun.db"
+        t = time.monotonic()
+        ranges = seed(
+            db,
+            self.app,
+            [scripts[list_name(i)] for i in range(p.list_scripts)],
+            template_script=scripts[STORM],
+            rows=p.rows,
+        )
+        seed_s = time.monotonic() - t
+        say(f"  seeded {p.rows:,} runs in {seed_s:.1f} s; starting a server on the copy")
+        server = Server(self.cli, copy, self.docker_host, self.env, token=self.server.token)
+        self.servers.append(server)
+        self.server = server
+        server.start()
+        rng = random.Random(7)
+        c = self.client()
+
+        def timed(path: str, params: dict[str, Any], before: int | None) -> float:
+            t = time.perf_counter()
+            r = c.get(path, params=params)
+            took = time.perf_counter() - t
+            if r.status_code != 200:
+                raise BenchError(f"GET {path} -> {r.status_code}: {r.text[:200]}")
+            page = r.json()
+            want = min(50, p.rows // p.list_scripts // (1 if before is None else 3))
+            if len(page) < want or (before is not None and page[0]["id"] >= before):
+                raise BenchError(f"GET {path} {params}: a wrong page ({len(page)} runs)")
+            return took
+
+        ids = list(ranges)
+        samples: dict[str, list[float]] = {"newest": [], "before": []}
+        for _ in range(20):  # warm-up: connection, page cache
+            sid = rng.choice(ids)
+            timed(f"/v1/scripts/{sid}/runs", {"limit": 50}, None)
+        for _ in range(p.list_samples):
+            sid = rng.choice(ids)
+            samples["newest"].append(timed(f"/v1/scripts/{sid}/runs", {"limit": 50}, None))
+        for _ in range(p.list_samples):
+            sid = rng.choice(ids)
+            lo, hi = ranges[sid]
+            mid = (lo + hi) // 2
+            samples["before"].append(
+                timed(f"/v1/scripts/{sid}/runs", {"limit": 50, "before": mid}, mid)
+            )
+        sql = sql_alone(db, ranges, p.list_samples, rng)
+        self.results["listing"] = {
+            "rows": p.rows,
+            "scripts": p.list_scripts,
+            "runs_per_script": p.rows // p.list_scripts,
+            "seed_s": round(seed_s, 1),
+            "db_mb": round(sum(f.stat().st_size for f in copy.glob("hgrun.db*")) / 2**20, 1),
+            "http_newest_ms": spread(samples["newest"], 1000, 2),
+            "http_before_ms": spread(samples["before"], 1000, 2),
+            **sql,
+        }
+        r = self.results["listing"]
+        say(
+            f"  limit=50 p95 {r['http_newest_ms']['p95']} ms; with before= p95"
+            f" {r['http_before_ms']['p95']} ms; the SQL alone p95 {r['sql_newest_ms']['p95']} ms"
+        )
+
+
+# -- seeding and the SQL alone -------------------------------------------------------------
+
+SCRIPT_RUNS_SQL = "SELECT * FROM runs WHERE script_id = ? AND id < ? ORDER BY id DESC LIMIT ?"
+
+
+def seed(
+    db: Path, app: str, script_ids: Sequence[int], *, template_script: int, rows: int
+) -> dict[int, tuple[int, int]]:
+    """Write ``rows`` finished runs into a stopped server's store, interleaved across the
+    scripts (as runs of many scripts land in one table). Every column of the real ``runs``
+    table is filled, from a real run of the server, so the seed follows the schema; the
+    (min id, max id) of each script's runs."""
+    con = sqlite3.connect(db, isolation_level=None)
+    con.row_factory = sqlite3.Row
+    try:
+        con.execute("PRAGMA synchronous=OFF")
+        columns = [r["name"] for r in con.execute("PRAGMA table_info(runs)")]
+        template = (
+            con.execute(
+                "SELECT * FROM runs WHERE script_id = ? AND status = 'succeeded'"
+                " ORDER BY id LIMIT 1",
+                (template_script,),
+            ).fetchone()
+            or con.execute("SELECT * FROM runs ORDER BY id LIMIT 1").fetchone()
+        )
+        if template is None:
+            raise BenchError("the store holds no run to copy as the seed's template")
+        names = {
+            r["id"]: r["name"]
+            for r in con.execute(
+                f"SELECT id, name FROM scripts WHERE id IN ({','.join('?' * len(script_ids))})",
+                list(script_ids),
+            )
+        }
+        cols = [c for c in columns if c != "id"]
+        base = dict(template)
+        t0 = time.time() - rows  # one run a second, ending now
+        overrides = {
+            "trigger_kind": "api",
+            "trigger_name": "bench-seed",
+            "slot": None,
+            "parent_run": None,
+            "status": "succeeded",
+            "exit_code": 0,
+            "oom": 0,
+            "container_id": None,
+            "error": None,
+        }
+        base.update({k: v for k, v in overrides.items() if k in base})
+        n_scripts = len(script_ids)
+
+        def batch(start: int, stop: int) -> Iterator[tuple[Any, ...]]:
+            row = dict(base)
+            for i in range(start, stop):
+                sid = script_ids[i % n_scripts]
+                created = t0 + i
+                row.update(
+                    script_id=sid,
+                    script=names[sid],
+                    created=created,
+                    started=created + 0.2,
+                    finished=created + 0.5,
+                )
+                yield tuple(row[c] for c in cols)
+
+        insert = f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        step = 100_000
+        for start in range(0, rows, step):
+            con.execute("BEGIN")
+            con.executemany(insert, batch(start, min(rows, start + step)))
+            con.execute("COMMIT")
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {
+            r[0]: (r[1], r[2])
+            for r in con.execute(
+                f"SELECT script_id, MIN(id), MAX(id) FROM runs WHERE script_id IN"
+                f" ({','.join('?' * n_scripts)}) GROUP BY script_id",
+                list(script_ids),
+            )
+        }
+    finally:
+        con.close()
+
+
+def sql_alone(
+    db: Path, ranges: dict[int, tuple[int, int]], n: int, rng: random.Random
+) -> dict[str, Any]:
+    """Store.script_runs' query on its own (read-only connection), and its query plan."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        plan = {
+            variant: [
+                r[3]
+                for r in con.execute(f"EXPLAIN QUERY PLAN {SCRIPT_RUNS_SQL}", (sid, before, 50))
+            ]
+            for variant, sid, before in (
+                ("newest", next(iter(ranges)), 2**62),
+                ("before", next(iter(ranges)), sum(next(iter(ranges.values()))) // 2),
+            )
+        }
+        ids = list(ranges)
+        out: dict[str, list[float]] = {"newest": [], "before": []}
+        for variant in out:
+            for _ in range(n):
+                sid = rng.choice(ids)
+                before = 2**62 if variant == "newest" else sum(ranges[sid]) // 2
+                t = time.perf_counter()
+                con.execute(SCRIPT_RUNS_SQL, (sid, before, 50)).fetchall()
+                out[variant].append(time.perf_counter() - t)
+        indexes = [
+            r[0]
+            for r in con.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs'"
+                " AND sql IS NOT NULL"
+            )
+        ]
+        analyzed = bool(
+            con.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'").fetchone()
+        )
+    finally:
+        con.close()
+    return {
+        "sql_newest_ms": spread(out["newest"], 1000, 3),
+        "sql_before_ms": spread(out["before"], 1000, 3),
+        "query_plan": plan,
+        "runs_indexes": indexes,
+        "analyzed": analyzed,
+    }
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """One dict per line of the table: metric, figure, target, ok."""
+    out: list[dict[str, Any]] = []
+
+    def add(key: str, metric: str, figure: str, target: str, ok: bool | None) -> None:
+        out.append({"key": key, "metric": metric, "figure": figure, "target": target, "ok": ok})
+
+    def three(s: dict[str, Any], unit: str, keys: Sequence[str] = ("p50", "p99", "max")) -> str:
+        if not s.get("n"):
+            return "-"
+        return " / ".join(f"{s[k]}" for k in keys) + f" {unit}"
+
+    if "cron" in r:
+        c = r["cron"]
+        d, st = c["dispatch_lag_s"], c["start_lag_s"]
+        add(
+            "cron_runs",
+            f"1. cron: runs for the slot ({c['scripts']} scripts due)",
+            f"{c['runs_for_slot']}/{c['scripts']} ({c['statuses'].get('succeeded', 0)} succeeded)",
+            "all",
+            c["runs_for_slot"] == c["scripts"],
+        )
+        others = sum(n for name, n in c["cron_runs_by_slot"].items() if name != c["slot"])
+        add(
+            "cron_others",
+            "   cron runs of other slots (must not fire)",
+            str(others),
+            "0",
+            others == 0,
+        )
+        add(
+            "cron_dispatch",
+            "   dispatch lag, created - slot, p50 / p99 / max",
+            three(d, "s"),
+            "p99 < 1 s",
+            bool(d.get("n")) and d["p99"] < 1.0,
+        )
+        add(
+            "cron_start",
+            "   start lag, started - slot, p50 / p99 / max",
+            three(st, "s"),
+            "info (dockerd)",
+            None,
+        )
+        add(
+            "cron_drain",
+            "   every run finished, after the slot",
+            f"{c['all_finished_after_slot_s']} s",
+            "info",
+            None,
+        )
+        h0, h1 = c["health_ms_no_cron"], c["health_ms_with_cron"]
+        if h1.get("n"):
+            add(
+                "cron_loop",
+                "   GET /v1/health p50 / max, idle: no cron vs cron scripts",
+                f"{h0['p50']}/{h0['max']} vs {h1['p50']}/{h1['max']} ms",
+                "info",
+                None,
+            )
+    if "storm" in r:
+        s = r["storm"]
+        add(
+            "storm_intake",
+            f"2. storm: intake, {s['triggers']} triggers",
+            f"{s['intake_per_s']:.0f}/s ({s['intake_s']:.2f} s)",
+            ">= 500/s",
+            s["intake_per_s"] >= 500,
+        )
+        add(
+            "storm_cpu",
+            f"   CPU during intake: server per trigger / {s['client']} client in all",
+            f"{s['server_cpu_ms_per_trigger']} ms / {s['client_cpu_s']} s",
+            "info",
+            None,
+        )
+        add(
+            "storm_accepted",
+            "   accepted (201)",
+            f"{s['accepted']}/{s['triggers']}",
+            "all",
+            s["accepted"] == s["triggers"],
+        )
+        add(
+            "storm_lost",
+            "   runs listed once drained / lost",
+            f"{s['runs_listed']} / {s['lost']}",
+            f"{s['triggers']} / 0",
+            s["runs_listed"] == s["triggers"] and s["lost"] == 0,
+        )
+        add(
+            "storm_once",
+            "   most running at once",
+            str(s["max_running_at_once"]),
+            "1",
+            s["max_running_at_once"] == 1 and s["overlapping_pairs"] == 0,
+        )
+        add(
+            "storm_order",
+            "   started out of id order",
+            str(s["started_out_of_id_order"]),
+            "0",
+            s["started_out_of_id_order"] == 0,
+        )
+        add(
+            "storm_latency",
+            "   request latency p50 / p99 / max",
+            three(s["request_latency_ms"], "ms"),
+            "info",
+            None,
+        )
+        add(
+            "storm_drain",
+            "   drain (first trigger .. last run finished)",
+            f"{s['drain_total_s']} s ({s['runs_listed'] / max(s['drain_total_s'], 1e-9):.1f}"
+            " runs/s)",
+            "info",
+            None,
+        )
+        stalls = s["queue_stalls"]
+        add(
+            "storm_stalls",
+            "   stalls (runs in flight, none ending for 60 s)",
+            f"{len(stalls)}"
+            + (
+                f" ({sum(x['stalled_s'] for x in stalls):.0f} s; server restarted)"
+                if stalls
+                else ""
+            ),
+            "0",
+            not stalls,
+        )
+    if "listing" in r:
+        li = r["listing"]
+        keys = ("p50", "p95", "p99")
+        add(
+            "list_newest",
+            f"3. listing among {li['rows']:,}: limit=50, p50 / p95 / p99",
+            three(li["http_newest_ms"], "ms", keys),
+            "p95 < 20 ms",
+            li["http_newest_ms"]["p95"] < 20,
+        )
+        add(
+            "list_before",
+            "   limit=50&before=<middle>, p50 / p95 / p99",
+            three(li["http_before_ms"], "ms", keys),
+            "p95 < 20 ms",
+            li["http_before_ms"]["p95"] < 20,
+        )
+        add(
+            "list_sql",
+            "   the SQL alone (newest / before=), p95",
+            f"{li['sql_newest_ms']['p95']} / {li['sql_before_ms']['p95']} ms",
+            "info",
+            None,
+        )
+    return out
+
+
+def print_table(table: list[dict[str, Any]]) -> None:
+    header = ["metric", "figure", "target", "ok?"]
+    lines = [
+        [t["metric"], t["figure"], t["target"], {True: "ok", False: "MISSED", None: ""}[t["ok"]]]
+        for t in table
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
+
+    def fmt(row: Sequence[str]) -> str:
+        return " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
+    print(fmt(header))
+    print("-+-".join("-" * w for w in widths))
+    for line in lines:
+        print(fmt(line))
+
+
+def source_state() -> dict[str, Any]:
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return {
+        "commit": git("rev-parse", "--short=12", "HEAD"),
+        "hgrun_dirty": bool(git("status", "--porcelain", "--", "hgrun")),
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_mb": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="100 cron scripts, 200 triggers, 100,000 runs"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    parser.add_argument("--only", help="comma-separated: cron,storm,listing (default: all)")
+    parser.add_argument("--cron-scripts", type=int, help="scripts due in the same minute")
+    parser.add_argument("--triggers", type=int, help="triggers in the storm (at most 1001)")
+    parser.add_argument("--rows", type=int, help="runs seeded for the listing")
+    parser.add_argument(
+        "--client", choices=("raw", "httpx"), default="raw",
+        help="the storm's client: hand-written keep-alive HTTP/1.1 (default) or httpx.AsyncClient",
+    )  # fmt: skip
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (for debugging)")
+    args = parser.parse_args(argv)
+    plan = make_plan(args)
+    only = set((args.only or "cron,storm,listing").split(","))
+    docker_host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+    base_image = os.environ.get("HGRUN_BENCH_BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    tmp = Path(tempfile.mkdtemp(prefix="hgrun-bench-", dir=os.environ.get("HGRUN_BENCH_TMPDIR")))
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    started = time.time()
+    load_before = os.getloadavg()
+    source = source_state()  # at the start: the tree may change while the bench runs
+    bench: Bench | None = None
+    status = 0
+    clean: dict[str, Any] = {}
+    try:
+        bench = Bench(plan, tmp, docker_host, base_image)
+        bench.client_kind = args.client
+        bench.setup()
+        for name, step in (
+            ("cron", bench.cron_fanout),
+            ("storm", bench.storm),
+            ("listing", bench.listing),
+        ):
+            if name not in only:
+                continue
+            try:
+                step()
+            except (BenchError, httpx.HTTPError, sqlite3.Error) as e:
+                say(f"{name} failed: {e}")
+                bench.failures.append(f"{name}: {e}")
+                status = 1
+                if not bench.server.running:
+                    break
+    except (BenchError, httpx.HTTPError) as e:
+        say(f"failed: {e}")
+        status = 1
+    except KeyboardInterrupt:
+        say("interrupted")
+        status = 130
+    finally:
+        if bench is not None:
+            say("cleaning up (server, containers, image tag, temp dir)")
+            clean = bench.cleanup()
+            if status and bench.server.output:
+                say("server output (last lines):\n" + "".join(bench.server.output[-30:]))
+        if args.keep:
+            say(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if bench is None or not bench.results:
+        return status or 1
+    clean["temp_dir_removed"] = not tmp.exists()
+    table = rows(bench.results)
+    doc: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "mode": ("quick" if args.quick else "full")
+        + (
+            " (custom sizes)"
+            if (args.cron_scripts, args.triggers, args.rows) != (None,) * 3
+            else ""
+        ),
+        "plan": asdict(plan),
+        "machine": machine(),
+        "source": source,
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "docker_host": docker_host,
+        "base_image": base_image,
+        "complete": status == 0,
+        "failures": bench.failures,
+        "cleanup": clean,
+        "stalls": bench.stalls,
+        "hgrun_sources": [src for server in bench.servers for src in server.sources],
+        "table": table,
+        "results": bench.results,
+    }
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        print()
+    else:
+        m = doc["machine"]
+        print(
+            f"hgrun scripts, {doc['date']}, {doc['mode']} run, {m['cpus']} CPUs ({m['cpu']}), "
+            f"Python {m['python']}, SQLite {m['sqlite']}, commit {doc['source']['commit']}"
+            f"{' (hgrun/ modified)' if doc['source']['hgrun_dirty'] else ''}, "
+            f"load {doc['loadavg_before'][0]} -> {doc['loadavg_after'][0]}, {doc['seconds']} s"
+        )
+        for src in {(x.get("path"), x.get("commit"), x.get("dirty")) for x in doc["hgrun_sources"]}:
+            print(f"server ran hgrun from {src[0]} ({src[1]}{', modified' if src[2] else ''})")
+        print()
+        print_table(table)
+        if "listing" in bench.results:
+            li = bench.results["listing"]
+            print()
+            for variant, lines in li["query_plan"].items():
+                print(f"query plan ({variant}): {'; '.join(lines)}")
+        print()
+        print(
+            f"cleanup: {clean.get('containers_left', '?')} container(s) of this server left,"
+            f" temp dir removed: {clean.get('temp_dir_removed')}"
+        )
+        for stall in bench.stalls:
+            print(f"stall: {stall['what']}, {stall['in_flight']} in flight {stall['statuses']},"
+                  " still for"
+                  f" {stall['stalled_s']} s; the server said:")  # fmt: skip
+            for line in stall["server_errors"]:
+                print(f"    {line}")
+        if bench.failures:
+            print("not measured: " + "; ".join(bench.failures))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
