@@ -59,6 +59,8 @@ class ScriptRunner:
         )
         self.on_run_finished: list[Callable[[Run, ScriptRecord], None]] = []
         supervisor.on_finish.append(self._finished)
+        # A run's own token dies with the run: revoked as its outcome is stored, not later.
+        supervisor.on_outcome.append(self._revoke_run_token)
 
     async def trigger(
         self,
@@ -186,6 +188,8 @@ class ScriptRunner:
         return session.run
 
     def _revoke_run_token(self, run: Run) -> None:
+        if run.script_id is None:
+            return  # only script runs get a token of their own
         try:
             self.store.revoke_token(run.workspace, f"{RUN_TOKEN_PREFIX}{run.id}")
         except NotFoundError:
@@ -195,7 +199,6 @@ class ScriptRunner:
         """A run ended: revoke its token, start the next queued one, prune, notify."""
         if run.script_id is None:
             return
-        self._revoke_run_token(run)
         try:
             script = self.store.script(run.script_id)
         except NotFoundError:

@@ -131,6 +131,8 @@ class Supervisor:
         # Called with each run once its outcome is stored (scripts start their queue from here).
         self.on_finish: list[Callable[[Run], Awaitable[None]]] = []
         self.audit: Audit | None = None
+        # Called synchronously the moment a run's outcome is stored, before anyone can see it.
+        self.on_outcome: list[Callable[[Run], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle of the supervisor ---------------------------------------------------------
@@ -484,6 +486,11 @@ class Supervisor:
             error=message,
             **times,
         )
+        for hook in self.on_outcome:
+            try:
+                hook(session.run)
+            except Exception:
+                log.exception("run %s: an outcome hook failed", run.id)
         # The outcome is stored: clients hear it now, and the container goes after (a crash in
         # between leaves a stray that recovery removes).
         session.outcome = Finished(exit_code, status, message)
