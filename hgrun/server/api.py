@@ -127,14 +127,7 @@ def _principal(server: Server, request: Request, action: str) -> Principal:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_JSON_BODY:
-        raise PayloadTooLargeError(f"request body over {MAX_JSON_BODY // 1024} KB")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BODY:
-            raise PayloadTooLargeError(f"request body over {MAX_JSON_BODY // 1024} KB")
+    body = await _body_bytes(request, MAX_JSON_BODY)
     try:
         value = json.loads(body or b"{}")
     except ValueError as e:

@@ -216,13 +216,7 @@ class Supervisor:
         try:
             container_id = await asyncio.to_thread(self.engine.create, spec)
         except HgrunError as e:
-            self.store.update_run(
-                run.id,
-                status=RunStatus.FAILED,
-                exit_code=int(ExitStatus.CANNOT_RUN),
-                error=e.message,
-                finished=self.clock(),
-            )
+            self._could_not_run(run, e)
             raise
         run = self.store.update_run(run.id, container_id=container_id)
         session = RunSession(run=run, container_id=container_id, last_activity=self.clock())
@@ -236,13 +230,7 @@ class Supervisor:
             )
         except HgrunError as e:
             await asyncio.to_thread(self.engine.remove, container_id)
-            self.store.update_run(
-                run.id,
-                status=RunStatus.FAILED,
-                exit_code=int(ExitStatus.CANNOT_RUN),
-                error=e.message,
-                finished=self.clock(),
-            )
+            self._could_not_run(run, e)
             raise
         self.sessions[run.id] = session
         session.task = self._spawn(self._supervise(session))
@@ -259,6 +247,15 @@ class Supervisor:
                 },
             )
         return session
+
+    def _could_not_run(self, run: Run, error: HgrunError) -> None:
+        self.store.update_run(
+            run.id,
+            status=RunStatus.FAILED,
+            exit_code=int(ExitStatus.CANNOT_RUN),
+            error=error.message,
+            finished=self.clock(),
+        )
 
     async def upload(self, run_id: int, body: AsyncIterator[bytes]) -> int:
         """Stream a tar of ``uploads/...`` entries into the run's container before it starts."""
