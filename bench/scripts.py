@@ -700,6 +700,7 @@ class Bench:
             "health_ms_no_cron": spread(baseline, 1000, 1),
             "health_ms_with_cron": spread(loaded, 1000, 1),
             "server_memory_mb": self.server.memory_mb(),
+            "stalls": [x for x in self.stalls if x["what"] == "cron runs"],
         }
         c = self.results["cron"]
         say(
@@ -1155,6 +1156,14 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
             "info",
             None,
         )
+        stalls = c.get("stalls", [])
+        add(
+            "cron_stalls",
+            "   stalls (runs in flight, none ending for 600 s)",
+            f"{len(stalls)}" + (f" ({stall_text(stalls)}; server restarted)" if stalls else ""),
+            "0",
+            not stalls,
+        )
         h0, h1 = c["health_ms_no_cron"], c["health_ms_with_cron"]
         if h1.get("n"):
             add(
@@ -1227,12 +1236,7 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
         add(
             "storm_stalls",
             "   stalls (runs in flight, none ending for 60 s)",
-            f"{len(stalls)}"
-            + (
-                f" ({sum(x['stalled_s'] for x in stalls):.0f} s; server restarted)"
-                if stalls
-                else ""
-            ),
+            f"{len(stalls)}" + (f" ({stall_text(stalls)}; server restarted)" if stalls else ""),
             "0",
             not stalls,
         )
@@ -1261,6 +1265,14 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
             None,
         )
     return out
+
+
+def stall_text(stalls: Sequence[dict[str, Any]]) -> str:
+    """What was stuck, e.g. "1 starting; 91 queued"."""
+    return "; ".join(
+        ", ".join(f"{n} {status}" for status, n in x.get("statuses", {}).items() if n)
+        for x in stalls
+    )
 
 
 def print_table(table: list[dict[str, Any]]) -> None:
