@@ -93,8 +93,9 @@ def serve(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Engine calls block a worker thread each (docker-py is synchronous); the default pool
         # of cpu+4 threads makes a burst of cron starts queue behind a few slow `docker stop`s.
+        # Kept under docker-py's connection pool size (10): more threads break its pool.
         asyncio.get_running_loop().set_default_executor(
-            concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="engine")
+            concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="engine")
         )
         await supervisor.start()
         await scripts.resume_queues()

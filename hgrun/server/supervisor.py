@@ -218,6 +218,11 @@ class Supervisor:
         except HgrunError as e:
             self._could_not_run(run, e)
             raise
+        except Exception as e:
+            # Never leave a run `starting` with no container: that would block its script.
+            error = EngineError(f"cannot create the container: {e.__class__.__name__}: {e}")
+            self._could_not_run(run, error)
+            raise error from e
         run = self.store.update_run(run.id, container_id=container_id)
         session = RunSession(run=run, container_id=container_id, last_activity=self.clock())
         if not run.uploads:
