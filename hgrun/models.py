@@ -27,8 +27,19 @@ class RunStatus(enum.StrEnum):
     LOST = "lost"
 
     @property
+    def active(self) -> bool:
+        """Queued, starting or running: the run may still change."""
+        return self in ACTIVE_STATUSES
+
+    @property
     def finished(self) -> bool:
-        return self not in (RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING)
+        """A final state: the run never changes again (the first final state wins)."""
+        return self not in ACTIVE_STATUSES
+
+
+# The one spelling of "in flight"; hgrun.lifecycle builds the state machine on it.
+ACTIVE_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING})
+FINAL_STATUSES = frozenset(RunStatus) - ACTIVE_STATUSES
 
 
 class TriggerKind(enum.StrEnum):
