@@ -41,6 +41,7 @@ from hgrun.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
+from hgrun.lifecycle import Limits
 from hgrun.models import SIZES, Release, Run, RunStatus
 from hgrun.store import Store
 
@@ -54,15 +55,6 @@ LEASE_TTL = 15.0  # renewed every 5 s; a SIGKILLed holder frees it within this
 AUDIT_CAP = 1024 * 1024  # input and output kept in an audit record, each (the tail past it)
 
 Audit = Callable[[str, Run, dict[str, Any]], None]
-
-
-@dataclass
-class Limits:
-    grace: float = 60.0  # an attached run with no client for this long is stopped
-    idle_timeout: float = 30 * 60.0  # an attached session with no input or output is closed
-    max_timeout: float = 60 * 60.0  # every run is capped at this
-    stop_grace: float = 10.0  # SIGTERM, then SIGKILL after this
-    max_upload: int = 2 * 1024**3
 
 
 @dataclass(frozen=True)
