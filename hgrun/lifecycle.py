@@ -24,6 +24,7 @@ from hgrun.engine import (
     LABEL_WORKSPACE,
     ContainerSpec,
     ContainerState,
+    ContainerStatus,
 )
 from hgrun.errors import ExitStatus, HgrunError
 from hgrun.models import ACTIVE_STATUSES, FINAL_STATUSES, SIZES, Release, Run, RunStatus
@@ -357,9 +358,8 @@ def recovery(
 
     ``run`` None: the container carries no run id this store knows. ``held``: a live supervisor
     (another server on this store, whose lease has not expired) holds the run: it is left to it,
-    whatever its container looks like, so no run is pumped or finished twice. The container's
-    ``status`` is Docker's: ``created`` (never started), ``running``/``paused``/``restarting``
-    (alive), ``exited``/``dead`` (ended; its logs and exit code are still there).
+    whatever its container looks like, so no run is pumped or finished twice. ``container``
+    None: the engine has no container for the run.
     """
     if held:
         return Recovery(Recover.LEAVE)
@@ -373,7 +373,7 @@ def recovery(
         if run.detached and not run.uploads:
             return Recovery(Recover.START)
         return Recovery(Recover.LOSE, outcome=lost(run, started=False))
-    if container.status == "created":
+    if container.status is ContainerStatus.CREATED:
         if run.status is RunStatus.RUNNING:
             # Recorded running yet never started: nothing of it can be trusted.
             return Recovery(Recover.LOSE, remove=True, outcome=lost(run, started=True))
@@ -383,7 +383,7 @@ def recovery(
     started = None
     if run.status is not RunStatus.RUNNING:
         started = container.started_at if container.started_at is not None else now
-    if container.running or container.status in ("running", "paused", "restarting"):
+    if container.status is ContainerStatus.RUNNING:
         return Recovery(Recover.ADOPT, started=started)
     return Recovery(Recover.FINISH, started=started)
 

@@ -12,6 +12,7 @@ from hgrun.engine import (
     LABEL_RUN,
     LABEL_WORKSPACE,
     ContainerState,
+    ContainerStatus,
 )
 from hgrun.errors import CommandNotFoundError, EngineError, NotExecutableError
 from hgrun.lifecycle import (
@@ -431,8 +432,7 @@ def container(
     return ContainerState(
         id="c0ffee",
         labels={LABEL_RUN: "7"},
-        running=status == "running",
-        status=status,
+        status=ContainerStatus(status),
         exit_code=exit_code,
         oom_killed=False,
         error="",
@@ -451,7 +451,6 @@ NEVER_STARTED = lost(a_run(), started=False)
         # Ours and alive: adopt (replay and follow); recorded running already, or not yet.
         (RUNNING, container("running"), False, Recovery(Recover.ADOPT)),
         (a_run(), container("running"), False, Recovery(Recover.ADOPT, started=T0 + 2)),
-        (RUNNING, container("paused"), False, Recovery(Recover.ADOPT)),
         (
             a_run(),
             container("running", started_at=None),
@@ -461,7 +460,6 @@ NEVER_STARTED = lost(a_run(), started=False)
         # Ended while no server watched: replay its logs and record its exit.
         (RUNNING, container("exited", exit_code=3), False, Recovery(Recover.FINISH)),
         (a_run(), container("exited"), False, Recovery(Recover.FINISH, started=T0 + 2)),
-        (RUNNING, container("dead"), False, Recovery(Recover.FINISH)),
         # Race: another live supervisor holds the run: never taken up, whatever the container.
         (RUNNING, container("running"), True, Recovery(Recover.LEAVE)),
         (RUNNING, container("exited"), True, Recovery(Recover.LEAVE)),

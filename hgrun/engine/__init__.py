@@ -1,13 +1,17 @@
 """The engine interface: what the server needs from a container engine.
 
 Kept small on purpose so that a Docker Swarm (replicated-job) or Kubernetes Job backend fits the
-same shape. Only ``engine/docker.py`` imports ``docker``. Every engine failure is an
-:class:`hgrun.errors.EngineError` (or :class:`NotFoundError` for a container that is gone).
+same shape: output comes out as ``(stream, bytes)`` pairs (an engine's own framing, such as
+Docker's multiplexed stream, stays inside it), container states are three words, and the engine
+says how many blocking calls it serves at once. Only ``engine/docker.py`` imports ``docker``.
+Every engine failure is an :class:`hgrun.errors.EngineError` (or :class:`NotFoundError` for a
+container that is gone).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import IO, Protocol
 
@@ -17,6 +21,10 @@ LABEL_RUN = "hgrun.run"
 LABEL_APP = "hgrun.app"
 LABEL_WORKSPACE = "hgrun.workspace"
 LABEL_INSTANCE = "hgrun.instance"
+
+# The streams of a run's output, numbered as the Kubernetes channel protocol and Docker do.
+STDOUT = 1
+STDERR = 2
 
 # Capabilities an ordinary app command needs, from Docker's default set: files owned by other
 # users (CHOWN, DAC_OVERRIDE, FOWNER, FSETID), dropping to another user (SETUID, SETGID),
@@ -57,29 +65,48 @@ class ContainerSpec:
     working_dir: str | None = None
 
 
+class ContainerStatus(enum.StrEnum):
+    """Where a run's container is, in words every engine can map its own states onto."""
+
+    CREATED = "created"  # made, never started
+    RUNNING = "running"  # started and not ended (paused or restarting counts)
+    EXITED = "exited"  # ended; its exit code and its output can still be read
+
+
 @dataclasses.dataclass(frozen=True)
 class ContainerState:
     id: str
     labels: Mapping[str, str]
-    running: bool
-    status: str  # created | running | exited | ...
+    status: ContainerStatus
     exit_code: int | None
     oom_killed: bool
     error: str
     finished_at: float | None = None  # epoch seconds, once the container has exited
     started_at: float | None = None
 
+    @property
+    def running(self) -> bool:
+        return self.status is ContainerStatus.RUNNING
+
 
 class AttachStream(Protocol):
-    """A container's attached stdio: raw bytes (multiplexed unless the container has a TTY)."""
+    """A container's attached stdio."""
 
-    async def read(self, n: int = 65536) -> bytes: ...
+    async def read(self) -> tuple[int, bytes] | None:
+        """The next piece of output as ``(STDOUT or STDERR, bytes)``; None once it ended."""
+        ...
+
     async def write(self, data: bytes) -> None: ...
     async def close_stdin(self) -> None: ...
     async def close(self) -> None: ...
 
 
 class Engine(Protocol):
+    """A container engine. Plain methods block (the server runs them in its engine pool of
+    ``concurrency`` threads); ``attach``, ``put_archive`` and ``logs`` are asyncio."""
+
+    concurrency: int
+
     def info(self) -> EngineInfo: ...
     def image_id(self, image: str) -> str | None: ...
     def build(
@@ -92,11 +119,13 @@ class Engine(Protocol):
         dockerfile: str = "Dockerfile",
     ) -> Iterator[str]: ...
     def create(self, spec: ContainerSpec) -> str: ...
-    async def attach(self, container_id: str, *, stdin: bool, logs: bool) -> AttachStream: ...
+    async def attach(
+        self, container_id: str, *, tty: bool, stdin: bool, logs: bool
+    ) -> AttachStream: ...
     async def put_archive(
         self, container_id: str, path: str, data: AsyncIterator[bytes]
     ) -> None: ...
-    def logs(self, container_id: str) -> AsyncIterator[bytes]: ...
+    def logs(self, container_id: str, *, tty: bool) -> AsyncIterator[tuple[int, bytes]]: ...
     def start(self, container_id: str) -> None: ...
     def resize(self, container_id: str, width: int, height: int) -> None: ...
     def wait(self, container_id: str) -> int: ...

@@ -9,6 +9,7 @@ docker-py#2466), ``put_archive`` (an upload streamed as it arrives, never held w
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime
 import json
@@ -23,7 +24,14 @@ import httpx
 import requests.exceptions
 from docker.types import Ulimit
 
-from hgrun.engine import CAPABILITIES, ContainerSpec, ContainerState, EngineInfo
+from hgrun.engine import (
+    CAPABILITIES,
+    ContainerSpec,
+    ContainerState,
+    ContainerStatus,
+    EngineInfo,
+)
+from hgrun.engine.multiplex import Demuxer
 from hgrun.errors import (
     CommandNotFoundError,
     EngineError,
@@ -33,6 +41,20 @@ from hgrun.errors import (
 )
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+READ_SIZE = 256 * 1024
+# docker-py keeps 10 connections per client; more threads than that calling it at once make it
+# drop connections ("Connection pool is full"), so the server's engine pool stays under it.
+CONCURRENCY = 8
+# Docker's container states (Engine API, ContainerState.Status) in the interface's three words.
+_STATUS = {
+    "created": ContainerStatus.CREATED,
+    "running": ContainerStatus.RUNNING,
+    "paused": ContainerStatus.RUNNING,
+    "restarting": ContainerStatus.RUNNING,
+    "removing": ContainerStatus.EXITED,
+    "exited": ContainerStatus.EXITED,
+    "dead": ContainerStatus.EXITED,
+}
 
 
 def create_args(spec: ContainerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -98,23 +120,27 @@ def _explain(e: docker.errors.APIError) -> str:
 
 
 class _RawAttach:
-    """A hijacked attach connection: after the HTTP upgrade it is a plain byte pipe."""
+    """A hijacked attach connection: after the HTTP upgrade it is a plain byte pipe, carrying
+    Docker's multiplexed stream (raw stdout with a TTY), demultiplexed here."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, leftover: bytes
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tty: bool
     ) -> None:
         self._reader = reader
         self._writer = writer
-        self._leftover = leftover
+        self._demuxer = Demuxer(tty)
+        self._ready: collections.deque[tuple[int, bytes]] = collections.deque()
 
-    async def read(self, n: int = 65536) -> bytes:
-        if self._leftover:
-            data, self._leftover = self._leftover, b""
-            return data
-        try:
-            return await self._reader.read(n)
-        except (ConnectionError, OSError):
-            return b""
+    async def read(self) -> tuple[int, bytes] | None:
+        while not self._ready:
+            try:
+                data = await self._reader.read(READ_SIZE)
+            except (ConnectionError, OSError):
+                data = b""
+            if not data:
+                return None
+            self._ready.extend(self._demuxer.feed(data))
+        return self._ready.popleft()
 
     async def write(self, data: bytes) -> None:
         try:
@@ -135,6 +161,8 @@ class _RawAttach:
 
 
 class DockerEngine:
+    concurrency = CONCURRENCY
+
     def __init__(self, host: str | None = None, timeout: float = 120.0) -> None:
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
         with _translate("cannot connect to the Docker engine"):
@@ -284,7 +312,7 @@ class DockerEngine:
         except OSError as e:
             raise EngineError(f"cannot reach the Docker engine at {self.host}: {e}") from e
 
-    async def attach(self, container_id: str, *, stdin: bool, logs: bool) -> _RawAttach:
+    async def attach(self, container_id: str, *, tty: bool, stdin: bool, logs: bool) -> _RawAttach:
         """Attach to stdio; call before start so no output is lost (as ``docker run`` does)."""
         query = urllib.parse.urlencode(
             {"stream": 1, "stdout": 1, "stderr": 1, "stdin": int(stdin), "logs": int(logs)}
@@ -311,7 +339,7 @@ class DockerEngine:
             if code == 404:
                 raise NotFoundError(f"container {container_id[:12]} not found: {message}")
             raise EngineError(f"cannot attach to container {container_id[:12]}: {message}")
-        return _RawAttach(reader, writer, b"")
+        return _RawAttach(reader, writer, tty)
 
     async def put_archive(self, container_id: str, path: str, data: AsyncIterator[bytes]) -> None:
         """Extract a tar stream into the container at ``path`` (which must exist), streaming."""
@@ -333,8 +361,9 @@ class DockerEngine:
                 f"cannot copy files into the container: {_json_message(response.content)}"
             )
 
-    async def logs(self, container_id: str) -> AsyncIterator[bytes]:
-        """Everything the container wrote so far, raw (multiplexed unless it has a TTY)."""
+    async def logs(self, container_id: str, *, tty: bool) -> AsyncIterator[tuple[int, bytes]]:
+        """Everything the container wrote so far, as ``(stream, bytes)`` pairs."""
+        demuxer = Demuxer(tty)
         try:
             async with self._http.stream(
                 "GET",
@@ -345,7 +374,8 @@ class DockerEngine:
                     body = await response.aread()
                     raise EngineError(f"cannot read the container's logs: {_json_message(body)}")
                 async for chunk in response.aiter_raw():
-                    yield chunk
+                    for piece in demuxer.feed(chunk):
+                        yield piece
         except httpx.HTTPError as e:
             raise EngineError(f"cannot read the container's logs: {e}") from e
 
@@ -366,8 +396,10 @@ def _state(raw: Mapping[str, Any]) -> ContainerState:
     return ContainerState(
         id=str(raw["Id"]),
         labels=dict(raw.get("Config", {}).get("Labels") or {}),
-        running=bool(state.get("Running")),
-        status=str(state.get("Status", "")),
+        status=_STATUS.get(
+            str(state.get("Status", "")),
+            ContainerStatus.RUNNING if state.get("Running") else ContainerStatus.EXITED,
+        ),
         exit_code=state.get("ExitCode"),
         oom_killed=bool(state.get("OOMKilled")),
         error=str(state.get("Error") or ""),

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import struct
 
+from hgrun.engine import STDERR, STDOUT
 from hgrun.errors import EngineError
 
-STDOUT = 1
-STDERR = 2
+__all__ = ["STDERR", "STDOUT", "Demuxer", "frame"]
 _HEADER = struct.Struct(">BxxxL")
 
 

@@ -91,11 +91,13 @@ def serve(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # Engine calls block a worker thread each (docker-py is synchronous); the default pool
-        # of cpu+4 threads makes a burst of cron starts queue behind a few slow `docker stop`s.
-        # Kept under docker-py's connection pool size (10): more threads break its pool.
+        # Engine calls block a worker thread each; the default pool of cpu+4 threads makes a
+        # burst of cron starts queue behind a few slow `docker stop`s. The engine says how many
+        # calls it serves at once.
         asyncio.get_running_loop().set_default_executor(
-            concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="engine")
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=engine.concurrency, thread_name_prefix="engine"
+            )
         )
         await supervisor.start()
         await scripts.resume_queues()

@@ -28,12 +28,13 @@ from hgrun.engine import (
     LABEL_INSTANCE,
     LABEL_RUN,
     LABEL_WORKSPACE,
+    STDERR,
     AttachStream,
     ContainerSpec,
     ContainerState,
+    ContainerStatus,
     Engine,
 )
-from hgrun.engine.multiplex import STDERR, Demuxer
 from hgrun.errors import (
     EngineError,
     ExitStatus,
@@ -48,7 +49,6 @@ from hgrun.store import Store
 log = logging.getLogger("hgrun.supervisor")
 
 FLUSH_BYTES = 1024 * 1024
-READ_SIZE = 256 * 1024
 FLUSH_SECONDS = 0.2
 UPLOAD_DIR_PARENT = "/tmp"  # uploads arrive as tar entries under "uploads/"
 LEASE_TTL = 15.0  # renewed every 5 s; a SIGKILLed holder frees it within this
@@ -223,7 +223,7 @@ class Supervisor:
             session.client_joined.set()
         try:
             session.stream = await self.engine.attach(
-                container_id, stdin=not run.detached, logs=False
+                container_id, tty=run.tty, stdin=not run.detached, logs=False
             )
         except HgrunError as e:
             await asyncio.to_thread(self.engine.remove, container_id)
@@ -403,21 +403,20 @@ class Supervisor:
         return session.stop_reason is None
 
     async def _pump(self, session: RunSession) -> None:
-        demuxer = Demuxer(session.run.tty)
         stream = session.stream
         if stream is None:
             return
         while True:
-            data = await stream.read(READ_SIZE)
-            if not data:
+            piece = await stream.read()
+            if piece is None:
                 break
+            channel, payload = piece
             now = self.clock()
             session.last_activity = now
-            for channel, payload in demuxer.feed(data):
-                session.pending.append((channel, now, payload))
-                session.pending_bytes += len(payload)
-                for subscriber in list(session.subscribers):
-                    await subscriber.queue.put(Output(channel, payload))
+            session.pending.append((channel, now, payload))
+            session.pending_bytes += len(payload)
+            for subscriber in list(session.subscribers):
+                await subscriber.queue.put(Output(channel, payload))
             if session.pending_bytes >= FLUSH_BYTES or now - session.last_flush >= FLUSH_SECONDS:
                 await self._flush_async(session)
         self._flush(session)
@@ -599,7 +598,7 @@ class Supervisor:
             container = containers.pop(str(run.id), None)
             if container is None and run.status is RunStatus.QUEUED and run.script_id:
                 continue  # waits in its script's queue, which the script runner resumes
-            started = container is not None and container.status != "created"
+            started = container is not None and container.status is not ContainerStatus.CREATED
             if container is not None and (started or run.status is RunStatus.RUNNING):
                 if run.status is not RunStatus.RUNNING:
                     # Killed between starting the container and recording it.
@@ -649,17 +648,17 @@ class Supervisor:
         self.store.clear_output(run.id)
         if container.running:
             # Attach with logs=1 replays everything the container wrote, then follows it.
-            session.stream = await self.engine.attach(container.id, stdin=False, logs=True)
+            session.stream = await self.engine.attach(
+                container.id, tty=run.tty, stdin=False, logs=True
+            )
             session.started.set()
             self.sessions[run.id] = session
             session.task = self._spawn(self._resume(session))
         else:
             self.sessions[run.id] = session
             session.started.set()
-            demuxer = Demuxer(run.tty)
-            async for chunk in self.engine.logs(container.id):
-                for channel, payload in demuxer.feed(chunk):
-                    session.pending.append((channel, self.clock(), payload))
+            async for channel, payload in self.engine.logs(container.id, tty=run.tty):
+                session.pending.append((channel, self.clock(), payload))
             await self._finish(session, container.exit_code)
 
     async def _resume(self, session: RunSession) -> None:
