@@ -35,8 +35,8 @@ from hgrun.models import (
     Script,
 )
 from hgrun.schedule import MACROS, validate_cron
+from hgrun.stacks import ORDER as STACKS
 
-STACKS = ("python", "node")
 NOTIFY_EVENTS = ("failure", "success", "timeout")
 # The @-macros of Vixie cron that name a schedule; @reboot names an event, which hgrun has not.
 CRON_MACROS = tuple(MACROS)
@@ -46,7 +46,7 @@ NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 _TOP_KEYS = ("name", "build", "env", "size", "network", "scripts")
-_BUILD_KEYS = ("dockerfile", "stack", "base")
+_BUILD_KEYS = ("dockerfile", "stack", "base", "builder")
 _SCRIPT_KEYS = (
     "command",
     "process",
@@ -332,7 +332,7 @@ class _Reader:
     def build(self, node: Node) -> Build:
         path: KeyPath = ("build",)
         items = self.optional_mapping(node, path, _BUILD_KEYS)
-        dockerfile = stack = base = None
+        dockerfile = stack = None
         if "dockerfile" in items:
             value_node = items["dockerfile"][1]
             dockerfile = self.string(value_node, (*path, "dockerfile"), example="Dockerfile")
@@ -355,24 +355,28 @@ class _Reader:
                     "give either dockerfile or stack, not both",
                     hint="stack generates a Dockerfile; remove it to build your own Dockerfile",
                 )
-        if "base" in items:
-            key_node, value_node = items["base"]
-            base = self.string(value_node, (*path, "base"), example="hgrun/python:bookworm")
-            if any(c.isspace() for c in base):
+        images: dict[str, str] = {}
+        for key, example in (("base", "python:3.12-slim-bookworm"), ("builder", "golang:1.22")):
+            if key not in items:
+                continue
+            key_node, value_node = items[key]
+            image = self.string(value_node, (*path, key), example=example)
+            if any(c.isspace() for c in image):
                 raise self.error(
                     value_node,
-                    (*path, "base"),
-                    f"{_show(base)} is not an image name",
-                    hint="e.g. hgrun/python:bookworm",
+                    (*path, key),
+                    f"{_show(image)} is not an image name",
+                    hint=f"e.g. {example}",
                 )
             if dockerfile is not None:
                 raise self.error(
                     key_node,
-                    (*path, "base"),
-                    "base applies only to a generated Dockerfile, not to dockerfile",
-                    hint="set the base image in your Dockerfile's FROM line, and remove base",
+                    (*path, key),
+                    f"{key} applies only to a generated Dockerfile, not to dockerfile",
+                    hint=f"set the image in your Dockerfile's FROM line, and remove {key}",
                 )
-        return Build(dockerfile=dockerfile, stack=stack, base=base)
+            images[key] = image
+        return Build(dockerfile=dockerfile, stack=stack, **images)
 
     def env(self, node: Node) -> dict[str, str]:
         env: dict[str, str] = {}

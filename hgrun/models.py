@@ -129,8 +129,9 @@ class Build:
     """How an app's image is built: its own Dockerfile, or one generated for a detected stack."""
 
     dockerfile: str | None = None
-    stack: str | None = None  # "python" | "node" when detected or named
+    stack: str | None = None  # one of hgrun.stacks.ORDER, when named in the manifest
     base: str | None = None
+    builder: str | None = None  # the image of the build stage (compiled stacks, php)
 
 
 @dataclasses.dataclass(frozen=True)

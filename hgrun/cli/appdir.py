@@ -10,14 +10,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from hgrun.errors import InputError, ManifestError
+from hgrun.errors import InputError, LocatedError, ManifestError
 
 if TYPE_CHECKING:
     from hgrun.models import Manifest
+    from hgrun.stacks import AppFiles, Plan
 
 MANIFEST = "hgrun.yaml"
 PROCFILE = "Procfile"
-DEFAULT_BASES = {"python": "hgrun/python:bookworm", "node": "hgrun/node:bookworm"}
+GENERATED_DOCKERFILE = "Dockerfile.hgrun"
+MAX_PROJECT_FILE = 4 * 1024 * 1024  # a package.json or Pipfile.lock beyond this is not one
 CHUNK = 1024 * 1024
 
 
@@ -29,6 +31,7 @@ class AppDir:
     procfile_text: str
     dockerfile: str
     generated: dict[str, bytes]
+    plan: Plan | None = None  # set when hgrun generated the Dockerfile for a stack
 
     @property
     def name(self) -> str:
@@ -104,8 +107,8 @@ def load(root: Path) -> AppDir:
             raise InputError(f"{procfile_path}: cannot read it ({e})") from e
     procfile = parse_procfile(procfile_text, file=_shown(procfile_path)) if procfile_text else {}
     manifest = parse_manifest(manifest_text, file=_shown(manifest_path), procfile=procfile)
-    dockerfile, generated = _build_plan(root, manifest, manifest_text, _shown(manifest_path))
-    return AppDir(root, manifest, manifest_text, procfile_text, dockerfile, generated)
+    dockerfile, generated, made = _build_plan(root, manifest, manifest_text, _shown(manifest_path))
+    return AppDir(root, manifest, manifest_text, procfile_text, dockerfile, generated, made)
 
 
 def _shown(path: Path) -> str:
@@ -117,14 +120,22 @@ def _shown(path: Path) -> str:
 
 def _build_plan(
     root: Path, manifest: Manifest, text: str, file: str
-) -> tuple[str, dict[str, bytes]]:
-    """The Dockerfile to build with, and any generated file to add to the context."""
+) -> tuple[str, dict[str, bytes], Plan | None]:
+    """The Dockerfile to build with, the files to add to the context, and the stack's plan.
+
+    ``build.dockerfile``, else a ``Dockerfile`` in the folder, else a generated one for
+    ``build.stack`` or the detected stack (hgrun/stacks.py); none of these is an error.
+    """
     from hgrun.manifest import locate
+    from hgrun.stacks import ORDER, plan
+
+    def at(*keys: str) -> tuple[int | None, int | None]:
+        return locate(text, keys) or locate(text, ("build",)) or (None, None)
 
     build = manifest.build
     if build.dockerfile:
         if not (root / build.dockerfile).is_file():
-            line, col = locate(text, ("build", "dockerfile")) or (None, None)
+            line, col = at("build", "dockerfile")
             raise ManifestError(
                 f"build.dockerfile: {build.dockerfile} does not exist",
                 file=file,
@@ -132,39 +143,58 @@ def _build_plan(
                 col=col,
                 hint="fix the path, or remove build.dockerfile to let hgrun generate one",
             )
-        return build.dockerfile, {}
-    stack = build.stack or detect_stack(root)
-    if stack is None:
-        if (root / "Dockerfile").is_file():
-            return "Dockerfile", {}
+        return build.dockerfile, {}, None
+    if build.stack is None and (root / "Dockerfile").is_file():
+        return "Dockerfile", {}, None
+    try:
+        made = plan(app_files(root), stack=build.stack, base=build.base, builder=build.builder)
+    except LocatedError as e:
+        # The stack's own file (go.mod, package.json ...), named as the user would open it.
+        raise LocatedError(
+            e.what, file=_shown(root / e.file), line=e.line, col=e.col, hint=e.hint
+        ) from e
+    except InputError as e:
+        line, col = at("build", "builder" if "build.builder" in e.message else "stack")
+        raise ManifestError(e.message, file=file, line=line, col=col, hint=e.hint) from e
+    if made is None:
         line, col = locate(text, ("build",)) or locate(text, ("name",)) or (None, None)
         raise ManifestError(
-            "build: no Dockerfile, and no Python or Node app detected",
+            "build: no Dockerfile, and no stack detected",
             file=file,
             line=line,
             col=col,
-            hint="add a Dockerfile, or set build.stack to python or node",
+            hint="add a Dockerfile, or the project file of a stack (go.mod, package.json, "
+            f"requirements.txt ...), or set build.stack to one of {', '.join(ORDER)}",
         )
-    base = build.base or DEFAULT_BASES[stack]
-    return "Dockerfile.hgrun", {"Dockerfile.hgrun": generated_dockerfile(stack, base).encode()}
+    generated = {GENERATED_DOCKERFILE: made.dockerfile.encode(), **made.generated}
+    return GENERATED_DOCKERFILE, generated, made
 
 
-def detect_stack(root: Path) -> str | None:
-    if any((root / f).is_file() for f in ("requirements.txt", "pyproject.toml", "manage.py")):
-        return "python"
-    if (root / "package.json").is_file():
-        return "node"
-    return None
+def app_files(root: Path) -> AppFiles:
+    """The top-level entries of ``root`` the build sees (after .dockerignore), and the text of
+    the small project files a stack's plan reads."""
+    from hgrun.context import is_ignored, load_dockerignore
+    from hgrun.stacks import READ, AppFiles
 
-
-def generated_dockerfile(stack: str, base: str) -> str:
-    """A Dockerfile for a detected stack on ``base``; dependencies install only when declared."""
-    lines = [f"FROM {base}", "WORKDIR /app", "COPY . /app"]
-    if stack == "python":
-        lines.append(
-            "RUN if [ -f requirements.txt ] && command -v pip3 >/dev/null;"
-            " then pip3 install --no-cache-dir -r requirements.txt; fi"
-        )
-    elif stack == "node":
-        lines.append("RUN if [ -f package-lock.json ]; then npm ci --omit=dev; fi")
-    return "\n".join(lines) + "\n"
+    patterns = load_dockerignore(root)
+    names: set[str] = set()
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if is_ignored(entry.name, patterns):
+                continue
+            names.add(entry.name + "/" if entry.is_dir() else entry.name)
+    texts: dict[str, str] = {}
+    for name in READ:
+        if name not in names:
+            continue
+        path = root / name
+        try:
+            if path.stat().st_size > MAX_PROJECT_FILE:
+                raise InputError(
+                    f"{_shown(path)}: over {MAX_PROJECT_FILE // 1024} KB",
+                    "is it the right file? hgrun reads it to plan the build",
+                )
+            texts[name] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{_shown(path)}: cannot read it ({e})") from e
+    return AppFiles(frozenset(names), texts)
