@@ -14,9 +14,9 @@ from hgrun.engine import CAPABILITIES, ContainerSpec
 from hgrun.engine.docker import _timestamp, create_args
 from hgrun.engine.multiplex import STDERR, STDOUT, Demuxer, frame
 from hgrun.errors import ConflictError, EngineError, InputError, NotFoundError
+from hgrun.lifecycle import Outcome
 from hgrun.models import SIZES, RunStatus, Scope, Script, Trigger, TriggerKind
 from hgrun.server.auth import authenticate, new_token
-from hgrun.server.logs import LineAssembler
 from hgrun.store import Store, hash_token
 from hgrun.store.audit import AuditLog, load_key
 
@@ -91,35 +91,6 @@ def test_create_args_harden_the_container() -> None:
 )
 def test_engine_timestamps(text: str | None, expected: float | None) -> None:
     assert _timestamp(text) == expected
-
-
-# -- log lines -----------------------------------------------------------------------------
-
-
-def test_line_assembler_splits_per_run_and_stream() -> None:
-    assembler = LineAssembler()
-    lines = assembler.feed(
-        [
-            (1, 10, 1, 1.0, b"a\nb"),
-            (2, 11, 1, 1.5, b"x\n"),
-            (3, 10, 2, 2.0, b"err\n"),
-            (4, 10, 1, 3.0, b"c\r\nd"),
-        ]
-    )
-    assert [(ln.run_id, ln.stream, ln.text) for ln in lines] == [
-        (10, "stdout", "a"),
-        (11, "stdout", "x"),
-        (10, "stderr", "err"),
-        (10, "stdout", "bc"),
-    ]
-    assert assembler.pending_runs() == [10]
-    assert [ln.text for ln in assembler.flush(10)] == ["d"]
-    assert assembler.flush() == []
-
-
-def test_line_assembler_replaces_bad_utf8() -> None:
-    (line,) = LineAssembler().feed([(1, 1, 1, 0.0, b"caf\xe9\n")])
-    assert line.text == "caf\ufffd"
 
 
 # -- uploads -------------------------------------------------------------------------------
@@ -279,20 +250,14 @@ def test_prune_script_history_keeps_the_newest(store: Store) -> None:
     for _ in range(6):
         run = store.create_run(**_run_args(store, app_id, release_id, script_id=script.id))  # type: ignore[arg-type]
         store.append_output(run.id, app_id, [(1, 1.0, b"out\n")])
-        store.update_run(run.id, status=RunStatus.SUCCEEDED, exit_code=0, finished=2.0)
+        store.mark_starting(run.id)
+        store.mark_running(run.id, started=1.0)
+        store.record_outcome(run.id, Outcome(RunStatus.SUCCEEDED, 0), finished=2.0)
         ids.append(run.id)
     assert store.prune_script_history(script.id, keep=3) == 3
     assert [r.id for r in store.script_runs(script.id)] == ids[:2:-1]
     assert store.output(run_id=ids[0]) == []
-    assert store.output(run_id=ids[-1])[0][4] == b"out\n"
-
-
-def test_a_finished_run_never_changes(store: Store) -> None:
-    app_id, release_id = _release(store)
-    run = store.create_run(**_run_args(store, app_id, release_id))  # type: ignore[arg-type]
-    store.update_run(run.id, status=RunStatus.TIMED_OUT, exit_code=124, finished=5.0)
-    after = store.update_run(run.id, status=RunStatus.SUCCEEDED, exit_code=0)
-    assert after.status is RunStatus.TIMED_OUT and after.exit_code == 124
+    assert store.output(run_id=ids[-1])[0].data == b"out\n"
 
 
 # -- the audit log -------------------------------------------------------------------------

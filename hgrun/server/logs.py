@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+from hgrun.models import OutputChunk
+
 STREAMS = {1: "stdout", 2: "stderr"}
 
 
@@ -38,9 +40,16 @@ class LineAssembler:
         self._partial: dict[tuple[int, int], bytearray] = {}
         self._partial_at: dict[tuple[int, int], tuple[int, float]] = {}
 
-    def feed(self, chunks: Iterable[tuple[int, int, int, float, bytes]]) -> list[LogLine]:
+    def feed(self, chunks: Iterable[OutputChunk]) -> list[LogLine]:
         lines: list[LogLine] = []
-        for cursor, run_id, stream, ts, data in chunks:
+        for chunk in chunks:
+            cursor, run_id, stream, ts, data = (
+                chunk.cursor,
+                chunk.run_id,
+                chunk.stream,
+                chunk.ts,
+                chunk.data,
+            )
             key = (run_id, stream)
             buffer = self._partial.setdefault(key, bytearray())
             buffer += data

@@ -16,7 +16,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from hgrun.errors import ConflictError, InputError, NotFoundError
+from hgrun.errors import ConflictError, ExitStatus, InputError, NotFoundError
+from hgrun.lifecycle import Outcome
 from hgrun.models import (
     SIZES,
     Release,
@@ -222,8 +223,10 @@ class ScriptRunner:
                 except Exception as e:
                     log.warning("run %s: could not start from the queue: %s", nxt.id, e)
                     if self.store.run(nxt.id).status is RunStatus.QUEUED:
-                        self.store.update_run(
-                            nxt.id, status=RunStatus.FAILED, error=str(e), finished=self.clock()
+                        self.store.record_outcome(
+                            nxt.id,
+                            Outcome(RunStatus.FAILED, int(ExitStatus.CANNOT_RUN), str(e)),
+                            finished=self.clock(),
                         )
 
     async def resume_queues(self) -> None:

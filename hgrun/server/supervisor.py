@@ -513,10 +513,10 @@ class Supervisor:
             chunks = self.store.output(run_id=run.id, before=before, limit=256, newest_first=True)
             if not chunks:
                 break
-            for _cursor, _run, stream, _ts, data in chunks:
-                buffer = output["stderr" if stream == STDERR else "stdout"]
-                buffer[:0] = data
-            before = chunks[-1][0]
+            for chunk in chunks:
+                buffer = output["stderr" if chunk.stream == STDERR else "stdout"]
+                buffer[:0] = chunk.data
+            before = chunks[-1].cursor
         return {
             "status": run.status.value,
             "exit_code": run.exit_code,

@@ -1,0 +1,155 @@
+"""Apps, their config, the build cache and releases."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+
+from hgrun.errors import ConflictError, NotFoundError
+from hgrun.models import App, Release
+from hgrun.store.base import StoreBase
+
+RELEASE_CACHE = 256  # decoded releases kept; a manifest with a thousand scripts is large
+
+
+class AppStore(StoreBase):
+    def create_app(self, workspace: str, name: str) -> App:
+        with self._tx() as db:
+            if db.execute(
+                "SELECT 1 FROM apps WHERE workspace = ? AND name = ?", (workspace, name)
+            ).fetchone():
+                raise ConflictError(f"app {name!r} already exists")
+            cur = db.execute(
+                "INSERT INTO apps (workspace, name, created) VALUES (?, ?, ?)",
+                (workspace, name, self._clock()),
+            )
+        return App(int(cur.lastrowid or 0), workspace, name, self._clock())
+
+    def app(self, workspace: str, name: str) -> App:
+        row = self._one("SELECT * FROM apps WHERE workspace = ? AND name = ?", (workspace, name))
+        if row is None:
+            raise NotFoundError(
+                f"app {name!r} not found", "create it with `hgrun apps:create NAME`"
+            )
+        return App(row["id"], row["workspace"], row["name"], row["created"])
+
+    def app_by_id(self, app_id: int) -> App:
+        row = self._one("SELECT * FROM apps WHERE id = ?", (app_id,))
+        if row is None:
+            raise NotFoundError(f"app #{app_id} not found")
+        return App(row["id"], row["workspace"], row["name"], row["created"])
+
+    def apps(self, workspace: str) -> list[App]:
+        rows = self._query("SELECT * FROM apps WHERE workspace = ? ORDER BY name", (workspace,))
+        return [App(r["id"], r["workspace"], r["name"], r["created"]) for r in rows]
+
+    def config(self, app_id: int) -> dict[str, str]:
+        rows = self._query("SELECT key, value FROM config WHERE app_id = ? ORDER BY key", (app_id,))
+        return {r["key"]: r["value"] for r in rows}
+
+    def update_config(self, app_id: int, changes: Mapping[str, str | None]) -> dict[str, str]:
+        """Set (value) or unset (None) keys in one transaction; returns the new config."""
+        with self._tx() as db:
+            for key, value in changes.items():
+                if value is None:
+                    db.execute("DELETE FROM config WHERE app_id = ? AND key = ?", (app_id, key))
+                else:
+                    db.execute(
+                        "INSERT INTO config (app_id, key, value) VALUES (?, ?, ?)"
+                        " ON CONFLICT (app_id, key) DO UPDATE SET value = excluded.value",
+                        (app_id, key, value),
+                    )
+        return self.config(app_id)
+
+    def built_image(self, app_id: int, context_hash: str) -> str | None:
+        row = self._one(
+            "SELECT image FROM images WHERE app_id = ? AND context_hash = ?",
+            (app_id, context_hash),
+        )
+        return row["image"] if row else None
+
+    def record_image(self, app_id: int, context_hash: str, image: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO images (app_id, context_hash, image, created)"
+                " VALUES (?, ?, ?, ?)",
+                (app_id, context_hash, image, self._clock()),
+            )
+
+    def create_release(
+        self,
+        app_id: int,
+        *,
+        image: str,
+        context_hash: str,
+        procfile: Mapping[str, str],
+        manifest: Mapping[str, object],
+        env: Mapping[str, str],
+        description: str,
+    ) -> Release:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM releases WHERE app_id = ?", (app_id,)
+            ).fetchone()
+            cur = db.execute(
+                "INSERT INTO releases (app_id, version, image, context_hash, procfile, manifest,"
+                " env, description, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    app_id,
+                    row[0] + 1,
+                    image,
+                    context_hash,
+                    json.dumps(dict(procfile)),
+                    json.dumps(dict(manifest)),
+                    json.dumps(dict(env)),
+                    description,
+                    self._clock(),
+                ),
+            )
+            new = db.execute("SELECT * FROM releases WHERE id = ?", (cur.lastrowid,)).fetchone()
+        return _release(new)
+
+    def releases(self, app_id: int, limit: int = 50) -> list[Release]:
+        rows = self._query(
+            "SELECT * FROM releases WHERE app_id = ? ORDER BY version DESC LIMIT ?",
+            (app_id, limit),
+        )
+        return [_release(r) for r in rows]
+
+    def latest_release(self, app_id: int) -> Release | None:
+        row = self._one(
+            "SELECT id FROM releases WHERE app_id = ? ORDER BY version DESC LIMIT 1", (app_id,)
+        )
+        return self.release(row[0]) if row else None
+
+    def release(self, release_id: int) -> Release:
+        """One release. Releases never change, so each is decoded once and kept (a manifest
+        with a thousand scripts is a large JSON document, and every trigger reads it)."""
+        cached = self._releases.get(release_id)
+        if cached is not None:
+            return cached
+        row = self._one("SELECT * FROM releases WHERE id = ?", (release_id,))
+        if row is None:
+            raise NotFoundError(f"release #{release_id} not found")
+        release = _release(row)
+        with self._lock:
+            if len(self._releases) >= RELEASE_CACHE:
+                self._releases.clear()
+            self._releases[release_id] = release
+        return release
+
+
+def _release(row: sqlite3.Row) -> Release:
+    return Release(
+        id=row["id"],
+        app_id=row["app_id"],
+        version=row["version"],
+        image=row["image"],
+        context_hash=row["context_hash"],
+        procfile=json.loads(row["procfile"]),
+        manifest=json.loads(row["manifest"]),
+        env=json.loads(row["env"]),
+        description=row["description"],
+        created=row["created"],
+    )

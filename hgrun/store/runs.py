@@ -1,0 +1,253 @@
+"""Runs, and the named transitions that move them through the state machine of
+:mod:`hgrun.lifecycle`.
+
+Every transition reads the run and writes it inside one ``BEGIN IMMEDIATE`` transaction, so the
+check and the write are atomic against other threads, tasks and processes on the same file:
+
+- from a final state, a transition changes nothing and returns the stored run (the first final
+  state wins; the caller compares ``run.status`` with what it asked for to see whether it won);
+- from an active state, a move that ``lifecycle.allowed`` refuses raises ``ConflictError``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hgrun import lifecycle
+from hgrun.errors import ConflictError, NotFoundError, StoreError
+from hgrun.models import Run, RunStatus, Trigger, TriggerKind
+from hgrun.store.base import ACTIVE_SQL, StoreBase
+
+
+class RunStore(StoreBase):
+    def create_run(
+        self,
+        *,
+        workspace: str,
+        app_id: int,
+        release_id: int,
+        command: Sequence[str],
+        process_type: str | None,
+        tty: bool,
+        detached: bool,
+        uploads: bool,
+        size: str,
+        timeout: float,
+        env: Mapping[str, str],
+        trigger: Trigger,
+        script: str | None = None,
+        slot: str | None = None,
+        parent_run: int | None = None,
+        status: RunStatus = RunStatus.QUEUED,
+        script_id: int | None = None,
+        error: str | None = None,
+    ) -> Run:
+        """Insert a run. A second run for one script and cron slot is a ConflictError."""
+        if status not in lifecycle.INITIAL:
+            raise ValueError(f"a run cannot be created {status.value}")
+        finished = self._clock() if status.finished else None
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO runs (workspace, app_id, release_id, command, process_type, tty,"
+                " detached, uploads, size, timeout, env, trigger_kind, trigger_name, script, slot,"
+                " parent_run, status, created, script_id, error, finished)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    workspace,
+                    app_id,
+                    release_id,
+                    json.dumps(list(command)),
+                    process_type,
+                    int(tty),
+                    int(detached),
+                    int(uploads),
+                    size,
+                    timeout,
+                    json.dumps(dict(env)),
+                    trigger.kind.value,
+                    trigger.name,
+                    script,
+                    slot,
+                    parent_run,
+                    status.value,
+                    self._clock(),
+                    script_id,
+                    error,
+                    finished,
+                ),
+            )
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (cur.lastrowid,)).fetchone()
+        return run_from_row(row)
+
+    def run(self, run_id: int, workspace: str | None = None) -> Run:
+        row = self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if row is None or (workspace is not None and row["workspace"] != workspace):
+            raise NotFoundError(f"run {run_id} not found", "list runs with `hgrun runs`")
+        return run_from_row(row)
+
+    # -- transitions ------------------------------------------------------------------------
+
+    def mark_starting(self, run_id: int) -> Run:
+        """queued -> starting: the supervisor is about to create its container."""
+        return self._move(run_id, RunStatus.STARTING, {})
+
+    def set_container(self, run_id: int, container_id: str) -> Run:
+        """Record the run's container; only while it is starting.
+
+        On a final run (stopped while its container was being created) nothing changes and the
+        stored run is returned: the caller sees ``run.status.finished`` and removes the container.
+        """
+        with self._tx() as db:
+            run = run_from_row(_locked_row(db, run_id))
+            if run.status.finished:
+                return run
+            if run.status is not RunStatus.STARTING:
+                raise ConflictError(
+                    f"{run.label} is {run.status.value}: a container is set only while starting"
+                )
+            db.execute("UPDATE runs SET container_id = ? WHERE id = ?", (container_id, run_id))
+            return run_from_row(_locked_row(db, run_id))
+
+    def mark_running(self, run_id: int, started: float) -> Run:
+        """starting -> running, at ``started`` (epoch seconds)."""
+        return self._move(run_id, RunStatus.RUNNING, {"started": started})
+
+    def record_outcome(
+        self,
+        run_id: int,
+        outcome: lifecycle.Outcome,
+        *,
+        finished: float,
+        started: float | None = None,
+    ) -> Run:
+        """Any active state -> ``outcome.status`` (a final one), with its exit code, message
+        (stored as ``error``) and OOM flag; ``started`` replaces the start time when given.
+
+        The first final state wins: on a run already final nothing changes and the stored run is
+        returned, so a caller knows it won when the returned status and ``finished`` are its own.
+        """
+        if not outcome.status.finished:
+            raise ValueError(f"an outcome is a final state, not {outcome.status.value}")
+        fields: dict[str, Any] = {
+            "exit_code": outcome.exit_code,
+            "error": outcome.message,
+            "oom": int(outcome.oom),
+            "finished": finished,
+        }
+        if started is not None:
+            fields["started"] = started
+        return self._move(run_id, outcome.status, fields)
+
+    def _move(self, run_id: int, new: RunStatus, fields: Mapping[str, Any]) -> Run:
+        """The one place a run's status changes: check and write in one transaction."""
+        with self._tx() as db:
+            run = run_from_row(_locked_row(db, run_id))
+            if run.status.finished:
+                return run
+            if not lifecycle.allowed(run.status, new):
+                raise ConflictError(
+                    f"{run.label} is {run.status.value}: it cannot become {new.value}"
+                )
+            sets = ", ".join(f"{column} = ?" for column in ("status", *fields))
+            db.execute(
+                f"UPDATE runs SET {sets} WHERE id = ?", (new.value, *fields.values(), run_id)
+            )
+            return run_from_row(_locked_row(db, run_id))
+
+    def update_run(self, run_id: int, **fields: Any) -> Run:
+        """Deprecated: use the named transitions. Kept until the supervisor no longer calls it.
+
+        Set columns of a run. A finished run is never changed again (first final state wins).
+        """
+        allowed = {"status", "exit_code", "oom", "container_id", "error", "started", "finished"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise StoreError(f"cannot update run columns {sorted(unknown)}")
+        values = {k: (v.value if isinstance(v, RunStatus) else v) for k, v in fields.items()}
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self._tx() as db:
+            db.execute(
+                f"UPDATE runs SET {sets} WHERE id = ? AND status IN ({ACTIVE_SQL})",
+                (*values.values(), run_id),
+            )
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"run {run_id} not found")
+        return run_from_row(row)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def runs(
+        self,
+        workspace: str,
+        *,
+        app_id: int | None = None,
+        statuses: Sequence[RunStatus] = (),
+        trigger_kind: TriggerKind | None = None,
+        script: str | None = None,
+        limit: int = 50,
+    ) -> list[Run]:
+        where: list[str] = ["workspace = ?"]
+        args: list[Any] = [workspace]
+        if app_id is not None:
+            where.append("app_id = ?")
+            args.append(app_id)
+        if statuses:
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            args.extend(s.value for s in statuses)
+        if trigger_kind is not None:
+            where.append("trigger_kind = ?")
+            args.append(trigger_kind.value)
+        if script is not None:
+            where.append("script = ?")
+            args.append(script)
+        rows = self._query(
+            f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            (*args, limit),
+        )
+        return [run_from_row(r) for r in rows]
+
+    def active_runs(self) -> list[Run]:
+        rows = self._query(f"SELECT * FROM runs WHERE status IN ({ACTIVE_SQL}) ORDER BY id")
+        return [run_from_row(r) for r in rows]
+
+
+def _locked_row(db: sqlite3.Connection, run_id: int) -> sqlite3.Row:
+    """A run's row read inside a write transaction (so no one changes it before we write)."""
+    row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"run {run_id} not found", "list runs with `hgrun runs`")
+    return row
+
+
+def run_from_row(row: sqlite3.Row) -> Run:
+    return Run(
+        id=row["id"],
+        workspace=row["workspace"],
+        app_id=row["app_id"],
+        release_id=row["release_id"],
+        command=json.loads(row["command"]),
+        process_type=row["process_type"],
+        tty=bool(row["tty"]),
+        detached=bool(row["detached"]),
+        uploads=bool(row["uploads"]),
+        size=row["size"],
+        timeout=row["timeout"],
+        env=json.loads(row["env"]),
+        trigger=Trigger(TriggerKind(row["trigger_kind"]), row["trigger_name"]),
+        script=row["script"],
+        slot=row["slot"],
+        parent_run=row["parent_run"],
+        status=RunStatus(row["status"]),
+        exit_code=row["exit_code"],
+        oom=bool(row["oom"]),
+        container_id=row["container_id"],
+        error=row["error"],
+        created=row["created"],
+        started=row["started"],
+        finished=row["finished"],
+        script_id=row["script_id"],
+    )

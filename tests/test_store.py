@@ -1,0 +1,275 @@
+"""The store's run transitions against real SQLite: every move of lifecycle.TRANSITIONS,
+allowed and refused, and "first final state wins" under racing writers."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from hgrun import lifecycle
+from hgrun.errors import ConflictError, NotFoundError
+from hgrun.lifecycle import Outcome
+from hgrun.models import OutputChunk, Run, RunStatus, Trigger, TriggerKind
+from hgrun.store import Store
+
+ACTIVE = [s for s in RunStatus if s in lifecycle.ACTIVE]
+FINAL = [s for s in RunStatus if s in lifecycle.FINAL]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    store = Store(tmp_path / "hgrun.db", clock=lambda: 1000.0)
+    store.ensure_workspace("default")
+    return store
+
+
+def _app(store: Store) -> tuple[int, int]:
+    app = store.create_app("default", "app")
+    release = store.create_release(
+        app.id,
+        image="sha256:x",
+        context_hash="h" * 64,
+        procfile={},
+        manifest={},
+        env={},
+        description="Deploy",
+    )
+    return app.id, release.id
+
+
+def _new_run(store: Store, status: RunStatus = RunStatus.QUEUED) -> Run:
+    app_id, release_id = _app(store) if not store.apps("default") else _first(store)
+    return store.create_run(
+        workspace="default",
+        app_id=app_id,
+        release_id=release_id,
+        command=["true"],
+        process_type=None,
+        tty=False,
+        detached=True,
+        uploads=False,
+        size="starter",
+        timeout=60.0,
+        env={},
+        trigger=Trigger(TriggerKind.USER, "admin"),
+        status=status,
+    )
+
+
+def _first(store: Store) -> tuple[int, int]:
+    app = store.apps("default")[0]
+    release = store.latest_release(app.id)
+    assert release is not None
+    return app.id, release.id
+
+
+def _run_in(store: Store, status: RunStatus) -> Run:
+    """A run brought to ``status`` through the named transitions only."""
+    run = _new_run(store)
+    path = {
+        RunStatus.QUEUED: [],
+        RunStatus.STARTING: [RunStatus.STARTING],
+        RunStatus.RUNNING: [RunStatus.STARTING, RunStatus.RUNNING],
+    }
+    if status in path:
+        steps = path[status]
+    else:
+        steps = [RunStatus.STARTING, RunStatus.RUNNING, status]
+    for step in steps:
+        run = _move(store, run, step)
+    assert run.status is status
+    return run
+
+
+def _move(store: Store, run: Run, new: RunStatus) -> Run:
+    """Ask for ``new`` through the transition that names it."""
+    if new is RunStatus.STARTING:
+        return store.mark_starting(run.id)
+    if new is RunStatus.RUNNING:
+        return store.mark_running(run.id, started=1001.0)
+    code = {RunStatus.SUCCEEDED: 0, RunStatus.TIMED_OUT: 124}.get(new, 1)
+    return store.record_outcome(run.id, Outcome(new, code, f"became {new}"), finished=1002.0)
+
+
+def _reachable_finals() -> list[RunStatus]:
+    # skipped is only ever created final; every other final state is reached from running or
+    # starting (lost, canceled ...).
+    return [s for s in FINAL if s is not RunStatus.SKIPPED]
+
+
+def _start_states() -> list[RunStatus]:
+    return ACTIVE + _reachable_finals()
+
+
+# Every status a transition names: queued and skipped are only ever creation states.
+TARGETS = [s for s in RunStatus if s not in (RunStatus.QUEUED, RunStatus.SKIPPED)]
+
+
+@pytest.mark.parametrize("new", TARGETS)
+@pytest.mark.parametrize("current", _start_states())
+def test_every_transition_is_allowed_or_refused_as_lifecycle_says(
+    store: Store, current: RunStatus, new: RunStatus
+) -> None:
+    run = _run_in(store, current)
+    if current.finished:
+        # A transition from a final state changes nothing and returns the stored run.
+        after = _move(store, run, new)
+        assert after == run
+        assert store.run(run.id) == run
+    elif lifecycle.allowed(current, new):
+        after = _move(store, run, new)
+        assert after.status is new
+        assert store.run(run.id) == after
+    else:
+        with pytest.raises(
+            ConflictError, match=f"is {current.value}: it cannot become {new.value}"
+        ):
+            _move(store, run, new)
+        assert store.run(run.id) == run
+
+
+def test_record_outcome_stores_the_outcome(store: Store) -> None:
+    run = _run_in(store, RunStatus.RUNNING)
+    outcome = Outcome(RunStatus.FAILED, 137, "out of memory", oom=True)
+    done = store.record_outcome(run.id, outcome, finished=1010.0, started=1000.5)
+    assert (done.status, done.exit_code, done.error, done.oom) == (
+        RunStatus.FAILED,
+        137,
+        "out of memory",
+        True,
+    )
+    assert (done.started, done.finished) == (1000.5, 1010.0)
+
+
+def test_record_outcome_keeps_the_start_time_unless_given(store: Store) -> None:
+    run = _run_in(store, RunStatus.RUNNING)
+    done = store.record_outcome(run.id, Outcome(RunStatus.SUCCEEDED, 0), finished=1010.0)
+    assert done.started == 1001.0
+
+
+def test_record_outcome_from_queued_and_starting(store: Store) -> None:
+    queued = _run_in(store, RunStatus.QUEUED)
+    canceled = store.record_outcome(
+        queued.id, Outcome(RunStatus.CANCELED, 130, "stopped"), finished=1003.0
+    )
+    assert canceled.status is RunStatus.CANCELED and canceled.started is None
+    starting = _run_in(store, RunStatus.STARTING)
+    failed = store.record_outcome(
+        starting.id, Outcome(RunStatus.FAILED, 125, "no such image"), finished=1003.0
+    )
+    assert failed.status is RunStatus.FAILED and failed.exit_code == 125
+
+
+def test_record_outcome_refuses_an_active_status(store: Store) -> None:
+    run = _run_in(store, RunStatus.STARTING)
+    with pytest.raises(ValueError, match="final state"):
+        store.record_outcome(run.id, Outcome(RunStatus.RUNNING, 0), finished=1.0)
+
+
+def test_first_final_state_wins(store: Store) -> None:
+    run = _run_in(store, RunStatus.RUNNING)
+    first = store.record_outcome(
+        run.id, Outcome(RunStatus.TIMED_OUT, 124, "timed out"), finished=1005.0
+    )
+    second = store.record_outcome(run.id, Outcome(RunStatus.SUCCEEDED, 0), finished=1006.0)
+    assert second == first
+    assert (second.status, second.exit_code, second.finished) == (RunStatus.TIMED_OUT, 124, 1005.0)
+
+
+def test_set_container_only_while_starting(store: Store) -> None:
+    run = _run_in(store, RunStatus.STARTING)
+    assert store.set_container(run.id, "c1").container_id == "c1"
+    for status in (RunStatus.QUEUED, RunStatus.RUNNING):
+        other = _run_in(store, status)
+        with pytest.raises(ConflictError, match="only while starting"):
+            store.set_container(other.id, "c2")
+        assert store.run(other.id).container_id is None
+
+
+def test_set_container_on_a_run_stopped_while_creating_changes_nothing(store: Store) -> None:
+    run = _run_in(store, RunStatus.STARTING)
+    store.record_outcome(run.id, Outcome(RunStatus.CANCELED, 130, "stopped"), finished=1002.0)
+    after = store.set_container(run.id, "c1")
+    assert after.status is RunStatus.CANCELED and after.container_id is None
+
+
+def test_transitions_of_an_unknown_run(store: Store) -> None:
+    with pytest.raises(NotFoundError):
+        store.mark_starting(4242)
+    with pytest.raises(NotFoundError):
+        store.set_container(4242, "c")
+    with pytest.raises(NotFoundError):
+        store.record_outcome(4242, Outcome(RunStatus.FAILED, 1), finished=1.0)
+
+
+def test_a_run_is_created_only_in_an_initial_state(store: Store) -> None:
+    for status in lifecycle.INITIAL:
+        assert _new_run(store, status).status is status
+    with pytest.raises(ValueError):
+        _new_run(store, RunStatus.RUNNING)
+
+
+def test_active_runs_are_the_lifecycle_active_ones(store: Store) -> None:
+    made = {status: _run_in(store, status).id for status in _start_states()}
+    active = {run.id for run in store.active_runs()}
+    assert active == {made[s] for s in ACTIVE}
+
+
+@pytest.mark.parametrize("separate_connections", [False, True])
+def test_racing_outcomes_exactly_one_wins(
+    tmp_path: Path, store: Store, separate_connections: bool
+) -> None:
+    """Two writers record different outcomes at once (on one connection, or two connections
+    as two processes would): exactly one status is stored, and each writer sees it."""
+    contenders = [RunStatus.SUCCEEDED, RunStatus.CANCELED]
+    stores = [store, Store(tmp_path / "hgrun.db")] if separate_connections else [store, store]
+    for _ in range(20):
+        run = _run_in(store, RunStatus.RUNNING)
+        barrier = threading.Barrier(2)
+        seen: list[Run] = []
+
+        def record(
+            index: int,
+            run_id: int = run.id,
+            barrier: threading.Barrier = barrier,
+            seen: list[Run] = seen,
+        ) -> None:
+            barrier.wait()
+            status = contenders[index]
+            seen.append(
+                stores[index].record_outcome(
+                    run_id, Outcome(status, index, str(status)), finished=2000.0 + index
+                )
+            )
+
+        threads = [threading.Thread(target=record, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stored = store.run(run.id)
+        assert stored.status in contenders
+        # Both writers were answered with the one stored outcome, whole (never a mix).
+        assert seen == [stored, stored]
+        index = contenders.index(stored.status)
+        assert (stored.exit_code, stored.error, stored.finished) == (
+            index,
+            str(stored.status),
+            2000.0 + index,
+        )
+
+
+def test_output_comes_back_typed(store: Store) -> None:
+    run = _run_in(store, RunStatus.RUNNING)
+    store.append_output(run.id, run.app_id, [(1, 1.0, b"out\n"), (2, 2.0, b"err\n")])
+    chunks = store.output(run_id=run.id)
+    assert [(c.run_id, c.stream, c.ts, c.data) for c in chunks] == [
+        (run.id, 1, 1.0, b"out\n"),
+        (run.id, 2, 2.0, b"err\n"),
+    ]
+    assert all(isinstance(c, OutputChunk) for c in chunks)
+    assert chunks[0].cursor < chunks[1].cursor
+    newest = store.output(run_id=run.id, newest_first=True, limit=1)
+    assert newest == chunks[1:]
