@@ -79,7 +79,7 @@ def admin(server: HgrunServer) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def deployed(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> str:
+def deployed(cli: Cli, tmp_path_factory: pytest.TempPathFactory, busybox_image: str) -> str:
     """A busybox app with a release (so that run bodies reach validation)."""
     root = tmp_path_factory.mktemp("api-app")
     return deploy_busybox_app(cli, root, unique("api"))

@@ -1,0 +1,113 @@
+"""The REST API under ``/v1`` and the attach WebSocket.
+
+Every route but ``/v1/health`` and ``/v1/openapi.json`` needs a bearer token with the right scope.
+Errors are JSON ``{"error", "message", "hint"}`` with the matching status; bad input is a 4xx,
+never a 500. Request bodies are size-capped; uploads and build contexts are streamed.
+
+One module per resource holds its handlers (:mod:`.apps`, :mod:`.runs`, :mod:`.scripts`,
+:mod:`.tokens`, :mod:`.attach`); :mod:`.requests` reads requests and :mod:`.views` renders rows.
+This module is the route table and :func:`build_app`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from hgrun import __version__
+from hgrun.engine import Engine
+from hgrun.server.api import apps, attach, openapi, runs, scripts, tokens
+from hgrun.server.api.requests import RouteSpec, endpoint
+from hgrun.server.api.runs import stderr_tail
+from hgrun.server.api.views import run_json
+from hgrun.server.scripts import ScriptRunner
+from hgrun.server.supervisor import Supervisor
+from hgrun.store import Store
+from hgrun.store.audit import AuditLog
+
+__all__ = ["ROUTES", "Server", "build_app", "run_json", "stderr_tail"]
+
+
+@dataclasses.dataclass
+class Server:
+    """What the routes need: the composition root builds one and hands it to :func:`build_app`."""
+
+    store: Store
+    engine: Engine
+    supervisor: Supervisor
+    scripts: ScriptRunner
+    audit: AuditLog
+    host_cpus: int
+    host_memory: int
+    clock: Callable[[], float] = time.time
+
+
+def build_app(server: Server) -> Starlette:
+    routes: list[BaseRoute] = [
+        Route(path, endpoint(server, handler), methods=[method])
+        for method, path, handler, _summary in ROUTES
+    ]
+    routes.append(WebSocketRoute("/v1/runs/{run_id:int}/attach", attach.endpoint(server)))
+    return Starlette(routes=routes)
+
+
+async def health(server: Server, request: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+async def openapi_json(server: Server, request: Request) -> Response:
+    return JSONResponse(openapi.document(ROUTES))
+
+
+ROUTES: list[RouteSpec] = [
+    ("GET", "/v1/health", health, "Liveness and version; no token needed"),
+    ("GET", "/v1/openapi.json", openapi_json, "This document"),
+    ("GET", "/v1/apps", apps.list_apps, "List apps [read]"),
+    ("POST", "/v1/apps", apps.create_app, "Create an app: {name} [deploy]"),
+    ("GET", "/v1/apps/{app}", apps.get_app, "An app and its current release [read]"),
+    ("GET", "/v1/apps/{app}/config", apps.get_config, "The app's env vars [deploy]"),
+    ("PATCH", "/v1/apps/{app}/config", apps.patch_config, "Set (string) or unset (null) [deploy]"),
+    ("GET", "/v1/apps/{app}/builds/{hash}", apps.get_build, "Is this context built? [deploy]"),
+    ("POST", "/v1/apps/{app}/builds", apps.create_build, "Build a tar context; NDJSON [deploy]"),
+    ("GET", "/v1/apps/{app}/releases", apps.list_releases, "Releases, newest first [read]"),
+    ("POST", "/v1/apps/{app}/releases", apps.create_release, "Release a built context [deploy]"),
+    ("POST", "/v1/apps/{app}/runs", runs.create_run, "Create a one-off run [run]"),
+    ("GET", "/v1/apps/{app}/runs", runs.list_runs, "Run history; status, trigger, active [read]"),
+    (
+        "GET",
+        "/v1/apps/{app}/logs",
+        runs.app_logs,
+        "The app log as NDJSON; run, tail, follow [read]",
+    ),
+    ("GET", "/v1/runs/{run_id:int}", runs.get_run, "One run; stderr_tail=N [read]"),
+    ("POST", "/v1/runs/{run_id:int}/stop", runs.stop_run, "SIGTERM, then SIGKILL [run]"),
+    ("PUT", "/v1/runs/{run_id:int}/files", runs.upload_files, "Tar into /tmp/uploads [run]"),
+    ("GET", "/v1/apps/{app}/scripts", scripts.list_scripts, "The app's scripts [read]"),
+    (
+        "POST",
+        "/v1/scripts/{script_id:int}/runs",
+        scripts.trigger_script,
+        "Trigger; body=input [trigger]",
+    ),
+    (
+        "GET",
+        "/v1/scripts/{script_id:int}/runs",
+        scripts.list_script_runs,
+        "A script's runs [trigger]",
+    ),
+    ("GET", "/v1/tokens", tokens.list_tokens, "Tokens of the workspace [admin]"),
+    (
+        "POST",
+        "/v1/tokens",
+        tokens.create_token,
+        "Create: {name, scope, script}; shown once [admin]",
+    ),
+    ("DELETE", "/v1/tokens/{name}", tokens.revoke_token, "Revoke a token [admin]"),
+    ("GET", "/v1/audit", tokens.audit_log, "The decrypted audit log; run=ID [admin]"),
+]

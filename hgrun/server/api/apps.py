@@ -1,0 +1,236 @@
+"""Apps and what makes a release of one: the app itself, its config, builds and releases."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import tempfile
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from hgrun.errors import HgrunError, InputError, NotFoundError, PayloadTooLargeError
+from hgrun.manifest import parse_manifest
+from hgrun.models import APP_NAME, ENV_NAME, App, Release
+from hgrun.procfile import parse_procfile
+from hgrun.server.api.requests import field, json_body, path_app, principal
+from hgrun.server.api.views import app_json, release_json
+
+if TYPE_CHECKING:
+    from hgrun.server.api import Server
+
+log = logging.getLogger("hgrun.api")
+
+MAX_BUILD_CONTEXT = 2 * 1024**3
+
+
+async def list_apps(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "read")
+    return JSONResponse([app_json(a) for a in server.store.apps(caller.workspace)])
+
+
+async def create_app(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "deploy")
+    body = await json_body(request)
+    name = field(body, "name", str)
+    if not name or not APP_NAME.match(name):
+        raise InputError(
+            f"invalid app name {name!r}",
+            "use lowercase letters, digits and dashes, starting with a letter",
+        )
+    app = server.store.create_app(caller.workspace, name)
+    return JSONResponse(app_json(app), status_code=201)
+
+
+async def get_app(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "read")
+    app = path_app(server, caller, request)
+    release = server.store.latest_release(app.id)
+    return JSONResponse({**app_json(app), "release": release_json(release) if release else None})
+
+
+async def get_config(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "deploy")
+    app = path_app(server, caller, request)
+    return JSONResponse(server.store.config(app.id))
+
+
+async def patch_config(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "deploy")
+    app = path_app(server, caller, request)
+    body = await json_body(request)
+    changes: dict[str, str | None] = {}
+    for key, value in body.items():
+        if not ENV_NAME.match(key):
+            raise InputError(
+                f"invalid config name {key!r}",
+                "names are letters, digits and underscores, not starting with a digit",
+            )
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"config value of {key} must be a string or null")
+        changes[key] = value
+    config = server.store.update_config(app.id, changes)
+    latest = server.store.latest_release(app.id)
+    if latest is not None:
+        set_keys = sorted(k for k, v in changes.items() if v is not None)
+        unset = sorted(k for k, v in changes.items() if v is None)
+        words = ([f"Set {', '.join(set_keys)}"] if set_keys else []) + (
+            [f"Unset {', '.join(unset)}"] if unset else []
+        )
+        _new_release(
+            server,
+            app,
+            latest.image,
+            latest.context_hash,
+            latest.procfile,
+            latest.manifest,
+            "; ".join(words) or "Config change",
+        )
+    # Values stay out of the server's own log: only the keys are logged.
+    log.info("app %s: config keys changed: %s", app.name, ", ".join(sorted(changes)))
+    return JSONResponse(config)
+
+
+async def get_build(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "deploy")
+    app = path_app(server, caller, request)
+    image = server.store.built_image(app.id, request.path_params["hash"])
+    if image is None or await asyncio.to_thread(server.engine.image_id, image) is None:
+        raise NotFoundError("no image built from this context")
+    return JSONResponse({"context_hash": request.path_params["hash"], "image": image})
+
+
+async def create_build(server: Server, request: Request) -> Response:
+    """Spool the tar (streamed to disk, capped), build it, stream the output as NDJSON."""
+    caller = principal(server, request, "deploy")
+    app = path_app(server, caller, request)
+    context_hash = request.headers.get("x-context-hash", "")
+    if len(context_hash) != 64 or any(c not in "0123456789abcdef" for c in context_hash):
+        raise InputError("missing or malformed X-Context-Hash header (64 hex digits)")
+    network = request.query_params.get("network", "none")
+    dockerfile = request.query_params.get("dockerfile", "Dockerfile")
+    spool = tempfile.TemporaryFile(prefix="hgrun-context-")
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BUILD_CONTEXT:
+            spool.close()
+            raise PayloadTooLargeError(
+                f"build context over {MAX_BUILD_CONTEXT // 1024**2} MB",
+                "add large files to .dockerignore",
+            )
+        spool.write(chunk)
+    spool.seek(0)
+    tag = f"hgrun/{caller.workspace}-{app.name}:{context_hash[:12]}"
+    labels = {"hgrun.app": app.name, "hgrun.workspace": caller.workspace}
+
+    async def events() -> AsyncIterator[bytes]:
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def build() -> None:
+            try:
+                for line in server.engine.build(
+                    spool, tag=tag, labels=labels, network=network, dockerfile=dockerfile
+                ):
+                    loop.call_soon_threadsafe(queue.put_nowait, {"stream": line})
+                image = server.engine.image_id(tag)
+                if image is None:
+                    raise HgrunError("the build finished but left no image")
+                server.store.record_image(app.id, context_hash, image)
+                loop.call_soon_threadsafe(queue.put_nowait, {"image": image})
+            except HgrunError as e:
+                loop.call_soon_threadsafe(queue.put_nowait, {"error": e.to_json()})
+            except Exception as e:
+                log.exception("build of %s failed", app.name)
+                loop.call_soon_threadsafe(
+                    queue.put_nowait, {"error": {"error": "build_failed", "message": str(e)}}
+                )
+            finally:
+                spool.close()
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        task = asyncio.create_task(asyncio.to_thread(build))
+        while (event := await queue.get()) is not None:
+            yield json.dumps(event).encode() + b"\n"
+        await task
+
+    return StreamingResponse(events(), media_type="application/x-ndjson")
+
+
+async def list_releases(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "read")
+    app = path_app(server, caller, request)
+    return JSONResponse([release_json(r) for r in server.store.releases(app.id)])
+
+
+async def create_release(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "deploy")
+    app = path_app(server, caller, request)
+    body = await json_body(request)
+    context_hash = field(body, "context_hash", str) or ""
+    procfile_text = field(body, "procfile", str, "") or ""
+    manifest_text = field(body, "manifest", str)
+    if manifest_text is None:
+        raise InputError("field 'manifest' (the text of hgrun.yaml) is required")
+    image = server.store.built_image(app.id, context_hash)
+    if image is None:
+        raise NotFoundError(
+            f"no image built from context {context_hash[:12]}", "upload the build context first"
+        )
+    procfile = parse_procfile(procfile_text) if procfile_text.strip() else {}
+    manifest = parse_manifest(manifest_text, procfile=procfile)
+    if manifest.name != app.name:
+        raise InputError(
+            f"hgrun.yaml names app {manifest.name!r}, not {app.name!r}",
+            "deploy from the app's own folder, or pass --app",
+        )
+    manifest_json = _manifest_json(manifest)
+    latest = server.store.latest_release(app.id)
+    env = _release_env(server, app, manifest_json)
+    if (
+        latest is not None
+        and latest.image == image
+        and latest.procfile == procfile
+        and latest.manifest == manifest_json
+        and latest.env == env
+    ):
+        # Nothing changed: the live release stands, as `git push` of the same commit does.
+        server.store.sync_scripts(caller.workspace, app.id, manifest.scripts)
+        return JSONResponse({**release_json(latest), "unchanged": True})
+    release = _new_release(server, app, image, context_hash, procfile, manifest_json, "Deploy")
+    server.store.sync_scripts(caller.workspace, app.id, manifest.scripts)
+    return JSONResponse(release_json(release), status_code=201)
+
+
+def _manifest_json(manifest: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(manifest), default=str))
+
+
+def _new_release(
+    server: Server,
+    app: App,
+    image: str,
+    context_hash: str,
+    procfile: Any,
+    manifest: Any,
+    description: str,
+) -> Release:
+    return server.store.create_release(
+        app.id,
+        image=image,
+        context_hash=context_hash,
+        procfile=procfile,
+        manifest=manifest,
+        env=_release_env(server, app, manifest),
+        description=description,
+    )
+
+
+def _release_env(server: Server, app: App, manifest: Any) -> dict[str, str]:
+    """Manifest defaults overridden by the app's config: the env a release snapshots."""
+    return {**(manifest.get("env") or {}), **server.store.config(app.id)}

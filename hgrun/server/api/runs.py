@@ -1,0 +1,260 @@
+"""Runs: create one, list, read, stop, upload its files, and the app log the runs write."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from hgrun.duration import parse_duration
+from hgrun.errors import CapacityError, ConflictError, ForbiddenError, InputError, NotFoundError
+from hgrun.models import ENV_NAME, SIZES, RunStatus, Trigger, TriggerKind
+from hgrun.procfile import resolve_command
+from hgrun.server.api.requests import (
+    field,
+    int_param,
+    json_body,
+    path_app,
+    principal,
+    workspace_run,
+)
+from hgrun.server.api.views import run_json
+from hgrun.server.auth import authenticate
+from hgrun.server.logs import LineAssembler, LogLine
+from hgrun.store import Store
+
+if TYPE_CHECKING:
+    from hgrun.server.api import Server
+
+log = logging.getLogger("hgrun.api")
+
+
+async def create_run(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "run")
+    app = path_app(server, caller, request)
+    body = await json_body(request)
+    release = server.store.latest_release(app.id)
+    if release is None:
+        raise NotFoundError(f"app {app.name!r} has no release yet", "run `hgrun deploy` first")
+    argv = field(body, "command", list)
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise InputError("field 'command' must be a non-empty list of strings")
+    env = field(body, "env", dict, {}) or {}
+    for key, value in env.items():
+        if not ENV_NAME.match(key):
+            raise InputError(
+                f"invalid env name {key!r}",
+                "names are letters, digits and underscores, not starting with a digit",
+            )
+        if not isinstance(value, str):
+            raise InputError(f"env value of {key} must be a string")
+    manifest = release.manifest
+    size = field(body, "size", str)
+    if size is None:
+        size = str(manifest.get("size") or "starter")
+    if size not in SIZES:
+        raise InputError(f"unknown size {size!r}", f"sizes: {', '.join(SIZES)}")
+    _check_capacity(server, size)
+    timeout = _timeout(server, body.get("timeout"))
+    resolved = resolve_command(release.procfile, argv)
+    if isinstance(resolved.command, str):
+        command = ["sh", "-c", resolved.command]
+    else:
+        command = list(resolved.command)
+    detached = bool(field(body, "detached", bool, False))
+    tty = bool(field(body, "tty", bool, False)) and not detached
+    run = server.store.create_run(
+        workspace=caller.workspace,
+        app_id=app.id,
+        release_id=release.id,
+        command=command,
+        process_type=resolved.process,
+        tty=tty,
+        detached=detached,
+        uploads=bool(field(body, "uploads", bool, False)),
+        size=size,
+        timeout=timeout,
+        env={**release.env, **env},
+        trigger=Trigger(TriggerKind.USER, caller.name),
+    )
+    log.info(
+        "run %s: %s on app %s (env keys: %s)",
+        run.id,
+        run.command[:1],
+        app.name,
+        ", ".join(sorted(run.env)),
+    )
+    network = str(manifest.get("network") or "none")
+    session = await server.supervisor.launch(run, release, network)
+    return JSONResponse(run_json(session.run, app.name), status_code=201)
+
+
+def _check_capacity(server: Server, size_name: str) -> None:
+    size = SIZES[size_name]
+    if size.memory > server.host_memory or size.cpus > server.host_cpus:
+        raise CapacityError(
+            f"size {size_name} ({size.memory_mb} MB, {size.cpus:g} CPU) is more than this host"
+            f" has ({server.host_memory // 1024**2} MB, {server.host_cpus} CPU)",
+            "pick a smaller --size",
+        )
+
+
+def _timeout(server: Server, value: Any) -> float:
+    cap = server.supervisor.limits.max_timeout
+    if value is None:
+        return cap
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        raise InputError(f"invalid timeout {value!r}: {e}", "use e.g. 90s, 15m or 1h") from e
+    return min(seconds, cap)
+
+
+async def list_runs(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "read")
+    app = path_app(server, caller, request)
+    query = request.query_params
+    statuses = []
+    for word in query.getlist("status"):
+        try:
+            statuses.append(RunStatus(word))
+        except ValueError as e:
+            raise InputError(
+                f"unknown status {word!r}", f"statuses: {', '.join(s.value for s in RunStatus)}"
+            ) from e
+    if query.get("active"):
+        statuses = [RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING]
+    trigger = None
+    if query.get("trigger"):
+        try:
+            trigger = TriggerKind(query["trigger"])
+        except ValueError as e:
+            raise InputError(
+                f"unknown trigger {query['trigger']!r}",
+                f"triggers: {', '.join(t.value for t in TriggerKind)}",
+            ) from e
+    limit = int_param(query.get("limit"), "limit", 50)
+    runs = server.store.runs(
+        caller.workspace, app_id=app.id, statuses=statuses, trigger_kind=trigger, limit=limit
+    )
+    return JSONResponse([run_json(r, app.name) for r in runs])
+
+
+async def get_run(server: Server, request: Request) -> Response:
+    caller = authenticate(server.store, request.headers)
+    run = workspace_run(server, caller, request.path_params["run_id"])
+    if not caller.may_read_run(run.script_id):
+        raise ForbiddenError(
+            f"token {caller.name!r} may not read {run.label}",
+            "a trigger token reads only the runs of the scripts it may trigger",
+        )
+    app = server.store.app_by_id(run.app_id)
+    body = run_json(run, app.name)
+    tail = int_param(request.query_params.get("stderr_tail"), "stderr_tail", 0)
+    if tail:
+        body["stderr_tail"] = stderr_tail(server.store, run.id, tail)
+    return JSONResponse(body)
+
+
+def stderr_tail(store: Store, run_id: int, n: int) -> list[str]:
+    """The last ``n`` lines a run wrote to stderr."""
+    assembler = LineAssembler()
+    lines = assembler.feed(store.output(run_id=run_id, limit=10**9))
+    lines += assembler.flush()
+    return [line.text for line in lines if line.stream == "stderr"][-n:]
+
+
+async def stop_run(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "run")
+    run = workspace_run(server, caller, request.path_params["run_id"])
+    if run.status.finished:
+        raise ConflictError(f"{run.label} already ended ({run.status.value})")
+    stopped = await server.supervisor.stop(
+        run.id, RunStatus.CANCELED, f"{run.label} was stopped by {caller.name}"
+    )
+    session = server.supervisor.sessions.get(run.id)
+    if session is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(session.finished.wait(), 30)
+        stopped = server.store.run(run.id)
+    return JSONResponse(run_json(stopped, server.store.app_by_id(run.app_id).name))
+
+
+async def upload_files(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "run")
+    run = workspace_run(server, caller, request.path_params["run_id"])
+    received = await server.supervisor.upload(run.id, request.stream())
+    return JSONResponse({"run": run.id, "bytes": received})
+
+
+async def app_logs(server: Server, request: Request) -> Response:
+    """The app's log as NDJSON lines; ``follow=1`` keeps streaming until the client leaves."""
+    caller = principal(server, request, "read")
+    app = path_app(server, caller, request)
+    query = request.query_params
+    run_id = int_param(query.get("run"), "run", 0) or None
+    if run_id is not None:
+        workspace_run(server, caller, run_id)
+    tail = int_param(query.get("tail"), "tail", 0)
+    follow = query.get("follow") in ("1", "true")
+    after = int_param(query.get("after"), "after", 0)
+    store = server.store
+
+    def start_cursor() -> int:
+        if not tail:
+            return after
+        # Walk back from the newest chunk until ``tail`` newlines are covered.
+        newlines, cursor = 0, 0
+        before = None
+        while newlines <= tail:
+            chunks = store.output(
+                run_id=run_id, app_id=app.id, before=before, limit=256, newest_first=True
+            )
+            if not chunks:
+                return 0
+            for chunk in chunks:
+                newlines += chunk[4].count(b"\n")
+                cursor = chunk[0]
+                if newlines > tail:
+                    break
+            before = chunks[-1][0]
+        return cursor - 1
+
+    def encode(lines: list[LogLine]) -> bytes:
+        return b"".join(json.dumps(line.to_json()).encode() + b"\n" for line in lines)
+
+    async def lines() -> AsyncIterator[bytes]:
+        assembler = LineAssembler()
+        cursor = start_cursor()
+        first = True
+        while True:
+            batch: list[LogLine] = []
+            while chunks := store.output(run_id=run_id, app_id=app.id, after=cursor, limit=512):
+                cursor = chunks[-1][0]
+                batch += assembler.feed(chunks)
+                if len(batch) > 10_000 and not (first and tail):
+                    yield encode(batch)
+                    batch = []
+            if not follow:
+                batch += assembler.flush()
+            else:
+                # A run's last line without a newline is shown once the run is over.
+                for pending in assembler.pending_runs():
+                    if pending not in server.supervisor.sessions:
+                        batch += assembler.flush(pending)
+            if first and tail:
+                batch = batch[-tail:]
+            first = False
+            if batch:
+                yield encode(batch)
+            if not follow or await request.is_disconnected():
+                return
+            await asyncio.sleep(0.25)
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

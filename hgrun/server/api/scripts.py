@@ -1,0 +1,83 @@
+"""Scripts: list an app's scripts, trigger one, list a script's runs."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from hgrun.errors import ConflictError, ForbiddenError, InputError
+from hgrun.models import ScriptRecord
+from hgrun.server.api.requests import body_bytes, int_param, path_app
+from hgrun.server.api.views import run_json, script_json
+from hgrun.server.auth import authenticate
+from hgrun.server.scripts import MAX_INPUT, parent_of, trigger_for
+
+if TYPE_CHECKING:
+    from hgrun.server.api import Server
+
+
+def _script_json(server: Server, script: ScriptRecord, app_name: str):
+    last = server.store.script_runs(script.id, limit=1)
+    return script_json(script, app_name, last[0] if last else None, server.clock())
+
+
+async def list_scripts(server: Server, request: Request) -> Response:
+    """The app's scripts; a trigger token sees only those it may trigger (so CI can find them)."""
+    caller = authenticate(server.store, request.headers)
+    app = path_app(server, caller, request)
+    scripts = [
+        s
+        for s in server.store.scripts(caller.workspace, app_id=app.id)
+        if caller.may_read_run(s.id)
+    ]
+    return JSONResponse([_script_json(server, s, app.name) for s in scripts])
+
+
+async def trigger_script(server: Server, request: Request) -> Response:
+    """Start a script; the JSON body, if any, becomes HOSTINGGURU_RUN_INPUT in the container."""
+    caller = authenticate(server.store, request.headers)
+    script = server.store.script(request.path_params["script_id"], caller.workspace)
+    if not caller.may_trigger(script.id):
+        raise ForbiddenError(
+            f"token {caller.name!r} may not trigger script {script.name!r}",
+            "use a token with the trigger scope for this script",
+        )
+    body = await body_bytes(request, MAX_INPUT)
+    input_json = None
+    if body.strip():
+        try:
+            input_json = json.dumps(json.loads(body))
+        except ValueError as e:
+            raise InputError(f"the run input is not valid JSON: {e}") from e
+    query = request.query_params
+    detached = query.get("detached", "1") not in ("0", "false")
+    via_api = query.get("via") != "cli"
+    parent = parent_of(caller.name)
+    run = await server.scripts.trigger(
+        script,
+        trigger_for(caller.name, via_api),
+        input_json=input_json,
+        parent_run=parent,
+        detached=detached,
+        tty=query.get("tty") in ("1", "true"),
+    )
+    if run is None:  # only for cron slots
+        raise ConflictError("this slot already ran")
+    app = server.store.app_by_id(script.app_id)
+    return JSONResponse(run_json(run, app.name), status_code=201)
+
+
+async def list_script_runs(server: Server, request: Request) -> Response:
+    caller = authenticate(server.store, request.headers)
+    script = server.store.script(request.path_params["script_id"], caller.workspace)
+    if not caller.may_read_run(script.id):
+        raise ForbiddenError(f"token {caller.name!r} may not read runs of {script.name!r}")
+    query = request.query_params
+    limit = min(int_param(query.get("limit"), "limit", 50), 1000)
+    before = int_param(query.get("before"), "before", 0) or None
+    app = server.store.app_by_id(script.app_id)
+    runs = server.store.script_runs(script.id, limit=limit, before=before)
+    return JSONResponse([run_json(r, app.name) for r in runs])

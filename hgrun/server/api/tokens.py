@@ -1,0 +1,75 @@
+"""API tokens of a workspace, and its audit log: the admin scope's resources."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from hgrun.errors import ConflictError, InputError
+from hgrun.models import Scope
+from hgrun.server.api.requests import field, int_param, json_body, principal
+from hgrun.server.api.views import audit_json, token_json
+from hgrun.server.auth import new_token
+from hgrun.server.scripts import RUN_TOKEN_PREFIX
+
+if TYPE_CHECKING:
+    from hgrun.server.api import Server
+
+TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+async def list_tokens(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "admin")
+    tokens = server.store.tokens(caller.workspace)
+    return JSONResponse([token_json(t) for t in tokens])
+
+
+async def create_token(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "admin")
+    body = await json_body(request)
+    name = field(body, "name", str) or ""
+    if not TOKEN_NAME.match(name) or name.startswith(RUN_TOKEN_PREFIX):
+        raise InputError(
+            f"invalid token name {name!r}",
+            "use letters, digits, dots, dashes and underscores (not starting with 'run.')",
+        )
+    try:
+        scope = Scope(field(body, "scope", str) or "")
+    except ValueError as e:
+        raise InputError(
+            f"unknown scope {body.get('scope')!r}", f"scopes: {', '.join(s.value for s in Scope)}"
+        ) from e
+    script_ref = field(body, "script", str)
+    script_id = None
+    if script_ref:
+        if scope is not Scope.TRIGGER:
+            raise InputError("--script applies to trigger tokens only", "add --scope trigger")
+        app_name, _, script_name = script_ref.rpartition("/")
+        if not app_name:
+            raise InputError(f"script {script_ref!r}: expected APP/SCRIPT")
+        app = server.store.app(caller.workspace, app_name)
+        script_id = str(server.store.script_by_name(app.id, script_name).id)
+    secret = new_token()
+    token = server.store.add_token(caller.workspace, name, secret, scope, script_id)
+    return JSONResponse({**token_json(token), "token": secret}, status_code=201)
+
+
+async def revoke_token(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "admin")
+    name = request.path_params["name"]
+    if name == caller.name:
+        raise ConflictError("a token cannot revoke itself", "revoke it with another admin token")
+    server.store.revoke_token(caller.workspace, name)
+    return JSONResponse({"name": name, "revoked": True})
+
+
+async def audit_log(server: Server, request: Request) -> Response:
+    caller = principal(server, request, "admin")
+    query = request.query_params
+    run_id = int_param(query.get("run"), "run", 0) or None
+    limit = min(int_param(query.get("limit"), "limit", 200), 10_000)
+    records = server.audit.read(caller.workspace, run_id=run_id, limit=limit)
+    return JSONResponse([audit_json(r) for r in records])
