@@ -84,10 +84,8 @@ class StoredRun:
         self._store = store
 
     async def events(self) -> AsyncIterator[relay.Output | relay.Exit]:
-        for _cursor, _run_id, stream, _ts, data in self._store.output(
-            run_id=self.run_id, limit=10**9
-        ):
-            yield relay.Output(stream, data)
+        for chunk in self._store.output(run_id=self.run_id, limit=10**9):
+            yield relay.Output(chunk.stream, chunk.data)
         run = self._store.run(self.run_id)
         yield relay.Exit(run.exit_code if run.exit_code is not None else 1)
 

@@ -219,11 +219,11 @@ async def app_logs(server: Server, request: Request) -> Response:
             if not chunks:
                 return 0
             for chunk in chunks:
-                newlines += chunk[4].count(b"\n")
-                cursor = chunk[0]
+                newlines += chunk.data.count(b"\n")
+                cursor = chunk.cursor
                 if newlines > tail:
                     break
-            before = chunks[-1][0]
+            before = chunks[-1].cursor
         return cursor - 1
 
     def encode(lines: list[LogLine]) -> bytes:
@@ -236,7 +236,7 @@ async def app_logs(server: Server, request: Request) -> Response:
         while True:
             batch: list[LogLine] = []
             while chunks := store.output(run_id=run_id, app_id=app.id, after=cursor, limit=512):
-                cursor = chunks[-1][0]
+                cursor = chunks[-1].cursor
                 batch += assembler.feed(chunks)
                 if len(batch) > 10_000 and not (first and tail):
                     yield encode(batch)
