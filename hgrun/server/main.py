@@ -13,6 +13,7 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 
+from hgrun.engine import EngineInfo
 from hgrun.engine.docker import DockerEngine
 from hgrun.errors import HgrunError, InputError
 from hgrun.models import Scope
@@ -47,6 +48,25 @@ def first_start(store: Store) -> str | None:
     return token
 
 
+def capacity(info: EngineInfo, environ: Mapping[str, str]) -> tuple[int, int]:
+    """The most memory (bytes) and CPUs one run may ask for: what the engine's host has, or less
+    when ``HGRUN_MAX_MEMORY_MB`` / ``HGRUN_MAX_CPUS`` say so (a host shared with other work; a
+    test that must see a refusal whatever machine it runs on). Never more than the host has: a
+    size over that is refused before anything starts (README "Sizes"), not by the engine."""
+
+    def cap(name: str, host: int, unit: int) -> int:
+        value = environ.get(name, "").strip()
+        if not value:
+            return host
+        if not value.isdigit() or int(value) == 0:
+            raise InputError(
+                f"{name}={value!r} is not a positive whole number", f"unset {name} or fix it"
+            )
+        return min(int(value) * unit, host)
+
+    return cap("HGRUN_MAX_MEMORY_MB", info.memory, 1024**2), cap("HGRUN_MAX_CPUS", info.cpus, 1)
+
+
 def serve(
     *,
     host: str,
@@ -63,6 +83,7 @@ def serve(
     store = open_store(data_dir)
     engine = DockerEngine(docker_host)
     info = engine.info()
+    host_memory, host_cpus = capacity(info, environ)
     instance = store.meta("instance", lambda: secrets.token_hex(8))
     supervisor = Supervisor(store, engine, instance=instance, limits=limits)
     audit = AuditLog(data_dir / "audit.db", load_key(data_dir, environ))
@@ -84,8 +105,8 @@ def serve(
         supervisor,
         scripts,
         audit,
-        host_cpus=info.cpus,
-        host_memory=info.memory,
+        host_cpus=host_cpus,
+        host_memory=host_memory,
     )
     token = first_start(store)
 
