@@ -1,0 +1,660 @@
+"""The Docker Swarm engine: each run is a replicated-job service of one task, on any node.
+
+Calls go to the swarm's one manager (Docker Engine API 1.41, what dockerd 20.10 speaks); the
+task's container is reached through its node's own engine, whose endpoint the node advertises
+with the engine label ``hgrun.endpoint`` (``dockerd --label hgrun.endpoint=tcp://ADDR:2375``):
+the manager has no attach, logs or archive API for a task's container. On the node, this module
+composes :class:`hgrun.engine.docker.DockerEngine` (its raw attach, streamed logs and uploads).
+
+A container id of this engine is the run's service id. Two things Swarm cannot say are made
+right by a small static program, ``engine/shim.c``, shipped to the nodes as a swarm config and
+run as the task's command under docker-init: a task starts the moment it is placed (the shim
+waits for :meth:`SwarmEngine.start`, so the attach and the ``--file`` uploads come first, as on
+one host), and a service cannot set ``StdinOnce``, so the container's stdin never closes (the
+shim takes stdin as frames, and a frame of length 0 is EOF). See docs/scale-out.md for what the
+swarm spec cannot carry of the single-host hardening.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import os
+import secrets
+import shutil
+import struct
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import docker
+import docker.errors
+
+from hgrun.engine import (
+    CAPABILITIES,
+    LABEL_RUN,
+    AttachStream,
+    ContainerSpec,
+    ContainerState,
+    ContainerStatus,
+    EngineInfo,
+)
+from hgrun.engine.docker import DockerEngine, _timestamp, _translate
+from hgrun.errors import EngineError, HgrunError, NotFoundError
+
+API_VERSION = "1.41"
+LABEL_ENDPOINT = "hgrun.endpoint"  # engine label: where this node's dockerd answers hgrun
+LABEL_NODE = "hgrun.node"  # engine label: the node's name in hgrun (else its hostname)
+LABEL_FRAMED = "hgrun.stdin"  # service label: "framed" when stdin goes through the shim's frames
+SHIM_PATH = "/.hgrun-shim"
+GO_FILE = ".hgrun-go"  # in "/": the shim starts the command once this appears
+SHIM_SOURCE = Path(__file__).with_name("shim.c")
+CONCURRENCY = 8
+STOP_GRACE = 10.0
+
+# Swarm task states (Engine API, TaskState) in the interface's three words. "orphaned" is a
+# task whose node has been down too long; "remove" one being removed.
+_TASK_STATUS = {
+    "new": ContainerStatus.CREATED,
+    "allocated": ContainerStatus.CREATED,
+    "pending": ContainerStatus.CREATED,
+    "assigned": ContainerStatus.CREATED,
+    "accepted": ContainerStatus.CREATED,
+    "preparing": ContainerStatus.CREATED,
+    "ready": ContainerStatus.CREATED,
+    "starting": ContainerStatus.CREATED,
+    "running": ContainerStatus.RUNNING,
+}
+_TASK_ENDED = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
+
+
+# -- pure builders ---------------------------------------------------------------------------
+
+
+def task_command(
+    command: Sequence[str],
+    entrypoint: Sequence[str] | None,
+    image_cmd: Sequence[str] | None,
+    *,
+    framed: bool,
+) -> list[str]:
+    """The task's full argv: the shim, then what ``docker run IMAGE COMMAND`` would run.
+
+    A service's ``Command`` replaces the image's ENTRYPOINT (Engine API, ContainerSpec), so the
+    entrypoint is put back in front of the command here; an empty command is the image's CMD.
+    """
+    flags = ["-g", "-f"] if framed else ["-g"]
+    argv = [*(entrypoint or ()), *(command or image_cmd or ())]
+    return [SHIM_PATH, *flags, "--", *argv]
+
+
+def service_spec(
+    spec: ContainerSpec,
+    *,
+    name: str,
+    argv: Sequence[str],
+    shim: tuple[str, str],
+    constraints: Sequence[str] = (),
+    grace: float = STOP_GRACE,
+) -> dict[str, Any]:
+    """The ``POST /services/create`` body for one run (Engine API 1.41), from values only.
+
+    A replicated job of one task that is never restarted; the run's labels on the service and
+    on its container; the size as limits AND reservations (so Swarm never places a run on a
+    node that cannot give its size); the single-host hardening wherever the 1.41 spec carries
+    it (capabilities, init, pids limit, ulimits; never privileged, no mounts). ``shim`` is the
+    swarm config (id, name) holding the shim, mounted read-only and executable.
+    """
+    framed = spec.stdin and not spec.tty
+    labels = {**spec.labels, **({LABEL_FRAMED: "framed"} if framed else {})}
+    container: dict[str, Any] = {
+        "Image": spec.image,
+        "Labels": dict(labels),
+        "Command": list(argv),
+        "Env": [f"{k}={v}" for k, v in spec.env.items()],
+        "Init": True,
+        "TTY": spec.tty,
+        # An attached run's input goes to stdin (as the shim's frames, without a TTY).
+        "OpenStdin": spec.stdin,
+        "CapabilityDrop": ["ALL"],
+        "CapabilityAdd": list(CAPABILITIES),
+        "Ulimits": [
+            {"Name": "nofile", "Soft": 4096, "Hard": 4096},
+            {"Name": "core", "Soft": 0, "Hard": 0},
+        ],
+        "StopGracePeriod": int(grace * 1e9),
+        "Configs": [
+            {
+                "File": {"Name": SHIM_PATH, "UID": "0", "GID": "0", "Mode": 0o555},
+                "ConfigID": shim[0],
+                "ConfigName": shim[1],
+            }
+        ],
+    }
+    if spec.working_dir:
+        container["Dir"] = spec.working_dir
+    nano_cpus = int(spec.size.cpus * 1e9)
+    task: dict[str, Any] = {
+        "ContainerSpec": container,
+        "Resources": {
+            "Limits": {
+                "NanoCPUs": nano_cpus,
+                "MemoryBytes": spec.size.memory,
+                "Pids": spec.size.pids,
+            },
+            "Reservations": {"NanoCPUs": nano_cpus, "MemoryBytes": spec.size.memory},
+        },
+        "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
+        "Placement": {"Constraints": list(constraints)},
+        "ForceUpdate": 0,
+    }
+    # A service cannot join network "none" ("network none not found"): no network at all gives
+    # the task only its loopback, which is what "none" means. "host" and named (attachable
+    # overlay) networks are joined by name.
+    if spec.network and spec.network != "none":
+        task["Networks"] = [{"Target": spec.network}]
+    return {
+        "Name": name,
+        "Labels": dict(labels),
+        "TaskTemplate": task,
+        "Mode": {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}},
+    }
+
+
+def frame(data: bytes) -> bytes:
+    """One stdin frame for the shim: 4-byte big-endian length, then the bytes (b"" is EOF)."""
+    return struct.pack(">I", len(data)) + data
+
+
+def task_state(task: Mapping[str, Any]) -> tuple[ContainerStatus, int | None, str]:
+    """A task's status as (three-word status, exit code, Swarm's error text)."""
+    status = task.get("Status") or {}
+    state = str(status.get("State", ""))
+    container = status.get("ContainerStatus") or {}
+    exit_code = container.get("ExitCode") if state in _TASK_ENDED else None
+    word = _TASK_STATUS.get(state, ContainerStatus.EXITED)
+    return word, exit_code, str(status.get("Err") or "")
+
+
+def unplaceable(task: Mapping[str, Any]) -> str | None:
+    """Swarm's reason when the scheduler finds no node for the task ("no suitable node ..")."""
+    status = task.get("Status") or {}
+    err = str(status.get("Err") or "")
+    if status.get("State") == "pending" and "no suitable node" in err:
+        return err
+    return None
+
+
+# -- I/O ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Node:
+    id: str
+    name: str
+    endpoint: str
+    engine: DockerEngine
+    api: docker.APIClient
+
+
+@dataclasses.dataclass
+class _Task:
+    node: _Node
+    container_id: str
+    framed: bool
+
+
+class _FramedAttach:
+    """The node's attach stream, with stdin written as the shim's frames."""
+
+    def __init__(self, inner: AttachStream) -> None:
+        self._inner = inner
+
+    async def read(self) -> tuple[int, bytes] | None:
+        return await self._inner.read()
+
+    async def write(self, data: bytes) -> None:
+        if data:
+            await self._inner.write(frame(data))
+
+    async def close_stdin(self) -> None:
+        # The EOF frame: the shim closes the command's stdin. A half-close here would close
+        # the container's output streams instead (no StdinOnce in a service).
+        with contextlib.suppress(EngineError):
+            await self._inner.write(frame(b""))
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def build_shim(cache: Path | None = None) -> Path:
+    """The shim compiled (static, stripped) once per source version into the cache dir."""
+    source = SHIM_SOURCE.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()[:12]
+    base = cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hgrun"
+    target = base / f"shim-{digest}"
+    if target.exists():
+        return target
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise EngineError(
+            "the swarm engine needs a C compiler to build its shim (engine/shim.c)",
+            "install gcc and libc6-dev (scripts/setup does)",
+        )
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
+        out = Path(tmp) / "shim"
+        done = subprocess.run(
+            [compiler, "-static", "-Os", "-s", "-o", str(out), str(SHIM_SOURCE)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise EngineError(f"cannot build the swarm shim: {done.stderr.strip()[:300]}")
+        out.replace(target)
+    return target
+
+
+class SwarmEngine:
+    """hgrun's engine on a Docker Swarm, through its manager; see the module docstring."""
+
+    concurrency = CONCURRENCY
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        constraints: Sequence[str] = (),
+        placement_timeout: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.host = host
+        self.manager = DockerEngine(host)
+        self.constraints = tuple(constraints)
+        self.placement_timeout = placement_timeout
+        self._clock = clock
+        self._sleep = sleep
+        with _translate(f"cannot reach the swarm manager at {host}"):
+            self._api = docker.APIClient(base_url=host, version=API_VERSION, timeout=120)
+            swarm = self._api.info().get("Swarm") or {}
+        if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+            raise EngineError(
+                f"{host} is not a swarm manager (swarm state:"
+                f" {swarm.get('LocalNodeState') or 'none'})",
+                "pass the manager's engine as --docker-host, or use --engine docker",
+            )
+        self._manager_node = str(swarm.get("NodeID") or "")
+        self._lock = threading.Lock()
+        self._nodes: dict[str, _Node] = {}
+        self._tasks: dict[str, _Task] = {}
+        self._images: set[tuple[str, str]] = set()  # (node id, image id) known to be there
+        self._shim: tuple[str, str] | None = None
+        # Every Ready node must be reachable where it says: else attach would fail per run.
+        for node in self._ready_nodes():
+            self._node(node["ID"])
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    def _ready_nodes(self) -> list[dict[str, Any]]:
+        with _translate("cannot list the swarm's nodes"):
+            nodes = self._api.nodes()
+        return [
+            n
+            for n in nodes
+            if (n.get("Status") or {}).get("State") == "ready"
+            and (n.get("Spec") or {}).get("Availability", "active") == "active"
+        ]
+
+    def _node(self, node_id: str) -> _Node:
+        with self._lock:
+            known = self._nodes.get(node_id)
+        if known is not None:
+            return known
+        with _translate(f"cannot inspect swarm node {node_id[:12]}"):
+            raw = self._api.inspect_node(node_id)
+        description = raw.get("Description") or {}
+        labels = (description.get("Engine") or {}).get("Labels") or {}
+        name = labels.get(LABEL_NODE) or description.get("Hostname") or node_id[:12]
+        endpoint = labels.get(LABEL_ENDPOINT)
+        if not endpoint:
+            if node_id != self._manager_node:
+                raise EngineError(
+                    f"swarm node {name} ({node_id[:12]}) advertises no engine endpoint",
+                    f"start its dockerd with --label {LABEL_ENDPOINT}=tcp://ADDRESS:2375",
+                )
+            endpoint = self.host
+        try:
+            engine = DockerEngine(endpoint)
+            with _translate(f"cannot reach swarm node {name} at {endpoint}"):
+                api = docker.APIClient(base_url=endpoint, version=API_VERSION, timeout=120)
+                api.ping()
+        except HgrunError as e:
+            raise EngineError(
+                f"cannot reach swarm node {name} at {endpoint}: {e.message}",
+                f"check its dockerd answers there (engine label {LABEL_ENDPOINT})",
+            ) from e
+        node = _Node(id=node_id, name=name, endpoint=endpoint, engine=engine, api=api)
+        with self._lock:
+            return self._nodes.setdefault(node_id, node)
+
+    def node_name(self, container_id: str) -> str | None:
+        """The name of the node a run's task was placed on (None before it is placed)."""
+        try:
+            return self._task(container_id).node.name
+        except HgrunError:
+            return None
+
+    # -- images ------------------------------------------------------------------------------
+
+    def info(self) -> EngineInfo:
+        """The biggest node's CPUs and memory: a size no node can give is refused up front."""
+        nodes = self._ready_nodes()
+        if not nodes:
+            raise EngineError(
+                "the swarm has no ready node", "check `docker node ls` on the manager"
+            )
+        resources = [(n.get("Description") or {}).get("Resources") or {} for n in nodes]
+        version = self.manager.info().version
+        return EngineInfo(
+            cpus=max(int(r.get("NanoCPUs", 0)) // 10**9 for r in resources),
+            memory=max(int(r.get("MemoryBytes", 0)) for r in resources),
+            version=version,
+        )
+
+    def image_id(self, image: str) -> str | None:
+        return self.manager.image_id(image)
+
+    def build(
+        self,
+        context: IO[bytes],
+        *,
+        tag: str,
+        labels: Mapping[str, str],
+        network: str,
+        dockerfile: str = "Dockerfile",
+    ) -> Iterator[str]:
+        """Build on the manager; nodes get the image when a run needs it (see ``_spread``)."""
+        return self.manager.build(
+            context, tag=tag, labels=labels, network=network, dockerfile=dockerfile
+        )
+
+    def _spread(self, image: str, image_id: str) -> None:
+        """Put ``image`` on every ready node that lacks it, streamed manager -> node (``docker
+        save | docker load``: never whole in memory, never through a public registry)."""
+        for raw in self._ready_nodes():
+            if (raw["ID"], image_id) in self._images:
+                continue
+            node = self._node(raw["ID"])
+            try:
+                node.api.inspect_image(image_id)
+            except docker.errors.NotFound:
+                with _translate(f"cannot copy image {image} to swarm node {node.name}"):
+                    stream = self._api.get_image(image, chunk_size=1 << 20)
+                    node.api.load_image(stream, quiet=True)
+            except (docker.errors.DockerException, OSError) as e:
+                raise EngineError(f"cannot reach swarm node {node.name}: {e}") from e
+            self._images.add((raw["ID"], image_id))
+
+    def _shim_config(self) -> tuple[str, str]:
+        """The swarm config holding the shim, made once (configs are immutable: named by hash)."""
+        if self._shim is not None:
+            return self._shim
+        binary = build_shim()
+        name = f"hgrun-{binary.name}"
+        with _translate("cannot make the swarm config of hgrun's shim"):
+            found = self._api.configs(filters={"name": name})
+            exact = [c for c in found if c["Spec"]["Name"] == name]
+            if exact:
+                config_id = str(exact[0]["ID"])
+            else:
+                try:
+                    config_id = str(
+                        self._api.create_config(
+                            name, binary.read_bytes(), labels={"hgrun": "shim"}
+                        )["ID"]
+                    )
+                except docker.errors.APIError as e:
+                    if e.status_code != 409:
+                        raise
+                    config_id = str(self._api.configs(filters={"name": name})[0]["ID"])
+        self._shim = (config_id, name)
+        return self._shim
+
+    # -- a run -------------------------------------------------------------------------------
+
+    def create(self, spec: ContainerSpec) -> str:
+        """Create the run's service and wait until its task's container runs (the shim, waiting
+        for :meth:`start`). An unplaceable or failed task raises with Swarm's reason."""
+        with _translate(f"cannot inspect image {spec.image}"):
+            image = self._api.inspect_image(spec.image)
+        config = image.get("Config") or {}
+        self._spread(spec.image, str(image["Id"]))
+        argv = task_command(
+            spec.command,
+            config.get("Entrypoint"),
+            config.get("Cmd"),
+            framed=spec.stdin and not spec.tty,
+        )
+        run = spec.labels.get(LABEL_RUN, "x")
+        body = service_spec(
+            spec,
+            name=f"hgrun-run{run}-{secrets.token_hex(3)}",
+            argv=argv,
+            shim=self._shim_config(),
+            constraints=self.constraints,
+        )
+        with _translate(f"cannot create a swarm service from {spec.image}"):
+            created = self._api._result(
+                self._api._post_json(self._api._url("/services/create"), data=body), True
+            )
+        service_id = str(created["ID"])
+        try:
+            self._placed(service_id)
+        except BaseException:
+            with contextlib.suppress(HgrunError):
+                self.remove(service_id)
+            raise
+        return service_id
+
+    def _placed(self, service_id: str) -> _Task:
+        """Poll the task until its container runs; raise with Swarm's reason if it cannot."""
+        started = self._clock()
+        pause = 0.02
+        while True:
+            task = self._current_task(service_id)
+            if task is not None:
+                state = (task.get("Status") or {}).get("State")
+                reason = unplaceable(task)
+                if state == "running":
+                    return self._task(service_id, task)
+                if state in _TASK_ENDED:
+                    _word, code, err = task_state(task)
+                    raise EngineError(
+                        f"swarm could not run the task: {err or state}"
+                        + (f" (exit {code})" if code else "")
+                    )
+                if reason and self._clock() - started > self.placement_timeout:
+                    raise EngineError(
+                        f"swarm could not place the run: {reason}",
+                        "a smaller --size, or free or add nodes; placement constraints:"
+                        f" {', '.join(self.constraints) or 'none'}",
+                    )
+            if self._clock() - started > max(self.placement_timeout, 30.0) * 2:
+                raise EngineError("swarm did not start the task in time")
+            self._sleep(pause)
+            pause = min(pause * 1.5, 0.25)
+
+    def _current_task(self, service_id: str) -> dict[str, Any] | None:
+        with _translate(f"cannot read the task of service {service_id[:12]}"):
+            tasks = self._api.tasks(filters={"service": service_id})
+        if not tasks:
+            return None
+        return dict(max(tasks, key=lambda t: str(t.get("CreatedAt", ""))))
+
+    def _task(self, service_id: str, task: Mapping[str, Any] | None = None) -> _Task:
+        known = self._tasks.get(service_id)
+        if known is not None:
+            return known
+        if task is None:
+            try:
+                task = self._current_task(service_id)
+            except NotFoundError:
+                task = None
+        if task is None:
+            raise NotFoundError(f"service {service_id[:12]} has no task")
+        container = ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID")
+        if not container or not task.get("NodeID"):
+            raise NotFoundError(f"service {service_id[:12]} has no container yet")
+        labels = (task.get("Spec") or {}).get("ContainerSpec", {}).get("Labels") or {}
+        found = _Task(
+            node=self._node(str(task["NodeID"])),
+            container_id=str(container),
+            framed=labels.get(LABEL_FRAMED) == "framed",
+        )
+        self._tasks[service_id] = found
+        return found
+
+    async def attach(
+        self, container_id: str, *, tty: bool, stdin: bool, logs: bool
+    ) -> AttachStream:
+        """Attach through the task's node (the manager has no attach API)."""
+        task = self._task(container_id)
+        stream = await task.node.engine.attach(task.container_id, tty=tty, stdin=stdin, logs=logs)
+        return _FramedAttach(stream) if task.framed else stream
+
+    async def put_archive(self, container_id: str, path: str, data: AsyncIterator[bytes]) -> None:
+        task = self._task(container_id)
+        await task.node.engine.put_archive(task.container_id, path, data)
+
+    async def logs(self, container_id: str, *, tty: bool) -> AsyncIterator[tuple[int, bytes]]:
+        task = self._task(container_id)
+        async for piece in task.node.engine.logs(task.container_id, tty=tty):
+            yield piece
+
+    def start(self, container_id: str) -> None:
+        """Let the shim start the command: copy the go file into the waiting container."""
+        task = self._task(container_id)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            tar.addfile(tarfile.TarInfo(GO_FILE))
+        with _translate(f"cannot start the run on swarm node {task.node.name}"):
+            task.node.api.put_archive(task.container_id, "/", buffer.getvalue())
+
+    def resize(self, container_id: str, width: int, height: int) -> None:
+        with contextlib.suppress(HgrunError):
+            task = self._task(container_id)
+            task.node.engine.resize(task.container_id, width, height)
+
+    def wait(self, container_id: str) -> int:
+        """The exit code: the node's wait returns at once; the task's status when the node
+        cannot say (it restarted, or the container was removed under us)."""
+        task = self._task(container_id)
+        try:
+            return task.node.engine.wait(task.container_id)
+        except HgrunError:
+            pass
+        deadline = self._clock() + 30.0
+        while self._clock() < deadline:
+            raw = self._current_task(container_id)
+            if raw is not None:
+                word, code, err = task_state(raw)
+                if word is ContainerStatus.EXITED:
+                    if code is None:
+                        raise EngineError(f"the task ended without an exit code: {err}")
+                    return int(code)
+            self._sleep(0.2)
+        raise EngineError(f"swarm node {task.node.name} does not answer about the run")
+
+    def inspect(self, container_id: str) -> ContainerState:
+        raw = self._current_task(container_id)
+        if raw is None:
+            raise NotFoundError(f"service {container_id[:12]} has no task")
+        return self._state(container_id, raw)
+
+    def _state(self, service_id: str, raw: Mapping[str, Any]) -> ContainerState:
+        word, code, err = task_state(raw)
+        labels = (raw.get("Spec") or {}).get("ContainerSpec", {}).get("Labels") or {}
+        oom = False
+        started = finished = None
+        with contextlib.suppress(HgrunError):
+            task = self._task(service_id, raw)
+            container = task.node.engine.inspect(task.container_id)
+            oom, started, finished = (
+                container.oom_killed,
+                container.started_at,
+                container.finished_at,
+            )
+            if container.status is ContainerStatus.EXITED and word is ContainerStatus.RUNNING:
+                # The node knows first; the manager hears of the end a moment later.
+                word, code = ContainerStatus.EXITED, container.exit_code
+        if finished is None and word is ContainerStatus.EXITED:
+            finished = _timestamp(str((raw.get("Status") or {}).get("Timestamp") or ""))
+        return ContainerState(
+            id=service_id,
+            labels=dict(labels),
+            status=word,
+            exit_code=code,
+            oom_killed=oom,
+            error=err,
+            finished_at=finished,
+            started_at=started,
+        )
+
+    def stop(self, container_id: str, grace: float) -> None:
+        """SIGTERM, SIGKILL after ``grace``, on the node; the service goes when it is removed.
+        A node that cannot be reached: the service is removed (Swarm stops the task)."""
+        try:
+            task = self._task(container_id)
+            task.node.engine.stop(task.container_id, grace)
+        except HgrunError:
+            self.remove(container_id)
+
+    def remove(self, container_id: str) -> None:
+        self._tasks.pop(container_id, None)
+        try:
+            with _translate(f"cannot remove swarm service {container_id[:12]}"):
+                self._api.remove_service(container_id)
+        except NotFoundError:
+            pass
+
+    def list(self, labels: Mapping[str, str]) -> list[ContainerState]:
+        """The services carrying ``labels``, each as its task's state."""
+        filters = {"label": [f"{k}={v}" if v else k for k, v in labels.items()]}
+        with _translate("cannot list swarm services"):
+            services = self._api.services(filters=filters)
+        states = []
+        for service in services:
+            service_id = str(service["ID"])
+            with contextlib.suppress(NotFoundError):
+                raw = self._current_task(service_id)
+                if raw is None:
+                    spec_labels = (service.get("Spec") or {}).get("Labels") or {}
+                    states.append(
+                        ContainerState(
+                            id=service_id,
+                            labels=dict(spec_labels),
+                            status=ContainerStatus.CREATED,
+                            exit_code=None,
+                            oom_killed=False,
+                            error="",
+                        )
+                    )
+                    continue
+                states.append(self._state(service_id, raw))
+        return states
+
+    async def aclose(self) -> None:
+        for node in list(self._nodes.values()):
+            await node.engine.aclose()
+            node.api.close()
+        await self.manager.aclose()
+        self._api.close()
