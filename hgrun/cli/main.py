@@ -89,6 +89,25 @@ def cli(click_ctx: click.Context, debug: bool) -> None:
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where the store lives.")
 @click.option("--docker-host", help="The Docker engine (default: DOCKER_HOST or the socket).")
+@click.option(
+    "--engine",
+    "engine_kind",
+    type=click.Choice(["docker", "swarm"]),
+    default="docker",
+    show_default=True,
+    help="One Docker engine, or a Docker Swarm (--docker-host is then its manager).",
+)
+@click.option(
+    "--placement",
+    multiple=True,
+    help="Swarm placement constraint for every run, e.g. node.labels.pool==batch (repeatable).",
+)
+@click.option(
+    "--placement-timeout",
+    default="60s",
+    show_default=True,
+    help="How long a swarm run may wait for a node with room before it fails.",
+)
 @click.option("--grace", default="60s", show_default=True, help="Attached run kept after a drop.")
 @click.option("--idle-timeout", default="30m", show_default=True, help="Idle attached session.")
 @click.option("--max-timeout", default="1h", show_default=True, help="Cap on every run.")
@@ -104,6 +123,9 @@ def server(
     port: int,
     data_dir: Path | None,
     docker_host: str | None,
+    engine_kind: str,
+    placement: tuple[str, ...],
+    placement_timeout: str,
     grace: str,
     idle_timeout: str,
     max_timeout: str,
@@ -146,6 +168,9 @@ def server(
         targets=targets,
         environ=ctx.environ,
         say=say,
+        engine_kind=engine_kind,
+        placement=placement,
+        placement_timeout=_duration_flag("--placement-timeout", placement_timeout),
     )
 
 

@@ -7,8 +7,9 @@ import concurrent.futures
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.applications import Starlette
@@ -26,6 +27,9 @@ from hgrun.server.supervisor import Limits, Supervisor
 from hgrun.store import Store
 from hgrun.store.audit import AuditLog, load_key
 
+if TYPE_CHECKING:
+    from hgrun.engine.swarm import SwarmEngine
+
 DEFAULT_WORKSPACE = "default"
 
 
@@ -37,6 +41,34 @@ def open_store(data_dir: Path) -> Store:
             f"cannot create the data directory {data_dir}: {e.strerror}", "pass --data-dir"
         ) from e
     return Store(data_dir / "hgrun.db")
+
+
+def open_engine(
+    kind: str,
+    docker_host: str | None,
+    *,
+    placement: Sequence[str] = (),
+    placement_timeout: float = 60.0,
+) -> DockerEngine | SwarmEngine:
+    """The engine the server runs on: one Docker engine, or a Docker Swarm through its manager.
+
+    Bad configuration fails here, before anything serves: a swarm engine checks that
+    ``docker_host`` is a swarm manager and that every ready node's engine endpoint answers.
+    """
+    if kind == "docker":
+        if placement:
+            raise InputError("--placement applies to --engine swarm only")
+        return DockerEngine(docker_host)
+    if kind == "swarm":
+        from hgrun.engine.swarm import SwarmEngine
+
+        if not docker_host:
+            raise InputError(
+                "--engine swarm needs --docker-host: the swarm manager's engine",
+                "e.g. --docker-host unix:///var/run/docker.sock on the manager",
+            )
+        return SwarmEngine(docker_host, constraints=placement, placement_timeout=placement_timeout)
+    raise InputError(f"--engine {kind!r}: expected docker or swarm")
 
 
 def first_start(store: Store) -> str | None:
@@ -77,11 +109,16 @@ def serve(
     targets: Targets,
     environ: Mapping[str, str],
     say: Callable[[str], None],
+    engine_kind: str = "docker",
+    placement: Sequence[str] = (),
+    placement_timeout: float = 60.0,
 ) -> None:
     """Run the server until SIGTERM or SIGINT; runs in flight are taken up at the next start."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     store = open_store(data_dir)
-    engine = DockerEngine(docker_host)
+    engine = open_engine(
+        engine_kind, docker_host, placement=placement, placement_timeout=placement_timeout
+    )
     info = engine.info()
     host_memory, host_cpus = capacity(info, environ)
     instance = store.meta("instance", lambda: secrets.token_hex(8))
@@ -124,7 +161,7 @@ def serve(
         await scripts.resume_queues()
         scheduler.start()
         say(f"hgrun server listening on http://{host}:{port}")
-        say(f"engine {engine.host}, data in {data_dir}")
+        say(f"engine {engine_kind} at {engine.host}, data in {data_dir}")
         if token:
             say(f"admin token: {token}")
             say("(shown once; it is stored only as a hash. Save it: `hgrun login --token ...`)")
