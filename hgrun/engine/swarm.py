@@ -298,9 +298,11 @@ class SwarmEngine:
         self._tasks: dict[str, _Task] = {}
         self._images: set[tuple[str, str]] = set()  # (node id, image id) known to be there
         self._shim: tuple[str, str] | None = None
-        # Every Ready node must be reachable where it says: else attach would fail per run.
+        # Every ready node must be reachable where it says (else attach would fail per run),
+        # and the shim must build: both are bad configuration, told at start.
         for node in self._ready_nodes():
             self._node(node["ID"])
+        self._shim_config()
 
     # -- nodes -----------------------------------------------------------------------------
 

@@ -1,0 +1,402 @@
+"""The swarm engine: the pure service spec as tables, then runs on a real three-node Docker Swarm.
+
+The swarm is three dockerds in network namespaces on a bridge, stood up once per pytest
+process by ``scripts/swarm`` (root only; skipped elsewhere with the reason) and torn down at the
+end, whatever happened. Two hgrun servers run on it: one places runs anywhere, the other only on
+the workers (``--placement node.role==worker``), so a test can be sure a run is on a worker and
+is attached through that worker's own engine endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from apps import Api, check, instance_id, run_id, text, unique, wait_for, write_busybox_app
+from conftest import SCRIPTS, Cli, HgrunServer, _script, free_port
+
+from hgrun.engine import CAPABILITIES, ContainerSpec, ContainerStatus
+from hgrun.engine.swarm import (
+    LABEL_FRAMED,
+    SHIM_PATH,
+    frame,
+    service_spec,
+    task_command,
+    task_state,
+    unplaceable,
+)
+from hgrun.models import SIZES
+
+# -- the pure part: no Docker --------------------------------------------------------------------
+
+
+def spec(**overrides: Any) -> ContainerSpec:
+    values: dict[str, Any] = {
+        "image": "app:1",
+        "command": ["sh", "-c", "echo hi"],
+        "env": {"A": "1", "B": "x=y"},
+        "labels": {"hgrun.run": "7", "hgrun.instance": "abc"},
+        "size": SIZES["standard"],
+    }
+    return ContainerSpec(**{**values, **overrides})
+
+
+def body(**overrides: Any) -> dict[str, Any]:
+    return service_spec(
+        spec(**overrides),
+        name="hgrun-run7-abcdef",
+        argv=["/.hgrun-shim", "-g", "--", "sh"],
+        shim=("cfgid", "hgrun-shim-123"),
+        constraints=("node.role==worker",),
+    )
+
+
+def test_a_run_is_a_replicated_job_of_one_task_never_restarted() -> None:
+    out = body()
+    assert out["Mode"] == {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}}
+    assert out["TaskTemplate"]["RestartPolicy"]["Condition"] == "none"
+    assert out["Labels"] == {"hgrun.run": "7", "hgrun.instance": "abc"}
+    assert out["TaskTemplate"]["ContainerSpec"]["Labels"] == out["Labels"]
+    assert out["TaskTemplate"]["Placement"] == {"Constraints": ["node.role==worker"]}
+
+
+def test_the_size_is_both_limit_and_reservation() -> None:
+    resources = body(size=SIZES["pro"])["TaskTemplate"]["Resources"]
+    assert resources["Limits"] == {"NanoCPUs": 2 * 10**9, "MemoryBytes": 4 * 1024**3, "Pids": 1024}
+    assert resources["Reservations"] == {"NanoCPUs": 2 * 10**9, "MemoryBytes": 4 * 1024**3}
+
+
+def test_the_hardening_the_swarm_spec_carries() -> None:
+    container = body()["TaskTemplate"]["ContainerSpec"]
+    assert container["CapabilityDrop"] == ["ALL"]
+    assert container["CapabilityAdd"] == list(CAPABILITIES)
+    assert container["Init"] is True
+    assert {"Name": "core", "Soft": 0, "Hard": 0} in container["Ulimits"]
+    assert "Privileges" not in container and "Mounts" not in container
+    assert container["Env"] == ["A=1", "B=x=y"]
+    (config,) = container["Configs"]
+    assert config["File"] == {"Name": SHIM_PATH, "UID": "0", "GID": "0", "Mode": 0o555}
+    assert (config["ConfigID"], config["ConfigName"]) == ("cfgid", "hgrun-shim-123")
+
+
+@pytest.mark.parametrize(
+    ("tty", "stdin", "open_stdin", "framed"),
+    [
+        (False, False, False, False),  # detached
+        (False, True, True, True),  # piped: EOF travels as a frame
+        (True, True, True, False),  # a terminal: EOF is Ctrl-D, in band
+    ],
+)
+def test_stdin_and_tty(tty: bool, stdin: bool, open_stdin: bool, framed: bool) -> None:
+    out = body(tty=tty, stdin=stdin)
+    container = out["TaskTemplate"]["ContainerSpec"]
+    assert (container["TTY"], container["OpenStdin"]) == (tty, open_stdin)
+    assert (out["Labels"].get(LABEL_FRAMED) == "framed") is framed
+
+
+@pytest.mark.parametrize(
+    ("network", "networks"),
+    [("none", None), ("host", [{"Target": "host"}]), ("shared", [{"Target": "shared"}])],
+)
+def test_network_none_is_no_network_at_all(network: str, networks: object) -> None:
+    assert body(network=network)["TaskTemplate"].get("Networks") == networks
+
+
+@pytest.mark.parametrize(
+    ("command", "entrypoint", "cmd", "framed", "argv"),
+    [
+        (["ls"], None, ["sh"], False, [SHIM_PATH, "-g", "--", "ls"]),
+        ([], None, ["sh"], False, [SHIM_PATH, "-g", "--", "sh"]),
+        (["x"], ["/entry", "-v"], ["sh"], True, [SHIM_PATH, "-g", "-f", "--", "/entry", "-v", "x"]),
+    ],
+)
+def test_the_task_command_keeps_the_image_entrypoint(
+    command: list[str], entrypoint: list[str] | None, cmd: list[str], framed: bool, argv: list[str]
+) -> None:
+    assert task_command(command, entrypoint, cmd, framed=framed) == argv
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ({"State": "pending"}, (ContainerStatus.CREATED, None, "")),
+        (
+            {"State": "running", "ContainerStatus": {"ExitCode": 0}},
+            (ContainerStatus.RUNNING, None, ""),
+        ),
+        (
+            {"State": "complete", "ContainerStatus": {"ExitCode": 0}},
+            (ContainerStatus.EXITED, 0, ""),
+        ),
+        (
+            {
+                "State": "failed",
+                "Err": "task: non-zero exit (3)",
+                "ContainerStatus": {"ExitCode": 3},
+            },
+            (ContainerStatus.EXITED, 3, "task: non-zero exit (3)"),
+        ),
+        (
+            {"State": "rejected", "Err": "No such image"},
+            (ContainerStatus.EXITED, None, "No such image"),
+        ),
+    ],
+)
+def test_task_states(status: dict[str, Any], expected: tuple[object, ...]) -> None:
+    assert task_state({"Status": status}) == expected
+
+
+def test_unplaceable_is_a_pending_task_with_no_suitable_node() -> None:
+    err = "no suitable node (insufficient resources on 3 nodes)"
+    assert unplaceable({"Status": {"State": "pending", "Err": err}}) == err
+    assert unplaceable({"Status": {"State": "pending"}}) is None
+    assert unplaceable({"Status": {"State": "running", "Err": err}}) is None
+
+
+def test_frames() -> None:
+    assert frame(b"ab") == b"\x00\x00\x00\x02ab"
+    assert frame(b"") == b"\x00\x00\x00\x00"
+
+
+# -- the real swarm ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Swarm:
+    dir: Path
+    manager: str  # DOCKER_HOST of the manager (node n1)
+    endpoints: dict[str, str]  # node name -> its engine endpoint (tcp on the bridge)
+
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "a swarm in network namespaces needs root"
+    if (
+        shutil.which("ip") is None
+        or subprocess.run(["ip", "netns", "list"], capture_output=True, check=False).returncode
+    ):
+        return "`ip netns` is not available"
+    if shutil.which("dockerd") is None or shutil.which("docker") is None:
+        return "dockerd and the docker CLI are needed (scripts/setup installs docker.io)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def swarm() -> Iterator[Swarm]:
+    """A real three-node swarm for this pytest process; everything it made goes at the end."""
+    reason = _unavailable()
+    if reason:
+        pytest.skip(reason)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    # Slots 5.. for tests (one per xdist worker), so a swarm made by hand (slot 0) is left alone.
+    slot = str(5 + int(worker[2:] or 0) % 5)
+    state = Path(tempfile.mkdtemp(prefix="hgrun-swarm-", dir="/tmp"))
+    env = {"HGRUN_SWARM_SLOT": slot}
+    try:
+        manager = _script("swarm", "up", str(state), env=env)
+        _script("images", "--busybox", env={"DOCKER_HOST": manager})
+        endpoints = {f"n{n}": f"tcp://10.214.{slot}.1{n}:2375" for n in (1, 2, 3)}
+        yield Swarm(state, manager, endpoints)
+    finally:
+        try:
+            _script("swarm", "down", str(state), env=env)
+        finally:
+            left = subprocess.run(
+                [str(SCRIPTS / "swarm"), "check", str(state)],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            shutil.rmtree(state, ignore_errors=True)
+            assert left.returncode == 0, f"scripts/swarm down left:\n{left.stdout}"
+
+
+def _server(swarm: Swarm, tmp: pytest.TempPathFactory, *args: str) -> HgrunServer:
+    return HgrunServer(
+        port=free_port(),
+        data_dir=tmp.mktemp("hgrun-swarm-data"),
+        docker_host=swarm.manager,
+        args=("--engine", "swarm", "--placement-timeout", "3s", *args),
+    ).start()
+
+
+@pytest.fixture(scope="session")
+def anywhere(swarm: Swarm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HgrunServer]:
+    """A server whose runs Swarm places on any of the three nodes."""
+    server = _server(swarm, tmp_path_factory)
+    try:
+        yield server
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def workers(swarm: Swarm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HgrunServer]:
+    """A server whose runs go to the two workers only."""
+    server = _server(swarm, tmp_path_factory, "--placement", "node.role==worker")
+    try:
+        yield server
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def swarm_cli(anywhere: HgrunServer, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    return Cli(anywhere, tmp_path_factory.mktemp("xdg-swarm"))
+
+
+def _deploy(cli: Cli, server: HgrunServer, root: Path) -> Path:
+    name = unique("sw")
+    write_busybox_app(root, name)
+    check(cli("apps:create", name, server=server))
+    check(cli("deploy", cwd=root, server=server))
+    return root
+
+
+@pytest.fixture(scope="session")
+def app_anywhere(
+    swarm_cli: Cli, anywhere: HgrunServer, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    return _deploy(swarm_cli, anywhere, tmp_path_factory.mktemp("swarm-app"))
+
+
+@pytest.fixture(scope="session")
+def app_workers(
+    swarm_cli: Cli, workers: HgrunServer, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    return _deploy(swarm_cli, workers, tmp_path_factory.mktemp("swarm-app-w"))
+
+
+@pytest.fixture(scope="session")
+def manager(swarm: Swarm) -> Iterator[docker.APIClient]:
+    client = docker.APIClient(base_url=swarm.manager, version="1.41")
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _services(manager: docker.APIClient, number: int) -> list[dict[str, Any]]:
+    return list(manager.services(filters={"label": f"hgrun.run={number}"}))
+
+
+def _node_of(manager: docker.APIClient, number: int) -> str | None:
+    """The hgrun.node engine label of the node running run ``number``'s task."""
+    for service in _services(manager, number):
+        for task in manager.tasks(filters={"service": service["ID"]}):
+            if task.get("NodeID") and task["Status"]["State"] == "running":
+                node = manager.inspect_node(task["NodeID"])
+                return str(node["Description"]["Engine"]["Labels"]["hgrun.node"])
+    return None
+
+
+def test_runs_land_on_all_three_nodes_and_a_run_with_no_room_fails_with_swarms_reason(
+    swarm_cli: Cli, anywhere: HgrunServer, app_anywhere: Path, manager: docker.APIClient
+) -> None:
+    # "pro" reserves 2 CPUs: each node has 2, so three such runs fill one node each.
+    numbers = []
+    for code in (0, 3, 0):
+        script = f"echo out-$HGRUN_RUN_ID; echo err >&2; sleep 8; exit {code}"
+        done = swarm_cli("run", "--detached", "--size", "pro", "sh", "-c", script,
+                         cwd=app_anywhere, server=anywhere)  # fmt: skip
+        numbers.append(run_id(check(done)))
+    nodes = {n: wait_for(lambda n=n: _node_of(manager, n), 20, f"run {n} running") for n in numbers}
+    assert sorted(nodes.values()) == ["n1", "n2", "n3"]
+
+    # No node has room left: the run waits --placement-timeout (3 s), then fails with
+    # Swarm's own reason, in the command's error and in the run's record.
+    reason = "no suitable node (insufficient resources on 3 nodes)"
+    late = swarm_cli("run", "--detached", "true", cwd=app_anywhere, server=anywhere)
+    assert late.returncode == 125 and reason in text(late.stderr), text(late.stderr)
+    newest = json.loads(check(swarm_cli("runs", "--json", cwd=app_anywhere, server=anywhere)))[0]
+    assert newest["command"] == ["true"]
+    with Api(anywhere) as api:
+        info = api.run(newest["id"])
+        assert (info["status"], info["exit_code"]) == ("failed", 125), info
+        assert reason in (info["error"] or ""), info
+        for number, code in zip(numbers, (0, 3, 0), strict=True):
+            run = api.finished_run(number, timeout=30)
+            assert (run["status"], run["exit_code"]) == (
+                "succeeded" if code == 0 else "failed",
+                code,
+            ), run
+    for number in numbers:
+        out = check(swarm_cli("logs", "--run", f"run.{number}", cwd=app_anywhere, server=anywhere))
+        assert f"out-{number}" in out and "err" in out
+        assert wait_for(lambda n=number: not _services(manager, n), 10, "the service removed")
+
+
+def test_an_attached_run_on_a_worker_gets_stdin_and_eof_and_its_exit_codes(
+    swarm_cli: Cli, workers: HgrunServer, app_workers: Path, manager: docker.APIClient
+) -> None:
+    done = swarm_cli("run", "sh", "-c", "sort -r; echo node-$HGRUN_RUN_ID >&2; exit 3",
+                     input=b"a\nb\nc\n", cwd=app_workers, server=workers)  # fmt: skip
+    assert text(done.stdout) == "c\nb\na\n"
+    assert done.returncode == 3, text(done.stderr)
+    assert check(swarm_cli("run", "sh", "-c", "wc -c", input=b"", cwd=app_workers,
+                           server=workers)).strip() == "0"  # fmt: skip
+    missing = swarm_cli("run", "no-such-command", input=b"", cwd=app_workers, server=workers)
+    assert missing.returncode == 127, text(missing.stderr)
+    assert "no-such-command" in text(missing.stderr)
+    check(swarm_cli("run", "true", input=b"", cwd=app_workers, server=workers))
+
+
+def test_stop_removes_the_service(
+    swarm_cli: Cli, workers: HgrunServer, app_workers: Path, manager: docker.APIClient
+) -> None:
+    label = check(swarm_cli("run", "--detached", "sh", "-c", "echo up; sleep 600",
+                            cwd=app_workers, server=workers)).strip()  # fmt: skip
+    number = run_id(label)
+    assert wait_for(lambda: _node_of(manager, number), 20, "the run running") in {"n2", "n3"}
+    started = time.monotonic()
+    check(swarm_cli("stop", label, cwd=app_workers, server=workers, timeout=60))
+    with Api(workers) as api:
+        info = api.finished_run(number, timeout=20)
+    assert info["status"] == "canceled", info
+    assert time.monotonic() - started < 20
+    assert wait_for(lambda: not _services(manager, number), 10, "the service removed")
+
+
+def test_a_stray_service_is_removed_at_recovery(
+    swarm: Swarm, workers: HgrunServer, manager: docker.APIClient
+) -> None:
+    labels = {"hgrun.run": "999999", "hgrun.instance": instance_id(workers)}
+    stray = manager.create_service(
+        docker.types.TaskTemplate(
+            docker.types.ContainerSpec(
+                "hgrun-test/busybox:latest", ["sleep", "600"], labels=labels
+            ),
+            restart_policy=docker.types.RestartPolicy("none"),
+        ),
+        name=unique("stray"),
+        labels=labels,
+    )["ID"]
+    workers.restart(signal.SIGKILL)
+    assert wait_for(
+        lambda: not manager.services(filters={"id": stray}), 20, "the stray service removed"
+    )
+
+
+def test_a_worker_endpoint_is_not_a_manager(swarm: Swarm, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hgrun.cli.main", "server", "--port", str(free_port()),
+         "--data-dir", str(tmp_path), "--engine", "swarm", "--docker-host", swarm.endpoints["n2"]],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    err = text(done.stderr)
+    assert done.returncode != 0
+    assert "is not a swarm manager" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) <= 2, err  # the error, and its hint
