@@ -28,7 +28,7 @@ from apps import Api, check, instance_id, run_id, text, unique, wait_for, write_
 from conftest import SCRIPTS, Cli, HgrunServer, _script, free_port
 
 from hgrun.engine import CAPABILITIES, ContainerSpec, ContainerStatus
-from hgrun.engine.swarm import (
+from hgrun.engine.swarmspec import (
     LABEL_FRAMED,
     SHIM_PATH,
     frame,
@@ -362,7 +362,9 @@ def test_stop_removes_the_service(
     number = run_id(label)
     assert wait_for(lambda: _node_of(manager, number), 20, "the run running") in {"n2", "n3"}
     started = time.monotonic()
-    check(swarm_cli("stop", label, cwd=app_workers, server=workers, timeout=60))
+    stopped = swarm_cli("stop", label, cwd=app_workers, server=workers, timeout=60)
+    with Api(workers) as api:
+        assert stopped.returncode == 0, (text(stopped.stderr), api.run(number), workers.log)
     with Api(workers) as api:
         info = api.finished_run(number, timeout=20)
     assert info["status"] == "canceled", info

@@ -19,26 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
-import os
 import secrets
-import shutil
-import struct
-import subprocess
 import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import IO, Any
 
 import docker
 import docker.errors
 
 from hgrun.engine import (
-    CAPABILITIES,
     LABEL_RUN,
     AttachStream,
     ContainerSpec,
@@ -47,152 +39,22 @@ from hgrun.engine import (
     EngineInfo,
 )
 from hgrun.engine.docker import DockerEngine, _timestamp, _translate
+from hgrun.engine.shim import FramedAttach, build_shim
+from hgrun.engine.swarmspec import (
+    API_VERSION,
+    GO_FILE,
+    LABEL_ENDPOINT,
+    LABEL_FRAMED,
+    LABEL_NODE,
+    TASK_ENDED,
+    service_spec,
+    task_command,
+    task_state,
+    unplaceable,
+)
 from hgrun.errors import EngineError, HgrunError, NotFoundError
 
-API_VERSION = "1.41"
-LABEL_ENDPOINT = "hgrun.endpoint"  # engine label: where this node's dockerd answers hgrun
-LABEL_NODE = "hgrun.node"  # engine label: the node's name in hgrun (else its hostname)
-LABEL_FRAMED = "hgrun.stdin"  # service label: "framed" when stdin goes through the shim's frames
-SHIM_PATH = "/.hgrun-shim"
-GO_FILE = ".hgrun-go"  # in "/": the shim starts the command once this appears
-SHIM_SOURCE = Path(__file__).with_name("shim.c")
 CONCURRENCY = 8
-STOP_GRACE = 10.0
-
-# Swarm task states (Engine API, TaskState) in the interface's three words. "orphaned" is a
-# task whose node has been down too long; "remove" one being removed.
-_TASK_STATUS = {
-    "new": ContainerStatus.CREATED,
-    "allocated": ContainerStatus.CREATED,
-    "pending": ContainerStatus.CREATED,
-    "assigned": ContainerStatus.CREATED,
-    "accepted": ContainerStatus.CREATED,
-    "preparing": ContainerStatus.CREATED,
-    "ready": ContainerStatus.CREATED,
-    "starting": ContainerStatus.CREATED,
-    "running": ContainerStatus.RUNNING,
-}
-_TASK_ENDED = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
-
-
-# -- pure builders ---------------------------------------------------------------------------
-
-
-def task_command(
-    command: Sequence[str],
-    entrypoint: Sequence[str] | None,
-    image_cmd: Sequence[str] | None,
-    *,
-    framed: bool,
-) -> list[str]:
-    """The task's full argv: the shim, then what ``docker run IMAGE COMMAND`` would run.
-
-    A service's ``Command`` replaces the image's ENTRYPOINT (Engine API, ContainerSpec), so the
-    entrypoint is put back in front of the command here; an empty command is the image's CMD.
-    """
-    flags = ["-g", "-f"] if framed else ["-g"]
-    argv = [*(entrypoint or ()), *(command or image_cmd or ())]
-    return [SHIM_PATH, *flags, "--", *argv]
-
-
-def service_spec(
-    spec: ContainerSpec,
-    *,
-    name: str,
-    argv: Sequence[str],
-    shim: tuple[str, str],
-    constraints: Sequence[str] = (),
-    grace: float = STOP_GRACE,
-) -> dict[str, Any]:
-    """The ``POST /services/create`` body for one run (Engine API 1.41), from values only.
-
-    A replicated job of one task that is never restarted; the run's labels on the service and
-    on its container; the size as limits AND reservations (so Swarm never places a run on a
-    node that cannot give its size); the single-host hardening wherever the 1.41 spec carries
-    it (capabilities, init, pids limit, ulimits; never privileged, no mounts). ``shim`` is the
-    swarm config (id, name) holding the shim, mounted read-only and executable.
-    """
-    framed = spec.stdin and not spec.tty
-    labels = {**spec.labels, **({LABEL_FRAMED: "framed"} if framed else {})}
-    container: dict[str, Any] = {
-        "Image": spec.image,
-        "Labels": dict(labels),
-        "Command": list(argv),
-        "Env": [f"{k}={v}" for k, v in spec.env.items()],
-        "Init": True,
-        "TTY": spec.tty,
-        # An attached run's input goes to stdin (as the shim's frames, without a TTY).
-        "OpenStdin": spec.stdin,
-        "CapabilityDrop": ["ALL"],
-        "CapabilityAdd": list(CAPABILITIES),
-        "Ulimits": [
-            {"Name": "nofile", "Soft": 4096, "Hard": 4096},
-            {"Name": "core", "Soft": 0, "Hard": 0},
-        ],
-        "StopGracePeriod": int(grace * 1e9),
-        "Configs": [
-            {
-                "File": {"Name": SHIM_PATH, "UID": "0", "GID": "0", "Mode": 0o555},
-                "ConfigID": shim[0],
-                "ConfigName": shim[1],
-            }
-        ],
-    }
-    if spec.working_dir:
-        container["Dir"] = spec.working_dir
-    nano_cpus = int(spec.size.cpus * 1e9)
-    task: dict[str, Any] = {
-        "ContainerSpec": container,
-        "Resources": {
-            "Limits": {
-                "NanoCPUs": nano_cpus,
-                "MemoryBytes": spec.size.memory,
-                "Pids": spec.size.pids,
-            },
-            "Reservations": {"NanoCPUs": nano_cpus, "MemoryBytes": spec.size.memory},
-        },
-        "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
-        "Placement": {"Constraints": list(constraints)},
-        "ForceUpdate": 0,
-    }
-    # A service cannot join network "none" ("network none not found"): no network at all gives
-    # the task only its loopback, which is what "none" means. "host" and named (attachable
-    # overlay) networks are joined by name.
-    if spec.network and spec.network != "none":
-        task["Networks"] = [{"Target": spec.network}]
-    return {
-        "Name": name,
-        "Labels": dict(labels),
-        "TaskTemplate": task,
-        "Mode": {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}},
-    }
-
-
-def frame(data: bytes) -> bytes:
-    """One stdin frame for the shim: 4-byte big-endian length, then the bytes (b"" is EOF)."""
-    return struct.pack(">I", len(data)) + data
-
-
-def task_state(task: Mapping[str, Any]) -> tuple[ContainerStatus, int | None, str]:
-    """A task's status as (three-word status, exit code, Swarm's error text)."""
-    status = task.get("Status") or {}
-    state = str(status.get("State", ""))
-    container = status.get("ContainerStatus") or {}
-    exit_code = container.get("ExitCode") if state in _TASK_ENDED else None
-    word = _TASK_STATUS.get(state, ContainerStatus.EXITED)
-    return word, exit_code, str(status.get("Err") or "")
-
-
-def unplaceable(task: Mapping[str, Any]) -> str | None:
-    """Swarm's reason when the scheduler finds no node for the task ("no suitable node ..")."""
-    status = task.get("Status") or {}
-    err = str(status.get("Err") or "")
-    if status.get("State") == "pending" and "no suitable node" in err:
-        return err
-    return None
-
-
-# -- I/O ---------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -209,58 +71,6 @@ class _Task:
     node: _Node
     container_id: str
     framed: bool
-
-
-class _FramedAttach:
-    """The node's attach stream, with stdin written as the shim's frames."""
-
-    def __init__(self, inner: AttachStream) -> None:
-        self._inner = inner
-
-    async def read(self) -> tuple[int, bytes] | None:
-        return await self._inner.read()
-
-    async def write(self, data: bytes) -> None:
-        if data:
-            await self._inner.write(frame(data))
-
-    async def close_stdin(self) -> None:
-        # The EOF frame: the shim closes the command's stdin. A half-close here would close
-        # the container's output streams instead (no StdinOnce in a service).
-        with contextlib.suppress(EngineError):
-            await self._inner.write(frame(b""))
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-def build_shim(cache: Path | None = None) -> Path:
-    """The shim compiled (static, stripped) once per source version into the cache dir."""
-    source = SHIM_SOURCE.read_bytes()
-    digest = hashlib.sha256(source).hexdigest()[:12]
-    base = cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hgrun"
-    target = base / f"shim-{digest}"
-    if target.exists():
-        return target
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise EngineError(
-            "the swarm engine needs a C compiler to build its shim (engine/shim.c)",
-            "install gcc and libc6-dev (scripts/setup does)",
-        )
-    base.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=base) as tmp:
-        out = Path(tmp) / "shim"
-        done = subprocess.run(
-            [compiler, "-static", "-Os", "-s", "-o", str(out), str(SHIM_SOURCE)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise EngineError(f"cannot build the swarm shim: {done.stderr.strip()[:300]}")
-        out.replace(target)
-    return target
 
 
 class SwarmEngine:
@@ -478,7 +288,7 @@ class SwarmEngine:
                 reason = unplaceable(task)
                 if state == "running":
                     return self._task(service_id, task)
-                if state in _TASK_ENDED:
+                if state in TASK_ENDED:
                     _word, code, err = task_state(task)
                     raise EngineError(
                         f"swarm could not run the task: {err or state}"
@@ -497,10 +307,11 @@ class SwarmEngine:
 
     def _current_task(self, service_id: str) -> dict[str, Any] | None:
         with _translate(f"cannot read the task of service {service_id[:12]}"):
-            tasks = self._api.tasks(filters={"service": service_id})
+            tasks: list[dict[str, Any]] = list(self._api.tasks(filters={"service": service_id}))
         if not tasks:
             return None
-        return dict(max(tasks, key=lambda t: str(t.get("CreatedAt", ""))))
+        # One task per service (a job of one, never restarted): the newest, to be sure.
+        return max(tasks, key=lambda t: str(t.get("CreatedAt", "")))
 
     def _task(self, service_id: str, task: Mapping[str, Any] | None = None) -> _Task:
         known = self._tasks.get(service_id)
@@ -531,7 +342,7 @@ class SwarmEngine:
         """Attach through the task's node (the manager has no attach API)."""
         task = self._task(container_id)
         stream = await task.node.engine.attach(task.container_id, tty=tty, stdin=stdin, logs=logs)
-        return _FramedAttach(stream) if task.framed else stream
+        return FramedAttach(stream) if task.framed else stream
 
     async def put_archive(self, container_id: str, path: str, data: AsyncIterator[bytes]) -> None:
         task = self._task(container_id)
