@@ -29,40 +29,90 @@ class LogLine:
         }
 
 
+# A line longer than this is emitted in pieces of this size (cut at a UTF-8 boundary): a
+# progress bar redrawn with "\r" and never a newline must not grow one line without bound.
+MAX_LINE = 64 * 1024
+
+
+@dataclasses.dataclass
+class _Partial:
+    """The bytes of a line still waiting for its newline, and the chunk that last extended it."""
+
+    data: bytearray = dataclasses.field(default_factory=bytearray)
+    cursor: int = 0
+    ts: float = 0.0
+
+
 class LineAssembler:
     """Split chunks into lines per (run, stream); a partial line waits for its newline.
 
-    Chunks are ``(cursor, run_id, stream, ts, data)`` in cursor order. A line carries the cursor
-    and time of the chunk that completed it.
+    Chunks come in cursor order. A line carries the cursor and time of the chunk that completed
+    it. Linear in the input: each chunk is searched for newlines once, and a partial line is only
+    appended to, never searched again; a partial line over ``max_line`` bytes is emitted in
+    pieces of at most ``max_line`` bytes. ``work`` counts the bytes searched and copied (a
+    measure for tests: it stays within a small multiple of the bytes fed).
     """
 
-    def __init__(self) -> None:
-        self._partial: dict[tuple[int, int], bytearray] = {}
-        self._partial_at: dict[tuple[int, int], tuple[int, float]] = {}
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        if max_line < 4:
+            raise ValueError("max_line must hold at least one UTF-8 character")
+        self.max_line = max_line
+        self.work = 0
+        self._partial: dict[tuple[int, int], _Partial] = {}
 
     def feed(self, chunks: Iterable[OutputChunk]) -> list[LogLine]:
         lines: list[LogLine] = []
         for chunk in chunks:
-            cursor, run_id, stream, ts, data = (
-                chunk.cursor,
-                chunk.run_id,
-                chunk.stream,
-                chunk.ts,
-                chunk.data,
-            )
-            key = (run_id, stream)
-            buffer = self._partial.setdefault(key, bytearray())
-            buffer += data
-            *complete, rest = bytes(buffer).split(b"\n")
-            for raw in complete:
-                lines.append(_line(cursor, run_id, stream, ts, raw))
-            self._partial[key] = bytearray(rest)
-            if rest:
-                self._partial_at[key] = (cursor, ts)
+            key = (chunk.run_id, chunk.stream)
+            partial = self._partial.get(key)
+            if partial is None:
+                partial = self._partial[key] = _Partial()
+            data = chunk.data
+            self.work += len(data)  # one search for newlines over the new bytes only
+            start = 0
+            end = data.find(b"\n")
+            while end != -1:
+                if partial.data:
+                    partial.data += data[start:end]
+                    raw = bytes(partial.data)
+                    partial.data.clear()
+                else:
+                    raw = data[start:end]
+                self.work += len(raw)
+                self._emit(lines, chunk, raw)
+                start = end + 1
+                end = data.find(b"\n", start)
+            if start < len(data):
+                partial.cursor, partial.ts = chunk.cursor, chunk.ts
+                # Over the cap: fill the partial line to max_line, emit it (cut at a character
+                # boundary), go on; each round copies at most max_line bytes and consumes at
+                # least max_line - 3 of them, so a 16 MB line costs 16 MB of copying, not more.
+                while len(partial.data) + len(data) - start > self.max_line:
+                    take = self.max_line - len(partial.data)
+                    partial.data += data[start : start + take]
+                    start += take
+                    cut = _utf8_cut(partial.data)
+                    raw = bytes(partial.data[:cut])
+                    partial.data = partial.data[cut:]
+                    self.work += take + self.max_line
+                    lines.append(_piece(chunk, raw))
+                partial.data += data[start:]
+                self.work += len(data) - start
         return lines
 
+    def _emit(self, lines: list[LogLine], chunk: OutputChunk, raw: bytes) -> None:
+        """A complete line; one longer than max_line (a whole line in one chunk) in pieces."""
+        pos = 0
+        while len(raw) - pos > self.max_line:
+            piece = raw[pos : pos + self.max_line]
+            cut = _utf8_cut(piece)
+            lines.append(_piece(chunk, piece[:cut]))
+            pos += cut
+            self.work += 2 * self.max_line
+        lines.append(_line(chunk.cursor, chunk.run_id, chunk.stream, chunk.ts, raw[pos:]))
+
     def pending_runs(self) -> list[int]:
-        return sorted({run_id for (run_id, _), rest in self._partial.items() if rest})
+        return sorted({run_id for (run_id, _), rest in self._partial.items() if rest.data})
 
     def flush(self, run_id: int | None = None) -> list[LogLine]:
         """Lines still waiting for a newline (all, or one run's), emitted as they are."""
@@ -71,12 +121,38 @@ class LineAssembler:
             if run_id is not None and key[0] != run_id:
                 continue
             rest = self._partial.pop(key)
-            cursor, ts = self._partial_at.pop(key, (0, 0.0))
-            if rest:
-                lines.append(_line(cursor, key[0], key[1], ts, bytes(rest)))
+            if rest.data:
+                lines.append(_line(rest.cursor, key[0], key[1], rest.ts, bytes(rest.data)))
         return sorted(lines, key=lambda line: line.cursor)
 
 
+def _utf8_cut(data: bytes | bytearray) -> int:
+    """Where to cut ``data`` so that no UTF-8 sequence (RFC 3629) is split: before a lead byte
+    among the last four whose sequence runs past the end; the end when there is none."""
+    n = len(data)
+    for back in range(1, min(4, n) + 1):
+        byte = data[n - back]
+        if byte & 0xC0 == 0x80:
+            continue  # a continuation byte: look further back for its lead
+        if byte >= 0xF0:
+            length = 4
+        elif byte >= 0xE0:
+            length = 3
+        elif byte >= 0xC0:
+            length = 2
+        else:
+            length = 1
+        return n - back if length > back and n - back > 0 else n
+    return n
+
+
 def _line(cursor: int, run_id: int, stream: int, ts: float, raw: bytes) -> LogLine:
+    """A line as shown: a CRLF line's CR goes with its LF."""
     text = raw.decode("utf-8", errors="replace").rstrip("\r")
     return LogLine(cursor, run_id, STREAMS.get(stream, "stdout"), ts, text)
+
+
+def _piece(chunk: OutputChunk, raw: bytes) -> LogLine:
+    """A piece of an over-long line, kept byte for byte (its end is no line end)."""
+    text = raw.decode("utf-8", errors="replace")
+    return LogLine(chunk.cursor, chunk.run_id, STREAMS.get(chunk.stream, "stdout"), chunk.ts, text)
