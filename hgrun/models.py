@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 # A name a POSIX shell accepts as a variable (IEEE Std 1003.1, XBD 3.235 "Name").
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -171,7 +171,7 @@ class Release:
     image: str
     context_hash: str
     procfile: Mapping[str, str]
-    manifest: Mapping[str, object]
+    manifest: Manifest
     env: Mapping[str, str]
     description: str
     created: float
@@ -240,14 +240,6 @@ class OutputChunk:
     ts: float
     data: bytes
 
-    # Transitional: server/api.py still unpacks chunks as 5-tuples; it moves to the attributes
-    # once its split into server/api/ has landed, and these two go.
-    def __iter__(self) -> Iterator[object]:
-        return iter((self.cursor, self.run_id, self.stream, self.ts, self.data))
-
-    def __getitem__(self, index: int) -> object:
-        return (self.cursor, self.run_id, self.stream, self.ts, self.data)[index]
-
 
 def script_to_json(script: Script) -> dict[str, object]:
     return dataclasses.asdict(script)
@@ -283,3 +275,36 @@ class ScriptRecord:
     @property
     def name(self) -> str:
         return self.spec.name
+
+
+def manifest_to_json(manifest: Manifest) -> dict[str, object]:
+    """The manifest as the store keeps it in a release (plain JSON values)."""
+    return {
+        "name": manifest.name,
+        "build": dataclasses.asdict(manifest.build),
+        "env": dict(manifest.env),
+        "size": manifest.size,
+        "network": manifest.network,
+        "scripts": [script_to_json(script) for script in manifest.scripts],
+    }
+
+
+def manifest_from_json(data: Mapping[str, object]) -> Manifest:
+    """The inverse of :func:`manifest_to_json`. Keys a release stored before a field existed
+    take the field's default, as :func:`hgrun.manifest.parse_manifest` gives it."""
+    build = data.get("build")
+    known_build = {f.name for f in dataclasses.fields(Build)}
+    env = data.get("env")
+    scripts = data.get("scripts")
+    return Manifest(
+        name=str(data.get("name") or ""),
+        build=Build(**{k: v for k, v in build.items() if k in known_build})  # type: ignore[arg-type]
+        if isinstance(build, Mapping)
+        else Build(),
+        env={str(k): str(v) for k, v in env.items()} if isinstance(env, Mapping) else {},
+        size=str(data.get("size") or DEFAULT_SIZE),
+        network=str(data.get("network") or "none"),
+        scripts=tuple(script_from_json(s) for s in scripts if isinstance(s, Mapping))
+        if isinstance(scripts, list)
+        else (),
+    )

@@ -11,7 +11,18 @@ import pytest
 from hgrun import lifecycle
 from hgrun.errors import ConflictError, NotFoundError
 from hgrun.lifecycle import Outcome
-from hgrun.models import OutputChunk, Run, RunStatus, Trigger, TriggerKind
+from hgrun.models import (
+    Build,
+    Manifest,
+    Notify,
+    OutputChunk,
+    Run,
+    RunStatus,
+    Script,
+    Trigger,
+    TriggerKind,
+    manifest_from_json,
+)
 from hgrun.store import Store
 
 ACTIVE = [s for s in RunStatus if s in lifecycle.ACTIVE]
@@ -32,7 +43,7 @@ def _app(store: Store) -> tuple[int, int]:
         image="sha256:x",
         context_hash="h" * 64,
         procfile={},
-        manifest={},
+        manifest=Manifest(name="app"),
         env={},
         description="Deploy",
     )
@@ -273,3 +284,35 @@ def test_output_comes_back_typed(store: Store) -> None:
     assert chunks[0].cursor < chunks[1].cursor
     newest = store.output(run_id=run.id, newest_first=True, limit=1)
     assert newest == chunks[1:]
+
+
+def test_a_release_manifest_comes_back_typed(store: Store) -> None:
+    app = store.create_app("default", "typed")
+    manifest = Manifest(
+        name="typed",
+        build=Build(stack="python", base="python:3.12"),
+        env={"A": "1"},
+        size="standard",
+        network="host",
+        scripts=(
+            Script(name="nightly", command="true", cron="0 4 * * *", notify=Notify(email=("a@b",))),
+        ),
+    )
+    release = store.create_release(
+        app.id,
+        image="sha256:x",
+        context_hash="h" * 64,
+        procfile={},
+        manifest=manifest,
+        env={},
+        description="Deploy",
+    )
+    assert release.manifest == manifest
+    store._releases.clear()  # read back from SQLite, not from the cache
+    assert store.release(release.id).manifest == manifest
+
+
+def test_a_manifest_stored_before_a_field_existed_takes_its_default() -> None:
+    old = manifest_from_json({"name": "old", "build": {"dockerfile": "Dockerfile", "gone": 1}})
+    assert old == Manifest(name="old", build=Build(dockerfile="Dockerfile"))
+    assert (old.size, old.network, old.scripts) == ("starter", "none", ())

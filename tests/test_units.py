@@ -15,7 +15,7 @@ from hgrun.engine.docker import _timestamp, create_args
 from hgrun.engine.multiplex import STDERR, STDOUT, Demuxer, frame
 from hgrun.errors import ConflictError, EngineError, InputError, NotFoundError
 from hgrun.lifecycle import Outcome
-from hgrun.models import SIZES, RunStatus, Scope, Script, Trigger, TriggerKind
+from hgrun.models import SIZES, Manifest, RunStatus, Scope, Script, Trigger, TriggerKind
 from hgrun.server.auth import authenticate, new_token
 from hgrun.store import Store, hash_token
 from hgrun.store.audit import AuditLog, load_key
@@ -167,7 +167,7 @@ def _release(store: Store) -> tuple[int, int]:
         image="sha256:x",
         context_hash="h" * 64,
         procfile={},
-        manifest={},
+        manifest=Manifest(name="app"),
         env={},
         description="Deploy",
     )

@@ -149,7 +149,7 @@ class ScriptRunner:
         env = dict(release.env)
         if input_json is not None:
             env[INPUT_VAR] = input_json
-        size = spec.size or str(release.manifest.get("size") or "starter")
+        size = spec.size or release.manifest.size
         if size not in SIZES:
             raise InputError(f"script {spec.name}: unknown size {size!r}")
         return self.store.create_run(
@@ -180,7 +180,7 @@ class ScriptRunner:
         extra = {"HGRUN_TOKEN": token, "HGRUN_WORKSPACE": run.workspace}
         if self.server_url:
             extra["HGRUN_URL"] = self.server_url
-        network = str(release.manifest.get("network") or "none")
+        network = release.manifest.network
         try:
             session = await self.supervisor.launch(run, release, network, extra_env=extra)
         except Exception:

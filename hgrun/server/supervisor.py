@@ -635,7 +635,7 @@ class Supervisor:
     async def _relaunch(self, run: Run) -> None:
         release = self.store.release(run.release_id)
         try:
-            await self.launch(run, release, str(release.manifest.get("network") or "none"))
+            await self.launch(run, release, release.manifest.network)
         except HgrunError as e:
             log.warning("run %s: could not start it after the restart: %s", run.id, e.message)
 

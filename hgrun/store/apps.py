@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Mapping
 
 from hgrun.errors import ConflictError, NotFoundError
-from hgrun.models import App, Release
+from hgrun.models import App, Manifest, Release, manifest_from_json, manifest_to_json
 from hgrun.store.base import StoreBase
 
 RELEASE_CACHE = 256  # decoded releases kept; a manifest with a thousand scripts is large
@@ -84,7 +84,7 @@ class AppStore(StoreBase):
         image: str,
         context_hash: str,
         procfile: Mapping[str, str],
-        manifest: Mapping[str, object],
+        manifest: Manifest,
         env: Mapping[str, str],
         description: str,
     ) -> Release:
@@ -101,7 +101,7 @@ class AppStore(StoreBase):
                     image,
                     context_hash,
                     json.dumps(dict(procfile)),
-                    json.dumps(dict(manifest)),
+                    json.dumps(manifest_to_json(manifest)),
                     json.dumps(dict(env)),
                     description,
                     self._clock(),
@@ -124,8 +124,9 @@ class AppStore(StoreBase):
         return self.release(row[0]) if row else None
 
     def release(self, release_id: int) -> Release:
-        """One release. Releases never change, so each is decoded once and kept (a manifest
-        with a thousand scripts is a large JSON document, and every trigger reads it)."""
+        """One release, its manifest decoded to a :class:`Manifest`. Releases never change, so
+        each is decoded once and kept (a manifest with a thousand scripts is a large JSON
+        document, and every trigger reads it)."""
         cached = self._releases.get(release_id)
         if cached is not None:
             return cached
@@ -148,7 +149,7 @@ def _release(row: sqlite3.Row) -> Release:
         image=row["image"],
         context_hash=row["context_hash"],
         procfile=json.loads(row["procfile"]),
-        manifest=json.loads(row["manifest"]),
+        manifest=manifest_from_json(json.loads(row["manifest"])),
         env=json.loads(row["env"]),
         description=row["description"],
         created=row["created"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import tempfile
@@ -15,7 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from hgrun.errors import HgrunError, InputError, NotFoundError, PayloadTooLargeError
 from hgrun.manifest import parse_manifest
-from hgrun.models import APP_NAME, ENV_NAME, App, Release
+from hgrun.models import APP_NAME, ENV_NAME, App, Manifest, Release, manifest_to_json
 from hgrun.procfile import parse_procfile
 from hgrun.server.api.requests import field, json_body, path_app, principal
 from hgrun.server.api.views import app_json, release_json
@@ -189,26 +188,21 @@ async def create_release(server: Server, request: Request) -> Response:
             f"hgrun.yaml names app {manifest.name!r}, not {app.name!r}",
             "deploy from the app's own folder, or pass --app",
         )
-    manifest_json = _manifest_json(manifest)
     latest = server.store.latest_release(app.id)
-    env = _release_env(server, app, manifest_json)
+    env = _release_env(server, app, manifest)
     if (
         latest is not None
         and latest.image == image
         and latest.procfile == procfile
-        and latest.manifest == manifest_json
+        and manifest_to_json(latest.manifest) == manifest_to_json(manifest)
         and latest.env == env
     ):
         # Nothing changed: the live release stands, as `git push` of the same commit does.
         server.store.sync_scripts(caller.workspace, app.id, manifest.scripts)
         return JSONResponse({**release_json(latest), "unchanged": True})
-    release = _new_release(server, app, image, context_hash, procfile, manifest_json, "Deploy")
+    release = _new_release(server, app, image, context_hash, procfile, manifest, "Deploy")
     server.store.sync_scripts(caller.workspace, app.id, manifest.scripts)
     return JSONResponse(release_json(release), status_code=201)
-
-
-def _manifest_json(manifest: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(manifest), default=str))
 
 
 def _new_release(
@@ -217,7 +211,7 @@ def _new_release(
     image: str,
     context_hash: str,
     procfile: Any,
-    manifest: Any,
+    manifest: Manifest,
     description: str,
 ) -> Release:
     return server.store.create_release(
@@ -231,6 +225,6 @@ def _new_release(
     )
 
 
-def _release_env(server: Server, app: App, manifest: Any) -> dict[str, str]:
+def _release_env(server: Server, app: App, manifest: Manifest) -> dict[str, str]:
     """Manifest defaults overridden by the app's config: the env a release snapshots."""
-    return {**(manifest.get("env") or {}), **server.store.config(app.id)}
+    return {**manifest.env, **server.store.config(app.id)}

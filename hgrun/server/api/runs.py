@@ -57,7 +57,7 @@ async def create_run(server: Server, request: Request) -> Response:
     manifest = release.manifest
     size = field(body, "size", str)
     if size is None:
-        size = str(manifest.get("size") or "starter")
+        size = manifest.size
     if size not in SIZES:
         raise InputError(f"unknown size {size!r}", f"sizes: {', '.join(SIZES)}")
     _check_capacity(server, size)
@@ -90,7 +90,7 @@ async def create_run(server: Server, request: Request) -> Response:
         app.name,
         ", ".join(sorted(run.env)),
     )
-    network = str(manifest.get("network") or "none")
+    network = manifest.network
     session = await server.supervisor.launch(run, release, network)
     return JSONResponse(run_json(session.run, app.name), status_code=201)
 
@@ -129,7 +129,7 @@ async def list_runs(server: Server, request: Request) -> Response:
                 f"unknown status {word!r}", f"statuses: {', '.join(s.value for s in RunStatus)}"
             ) from e
     if query.get("active"):
-        statuses = [RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING]
+        statuses = [status for status in RunStatus if status.active]
     trigger = None
     if query.get("trigger"):
         try:
