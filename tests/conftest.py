@@ -38,7 +38,11 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
 BUSYBOX_IMAGE = "hgrun-test/busybox:latest"
 PYTHON_IMAGE = "hgrun/python:bookworm"
-BASE_IMAGES = frozenset({BUSYBOX_IMAGE, PYTHON_IMAGE})
+# The debootstrapped toolchain image of each stack (scripts/images --STACK).
+STACK_IMAGES = {
+    s: f"hgrun/{s}:bookworm" for s in ("python", "node", "go", "ruby", "php", "rust", "java")
+}
+BASE_IMAGES = frozenset({BUSYBOX_IMAGE, *STACK_IMAGES.values()})
 TEST_LABELS = ("hgrun.run", "hgrun.test")
 ADMIN_TOKEN = re.compile(r"admin token: (\S+)")
 _IMAGES_AT_START = "hgrun_test_images_at_start"
@@ -167,6 +171,24 @@ def busybox_image(docker_client: docker.DockerClient, docker_host: str) -> str:
 def python_image(docker_client: docker.DockerClient, docker_host: str) -> str:
     """'hgrun/python:bookworm': debootstrap minbase + python3, psycopg2; CMD ["python3"]."""
     return _ensure_image(docker_client, docker_host, PYTHON_IMAGE, "--python")
+
+
+def stack_image_cached(stack: str) -> bool:
+    """Whether ``scripts/images --STACK`` would take seconds (its tarball is cached), not a
+    debootstrap: the slow tests of java and rust run only then."""
+    done = subprocess.run([str(SCRIPTS / "images"), "--check", stack], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def stack_image(docker_client: docker.DockerClient, docker_host: str) -> Callable[[str], str]:
+    """``stack_image("go")`` -> 'hgrun/go:bookworm', made by scripts/images when missing
+    (a debootstrap of about a minute the first time on a machine, then cached)."""
+
+    def ensure(stack: str) -> str:
+        return _ensure_image(docker_client, docker_host, STACK_IMAGES[stack], f"--{stack}")
+
+    return ensure
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ step, with the stack's hint for it (:func:`hgrun.stacks.hint_for`).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 RUNNING_TAIL = 5  # lines of a running step shown under it
 FAILED_TAIL = 15  # lines of a failed step kept on screen
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ICONS = {
     StepState.DONE: "[green]✓[/]",
     StepState.CACHED: "[green]✓[/]",
@@ -77,6 +79,9 @@ class BuildView:
             self._live = None
 
     def line(self, text: str) -> None:
+        # The classic builder colours a step's stderr red with ANSI codes: not for a pipe,
+        # and rich draws its own.
+        text = _ANSI.sub("", text)
         self.log.feed(text, self.clock())
         if self._live is None:
             self.output.info("  " + text)

@@ -13,7 +13,7 @@ content of what it copies, and a RUN on the layer below it):
 - compiled stacks (go, rust, java) and php build in a ``build`` stage on ``builder``; the run
   image on ``base`` receives only the binaries, the jar, or the app with its vendor folder;
 - the run image works in ``/app`` (so Procfile commands find the app as on Heroku) and runs as
-  uid 10001, made with ``useradd`` (Debian, Ubuntu) or ``adduser`` (busybox, Alpine).
+  uid 10001, made with ``useradd`` (Debian, Ubuntu) or written into /etc/passwd (busybox).
 """
 
 from __future__ import annotations

@@ -15,9 +15,13 @@ from hgrun.stacks.projectfiles import (
 
 # -- pieces every Dockerfile shares ------------------------------------------------------------
 
+# useradd where there is one (Debian, Ubuntu); else the two lines it would write (busybox,
+# Alpine without shadow). A base with no shell at all (distroless) cannot take this step.
 _ADD_USER = (
     f"RUN useradd --uid {UID} --user-group --create-home --home-dir {USER_HOME} app 2>/dev/null"
-    f" \\\n    || adduser -D -u {UID} -h {USER_HOME} app"
+    f" \\\n    || {{ echo 'app:x:{UID}:{UID}::{USER_HOME}:/bin/sh' >>/etc/passwd"
+    f" \\\n         && echo 'app:x:{UID}:' >>/etc/group"
+    f" && mkdir -p {USER_HOME} && chown {UID}:{UID} {USER_HOME}; }}"
 )
 _RUN_AS = f"USER {UID}:{UID}"
 _NETWORK_HINT = (
