@@ -45,7 +45,9 @@ def assert_one_line_error(
 
 
 @pytest.fixture(scope="module")
-def app(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+def app(
+    cli: Cli, tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> tuple[str, Path]:
     """A deployed busybox app with one finished run."""
     root = tmp_path_factory.mktemp("cli-app")
     name = deploy_busybox_app(cli, root, unique("cli"))

@@ -1,0 +1,1 @@
+"""The ``hgrun`` commands, one module per command group; each lists its commands in ``COMMANDS``."""

@@ -1,0 +1,124 @@
+"""``hgrun scripts`` and ``hgrun scripts:run``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hgrun import errors
+from hgrun.cli import views
+from hgrun.cli.commands.runs import attach_run
+from hgrun.cli.options import Context, app_name_or_here, app_option, json_option, pass_ctx
+from hgrun.errors import ExitStatus, InputError
+
+
+def _script(ctx: Context, app: str, name: str) -> dict[str, Any]:
+    for script in ctx.api.get(f"/v1/apps/{app}/scripts"):
+        if script["name"] == name:
+            return dict(script)
+    raise errors.NotFoundError(
+        f"app {app} has no script {name!r}",
+        "scripts come from hgrun.yaml; list them with `hgrun scripts`",
+    )
+
+
+@click.command()
+@app_option
+@json_option
+@pass_ctx
+def scripts(ctx: Context, app_name: str | None, as_json: bool) -> None:
+    """The app's scripts: schedule, next fire time, policies and the last run."""
+    items = ctx.api.get(f"/v1/apps/{app_name_or_here(app_name)}/scripts")
+    if as_json:
+        ctx.output.json(items)
+        return
+    ctx.output.table(views.SCRIPT_COLUMNS, [views.script_row(s) for s in items])
+
+
+@click.command("scripts:run")
+@click.argument("name")
+@app_option
+@click.option(
+    "--input",
+    "input_text",
+    metavar="JSON|@FILE",
+    help="JSON for HOSTINGGURU_RUN_INPUT, or @file to read it from a file.",
+)
+@click.option("--detached", "-d", is_flag=True, help="Return at once with the run id.")
+@click.option("--wait", is_flag=True, help="With --detached: wait for the end, exit with its code.")
+@json_option
+@pass_ctx
+def scripts_run(
+    ctx: Context,
+    name: str,
+    app_name: str | None,
+    input_text: str | None,
+    detached: bool,
+    wait: bool,
+    as_json: bool,
+) -> int:
+    """Trigger a script by hand; attached like `hgrun run`, or --detached."""
+    body = b""
+    if input_text is not None:
+        raw = input_text
+        if raw.startswith("@"):
+            try:
+                raw = Path(raw[1:]).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise InputError(f"--input {input_text}: cannot read it ({e})") from e
+        try:
+            body = json.dumps(json.loads(raw)).encode()
+        except ValueError as e:
+            raise InputError(f"--input: not valid JSON ({e})", "e.g. --input '{\"id\": 42}'") from e
+    script = _script(ctx, app_name_or_here(app_name), name)
+    use_tty = ctx.terminal.stdin_isatty and ctx.terminal.stdout_isatty and not detached
+    info = ctx.api.request(
+        "POST",
+        f"/v1/scripts/{script['id']}/runs",
+        params={"detached": int(detached), "tty": int(use_tty), "via": "cli"},
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    run_id = info["id"]
+    if info["status"] == "skipped":
+        ctx.output.error(f"{info['label']} skipped: {info['error']}", None)
+        return int(ExitStatus.CONFLICT)
+    if detached:
+        if wait:
+            info = _wait_for(ctx, run_id)
+        if as_json:
+            ctx.output.json(info)
+        else:
+            ctx.output.line(info["label"])
+        if wait:
+            return _exit_code(info)
+        return 0
+    if info["status"] == "queued":
+        ctx.output.info(f"{info['label']} is queued behind the script's running run ...")
+        while info["status"] == "queued":
+            time.sleep(0.5)
+            info = ctx.api.get(f"/v1/runs/{run_id}")
+    return attach_run(ctx, run_id, use_tty)
+
+
+def _wait_for(ctx: Context, run_id: int) -> dict[str, Any]:
+    while True:
+        info: dict[str, Any] = ctx.api.get(f"/v1/runs/{run_id}")
+        if info["status"] not in ("queued", "starting", "running"):
+            return info
+        time.sleep(0.5)
+
+
+def _exit_code(info: dict[str, Any]) -> int:
+    if info["status"] == "timed_out":
+        return int(ExitStatus.TIMED_OUT)
+    if info["exit_code"] is not None:
+        return int(info["exit_code"])
+    return 0 if info["status"] == "succeeded" else int(ExitStatus.ERROR)
+
+
+COMMANDS = (scripts, scripts_run)

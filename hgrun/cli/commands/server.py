@@ -1,0 +1,104 @@
+"""``hgrun server``: the server in the foreground (its modules are imported only here)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from hgrun.cli.options import Context, duration_flag, pass_ctx
+from hgrun.errors import InputError
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Where the store lives.")
+@click.option("--docker-host", help="The Docker engine (default: DOCKER_HOST or the socket).")
+@click.option(
+    "--engine",
+    "engine_kind",
+    type=click.Choice(["docker", "swarm"]),
+    default="docker",
+    show_default=True,
+    help="One Docker engine, or a Docker Swarm (--docker-host is then its manager).",
+)
+@click.option(
+    "--placement",
+    multiple=True,
+    help="Swarm placement constraint for every run, e.g. node.labels.pool==batch (repeatable).",
+)
+@click.option(
+    "--placement-timeout",
+    default="60s",
+    show_default=True,
+    help="How long a swarm run may wait for a node with room before it fails.",
+)
+@click.option("--grace", default="60s", show_default=True, help="Attached run kept after a drop.")
+@click.option("--idle-timeout", default="30m", show_default=True, help="Idle attached session.")
+@click.option("--max-timeout", default="1h", show_default=True, help="Cap on every run.")
+@click.option("--max-upload", default=2048, show_default=True, help="Upload cap, in MB.")
+@click.option("--notify-webhook", help="Also POST every script notification here.")
+@click.option("--notify-email", multiple=True, help="Also mail every notification here.")
+@click.option("--smtp-url", help="SMTP server for email, e.g. smtp://127.0.0.1:25.")
+@click.option("--mail-from", default="hgrun@localhost", show_default=True)
+@pass_ctx
+def server(
+    ctx: Context,
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    docker_host: str | None,
+    engine_kind: str,
+    placement: tuple[str, ...],
+    placement_timeout: str,
+    grace: str,
+    idle_timeout: str,
+    max_timeout: str,
+    max_upload: int,
+    notify_webhook: str | None,
+    notify_email: tuple[str, ...],
+    smtp_url: str | None,
+    mail_from: str,
+) -> None:
+    """Run the hgrun server (REST API, attach relay, supervisor) in the foreground."""
+    from hgrun.server.main import serve
+    from hgrun.server.notifier import Targets
+    from hgrun.server.supervisor import Limits
+
+    if data_dir is None:
+        base = ctx.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        data_dir = Path(base) / "hgrun"
+    limits = Limits(
+        grace=duration_flag("--grace", grace),
+        idle_timeout=duration_flag("--idle-timeout", idle_timeout),
+        max_timeout=duration_flag("--max-timeout", max_timeout),
+        max_upload=max_upload * 1024 * 1024,
+    )
+
+    def say(text: str) -> None:
+        click.echo(text)
+        sys.stdout.flush()
+
+    if smtp_url and not smtp_url.startswith("smtp://"):
+        raise InputError(f"--smtp-url {smtp_url!r}: expected smtp://HOST:PORT")
+    targets = Targets(
+        webhook=notify_webhook, email=notify_email, smtp_url=smtp_url, mail_from=mail_from
+    )
+    serve(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        docker_host=docker_host,
+        limits=limits,
+        targets=targets,
+        environ=ctx.environ,
+        say=say,
+        engine_kind=engine_kind,
+        placement=placement,
+        placement_timeout=duration_flag("--placement-timeout", placement_timeout),
+    )
+
+
+COMMANDS = (server,)

@@ -1,0 +1,46 @@
+"""The CLI's own set-up: ``hgrun login`` and ``hgrun completion``."""
+
+from __future__ import annotations
+
+import click
+
+from hgrun.cli.client import Api, Settings
+from hgrun.cli.options import Context, pass_ctx
+from hgrun.errors import InputError
+
+
+@click.command()
+@click.option("--url", help="The server, e.g. http://127.0.0.1:8765.")
+@click.option("--token", help="An API token (the admin token is printed at first start).")
+@click.option("--workspace", help="The workspace (default: the token's own).")
+@pass_ctx
+def login(ctx: Context, url: str | None, token: str | None, workspace: str | None) -> None:
+    """Save the server URL and token (in the XDG config folder, mode 0600)."""
+    current = ctx.settings
+    if token is None:
+        if not ctx.terminal.stdin_isatty:
+            raise InputError("--token is required when stdin is not a terminal")
+        token = click.prompt("Token", hide_input=True)
+    settings = Settings(url=(url or current.url).rstrip("/"), token=token, workspace=workspace)
+    ctx._api = Api(settings)
+    ctx.api.get("/v1/apps")  # proves the URL and the token before saving them
+    path = settings.save(ctx.environ)
+    ctx.output.success(f"Logged in to {settings.url}; saved in {path}")
+
+
+@click.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+@click.pass_context
+def completion(click_ctx: click.Context, shell: str) -> None:
+    """Print the shell completion script: eval "$(hgrun completion bash)"."""
+    from click.shell_completion import get_completion_class
+
+    ctx = click_ctx.find_object(Context)
+    cls = get_completion_class(shell)
+    if cls is None:
+        raise InputError(f"no completion for {shell}")
+    root = click_ctx.find_root().command
+    ctx.output.line(cls(root, {}, "hgrun", "_HGRUN_COMPLETE").source())
+
+
+COMMANDS = (login, completion)
