@@ -54,7 +54,9 @@ def build_app(server: Server) -> Starlette:
         for method, path, handler, _summary in ROUTES
     ]
     routes.append(WebSocketRoute("/v1/runs/{run_id:int}/attach", attach.endpoint(server)))
-    return Starlette(routes=routes)
+    from hgrun.server import dashboard  # the web pages at / (its own package; mounted here)
+
+    return Starlette(routes=routes, middleware=[dashboard.middleware(server)])
 
 
 async def health(server: Server, request: Request) -> Response:
