@@ -244,9 +244,9 @@ async def run_log(dash: Dashboard, request: Request, viewer: Viewer) -> Response
     chunks = dash.store.output(run_id=run.id, after=int(after), limit=LOG_PAGE)
     cursor, size, parts = int(after), 0, []
     for chunk in chunks:
-        parts.append(chunk[4])
-        cursor = chunk[0]
-        size += len(chunk[4])
+        parts.append(chunk.data)
+        cursor = chunk.cursor
+        size += len(chunk.data)
         if size > MAX_LOG_PAGE_BYTES:
             break
     active = dash.store.run(run.id).status.active
