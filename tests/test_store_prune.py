@@ -1,0 +1,111 @@
+"""Pruning a script's history never touches a run in flight, whatever its age.
+
+DESIGN "Scheduler": history is bounded per script (keep the most recent N runs); a run still
+queued, starting or running is not history. Real SQLite, no Docker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hgrun.lifecycle import Outcome
+from hgrun.models import OutputChunk, Run, RunStatus, Script, Trigger, TriggerKind
+from hgrun.store import Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    store = Store(tmp_path / "hgrun.db", clock=lambda: 1000.0)
+    store.ensure_workspace("default")
+    return store
+
+
+def _script_run(store: Store, app_id: int, release_id: int, script_id: int) -> Run:
+    run = store.create_run(
+        workspace="default",
+        app_id=app_id,
+        release_id=release_id,
+        command=["true"],
+        process_type=None,
+        tty=False,
+        detached=True,
+        uploads=False,
+        size="starter",
+        timeout=60.0,
+        env={},
+        trigger=Trigger(TriggerKind.USER, "admin"),
+        script="s",
+        script_id=script_id,
+    )
+    store.append_output(run.id, app_id, [(1, 1.0, f"out{run.id}\n".encode())])
+    return run
+
+
+def _bring(store: Store, run: Run, status: RunStatus) -> None:
+    if status is RunStatus.QUEUED:
+        return
+    store.mark_starting(run.id)
+    if status is RunStatus.STARTING:
+        return
+    store.mark_running(run.id, started=1001.0)
+    if status is RunStatus.RUNNING:
+        return
+    store.record_outcome(
+        run.id, Outcome(status, 0 if status is RunStatus.SUCCEEDED else 1), finished=1002.0
+    )
+
+
+@pytest.mark.parametrize(
+    "old_status", [RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING], ids=str
+)
+def test_prune_keeps_runs_in_flight_and_the_newest(store: Store, old_status: RunStatus) -> None:
+    app = store.create_app("default", "app")
+    release = store.create_release(
+        app.id, image="sha256:x", context_hash="h" * 64, procfile={}, manifest={}, env={},
+        description="Deploy",
+    )  # fmt: skip
+    store.sync_scripts("default", app.id, [Script(name="s", command="true")])
+    (script,) = store.scripts()
+    # Oldest first: one run in flight, then finished ones of every final kind, then the newest.
+    statuses = [
+        old_status, RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED,
+        RunStatus.TIMED_OUT, RunStatus.SUCCEEDED, RunStatus.SUCCEEDED,
+    ]  # fmt: skip
+    runs = []
+    for status in statuses:
+        run = _script_run(store, app.id, release.id, script.id)
+        _bring(store, run, status)
+        runs.append(run.id)
+
+    assert store.prune_script_history(script.id, keep=2) == 4
+    kept = sorted(r.id for r in store.script_runs(script.id))
+    assert kept == [runs[0], runs[-2], runs[-1]]
+    assert store.run(runs[0]).status is old_status
+    assert [c.data for c in store.output(run_id=runs[0])] == [f"out{runs[0]}\n".encode()]
+    for gone in runs[1:-2]:
+        assert store.output(run_id=gone) == []
+    assert isinstance(store.output(run_id=runs[-1])[0], OutputChunk)
+    # Nothing more to prune; a bigger keep prunes nothing.
+    assert store.prune_script_history(script.id, keep=2) == 0
+    assert store.prune_script_history(script.id, keep=100) == 0
+
+
+def test_prune_of_a_script_never_touches_another_scripts_runs(store: Store) -> None:
+    app = store.create_app("default", "app")
+    release = store.create_release(
+        app.id, image="sha256:x", context_hash="h" * 64, procfile={}, manifest={}, env={},
+        description="Deploy",
+    )  # fmt: skip
+    store.sync_scripts(
+        "default", app.id, [Script(name="s", command="true"), Script(name="t", command="true")]
+    )
+    first, second = sorted(store.scripts(), key=lambda s: s.id)
+    mine = [_script_run(store, app.id, release.id, first.id) for _ in range(3)]
+    theirs = [_script_run(store, app.id, release.id, second.id) for _ in range(3)]
+    for run in mine + theirs:
+        _bring(store, run, RunStatus.SUCCEEDED)
+    assert store.prune_script_history(first.id, keep=1) == 2
+    assert [r.id for r in store.script_runs(second.id)] == [r.id for r in reversed(theirs)]
+    assert [r.id for r in store.script_runs(first.id)] == [mine[-1].id]
