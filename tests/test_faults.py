@@ -53,9 +53,29 @@ def app(cli: Cli, busybox_image: str, tmp_path: Path) -> tuple[str, Path]:
     return deploy_busybox_app(cli, root, unique("fault")), root
 
 
-def own_app(cli: Cli, server: HgrunServer, root: Path, prefix: str) -> str:
-    """A busybox app deployed on ``server`` (a server of the test's own)."""
-    return deploy_busybox_app(cli, root, unique(prefix), server=server)
+def own_server_app(
+    hgrun_server: ServerFactory, cli: Cli, tmp_path: Path, prefix: str, *args: str
+) -> tuple[HgrunServer, Path, str]:
+    """A server of the test's own (started with ``args``) and a busybox app deployed on it:
+    (server, app folder, app name)."""
+    server = hgrun_server(*args)
+    root = tmp_path / "app"
+    return server, root, deploy_busybox_app(cli, root, unique(prefix), server=server)
+
+
+def start_attached(
+    cli: Cli,
+    root: Path,
+    command: list[str],
+    started: list[subprocess.Popen[bytes]],
+    server: HgrunServer | None = None,
+) -> subprocess.Popen[bytes]:
+    """`hgrun run COMMAND` (piped) in the background from ``root``, returned once the command
+    printed its first line, ``ready``; kept in ``started`` for the cleanup."""
+    client = cli_popen(cli, "run", *command, cwd=root, server=server)
+    started.append(client)
+    assert read_line(client) == b"ready\n"
+    return client
 
 
 def active_run(api: Api, app: str, command: list[str]) -> int:
@@ -155,9 +175,7 @@ def test_ctrl_c_on_a_piped_run_exits_130_and_stops_the_run(
 ) -> None:
     name, root = app
     command = ["sh", "-c", READY]
-    client = cli_popen(cli, "run", *command, cwd=root)
-    popen_cleanup.append(client)
-    assert read_line(client) == b"ready\n"
+    client = start_attached(cli, root, command, popen_cleanup)
     with Api(cli.server) as api:
         number = active_run(api, name, command)
         client.send_signal(signal.SIGINT)
@@ -232,13 +250,9 @@ def test_a_dropped_client_past_the_grace_period_ends_the_run_canceled(
     tmp_path: Path,
     popen_cleanup: list[subprocess.Popen[bytes]],
 ) -> None:
-    srv = hgrun_server("--grace", "2s")
-    root = tmp_path / "app"
-    name = own_app(cli, srv, root, "grace")
+    srv, root, name = own_server_app(hgrun_server, cli, tmp_path, "grace", "--grace", "2s")
     command = ["sh", "-c", READY]
-    client = cli_popen(cli, "run", *command, cwd=root, server=srv)
-    popen_cleanup.append(client)
-    assert read_line(client) == b"ready\n"
+    client = start_attached(cli, root, command, popen_cleanup, srv)
     with Api(srv) as api:
         number = active_run(api, name, command)
         dropped = time.time()
@@ -261,14 +275,10 @@ def test_a_client_that_comes_back_within_the_grace_period_keeps_the_run(
 ) -> None:
     """The other side of the grace: a dropped client that re-attaches in time keeps its run,
     and the run's own exit code comes back (the grace is counted from the last client gone)."""
-    srv = hgrun_server("--grace", "4s")
-    root = tmp_path / "app"
-    name = own_app(cli, srv, root, "regrace")
+    srv, root, name = own_server_app(hgrun_server, cli, tmp_path, "regrace", "--grace", "4s")
     # Ends by itself once it reads a line: the re-attached client sends it.
     command = ["sh", "-c", "echo ready; read line; echo got $line; exit 9"]
-    client = cli_popen(cli, "run", *command, cwd=root, server=srv)
-    popen_cleanup.append(client)
-    assert read_line(client) == b"ready\n"
+    client = start_attached(cli, root, command, popen_cleanup, srv)
     with Api(srv) as api:
         number = active_run(api, name, command)
         client.kill()
@@ -292,13 +302,9 @@ def test_an_idle_attached_session_is_closed_with_a_message(
     tmp_path: Path,
     popen_cleanup: list[subprocess.Popen[bytes]],
 ) -> None:
-    srv = hgrun_server("--idle-timeout", "2s")
-    root = tmp_path / "app"
-    name = own_app(cli, srv, root, "idle")
+    srv, root, name = own_server_app(hgrun_server, cli, tmp_path, "idle", "--idle-timeout", "2s")
     command = ["sh", "-c", READY]
-    client = cli_popen(cli, "run", *command, cwd=root, server=srv)
-    popen_cleanup.append(client)
-    assert read_line(client) == b"ready\n"
+    client = start_attached(cli, root, command, popen_cleanup, srv)
     quiet_since = time.time()
     with Api(srv) as api:
         number = active_run(api, name, command)
@@ -315,9 +321,7 @@ def test_output_keeps_an_attached_session_from_going_idle(
     hgrun_server: ServerFactory, cli: Cli, busybox_image: str, tmp_path: Path
 ) -> None:
     # A line every 0.25 s for 6 s, against an idle timeout of 3 s: activity, never idle.
-    srv = hgrun_server("--idle-timeout", "3s")
-    root = tmp_path / "app"
-    own_app(cli, srv, root, "busy")
+    srv, root, _ = own_server_app(hgrun_server, cli, tmp_path, "busy", "--idle-timeout", "3s")
     script = "i=0; while [ $i -lt 24 ]; do i=$((i+1)); echo tick$i; sleep 0.25; done"
     done = cli("run", "sh", "-c", script, cwd=root, server=srv, input=None, timeout=120)
     assert done.returncode == 0, text(done.stderr)
@@ -334,9 +338,7 @@ def test_a_run_whose_container_vanished_while_the_server_was_down_is_lost(
     docker_client: docker.DockerClient,
     tmp_path: Path,
 ) -> None:
-    srv = hgrun_server()
-    root = tmp_path / "app"
-    name = own_app(cli, srv, root, "lost")
+    srv, root, name = own_server_app(hgrun_server, cli, tmp_path, "lost")
     gone = run_id(check(cli("run", "--detached", "sleep", "600", cwd=root, server=srv)))
     kept = run_id(check(cli("run", "--detached", "sleep", "601", cwd=root, server=srv)))
     with Api(srv) as api:
@@ -367,9 +369,7 @@ def test_strays_are_removed_at_start_and_other_servers_containers_are_not(
     docker_client: docker.DockerClient,
     tmp_path: Path,
 ) -> None:
-    srv = hgrun_server()
-    root = tmp_path / "app"
-    own_app(cli, srv, root, "stray")
+    srv, root, _ = own_server_app(hgrun_server, cli, tmp_path, "stray")
     finished = run_id(check(cli("run", "--detached", "true", cwd=root, server=srv)))
     with Api(srv) as api:
         assert api.finished_run(finished)["status"] == "succeeded"
@@ -413,9 +413,7 @@ def test_an_upload_over_max_upload_is_413_and_the_run_never_starts(
     docker_client: docker.DockerClient,
     tmp_path: Path,
 ) -> None:
-    srv = hgrun_server("--max-upload", "1")  # MB
-    root = tmp_path / "app"
-    name = own_app(cli, srv, root, "cap")
+    srv, root, name = own_server_app(hgrun_server, cli, tmp_path, "cap", "--max-upload", "1")  # MB
     small = tmp_path / "small.bin"
     small.write_bytes(os.urandom(200_000))
     big = tmp_path / "big.bin"
@@ -472,13 +470,11 @@ def test_reattach_while_running_shows_the_lines_printed_while_away_then_live_one
     # Prints `away1..away20` while no client is attached, then waits for a line that only the
     # re-attached client can send, so what follows is live output by construction.
     script = (
-        "echo start; i=0; while [ $i -lt 20 ]; do i=$((i+1)); echo away$i; done;"
+        "echo ready; i=0; while [ $i -lt 20 ]; do i=$((i+1)); echo away$i; done;"
         " read line; echo got $line; for j in 1 2 3; do echo live$j; done; exit 4"
     )
     command = ["sh", "-c", script]
-    first = cli_popen(cli, "run", *command, cwd=root)
-    popen_cleanup.append(first)
-    assert read_line(first) == b"start\n"
+    first = start_attached(cli, root, command, popen_cleanup)
     with Api(cli.server) as api:
         number = active_run(api, name, command)
         first.kill()
