@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 
 from hgrun.lifecycle import Outcome
-from hgrun.models import OutputChunk, Run, RunStatus, Script, Trigger, TriggerKind
+from hgrun.models import (
+    App,
+    Manifest,
+    OutputChunk,
+    Release,
+    Run,
+    RunStatus,
+    Script,
+    Trigger,
+    TriggerKind,
+)
 from hgrun.store import Store
 
 
@@ -20,6 +30,20 @@ def store(tmp_path: Path) -> Store:
     store = Store(tmp_path / "hgrun.db", clock=lambda: 1000.0)
     store.ensure_workspace("default")
     return store
+
+
+def _app_and_release(store: Store) -> tuple[App, Release]:
+    app = store.create_app("default", "app")
+    release = store.create_release(
+        app.id,
+        image="sha256:x",
+        context_hash="h" * 64,
+        procfile={},
+        manifest=Manifest(name="app"),
+        env={},
+        description="Deploy",
+    )
+    return app, release
 
 
 def _script_run(store: Store, app_id: int, release_id: int, script_id: int) -> Run:
@@ -61,11 +85,7 @@ def _bring(store: Store, run: Run, status: RunStatus) -> None:
     "old_status", [RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING], ids=str
 )
 def test_prune_keeps_runs_in_flight_and_the_newest(store: Store, old_status: RunStatus) -> None:
-    app = store.create_app("default", "app")
-    release = store.create_release(
-        app.id, image="sha256:x", context_hash="h" * 64, procfile={}, manifest={}, env={},
-        description="Deploy",
-    )  # fmt: skip
+    app, release = _app_and_release(store)
     store.sync_scripts("default", app.id, [Script(name="s", command="true")])
     (script,) = store.scripts()
     # Oldest first: one run in flight, then finished ones of every final kind, then the newest.
@@ -93,11 +113,7 @@ def test_prune_keeps_runs_in_flight_and_the_newest(store: Store, old_status: Run
 
 
 def test_prune_of_a_script_never_touches_another_scripts_runs(store: Store) -> None:
-    app = store.create_app("default", "app")
-    release = store.create_release(
-        app.id, image="sha256:x", context_hash="h" * 64, procfile={}, manifest={}, env={},
-        description="Deploy",
-    )  # fmt: skip
+    app, release = _app_and_release(store)
     store.sync_scripts(
         "default", app.id, [Script(name="s", command="true"), Script(name="t", command="true")]
     )
