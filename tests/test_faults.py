@@ -105,7 +105,8 @@ def read_line(process: subprocess.Popen[bytes], timeout: float = 60) -> bytes:
 
 
 def run_containers(client: docker.DockerClient, number: int) -> list[Any]:
-    return client.containers.list(all=True, filters={"label": f"hgrun.run={number}"})
+    # sparse: no inspect per container, which would race with its removal.
+    return client.containers.list(all=True, sparse=True, filters={"label": f"hgrun.run={number}"})
 
 
 def finish(
@@ -492,3 +493,24 @@ def test_reattach_while_running_shows_the_lines_printed_while_away_then_live_one
     lines = out.splitlines()
     assert [f"away{i}" for i in range(1, 21)] == [x for x in lines if x.startswith("away")], out
     assert lines[-4:] == ["got back", "live1", "live2", "live3"], out
+
+
+# -- output of a short TTY run ---------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a short TTY run loses all its output about one time in four, in the store too (the"
+    " engine's attach stream yields nothing); seen on main at 90f169c and after the engine rework",
+)
+def test_a_short_tty_run_never_loses_its_output(cli: Cli, app: tuple[str, Path]) -> None:
+    """`hgrun run --tty echo hi` prints hi, every time: up to 20 tries, stopping at the first
+    that loses it (the loss is a race, so one try would prove little)."""
+    name, root = app
+    with Api(cli.server) as api:
+        for attempt in range(20):
+            done = cli("run", "--tty", "sh", "-c", "echo hello-tty", cwd=root, input=b"")
+            assert done.returncode == 0, text(done.stderr)
+            runs = api.http.get(f"/v1/apps/{name}/runs", params={"limit": 1}).json()
+            stored = "".join(line["line"] for line in api.log_lines(name, runs[0]["id"]))
+            assert (done.stdout, stored) == (b"hello-tty\r\n", "hello-tty"), attempt
