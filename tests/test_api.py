@@ -411,18 +411,6 @@ def test_create_run_refuses_bad_bodies_with_400(
     assert_error(admin.post(f"/v1/apps/{deployed}/runs", json=body), 400)
 
 
-def test_create_run_of_a_size_the_host_cannot_give_is_422(
-    admin: httpx.Client, deployed: str
-) -> None:
-    # pro-ultra is 32 GB and 8 CPUs: more than any machine this suite runs on is assumed to have.
-    response = admin.post(
-        f"/v1/apps/{deployed}/runs", json={"command": ["true"], "size": "pro-ultra"}
-    )
-    body = assert_error(response, 422)
-    assert "pro-ultra" in body["message"]
-    assert body["hint"]
-
-
 def test_create_run_of_an_app_without_a_release_is_404(admin: httpx.Client) -> None:
     name = unique("norel")
     assert admin.post("/v1/apps", json={"name": name}).status_code == 201

@@ -258,12 +258,6 @@ def test_unknown_size(cli: Cli, app: tuple[str, Path]) -> None:
     assert "huge" in first
 
 
-def test_a_size_the_host_cannot_give(cli: Cli, app: tuple[str, Path]) -> None:
-    name, _ = app
-    done = cli("run", "--app", name, "--size", "pro-ultra", "true", input=b"")
-    assert "pro-ultra" in assert_one_line_error(done, INPUT_STATUSES)
-
-
 @pytest.mark.parametrize("pair", ["1A=x", "A-B=x", "=x", "NOEQUALS", "A B=x"])
 def test_bad_env_name(cli: Cli, app: tuple[str, Path], pair: str) -> None:
     name, _ = app
