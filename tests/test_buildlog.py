@@ -91,13 +91,19 @@ def test_failure_before_any_step() -> None:
 # -- the CLI's view of it (hgrun/cli/buildview.py) ------------------------------------------------
 
 
-def _view(live: bool = False, plan: object = None) -> BuildView:
+def _view(live: bool = False, plan: object = None, quiet: bool = False) -> BuildView:
     from hgrun.cli.output import Output
     from hgrun.cli.terminal import Terminal
 
     ticks = iter(range(1000))
     terminal = Terminal(None, io.BytesIO(), io.BytesIO())
-    return BuildView(Output(terminal), live=live, plan=plan, clock=lambda: float(next(ticks)))  # type: ignore[arg-type]
+    return BuildView(
+        Output(terminal),
+        live=live,
+        quiet=quiet,
+        plan=plan,  # type: ignore[arg-type]
+        clock=lambda: float(next(ticks)),
+    )
 
 
 def test_view_prints_the_lines_when_not_live(capsys: pytest.CaptureFixture[str]) -> None:
@@ -129,7 +135,8 @@ def test_view_failure_names_the_step_with_the_stacks_hint() -> None:
         "download' returned a non-zero code: 1"
     )
     assert failed.hint is not None and failed.hint.startswith("go could not fetch the modules")
-    assert failed.exit_status == error.exit_status
+    assert isinstance(failed, EngineError) and failed.exit_status == error.exit_status
+    assert str(failed) == failed.message
 
 
 def test_view_failure_without_a_hint_keeps_the_engines() -> None:
@@ -161,3 +168,21 @@ def test_live_render_shows_states_and_the_failed_tail() -> None:
     assert "✗ 5/6 RUN CGO_ENABLED=0 go build -o /out/bin/ ./..." in text
     # The failed step's last 15 lines stay; older ones are gone.
     assert "│ output 19" in text and "│ output 5" in text and "│ output 4\n" not in text
+
+
+def test_view_strips_the_builders_colours(capsys: pytest.CaptureFixture[str]) -> None:
+    view = _view()
+    view.line("Step 1/1 : RUN x")
+    view.line("\x1b[91mgo: no module dependencies to download\n\x1b[0m")
+    assert "\x1b" not in capsys.readouterr().err
+    assert list(view.log.steps[0].tail) == ["go: no module dependencies to download\n"]
+
+
+def test_quiet_view_prints_nothing_but_still_names_the_failed_step(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with _view(quiet=True) as view:
+        view.line("Step 1/1 : RUN false")
+        failed = view.failure(EngineError("the build failed: exit 1"))
+    assert capsys.readouterr().err == ""
+    assert failed.message == "the build failed at step 1/1: RUN false: exit 1"

@@ -9,6 +9,7 @@ step, with the stack's hint for it (:func:`hgrun.stacks.hint_for`).
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 from collections.abc import Callable
@@ -43,14 +44,18 @@ class BuildView:
         output: Output,
         *,
         live: bool,
+        quiet: bool = False,
         plan: Plan | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``live``: draw the steps (stderr is a terminal); else print each line, unless
+        ``quiet`` (then only a failure is reported, still naming its step)."""
         self.output = output
         self.plan = plan
         self.clock = clock
         self.log = BuildLog(keep=FAILED_TAIL)
-        self._live_wanted = live
+        self._live_wanted = live and not quiet
+        self._quiet = quiet
         self._live: Live | None = None
 
     def __enter__(self) -> BuildView:
@@ -83,7 +88,7 @@ class BuildView:
         # and rich draws its own.
         text = _ANSI.sub("", text)
         self.log.feed(text, self.clock())
-        if self._live is None:
+        if self._live is None and not self._quiet:
             self.output.info("  " + text)
 
     def failure(self, error: HgrunError) -> HgrunError:
@@ -97,10 +102,14 @@ class BuildView:
             from hgrun.stacks import hint_for
 
             hint = hint_for(self.plan, step.instruction)
-        detail = error.message.removeprefix("the build failed: ").splitlines()[0].strip()
+        lines = error.message.removeprefix("the build failed: ").strip().splitlines()
+        detail = lines[0] if lines else "it stopped"
         label = step.label if len(step.label) <= 100 else step.label[:99] + "…"
-        failed = HgrunError(f"the build failed at {label}: {detail}", hint or error.hint)
-        failed.exit_status = error.exit_status
+        # The same kind of error (its exit status and code), said about the step.
+        failed = copy.copy(error)
+        failed.message = f"the build failed at {label}: {detail}"
+        failed.args = (failed.message,)
+        failed.hint = hint or error.hint
         return failed
 
     def cached(self) -> list[Step]:
