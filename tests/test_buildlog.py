@@ -173,9 +173,10 @@ def test_live_render_shows_states_and_the_failed_tail() -> None:
 def test_view_strips_the_builders_colours(capsys: pytest.CaptureFixture[str]) -> None:
     view = _view()
     view.line("Step 1/1 : RUN x")
-    view.line("\x1b[91mgo: no module dependencies to download\n\x1b[0m")
+    view.line("\x1b[91mgo: no module dependencies to download")
+    view.line("\x1b[0m")
     assert "\x1b" not in capsys.readouterr().err
-    assert list(view.log.steps[0].tail) == ["go: no module dependencies to download\n"]
+    assert list(view.log.steps[0].tail) == ["go: no module dependencies to download"]
 
 
 def test_quiet_view_prints_nothing_but_still_names_the_failed_step(

@@ -196,7 +196,7 @@ def run_stack_app(
     first = cli("deploy", cwd=root, timeout=900)
     err = first.stderr.decode()
     assert first.returncode == 0, err
-    # (the "detected" line: asserted once deploy prints it)
+    assert f"detected {stack} ({app.marker})" in err
     # The install step ran (the first build of this app's dependencies on this engine may
     # still find it cached from another test session: either way it is in the output).
     assert step_cached(err, app.install) is not None, err
@@ -215,6 +215,7 @@ def run_stack_app(
     assert second.returncode == 0, err
     assert step_cached(err, app.install) is True, err
     assert step_cached(err, "COPY . .") is False, err
+    assert re.search(r"Released \S+ v2 \(\w+\) in [\d.]+s; \d+ of \d+ build steps from cache", err)
     ran = cli("run", "--no-build", "--app", name, "hello", cwd=root)
     assert ran.stdout.decode().strip() == app.says.replace(old, new), ran.stderr
 

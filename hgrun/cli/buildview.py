@@ -86,7 +86,9 @@ class BuildView:
     def line(self, text: str) -> None:
         # The classic builder colours a step's stderr red with ANSI codes: not for a pipe,
         # and rich draws its own.
-        text = _ANSI.sub("", text)
+        text = _ANSI.sub("", text).rstrip()
+        if not text:
+            return
         self.log.feed(text, self.clock())
         if self._live is None and not self._quiet:
             self.output.info("  " + text)
@@ -129,7 +131,8 @@ class BuildView:
         grid.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
         grid.add_column(justify="right", no_wrap=True)
         for step in self.log.steps:
-            title = Text(f"{step.number}/{step.total} ", style="dim")
+            title = Text()
+            title.append(f"{step.number}/{step.total} ", style="dim")
             title.append(" ".join(step.instruction.split()))
             if step.state is StepState.RUNNING:
                 icon: RenderableType = Spinner("dots", style="cyan")

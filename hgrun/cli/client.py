@@ -130,6 +130,10 @@ class Api:
             conn = self._connection()
             try:
                 conn.timeout = read_timeout
+                if conn.sock is not None:
+                    # A kept-alive socket keeps the timeout it was opened with: a build step
+                    # that prints nothing for a minute would end the stream as "unreachable".
+                    conn.sock.settimeout(read_timeout)
                 conn.request(method, target, body=body, headers=all_headers, encode_chunked=chunked)
                 response = conn.getresponse()
                 break

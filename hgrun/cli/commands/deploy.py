@@ -10,6 +10,7 @@ import click
 
 from hgrun import errors
 from hgrun.cli import appdir, views
+from hgrun.cli.buildview import BuildView
 from hgrun.cli.options import Context, app_name_or_here, app_option, json_option, pass_ctx
 from hgrun.errors import HgrunError, InputError
 
@@ -21,14 +22,40 @@ from hgrun.errors import HgrunError, InputError
     type=click.Path(path_type=Path, file_okay=False),
     help="The app folder (default: the one holding ./hgrun.yaml).",
 )
+@click.option(
+    "--show-dockerfile",
+    is_flag=True,
+    help="Print the Dockerfile the build would use (generated for the stack, or yours); exit.",
+)
 @json_option
 @pass_ctx
-def deploy(ctx: Context, folder: Path | None, as_json: bool) -> None:
-    """Build the app in this folder (reusing an identical build) and release it."""
+def deploy(ctx: Context, folder: Path | None, show_dockerfile: bool, as_json: bool) -> None:
+    """Build the app in this folder (reusing an identical build) and release it.
+
+    With no Dockerfile, one is generated for the app's stack (go, rust, java, ruby, php,
+    python, node; see docs/stacks.md).
+    """
     app = _load_app(folder)
+    if show_dockerfile:
+        _show_dockerfile(ctx, app)
+        return
     release = deploy_app(ctx, app, quiet=as_json)
     if as_json:
         ctx.output.json(release)
+
+
+def _show_dockerfile(ctx: Context, app: appdir.AppDir) -> None:
+    """The Dockerfile on stdout (data), where it comes from on stderr."""
+    if app.plan is not None:
+        ctx.output.info(app.plan.reason)
+        text = app.generated[app.dockerfile].decode()
+    else:
+        ctx.output.info(f"the app's own {app.dockerfile}")
+        try:
+            text = (app.root / app.dockerfile).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{app.dockerfile}: cannot read it ({e})") from e
+    ctx.output.line(text.rstrip("\n"))
 
 
 def _load_app(folder: Path | None) -> appdir.AppDir:
@@ -47,6 +74,9 @@ def deploy_app(ctx: Context, app: appdir.AppDir, *, quiet: bool = False) -> dict
     base = f"/v1/apps/{app.name}"
     ctx.api.get(base)  # an app that does not exist fails here, before any upload
     digest = app.context_hash()
+    if app.plan is not None and not quiet:
+        out.info(app.plan.reason)  # "detected go (go.mod)"
+    cached = total = 0
     if ctx.api.exists(f"{base}/builds/{digest}"):
         if not quiet:
             out.info(f"Context {digest[:12]} is already built: reusing it, nothing to upload.")
@@ -54,21 +84,24 @@ def deploy_app(ctx: Context, app: appdir.AppDir, *, quiet: bool = False) -> dict
         if not quiet:
             out.info(f"Building {app.name} (context {digest[:12]}) ...")
         image = None
-        for event in ctx.api.stream_lines(
-            "POST",
-            f"{base}/builds",
-            params={"network": app.manifest.network, "dockerfile": app.dockerfile},
-            content=app.tar_chunks(),
-            headers={"X-Context-Hash": digest, "Content-Type": "application/x-tar"},
-        ):
-            if "stream" in event and not quiet:
-                out.info("  " + event["stream"])
-            elif "error" in event:
-                raise errors.from_json(event["error"], 400)
-            elif "image" in event:
-                image = event["image"]
+        live = ctx.terminal.stderr_isatty
+        with BuildView(out, live=live, quiet=quiet, plan=app.plan) as view:
+            for event in ctx.api.stream_lines(
+                "POST",
+                f"{base}/builds",
+                params={"network": app.manifest.network, "dockerfile": app.dockerfile},
+                content=app.tar_chunks(),
+                headers={"X-Context-Hash": digest, "Content-Type": "application/x-tar"},
+            ):
+                if "stream" in event:
+                    view.line(event["stream"])
+                elif "error" in event:
+                    raise view.failure(errors.from_json(event["error"], 400))
+                elif "image" in event:
+                    image = event["image"]
         if image is None:
             raise HgrunError("the build ended without an image", "try `hgrun deploy` again")
+        cached, total = len(view.cached()), len(view.log.steps)
     release = ctx.api.post(
         f"{base}/releases",
         {"context_hash": digest, "procfile": app.procfile_text, "manifest": app.manifest_text},
@@ -77,7 +110,8 @@ def deploy_app(ctx: Context, app: appdir.AppDir, *, quiet: bool = False) -> dict
         took = time.monotonic() - started
         what = "Unchanged:" if release.get("unchanged") else "Released"
         image = release["image"][7:19]
-        out.success(f"{what} {app.name} v{release['version']} ({image}) in {took:.1f}s")
+        reused = f"; {cached} of {total} build steps from cache" if total else ""
+        out.success(f"{what} {app.name} v{release['version']} ({image}) in {took:.1f}s{reused}")
     return release
 
 
