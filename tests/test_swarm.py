@@ -313,7 +313,11 @@ def test_runs_land_on_all_three_nodes_and_a_run_with_no_room_fails_with_swarms_r
         done = swarm_cli("run", "--detached", "--size", "pro", "sh", "-c", script,
                          cwd=app_anywhere, server=anywhere)  # fmt: skip
         numbers.append(run_id(check(done)))
-    nodes = {n: wait_for(lambda n=n: _node_of(manager, n), 20, f"run {n} running") for n in numbers}
+    try:
+        nodes = {n: wait_for(lambda n=n: _node_of(manager, n), 20, f"run {n}") for n in numbers}
+    except AssertionError:
+        with Api(anywhere) as api:
+            raise AssertionError([api.run(n) for n in numbers], anywhere.log) from None
     assert sorted(nodes.values()) == ["n1", "n2", "n3"]
 
     # No node has room left: the run waits --placement-timeout (3 s), then fails with
