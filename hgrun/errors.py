@@ -148,6 +148,12 @@ class NotExecutableError(EngineError):
     http_status = 400
 
 
+class NodeLostError(EngineError):
+    """The node a run was on went away (a swarm node down): the run is ``lost``, not failed."""
+
+    code = "node_lost"
+
+
 class StoreError(HgrunError):
     code = "store_error"
     http_status = 500

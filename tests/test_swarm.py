@@ -152,6 +152,10 @@ def test_the_task_command_keeps_the_image_entrypoint(
             {"State": "rejected", "Err": "No such image"},
             (ContainerStatus.EXITED, None, "No such image"),
         ),
+        (
+            {"State": "orphaned", "ContainerStatus": {"ExitCode": 0}},
+            (ContainerStatus.EXITED, None, ""),
+        ),
     ],
 )
 def test_task_states(status: dict[str, Any], expected: tuple[object, ...]) -> None:
@@ -356,6 +360,13 @@ def test_an_attached_run_on_a_worker_gets_stdin_and_eof_and_its_exit_codes(
     assert missing.returncode == 127, text(missing.stderr)
     assert "no-such-command" in text(missing.stderr)
     check(swarm_cli("run", "true", input=b"", cwd=app_workers, server=workers))
+    # The hardening, as the single-host tests check it (CapEff: the eight capabilities).
+    status = check(swarm_cli("run", "cat", "/proc/self/status", input=b"", cwd=app_workers,
+                             server=workers))  # fmt: skip
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert fields["NoNewPrivs"].strip() == "1"
+    # CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID NET_BIND_SERVICE: bits 0 1 3-7 10.
+    assert int(fields["CapEff"], 16) == 0x4FB
 
 
 def test_stop_removes_the_service(
@@ -406,3 +417,58 @@ def test_a_worker_endpoint_is_not_a_manager(swarm: Swarm, tmp_path: Path) -> Non
     assert done.returncode != 0
     assert "is not a swarm manager" in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) <= 2, err  # the error, and its hint
+
+
+def test_a_worker_killed_during_runs_marks_its_runs_lost_naming_it(
+    swarm: Swarm,
+    swarm_cli: Cli,
+    workers: HgrunServer,
+    app_workers: Path,
+    manager: docker.APIClient,
+) -> None:
+    # Last in this file: the killed node stays down for the rest of the session.
+    numbers = [
+        run_id(
+            check(
+                swarm_cli(
+                    "run",
+                    "--detached",
+                    "sh",
+                    "-c",
+                    "echo up; sleep 300",
+                    cwd=app_workers,
+                    server=workers,
+                )
+            )
+        )  # fmt: skip
+        for _ in range(3)
+    ]
+    nodes = {n: wait_for(lambda n=n: _node_of(manager, n), 20, f"run {n}") for n in numbers}
+    with Api(workers) as api:
+        for number in numbers:  # started (not only placed): their command runs
+            wait_for(lambda n=number: api.run(n)["status"] == "running", 20, f"run {number}")
+    victim = nodes[numbers[0]]
+    pid = int((swarm.dir / victim / "pid").read_text())
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    with Api(workers) as api:
+        for number, node in nodes.items():
+            if node != victim:
+                continue
+            info = api.finished_run(number, timeout=40)
+            assert info["status"] == "lost", (
+                victim,
+                nodes,
+                {n: api.run(n) for n in numbers},
+                check(swarm_cli("logs", cwd=app_workers, server=workers)),
+                [line for line in workers.output if "swarm" in line],
+            )
+            assert f"swarm node {victim} went down" in (info["error"] or ""), info
+        lost_after = time.monotonic() - killed
+        assert lost_after < 40
+        for number, node in nodes.items():
+            if node == victim:
+                continue
+            assert api.run(number)["status"] == "running"
+            check(swarm_cli("stop", f"run.{number}", cwd=app_workers, server=workers))
+    print(f"runs on {victim} lost {lost_after:.1f} s after its dockerd was killed")

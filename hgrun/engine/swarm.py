@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import logging
 import secrets
 import tarfile
 import threading
@@ -52,9 +53,11 @@ from hgrun.engine.swarmspec import (
     task_state,
     unplaceable,
 )
-from hgrun.errors import EngineError, HgrunError, NotFoundError
+from hgrun.errors import EngineError, HgrunError, NodeLostError, NotFoundError
 
+log = logging.getLogger("hgrun.swarm")
 CONCURRENCY = 8
+LOST_AFTER = 30.0  # a node that answers nothing about a run for this long has lost it
 
 
 @dataclasses.dataclass
@@ -368,24 +371,45 @@ class SwarmEngine:
             task.node.engine.resize(task.container_id, width, height)
 
     def wait(self, container_id: str) -> int:
-        """The exit code: the node's wait returns at once; the task's status when the node
-        cannot say (it restarted, or the container was removed under us)."""
+        """The exit code, from the node (at once) or, when the node cannot say, the task's
+        status. A node that Swarm sees down, or that answers nothing for ``LOST_AFTER``
+        seconds, raises :class:`NodeLostError` (the run is lost)."""
         task = self._task(container_id)
         try:
-            return task.node.engine.wait(task.container_id)
-        except HgrunError:
-            pass
-        deadline = self._clock() + 30.0
-        while self._clock() < deadline:
+            code = task.node.engine.wait(task.container_id)
+            return code
+        except HgrunError as e:
+            log.info("service %s: node %s gave no exit code: %s", container_id, task.node.name, e)
+        deadline = self._clock() + LOST_AFTER
+        while True:
             raw = self._current_task(container_id)
             if raw is not None:
                 word, code, err = task_state(raw)
-                if word is ContainerStatus.EXITED:
-                    if code is None:
-                        raise EngineError(f"the task ended without an exit code: {err}")
+                if word is ContainerStatus.EXITED and code is not None:
+                    log.info("service %s: exit code from its task: %s", container_id, raw["Status"])
                     return int(code)
-            self._sleep(0.2)
-        raise EngineError(f"swarm node {task.node.name} does not answer about the run")
+            state = self._node_state(task.node.id)
+            if state != "ready":
+                raise NodeLostError(
+                    f"swarm node {task.node.name} went {state} during the run; its output"
+                    " after that is lost"
+                )
+            with contextlib.suppress(HgrunError):
+                # The node is back (a restarted dockerd): its answer is the exit code.
+                code = task.node.engine.wait(task.container_id)
+                log.info(
+                    "service %s: node %s is back, exit code %s", container_id, task.node.name, code
+                )
+                return code
+            if self._clock() > deadline:
+                raise NodeLostError(f"swarm node {task.node.name} does not answer about the run")
+            self._sleep(0.5)
+
+    def _node_state(self, node_id: str) -> str:
+        """Swarm's view of a node: ready, down, unknown or disconnected."""
+        with _translate(f"cannot inspect swarm node {node_id[:12]}"):
+            raw = self._api.inspect_node(node_id)
+        return str((raw.get("Status") or {}).get("State") or "unknown")
 
     def inspect(self, container_id: str) -> ContainerState:
         raw = self._current_task(container_id)

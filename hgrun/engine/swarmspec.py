@@ -136,7 +136,9 @@ def task_state(task: Mapping[str, Any]) -> tuple[ContainerStatus, int | None, st
     status = task.get("Status") or {}
     state = str(status.get("State", ""))
     container = status.get("ContainerStatus") or {}
-    exit_code = container.get("ExitCode") if state in TASK_ENDED else None
+    # Only a task that ran to its end has a real exit code; a running, shut down, rejected or
+    # orphaned one reports 0 there.
+    exit_code = container.get("ExitCode") if state in ("complete", "failed") else None
     word = _TASK_STATUS.get(state, ContainerStatus.EXITED)
     return word, exit_code, str(status.get("Err") or "")
 

@@ -39,6 +39,7 @@ from hgrun.errors import (
     EngineError,
     ExitStatus,
     HgrunError,
+    NodeLostError,
     NotFoundError,
     PayloadTooLargeError,
 )
@@ -384,6 +385,10 @@ class Supervisor:
             await self._finish(session, exit_code)
         except asyncio.CancelledError:
             raise
+        except NodeLostError as e:
+            # The engine lost the node the run was on (a swarm node went down).
+            session.stop_reason = (RunStatus.LOST, e.message)
+            await self._finish(session, int(ExitStatus.CANNOT_RUN))
         except Exception as e:
             log.exception("run %s: supervision failed", run.id)
             session.stop_reason = (RunStatus.FAILED, f"hgrun failed to supervise the run: {e}")
