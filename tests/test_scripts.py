@@ -82,6 +82,13 @@ def storm(api: ScriptApi, script_id: int, n: int) -> list[httpx.Response]:
         return list(pool.map(one, range(n)))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _busybox(busybox_image: str) -> str:
+    """Every app here is built FROM the busybox test image: make it before any test of this
+    module, so a test run alone (or first) does not depend on another having made it."""
+    return busybox_image
+
+
 @pytest.fixture
 def api(server: HgrunServer) -> Iterator[ScriptApi]:
     with ScriptApi(server) as client:
@@ -647,6 +654,17 @@ def set_cursors(server: HgrunServer, script_ids: list[int], cursor: float) -> No
         db.close()
 
 
+def wait_ticks(server: HgrunServer, n: int) -> None:
+    """Wait until ``server``'s cron loop has ticked ``n`` more times (each tick evaluates every
+    schedule), as `GET /v1/health` counts them: an event, where a sleep would guess."""
+
+    def ticks() -> int:
+        return int(httpx.get(f"{server.url}/v1/health", timeout=10).json()["scheduler"]["ticks"])
+
+    start = ticks()
+    wait_for(lambda: ticks() >= start + n, 60, f"{n} ticks of the scheduler on {server.url}")
+
+
 def slot_runs(server: HgrunServer, script_id: int) -> list[tuple[int, str | None, str]]:
     """(id, slot, trigger name) of every run of a script, straight from the store."""
     db = sqlite3.connect(f"file:{server.data_dir / 'hgrun.db'}?mode=ro", uri=True)
@@ -699,7 +717,7 @@ def test_catchup_latest_runs_only_the_most_recent_missed_slot_and_skip_none(
     run = api.finished_run(runs[0]["id"])
     assert run["status"] == "succeeded", run
     assert run["trigger"] == {"kind": "cron", "name": slot_name(slots[-1])}
-    time.sleep(3)  # a few more scheduler ticks
+    wait_ticks(srv, 3)  # a few more scheduler ticks: nothing more runs
     assert len(api.script_runs(ids["latest"])) == 1
     assert api.script_runs(ids["skipper"]) == [], "catchup skip ran a missed slot"
     assert api.script_runs(ids["deadline"]) == [], "a slot past its starting deadline ran"
@@ -720,7 +738,7 @@ def test_restarts_never_run_one_slot_twice(
         srv.stop()
         set_cursors(srv, [ids["latest"]], slots[0] - 30)
         srv.start()
-        time.sleep(3)
+        wait_ticks(srv, 3)
         assert [r["id"] for r in api.script_runs(ids["latest"])] == [first[0]["id"]]
     assert "already has its run" in srv.log
 
@@ -749,7 +767,8 @@ def test_two_servers_on_one_store_run_a_missed_slot_once(
             t.join(90)
         for s in (srv, twin):
             assert s.process is not None and s.process.poll() is None, s.log
-        time.sleep(4)
+        for s in (srv, twin):
+            wait_ticks(s, 3)
         made = slot_runs(srv, ids["latest"])
         assert len(made) == 1, made
         assert made[0][1] == slot_name(slots[-1])

@@ -144,6 +144,7 @@ def serve(
         audit,
         host_cpus=host_cpus,
         host_memory=host_memory,
+        scheduler_ticks=lambda: scheduler.ticks,
     )
     token = first_start(store)
 

@@ -43,6 +43,9 @@ class Scheduler:
         self.tick_seconds = tick
         self._task: asyncio.Task[None] | None = None
         self._in_flight: dict[int, asyncio.Task[int | None]] = {}
+        # Ticks of the loop so far (`GET /v1/health` shows it): proof that cron is alive, and
+        # what a test waits on instead of sleeping through "a few ticks".
+        self.ticks = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -62,6 +65,7 @@ class Scheduler:
                 self.tick(self.clock())
             except Exception:
                 log.exception("scheduler tick failed")
+            self.ticks += 1
             # Wake just after the next whole second: cron slots fall on whole minutes.
             await asyncio.sleep(self.tick_seconds - (self.clock() % self.tick_seconds) + 0.01)
 

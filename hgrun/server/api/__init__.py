@@ -46,6 +46,7 @@ class Server:
     host_cpus: int
     host_memory: int
     clock: Callable[[], float] = time.time
+    scheduler_ticks: Callable[[], int] = lambda: 0  # how often the cron loop has ticked
 
 
 def build_app(server: Server) -> Starlette:
@@ -60,7 +61,9 @@ def build_app(server: Server) -> Starlette:
 
 
 async def health(server: Server, request: Request) -> Response:
-    return JSONResponse({"status": "ok", "version": __version__})
+    return JSONResponse(
+        {"status": "ok", "version": __version__, "scheduler": {"ticks": server.scheduler_ticks()}}
+    )
 
 
 async def openapi_json(server: Server, request: Request) -> Response:
