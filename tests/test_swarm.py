@@ -9,6 +9,7 @@ is attached through that worker's own engine endpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -367,6 +368,25 @@ def test_an_attached_run_on_a_worker_gets_stdin_and_eof_and_its_exit_codes(
     assert fields["NoNewPrivs"].strip() == "1"
     # CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID NET_BIND_SERVICE: bits 0 1 3-7 10.
     assert int(fields["CapEff"], 16) == 0x4FB
+
+
+def test_file_uploads_reach_a_worker_before_the_command_starts(
+    swarm_cli: Cli, workers: HgrunServer, app_workers: Path, tmp_path: Path
+) -> None:
+    upload = tmp_path / "data.bin"
+    upload.write_bytes(os.urandom(1024 * 1024))
+    done = swarm_cli("run", "--file", str(upload), "cat", "/tmp/uploads/data.bin",
+                     input=b"", cwd=app_workers, server=workers)  # fmt: skip
+    assert done.returncode == 0, text(done.stderr)
+    assert done.stdout == upload.read_bytes()
+    detached = swarm_cli("run", "--detached", "--file", str(upload), "md5sum",
+                         "/tmp/uploads/data.bin", cwd=app_workers, server=workers)  # fmt: skip
+    label = check(detached).strip()
+    with Api(workers) as api:
+        info = api.finished_run(run_id(label), timeout=30)
+    assert (info["status"], info["exit_code"]) == ("succeeded", 0), info
+    out = check(swarm_cli("logs", "--run", label, cwd=app_workers, server=workers))
+    assert hashlib.md5(upload.read_bytes()).hexdigest() in out  # noqa: S324 - a checksum
 
 
 def test_stop_removes_the_service(
