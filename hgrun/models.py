@@ -215,6 +215,7 @@ class Run:
     started: float | None
     finished: float | None
     script_id: int | None = None
+    node: str | None = None  # the host the run was placed on, for an engine of several hosts
 
     @property
     def label(self) -> str:

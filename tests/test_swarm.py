@@ -342,6 +342,9 @@ def test_runs_land_on_all_three_nodes_and_a_run_with_no_room_fails_with_swarms_r
                 "succeeded" if code == 0 else "failed",
                 code,
             ), run
+    # The run's node is recorded: `hgrun runs --json` shows it after the run.
+    runs = json.loads(check(swarm_cli("runs", "--json", cwd=app_anywhere, server=anywhere)))
+    assert {r["id"]: r["node"] for r in runs if r["id"] in nodes} == nodes
     for number in numbers:
         out = check(swarm_cli("logs", "--run", f"run.{number}", cwd=app_anywhere, server=anywhere))
         assert f"out-{number}" in out and "err" in out

@@ -82,6 +82,8 @@ def run_fields(run: dict[str, Any]) -> list[tuple[str, Any]]:
         ("Created", local_time(run["created"])),
         ("Duration", duration(run["duration"])),
     ]
+    if run.get("node"):
+        fields.insert(fields.index(("Size", run["size"])), ("Node", run["node"]))
     if run["error"]:
         fields.append(("Note", run["error"]))
     return fields

@@ -250,6 +250,10 @@ class DockerEngine:
             )
         return str(container["Id"])
 
+    def node(self, container_id: str) -> str | None:
+        """One host: no node to name."""
+        return None
+
     def start(self, container_id: str) -> None:
         try:
             self._api.start(container_id)

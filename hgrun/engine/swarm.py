@@ -161,7 +161,7 @@ class SwarmEngine:
         with self._lock:
             return self._nodes.setdefault(node_id, node)
 
-    def node_name(self, container_id: str) -> str | None:
+    def node(self, container_id: str) -> str | None:
         """The name of the node a run's task was placed on (None before it is placed)."""
         try:
             return self._task(container_id).node.name
@@ -376,8 +376,7 @@ class SwarmEngine:
         seconds, raises :class:`NodeLostError` (the run is lost)."""
         task = self._task(container_id)
         try:
-            code = task.node.engine.wait(task.container_id)
-            return code
+            return task.node.engine.wait(task.container_id)
         except HgrunError as e:
             log.info("service %s: node %s gave no exit code: %s", container_id, task.node.name, e)
         deadline = self._clock() + LOST_AFTER

@@ -216,7 +216,8 @@ class Supervisor:
             error = EngineError(f"cannot create the container: {e.__class__.__name__}: {e}")
             self._could_not_run(run, error)
             raise error from e
-        run = self.store.update_run(run.id, container_id=container_id)
+        node = await asyncio.to_thread(self.engine.node, container_id)
+        run = self.store.update_run(run.id, container_id=container_id, node=node)
         session = RunSession(run=run, container_id=container_id, last_activity=self.clock())
         if not run.uploads:
             session.uploads_done.set()

@@ -162,7 +162,9 @@ class RunStore(StoreBase):
 
         Set columns of a run. A finished run is never changed again (first final state wins).
         """
-        allowed = {"status", "exit_code", "oom", "container_id", "error", "started", "finished"}
+        allowed = {
+            "status", "exit_code", "oom", "container_id", "node", "error", "started", "finished",
+        }  # fmt: skip
         unknown = set(fields) - allowed
         if unknown:
             raise StoreError(f"cannot update run columns {sorted(unknown)}")
@@ -250,4 +252,5 @@ def run_from_row(row: sqlite3.Row) -> Run:
         started=row["started"],
         finished=row["finished"],
         script_id=row["script_id"],
+        node=row["node"],
     )

@@ -118,4 +118,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_by_script ON runs (script_id, id DESC) WHERE script_id IS NOT NULL;
     CREATE INDEX runs_by_script_status ON runs (script_id, status) WHERE script_id IS NOT NULL;
     """,
+    # 3: the node a run was placed on (the swarm engine; none on one host).
+    """
+    ALTER TABLE runs ADD COLUMN node TEXT;
+    """,
 ]

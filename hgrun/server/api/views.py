@@ -46,6 +46,7 @@ def run_json(run: Run, app_name: str | None = None) -> dict[str, Any]:
         "parent_run": run.parent_run,
         "status": run.status.value,
         "exit_code": run.exit_code,
+        "node": run.node,
         "oom": run.oom,
         "error": run.error,
         "created": run.created,
