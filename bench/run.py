@@ -32,45 +32,41 @@ import contextlib
 import json
 import math
 import os
-import platform
-import re
 import shlex
-import shutil
-import signal
-import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
-import sysconfig
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DOCKER_HOST = "unix:///tmp/dk/docker.sock"
-DEFAULT_BASE_IMAGE = "hgrun-test/busybox:latest"
+import harness
+from harness import (
+    BenchError,
+    Server,
+    bench_env,
+    clean_up,
+    default_cli,
+    docker_cli,
+    engine,
+    machine,
+    ok_mark,
+    remove_app_images,
+    remove_leftovers,
+    say,
+    session,
+    source_state,
+)
+
 MIB = 1024 * 1024
-ADMIN_TOKEN = re.compile(r"admin token: (\S+)")
 SAMPLE_EVERY = 0.05  # seconds between RSS samples
 CMD_TIMEOUT = 900.0  # no single command of the benchmark may take longer
 SETTLE = 0.25  # seconds of pause before each timed command (after the engine is quiet)
 QUIESCE_MAX = 60.0  # at most this long waiting for the previous sample's containers to go
-
-
-def say(text: str) -> None:
-    """Progress goes to stderr, so `--json` keeps stdout clean."""
-    print(f"bench: {text}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    pass
 
 
 # -- settings ------------------------------------------------------------------------------
@@ -263,110 +259,7 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
-# -- the hgrun server ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Server:
-    cli: list[str]
-    data_dir: Path
-    docker_host: str
-    env: dict[str, str]
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-    token: str = ""
-    output: list[str] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60.0) -> None:
-        argv = [
-            *self.cli, "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--data-dir", str(self.data_dir), "--docker-host", self.docker_host,
-        ]  # fmt: skip
-        self.process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=self.data_dir,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            if self.token and self._healthy():
-                return
-            time.sleep(0.1)
-        log = "".join(self.output)
-        raise BenchError(f"hgrun server did not come up (or printed no admin token):\n{log}")
-
-    def _read(self) -> None:
-        assert self.process and self.process.stdout
-        for raw in self.process.stdout:
-            line = raw.decode(errors="replace")
-            self.output.append(line)
-            if m := ADMIN_TOKEN.search(line):
-                self.token = m.group(1)
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/v1/health", timeout=2) as r:
-                return bool(r.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    @property
-    def pid(self) -> int:
-        assert self.process
-        return self.process.pid
-
-    def instance(self) -> str | None:
-        """The server's instance id (the label on every container it makes)."""
-        db = self.data_dir / "hgrun.db"
-        try:
-            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-            try:
-                row = con.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
-            finally:
-                con.close()
-        except sqlite3.Error:
-            return None
-        return str(row[0]) if row else None
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 # -- the benchmark -------------------------------------------------------------------------
-
-
-def default_cli() -> list[str]:
-    given = os.environ.get("HGRUN_BENCH_CLI")
-    if given:
-        return shlex.split(given)
-    script = Path(sysconfig.get_path("scripts")) / "hgrun"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "hgrun.cli.main"]
 
 
 class Bench:
@@ -378,19 +271,11 @@ class Bench:
         self.docker_host = docker_host
         self.base_image = base_image
         self.cli = default_cli()
-        docker = shutil.which("docker")
-        if docker is None:
-            raise BenchError("the docker CLI is not on PATH")
-        self.docker = docker
+        self.docker = docker_cli()
         self.bench_id = uuid.uuid4().hex[:10]
         self.app = f"bench-{self.bench_id[:8]}"
         self.app_dir = tmp / "app"
-        self.env = {
-            **os.environ,
-            "DOCKER_HOST": docker_host,
-            "XDG_CONFIG_HOME": str(tmp / "config"),
-            "NO_COLOR": "1",
-        }
+        self.env = bench_env(tmp, docker_host)
         self.pyc = pyc
         if pyc:
             # As installed: pip compiles bytecode at install time. A dev environment with
@@ -399,7 +284,7 @@ class Bench:
             # into the source tree.
             self.env.pop("PYTHONDONTWRITEBYTECODE", None)
             self.env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
-        self.server = Server(self.cli, tmp / "data", docker_host, self.env)
+        self.server = Server(self.cli, tmp / "data", docker_host, self.env, stop_timeout=20)
         self.image = ""  # the deployed release's image id: what both sides run
         self.results: dict[str, Any] = {}
         self.retries: list[str] = []
@@ -493,26 +378,8 @@ class Bench:
         labels = [f"hgrun.bench={self.bench_id}"]
         if instance:
             labels.append(f"hgrun.instance={instance}")
-        for label in labels:
-            ids = subprocess.run(
-                self.docker_cmd("ps", "-aq", "--filter", f"label={label}"),
-                env=self.env,
-                capture_output=True,
-                text=True,
-            ).stdout.split()
-            if ids:
-                say(f"removing {len(ids)} leftover container(s) labelled {label}")
-                subprocess.run(self.docker_cmd("rm", "-f", *ids), env=self.env, capture_output=True)
-        tags = subprocess.run(
-            self.docker_cmd(
-                "images", "--format", "{{.Repository}}:{{.Tag}}", f"hgrun/*-{self.app}"
-            ),
-            env=self.env,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        if tags:
-            subprocess.run(self.docker_cmd("rmi", *tags), env=self.env, capture_output=True)
+        remove_leftovers(self.docker, self.env, labels)
+        remove_app_images(self.docker, self.env, self.app)
 
     # -- 0. what a process start costs (info) --------------------------------------------
 
@@ -857,62 +724,20 @@ def rows(r: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
 
 
 def print_table(table: list[dict[str, Any]]) -> None:
-    header = ["metric", "hgrun", "docker", "ratio", "target", "ok?"]
-    lines = [
+    harness.print_table(
+        ["metric", "hgrun", "docker", "ratio", "target", "ok?"],
         [
-            t["metric"],
-            t["hgrun"],
-            t["docker"],
-            "" if t["ratio"] is None else f"{t['ratio']:.2f}",
-            t["target"],
-            {True: "ok", False: "MISSED", None: ""}[t["ok"]],
-        ]
-        for t in table
-    ]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
-    fmt = lambda row: " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()  # noqa: E731
-    print(fmt(header))
-    print("-+-".join("-" * w for w in widths))
-    for line in lines:
-        print(fmt(line))
-
-
-def source_state() -> dict[str, Any]:
-    """The commit the measured hgrun is (an editable install measures the work tree)."""
-    repo = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(
-                ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    return {
-        "commit": git("rev-parse", "--short=12", "HEAD"),
-        "hgrun_dirty": bool(git("status", "--porcelain", "--", "hgrun")),
-    }
-
-
-def machine() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "memory_mb": mem,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
+            [
+                t["metric"],
+                t["hgrun"],
+                t["docker"],
+                "" if t["ratio"] is None else f"{t['ratio']:.2f}",
+                t["target"],
+                ok_mark(t["ok"]),
+            ]
+            for t in table
+        ],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -931,14 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (for debugging)")
     args = parser.parse_args(argv)
     plan = make_plan(args)
-    docker_host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
-    base_image = os.environ.get("HGRUN_BENCH_BASE_IMAGE") or DEFAULT_BASE_IMAGE
-    tmp = Path(tempfile.mkdtemp(prefix="hgrun-bench-", dir=os.environ.get("HGRUN_BENCH_TMPDIR")))
-
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    docker_host, base_image = engine()
     started = time.time()
     bench: Bench | None = None
     status = 0
@@ -950,29 +768,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             " competes for the machine, so the figures will be noisy (the ratios less so:"
             " both sides are interleaved)"
         )
-    try:
-        bench = Bench(plan, tmp, docker_host, base_image, pyc=not args.no_pyc)
-        bench.setup()
-        bench.cli_startup()
-        bench.start_to_exit()
-        bench.output()
-        bench.upload()
-    except BenchError as e:
-        say(f"failed: {e}")
-        status = 1
-    except KeyboardInterrupt:
-        say("interrupted")
-        status = 130
-    finally:
-        if bench is not None:
-            say("cleaning up (server, containers, image tag, temp dir)")
-            bench.cleanup()
-            if status and bench.server.output:
-                say("server output (last lines):\n" + "".join(bench.server.output[-30:]))
-        if args.keep:
-            say(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with session(args.keep) as tmp:
+        try:
+            bench = Bench(plan, tmp, docker_host, base_image, pyc=not args.no_pyc)
+            bench.setup()
+            bench.cli_startup()
+            bench.start_to_exit()
+            bench.output()
+            bench.upload()
+        except BenchError as e:
+            say(f"failed: {e}")
+            status = 1
+        except KeyboardInterrupt:
+            say("interrupted")
+            status = 130
+        finally:
+            if bench is not None:
+                clean_up(bench.cleanup, bench.server, status)
     if bench is None or not bench.results:
         return status or 1
     table = rows(bench.results, plan)

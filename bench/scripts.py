@@ -52,20 +52,15 @@ import contextlib
 import json
 import math
 import os
-import platform
 import random
 import re
 import resource
 import shlex
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import sysconfig
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -73,25 +68,30 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import harness
 import httpx
+from harness import (
+    BenchError,
+    bench_env,
+    clean_up,
+    containers,
+    default_cli,
+    docker_cli,
+    engine,
+    machine,
+    ok_mark,
+    remove_app_images,
+    remove_leftovers,
+    say,
+    session,
+    source_state,
+)
 
-DEFAULT_DOCKER_HOST = "unix:///tmp/dk/docker.sock"
-DEFAULT_BASE_IMAGE = "hgrun-test/busybox:latest"
-ADMIN_TOKEN = re.compile(r"admin token: (\S+)")
 ACTIVE = ("queued", "starting", "running")
 MAX_TIMEOUT = "10m"  # the server's --max-timeout: no bench run can hang for an hour
 SETTLE = 5.0  # seconds after the slot before the cron is switched off again
 STALL = 60.0  # seconds with runs in flight and none ending before it counts as stalled
 CMD_TIMEOUT = 600.0
-
-
-def say(text: str) -> None:
-    """Progress goes to stderr, so `--json` keeps stdout clean."""
-    print(f"bench: {text}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    pass
 
 
 # -- settings ------------------------------------------------------------------------------
@@ -161,13 +161,6 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def minute_stamp(slot: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot))
 
@@ -176,70 +169,15 @@ def minute_stamp(slot: float) -> str:
 
 
 @dataclass
-class Server:
-    cli: list[str]
-    data_dir: Path
-    docker_host: str
-    env: dict[str, str]
-    token: str = ""
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-    output: list[str] = field(default_factory=list)
+class Server(harness.Server):
+    """The harness's server with a cap on run time, noting which hgrun each start ran."""
+
+    args: tuple[str, ...] = ("--max-timeout", MAX_TIMEOUT)
     sources: list[dict[str, Any]] = field(default_factory=list)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def start(self, timeout: float = 60.0) -> None:
-        """Start and wait for /v1/health (and, on a first start, the admin token line)."""
-        argv = [
-            *self.cli,
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-            "--docker-host",
-            self.docker_host,
-            "--max-timeout",
-            MAX_TIMEOUT,
-        ]
-        self.output = []
-        self.process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=self.data_dir,
-        )
-        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         self.sources.append(hgrun_source(self.env))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            if self.token and self._healthy():
-                return
-            time.sleep(0.1)
-        log = "".join(self.output[-40:])
-        raise BenchError(f"hgrun server did not come up (or printed no admin token):\n{log}")
-
-    def _read(self, process: subprocess.Popen[bytes]) -> None:
-        for raw in process.stdout or ():
-            line = raw.decode(errors="replace")
-            self.output.append(line)
-            if m := ADMIN_TOKEN.search(line):
-                self.token = m.group(1)
-
-    def _healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        super().start(timeout)
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the server process has used so far, all threads."""
@@ -274,34 +212,6 @@ class Server:
                     out[key.lower()] = round(int(value.split()[0]) / 1024, 1)
         return out
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def instance(self) -> str | None:
-        """The server's instance id (the label on every container it makes)."""
-        db = self.data_dir / "hgrun.db"
-        try:
-            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-            try:
-                row = con.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
-            finally:
-                con.close()
-        except sqlite3.Error:
-            return None
-        return str(row[0]) if row else None
-
-    def stop(self) -> None:
-        if not self.running:
-            return
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
 
 def hgrun_source(env: dict[str, str]) -> dict[str, Any]:
     """Where the hgrun a server started now imports comes from (the editable install may be
@@ -322,16 +232,6 @@ def hgrun_source(env: dict[str, str]) -> dict[str, Any]:
     except (OSError, subprocess.TimeoutExpired):
         return {}
     return {"at": time.strftime("%H:%M:%S"), "path": where, "commit": head, "dirty": bool(dirty)}
-
-
-def default_cli() -> list[str]:
-    given = os.environ.get("HGRUN_BENCH_CLI")
-    if given:
-        return shlex.split(given)
-    script = Path(sysconfig.get_path("scripts")) / "hgrun"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "hgrun.cli.main"]
 
 
 # -- the app -------------------------------------------------------------------------------
@@ -393,18 +293,10 @@ class Bench:
         self.docker_host = docker_host
         self.base_image = base_image
         self.cli = default_cli()
-        docker = shutil.which("docker")
-        if docker is None:
-            raise BenchError("the docker CLI is not on PATH")
-        self.docker = docker
+        self.docker = docker_cli()
         self.app = f"bench-{uuid.uuid4().hex[:8]}"
         self.app_dir = tmp / "app"
-        self.env = {
-            **os.environ,
-            "DOCKER_HOST": docker_host,
-            "XDG_CONFIG_HOME": str(tmp / "config"),
-            "NO_COLOR": "1",
-        }
+        self.env = bench_env(tmp, docker_host)
         self.server = Server(self.cli, tmp / "data", docker_host, self.env)
         self.servers: list[Server] = [self.server]
         self.instances: set[str] = set()
@@ -586,32 +478,14 @@ class Bench:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 server.stop()
-        removed = 0
-        for inst in sorted(instances):
-            ids = self.docker_cmd(
-                "ps", "-aq", "--filter", f"label=hgrun.instance={inst}"
-            ).stdout.split()
-            if ids:
-                say(f"removing {len(ids)} leftover container(s) of instance {inst}")
-                self.docker_cmd("rm", "-f", *ids)
-                removed += len(ids)
-        tags = self.docker_cmd(
-            "images", "--format", "{{.Repository}}:{{.Tag}}", f"hgrun/*-{self.app}"
-        ).stdout.split()
-        if tags:
-            self.docker_cmd("rmi", *tags)
-        left = 0
-        for inst in sorted(instances):
-            left += len(
-                self.docker_cmd(
-                    "ps",
-                    "-aq",
-                    "--filter",
-                    "label=hgrun.run",
-                    "--filter",
-                    f"label=hgrun.instance={inst}",
-                ).stdout.split()
-            )
+        removed = remove_leftovers(
+            self.docker, self.env, [f"hgrun.instance={inst}" for inst in sorted(instances)]
+        )
+        remove_app_images(self.docker, self.env, self.app)
+        left = sum(
+            len(containers(self.docker, self.env, "hgrun.run", f"hgrun.instance={inst}"))
+            for inst in sorted(instances)
+        )
         return {"leftover_removed": removed, "containers_left": left}
 
     # -- 1. cron fan-out -----------------------------------------------------------------
@@ -1276,58 +1150,10 @@ def stall_text(stalls: Sequence[dict[str, Any]]) -> str:
 
 
 def print_table(table: list[dict[str, Any]]) -> None:
-    header = ["metric", "figure", "target", "ok?"]
-    lines = [
-        [t["metric"], t["figure"], t["target"], {True: "ok", False: "MISSED", None: ""}[t["ok"]]]
-        for t in table
-    ]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
-
-    def fmt(row: Sequence[str]) -> str:
-        return " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-
-    print(fmt(header))
-    print("-+-".join("-" * w for w in widths))
-    for line in lines:
-        print(fmt(line))
-
-
-def source_state() -> dict[str, Any]:
-    repo = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(
-                ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    return {
-        "commit": git("rev-parse", "--short=12", "HEAD"),
-        "hgrun_dirty": bool(git("status", "--porcelain", "--", "hgrun")),
-    }
-
-
-def machine() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "memory_mb": mem,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-    }
+    harness.print_table(
+        ["metric", "figure", "target", "ok?"],
+        [[t["metric"], t["figure"], t["target"], ok_mark(t["ok"])] for t in table],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1348,55 +1174,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = make_plan(args)
     only = set((args.only or "cron,storm,listing").split(","))
-    docker_host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
-    base_image = os.environ.get("HGRUN_BENCH_BASE_IMAGE") or DEFAULT_BASE_IMAGE
-    tmp = Path(tempfile.mkdtemp(prefix="hgrun-bench-", dir=os.environ.get("HGRUN_BENCH_TMPDIR")))
-
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    docker_host, base_image = engine()
     started = time.time()
     load_before = os.getloadavg()
     source = source_state()  # at the start: the tree may change while the bench runs
     bench: Bench | None = None
     status = 0
     clean: dict[str, Any] = {}
-    try:
-        bench = Bench(plan, tmp, docker_host, base_image)
-        bench.client_kind = args.client
-        bench.setup()
-        for name, step in (
-            ("cron", bench.cron_fanout),
-            ("storm", bench.storm),
-            ("listing", bench.listing),
-        ):
-            if name not in only:
-                continue
-            try:
-                step()
-            except (BenchError, httpx.HTTPError, sqlite3.Error) as e:
-                say(f"{name} failed: {e}")
-                bench.failures.append(f"{name}: {e}")
-                status = 1
-                if not bench.server.running:
-                    break
-    except (BenchError, httpx.HTTPError) as e:
-        say(f"failed: {e}")
-        status = 1
-    except KeyboardInterrupt:
-        say("interrupted")
-        status = 130
-    finally:
-        if bench is not None:
-            say("cleaning up (server, containers, image tag, temp dir)")
-            clean = bench.cleanup()
-            if status and bench.server.output:
-                say("server output (last lines):\n" + "".join(bench.server.output[-30:]))
-        if args.keep:
-            say(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with session(args.keep) as tmp:
+        try:
+            bench = Bench(plan, tmp, docker_host, base_image)
+            bench.client_kind = args.client
+            bench.setup()
+            for name, step in (
+                ("cron", bench.cron_fanout),
+                ("storm", bench.storm),
+                ("listing", bench.listing),
+            ):
+                if name not in only:
+                    continue
+                try:
+                    step()
+                except (BenchError, httpx.HTTPError, sqlite3.Error) as e:
+                    say(f"{name} failed: {e}")
+                    bench.failures.append(f"{name}: {e}")
+                    status = 1
+                    if not bench.server.running:
+                        break
+        except (BenchError, httpx.HTTPError) as e:
+            say(f"failed: {e}")
+            status = 1
+        except KeyboardInterrupt:
+            say("interrupted")
+            status = 130
+        finally:
+            if bench is not None:
+                clean = clean_up(bench.cleanup, bench.server, status)
     if bench is None or not bench.results:
         return status or 1
     clean["temp_dir_removed"] = not tmp.exists()

@@ -1,0 +1,305 @@
+"""What every hgrun benchmark shares: its own server, the docker CLI, the machine, clean-up.
+
+A benchmark (bench/run.py, bench/scripts.py) starts a private ``hgrun server`` on a free
+127.0.0.1 port with a temp data dir (:class:`Server`), talks to the engine through the ``docker``
+CLI, and at the end removes what it made: the server's containers (by its instance label), its
+own (by a label it chose), the app's image tags and the temp dir (:func:`remove_leftovers`,
+:func:`remove_app_images`, :func:`session`). It never asserts on timings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DOCKER_HOST = "unix:///tmp/dk/docker.sock"
+DEFAULT_BASE_IMAGE = "hgrun-test/busybox:latest"
+ADMIN_TOKEN = re.compile(r"admin token: (\S+)")
+
+
+def say(text: str) -> None:
+    """Progress goes to stderr, so `--json` keeps stdout clean."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def default_cli() -> list[str]:
+    """How to invoke hgrun: $HGRUN_BENCH_CLI, the console script next to this Python, or -m."""
+    given = os.environ.get("HGRUN_BENCH_CLI")
+    if given:
+        return shlex.split(given)
+    script = Path(sysconfig.get_path("scripts")) / "hgrun"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "hgrun.cli.main"]
+
+
+def docker_cli() -> str:
+    docker = shutil.which("docker")
+    if docker is None:
+        raise BenchError("the docker CLI is not on PATH")
+    return docker
+
+
+def engine() -> tuple[str, str]:
+    """The engine and the app's base image: $DOCKER_HOST and $HGRUN_BENCH_BASE_IMAGE."""
+    docker_host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+    base_image = os.environ.get("HGRUN_BENCH_BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    return docker_host, base_image
+
+
+def bench_env(tmp: Path, docker_host: str) -> dict[str, str]:
+    """The environment of every hgrun and docker command: this engine, a config dir of its own."""
+    return {
+        **os.environ,
+        "DOCKER_HOST": docker_host,
+        "XDG_CONFIG_HOME": str(tmp / "config"),
+        "NO_COLOR": "1",
+    }
+
+
+# -- the hgrun server ----------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """An ``hgrun server`` subprocess; its output is read by a thread into ``output``."""
+
+    cli: list[str]
+    data_dir: Path
+    docker_host: str
+    env: dict[str, str]
+    args: tuple[str, ...] = ()  # more `hgrun server` flags
+    stop_timeout: float = 30.0  # SIGTERM, then SIGKILL after this
+    token: str = ""
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start and wait for /v1/health (and, on a first start, the admin token line)."""
+        argv = [
+            *self.cli, "server", "--host", "127.0.0.1", "--port", str(self.port),
+            "--data-dir", str(self.data_dir), "--docker-host", self.docker_host, *self.args,
+        ]  # fmt: skip
+        self.output = []
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.data_dir,
+        )
+        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            if self.token and self._healthy():
+                return
+            time.sleep(0.1)
+        log = "".join(self.output[-40:])
+        raise BenchError(f"hgrun server did not come up (or printed no admin token):\n{log}")
+
+    def _read(self, process: subprocess.Popen[bytes]) -> None:
+        for raw in process.stdout or ():
+            line = raw.decode(errors="replace")
+            self.output.append(line)
+            if m := ADMIN_TOKEN.search(line):
+                self.token = m.group(1)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/v1/health", timeout=2) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise BenchError("the server is not started")
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def instance(self) -> str | None:
+        """The server's instance id (the label on every container it makes)."""
+        db = self.data_dir / "hgrun.db"
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            try:
+                row = con.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return None
+        return str(row[0]) if row else None
+
+    def stop(self) -> None:
+        if self.process is None or not self.running:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# -- clean-up ------------------------------------------------------------------------------
+
+
+def containers(docker: str, env: dict[str, str], *labels: str) -> list[str]:
+    """Ids of the containers (running or not) carrying every one of ``labels``."""
+    filters = [arg for label in labels for arg in ("--filter", f"label={label}")]
+    return subprocess.run(
+        [docker, "ps", "-aq", *filters], env=env, capture_output=True, text=True, timeout=600
+    ).stdout.split()
+
+
+def remove_leftovers(docker: str, env: dict[str, str], labels: Sequence[str]) -> int:
+    """Remove every container carrying one of ``labels``; how many there were."""
+    removed = 0
+    for label in labels:
+        ids = containers(docker, env, label)
+        if ids:
+            say(f"removing {len(ids)} leftover container(s) labelled {label}")
+            subprocess.run([docker, "rm", "-f", *ids], env=env, capture_output=True, timeout=600)
+            removed += len(ids)
+    return removed
+
+
+def remove_app_images(docker: str, env: dict[str, str], app: str) -> None:
+    """Untag every image hgrun built for ``app`` (``hgrun/<workspace>-<app>:<hash>``)."""
+    tags = subprocess.run(
+        [docker, "images", "--format", "{{.Repository}}:{{.Tag}}", f"hgrun/*-{app}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ).stdout.split()
+    if tags:
+        subprocess.run([docker, "rmi", *tags], env=env, capture_output=True, timeout=600)
+
+
+@contextlib.contextmanager
+def session(keep: bool) -> Iterator[Path]:
+    """A temp dir for one benchmark, removed at the end unless ``keep``; SIGTERM interrupts."""
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    tmp = Path(tempfile.mkdtemp(prefix="hgrun-bench-", dir=os.environ.get("HGRUN_BENCH_TMPDIR")))
+    try:
+        yield tmp
+    finally:
+        if keep:
+            say(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clean_up(cleanup: Callable[[], Any], server: Server, status: int) -> Any:
+    """Run a bench's ``cleanup``; after a failure show the server's last lines. Its result."""
+    say("cleaning up (server, containers, image tag, temp dir)")
+    result = cleanup()
+    if status and server.output:
+        say("server output (last lines):\n" + "".join(server.output[-30:]))
+    return result
+
+
+# -- what was measured, where ---------------------------------------------------------------
+
+
+def source_state() -> dict[str, Any]:
+    """The commit the measured hgrun is (an editable install measures the work tree)."""
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return {
+        "commit": git("rev-parse", "--short=12", "HEAD"),
+        "hgrun_dirty": bool(git("status", "--porcelain", "--", "hgrun")),
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_mb": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+    }
+
+
+def print_table(header: Sequence[str], lines: Sequence[Sequence[Any]]) -> None:
+    """Columns padded to their widest cell, ``|`` between them."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
+
+    def fmt(row: Sequence[Any]) -> str:
+        return " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
+    print(fmt(header))
+    print("-+-".join("-" * w for w in widths))
+    for line in lines:
+        print(fmt(line))
+
+
+def ok_mark(ok: bool | None) -> str:
+    return {True: "ok", False: "MISSED", None: ""}[ok]
