@@ -45,22 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness import (
-    BenchError,
-    Server,
-    bench_env,
-    clean_up,
-    default_cli,
-    docker_cli,
-    engine,
-    machine,
-    ok_mark,
-    remove_app_images,
-    remove_leftovers,
-    say,
-    session,
-    source_state,
-)
+from harness import BenchError, say
 
 MIB = 1024 * 1024
 SAMPLE_EVERY = 0.05  # seconds between RSS samples
@@ -270,12 +255,12 @@ class Bench:
         self.tmp = tmp
         self.docker_host = docker_host
         self.base_image = base_image
-        self.cli = default_cli()
-        self.docker = docker_cli()
+        self.cli = harness.default_cli()
+        self.docker = harness.docker_cli()
         self.bench_id = uuid.uuid4().hex[:10]
         self.app = f"bench-{self.bench_id[:8]}"
         self.app_dir = tmp / "app"
-        self.env = bench_env(tmp, docker_host)
+        self.env = harness.bench_env(tmp, docker_host)
         self.pyc = pyc
         if pyc:
             # As installed: pip compiles bytecode at install time. A dev environment with
@@ -284,7 +269,7 @@ class Bench:
             # into the source tree.
             self.env.pop("PYTHONDONTWRITEBYTECODE", None)
             self.env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
-        self.server = Server(self.cli, tmp / "data", docker_host, self.env, stop_timeout=20)
+        self.server = harness.Server(self.cli, tmp / "data", docker_host, self.env, stop_timeout=20)
         self.image = ""  # the deployed release's image id: what both sides run
         self.results: dict[str, Any] = {}
         self.retries: list[str] = []
@@ -378,8 +363,8 @@ class Bench:
         labels = [f"hgrun.bench={self.bench_id}"]
         if instance:
             labels.append(f"hgrun.instance={instance}")
-        remove_leftovers(self.docker, self.env, labels)
-        remove_app_images(self.docker, self.env, self.app)
+        harness.remove_leftovers(self.docker, self.env, labels)
+        harness.remove_app_images(self.docker, self.env, self.app)
 
     # -- 0. what a process start costs (info) --------------------------------------------
 
@@ -733,7 +718,7 @@ def print_table(table: list[dict[str, Any]]) -> None:
                 t["docker"],
                 "" if t["ratio"] is None else f"{t['ratio']:.2f}",
                 t["target"],
-                ok_mark(t["ok"]),
+                harness.ok_mark(t["ok"]),
             ]
             for t in table
         ],
@@ -756,19 +741,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (for debugging)")
     args = parser.parse_args(argv)
     plan = make_plan(args)
-    docker_host, base_image = engine()
+    docker_host, base_image = harness.engine()
     started = time.time()
     bench: Bench | None = None
     status = 0
     load_before = os.getloadavg()
-    source = source_state()
+    source = harness.source_state()
     if load_before[0] > (os.cpu_count() or 1):
         say(
             f"warning: load average {load_before[0]:.1f} on {os.cpu_count()} CPUs: other work"
             " competes for the machine, so the figures will be noisy (the ratios less so:"
             " both sides are interleaved)"
         )
-    with session(args.keep) as tmp:
+    with harness.session(args.keep) as tmp:
         try:
             bench = Bench(plan, tmp, docker_host, base_image, pyc=not args.no_pyc)
             bench.setup()
@@ -784,7 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = 130
         finally:
             if bench is not None:
-                clean_up(bench.cleanup, bench.server, status)
+                harness.clean_up(bench.cleanup, bench.server, status)
     if bench is None or not bench.results:
         return status or 1
     table = rows(bench.results, plan)
@@ -793,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": round(time.time() - started, 1),
         "mode": "quick" if args.quick else "full",
         "plan": plan.__dict__,
-        "machine": machine(),
+        "machine": harness.machine(),
         "source": source,
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],

@@ -70,22 +70,7 @@ from typing import Any
 
 import harness
 import httpx
-from harness import (
-    BenchError,
-    bench_env,
-    clean_up,
-    containers,
-    default_cli,
-    docker_cli,
-    engine,
-    machine,
-    ok_mark,
-    remove_app_images,
-    remove_leftovers,
-    say,
-    session,
-    source_state,
-)
+from harness import BenchError, say
 
 ACTIVE = ("queued", "starting", "running")
 MAX_TIMEOUT = "10m"  # the server's --max-timeout: no bench run can hang for an hour
@@ -292,11 +277,11 @@ class Bench:
         self.tmp = tmp
         self.docker_host = docker_host
         self.base_image = base_image
-        self.cli = default_cli()
-        self.docker = docker_cli()
+        self.cli = harness.default_cli()
+        self.docker = harness.docker_cli()
         self.app = f"bench-{uuid.uuid4().hex[:8]}"
         self.app_dir = tmp / "app"
-        self.env = bench_env(tmp, docker_host)
+        self.env = harness.bench_env(tmp, docker_host)
         self.server = Server(self.cli, tmp / "data", docker_host, self.env)
         self.servers: list[Server] = [self.server]
         self.instances: set[str] = set()
@@ -478,12 +463,12 @@ class Bench:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 server.stop()
-        removed = remove_leftovers(
+        removed = harness.remove_leftovers(
             self.docker, self.env, [f"hgrun.instance={inst}" for inst in sorted(instances)]
         )
-        remove_app_images(self.docker, self.env, self.app)
+        harness.remove_app_images(self.docker, self.env, self.app)
         left = sum(
-            len(containers(self.docker, self.env, "hgrun.run", f"hgrun.instance={inst}"))
+            len(harness.containers(self.docker, self.env, "hgrun.run", f"hgrun.instance={inst}"))
             for inst in sorted(instances)
         )
         return {"leftover_removed": removed, "containers_left": left}
@@ -1152,7 +1137,7 @@ def stall_text(stalls: Sequence[dict[str, Any]]) -> str:
 def print_table(table: list[dict[str, Any]]) -> None:
     harness.print_table(
         ["metric", "figure", "target", "ok?"],
-        [[t["metric"], t["figure"], t["target"], ok_mark(t["ok"])] for t in table],
+        [[t["metric"], t["figure"], t["target"], harness.ok_mark(t["ok"])] for t in table],
     )
 
 
@@ -1174,14 +1159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = make_plan(args)
     only = set((args.only or "cron,storm,listing").split(","))
-    docker_host, base_image = engine()
+    docker_host, base_image = harness.engine()
     started = time.time()
     load_before = os.getloadavg()
-    source = source_state()  # at the start: the tree may change while the bench runs
+    source = harness.source_state()  # at the start: the tree may change while the bench runs
     bench: Bench | None = None
     status = 0
     clean: dict[str, Any] = {}
-    with session(args.keep) as tmp:
+    with harness.session(args.keep) as tmp:
         try:
             bench = Bench(plan, tmp, docker_host, base_image)
             bench.client_kind = args.client
@@ -1209,7 +1194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = 130
         finally:
             if bench is not None:
-                clean = clean_up(bench.cleanup, bench.server, status)
+                clean = harness.clean_up(bench.cleanup, bench.server, status)
     if bench is None or not bench.results:
         return status or 1
     clean["temp_dir_removed"] = not tmp.exists()
@@ -1224,7 +1209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else ""
         ),
         "plan": asdict(plan),
-        "machine": machine(),
+        "machine": harness.machine(),
         "source": source,
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
