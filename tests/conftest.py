@@ -12,23 +12,18 @@ controller, so one worker never removes what another is still using).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import docker
-import httpx
 import pytest
+from support.apps import BUSYBOX_IMAGE
+from support.cli import Cli
+from support.server import HgrunServer, free_port
 
 # Hypothesis runs every "hypothesis" entry point of site-packages when first imported (by its
 # pytest plugin at the end of a run); a broken third-party one (trio 0.35's) must not fail the run.
@@ -36,7 +31,6 @@ os.environ.setdefault("HYPOTHESIS_NO_PLUGINS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
-BUSYBOX_IMAGE = "hgrun-test/busybox:latest"
 PYTHON_IMAGE = "hgrun/python:bookworm"
 # The debootstrapped toolchain image of each stack (scripts/images --STACK).
 STACK_IMAGES = {
@@ -44,16 +38,7 @@ STACK_IMAGES = {
 }
 BASE_IMAGES = frozenset({BUSYBOX_IMAGE, *STACK_IMAGES.values()})
 TEST_LABELS = ("hgrun.run", "hgrun.test")
-ADMIN_TOKEN = re.compile(r"admin token: (\S+)")
 _IMAGES_AT_START = "hgrun_test_images_at_start"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _script(name: str, *args: str, env: Mapping[str, str] | None = None) -> str:
@@ -208,108 +193,6 @@ def postgres() -> Iterator[str]:
 # -- hgrun servers and the CLI ---------------------------------------------------------------
 
 
-@dataclass
-class HgrunServer:
-    """An `hgrun server` subprocess on loopback. Its stdout and stderr are read by a thread
-    into ``output`` (so the pipe never fills); ``token`` is the admin token it printed."""
-
-    port: int
-    data_dir: Path
-    docker_host: str
-    args: tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
-    startup_timeout: float = 60.0
-    token: str = ""
-    process: subprocess.Popen[bytes] | None = None
-    output: list[str] = field(default_factory=list)
-    _reader: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "hgrun.cli.main", "server",
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--data-dir", str(self.data_dir), "--docker-host", self.docker_host,
-            *self.args,
-        ]  # fmt: skip
-
-    def start(self) -> HgrunServer:
-        self.output = []
-        self.process = subprocess.Popen(
-            self.command(),
-            env={**os.environ, **self.env},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=self.data_dir,
-        )
-        self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
-        self._reader.start()
-        self._wait_healthy()
-        return self
-
-    def _read(self, process: subprocess.Popen[bytes]) -> None:
-        for raw in process.stdout or ():
-            line = raw.decode(errors="replace")
-            self.output.append(line)
-            if match := ADMIN_TOKEN.search(line):
-                self.token = match.group(1)
-
-    def _wait_healthy(self) -> None:
-        if self.process is None:
-            raise RuntimeError("hgrun server was not started")
-        deadline = time.monotonic() + self.startup_timeout
-        healthy = False
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                healthy = httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200
-            except httpx.TransportError:
-                pass
-            # The admin token is printed once, on the first start of a data dir; a restart
-            # keeps the token it had.
-            if healthy and self.token:
-                return
-            time.sleep(0.1)
-        log = "".join(self.output)
-        if self.process.poll() is None and healthy:
-            self.stop(signal.SIGKILL)
-            raise RuntimeError(f"hgrun server printed no 'admin token: ...' line:\n{log}")
-        self.stop(signal.SIGKILL)
-        raise RuntimeError(
-            f"hgrun server on {self.url} not healthy within {self.startup_timeout} s "
-            f"(exit {self.process.returncode}):\n{log}"
-        )
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
-        """Send ``sig``, wait up to ``timeout`` (then SIGKILL); return the exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self._reader is not None:
-            self._reader.join(5)
-        return self.process.returncode
-
-    def restart(self, sig: int = signal.SIGTERM) -> HgrunServer:
-        """Stop and start again on the same port and data dir (the token is kept)."""
-        self.stop(sig)
-        return self.start()
-
-    @property
-    def log(self) -> str:
-        return "".join(self.output)
-
-
 ServerFactory = Callable[..., HgrunServer]
 
 
@@ -349,41 +232,6 @@ def hgrun_server(
 def server(hgrun_server: ServerFactory) -> HgrunServer:
     """One shared ``hgrun server`` for the session (the one ``cli`` talks to by default)."""
     return hgrun_server()
-
-
-class Cli:
-    """Runs ``python -m hgrun.cli.main ARGS`` against a server, with its own XDG_CONFIG_HOME."""
-
-    def __init__(self, server: HgrunServer, config_home: Path) -> None:
-        self.server = server
-        self.config_home = config_home
-
-    def __call__(
-        self,
-        *args: str,
-        input: bytes | None = None,  # noqa: A002 - mirrors subprocess.run
-        cwd: str | os.PathLike[str] | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float = 120,
-        server: HgrunServer | None = None,
-    ) -> subprocess.CompletedProcess[bytes]:
-        target = server or self.server
-        full_env: dict[str, Any] = {
-            **os.environ,
-            "HGRUN_URL": target.url,
-            "HGRUN_TOKEN": target.token,
-            "XDG_CONFIG_HOME": str(self.config_home),
-            "NO_COLOR": "1",
-            **(env or {}),
-        }
-        return subprocess.run(
-            [sys.executable, "-m", "hgrun.cli.main", *args],
-            input=input,
-            cwd=cwd,
-            env=full_env,
-            capture_output=True,
-            timeout=timeout,
-        )
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,10 @@ import httpx
 import pytest
 import websockets.exceptions
 import websockets.sync.client
-from apps import Api, check, deploy_busybox_app, unique
-from conftest import Cli, HgrunServer
+from support.api import Api
+from support.apps import deploy_busybox_app, unique
+from support.cli import Cli, check
+from support.server import HgrunServer
 from websockets.typing import Subprotocol
 
 from hgrun.models import Scope

@@ -10,8 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from apps import check, deploy_busybox_app, run_id, text, unique, write_busybox_app
-from conftest import Cli, HgrunServer, free_port
+from support.apps import deploy_busybox_app, unique, write_busybox_app
+from support.cli import Cli, check, run_id, text
+from support.server import HgrunServer, free_port
 
 from hgrun import __version__
 
@@ -45,9 +46,7 @@ def assert_one_line_error(
 
 
 @pytest.fixture(scope="module")
-def app(
-    cli: Cli, tmp_path_factory: pytest.TempPathFactory, busybox_image: str
-) -> tuple[str, Path]:
+def app(cli: Cli, tmp_path_factory: pytest.TempPathFactory, busybox_image: str) -> tuple[str, Path]:
     """A deployed busybox app with one finished run."""
     root = tmp_path_factory.mktemp("cli-app")
     name = deploy_busybox_app(cli, root, unique("cli"))

@@ -28,20 +28,12 @@ from typing import Any
 
 import docker
 import pytest
-from apps import (
-    Api,
-    check,
-    cli_env,
-    cli_popen,
-    deploy_busybox_app,
-    instance_id,
-    run_id,
-    text,
-    unique,
-    wait_for,
-    write_busybox_app,
-)
-from conftest import BUSYBOX_IMAGE, Cli, HgrunServer, ServerFactory
+from conftest import ServerFactory
+from support.api import Api
+from support.apps import BUSYBOX_IMAGE, deploy_busybox_app, unique, write_busybox_app
+from support.cli import Cli, check, cli_popen, run_id, text
+from support.server import HgrunServer, instance_id
+from support.waits import wait_for
 
 READY = "echo ready; exec sleep 600"
 
@@ -208,7 +200,7 @@ def test_ctrl_c_in_a_terminal_reaches_the_command_and_exits_130(
     command there, and `hgrun run` exits with the command's 130."""
     name, root = app
     status_file = tmp_path / "status"
-    env = cli_env(cli)
+    env = cli.env()
     exports = " ".join(
         f"{k}={shlex.quote(env[k])}"
         for k in ("HGRUN_URL", "HGRUN_TOKEN", "XDG_CONFIG_HOME", "NO_COLOR", "PYTHONPATH")

@@ -7,7 +7,7 @@ import subprocess
 
 import docker
 import pytest
-from conftest import free_port
+from support.server import free_port
 
 
 def test_busybox_image_runs_echo_without_network(

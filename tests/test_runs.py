@@ -18,19 +18,12 @@ from pathlib import Path
 
 import docker
 import pytest
-from apps import (
-    Api,
-    check,
-    cli_popen,
-    deploy_busybox_app,
-    instance_id,
-    run_id,
-    text,
-    unique,
-    wait_for,
-    write_busybox_app,
-)
-from conftest import REPO, Cli, HgrunServer, ServerFactory
+from conftest import REPO, ServerFactory
+from support.api import Api
+from support.apps import deploy_busybox_app, unique, write_busybox_app
+from support.cli import Cli, check, cli_popen, run_id, text
+from support.server import HgrunServer, instance_id
+from support.waits import wait_for
 
 PROCFILE = "greet: echo hello\nsleeper: sleep\n"
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d) (run\.\d+)(/err)?: (.*)$")

@@ -26,16 +26,12 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
-from conftest import Cli, HgrunServer, ServerFactory, free_port
-from scriptapps import (
-    ACTIVE,
-    ScriptApi,
-    check,
-    deploy_app,
-    text,
-    unique,
-    wait_for,
-)
+from conftest import ServerFactory
+from support.api import ACTIVE, Api
+from support.apps import deploy_script_app, unique
+from support.cli import Cli, check, text
+from support.server import HgrunServer, free_port
+from support.waits import wait_for
 
 USAGE = 2
 TIMED_OUT = 124
@@ -65,7 +61,7 @@ def overlaps(runs: list[dict[str, Any]]) -> list[tuple[int, int]]:
     return found
 
 
-def storm(api: ScriptApi, script_id: int, n: int) -> list[httpx.Response]:
+def storm(api: Api, script_id: int, n: int) -> list[httpx.Response]:
     """``n`` simultaneous triggers, one thread (and connection) each, released together."""
     gate = threading.Barrier(n)
 
@@ -90,8 +86,8 @@ def _busybox(busybox_image: str) -> str:
 
 
 @pytest.fixture
-def api(server: HgrunServer) -> Iterator[ScriptApi]:
-    with ScriptApi(server) as client:
+def api(server: HgrunServer) -> Iterator[Api]:
+    with Api(server) as client:
         yield client
 
 
@@ -99,9 +95,9 @@ def api(server: HgrunServer) -> Iterator[ScriptApi]:
 
 
 def test_scripts_lists_command_schedule_next_fire_policy_and_last_run(
-    cli: Cli, api: ScriptApi, tmp_path: Path
+    cli: Cli, api: Api, tmp_path: Path
 ) -> None:
-    name = deploy_app(
+    name = deploy_script_app(
         cli,
         tmp_path,
         unique("sl"),
@@ -183,7 +179,7 @@ SHOW = (
 def echo_app(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> str:
     """``show`` echoes its input and exits with the input's ``code`` (default 0)."""
     root = tmp_path_factory.mktemp("echo-app")
-    return deploy_app(
+    return deploy_script_app(
         cli,
         root,
         unique("echo"),
@@ -204,7 +200,7 @@ def test_scripts_run_attached_shows_the_input_and_propagates_the_exit_code(
 
 
 def test_scripts_run_detached_wait_returns_the_runs_exit_code(
-    cli: Cli, api: ScriptApi, echo_app: str
+    cli: Cli, api: Api, echo_app: str
 ) -> None:
     done = cli(
         "scripts:run", "show", "--app", echo_app, "--detached", "--wait", "--input", '{"code": 3}'
@@ -248,13 +244,13 @@ def test_scripts_run_of_an_unknown_script_is_not_found(cli: Cli, echo_app: str) 
 
 
 def test_api_trigger_with_a_json_body_records_the_token_name(
-    cli: Cli, api: ScriptApi, echo_app: str
+    cli: Cli, api: Api, echo_app: str
 ) -> None:
     token_name = unique("ci")
     created = api.http.post("/v1/tokens", json={"name": token_name, "scope": "run"})
     assert created.status_code == 201, created.text
     script_id = api.script_id(echo_app, "show")
-    with ScriptApi(api.server, created.json()["token"]) as ci:
+    with Api(api.server, created.json()["token"]) as ci:
         response = ci.trigger(script_id, json.dumps({"order": 42, "note": "é"}).encode())
         assert response.status_code == 201, response.text
         started = response.json()
@@ -268,7 +264,7 @@ def test_api_trigger_with_a_json_body_records_the_token_name(
     assert json.loads(log.split("input=", 1)[1].splitlines()[0]) == {"order": 42, "note": "é"}
 
 
-def test_api_trigger_checks_the_workspace_header(api: ScriptApi, echo_app: str) -> None:
+def test_api_trigger_checks_the_workspace_header(api: Api, echo_app: str) -> None:
     script_id = api.script_id(echo_app, "show")
     ours = api.http.post(f"/v1/scripts/{script_id}/runs", headers={"X-Workspace-Id": "default"})
     assert ours.status_code == 201, ours.text
@@ -281,14 +277,14 @@ def test_api_trigger_checks_the_workspace_header(api: ScriptApi, echo_app: str) 
     api.finished_run(ours.json()["id"])
 
 
-def test_api_trigger_without_a_body_has_no_input(api: ScriptApi, echo_app: str) -> None:
+def test_api_trigger_without_a_body_has_no_input(api: Api, echo_app: str) -> None:
     run = api.finished_run(api.start(api.script_id(echo_app, "show"))["id"])
     assert run["status"] == "succeeded"
     assert "HOSTINGGURU_RUN_INPUT" not in run["env_keys"]
     assert "input=\n" in api.log_text(echo_app, run["id"])
 
 
-def test_api_trigger_refuses_a_body_over_the_cap(api: ScriptApi, echo_app: str) -> None:
+def test_api_trigger_refuses_a_body_over_the_cap(api: Api, echo_app: str) -> None:
     script_id = api.script_id(echo_app, "show")
     before = len(api.script_runs(script_id))
     big = json.dumps({"blob": "x" * (64 * 1024)}).encode()
@@ -312,15 +308,13 @@ def test_api_trigger_refuses_a_body_over_the_cap(api: ScriptApi, echo_app: str) 
 
 
 @pytest.mark.parametrize("body", [b"not json", b'{"a": 1', b"\xff\xfe"])
-def test_api_trigger_refuses_a_body_that_is_not_json(
-    api: ScriptApi, echo_app: str, body: bytes
-) -> None:
+def test_api_trigger_refuses_a_body_that_is_not_json(api: Api, echo_app: str, body: bytes) -> None:
     response = api.trigger(api.script_id(echo_app, "show"), body)
     assert response.status_code == 400, (response.status_code, response.text)
     assert response.json()["error"] == "invalid_input"
 
 
-def test_api_trigger_of_an_unknown_script_is_404(api: ScriptApi) -> None:
+def test_api_trigger_of_an_unknown_script_is_404(api: Api) -> None:
     response = api.trigger(987654321)
     assert response.status_code == 404, response.text
 
@@ -329,10 +323,10 @@ def test_api_trigger_of_an_unknown_script_is_404(api: ScriptApi) -> None:
 
 
 def test_a_script_triggers_another_from_inside_and_the_lineage_is_recorded(
-    cli: Cli, api: ScriptApi, tmp_path: Path
+    cli: Cli, api: Api, tmp_path: Path
 ) -> None:
     name = unique("fan")
-    deploy_app(
+    deploy_script_app(
         cli,
         tmp_path,
         name,
@@ -364,10 +358,10 @@ def test_a_script_triggers_another_from_inside_and_the_lineage_is_recorded(
 
 
 def test_a_runs_own_token_only_triggers_and_dies_with_the_run(
-    cli: Cli, api: ScriptApi, tmp_path: Path
+    cli: Cli, api: Api, tmp_path: Path
 ) -> None:
     """The token a run gets for fan-out is a trigger token, revoked when the run ends."""
-    name = deploy_app(
+    name = deploy_script_app(
         cli,
         tmp_path,
         unique("tok"),
@@ -382,7 +376,7 @@ def test_a_runs_own_token_only_triggers_and_dies_with_the_run(
 
     token = wait_for(leaked_token, 10, "the run to print its token")
     assert token.startswith("hgr_")
-    with ScriptApi(api.server, token) as inside:
+    with Api(api.server, token) as inside:
         assert api.run(run["id"])["status"] == "running"
         for path in (f"/v1/apps/{name}/config", f"/v1/apps/{name}/logs", "/v1/tokens"):
             assert inside.http.get(path).status_code == 403, path
@@ -393,9 +387,9 @@ def test_a_runs_own_token_only_triggers_and_dies_with_the_run(
 
 
 def test_a_script_removed_from_the_manifest_is_gone_after_the_next_deploy(
-    cli: Cli, api: ScriptApi, tmp_path: Path
+    cli: Cli, api: Api, tmp_path: Path
 ) -> None:
-    name = deploy_app(
+    name = deploy_script_app(
         cli,
         tmp_path,
         unique("gone"),
@@ -423,7 +417,7 @@ def test_a_script_removed_from_the_manifest_is_gone_after_the_next_deploy(
 
 
 def test_a_every_minute_script_runs_once_per_slot_tagged_cron_and_an_overlap_is_skipped(
-    cli: Cli, api: ScriptApi, tmp_path: Path
+    cli: Cli, api: Api, tmp_path: Path
 ) -> None:
     """Two real minute boundaries (up to ~2 min): ``tick`` runs once in each slot, tagged
     ``cron:<slot>``; ``long`` (skip, a 90 s command) is still running at the second slot, which
@@ -434,7 +428,7 @@ def test_a_every_minute_script_runs_once_per_slot_tagged_cron_and_an_overlap_is_
     before = time.time()
     target = minute_of(before) + (60 if before % 60 < 45 else 120)
     local = datetime.datetime.fromtimestamp(target, ZoneInfo("Asia/Kathmandu"))
-    name = deploy_app(
+    name = deploy_script_app(
         cli,
         tmp_path,
         unique("cron"),
@@ -488,7 +482,7 @@ def test_a_every_minute_script_runs_once_per_slot_tagged_cron_and_an_overlap_is_
 def policy_app(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> str:
     """One script per concurrency policy. ``quick`` in the input makes a run end at once."""
     slow = 'case "$HOSTINGGURU_RUN_INPUT" in *quick*) echo quick;; *) sleep {};; esac'
-    return deploy_app(
+    return deploy_script_app(
         cli,
         tmp_path_factory.mktemp("policy-app"),
         unique("pol"),
@@ -500,7 +494,7 @@ def policy_app(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_a_storm_on_a_queue_script_runs_every_trigger_one_at_a_time_in_order(
-    api: ScriptApi, policy_app: str
+    api: Api, policy_app: str
 ) -> None:
     script_id = api.script_id(policy_app, "queued")
     responses = storm(api, script_id, 50)
@@ -519,7 +513,7 @@ def test_a_storm_on_a_queue_script_runs_every_trigger_one_at_a_time_in_order(
 
 
 def test_a_storm_on_a_skip_script_runs_one_and_records_the_rest_skipped(
-    api: ScriptApi, policy_app: str
+    api: Api, policy_app: str
 ) -> None:
     script_id = api.script_id(policy_app, "skipper")
     responses = storm(api, script_id, 50)
@@ -537,7 +531,7 @@ def test_a_storm_on_a_skip_script_runs_one_and_records_the_rest_skipped(
 
 
 def test_a_manual_trigger_of_a_running_skip_script_is_recorded_skipped(
-    cli: Cli, api: ScriptApi, policy_app: str
+    cli: Cli, api: Api, policy_app: str
 ) -> None:
     script_id = api.script_id(policy_app, "skipper")
     first = api.start(script_id)
@@ -553,9 +547,7 @@ def test_a_manual_trigger_of_a_running_skip_script_is_recorded_skipped(
     assert api.finished_run(first["id"])["status"] == "succeeded"
 
 
-def test_replace_cancels_the_running_run_and_starts_the_new_one(
-    api: ScriptApi, policy_app: str
-) -> None:
+def test_replace_cancels_the_running_run_and_starts_the_new_one(api: Api, policy_app: str) -> None:
     script_id = api.script_id(policy_app, "replacer")
     old = api.start(script_id)
     api.running(old["id"])
@@ -570,7 +562,7 @@ def test_replace_cancels_the_running_run_and_starts_the_new_one(
 
 
 def test_a_storm_on_a_replace_script_leaves_only_the_last_running(
-    api: ScriptApi, policy_app: str
+    api: Api, policy_app: str
 ) -> None:
     """Each trigger cancels the run before it: at the end nine are canceled (each within the
     stop grace, not after its 60 s command), the last one runs, and no two ever ran at once."""
@@ -592,7 +584,7 @@ def test_a_storm_on_a_replace_script_leaves_only_the_last_running(
                 api.stop(number)
 
 
-def test_allow_lets_runs_overlap(api: ScriptApi, policy_app: str) -> None:
+def test_allow_lets_runs_overlap(api: Api, policy_app: str) -> None:
     script_id = api.script_id(policy_app, "allowed")
     responses = storm(api, script_id, 3)
     assert [r.status_code for r in responses] == [201] * 3
@@ -605,8 +597,10 @@ def test_a_queue_waits_across_a_server_restart_and_keeps_its_order(
     hgrun_server: ServerFactory, cli: Cli, tmp_path: Path
 ) -> None:
     srv = hgrun_server()
-    name = deploy_app(cli, tmp_path, unique("qrest"), "  work:\n    command: sleep 3\n", server=srv)
-    with ScriptApi(srv) as api:
+    name = deploy_script_app(
+        cli, tmp_path, unique("qrest"), "  work:\n    command: sleep 3\n", server=srv
+    )
+    with Api(srv) as api:
         script_id = api.script_id(name, "work")
         ids = [api.start(script_id)["id"] for _ in range(3)]
         api.running(ids[0])
@@ -621,9 +615,9 @@ def test_a_queue_waits_across_a_server_restart_and_keeps_its_order(
 
 
 def test_an_attached_trigger_of_a_busy_queue_script_waits_then_attaches(
-    cli: Cli, api: ScriptApi, tmp_path: Path
+    cli: Cli, api: Api, tmp_path: Path
 ) -> None:
-    name = deploy_app(
+    name = deploy_script_app(
         cli,
         tmp_path,
         unique("qatt"),
@@ -680,7 +674,7 @@ def slot_runs(server: HgrunServer, script_id: int) -> list[tuple[int, str | None
 @pytest.fixture
 def missed_slots_app(
     hgrun_server: ServerFactory, cli: Cli, tmp_path: Path
-) -> Iterator[tuple[HgrunServer, ScriptApi, dict[str, int], list[float]]]:
+) -> Iterator[tuple[HgrunServer, Api, dict[str, int], list[float]]]:
     """A server of its own and an app whose scripts fire at the three minutes before this one
     (so that no slot comes due live during the test, and the next is an hour away); the
     cursors are moved back before those three slots, as if the server had been down across
@@ -690,7 +684,7 @@ def missed_slots_app(
     slots = [base - 180, base - 120, base - 60]
     minutes = ",".join(str(time.gmtime(s).tm_min) for s in slots)
     cron = f'    command: echo caught-up\n    cron: "{minutes} * * * *"\n'
-    deploy_app(
+    deploy_script_app(
         cli,
         tmp_path,
         unique("catch"),
@@ -699,7 +693,7 @@ def missed_slots_app(
         f"  deadline:\n{cron}    catchup: latest\n    starting_deadline: 30s\n",
         server=srv,
     )
-    with ScriptApi(srv) as api:
+    with Api(srv) as api:
         app = api.get("/v1/apps")[0]["name"]
         ids = {s["name"]: s["id"] for s in api.scripts(app)}
         srv.stop()
@@ -709,7 +703,7 @@ def missed_slots_app(
 
 
 def test_catchup_latest_runs_only_the_most_recent_missed_slot_and_skip_none(
-    missed_slots_app: tuple[HgrunServer, ScriptApi, dict[str, int], list[float]],
+    missed_slots_app: tuple[HgrunServer, Api, dict[str, int], list[float]],
 ) -> None:
     srv, api, ids, slots = missed_slots_app
     runs = wait_for(lambda: api.script_runs(ids["latest"]), 15, "the catch-up run")
@@ -727,7 +721,7 @@ def test_catchup_latest_runs_only_the_most_recent_missed_slot_and_skip_none(
 
 
 def test_restarts_never_run_one_slot_twice(
-    missed_slots_app: tuple[HgrunServer, ScriptApi, dict[str, int], list[float]],
+    missed_slots_app: tuple[HgrunServer, Api, dict[str, int], list[float]],
 ) -> None:
     """A crash between the trigger and the cursor's move (simulated by moving the cursor back
     again) retries the slot at each start; the store's unique key makes the retry a no-op."""
@@ -744,7 +738,7 @@ def test_restarts_never_run_one_slot_twice(
 
 
 def test_two_servers_on_one_store_run_a_missed_slot_once(
-    missed_slots_app: tuple[HgrunServer, ScriptApi, dict[str, int], list[float]],
+    missed_slots_app: tuple[HgrunServer, Api, dict[str, int], list[float]],
 ) -> None:
     srv, api, ids, slots = missed_slots_app
     wait_for(lambda: api.script_runs(ids["latest"]), 15, "the catch-up run")
@@ -780,9 +774,9 @@ def test_two_servers_on_one_store_run_a_missed_slot_once(
 
 
 def test_a_script_past_its_timeout_is_killed_and_timed_out(
-    cli: Cli, api: ScriptApi, tmp_path: Path
+    cli: Cli, api: Api, tmp_path: Path
 ) -> None:
-    name = deploy_app(
+    name = deploy_script_app(
         cli,
         tmp_path,
         unique("slow"),
@@ -811,20 +805,20 @@ def test_the_servers_max_timeout_caps_a_scripts_timeout(
     hgrun_server: ServerFactory, cli: Cli, tmp_path: Path
 ) -> None:
     srv = hgrun_server("--max-timeout", "3s")
-    name = deploy_app(
+    name = deploy_script_app(
         cli,
         tmp_path,
         unique("cap"),
         "  long:\n    command: sleep 60\n    timeout: 1h\n",
         server=srv,
     )
-    with ScriptApi(srv) as api:
+    with Api(srv) as api:
         run = api.finished_run(api.start(api.script_id(name, "long"))["id"], timeout=30)
     assert (run["status"], run["exit_code"], run["timeout"]) == ("timed_out", TIMED_OUT, 3)
     assert run["duration"] < 10
 
 
-def test_the_default_timeout_is_15_minutes(cli: Cli, api: ScriptApi, echo_app: str) -> None:
+def test_the_default_timeout_is_15_minutes(cli: Cli, api: Api, echo_app: str) -> None:
     run = api.finished_run(api.start(api.script_id(echo_app, "show"))["id"])
     assert run["timeout"] == 15 * 60
 
@@ -833,9 +827,9 @@ def test_the_default_timeout_is_15_minutes(cli: Cli, api: ScriptApi, echo_app: s
 
 
 def test_only_the_last_n_runs_of_a_script_are_kept_with_their_output(
-    cli: Cli, api: ScriptApi, tmp_path: Path
+    cli: Cli, api: Api, tmp_path: Path
 ) -> None:
-    name = deploy_app(
+    name = deploy_script_app(
         cli,
         tmp_path,
         unique("hist"),
@@ -954,7 +948,7 @@ def test_a_failing_script_reaches_a_real_webhook_and_a_real_smtp_server(
         "--notify-email", "team@example.com",
     )  # fmt: skip
     notify = f"    notify:\n      webhook: {receiver.url}/hook\n      email: [ops@example.com]\n"
-    name = deploy_app(
+    name = deploy_script_app(
         cli,
         tmp_path,
         unique("notify"),
@@ -965,7 +959,7 @@ def test_a_failing_script_reaches_a_real_webhook_and_a_real_smtp_server(
         f"  works:\n    command: echo fine\n{notify}",
         server=srv,
     )
-    with ScriptApi(srv) as api:
+    with Api(srv) as api:
         ok = api.finished_run(api.start(api.script_id(name, "works"))["id"])
         assert ok["status"] == "succeeded"
         run = api.finished_run(api.start(api.script_id(name, "breaks"))["id"])
@@ -999,7 +993,7 @@ def test_notifications_are_retried_and_a_dead_or_hanging_receiver_never_holds_a_
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}/nobody"
     srv = hgrun_server()
-    name = deploy_app(
+    name = deploy_script_app(
         cli,
         tmp_path,
         unique("deaf"),
@@ -1011,7 +1005,7 @@ def test_notifications_are_retried_and_a_dead_or_hanging_receiver_never_holds_a_
         f"    notify:\n      webhook: {receiver.url}/late\n      on: [timeout]\n",
         server=srv,
     )
-    with ScriptApi(srv) as api:
+    with Api(srv) as api:
         run = api.finished_run(api.start(api.script_id(name, "flaky"))["id"])
         assert run["status"] == "failed"
         posts = wait_for(lambda: receiver.at("/flaky")[1:], 20, "the retry after a 500")
@@ -1048,9 +1042,9 @@ def store_bytes(data_dir: Path, stem: str) -> bytes:
 
 
 def test_a_trigger_token_starts_its_script_and_reads_its_runs_and_nothing_else(
-    cli: Cli, api: ScriptApi, server: HgrunServer, tmp_path: Path
+    cli: Cli, api: Api, server: HgrunServer, tmp_path: Path
 ) -> None:
-    name = deploy_app(
+    name = deploy_script_app(
         cli,
         tmp_path,
         unique("scope"),
@@ -1064,7 +1058,7 @@ def test_a_trigger_token_starts_its_script_and_reads_its_runs_and_nothing_else(
     assert secret.startswith("hgr_") and "\n" not in secret, secret
     assert secret not in text(done.stderr)
 
-    with ScriptApi(server, secret) as ci:
+    with Api(server, secret) as ci:
         started = ci.start(mine, b'{"via": "ci"}')
         run = ci.finished_run(started["id"])
         assert run["status"] == "succeeded"
@@ -1119,7 +1113,7 @@ def test_a_trigger_token_starts_its_script_and_reads_its_runs_and_nothing_else(
 
 
 def test_ci_with_a_trigger_token_uses_scripts_run_detached_wait(
-    cli: Cli, api: ScriptApi, echo_app: str
+    cli: Cli, api: Api, echo_app: str
 ) -> None:
     """What a CI job does with the token made for it: trigger by name and wait for the code."""
     token_name = unique("ci")
@@ -1159,7 +1153,7 @@ def test_the_audit_store_is_encrypted_shown_by_hgrun_audit_and_tampering_is_repo
     srv = hgrun_server()
     mark = unique("m").split("-")[1]
     command_mark, stdin_mark, json_mark = f"cmdmark{mark}", f"stdin{mark}", f"jsonin{mark}"
-    name = deploy_app(
+    name = deploy_script_app(
         cli,
         tmp_path,
         unique("audit"),
@@ -1177,7 +1171,7 @@ def test_the_audit_store_is_encrypted_shown_by_hgrun_audit_and_tampering_is_repo
     one_off_mark = f"oneoff{mark}"
     done = cli("run", "--app", name, "sh", "-c", f"echo {one_off_mark}x", input=b"", server=srv)
     assert check(done).strip() == f"{one_off_mark}x"
-    with ScriptApi(srv) as api:
+    with Api(srv) as api:
         attached = api.script_runs(api.script_id(name, "reader"))[0]
         detached = api.run(int(detached_label[4:]))
         assert "JSONIN" in api.log_text(name, detached["id"])

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import docker
 import pytest
-from apps import Api, check, deploy_busybox_app, run_id, text, unique
-from conftest import Cli, HgrunServer, ServerFactory
-from scriptapps import ScriptApi, deploy_app
+from conftest import ServerFactory
+from support.api import Api
+from support.apps import deploy_busybox_app, deploy_script_app, unique
+from support.cli import Cli, check, run_id, text
+from support.server import HgrunServer
 
 from hgrun.engine import ContainerSpec, EngineInfo
 from hgrun.engine.docker import create_args
@@ -125,14 +127,14 @@ def test_no_file_of_the_data_dir_holds_a_token_in_plain_text(
 
     # A script run gets a token of its own in HGRUN_TOKEN; it prints it reversed, so its output
     # (stored, and audited) does not hold it, and we learn it.
-    name = deploy_app(
+    name = deploy_script_app(
         cli,
         tmp_path / "app",
         unique("tok"),
         '  leak:\n    command: echo "$HGRUN_TOKEN" | rev\n',
         server=srv,
     )
-    with ScriptApi(srv) as scripts:
+    with Api(srv) as scripts:
         run = scripts.finished_run(scripts.start(scripts.script_id(name, "leak"))["id"])
         assert run["status"] == "succeeded", run
         reversed_token = scripts.log_text(name, run["id"]).strip()

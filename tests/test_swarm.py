@@ -25,8 +25,12 @@ from typing import Any
 
 import docker
 import pytest
-from apps import Api, check, instance_id, run_id, text, unique, wait_for, write_busybox_app
-from conftest import SCRIPTS, Cli, HgrunServer, _script, free_port
+from conftest import SCRIPTS, _script
+from support.api import Api
+from support.apps import unique, write_busybox_app
+from support.cli import Cli, check, run_id, text
+from support.server import HgrunServer, free_port, instance_id
+from support.waits import wait_for
 
 from hgrun.engine import CAPABILITIES, ContainerSpec, ContainerStatus
 from hgrun.engine.swarmspec import (

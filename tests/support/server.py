@@ -1,0 +1,142 @@
+"""An ``hgrun server`` subprocess on loopback, as the ``hgrun_server`` fixture starts them."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ADMIN_TOKEN = re.compile(r"admin token: (\S+)")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class HgrunServer:
+    """An `hgrun server` subprocess on loopback. Its stdout and stderr are read by a thread
+    into ``output`` (so the pipe never fills); ``token`` is the admin token it printed."""
+
+    port: int
+    data_dir: Path
+    docker_host: str
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    startup_timeout: float = 60.0
+    token: str = ""
+    process: subprocess.Popen[bytes] | None = None
+    output: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "hgrun.cli.main", "server",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--data-dir", str(self.data_dir), "--docker-host", self.docker_host,
+            *self.args,
+        ]  # fmt: skip
+
+    def start(self) -> HgrunServer:
+        self.output = []
+        self.process = subprocess.Popen(
+            self.command(),
+            env={**os.environ, **self.env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=self.data_dir,
+        )
+        self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
+        self._reader.start()
+        self._wait_healthy()
+        return self
+
+    def _read(self, process: subprocess.Popen[bytes]) -> None:
+        for raw in process.stdout or ():
+            line = raw.decode(errors="replace")
+            self.output.append(line)
+            if match := ADMIN_TOKEN.search(line):
+                self.token = match.group(1)
+
+    def _wait_healthy(self) -> None:
+        if self.process is None:
+            raise RuntimeError("hgrun server was not started")
+        deadline = time.monotonic() + self.startup_timeout
+        healthy = False
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                healthy = httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                pass
+            # The admin token is printed once, on the first start of a data dir; a restart
+            # keeps the token it had.
+            if healthy and self.token:
+                return
+            time.sleep(0.1)
+        log = "".join(self.output)
+        if self.process.poll() is None and healthy:
+            self.stop(signal.SIGKILL)
+            raise RuntimeError(f"hgrun server printed no 'admin token: ...' line:\n{log}")
+        self.stop(signal.SIGKILL)
+        raise RuntimeError(
+            f"hgrun server on {self.url} not healthy within {self.startup_timeout} s "
+            f"(exit {self.process.returncode}):\n{log}"
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        """Send ``sig``, wait up to ``timeout`` (then SIGKILL); return the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        return self.process.returncode
+
+    def restart(self, sig: int = signal.SIGTERM) -> HgrunServer:
+        """Stop and start again on the same port and data dir (the token is kept)."""
+        self.stop(sig)
+        return self.start()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.output)
+
+
+def instance_id(server: HgrunServer) -> str:
+    """The server's instance id (the ``hgrun.instance`` label of its containers), read from
+    its store with sqlite3 in read-only mode."""
+    db = sqlite3.connect(f"file:{server.data_dir / 'hgrun.db'}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+    finally:
+        db.close()
+    assert row is not None, "the store has no instance id"
+    return str(row[0])
