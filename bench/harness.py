@@ -29,7 +29,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 DEFAULT_DOCKER_HOST = "unix:///tmp/dk/docker.sock"
 DEFAULT_BASE_IMAGE = "hgrun-test/busybox:latest"
@@ -237,13 +237,60 @@ def session(keep: bool) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def clean_up(cleanup: Callable[[], Any], server: Server, status: int) -> Any:
-    """Run a bench's ``cleanup``; after a failure show the server's last lines. Its result."""
-    say("cleaning up (server, containers, image tag, temp dir)")
-    result = cleanup()
-    if status and server.output:
-        say("server output (last lines):\n" + "".join(server.output[-30:]))
-    return result
+class Measured(Protocol):
+    """What :func:`measure` needs of a benchmark: its server and its clean-up."""
+
+    server: Server
+
+    def cleanup(self) -> Any: ...
+
+
+B = TypeVar("B", bound=Measured)
+
+
+@dataclass
+class Outcome(Generic[B]):
+    """How a benchmark went: the bench (None if it could not be made), the exit status (0, 1 a
+    step failed, 130 interrupted), what its clean-up returned, and the temp dir (now removed
+    unless kept)."""
+
+    bench: B | None
+    status: int
+    cleanup: Any
+    tmp: Path
+
+
+def measure(
+    keep: bool,
+    make: Callable[[Path], B],
+    steps: Callable[[B], int],
+    failures: tuple[type[BaseException], ...] = (BenchError,),
+) -> Outcome[B]:
+    """Make the bench in a temp dir, run ``steps`` (its status), and always clean up.
+
+    An exception in ``failures`` or an interrupt (SIGTERM too) ends the steps with status 1 or
+    130; after a failure the server's last lines are shown.
+    """
+    bench: B | None = None
+    status = 0
+    cleaned: Any = None
+    with session(keep) as tmp:
+        try:
+            bench = make(tmp)
+            status = steps(bench)
+        except failures as e:
+            say(f"failed: {e}")
+            status = 1
+        except KeyboardInterrupt:
+            say("interrupted")
+            status = 130
+        finally:
+            if bench is not None:
+                say("cleaning up (server, containers, image tag, temp dir)")
+                cleaned = bench.cleanup()
+                if status and bench.server.output:
+                    say("server output (last lines):\n" + "".join(bench.server.output[-30:]))
+    return Outcome(bench, status, cleaned, tmp)
 
 
 # -- what was measured, where ---------------------------------------------------------------

@@ -743,8 +743,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = make_plan(args)
     docker_host, base_image = harness.engine()
     started = time.time()
-    bench: Bench | None = None
-    status = 0
     load_before = os.getloadavg()
     source = harness.source_state()
     if load_before[0] > (os.cpu_count() or 1):
@@ -753,23 +751,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             " competes for the machine, so the figures will be noisy (the ratios less so:"
             " both sides are interleaved)"
         )
-    with harness.session(args.keep) as tmp:
-        try:
-            bench = Bench(plan, tmp, docker_host, base_image, pyc=not args.no_pyc)
-            bench.setup()
-            bench.cli_startup()
-            bench.start_to_exit()
-            bench.output()
-            bench.upload()
-        except BenchError as e:
-            say(f"failed: {e}")
-            status = 1
-        except KeyboardInterrupt:
-            say("interrupted")
-            status = 130
-        finally:
-            if bench is not None:
-                harness.clean_up(bench.cleanup, bench.server, status)
+
+    def make(tmp: Path) -> Bench:
+        return Bench(plan, tmp, docker_host, base_image, pyc=not args.no_pyc)
+
+    def steps(bench: Bench) -> int:
+        bench.setup()
+        bench.cli_startup()
+        bench.start_to_exit()
+        bench.output()
+        bench.upload()
+        return 0
+
+    outcome = harness.measure(args.keep, make, steps)
+    bench, status = outcome.bench, outcome.status
     if bench is None or not bench.results:
         return status or 1
     table = rows(bench.results, plan)

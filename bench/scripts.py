@@ -1163,41 +1163,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     load_before = os.getloadavg()
     source = harness.source_state()  # at the start: the tree may change while the bench runs
-    bench: Bench | None = None
-    status = 0
-    clean: dict[str, Any] = {}
-    with harness.session(args.keep) as tmp:
-        try:
-            bench = Bench(plan, tmp, docker_host, base_image)
-            bench.client_kind = args.client
-            bench.setup()
-            for name, step in (
-                ("cron", bench.cron_fanout),
-                ("storm", bench.storm),
-                ("listing", bench.listing),
-            ):
-                if name not in only:
-                    continue
-                try:
-                    step()
-                except (BenchError, httpx.HTTPError, sqlite3.Error) as e:
-                    say(f"{name} failed: {e}")
-                    bench.failures.append(f"{name}: {e}")
-                    status = 1
-                    if not bench.server.running:
-                        break
-        except (BenchError, httpx.HTTPError) as e:
-            say(f"failed: {e}")
-            status = 1
-        except KeyboardInterrupt:
-            say("interrupted")
-            status = 130
-        finally:
-            if bench is not None:
-                clean = harness.clean_up(bench.cleanup, bench.server, status)
+
+    def make(tmp: Path) -> Bench:
+        bench = Bench(plan, tmp, docker_host, base_image)
+        bench.client_kind = args.client
+        return bench
+
+    def steps(bench: Bench) -> int:
+        bench.setup()
+        status = 0
+        for name, step in (
+            ("cron", bench.cron_fanout),
+            ("storm", bench.storm),
+            ("listing", bench.listing),
+        ):
+            if name not in only:
+                continue
+            try:
+                step()
+            except (BenchError, httpx.HTTPError, sqlite3.Error) as e:
+                say(f"{name} failed: {e}")
+                bench.failures.append(f"{name}: {e}")
+                status = 1
+                if not bench.server.running:
+                    break
+        return status
+
+    outcome = harness.measure(args.keep, make, steps, (BenchError, httpx.HTTPError))
+    bench, status = outcome.bench, outcome.status
     if bench is None or not bench.results:
         return status or 1
-    clean["temp_dir_removed"] = not tmp.exists()
+    clean: dict[str, Any] = outcome.cleanup
+    clean["temp_dir_removed"] = not outcome.tmp.exists()
     table = rows(bench.results)
     doc: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),

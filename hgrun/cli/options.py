@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -88,3 +90,17 @@ def check_env_name(key: str, where: str) -> None:
             f"{where} {key!r}: not a valid env var name",
             "use letters, digits and underscores, not starting with a digit",
         )
+
+
+def show_rows(
+    ctx: Context,
+    items: list[dict[str, Any]],
+    as_json: bool,
+    columns: Sequence[str],
+    row: Callable[[dict[str, Any]], Sequence[Any]],
+) -> None:
+    """A list from the API: JSON for scripts, else a table of ``columns``, one ``row`` each."""
+    if as_json:
+        ctx.output.json(items)
+        return
+    ctx.output.table(list(columns), [row(item) for item in items])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from hgrun.cli.options import Context, json_option, pass_ctx
+from hgrun.cli.options import Context, json_option, pass_ctx, show_rows
 from hgrun.cli.output import ago
 
 
@@ -14,10 +14,7 @@ from hgrun.cli.output import ago
 def apps_list(ctx: Context, as_json: bool) -> None:
     """List apps."""
     apps = ctx.api.get("/v1/apps")
-    if as_json:
-        ctx.output.json(apps)
-        return
-    ctx.output.table(["Name", "Created"], [(a["name"], ago(a["created"])) for a in apps])
+    show_rows(ctx, apps, as_json, ["Name", "Created"], lambda a: (a["name"], ago(a["created"])))
 
 
 @click.command("apps:create")

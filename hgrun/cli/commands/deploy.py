@@ -11,7 +11,14 @@ import click
 from hgrun import errors
 from hgrun.cli import appdir, views
 from hgrun.cli.buildview import BuildView
-from hgrun.cli.options import Context, app_name_or_here, app_option, json_option, pass_ctx
+from hgrun.cli.options import (
+    Context,
+    app_name_or_here,
+    app_option,
+    json_option,
+    pass_ctx,
+    show_rows,
+)
 from hgrun.errors import HgrunError, InputError
 
 
@@ -122,10 +129,7 @@ def deploy_app(ctx: Context, app: appdir.AppDir, *, quiet: bool = False) -> dict
 def releases(ctx: Context, app_name: str | None, as_json: bool) -> None:
     """List the app's releases, newest first."""
     items = ctx.api.get(f"/v1/apps/{app_name_or_here(app_name)}/releases")
-    if as_json:
-        ctx.output.json(items)
-        return
-    ctx.output.table(views.RELEASE_COLUMNS, [views.release_row(r) for r in items])
+    show_rows(ctx, items, as_json, views.RELEASE_COLUMNS, views.release_row)
 
 
 COMMANDS = (deploy, releases)

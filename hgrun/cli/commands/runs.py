@@ -24,6 +24,7 @@ from hgrun.cli.options import (
     json_option,
     parse_run_id,
     pass_ctx,
+    show_rows,
 )
 from hgrun.errors import HgrunError, InputError
 from hgrun.models import SIZES, RunStatus, TriggerKind
@@ -198,10 +199,7 @@ def attach_cmd(ctx: Context, run_id: str, tty: bool | None) -> int:
 def ps(ctx: Context, app_name: str | None, as_json: bool) -> None:
     """What is running now: attached, detached and cron runs."""
     items = ctx.api.get(f"/v1/apps/{app_name_or_here(app_name)}/runs", active=1, limit=500)
-    if as_json:
-        ctx.output.json(items)
-        return
-    ctx.output.table(views.PS_COLUMNS, [views.ps_row(r) for r in items])
+    show_rows(ctx, items, as_json, views.PS_COLUMNS, views.ps_row)
 
 
 @click.command()
@@ -230,10 +228,7 @@ def runs(
     if statuses:
         params["status"] = list(statuses)
     items = ctx.api.get(f"/v1/apps/{app_name_or_here(app_name)}/runs", **params)
-    if as_json:
-        ctx.output.json(items)
-        return
-    ctx.output.table(views.RUN_COLUMNS, [views.run_row(r) for r in items])
+    show_rows(ctx, items, as_json, views.RUN_COLUMNS, views.run_row)
 
 
 @click.command("runs:info")

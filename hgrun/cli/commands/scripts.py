@@ -12,7 +12,14 @@ import click
 from hgrun import errors
 from hgrun.cli import views
 from hgrun.cli.commands.runs import attach_run
-from hgrun.cli.options import Context, app_name_or_here, app_option, json_option, pass_ctx
+from hgrun.cli.options import (
+    Context,
+    app_name_or_here,
+    app_option,
+    json_option,
+    pass_ctx,
+    show_rows,
+)
 from hgrun.errors import ExitStatus, InputError
 
 
@@ -33,10 +40,7 @@ def _script(ctx: Context, app: str, name: str) -> dict[str, Any]:
 def scripts(ctx: Context, app_name: str | None, as_json: bool) -> None:
     """The app's scripts: schedule, next fire time, policies and the last run."""
     items = ctx.api.get(f"/v1/apps/{app_name_or_here(app_name)}/scripts")
-    if as_json:
-        ctx.output.json(items)
-        return
-    ctx.output.table(views.SCRIPT_COLUMNS, [views.script_row(s) for s in items])
+    show_rows(ctx, items, as_json, views.SCRIPT_COLUMNS, views.script_row)
 
 
 @click.command("scripts:run")

@@ -14,6 +14,7 @@ from hgrun.cli.options import (
     json_option,
     parse_run_id,
     pass_ctx,
+    show_rows,
 )
 from hgrun.errors import ExitStatus
 
@@ -24,10 +25,7 @@ from hgrun.errors import ExitStatus
 def tokens_list(ctx: Context, as_json: bool) -> None:
     """The workspace's tokens (never their secrets)."""
     items = ctx.api.get("/v1/tokens")
-    if as_json:
-        ctx.output.json(items)
-        return
-    ctx.output.table(views.TOKEN_COLUMNS, [views.token_row(t) for t in items])
+    show_rows(ctx, items, as_json, views.TOKEN_COLUMNS, views.token_row)
 
 
 @click.command("tokens:create")
