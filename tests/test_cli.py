@@ -3,7 +3,9 @@ errors with distinct exit codes, JSON output for scripts, and plain text off a t
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import re
 import stat
 import subprocess
@@ -14,7 +16,9 @@ from support.apps import deploy_busybox_app, unique, write_busybox_app
 from support.cli import Cli, check, run_id, text
 from support.server import HgrunServer, free_port
 
+import hgrun.cli.commands
 from hgrun import __version__
+from hgrun.cli.main import COMMANDS
 
 ANSI = re.compile(rb"\x1b[\[\]()]")
 # Input errors are usage (2) or, for a file, input (3); see hgrun.errors.ExitStatus.
@@ -66,6 +70,17 @@ def test_help_lists_the_commands(cli: Cli) -> None:
     out = check(cli("--help"))
     for command in ("deploy", "run", "attach", "ps", "runs", "logs", "stop", "login", "config"):
         assert command in out
+
+
+def test_the_lazy_command_table_names_each_command_where_it_is_defined() -> None:
+    """Start-up reads ``COMMANDS`` instead of importing every command module: a command missing
+    from it (or filed under the wrong module) would be unreachable."""
+    defined = {
+        command.name: info.name
+        for info in pkgutil.iter_modules(hgrun.cli.commands.__path__)
+        for command in importlib.import_module(f"hgrun.cli.commands.{info.name}").COMMANDS
+    }
+    assert defined == COMMANDS
 
 
 def test_login_writes_a_0600_config_that_later_commands_use(

@@ -7,6 +7,7 @@ group they hang on, and :func:`main`, the one top-level handler.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 import traceback
@@ -15,14 +16,57 @@ from collections.abc import Sequence
 import click
 
 from hgrun import __version__
-from hgrun.cli.commands import apps, config, deploy, logs, runs, scripts, server, session, tokens
 from hgrun.cli.options import Context
 from hgrun.cli.output import Output
 from hgrun.cli.terminal import Terminal
 from hgrun.errors import ExitStatus, HgrunError
 
+COMMANDS: dict[str, str] = {
+    "server": "server",
+    "login": "session",
+    "completion": "session",
+    "apps": "apps",
+    "apps:create": "apps",
+    "deploy": "deploy",
+    "releases": "deploy",
+    "config": "config",
+    "config:set": "config",
+    "config:unset": "config",
+    "run": "runs",
+    "attach": "runs",
+    "ps": "runs",
+    "runs": "runs",
+    "runs:info": "runs",
+    "stop": "runs",
+    "logs": "logs",
+    "scripts": "scripts",
+    "scripts:run": "scripts",
+    "tokens": "tokens",
+    "tokens:create": "tokens",
+    "tokens:revoke": "tokens",
+    "audit": "tokens",
+}
+"""Each command and the module of :mod:`hgrun.cli.commands` that defines it (in its ``COMMANDS``).
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+A module is imported when one of its commands runs (or ``--help`` lists them all), so starting
+``hgrun run`` costs no other command's code."""
+
+
+class Commands(click.Group):
+    """The root group, loading each command's module on first use (see :data:`COMMANDS`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        commands = importlib.import_module(f"hgrun.cli.commands.{module}").COMMANDS
+        return next((c for c in commands if c.name == cmd_name), None)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="hgrun")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.pass_context
@@ -30,11 +74,6 @@ def cli(click_ctx: click.Context, debug: bool) -> None:
     """hgrun: one-off containers and on-demand scripts for your app, self-hosted."""
     ctx = click_ctx.ensure_object(Context)
     ctx.debug = debug
-
-
-for _group in (server, session, apps, deploy, config, runs, logs, scripts, tokens):
-    for _command in _group.COMMANDS:
-        cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None, terminal: Terminal | None = None) -> int:
