@@ -18,8 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import HgrunServer, ServerFactory
-from scriptapps import ScriptApi, deploy_app, unique
+from conftest import ServerFactory
+from support.api import Api
+from support.apps import deploy_script_app, unique
+from support.server import HgrunServer
 
 pytestmark = pytest.mark.docker
 
@@ -78,7 +80,7 @@ def browser() -> Iterator[Any]:
 def app(cli: Any, busybox_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """An app with three scripts (a slow one, a failing one, a cron one) on the shared server."""
     name = unique("dash")
-    return deploy_app(cli, tmp_path_factory.mktemp("dash") / name, name, SCRIPTS)
+    return deploy_script_app(cli, tmp_path_factory.mktemp("dash") / name, name, SCRIPTS)
 
 
 def wait(driver: Any, probe: Any, timeout: float = 30, what: str = "") -> Any:
@@ -145,7 +147,7 @@ def test_badge_turns_blue_then_green_without_reload(
 ) -> None:
     sign_in(browser, server, server.token)
     browser.execute_script("window.hgrunMarker = 42")
-    with ScriptApi(server) as api:
+    with Api(server) as api:
         run = api.start(api.script_id(app, "greet"))["id"]
         wait(browser, lambda d: "live" in (badge(d, run) or ""), what="a blue badge")
         wait(browser, lambda d: "ok" in (badge(d, run) or ""), what="a green badge")
@@ -157,7 +159,7 @@ def test_failing_run_turns_red_and_shows_its_stderr_tail(
     browser: Any, server: HgrunServer, app: str
 ) -> None:
     sign_in(browser, server, server.token)
-    with ScriptApi(server) as api:
+    with Api(server) as api:
         run = api.start(api.script_id(app, "broken"))["id"]
     wait(browser, lambda d: "bad" in (badge(d, run) or ""), what="a red badge")
     browser.find_element(By.CSS_SELECTOR, f'#apps .badge[data-run="{run}"]').click()
@@ -173,7 +175,7 @@ def test_script_page_chart_and_run_now_checks_the_json(
     browser: Any, server: HgrunServer, app: str
 ) -> None:
     sign_in(browser, server, server.token)
-    with ScriptApi(server) as api:
+    with Api(server) as api:
         script_id = api.script_id(app, "greet")
         nightly = api.script_id(app, "nightly")
     browser.get(f"{server.url}/scripts/{nightly}")
@@ -249,7 +251,7 @@ def test_shell_reattaches_after_a_reload(browser: Any, server: HgrunServer, app:
 def test_trigger_token_sees_only_its_scripts_and_no_shell(
     browser: Any, server: HgrunServer, app: str
 ) -> None:
-    with ScriptApi(server) as api:
+    with Api(server) as api:
         made = api.http.post(
             "/v1/tokens", json={"name": unique("ci"), "scope": "trigger", "script": f"{app}/greet"}
         )
@@ -278,7 +280,7 @@ def test_runs_tokens_and_audit_pages(browser: Any, server: HgrunServer, app: str
     browser.get(f"{server.url}/apps/{app}/runs")
     shot(browser, "runs")
     # Live: a run started now appears in the open page without a reload.
-    with ScriptApi(server) as api:
+    with Api(server) as api:
         run = api.start(api.script_id(app, "broken"))["id"]
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'#runs tr[data-run="{run}"]'))
     browser.get(f"{server.url}/tokens")
@@ -324,7 +326,7 @@ def test_nothing_is_fetched_from_outside_the_server(
     Content-Security-Policy refuses nothing the pages do."""
     host = f"127.0.0.1:{server.port}"
     sign_in(browser, server, server.token)
-    with ScriptApi(server) as api:
+    with Api(server) as api:
         script_id = api.script_id(app, "broken")
         run = api.finished_run(api.start(script_id)["id"])["id"]
     browser.get_log("browser")  # start both logs from here
@@ -376,7 +378,7 @@ def test_post_without_the_csrf_token_is_refused(server: HgrunServer, app: str) -
     cookie = signed.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and server.token not in cookie
     client, csrf = session_client(server, server.token)
-    with ScriptApi(server) as api:
+    with Api(server) as api:
         script = api.script_id(app, "greet")
         made = {"name": unique("nocsrf"), "scope": "run"}
         assert client.post("/tokens", data=made).status_code == 403
@@ -426,7 +428,7 @@ def big_server(
     in one batch (the server, idle, only reads them; SQLite's WAL lets it go on meanwhile)."""
     server = hgrun_server()
     name = "million"
-    deploy_app(cli, tmp_path_factory.mktemp("million") / name, name, SCRIPTS, server=server)
+    deploy_script_app(cli, tmp_path_factory.mktemp("million") / name, name, SCRIPTS, server=server)
     db = sqlite3.connect(server.data_dir / "hgrun.db", timeout=30)
     app_id, release = db.execute("SELECT app_id, id FROM releases ORDER BY id DESC").fetchone()
     script_id = db.execute("SELECT id FROM scripts WHERE name = 'greet'").fetchone()[0]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from support.server import free_port
 
 from hgrun.stacks import AppFiles, plan
 

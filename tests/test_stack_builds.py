@@ -17,7 +17,9 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import BUSYBOX_IMAGE, Cli, stack_image_cached
+from conftest import stack_image_cached
+from support.apps import BUSYBOX_IMAGE
+from support.cli import Cli
 
 pytestmark = pytest.mark.docker
 
