@@ -168,15 +168,21 @@ def _go(files: AppFiles, images: Images) -> Written:
     check_go_mod(files.texts.get("go.mod", ""))
     # With a vendor folder the go command builds from it; a download would need the network.
     download = None if files.has("vendor/") else "RUN go mod download"
-    compile_ = 'RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/bin/ ./...'
+    std = "RUN go build -trimpath std"
+    compile_ = 'RUN go build -trimpath -ldflags="-s -w" -o /out/bin/ ./...'
     text = _lines(
         f"FROM {images.builder} AS build",
+        "# Static binaries: they run on any base, even FROM scratch.",
+        "ENV CGO_ENABLED=0",
+        "# The standard library compiled once per builder image, into the go build cache of",
+        "# this layer: without it every source change would compile it again.",
+        std,
         "WORKDIR /src",
         "# Modules before the source: this layer is reused until go.mod or go.sum change.",
         _copy(files, "go.mod", "go.sum"),
         download,
         "COPY . .",
-        "# Every main package, static, into /out/bin (named after its folder or module).",
+        "# Every main package into /out/bin (named after its folder or module).",
         compile_,
         "",
         f"FROM {images.base}",
@@ -187,7 +193,11 @@ def _go(files: AppFiles, images: Images) -> Written:
         "ENV PATH=/app/bin:$PATH",
         _RUN_AS,
     )
-    hints = {compile_: "go build failed: run `go build ./...` locally to see the errors"}
+    hints = {
+        compile_: "go build failed: run `go build ./...` locally to see the errors",
+        std: "the builder image could not compile Go's standard library: is build.builder "
+        "a Go image (golang:1.22-bookworm)?",
+    }
     if download:
         hints[download] = f"go could not fetch the modules of go.mod: {_NETWORK_HINT}"
     return text, {}, hints
