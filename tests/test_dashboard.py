@@ -40,6 +40,8 @@ SCRIPTS = """\
     command: 'sleep 2; echo "hello $HOSTINGGURU_RUN_INPUT"'
   broken:
     command: 'echo working; echo "disk full /data" >&2; exit 3'
+  slow:
+    command: sleep 120
   nightly:
     command: echo report
     cron: "30 4 * * *"
@@ -152,7 +154,6 @@ def test_badge_turns_blue_then_green_without_reload(
         wait(browser, lambda d: "live" in (badge(d, run) or ""), what="a blue badge")
         wait(browser, lambda d: "ok" in (badge(d, run) or ""), what="a green badge")
     assert browser.execute_script("return window.hgrunMarker") == 42  # the page never reloaded
-    shot(browser, "apps")
 
 
 def test_failing_run_turns_red_and_shows_its_stderr_tail(
@@ -220,6 +221,14 @@ def test_browser_shell(browser: Any, server: HgrunServer, app: str) -> None:
     columns = int(re.search(r"^\d+ (\d+)\s*$", screen.text, re.M).group(1))
     assert columns < 120
     browser.set_window_size(1280, 900)
+    # Ctrl-C reaches the remote process: the sleep ends at once and the shell goes on.
+    # (Ctrl-C only once the sleep runs: one sent while the shell still reads the line would
+    # interrupt the shell's read instead.)
+    typing.send_keys("echo sleep$((1+1)); sleep 60\n")
+    wait(browser, lambda d: re.search(r"^sleep2\s*$", screen.text, re.M), 15, "the sleep")
+    typing.send_keys(Keys.CONTROL, "c")
+    typing.send_keys("echo after-$((1+1))\n")
+    wait(browser, lambda d: re.search(r"^after-2\s*$", screen.text, re.M), 15, "Ctrl-C")
     shot(browser, "shell")
     typing.send_keys("exit 3\n")
     state = browser.find_element(By.ID, "shellstate")
@@ -305,8 +314,20 @@ def test_runs_tokens_and_audit_pages(browser: Any, server: HgrunServer, app: str
     shot(browser, "audit")
 
 
+def test_stop_button_ends_a_run_canceled(browser: Any, server: HgrunServer, app: str) -> None:
+    sign_in(browser, server, server.token)
+    with ScriptApi(server) as api:
+        run = api.running(api.start(api.script_id(app, "slow"))["id"])["id"]
+    browser.get(f"{server.url}/runs/{run}")
+    browser.find_element(By.CSS_SELECTOR, "#facts form button.danger").click()
+    wait(browser, lambda d: texts(d, "#facts .status") == ["canceled"], 30, "canceled")
+    browser.get(f"{server.url}/")
+    wait(browser, lambda d: "off" in (badge(d, run) or ""), what="a grey badge")
+
+
 def test_phone_layout(browser: Any, server: HgrunServer, app: str) -> None:
     sign_in(browser, server, server.token)
+    shot(browser, "apps")  # by now: green, red and grey runs, and shells
     browser.set_window_size(390, 844)
     try:
         browser.get(f"{server.url}/")
@@ -397,6 +418,19 @@ def test_post_without_the_csrf_token_is_refused(server: HgrunServer, app: str) -
         assert client.post("/signout", data={"csrf": csrf}).status_code == 303
         client.cookies.clear()
         assert client.get("/").status_code == 303
+
+
+def test_a_run_token_sees_runs_but_not_the_admin_pages(server: HgrunServer, app: str) -> None:
+    with ScriptApi(server) as api:
+        made = api.http.post("/v1/tokens", json={"name": unique("runner"), "scope": "run"})
+    client, _csrf = session_client(server, made.json()["token"])
+    home = client.get("/")
+    assert "Open a shell" in home.text and app in home.text
+    assert 'href="/audit"' not in home.text and 'href="/tokens"' not in home.text
+    assert client.get(f"/apps/{app}/runs").status_code == 200
+    assert client.get(f"/apps/{app}/shell").status_code == 200
+    assert client.get("/audit").status_code == 403
+    assert client.get("/tokens").status_code == 403
 
 
 def test_attach_from_another_origin_is_refused(server: HgrunServer) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import zoneinfo
 from typing import Any
 
 from starlette.requests import Request
@@ -42,10 +43,11 @@ def _next_fires(script: ScriptRecord, now: float, n: int) -> list[datetime.datet
     if not spec.cron:
         return []
     at = datetime.datetime.fromtimestamp(now, datetime.UTC)
+    zone = zoneinfo.ZoneInfo(spec.timezone)  # shown in the script's own zone, as it is written
     fires = []
     for _ in range(n):
         at = schedule.next_fire(spec.cron, spec.timezone, at)
-        fires.append(at)
+        fires.append(at.astimezone(zone))
     return fires
 
 
