@@ -1,16 +1,19 @@
 """The dashboard in a real Chromium (Debian's, driven by Selenium through Debian's chromedriver:
 nothing is downloaded), against a real `hgrun server` and dockerd.
 
-One browser for the whole module (``browser``); each test signs in with the token it needs. The
-tests also write the screenshots of docs/dashboard.md into docs/dashboard/.
+One browser per session (``browser``); each test signs in with the token it needs. The tests
+also make the screenshots of docs/dashboard.md: `HGRUN_UPDATE_SCREENSHOTS=1 python3 -m pytest -n 0
+tests/test_dashboard.py` writes them into docs/dashboard/.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import statistics
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +30,14 @@ pytestmark = pytest.mark.docker
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "dashboard"
+# The screenshots of docs/dashboard.md: written there with HGRUN_UPDATE_SCREENSHOTS=1, else to a
+# temp dir (so a test run does not dirty the checkout).
+DOC_SHOTS = Path(__file__).resolve().parent.parent / "docs" / "dashboard"
+SHOTS = (
+    DOC_SHOTS
+    if os.environ.get("HGRUN_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / f"hgrun-dashboard-shots-{os.getpid()}"
+)
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
