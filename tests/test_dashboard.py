@@ -40,6 +40,7 @@ SHOTS = (
 )
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -96,9 +97,16 @@ def app(cli: Any, busybox_image: str, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def wait(driver: Any, probe: Any, timeout: float = 30, what: str = "") -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(
-        lambda d: probe(d), message=what
-    )
+    """Poll ``probe(driver)`` until it is truthy; on timeout say what was awaited, the page and
+    the text of its main part."""
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(probe)
+    except TimeoutException:
+        main = " ".join(texts(driver, "main"))[:1500]
+        raise AssertionError(
+            f"timed out after {timeout} s waiting for {what or 'the page'} on"
+            f" {driver.current_url}:\n{main}"
+        ) from None
 
 
 def sign_in(driver: Any, server: HgrunServer, token: str) -> None:
@@ -129,8 +137,12 @@ def shot(driver: Any, name: str) -> None:
 
 
 def badge(driver: Any, run: int) -> str | None:
-    found = driver.find_elements(By.CSS_SELECTOR, f'#apps .badge[data-run="{run}"]')
-    return found[0].get_attribute("class") if found else None
+    """The class of run ``run``'s badge on the Apps page (read in one go, see ``texts``)."""
+    found: str | None = driver.execute_script(
+        "const b = document.querySelector(arguments[0]); return b ? b.className : null",
+        f'#apps .badge[data-run="{run}"]',
+    )
+    return found
 
 
 def test_sign_in_shows_the_apps(browser: Any, server: HgrunServer, app: str) -> None:
@@ -142,13 +154,9 @@ def test_sign_in_shows_the_apps(browser: Any, server: HgrunServer, app: str) -> 
     error = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".error"))
     assert "not valid" in error[0].text
     sign_in(browser, server, server.token)
-    card = browser.find_element(By.CSS_SELECTOR, f'section.app[data-app="{app}"]')
-    assert (
-        "nightly" in card.text
-        and "Europe/Paris" in card.text
-        and "every day at 04:30" in (card.text)
-    )
-    assert card.find_elements(By.LINK_TEXT, "Open a shell")
+    card = " ".join(texts(browser, f'section.app[data-app="{app}"]'))
+    assert "nightly" in card and "Europe/Paris" in card and "every day at 04:30" in card
+    assert "Open a shell" in card
     cookie = browser.get_cookie("hgrun_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert server.token not in json.dumps(browser.get_cookies())
@@ -189,6 +197,7 @@ def test_script_page_chart_and_run_now_checks_the_json(
     with Api(server) as api:
         script_id = api.script_id(app, "greet")
         nightly = api.script_id(app, "nightly")
+        api.finished_run(api.start(script_id)["id"])  # a green bar for the chart
     browser.get(f"{server.url}/scripts/{nightly}")
     assert len(browser.find_elements(By.CSS_SELECTOR, "ol.fires li")) == 5
     browser.get(f"{server.url}/scripts/{script_id}")
@@ -277,10 +286,7 @@ def test_trigger_token_sees_only_its_scripts_and_no_shell(
     assert made.status_code == 201, made.text
     secret = made.json()["token"]
     sign_in(browser, server, secret)
-    card = browser.find_element(By.CSS_SELECTOR, f'section.app[data-app="{app}"]')
-    scripts = [
-        e.text for e in card.find_elements(By.CSS_SELECTOR, "tr[data-script] td:first-child a")
-    ]
+    scripts = texts(browser, f'section.app[data-app="{app}"] tr[data-script] td:first-child a')
     assert scripts == ["greet"]
     page = browser.page_source
     assert "Open a shell" not in page and "All runs" not in page and "/audit" not in page
@@ -327,10 +333,10 @@ def test_runs_tokens_and_audit_pages(browser: Any, server: HgrunServer, app: str
 def test_stop_button_ends_a_run_canceled(browser: Any, server: HgrunServer, app: str) -> None:
     sign_in(browser, server, server.token)
     with ScriptApi(server) as api:
-        run = api.running(api.start(api.script_id(app, "slow"))["id"])["id"]
+        run = api.running(api.start(api.script_id(app, "slow"))["id"], timeout=60)["id"]
     browser.get(f"{server.url}/runs/{run}")
     browser.find_element(By.CSS_SELECTOR, "#facts form button.danger").click()
-    wait(browser, lambda d: texts(d, "#facts .status") == ["canceled"], 30, "canceled")
+    wait(browser, lambda d: texts(d, "#facts .status") == ["canceled"], 60, "canceled")
     browser.get(f"{server.url}/")
     wait(browser, lambda d: "off" in (badge(d, run) or ""), what="a grey badge")
 

@@ -17,13 +17,12 @@ function liveRegion(region) {
     if (!document.hidden) {
       try {
         const html = await fetchText(region.dataset.live);
+        // The first answer is swapped in too: the page may have changed since it was rendered.
         if (html !== null && html !== last) {
-          if (last !== null) {
-            const focused = document.activeElement;
-            const href = focused && region.contains(focused) ? focused.getAttribute("href") : null;
-            region.innerHTML = html;  // server-rendered and escaped; scripts in it never run
-            if (href) { const again = region.querySelector(`[href="${CSS.escape(href)}"]`); if (again) again.focus(); }
-          }
+          const focused = document.activeElement;
+          const href = focused && region.contains(focused) ? focused.getAttribute("href") : null;
+          region.innerHTML = html;  // server-rendered and escaped; scripts in it never run
+          if (href) { const again = region.querySelector(`[href="${CSS.escape(href)}"]`); if (again) again.focus(); }
           last = html;
         }
       } catch (e) { /* the server is restarting: try again at the next tick */ }
