@@ -10,6 +10,7 @@ own (by a label it chose), the app's image tags and the temp dir (:func:`remove_
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import re
@@ -26,6 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +87,37 @@ def bench_env(tmp: Path, docker_host: str) -> dict[str, str]:
         "XDG_CONFIG_HOME": str(tmp / "config"),
         "NO_COLOR": "1",
     }
+
+
+def check_base_image(docker: str, env: dict[str, str], image: str) -> None:
+    """Fail unless ``image`` is on the engine already: a benchmark never pulls."""
+    probe = subprocess.run(
+        [docker, "image", "inspect", "--format", "{{.Id}}", image],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if probe.returncode != 0:
+        raise BenchError(
+            f"image {image} is not on the engine at {env.get('DOCKER_HOST')}"
+            " (nothing is pulled): make it with scripts/images --busybox"
+        )
+
+
+class Workspace:
+    """What every benchmark works with: its temp dir, the engine and base image, the hgrun and
+    docker commands, their environment, and an app of a name no other bench uses."""
+
+    def __init__(self, tmp: Path, docker_host: str, base_image: str) -> None:
+        self.tmp = tmp
+        self.docker_host = docker_host
+        self.base_image = base_image
+        self.cli = default_cli()
+        self.docker = docker_cli()
+        self.app = f"bench-{uuid.uuid4().hex[:8]}"
+        self.app_dir = tmp / "app"
+        self.env = bench_env(tmp, docker_host)
 
 
 # -- the hgrun server ----------------------------------------------------------------------
@@ -333,6 +366,58 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
     }
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a benchmark notes as it starts: the time, the load, the source it measures (the tree
+    may change while it runs), the engine and the base image."""
+
+    started: float
+    load_before: tuple[float, float, float]
+    source: dict[str, Any]
+    docker_host: str
+    base_image: str
+
+    @classmethod
+    def now(cls) -> Start:
+        docker_host, base_image = engine()
+        return cls(time.time(), os.getloadavg(), source_state(), docker_host, base_image)
+
+
+def document(
+    start: Start,
+    *,
+    mode: str,
+    plan: dict[str, Any],
+    status: int,
+    table: list[dict[str, Any]],
+    results: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The JSON document of a benchmark: when, what, where, how it went, then ``extra``, the
+    table and the raw results."""
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(start.started)),
+        "seconds": round(time.time() - start.started, 1),
+        "mode": mode,
+        "plan": plan,
+        "machine": machine(),
+        "source": start.source,
+        "loadavg_before": [round(x, 2) for x in start.load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "docker_host": start.docker_host,
+        "base_image": start.base_image,
+        "complete": status == 0,
+        **extra,
+        "table": table,
+        "results": results,
+    }
+
+
+def print_json(doc: dict[str, Any]) -> None:
+    json.dump(doc, sys.stdout, indent=2)
+    print()
 
 
 def print_table(header: Sequence[str], lines: Sequence[Sequence[Any]]) -> None:

@@ -247,20 +247,13 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
 # -- the benchmark -------------------------------------------------------------------------
 
 
-class Bench:
+class Bench(harness.Workspace):
     def __init__(
         self, plan: Plan, tmp: Path, docker_host: str, base_image: str, *, pyc: bool = True
     ) -> None:
+        super().__init__(tmp, docker_host, base_image)
         self.plan = plan
-        self.tmp = tmp
-        self.docker_host = docker_host
-        self.base_image = base_image
-        self.cli = harness.default_cli()
-        self.docker = harness.docker_cli()
-        self.bench_id = uuid.uuid4().hex[:10]
-        self.app = f"bench-{self.bench_id[:8]}"
-        self.app_dir = tmp / "app"
-        self.env = harness.bench_env(tmp, docker_host)
+        self.bench_id = uuid.uuid4().hex[:10]  # labels the containers it runs with docker
         self.pyc = pyc
         if pyc:
             # As installed: pip compiles bytecode at install time. A dev environment with
@@ -324,17 +317,7 @@ class Bench:
     # -- setup and teardown --------------------------------------------------------------
 
     def setup(self) -> None:
-        probe = subprocess.run(
-            self.docker_cmd("image", "inspect", "--format", "{{.Id}}", self.base_image),
-            env=self.env,
-            capture_output=True,
-            text=True,
-        )
-        if probe.returncode != 0:
-            raise BenchError(
-                f"image {self.base_image} is not on the engine at {self.docker_host}"
-                " (nothing is pulled): make it with scripts/images --busybox"
-            )
+        harness.check_base_image(self.docker, self.env, self.base_image)
         (self.tmp / "data").mkdir()
         self.app_dir.mkdir()
         (self.app_dir / "hgrun.yaml").write_text(
@@ -741,10 +724,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (for debugging)")
     args = parser.parse_args(argv)
     plan = make_plan(args)
-    docker_host, base_image = harness.engine()
-    started = time.time()
-    load_before = os.getloadavg()
-    source = harness.source_state()
+    start = harness.Start.now()
+    docker_host, base_image, load_before = start.docker_host, start.base_image, start.load_before
     if load_before[0] > (os.cpu_count() or 1):
         say(
             f"warning: load average {load_before[0]:.1f} on {os.cpu_count()} CPUs: other work"
@@ -768,35 +749,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bench is None or not bench.results:
         return status or 1
     table = rows(bench.results, plan)
-    doc: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "seconds": round(time.time() - started, 1),
-        "mode": "quick" if args.quick else "full",
-        "plan": plan.__dict__,
-        "machine": harness.machine(),
-        "source": source,
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "docker_host": docker_host,
-        "image": bench.image,
-        "base_image": base_image,
-        "hgrun_cli": bench.cli,
-        "bytecode_cache": bench.pyc,
-        "complete": status == 0,
-        "retries": bench.retries,
-        "table": table,
-        "results": bench.results,
-    }
+    doc = harness.document(
+        start,
+        mode="quick" if args.quick else "full",
+        plan=plan.__dict__,
+        status=status,
+        table=table,
+        results=bench.results,
+        image=bench.image,
+        hgrun_cli=bench.cli,
+        bytecode_cache=bench.pyc,
+        retries=bench.retries,
+    )
     if args.json:
-        json.dump(doc, sys.stdout, indent=2)
-        print()
+        harness.print_json(doc)
     else:
         m = doc["machine"]
         print(
             f"hgrun vs docker, {doc['date']}, {doc['mode']} run, {m['cpus']} CPUs ({m['cpu']}), "
             f"load {doc['loadavg_before'][0]} -> {doc['loadavg_after'][0]}, image "
-            f"{bench.image[7:19]} (FROM {base_image}), hgrun at {source['commit']}"
-            f"{' + uncommitted changes' if source['hgrun_dirty'] else ''}, bytecode cache "
+            f"{bench.image[7:19]} (FROM {base_image}), hgrun at {start.source['commit']}"
+            f"{' + uncommitted changes' if start.source['hgrun_dirty'] else ''}, bytecode cache "
             f"{'on' if bench.pyc else 'off'}"
         )
         if table:

@@ -62,7 +62,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -271,17 +270,10 @@ class Conn:
     writer: asyncio.StreamWriter
 
 
-class Bench:
+class Bench(harness.Workspace):
     def __init__(self, plan: Plan, tmp: Path, docker_host: str, base_image: str) -> None:
+        super().__init__(tmp, docker_host, base_image)
         self.plan = plan
-        self.tmp = tmp
-        self.docker_host = docker_host
-        self.base_image = base_image
-        self.cli = harness.default_cli()
-        self.docker = harness.docker_cli()
-        self.app = f"bench-{uuid.uuid4().hex[:8]}"
-        self.app_dir = tmp / "app"
-        self.env = harness.bench_env(tmp, docker_host)
         self.server = Server(self.cli, tmp / "data", docker_host, self.env)
         self.servers: list[Server] = [self.server]
         self.instances: set[str] = set()
@@ -430,12 +422,7 @@ class Bench:
     # -- setup and teardown --------------------------------------------------------------
 
     def setup(self) -> None:
-        probe = self.docker_cmd("image", "inspect", "--format", "{{.Id}}", self.base_image)
-        if probe.returncode != 0:
-            raise BenchError(
-                f"image {self.base_image} is not on the engine at {self.docker_host}"
-                " (nothing is pulled): make it with scripts/images --busybox"
-            )
+        harness.check_base_image(self.docker, self.env, self.base_image)
         (self.tmp / "data").mkdir()
         self.app_dir.mkdir()
         (self.app_dir / "Dockerfile").write_text(f"FROM {self.base_image}\n")
@@ -1159,10 +1146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = make_plan(args)
     only = set((args.only or "cron,storm,listing").split(","))
-    docker_host, base_image = harness.engine()
-    started = time.time()
-    load_before = os.getloadavg()
-    source = harness.source_state()  # at the start: the tree may change while the bench runs
+    start = harness.Start.now()  # the source at the start: the tree may change meanwhile
+    docker_host, base_image = start.docker_host, start.base_image
 
     def make(tmp: Path) -> Bench:
         bench = Bench(plan, tmp, docker_host, base_image)
@@ -1196,33 +1181,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     clean: dict[str, Any] = outcome.cleanup
     clean["temp_dir_removed"] = not outcome.tmp.exists()
     table = rows(bench.results)
-    doc: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "seconds": round(time.time() - started, 1),
-        "mode": ("quick" if args.quick else "full")
-        + (
-            " (custom sizes)"
-            if (args.cron_scripts, args.triggers, args.rows) != (None,) * 3
-            else ""
-        ),
-        "plan": asdict(plan),
-        "machine": harness.machine(),
-        "source": source,
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "docker_host": docker_host,
-        "base_image": base_image,
-        "complete": status == 0,
-        "failures": bench.failures,
-        "cleanup": clean,
-        "stalls": bench.stalls,
-        "hgrun_sources": [src for server in bench.servers for src in server.sources],
-        "table": table,
-        "results": bench.results,
-    }
+    custom = (args.cron_scripts, args.triggers, args.rows) != (None,) * 3
+    doc = harness.document(
+        start,
+        mode=("quick" if args.quick else "full") + (" (custom sizes)" if custom else ""),
+        plan=asdict(plan),
+        status=status,
+        table=table,
+        results=bench.results,
+        failures=bench.failures,
+        cleanup=clean,
+        stalls=bench.stalls,
+        hgrun_sources=[src for server in bench.servers for src in server.sources],
+    )
     if args.json:
-        json.dump(doc, sys.stdout, indent=2)
-        print()
+        harness.print_json(doc)
     else:
         m = doc["machine"]
         print(
