@@ -418,6 +418,7 @@ def container_spec(
         },
         size=SIZES[run.size],
         network=network,
+        placement=tuple(release.manifest.placement),
         tty=run.tty,
         stdin=not run.detached,
     )

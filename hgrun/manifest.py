@@ -45,7 +45,10 @@ CRON_MACROS = tuple(MACROS)
 NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
-_TOP_KEYS = ("name", "build", "env", "size", "network", "scripts")
+_TOP_KEYS = ("name", "build", "env", "size", "network", "scripts", "placement")
+# A Swarm placement constraint (Docker docs, "docker service create --constraint"): a node or
+# engine attribute, == or !=, a value.
+PLACEMENT = re.compile(r"^(node|engine)\.[A-Za-z0-9_.-]+ *(==|!=) *[^ =!]\S*$")
 _BUILD_KEYS = ("dockerfile", "stack", "base", "builder")
 _SCRIPT_KEYS = (
     "command",
@@ -325,8 +328,15 @@ class _Reader:
             section = self.optional_mapping(top["scripts"][1], ("scripts",))
             for script_name, (key_node, value_node) in section.items():
                 scripts.append(self.script(script_name, key_node, value_node))
+        placement = self.placement(top["placement"][1]) if "placement" in top else ()
         return Manifest(
-            name=name, build=build, env=env, size=size, network=network, scripts=tuple(scripts)
+            name=name,
+            build=build,
+            env=env,
+            size=size,
+            network=network,
+            scripts=tuple(scripts),
+            placement=placement,
         )
 
     def build(self, node: Node) -> Build:
@@ -420,6 +430,22 @@ class _Reader:
                 "(letters, digits, '_', '.', '-')",
             )
         return value
+
+    def placement(self, node: Node) -> tuple[str, ...]:
+        path: KeyPath = ("placement",)
+        example = "node.labels.pool==batch"
+        constraints = []
+        for value, item in self.strings(node, path, example=example):
+            if not PLACEMENT.match(value):
+                raise self.error(
+                    item,
+                    path,
+                    f"{_show(value)} is not a placement constraint",
+                    hint=f"write ATTRIBUTE==VALUE or ATTRIBUTE!=VALUE, e.g. {example},"
+                    " node.role==worker or engine.labels.disk==ssd",
+                )
+            constraints.append(value)
+        return tuple(constraints)
 
     def script(self, name: str, key_node: Node, node: Node) -> Script:
         path: KeyPath = ("scripts", name)

@@ -142,6 +142,9 @@ class Manifest:
     size: str = DEFAULT_SIZE
     network: str = "none"
     scripts: Sequence[Script] = ()
+    # Swarm placement constraints of every run of the app ("node.labels.pool==batch"); one
+    # Docker host has nowhere else to place a run and ignores them.
+    placement: Sequence[str] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,6 +290,7 @@ def manifest_to_json(manifest: Manifest) -> dict[str, object]:
         "size": manifest.size,
         "network": manifest.network,
         "scripts": [script_to_json(script) for script in manifest.scripts],
+        "placement": list(manifest.placement),
     }
 
 
@@ -297,6 +301,7 @@ def manifest_from_json(data: Mapping[str, object]) -> Manifest:
     known_build = {f.name for f in dataclasses.fields(Build)}
     env = data.get("env")
     scripts = data.get("scripts")
+    placement = data.get("placement")
     return Manifest(
         name=str(data.get("name") or ""),
         build=Build(**{k: v for k, v in build.items() if k in known_build})  # type: ignore[arg-type]
@@ -308,4 +313,5 @@ def manifest_from_json(data: Mapping[str, object]) -> Manifest:
         scripts=tuple(script_from_json(s) for s in scripts if isinstance(s, Mapping))
         if isinstance(scripts, list)
         else (),
+        placement=tuple(str(p) for p in placement) if isinstance(placement, list) else (),
     )

@@ -40,7 +40,7 @@ from hgrun.lifecycle import (
     outcome,
     recovery,
 )
-from hgrun.models import SIZES, Release, Run, RunStatus, Trigger, TriggerKind
+from hgrun.models import SIZES, Manifest, Release, Run, RunStatus, Trigger, TriggerKind
 
 S = RunStatus
 T0 = 1_000_000.0  # the instant the run was created
@@ -528,7 +528,7 @@ RELEASE = Release(
     image="hgrun/app-3:abc",
     context_hash="abc",
     procfile={},
-    manifest={},
+    manifest=Manifest(name="app", placement=("node.role==worker",)),
     env={},
     description="Deploy",
     created=T0,
@@ -563,4 +563,5 @@ def test_container_spec(run: Run, stdin: bool, tty: bool) -> None:
     }
     assert spec.size == SIZES["pro"]
     assert spec.network == "host"
+    assert tuple(spec.placement) == ("node.role==worker",)
     assert (spec.stdin, spec.tty) == (stdin, tty)

@@ -92,6 +92,12 @@ def test_full_example() -> None:
         ("---\nname: a\n...\n", lambda m: m.name == "a"),
         ("name: a\nnetwork: none", lambda m: m.network == "none"),
         ("name: a\nnetwork: my_net.1", lambda m: m.network == "my_net.1"),
+        ("name: a", lambda m: m.placement == ()),
+        ("name: a\nplacement: node.role==worker", lambda m: m.placement == ("node.role==worker",)),
+        (
+            "name: a\nplacement: [node.labels.pool == batch, engine.labels.disk!=hdd]",
+            lambda m: m.placement == ("node.labels.pool == batch", "engine.labels.disk!=hdd"),
+        ),
         ("name: a\nscripts: {x: {command: y, timeout: 90}}", lambda m: m.scripts[0].timeout == 90),
         (
             "name: a\nscripts: {x: {command: y, timeout: 1.5}}",
@@ -257,6 +263,15 @@ ERRORS = [
         'network: expected a string, found a boolean "no"',
         'quotes: "no"',
     ),
+    # placement
+    (
+        "name: a\nplacement: [node.role==worker, pool=batch]",
+        2,
+        32,
+        'placement: "pool=batch" is not a placement constraint',
+        "node.labels.pool==batch",
+    ),
+    ("name: a\nplacement: []", 2, 12, "placement: the list is empty", None),
     # scripts
     ("name: a\nscripts: [a]", 2, 10, "scripts: expected a mapping, found a list", None),
     (

@@ -355,6 +355,27 @@ def test_runs_land_on_all_three_nodes_and_a_run_with_no_room_fails_with_swarms_r
         assert wait_for(lambda n=number: not _services(manager, n), 10, "the service removed")
 
 
+def test_the_manifests_placement_pins_a_run_or_fails_it_with_swarms_reason(
+    swarm_cli: Cli, anywhere: HgrunServer, tmp_path: Path
+) -> None:
+    name = unique("pl")
+    write_busybox_app(tmp_path, name, manifest_extra="placement: [engine.labels.hgrun.node==n3]\n")
+    check(swarm_cli("apps:create", name, server=anywhere))
+    check(swarm_cli("deploy", cwd=tmp_path, server=anywhere))
+    for _ in range(2):
+        check(swarm_cli("run", "true", input=b"", cwd=tmp_path, server=anywhere))
+    runs = json.loads(check(swarm_cli("runs", "--json", cwd=tmp_path, server=anywhere)))
+    assert [r["node"] for r in runs] == ["n3", "n3"]
+
+    (tmp_path / "hgrun.yaml").write_text(
+        f"name: {name}\nbuild:\n  dockerfile: Dockerfile\nplacement: node.labels.zone==nowhere\n"
+    )
+    check(swarm_cli("deploy", cwd=tmp_path, server=anywhere))
+    done = swarm_cli("run", "true", input=b"", cwd=tmp_path, server=anywhere)
+    assert done.returncode == 125
+    assert "scheduling constraints not satisfied on 3 nodes" in text(done.stderr)
+
+
 def test_an_attached_run_on_a_worker_gets_stdin_and_eof_and_its_exit_codes(
     swarm_cli: Cli, workers: HgrunServer, app_workers: Path, manager: docker.APIClient
 ) -> None:

@@ -63,6 +63,7 @@ class ContainerSpec:
     tty: bool = False
     stdin: bool = False
     working_dir: str | None = None
+    placement: Sequence[str] = ()  # node constraints, for an engine of several hosts
 
 
 class ContainerStatus(enum.StrEnum):

@@ -265,7 +265,7 @@ class SwarmEngine:
             name=f"hgrun-run{run}-{secrets.token_hex(3)}",
             argv=argv,
             shim=self._shim_config(),
-            constraints=self.constraints,
+            constraints=(*self.constraints, *spec.placement),
         )
         with _translate(f"cannot create a swarm service from {spec.image}"):
             created = self._api._result(

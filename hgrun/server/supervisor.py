@@ -202,6 +202,7 @@ class Supervisor:
             },
             size=size,
             network=network,
+            placement=tuple(release.manifest.placement),
             tty=run.tty,
             stdin=not run.detached,
         )
