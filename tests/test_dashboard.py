@@ -291,6 +291,11 @@ def test_trigger_token_sees_only_its_scripts_and_no_shell(
     page = browser.page_source
     assert "Open a shell" not in page and "All runs" not in page and "/audit" not in page
     shot(browser, "trigger-token")
+    # Its one script it may run now, and read that run.
+    browser.find_element(By.LINK_TEXT, "greet").click()
+    browser.find_element(By.CSS_SELECTOR, "#runnow button").click()
+    wait(browser, lambda d: re.search(r"/runs/\d+$", d.current_url), what="the new run's page")
+    wait(browser, lambda d: texts(d, "#facts .status") == ["succeeded"], 40, "its success")
     browser.get(f"{server.url}/apps/{app}/shell")
     assert "may not run" in browser.find_element(By.TAG_NAME, "h1").text
     browser.get(f"{server.url}/apps/{app}/runs")
@@ -332,7 +337,7 @@ def test_runs_tokens_and_audit_pages(browser: Any, server: HgrunServer, app: str
 
 def test_stop_button_ends_a_run_canceled(browser: Any, server: HgrunServer, app: str) -> None:
     sign_in(browser, server, server.token)
-    with ScriptApi(server) as api:
+    with Api(server) as api:
         run = api.running(api.start(api.script_id(app, "slow"))["id"], timeout=60)["id"]
     browser.get(f"{server.url}/runs/{run}")
     browser.find_element(By.CSS_SELECTOR, "#facts form button.danger").click()
@@ -434,10 +439,11 @@ def test_post_without_the_csrf_token_is_refused(server: HgrunServer, app: str) -
         assert client.post("/signout", data={"csrf": csrf}).status_code == 303
         client.cookies.clear()
         assert client.get("/").status_code == 303
+        assert client.get("/live/apps").status_code == 401  # a poll is told, not redirected
 
 
 def test_a_run_token_sees_runs_but_not_the_admin_pages(server: HgrunServer, app: str) -> None:
-    with ScriptApi(server) as api:
+    with Api(server) as api:
         made = api.http.post("/v1/tokens", json={"name": unique("runner"), "scope": "run"})
     client, _csrf = session_client(server, made.json()["token"])
     home = client.get("/")

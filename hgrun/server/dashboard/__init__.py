@@ -83,8 +83,7 @@ async def static(request: Request) -> Response:
     path = own or VENDOR_FILES.get(name.removeprefix("vendor/"))
     if path is None or (own is None and not name.startswith("vendor/")) or not path.is_file():
         return secure(PlainTextResponse("not found", status_code=404))
-    response = FileResponse(path, media_type=MEDIA.get(path.suffix, "application/octet-stream"))
-    response = secure(response)
+    response = secure(FileResponse(path, media_type=MEDIA[path.suffix]))
     response.headers["Cache-Control"] = "no-cache"
     return response
 
@@ -93,24 +92,27 @@ def build_router(dash: Dashboard) -> Router:
     def page(fn: Any) -> Any:
         return handler(dash, fn)
 
+    def live(fn: Any) -> Any:
+        return handler(dash, fn, fragment=True)
+
     def data(fn: Any) -> Any:
         return handler(dash, fn, data=True)
 
     return Router(
         routes=[
             Route("/", page(pages.apps), methods=["GET"]),
-            Route("/live/apps", page(pages.apps_live), methods=["GET"]),
+            Route("/live/apps", live(pages.apps_live), methods=["GET"]),
             Route("/signin", actions.signin_form(dash), methods=["GET"]),
             Route("/signin", actions.signin(dash), methods=["POST"]),
             Route("/signout", page(actions.signout), methods=["POST"]),
             Route("/apps/{app}/runs", page(pages.runs), methods=["GET"]),
-            Route("/live/apps/{app}/runs", page(pages.runs_live), methods=["GET"]),
+            Route("/live/apps/{app}/runs", live(pages.runs_live), methods=["GET"]),
             Route("/runs/{run_id:int}", page(pages.run), methods=["GET"]),
-            Route("/live/runs/{run_id:int}", page(pages.run_live), methods=["GET"]),
+            Route("/live/runs/{run_id:int}", live(pages.run_live), methods=["GET"]),
             Route("/runs/{run_id:int}/log", data(pages.run_log), methods=["GET"]),
             Route("/runs/{run_id:int}/stop", page(actions.stop), methods=["POST"]),
             Route("/scripts/{script_id:int}", page(pages.script), methods=["GET"]),
-            Route("/live/scripts/{script_id:int}", page(pages.script_live), methods=["GET"]),
+            Route("/live/scripts/{script_id:int}", live(pages.script_live), methods=["GET"]),
             Route("/scripts/{script_id:int}/runs", data(actions.run_now), methods=["POST"]),
             Route("/apps/{app}/shell", page(shell.page), methods=["GET"]),
             Route("/apps/{app}/shell", data(shell.open_shell), methods=["POST"]),

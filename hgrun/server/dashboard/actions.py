@@ -73,6 +73,7 @@ def signin(dash: Dashboard) -> Callable[[Request], Awaitable[Response]]:
         digest = hash_token(secret) if secret else ""
         if not secret or dash.store.token_by_hash(digest) is None:
             return _signin_page(dash, request, "That token is not valid (or was revoked).", 401)
+        dash.book.close(request.cookies.get(sessions.COOKIE))  # a new session, never an old id
         cookie, _session = dash.book.open(digest, dash.now())
         response = secure(RedirectResponse(_next(form.get("next")), status_code=303))
         tls = is_tls(request)

@@ -152,15 +152,17 @@ Handler = Callable[[Dashboard, Request, Viewer], Awaitable[Response]]
 
 
 def handler(
-    dash: Dashboard, fn: Handler, *, data: bool = False
+    dash: Dashboard, fn: Handler, *, data: bool = False, fragment: bool = False
 ) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a page (``data=False``) or a data endpoint (``data=True``): session, CSRF, errors."""
+    """Wrap a page, a ``fragment`` of one (what app.js polls), or a ``data`` (JSON) endpoint:
+    session, CSRF, errors. Without a session a page redirects to the sign-in page; a fragment or
+    data request gets 401, so a poll never swaps the sign-in form into a page."""
 
     async def endpoint(request: Request) -> Response:
         viewer = dash.viewer(request)
         try:
             if viewer is None:
-                if data or request.method not in SAFE_METHODS:
+                if data or fragment or request.method not in SAFE_METHODS:
                     raise AuthError("not signed in", "sign in again")
                 target = urllib.parse.quote(request.url.path, safe="/")
                 return secure(RedirectResponse(f"/signin?next={target}", status_code=303))
