@@ -207,6 +207,13 @@ def run_stack_app(
     assert ran.stdout.decode().strip() == app.says
     uid = cli("run", "--no-build", "--app", name, "id", "-u", cwd=root)
     assert uid.stdout.decode().strip() == "10001", uid.stderr
+    # Not root, and still at home in /app and /tmp/uploads: reads its upload, writes beside it.
+    upload = tmp_path / "upload.txt"
+    upload.write_text("uploaded\n")
+    script = "cat /tmp/uploads/upload.txt && touch /tmp/uploads/done $HOME/done && pwd"
+    used = cli("run", "--no-build", "--app", name, "--file", str(upload), "sh", "-c", script)
+    assert used.returncode == 0, used.stderr
+    assert used.stdout.decode().split() == ["uploaded", "/app"]
     image_before = released_image(cli, name)
 
     relpath, old, new = app.edit

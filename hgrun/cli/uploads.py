@@ -107,7 +107,9 @@ def tar_stream(
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
 
 
-_ROOT = Upload(Path("."), UPLOAD_ROOT, 0, "dir", 0o755)
+# Like /tmp itself: writable by a run that is not root (the generated Dockerfiles run as uid
+# 10001), sticky so one user cannot remove another's files.
+_ROOT = Upload(Path("."), UPLOAD_ROOT, 0, "dir", 0o1777)
 
 
 def _header(entry: Upload) -> bytes:
