@@ -366,7 +366,8 @@ class _Reader:
                     hint="stack generates a Dockerfile; remove it to build your own Dockerfile",
                 )
         images: dict[str, str] = {}
-        for key, example in (("base", "python:3.12-slim-bookworm"), ("builder", "golang:1.22")):
+        examples = (("base", "python:3.12-slim-bookworm"), ("builder", "golang:1-bookworm"))
+        for key, example in examples:
             if key not in items:
                 continue
             key_node, value_node = items[key]

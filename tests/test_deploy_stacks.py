@@ -73,7 +73,7 @@ def test_two_stacks_the_order_wins_and_says_so(tmp_path: Path) -> None:
         "detected go (go.mod); also matched node (package.json): go comes first, "
         "set build.stack to choose\n"
     )
-    assert "FROM golang:1.22-bookworm AS build" in done.stdout
+    assert "FROM golang:1-bookworm AS build" in done.stdout
 
 
 def test_own_dockerfile_wins_over_detection(tmp_path: Path) -> None:
@@ -98,8 +98,8 @@ def test_own_dockerfile_wins_over_detection(tmp_path: Path) -> None:
             {"go_mod": "module example.com/a\nrequire example.com/b\nfoo bar\n"},
             "name: demo\n",
             "error: go.mod:3:1: unknown directive 'foo'\n"
-            "hint: go.mod has module, go, require, replace, exclude and retract lines; "
-            "`go mod tidy` rewrites it\n",
+            "hint: go.mod's lines start with module, go, toolchain, godebug, require, "
+            "replace, exclude, retract, tool or ignore; `go mod tidy` rewrites it\n",
         ),
         (
             {"package_json": '{"name": "a",}'},

@@ -245,7 +245,7 @@ def test_run_image_is_non_root_in_app(app: AppFiles, copy: str, install: str) ->
 @pytest.mark.parametrize(
     ("app", "stack", "builder", "base", "artefact"),
     [
-        (files("go.mod", go_mod=GO_MOD), "go", "golang:1.22-bookworm", "debian:bookworm-slim",
+        (files("go.mod", go_mod=GO_MOD), "go", "golang:1-bookworm", "debian:bookworm-slim",
          "COPY --from=build /out/bin/ /app/bin/"),
         (files("Cargo.toml"), "rust", "rust:1-bookworm", "debian:bookworm-slim",
          "COPY --from=build /out/bin/ /app/bin/"),
@@ -491,6 +491,7 @@ def test_go_mod_blocks_and_comments_are_accepted() -> None:
     text = (
         "// a comment\nmodule example.com/a // trailing\n\ngo 1.22\ntoolchain go1.22.1\n"
         "require (\n\texample.com/b v1.0.0 // indirect\n)\nreplace example.com/b => ../b\n"
+        "tool example.com/b/cmd/gen\nignore ./node_modules\n"
     )
     assert plan(files("go.mod", go_mod=text)) is not None
 

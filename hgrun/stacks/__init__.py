@@ -71,7 +71,7 @@ READ = (
 # Docker official images, all Debian bookworm based (eclipse-temurin is Ubuntu based) so the
 # generated Dockerfiles can rely on useradd and /bin/sh.
 DEFAULTS: Mapping[str, Images] = {
-    "go": Images("debian:bookworm-slim", "golang:1.22-bookworm"),
+    "go": Images("debian:bookworm-slim", "golang:1-bookworm"),
     "rust": Images("debian:bookworm-slim", "rust:1-bookworm"),
     "java": Images("eclipse-temurin:21-jre", "maven:3.9-eclipse-temurin-21"),
     "java-gradle": Images("eclipse-temurin:21-jre", "gradle:8-jdk21"),

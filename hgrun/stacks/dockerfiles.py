@@ -196,7 +196,7 @@ def _go(files: AppFiles, images: Images) -> Written:
     hints = {
         compile_: "go build failed: run `go build ./...` locally to see the errors",
         std: "the builder image could not compile Go's standard library: is build.builder "
-        "a Go image (golang:1.22-bookworm)?",
+        "a Go image (golang:1-bookworm)?",
     }
     if download:
         hints[download] = f"go could not fetch the modules of go.mod: {_NETWORK_HINT}"

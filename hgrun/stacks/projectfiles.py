@@ -96,6 +96,8 @@ def package_json(text: str) -> dict[str, object]:
     return package
 
 
+# The directives of the go.mod reference (https://go.dev/ref/mod#go-mod-file), up to Go 1.25's
+# ignore: a newer one is refused with a clear line, better than a build that fails on it.
 _GO_DIRECTIVES = (
     "module",
     "go",
@@ -105,6 +107,8 @@ _GO_DIRECTIVES = (
     "replace",
     "exclude",
     "retract",
+    "tool",
+    "ignore",
 )
 
 
@@ -126,8 +130,8 @@ def check_go_mod(text: str) -> None:
                 file="go.mod",
                 line=number,
                 col=raw.index(word) + 1,
-                hint="go.mod has module, go, require, replace, exclude and retract lines; "
-                "`go mod tidy` rewrites it",
+                hint="go.mod's lines start with module, go, toolchain, godebug, require, "
+                "replace, exclude, retract, tool or ignore; `go mod tidy` rewrites it",
             )
         module = module or word == "module"
         block = line.endswith("(")
