@@ -219,6 +219,8 @@ class Run:
     finished: float | None
     script_id: int | None = None
     node: str | None = None  # the host the run was placed on, for an engine of several hosts
+    output_bytes: int = 0  # of output stored (the store keeps the newest, up to its cap)
+    output_dropped: int = 0  # of the oldest output dropped past the cap
 
     @property
     def label(self) -> str:

@@ -316,3 +316,145 @@ def test_a_manifest_stored_before_a_field_existed_takes_its_default() -> None:
     old = manifest_from_json({"name": "old", "build": {"dockerfile": "Dockerfile", "gone": 1}})
     assert old == Manifest(name="old", build=Build(dockerfile="Dockerfile"))
     assert (old.size, old.network, old.scripts) == ("starter", "none", ())
+
+
+# -- bounded output ---------------------------------------------------------------------------
+
+
+def _capped(tmp_path: Path, cap: int) -> Store:
+    store = Store(tmp_path / "capped.db", clock=lambda: 1000.0, max_output=cap)
+    store.ensure_workspace("default")
+    return store
+
+
+def _stored(store: Store, run_id: int) -> list[OutputChunk]:
+    return store.output(run_id=run_id, limit=10**6)
+
+
+def test_output_under_the_cap_is_kept_whole(tmp_path: Path) -> None:
+    store = _capped(tmp_path, 100)
+    run = _run_in(store, RunStatus.RUNNING)
+    store.append_output(run.id, run.app_id, [(1, 1.0, b"a" * 60), (2, 1.0, b"b" * 40)])
+    assert b"".join(c.data for c in _stored(store, run.id)) == b"a" * 60 + b"b" * 40
+    after = store.run(run.id)
+    assert (after.output_bytes, after.output_dropped) == (100, 0)
+
+
+def test_the_newest_output_is_kept_with_a_marker_at_the_front(tmp_path: Path) -> None:
+    store = _capped(tmp_path, 1000)
+    run = _run_in(store, RunStatus.RUNNING)
+    other = _run_in(store, RunStatus.RUNNING)
+    written = b""
+    for i in range(50):
+        piece = f"line {i:04d} ".encode() * 10 + b"\n"  # 101 bytes
+        written += piece
+        store.append_output(run.id, run.app_id, [(1, float(i), piece)])
+        store.append_output(other.id, other.app_id, [(1, float(i), b"x\n")])
+    chunks = _stored(store, run.id)
+    marker, kept = chunks[0], chunks[1:]
+    data = b"".join(c.data for c in kept)
+    assert written.endswith(data) and len(data) <= 1000 and len(data) > 1000 - 101
+    dropped = len(written) - len(data)
+    assert marker.stream == 2
+    assert (
+        marker.data
+        == f"hgrun: {dropped} bytes of earlier output were dropped (cap 1000 bytes)\n".encode()
+    )
+    assert all(c.stream == 1 for c in kept)  # one marker only
+    after = store.run(run.id)
+    assert (after.output_bytes, after.output_dropped) == (len(data), dropped)
+    # Another run's output is untouched.
+    assert b"".join(c.data for c in _stored(store, other.id)) == b"x\n" * 50
+
+
+def test_one_batch_over_the_cap_keeps_its_newest_bytes(tmp_path: Path) -> None:
+    store = _capped(tmp_path, 10)
+    run = _run_in(store, RunStatus.RUNNING)
+    store.append_output(run.id, run.app_id, [(1, 1.0, b"old"), (1, 1.0, b"0123456789abcdef")])
+    chunks = _stored(store, run.id)
+    assert chunks[0].data.startswith(b"hgrun: 9 bytes of earlier output were dropped")
+    assert b"".join(c.data for c in chunks[1:]) == b"6789abcdef"
+    store.append_output(run.id, run.app_id, [(2, 2.0, b"XYZ")])
+    chunks = _stored(store, run.id)
+    # Whole chunks go: the 10-byte chunk makes room for 3 new bytes.
+    assert chunks[0].data.startswith(b"hgrun: 19 bytes of earlier output were dropped")
+    assert [c.data for c in chunks[1:]] == [b"XYZ"]
+
+
+def test_the_cap_in_megabytes_reads_as_such(tmp_path: Path) -> None:
+    store = _capped(tmp_path, 1024 * 1024)
+    run = _run_in(store, RunStatus.RUNNING)
+    for _ in range(3):
+        store.append_output(run.id, run.app_id, [(1, 1.0, b"x" * 400_000)])
+    (marker, *_rest) = _stored(store, run.id)
+    assert marker.data == b"hgrun: 400000 bytes of earlier output were dropped (cap 1 MB)\n"
+
+
+def test_clearing_output_resets_its_counts(tmp_path: Path) -> None:
+    store = _capped(tmp_path, 10)
+    run = _run_in(store, RunStatus.RUNNING)
+    store.append_output(run.id, run.app_id, [(1, 1.0, b"x" * 30)])
+    store.clear_output(run.id)
+    assert _stored(store, run.id) == []
+    assert (store.run(run.id).output_bytes, store.run(run.id).output_dropped) == (0, 0)
+
+
+def test_stderr_is_read_on_its_own(store: Store) -> None:
+    run = _run_in(store, RunStatus.RUNNING)
+    store.append_output(run.id, run.app_id, [(1, 1.0, b"o1"), (2, 1.0, b"e1"), (1, 1.0, b"o2")])
+    assert [c.data for c in store.output(run_id=run.id, stream=2)] == [b"e1"]
+
+
+# -- retention of one-off runs ---------------------------------------------------------------
+
+
+def test_prune_keeps_the_newest_per_app_and_drops_the_old(tmp_path: Path) -> None:
+    store = Store(tmp_path / "r.db", clock=lambda: 1000.0)
+    store.ensure_workspace("default")
+    finished = []
+    for _ in range(6):
+        run = _run_in(store, RunStatus.SUCCEEDED)
+        store.append_output(run.id, run.app_id, [(1, 1.0, b"out")])
+        finished.append(run.id)
+    deleted = store.prune_runs(keep=4, older_than=0.0)
+    assert deleted == 2
+    remaining = [r.id for r in store.runs("default", limit=100)]
+    assert remaining == finished[:1:-1]
+    assert store.output(run_id=finished[0]) == []
+    assert store.output(run_id=finished[-1])[0].data == b"out"
+    # By age: _move records finished at 1002.0.
+    assert store.prune_runs(keep=100, older_than=1002.0) == 0
+    assert store.prune_runs(keep=100, older_than=1002.5) == 4
+    assert store.runs("default", limit=100) == []
+
+
+def test_prune_never_deletes_a_run_in_flight(store: Store) -> None:
+    active = [_run_in(store, status) for status in ACTIVE for _ in range(3)]
+    done = [_run_in(store, RunStatus.FAILED) for _ in range(3)]
+    # Everything is over the count and the age: only the finished ones go.
+    assert store.prune_runs(keep=0, older_than=10**12) == len(done)
+    assert sorted(r.id for r in store.runs("default", limit=100)) == sorted(r.id for r in active)
+
+
+def test_prune_leaves_script_runs_to_their_history(store: Store) -> None:
+    app_id, release_id = _first(store) if store.apps("default") else _app(store)
+    store.sync_scripts("default", app_id, [Script(name="s", command="true")])
+    (script,) = store.scripts()
+    run = store.create_run(
+        workspace="default",
+        app_id=app_id,
+        release_id=release_id,
+        command=["true"],
+        process_type=None,
+        tty=False,
+        detached=True,
+        uploads=False,
+        size="starter",
+        timeout=60.0,
+        env={},
+        trigger=Trigger(TriggerKind.CRON, "s"),
+        status=RunStatus.SKIPPED,
+        script_id=script.id,
+    )
+    assert store.prune_runs(keep=0, older_than=10**12) == 0
+    assert store.run(run.id).status is RunStatus.SKIPPED

@@ -30,7 +30,18 @@ ACTIVE_SQL = ", ".join(f"'{status.value}'" for status in RunStatus if status in 
 class StoreBase:
     """The connection and its helpers; no table of its own but ``meta``."""
 
-    def __init__(self, path: Path | str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_output: int | None = 100 * 1024 * 1024,
+    ) -> None:
+        """Open (and migrate) the store at ``path``. ``max_output``: the bytes of output kept per
+        run, newest first (None: no cap; see ``store.output``)."""
+        if max_output is not None and max_output <= 0:
+            raise ValueError("max_output must be positive")
+        self.max_output = max_output
         self._clock = clock
         self._lock = threading.RLock()
         # Releases never change: each is decoded once and kept (see AppStore.release).

@@ -212,6 +212,51 @@ class RunStore(StoreBase):
         )
         return [run_from_row(r) for r in rows]
 
+    def prune_runs(self, *, keep: int, older_than: float, batch: int = 200) -> int:
+        """Delete finished one-off runs (not a script's: those keep ``history``) and their
+        output: beyond the newest ``keep`` of each app, and those finished before
+        ``older_than`` (epoch seconds). A run in flight is never deleted. Works in transactions
+        of at most ``batch`` runs, so other writers wait for one batch at most; the count."""
+        if keep < 0:
+            raise ValueError("keep must be zero or more")
+        doomed: list[int] = []
+        for (app_id,) in self._query("SELECT id FROM apps ORDER BY id"):
+            row = self._one(
+                "SELECT id FROM runs WHERE app_id = ? AND script_id IS NULL"
+                " ORDER BY id DESC LIMIT 1 OFFSET ?",
+                (app_id, keep),
+            )
+            if row is not None:
+                doomed += [
+                    int(r[0])
+                    for r in self._query(
+                        "SELECT id FROM runs WHERE app_id = ? AND script_id IS NULL AND id <= ?"
+                        f" AND status NOT IN ({ACTIVE_SQL})",
+                        (app_id, row[0]),
+                    )
+                ]
+        doomed += [
+            int(r[0])
+            for r in self._query(
+                "SELECT id FROM runs WHERE script_id IS NULL AND finished < ?"
+                f" AND status NOT IN ({ACTIVE_SQL})",
+                (older_than,),
+            )
+        ]
+        ids = sorted(set(doomed))
+        deleted = 0
+        for start in range(0, len(ids), batch):
+            with self._tx() as db:
+                for run_id in ids[start : start + batch]:
+                    # Checked again inside the write: only a final run goes.
+                    row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+                    if row is None or RunStatus(row[0]).active:
+                        continue
+                    db.execute("DELETE FROM output WHERE run_id = ?", (run_id,))
+                    db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+                    deleted += 1
+        return deleted
+
     def active_runs(self) -> list[Run]:
         rows = self._query(f"SELECT * FROM runs WHERE status IN ({ACTIVE_SQL}) ORDER BY id")
         return [run_from_row(r) for r in rows]
@@ -253,4 +298,6 @@ def run_from_row(row: sqlite3.Row) -> Run:
         finished=row["finished"],
         script_id=row["script_id"],
         node=row["node"],
+        output_bytes=row["output_bytes"],
+        output_dropped=row["output_dropped"],
     )
