@@ -431,7 +431,18 @@ def test_bad_query_parameters_are_400(
     assert_error(admin.get(f"/v1/apps/{deployed}/runs", params=params), 400)
 
 
-@pytest.mark.parametrize("params", [{"tail": "x"}, {"run": "abc"}, {"after": "-3"}], ids=repr)
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"tail": "x"},
+        {"run": "abc"},
+        {"after": "-3"},
+        {"limit": "many"},
+        {"limit": "10001"},
+        {"tail": "10001"},
+    ],
+    ids=repr,
+)
 def test_bad_log_parameters_are_400(
     admin: httpx.Client, deployed: str, params: dict[str, str]
 ) -> None:
@@ -549,3 +560,52 @@ def test_the_admin_token_is_printed_once_and_works(server: HgrunServer, cli: Cli
     assert server.token.startswith("hgr_")
     assert server.log.count(server.token) == 1
     check(cli("apps", "--json"))
+
+
+def _log_lines(response: httpx.Response) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.text
+    return [json.loads(line) for line in response.text.splitlines() if line.strip()]
+
+
+def test_logs_are_bounded_by_default_and_page_on(server: HgrunServer, deployed: str) -> None:
+    script = "seq 1 2500; seq 1 30 >&2"
+    with Api(server) as api:
+        created = api.http.post(
+            f"/v1/apps/{deployed}/runs",
+            json={"command": ["sh", "-c", script], "detached": True},
+        )
+        assert created.status_code == 201, created.text
+        number = created.json()["id"]
+        api.finished_run(number)
+        url = f"/v1/apps/{deployed}/logs"
+        # No tail, no after: the newest 1000 lines.
+        newest = _log_lines(api.http.get(url, params={"run": number}))
+        assert len(newest) == 1000
+        # Docker keeps no order between stdout and stderr: compare each stream on its own.
+        assert [ln["line"] for ln in newest if ln["stream"] == "stderr"] == [
+            str(i) for i in range(1, 31)
+        ]
+        assert [ln["line"] for ln in newest if ln["stream"] == "stdout"] == [
+            str(i) for i in range(1531, 2501)
+        ]
+        # after=0 and a limit: whole lines, page after page (a page holds whole chunks, so it
+        # may run past the limit), nothing lost or repeated.
+        seen: list[str] = []
+        cursor = 0
+        while True:
+            page = _log_lines(
+                api.http.get(url, params={"run": number, "after": cursor, "limit": 400})
+            )
+            if not page:
+                break
+            seen += [(ln["stream"], ln["line"]) for ln in page]
+            cursor = page[-1]["cursor"]
+        assert [line for stream, line in seen if stream == "stdout"] == [
+            str(i) for i in range(1, 2501)
+        ]
+        assert [line for stream, line in seen if stream == "stderr"] == [
+            str(i) for i in range(1, 31)
+        ]
+        # The stderr tail of runs:info.
+        info = api.http.get(f"/v1/runs/{number}", params={"stderr_tail": 3}).json()
+        assert info["stderr_tail"] == ["28", "29", "30"]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
-from hgrun.models import OutputChunk
-from hgrun.server.logs import LineAssembler
+from hgrun.models import Manifest, OutputChunk, Trigger, TriggerKind
+from hgrun.server.api.runs import stderr_tail
+from hgrun.server.logs import MAX_LINE, STDERR, TAIL_PAGE, LineAssembler, tail_lines
+from hgrun.store import Store
 
 
 def test_line_assembler_splits_per_run_and_stream() -> None:
@@ -94,3 +97,86 @@ def test_pieces_never_split_a_utf8_character(cap: int) -> None:
 def test_a_cap_too_small_for_a_character_is_refused() -> None:
     with pytest.raises(ValueError):
         LineAssembler(max_line=3)
+
+
+def test_pending_since_is_where_a_waiting_line_began() -> None:
+    assembler = LineAssembler()
+    assembler.feed(_chunks([b"done\nwai", b"ting", b" still"]))
+    assert assembler.pending_since() == 1
+    assembler.feed([OutputChunk(9, 1, 2, 9.0, b"\n")])
+    assert assembler.pending_since() is None
+
+
+# -- tails read from the newest end, in bounded pages ------------------------------------------
+
+
+def _store_with_output(tmp_path: Path, pieces: list[tuple[int, bytes]]) -> tuple[Store, int]:
+    store = Store(tmp_path / "tail.db", max_output=None)
+    store.ensure_workspace("default")
+    app = store.create_app("default", "app")
+    release = store.create_release(
+        app.id,
+        image="sha256:x",
+        context_hash="h" * 64,
+        procfile={},
+        manifest=Manifest(name="app"),
+        env={},
+        description="Deploy",
+    )
+    run = store.create_run(
+        workspace="default",
+        app_id=app.id,
+        release_id=release.id,
+        command=["true"],
+        process_type=None,
+        tty=False,
+        detached=True,
+        uploads=False,
+        size="starter",
+        timeout=60.0,
+        env={},
+        trigger=Trigger(TriggerKind.USER, "admin"),
+    )
+    for i in range(0, len(pieces), 100):
+        store.append_output(run.id, app.id, [(s, 1.0, d) for s, d in pieces[i : i + 100]])
+    return store, run.id
+
+
+def test_the_stderr_tail_reads_only_the_end_of_a_large_output(tmp_path: Path) -> None:
+    """20 MB of output then 60 stderr lines: the tail of 50 reads a few pages, not 20 MB."""
+    big = [(1, b"o" * 65535 + b"\n")] * 320 + [(2, b"e" * 1000 + b"\n")] * 200
+    tail = [(2, f"err {i}\n".encode()) for i in range(60)]
+    store, run_id = _store_with_output(tmp_path, big + tail)
+    read: list[int] = []
+
+    def pages(before: int | None) -> list[OutputChunk]:
+        page = store.output(
+            run_id=run_id, stream=STDERR, before=before, limit=TAIL_PAGE, newest_first=True
+        )
+        read.append(sum(len(c.data) for c in page))
+        return page
+
+    lines = tail_lines(pages, 50)
+    assert [ln.text for ln in lines] == [f"err {i}" for i in range(10, 60)]
+    assert sum(read) < 4 * TAIL_PAGE * 1001  # the pages it needed, not the run's output
+    assert stderr_tail(store, run_id, 3) == ["err 57", "err 58", "err 59"]
+
+
+def test_a_tail_of_one_endless_line_stops_at_its_byte_bound(tmp_path: Path) -> None:
+    store, run_id = _store_with_output(tmp_path, [(2, b"x" * 65536)] * 200)  # 13 MB, no newline
+    read: list[int] = []
+
+    def pages(before: int | None) -> list[OutputChunk]:
+        page = store.output(run_id=run_id, before=before, limit=TAIL_PAGE, newest_first=True)
+        read.append(sum(len(c.data) for c in page))
+        return page
+
+    lines = tail_lines(pages, 2)
+    assert sum(read) <= 3 * MAX_LINE + TAIL_PAGE * 65536
+    assert all(len(ln.text) <= MAX_LINE for ln in lines) and len(lines) == 2
+
+
+def test_a_tail_of_a_short_output_is_all_of_it(tmp_path: Path) -> None:
+    store, run_id = _store_with_output(tmp_path, [(2, b"one\ntwo\nthr"), (2, b"ee")])
+    assert stderr_tail(store, run_id, 50) == ["one", "two", "three"]
+    assert stderr_tail(store, run_id, 0) == []

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from hgrun.models import OutputChunk
 
 STREAMS = {1: "stdout", 2: "stderr"}
+STDERR = 2
+TAIL_PAGE = 16  # chunks read at a time from the newest end: a chunk is at most a few 100 KB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,7 @@ class _Partial:
     data: bytearray = dataclasses.field(default_factory=bytearray)
     cursor: int = 0
     ts: float = 0.0
+    first: int = 0  # the cursor of the chunk where the waiting bytes began
 
 
 class LineAssembler:
@@ -83,6 +86,8 @@ class LineAssembler:
                 start = end + 1
                 end = data.find(b"\n", start)
             if start < len(data):
+                if not partial.data:
+                    partial.first = chunk.cursor
                 partial.cursor, partial.ts = chunk.cursor, chunk.ts
                 # Over the cap: fill the partial line to max_line, emit it (cut at a character
                 # boundary), go on; each round copies at most max_line bytes and consumes at
@@ -110,6 +115,12 @@ class LineAssembler:
             pos += cut
             self.work += 2 * self.max_line
         lines.append(_line(chunk.cursor, chunk.run_id, chunk.stream, chunk.ts, raw[pos:]))
+
+    def pending_since(self) -> int | None:
+        """The cursor of the oldest chunk whose bytes still wait for a newline (None: none do).
+        A reader that stops here and goes on later from a cursor before it loses nothing."""
+        firsts = [p.first for p in self._partial.values() if p.data]
+        return min(firsts) if firsts else None
 
     def pending_runs(self) -> list[int]:
         return sorted({run_id for (run_id, _), rest in self._partial.items() if rest.data})
@@ -156,3 +167,38 @@ def _piece(chunk: OutputChunk, raw: bytes) -> LogLine:
     """A piece of an over-long line, kept byte for byte (its end is no line end)."""
     text = raw.decode("utf-8", errors="replace")
     return LogLine(chunk.cursor, chunk.run_id, STREAMS.get(chunk.stream, "stdout"), chunk.ts, text)
+
+
+# One page of a run's chunks, newest first, strictly before the cursor given (None: the newest).
+NewestFirst = Callable[[int | None], list[OutputChunk]]
+
+
+def tail_lines(pages: NewestFirst, n: int, *, max_bytes: int | None = None) -> list[LogLine]:
+    """The last ``n`` lines of the chunks ``pages`` reads, oldest first.
+
+    Reads newest-first page by page, only until ``n`` complete lines are covered or
+    ``max_bytes`` (default: ``n`` lines of MAX_LINE) are read, never the whole output: a tail
+    of a run that printed 100 MB costs what its last lines weigh. Blocking (it reads the
+    store): call it from a worker thread.
+    """
+    if n <= 0:
+        return []
+    limit = max_bytes if max_bytes is not None else (n + 1) * MAX_LINE
+    taken: list[OutputChunk] = []
+    newlines = read = 0
+    before: int | None = None
+    # n + 1 newlines: the oldest line of the tail then starts after a newline, so it is whole.
+    while newlines <= n and read < limit:
+        page = pages(before)
+        if not page:
+            break
+        for chunk in page:
+            taken.append(chunk)
+            newlines += chunk.data.count(b"\n")
+            read += len(chunk.data)
+            if newlines > n or read >= limit:
+                break
+        before = page[-1].cursor
+    assembler = LineAssembler()
+    lines = assembler.feed(reversed(taken)) + assembler.flush()
+    return lines[-n:]

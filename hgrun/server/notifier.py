@@ -8,6 +8,7 @@ workspace settings the server was started with.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import email.message
 import functools
@@ -21,6 +22,7 @@ import httpx
 
 from hgrun.duration import format_duration
 from hgrun.models import Run, RunStatus, ScriptRecord
+from hgrun.server.workers import run_in
 
 log = logging.getLogger("hgrun.notifier")
 
@@ -89,7 +91,13 @@ class Notifier:
         attempts: int = 5,
         backoff: float = 1.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        executor: concurrent.futures.Executor | None = None,
     ) -> None:
+        """``stderr_tail(run_id)`` reads the store and SMTP blocks: both run on ``executor``
+        (the server's mail workers), never on the event loop or the engine's pool."""
+        self.executor = executor or concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="mail"
+        )
         self.targets = targets
         self.stderr_tail = stderr_tail
         self.app_name = app_name
@@ -99,17 +107,28 @@ class Notifier:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def run_finished(self, run: Run, script: ScriptRecord) -> None:
+        if wants(run, script.spec.notify.on):
+            self._spawn(self._notify(run, script))
+
+    async def _notify(self, run: Run, script: ScriptRecord) -> None:
         notify = script.spec.notify
-        if not wants(run, notify.on):
-            return
-        body = summary(run, self.app_name(run.app_id), script.name, self.stderr_tail(run.id))
+        try:
+            tail = await run_in(self.executor, self.stderr_tail, run.id)
+        except Exception:
+            log.exception("run %s: could not read its stderr tail for the notification", run.id)
+            tail = []
+        body = summary(run, self.app_name(run.app_id), script.name, tail)
         webhooks = {u for u in (notify.webhook, self.targets.webhook) if u}
         emails = tuple(dict.fromkeys((*notify.email, *self.targets.email)))
-        for url in webhooks:
-            self._spawn(self._deliver(f"webhook {url}", functools.partial(self._post, url, body)))
+        deliveries = [
+            self._deliver(f"webhook {url}", functools.partial(self._post, url, body))
+            for url in webhooks
+        ]
         if emails:
             send = functools.partial(self._mail, emails, body)
-            self._spawn(self._deliver(f"email {', '.join(emails)}", send))
+            deliveries.append(self._deliver(f"email {', '.join(emails)}", send))
+        # Each delivery retries on its own; this task (which drain() waits for) ends with them.
+        await asyncio.gather(*deliveries)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -159,4 +178,4 @@ class Notifier:
             with smtplib.SMTP(url.hostname or "127.0.0.1", url.port or 25, timeout=10) as smtp:
                 smtp.send_message(message)
 
-        await asyncio.to_thread(send)
+        await run_in(self.executor, send)

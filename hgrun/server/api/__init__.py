@@ -28,6 +28,7 @@ from hgrun.server.api.runs import stderr_tail
 from hgrun.server.api.views import run_json
 from hgrun.server.scripts import ScriptRunner
 from hgrun.server.supervisor import Supervisor
+from hgrun.server.workers import Workers
 from hgrun.store import Store
 from hgrun.store.audit import AuditLog
 
@@ -47,6 +48,7 @@ class Server:
     host_memory: int
     clock: Callable[[], float] = time.time
     scheduler_ticks: Callable[[], int] = lambda: 0  # how often the cron loop has ticked
+    workers: Workers = dataclasses.field(default_factory=Workers)
 
 
 def build_app(server: Server) -> Starlette:

@@ -18,6 +18,7 @@ from hgrun.models import APP_NAME, ENV_NAME, App, Manifest, Release, manifest_to
 from hgrun.procfile import parse_procfile
 from hgrun.server.api.requests import field, json_body, path_app, principal
 from hgrun.server.api.views import app_json, release_json
+from hgrun.server.workers import run_in
 
 if TYPE_CHECKING:
     from hgrun.server.api import Server
@@ -153,7 +154,8 @@ async def create_build(server: Server, request: Request) -> Response:
                 spool.close()
                 loop.call_soon_threadsafe(queue.put_nowait, None)
 
-        task = asyncio.create_task(asyncio.to_thread(build))
+        # On the build workers: a burst of builds never holds the threads that store output.
+        task = asyncio.create_task(run_in(server.workers.builds, build))
         while (event := await queue.get()) is not None:
             yield json.dumps(event).encode() + b"\n"
         await task

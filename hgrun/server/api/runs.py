@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from hgrun.duration import parse_duration
 from hgrun.errors import CapacityError, ConflictError, ForbiddenError, InputError, NotFoundError
-from hgrun.models import ENV_NAME, SIZES, RunStatus, Trigger, TriggerKind
+from hgrun.models import ENV_NAME, SIZES, OutputChunk, RunStatus, Trigger, TriggerKind
 from hgrun.procfile import resolve_command
 from hgrun.server.api.requests import (
     field,
@@ -26,13 +26,27 @@ from hgrun.server.api.requests import (
 )
 from hgrun.server.api.views import run_json
 from hgrun.server.auth import authenticate
-from hgrun.server.logs import LineAssembler, LogLine
+from hgrun.server.logs import (
+    MAX_LINE,
+    STDERR,
+    TAIL_PAGE,
+    LineAssembler,
+    LogLine,
+    tail_lines,
+)
+from hgrun.server.workers import run_in
 from hgrun.store import Store
 
 if TYPE_CHECKING:
     from hgrun.server.api import Server
 
 log = logging.getLogger("hgrun.api")
+
+DEFAULT_LOG_LINES = 1000  # lines of /logs without tail= or limit=
+MAX_LOG_LINES = 10_000  # the most lines one /logs call returns before following
+LOG_PAGE = 32  # chunks read at a time (a chunk is at most a few 100 KB)
+LOG_PAGE_LINES = 2000  # lines sent at a time while following
+MAX_STDERR_TAIL = 1000  # lines of GET /v1/runs/N?stderr_tail=
 
 
 async def create_run(server: Server, request: Request) -> Response:
@@ -158,16 +172,22 @@ async def get_run(server: Server, request: Request) -> Response:
     body = run_json(run, app.name)
     tail = int_param(request.query_params.get("stderr_tail"), "stderr_tail", 0)
     if tail:
-        body["stderr_tail"] = stderr_tail(server.store, run.id, tail)
+        body["stderr_tail"] = await run_in(
+            server.workers.reads, stderr_tail, server.store, run.id, min(tail, MAX_STDERR_TAIL)
+        )
     return JSONResponse(body)
 
 
 def stderr_tail(store: Store, run_id: int, n: int) -> list[str]:
-    """The last ``n`` lines a run wrote to stderr."""
-    assembler = LineAssembler()
-    lines = assembler.feed(store.output(run_id=run_id, limit=10**9))
-    lines += assembler.flush()
-    return [line.text for line in lines if line.stream == "stderr"][-n:]
+    """The last ``n`` lines a run wrote to stderr, read from the newest end in bounded pages
+    (blocking: call it from a worker thread)."""
+
+    def pages(before: int | None) -> list[OutputChunk]:
+        return store.output(
+            run_id=run_id, stream=STDERR, before=before, limit=TAIL_PAGE, newest_first=True
+        )
+
+    return [line.text for line in tail_lines(pages, n)]
 
 
 async def stop_run(server: Server, request: Request) -> Response:
@@ -194,60 +214,91 @@ async def upload_files(server: Server, request: Request) -> Response:
 
 
 async def app_logs(server: Server, request: Request) -> Response:
-    """The app's log as NDJSON lines; ``follow=1`` keeps streaming until the client leaves."""
+    """The app's log as NDJSON lines; ``follow=1`` keeps streaming until the client leaves.
+
+    Bounded: without ``after``, the newest ``tail`` lines (default: ``limit``); with
+    ``after=CURSOR``, about ``limit`` lines after it (whole pages of chunks: page on with the
+    last line's cursor).
+    ``limit`` defaults to DEFAULT_LOG_LINES and is at most MAX_LOG_LINES. The store is read in
+    pieces of LOG_PAGE chunks on the read workers, never on the event loop.
+    """
     caller = principal(server, request, "read")
     app = path_app(server, caller, request)
     query = request.query_params
     run_id = int_param(query.get("run"), "run", 0) or None
     if run_id is not None:
         workspace_run(server, caller, run_id)
+    limit = int_param(query.get("limit"), "limit", DEFAULT_LOG_LINES)
     tail = int_param(query.get("tail"), "tail", 0)
+    for name, value in (("limit", limit), ("tail", tail)):
+        if value > MAX_LOG_LINES:
+            raise InputError(
+                f"{name} {value} is over the most lines one call returns ({MAX_LOG_LINES})",
+                "page on with after=CURSOR (the cursor of the last line you have)",
+            )
     follow = query.get("follow") in ("1", "true")
     after = int_param(query.get("after"), "after", 0)
+    if not tail and "after" not in query:
+        tail = limit
     store = server.store
 
     def start_cursor() -> int:
-        if not tail:
-            return after
-        # Walk back from the newest chunk until ``tail`` newlines are covered.
-        newlines, cursor = 0, 0
+        """The cursor before the oldest chunk holding the last ``tail`` lines (read backwards
+        in pages, at most ``tail + 1`` lines of MAX_LINE bytes)."""
+        newlines, read, cursor = 0, 0, 0
         before = None
-        while newlines <= tail:
+        while newlines <= tail and read < (tail + 1) * MAX_LINE:
             chunks = store.output(
-                run_id=run_id, app_id=app.id, before=before, limit=256, newest_first=True
+                run_id=run_id, app_id=app.id, before=before, limit=TAIL_PAGE, newest_first=True
             )
             if not chunks:
                 return 0
             for chunk in chunks:
                 newlines += chunk.data.count(b"\n")
+                read += len(chunk.data)
                 cursor = chunk.cursor
                 if newlines > tail:
                     break
             before = chunks[-1].cursor
         return cursor - 1
 
+    def page(cursor: int) -> list[OutputChunk]:
+        return store.output(run_id=run_id, app_id=app.id, after=cursor, limit=LOG_PAGE)
+
     def encode(lines: list[LogLine]) -> bytes:
         return b"".join(json.dumps(line.to_json()).encode() + b"\n" for line in lines)
 
     async def lines() -> AsyncIterator[bytes]:
         assembler = LineAssembler()
-        cursor = start_cursor()
+        cursor = await run_in(server.workers.reads, start_cursor) if tail else after
         first = True
         while True:
             batch: list[LogLine] = []
-            while chunks := store.output(run_id=run_id, app_id=app.id, after=cursor, limit=512):
+            sent = 0
+            paged = False  # stopped at ``limit`` with output left: the client pages on
+            while chunks := await run_in(server.workers.reads, page, cursor):
                 cursor = chunks[-1].cursor
                 batch += assembler.feed(chunks)
-                if len(batch) > 10_000 and not (first and tail):
+                if first and not tail and sent + len(batch) >= limit:
+                    paged = True
+                    break
+                if len(batch) > LOG_PAGE_LINES and not (first and tail):
                     yield encode(batch)
+                    sent += len(batch)
                     batch = []
-            if not follow:
-                batch += assembler.flush()
-            else:
+            if follow:
                 # A run's last line without a newline is shown once the run is over.
                 for pending in assembler.pending_runs():
                     if pending not in server.supervisor.sessions:
                         batch += assembler.flush(pending)
+            elif not paged:
+                batch += assembler.flush()
+            else:
+                # Stop before the chunk where a waiting line began, so that the next page (from
+                # the last line's cursor) reads that line whole; unless nothing would be left.
+                since = assembler.pending_since()
+                whole = [line for line in batch if since is None or line.cursor < since]
+                batch = whole or batch
             if first and tail:
                 batch = batch[-tail:]
             first = False
