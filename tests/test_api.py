@@ -609,3 +609,33 @@ def test_logs_are_bounded_by_default_and_page_on(server: HgrunServer, deployed: 
         # The stderr tail of runs:info.
         info = api.http.get(f"/v1/runs/{number}", params={"stderr_tail": 3}).json()
         assert info["stderr_tail"] == ["28", "29", "30"]
+
+
+def test_a_run_keeps_its_newest_output_under_the_servers_cap(
+    hgrun_server: Any, cli: Cli, tmp_path: Path, busybox_image: str
+) -> None:
+    """--max-output 1 (MB): a run printing 3 MB keeps its last MB, with the marker first."""
+    srv = hgrun_server("--max-output", "1", "--keep-runs", "5", "--keep-days", "7")
+    name = deploy_busybox_app(cli, tmp_path / "capped", unique("cap"), server=srv)
+    with Api(srv) as api:
+        script = "i=0; while [ $i -lt 3000 ]; do printf '%01023d\\n' $i; i=$((i+1)); done"
+        created = api.http.post(
+            f"/v1/apps/{name}/runs", json={"command": ["sh", "-c", script], "detached": True}
+        )
+        assert created.status_code == 201, created.text
+        number = created.json()["id"]
+        api.finished_run(number)
+        lines = _log_lines(
+            api.http.get(
+                f"/v1/apps/{name}/logs", params={"run": number, "after": 0, "limit": 10000}
+            )
+        )
+        first, rest = lines[0], lines[1:]
+        assert first["stream"] == "stderr"
+        assert re.fullmatch(
+            r"hgrun: \d+ bytes of earlier output were dropped \(cap 1 MB\)", first["line"]
+        ), first
+        # Whole chunks are dropped, so the first kept line may be the end of one: skip it.
+        kept = [int(line["line"]) for line in rest[1:]]
+        assert kept[-1] == 2999 and kept == list(range(kept[0], 3000))
+        assert 900 < len(kept) <= 1024

@@ -3,6 +3,7 @@ allowed and refused, and "first final state wins" under racing writers."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from hgrun.models import (
     TriggerKind,
     manifest_from_json,
 )
+from hgrun.server.retention import DAY, Pruner, Retention
 from hgrun.store import Store
 
 ACTIVE = [s for s in RunStatus if s in lifecycle.ACTIVE]
@@ -458,3 +460,18 @@ def test_prune_leaves_script_runs_to_their_history(store: Store) -> None:
     )
     assert store.prune_runs(keep=0, older_than=10**12) == 0
     assert store.run(run.id).status is RunStatus.SKIPPED
+
+
+def test_the_pruner_applies_the_servers_retention(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = Store(tmp_path / "p.db", clock=lambda: now[0])
+    store.ensure_workspace("default")
+    runs = [_run_in(store, RunStatus.SUCCEEDED) for _ in range(3)]
+    running = _run_in(store, RunStatus.RUNNING)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pruner = Pruner(store, Retention(keep_runs=3, keep_days=1), pool=pool, clock=lambda: now[0])
+        assert pruner.prune() == 1  # four one-offs, three kept: the oldest goes
+        now[0] = 1002.0 + DAY + 1  # a day after they finished: the rest, by age
+        assert pruner.prune() == 2
+    assert [r.id for r in store.runs("default")] == [running.id]
+    assert runs  # made through the named transitions above

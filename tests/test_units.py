@@ -75,6 +75,10 @@ def test_create_args_harden_the_container() -> None:
     assert host["pids_limit"] == SIZES["standard"].pids
     assert host["network_mode"] == "none"
     assert "binds" not in host and "devices" not in host
+    assert host["log_config"] == {
+        "type": "json-file",
+        "config": {"max-size": "10m", "max-file": "2"},
+    }
     assert create["stdin_open"] is True and create["detach"] is False
     assert create["labels"] == {"hgrun.run": "7"}
 

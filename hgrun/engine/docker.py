@@ -80,6 +80,8 @@ def create_args(spec: ContainerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
             {"Name": "core", "Soft": 0, "Hard": 0},
         ],
         "privileged": False,
+        # Docker's own copy of the output (read only at recovery) bounded too: the store keeps it.
+        "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
     }
     create: dict[str, Any] = {
         "image": spec.image,

@@ -21,9 +21,11 @@ from hgrun.models import Scope
 from hgrun.server.api import Server, build_app, stderr_tail
 from hgrun.server.auth import new_token
 from hgrun.server.notifier import Notifier, Targets
+from hgrun.server.retention import Pruner, Retention
 from hgrun.server.scheduler import Scheduler
 from hgrun.server.scripts import ScriptRunner
 from hgrun.server.supervisor import Limits, Supervisor
+from hgrun.server.workers import Workers
 from hgrun.store import Store
 from hgrun.store.audit import AuditLog, load_key
 
@@ -33,14 +35,14 @@ if TYPE_CHECKING:
 DEFAULT_WORKSPACE = "default"
 
 
-def open_store(data_dir: Path) -> Store:
+def open_store(data_dir: Path, max_output: int | None = Retention.max_output) -> Store:
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as e:
         raise InputError(
             f"cannot create the data directory {data_dir}: {e.strerror}", "pass --data-dir"
         ) from e
-    return Store(data_dir / "hgrun.db")
+    return Store(data_dir / "hgrun.db", max_output=max_output)
 
 
 def open_engine(
@@ -112,10 +114,13 @@ def serve(
     engine_kind: str = "docker",
     placement: Sequence[str] = (),
     placement_timeout: float = 60.0,
+    retention: Retention | None = None,
 ) -> None:
     """Run the server until SIGTERM or SIGINT; runs in flight are taken up at the next start."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    store = open_store(data_dir)
+    retention = retention or Retention()
+    store = open_store(data_dir, retention.max_output)
+    workers = Workers()
     engine = open_engine(
         engine_kind, docker_host, placement=placement, placement_timeout=placement_timeout
     )
@@ -133,6 +138,7 @@ def serve(
         targets,
         stderr_tail=lambda run_id: stderr_tail(store, run_id, 50),
         app_name=lambda app_id: store.app_by_id(app_id).name,
+        executor=workers.mail,
     )
     scripts.on_run_finished.append(notifier.run_finished)
     scheduler = Scheduler(store, scripts)
@@ -145,7 +151,9 @@ def serve(
         host_cpus=host_cpus,
         host_memory=host_memory,
         scheduler_ticks=lambda: scheduler.ticks,
+        workers=workers,
     )
+    pruner = Pruner(store, retention, pool=workers.reads)
     token = first_start(store)
 
     @contextlib.asynccontextmanager
@@ -161,6 +169,7 @@ def serve(
         await supervisor.start()
         await scripts.resume_queues()
         scheduler.start()
+        pruner.start()
         say(f"hgrun server listening on http://{host}:{port}")
         say(f"engine {engine_kind} at {engine.host}, data in {data_dir}")
         if token:
@@ -168,9 +177,11 @@ def serve(
             say("(shown once; it is stored only as a hash. Save it: `hgrun login --token ...`)")
         yield
         await scheduler.stop()
+        await pruner.stop()
         await supervisor.shutdown()
         await notifier.drain()
         await engine.aclose()
+        workers.shutdown()
 
     app = build_app(server)
     app.router.lifespan_context = lifespan

@@ -39,6 +39,27 @@ from hgrun.errors import InputError
 @click.option("--idle-timeout", default="30m", show_default=True, help="Idle attached session.")
 @click.option("--max-timeout", default="1h", show_default=True, help="Cap on every run.")
 @click.option("--max-upload", default=2048, show_default=True, help="Upload cap, in MB.")
+@click.option(
+    "--max-output",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Output kept per run, in MB: the newest, with a note of what was dropped.",
+)
+@click.option(
+    "--keep-runs",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Finished one-off runs kept per app (scripts keep their own history:).",
+)
+@click.option(
+    "--keep-days",
+    default=30,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Finished one-off runs older than this many days are deleted.",
+)
 @click.option("--notify-webhook", help="Also POST every script notification here.")
 @click.option("--notify-email", multiple=True, help="Also mail every notification here.")
 @click.option("--smtp-url", help="SMTP server for email, e.g. smtp://127.0.0.1:25.")
@@ -57,6 +78,9 @@ def server(
     idle_timeout: str,
     max_timeout: str,
     max_upload: int,
+    max_output: int,
+    keep_runs: int,
+    keep_days: int,
     notify_webhook: str | None,
     notify_email: tuple[str, ...],
     smtp_url: str | None,
@@ -65,6 +89,7 @@ def server(
     """Run the hgrun server (REST API, attach relay, supervisor) in the foreground."""
     from hgrun.server.main import serve
     from hgrun.server.notifier import Targets
+    from hgrun.server.retention import Retention
     from hgrun.server.supervisor import Limits
 
     if data_dir is None:
@@ -98,6 +123,9 @@ def server(
         engine_kind=engine_kind,
         placement=placement,
         placement_timeout=duration_flag("--placement-timeout", placement_timeout),
+        retention=Retention(
+            max_output=max_output * 1024 * 1024, keep_runs=keep_runs, keep_days=keep_days
+        ),
     )
 
 
