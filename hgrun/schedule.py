@@ -249,6 +249,50 @@ def catchup_slots(
     return [slot] if (now - slot).total_seconds() <= window else []
 
 
+def slots_to_run(
+    expr: str,
+    tz: str,
+    catchup: Catchup,
+    last_slot: datetime | None,
+    now: datetime,
+    starting_deadline: float | None,
+    *,
+    up_since: datetime | None,
+    tick_grace: float = DEFAULT_TICK_GRACE,
+    cap: int = MISSED_CAP,
+) -> list[datetime]:
+    """The slots a running scheduler starts at a tick at ``now``, oldest first.
+
+    A busy server loses no slot; only a server that was down applies the catch-up policy:
+
+    * a slot in ``(last_slot, now]`` that came due while this scheduler was up (``slot >=
+      up_since``, the instant of its first tick) runs however late its tick comes: a tick
+      delayed by a blocked event loop, or a script whose previous trigger was still in flight,
+      runs the slot late instead of dropping it. ``starting_deadline`` still caps its lateness
+      (the script asked for that); more than ``cap`` such slots keep only the most recent
+      (:func:`due_slots`).
+    * the slots that came due before ``up_since`` (the server was down) are decided by
+      :func:`catchup_slots` as at ``up_since``: none, or the most recent one.
+
+    ``up_since`` None (not ticked yet) is the first tick: :func:`catchup_slots` alone.
+    """
+    if up_since is None or last_slot is None:
+        return catchup_slots(expr, tz, catchup, last_slot, now, starting_deadline, tick_grace)
+    now, up_since = _utc(now, "now"), _utc(up_since, "up_since")
+    down = catchup_slots(
+        expr, tz, catchup, last_slot, min(now, up_since), starting_deadline, tick_grace
+    )
+    # Scanned from up_since at the earliest (exclusive bound, hence the microsecond): a cursor
+    # left before an outage costs nothing, and a tick costs one step per slot due.
+    since = max(_utc(last_slot, "last_slot"), up_since - timedelta(microseconds=1))
+    up = [
+        slot
+        for slot in due_slots(expr, tz, since, now, cap).slots
+        if starting_deadline is None or (now - slot).total_seconds() <= starting_deadline
+    ]
+    return sorted({*down, *up})
+
+
 # --- concurrency ------------------------------------------------------------------------------
 
 

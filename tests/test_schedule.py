@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from hgrun.models import Catchup, Concurrency
+from hgrun.models import Catchup, Concurrency, Manifest, Run, Script, ScriptRecord, Trigger
 from hgrun.schedule import (
     MACROS,
     MISSED_CAP,
@@ -20,9 +22,12 @@ from hgrun.schedule import (
     last_fire,
     next_fire,
     skip_reason,
+    slots_to_run,
     validate_cron,
     validate_timezone,
 )
+from hgrun.server.scheduler import Scheduler
+from hgrun.store import Store
 
 NY = "America/New_York"
 PARIS = "Europe/Paris"
@@ -455,6 +460,208 @@ def test_catchup_slots_ticking_runs_each_slot_once() -> None:
 def test_catchup_slots_refuses_negative_windows(grace: float, deadline: float | None) -> None:
     with pytest.raises(ValueError):
         catchup_slots(H, "UTC", Catchup.SKIP, None, NEW_YEAR, deadline, tick_grace=grace)
+
+
+# --- slots_to_run: a busy server loses no slot ------------------------------------------------
+
+M = "* * * * *"  # every minute, UTC
+UP = u(2024, 1, 1, 10, 0, 0, 500000)  # the scheduler's first tick
+
+
+@pytest.mark.parametrize(
+    ("catchup", "last_slot", "now", "deadline", "expected"),
+    [
+        # ticking on time: the slot of the minute
+        (Catchup.SKIP, u(2024, 1, 1, 10, 4), u(2024, 1, 1, 10, 5, 1), None, zs("2024-01-01T10:05")),
+        # a tick 3.5 minutes late (a blocked event loop): every slot since runs, oldest first
+        (
+            Catchup.SKIP,
+            u(2024, 1, 1, 10),
+            u(2024, 1, 1, 10, 3, 30),
+            None,
+            zs("2024-01-01T10:01", "2024-01-01T10:02", "2024-01-01T10:03"),
+        ),
+        # ...the same under latest
+        (
+            Catchup.LATEST,
+            u(2024, 1, 1, 10),
+            u(2024, 1, 1, 10, 2, 30),
+            None,
+            zs("2024-01-01T10:01", "2024-01-01T10:02"),
+        ),
+        # ...but a starting deadline the script set still caps how late a run may start
+        (
+            Catchup.SKIP,
+            u(2024, 1, 1, 10),
+            u(2024, 1, 1, 10, 3, 30),
+            120.0,
+            zs("2024-01-01T10:02", "2024-01-01T10:03"),
+        ),
+        # nothing new: nothing, never twice
+        (Catchup.SKIP, u(2024, 1, 1, 10, 3), u(2024, 1, 1, 10, 3, 59), None, []),
+        # the cursor from before an outage (09:00), up at 10:00:00.5: the outage's slots go by
+        # the policy (skip: none; latest: only 10:00, the most recent one, as at UP), the slots
+        # since UP all run
+        (
+            Catchup.SKIP,
+            u(2024, 1, 1, 9),
+            u(2024, 1, 1, 10, 2, 30),
+            None,
+            zs("2024-01-01T10:00", "2024-01-01T10:01", "2024-01-01T10:02"),
+        ),
+        (
+            Catchup.LATEST,
+            u(2024, 1, 1, 9),
+            u(2024, 1, 1, 10, 1, 30),
+            None,
+            zs("2024-01-01T10:00", "2024-01-01T10:01"),
+        ),
+    ],
+)
+def test_slots_to_run_while_up(
+    catchup: Catchup,
+    last_slot: datetime,
+    now: datetime,
+    deadline: float | None,
+    expected: list[datetime],
+) -> None:
+    got = slots_to_run(M, "UTC", catchup, last_slot, now, deadline, up_since=UP, tick_grace=10)
+    assert got == expected
+
+
+@pytest.mark.parametrize("catchup", list(Catchup))
+def test_slots_to_run_after_an_outage_follows_the_policy(catchup: Catchup) -> None:
+    """Up at 10:30:30 after a cursor of 10:03: 10:04..10:30 were missed while down."""
+    up = u(2024, 1, 1, 10, 30, 30)
+    first = slots_to_run(
+        M, "UTC", catchup, u(2024, 1, 1, 10, 3), up, None, up_since=None, tick_grace=10
+    )
+    assert first == ([] if catchup is Catchup.SKIP else zs("2024-01-01T10:30"))
+    # The next tick (the cursor unmoved under skip): the outage is not replayed, 10:31 runs.
+    cursor = u(2024, 1, 1, 10, 3) if not first else first[-1]
+    later = u(2024, 1, 1, 10, 31, 0, 200000)
+    assert slots_to_run(M, "UTC", catchup, cursor, later, None, up_since=up, tick_grace=10) == zs(
+        "2024-01-01T10:31"
+    )
+
+
+# --- the scheduler loop, with its clock injected (real SQLite, a fake runner) ---------------
+
+
+class FakeRunner:
+    """Our own seam: records triggers and makes the run in the store, like ScriptRunner does."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.slots: list[str] = []
+        self.gate: asyncio.Event | None = None
+
+    async def trigger(self, script: ScriptRecord, trigger: Trigger, *, slot: float) -> Run | None:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.slots.append(trigger.name)
+        release = self.store.latest_release(script.app_id)
+        assert release is not None
+        return self.store.create_run(
+            workspace=script.workspace,
+            app_id=script.app_id,
+            release_id=release.id,
+            command=["true"],
+            process_type=None,
+            tty=False,
+            detached=True,
+            uploads=False,
+            size="starter",
+            timeout=60.0,
+            env={},
+            trigger=trigger,
+            script=script.name,
+            slot=trigger.name,
+            script_id=script.id,
+        )
+
+
+def _cron_store(tmp_path: Path, catchup: Catchup = Catchup.SKIP) -> Store:
+    store = Store(tmp_path / "cron.db")
+    store.ensure_workspace("default")
+    app = store.create_app("default", "app")
+    store.create_release(
+        app.id,
+        image="sha256:x",
+        context_hash="h" * 64,
+        procfile={},
+        manifest=Manifest(name="app"),
+        env={},
+        description="Deploy",
+    )
+    store.sync_scripts(
+        "default", app.id, [Script(name="tick", command="true", cron=M, catchup=catchup)]
+    )
+    return store
+
+
+def _ticks(scheduler: Scheduler, *instants: datetime) -> None:
+    async def go() -> None:
+        for instant in instants:
+            await asyncio.gather(*scheduler.tick(instant.timestamp()))
+
+    asyncio.run(go())
+
+
+def test_a_late_tick_runs_every_slot_it_missed(tmp_path: Path) -> None:
+    store = _cron_store(tmp_path)
+    runner = FakeRunner(store)
+    scheduler = Scheduler(store, runner)  # type: ignore[arg-type]
+    # On time at 10:00, then the loop is blocked for three and a half minutes.
+    _ticks(scheduler, u(2024, 1, 1, 10, 0, 0, 500000), u(2024, 1, 1, 10, 3, 30))
+    assert runner.slots == [
+        "2024-01-01T10:00:00Z",
+        "2024-01-01T10:01:00Z",
+        "2024-01-01T10:02:00Z",
+        "2024-01-01T10:03:00Z",
+    ]
+    # The next tick runs nothing twice.
+    _ticks(scheduler, u(2024, 1, 1, 10, 3, 31))
+    assert len(runner.slots) == 4
+
+
+def test_a_slot_due_while_the_last_trigger_was_in_flight_runs_late(tmp_path: Path) -> None:
+    store = _cron_store(tmp_path)
+    runner = FakeRunner(store)
+    scheduler = Scheduler(store, runner)  # type: ignore[arg-type]
+
+    async def go() -> None:
+        runner.gate = asyncio.Event()
+        first = scheduler.tick(u(2024, 1, 1, 10, 0, 0, 500000).timestamp())
+        await asyncio.sleep(0)
+        # 10:01 comes due while 10:00's trigger is still starting: the script is left alone.
+        assert scheduler.tick(u(2024, 1, 1, 10, 1, 0, 500000).timestamp()) == []
+        runner.gate.set()
+        await asyncio.gather(*first)
+        # 21 s after its slot (over the 10 s grace): it runs, late.
+        await asyncio.gather(*scheduler.tick(u(2024, 1, 1, 10, 1, 21).timestamp()))
+
+    asyncio.run(go())
+    assert runner.slots == ["2024-01-01T10:00:00Z", "2024-01-01T10:01:00Z"]
+
+
+@pytest.mark.parametrize(
+    ("catchup", "expected"),
+    [
+        (Catchup.SKIP, ["2024-01-01T10:31:00Z"]),
+        (Catchup.LATEST, ["2024-01-01T10:30:00Z", "2024-01-01T10:31:00Z"]),
+    ],
+)
+def test_a_server_that_was_down_applies_the_catchup_policy(
+    tmp_path: Path, catchup: Catchup, expected: list[str]
+) -> None:
+    store = _cron_store(tmp_path, catchup)
+    before = Scheduler(store, FakeRunner(store))  # type: ignore[arg-type]
+    _ticks(before, u(2024, 1, 1, 10, 3, 0, 500000))  # first sight: 10:03 runs, cursor there
+    runner = FakeRunner(store)
+    after = Scheduler(store, runner)  # type: ignore[arg-type]  # a restart, half an hour later
+    _ticks(after, u(2024, 1, 1, 10, 30, 30), u(2024, 1, 1, 10, 31, 0, 500000))
+    assert runner.slots == expected
 
 
 # --- decide -----------------------------------------------------------------------------------

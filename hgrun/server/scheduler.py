@@ -4,6 +4,10 @@ The timing decisions are pure (``hgrun.schedule``); this loop only reads the clo
 script's cursor in the store and calls the script runner. A slot is triggered with its UTC
 instant as the run's slot key, which the store keeps unique per script: a restart, a retry or a
 second server process on the same store never runs a slot twice.
+
+A slot that came due while this scheduler was up always runs, however late its tick (a busy
+event loop, a slow trigger of the same script): only slots missed while the server was down go
+by the script's catch-up policy (``schedule.slots_to_run``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Callable
 
 from hgrun.errors import HgrunError
 from hgrun.models import ScriptRecord, Trigger, TriggerKind
-from hgrun.schedule import catchup_slots
+from hgrun.schedule import slots_to_run
 from hgrun.server.scripts import ScriptRunner
 from hgrun.store import Store
 
@@ -46,6 +50,8 @@ class Scheduler:
         # Ticks of the loop so far (`GET /v1/health` shows it): proof that cron is alive, and
         # what a test waits on instead of sleeping through "a few ticks".
         self.ticks = 0
+        # The instant of the first tick: slots due since then came due while we were up.
+        self.up_since: datetime.datetime | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -77,14 +83,15 @@ class Scheduler:
         trigger is still in flight is left for the next tick.
         """
         at = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        up_since, self.up_since = self.up_since, self.up_since or at
         started = []
         for script in self.store.scripts(cron_only=True):
             if script.id in self._in_flight:
                 continue
-            slot = self._due(script, at)
-            if slot is None:
+            slots = self._due(script, at, up_since)
+            if not slots:
                 continue
-            task = asyncio.create_task(self._trigger(script, slot))
+            task = asyncio.create_task(self._trigger(script, slots, at))
             self._in_flight[script.id] = task
             task.add_done_callback(functools.partial(self._done, script.id))
             started.append(task)
@@ -93,41 +100,55 @@ class Scheduler:
     def _done(self, script_id: int, _task: asyncio.Task[int | None]) -> None:
         self._in_flight.pop(script_id, None)
 
-    def _due(self, script: ScriptRecord, now: datetime.datetime) -> datetime.datetime | None:
+    def _due(
+        self,
+        script: ScriptRecord,
+        now: datetime.datetime,
+        up_since: datetime.datetime | None,
+    ) -> list[datetime.datetime]:
         spec = script.spec
         if spec.cron is None:
-            return None
+            return []
         if script.cursor is None:
             # First sight of this schedule: from now on, slots that pass unrun count as missed.
             self.store.set_cursor(script.id, now.timestamp())
             cursor = None
         else:
             cursor = datetime.datetime.fromtimestamp(script.cursor, datetime.UTC)
-        slots = catchup_slots(
+        return slots_to_run(
             spec.cron,
             spec.timezone,
             spec.catchup,
             cursor,
             now,
             spec.starting_deadline,
+            up_since=up_since,
             tick_grace=TICK_GRACE,
         )
-        return slots[-1] if slots else None
 
-    async def _trigger(self, script: ScriptRecord, slot: datetime.datetime) -> int | None:
+    async def _trigger(
+        self, script: ScriptRecord, slots: list[datetime.datetime], at: datetime.datetime
+    ) -> int | None:
+        """Trigger ``slots`` in order; the id of the last run made (None if none was)."""
         spec = script.spec
-        stamp = slot.strftime("%Y-%m-%dT%H:%M:%SZ")
-        # Trigger first, then move the cursor: a crash in between retries the slot, and the
-        # store's unique key turns the retry into a no-op.
-        try:
-            run = await self.runner.trigger(
-                script, Trigger(TriggerKind.CRON, stamp), slot=slot.timestamp()
-            )
-        except HgrunError as e:
-            log.warning("script %s: slot %s not run: %s", spec.name, stamp, e.message)
-            run = None
-        self.store.set_cursor(script.id, slot.timestamp())
-        if run is None:
-            log.info("script %s: slot %s already has its run", spec.name, stamp)
-            return None
-        return run.id
+        last = None
+        for slot in slots:
+            stamp = slot.strftime("%Y-%m-%dT%H:%M:%SZ")
+            late = (at - slot).total_seconds()
+            if late > TICK_GRACE:
+                log.warning("script %s: slot %s runs %.0f s late", spec.name, stamp, late)
+            # Trigger first, then move the cursor: a crash in between retries the slot, and the
+            # store's unique key turns the retry into a no-op.
+            try:
+                run = await self.runner.trigger(
+                    script, Trigger(TriggerKind.CRON, stamp), slot=slot.timestamp()
+                )
+            except HgrunError as e:
+                log.warning("script %s: slot %s not run: %s", spec.name, stamp, e.message)
+                run = None
+            self.store.set_cursor(script.id, slot.timestamp())
+            if run is None:
+                log.info("script %s: slot %s already has its run", spec.name, stamp)
+            else:
+                last = run.id
+        return last
