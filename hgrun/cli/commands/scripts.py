@@ -21,6 +21,7 @@ from hgrun.cli.options import (
     show_rows,
 )
 from hgrun.errors import ExitStatus, InputError
+from hgrun.models import RunStatus
 
 
 def _script(ctx: Context, app: str, name: str) -> dict[str, Any]:
@@ -112,7 +113,7 @@ def scripts_run(
 def _wait_for(ctx: Context, run_id: int) -> dict[str, Any]:
     while True:
         info: dict[str, Any] = ctx.api.get(f"/v1/runs/{run_id}")
-        if info["status"] not in ("queued", "starting", "running"):
+        if RunStatus(info["status"]).finished:
             return info
         time.sleep(0.5)
 
