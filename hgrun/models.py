@@ -238,13 +238,20 @@ class Run:
 @dataclasses.dataclass(frozen=True)
 class OutputChunk:
     """One stored piece of a run's output: ``cursor`` orders all chunks of a store (an app's
-    log is read by cursor), ``stream`` is 1 (stdout) or 2 (stderr), ``ts`` epoch seconds."""
+    log is read by cursor), ``stream`` is 1 (stdout) or 2 (stderr), ``ts`` epoch seconds.
+
+    When the store's cap dropped a run's oldest output, its first chunk is a marker (stream 2,
+    ``offset`` None) saying how much; the kept chunks' offsets still count from the run's
+    first byte, so a reader resuming at a byte offset stays exact."""
 
     cursor: int
     run_id: int
     stream: int
     ts: float
     data: bytes
+    # Where ``data`` starts in the run's output (stdout and stderr together, from the run's
+    # first byte, dropped bytes included); None for the marker of dropped output.
+    offset: int | None = None
 
 
 def script_to_json(script: Script) -> dict[str, object]:

@@ -61,9 +61,17 @@ class OutputStore(StoreBase):
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (marker_at, run_id, app_id, STDERR, ts, dropped_marker(dropped, cap or 0)),
                 )
+            # Offsets count every byte the run wrote, kept or dropped, the batch's trimmed front
+            # included: stored + dropped before this batch is where it starts.
+            offset = stored + (int(row[1]) if row else 0) + trimmed
+            rows = []
+            for stream, ts, data in batch:
+                rows.append((run_id, app_id, stream, ts, data, offset))
+                offset += len(data)
             db.executemany(
-                "INSERT INTO output (run_id, app_id, stream, ts, data) VALUES (?, ?, ?, ?, ?)",
-                [(run_id, app_id, s, ts, d) for s, ts, d in batch],
+                "INSERT INTO output (run_id, app_id, stream, ts, data, byte_offset)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
             )
             db.execute(
                 "UPDATE runs SET output_bytes = ?, output_dropped = ? WHERE id = ?",
@@ -106,11 +114,11 @@ class OutputStore(StoreBase):
             args.append(stream)
         order = "DESC" if newest_first else "ASC"
         rows = self._query(
-            f"SELECT id, run_id, stream, ts, data FROM output WHERE {' AND '.join(where)}"
-            f" ORDER BY id {order} LIMIT ?",
+            "SELECT id, run_id, stream, ts, data, byte_offset FROM output"
+            f" WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?",
             (*args, limit),
         )
-        return [OutputChunk(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+        return [OutputChunk(r[0], r[1], r[2], r[3], bytes(r[4]), r[5]) for r in rows]
 
 
 def _newest(chunks: Sequence[NewChunk], cap: int | None) -> tuple[list[NewChunk], int]:

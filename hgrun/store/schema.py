@@ -123,11 +123,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN node TEXT;
     """,
     # 4: bounded output and history. Bytes of output stored and dropped per run (the per-run
-    # cap keeps the newest), a stream-first index for stderr tails, and one for the retention
-    # of one-off runs by age.
+    # cap keeps the newest), each chunk's byte offset in its run's output (NULL for the marker
+    # of dropped bytes), a stream-first index for stderr tails, and one for the retention of
+    # one-off runs by age.
     """
     ALTER TABLE runs ADD COLUMN output_bytes INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE runs ADD COLUMN output_dropped INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE output ADD COLUMN byte_offset INTEGER;
     CREATE INDEX output_by_run_stream ON output (run_id, stream, id);
     CREATE INDEX runs_oneoff_finished ON runs (finished) WHERE script_id IS NULL;
     """,
