@@ -1,8 +1,8 @@
 """Runs: ``hgrun run``, ``attach``, ``ps``, ``runs``, ``runs:info`` and ``stop``.
 
 :func:`attach_run` is the one way a command attaches the terminal to a run (``scripts:run`` too).
-The attach client (websockets) and the upload progress bar (rich) are imported when used, so a
-command that needs neither starts fast.
+The attach client (websockets), the upload progress bar (rich) and the deploy (with its build
+view) are imported when used, so a run of the live release loads none of them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 import click
 
 from hgrun.cli import appdir, uploads, views
-from hgrun.cli.commands.deploy import deploy_app
 from hgrun.cli.options import (
     Context,
     app_name_or_here,
@@ -127,6 +126,9 @@ def _prepare_app(ctx: Context, app_name: str | None, no_build: bool) -> str:
     if not no_build:
         current = ctx.api.get(f"/v1/apps/{app.name}").get("release")
         if current is None or current["context_hash"] != app.context_hash():
+            # Only now: the build view is not loaded for a run of the live release.
+            from hgrun.cli.commands.deploy import deploy_app
+
             deploy_app(ctx, app, quiet=not ctx.terminal.stderr_isatty)
     return app.name
 
