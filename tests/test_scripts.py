@@ -786,8 +786,9 @@ def test_a_script_past_its_timeout_is_killed_and_timed_out(
     run = api.finished_run(api.start(api.script_id(name, "slow"))["id"], timeout=30)
     assert (run["status"], run["exit_code"]) == ("timed_out", TIMED_OUT), run
     assert run["timeout"] == 2
-    assert 2 <= run["duration"] < 8, run
-    assert time.monotonic() - started < 15
+    # Killed well before `sleep 30` would end by itself; the margin is for a loaded machine.
+    assert 2 <= run["duration"] < 20, run
+    assert time.monotonic() - started < 25
     assert "begun" in api.log_text(name, run["id"])
 
     began = time.monotonic()
