@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import test_lifecycle as lifecycle_tables
 
 from hgrun.engine import LABEL_RUN, ContainerState, ContainerStatus
 from hgrun.lifecycle import (
@@ -26,38 +27,21 @@ from hgrun.lifecycle import (
 )
 from hgrun.models import Run, RunStatus, Trigger, TriggerKind
 
-T0 = 1_000_000.0
+T0 = lifecycle_tables.T0
 
 
 def a_run(**changes: object) -> Run:
-    run = Run(
-        id=9,
-        workspace="default",
-        app_id=1,
-        release_id=1,
-        command=("true",),
-        process_type=None,
-        tty=False,
-        detached=True,
-        uploads=False,
-        size="starter",
-        timeout=600.0,
-        env={},
-        trigger=Trigger(TriggerKind.CRON, "2026-12-01T04:00:00Z"),
-        script="nightly",
-        slot="2026-12-01T04:00:00Z",
-        parent_run=None,
-        status=RunStatus.QUEUED,
-        exit_code=None,
-        oom=False,
-        container_id=None,
-        error=None,
-        created=T0,
-        started=None,
-        finished=None,
-        script_id=3,
-    )
-    return dataclasses.replace(run, **changes)  # type: ignore[arg-type]
+    """test_lifecycle's run 7 as a cron-triggered script run: detached, queued, script 3."""
+    slot = "2026-12-01T04:00:00Z"
+    script_run: dict[str, object] = {
+        "detached": True,
+        "status": RunStatus.QUEUED,
+        "trigger": Trigger(TriggerKind.CRON, slot),
+        "script": "nightly",
+        "slot": slot,
+        "script_id": 3,
+    }
+    return lifecycle_tables.a_run(**{**script_run, **changes})
 
 
 def test_the_default_limits_are_the_documented_ones() -> None:
@@ -135,7 +119,7 @@ def test_recovery_of_script_runs_that_never_started(
     if state is not None:
         container = ContainerState(
             id="c0ffee",
-            labels={LABEL_RUN: "9"},
+            labels={LABEL_RUN: "7"},
             status=ContainerStatus(state),
             exit_code=None,
             oom_killed=False,

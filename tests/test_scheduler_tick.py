@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.store import app_with_release, new_store
 
-from hgrun.models import Catchup, Manifest, Script, ScriptRecord, Trigger, TriggerKind
+from hgrun.models import Catchup, Script, ScriptRecord, Trigger, TriggerKind
 from hgrun.server.scheduler import Scheduler
 from hgrun.store import Store
 
@@ -44,18 +45,8 @@ class FakeRunner:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    store = Store(tmp_path / "hgrun.db", clock=lambda: SLOT)
-    store.ensure_workspace("default")
-    app = store.create_app("default", "app")
-    store.create_release(
-        app.id,
-        image="sha256:x",
-        context_hash="h" * 64,
-        procfile={},
-        manifest=Manifest(name="app"),
-        env={},
-        description="Deploy",
-    )
+    store = new_store(tmp_path / "hgrun.db", clock=lambda: SLOT)
+    app, _ = app_with_release(store)
     store.sync_scripts(
         "default",
         app.id,

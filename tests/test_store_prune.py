@@ -9,61 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.store import app_with_release, new_run, new_store
 
 from hgrun.lifecycle import Outcome
-from hgrun.models import (
-    App,
-    Manifest,
-    OutputChunk,
-    Release,
-    Run,
-    RunStatus,
-    Script,
-    Trigger,
-    TriggerKind,
-)
+from hgrun.models import App, OutputChunk, Release, Run, RunStatus, Script
 from hgrun.store import Store
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    store = Store(tmp_path / "hgrun.db", clock=lambda: 1000.0)
-    store.ensure_workspace("default")
-    return store
+    return new_store(tmp_path / "hgrun.db", clock=lambda: 1000.0)
 
 
-def _app_and_release(store: Store) -> tuple[App, Release]:
-    app = store.create_app("default", "app")
-    release = store.create_release(
-        app.id,
-        image="sha256:x",
-        context_hash="h" * 64,
-        procfile={},
-        manifest=Manifest(name="app"),
-        env={},
-        description="Deploy",
-    )
-    return app, release
-
-
-def _script_run(store: Store, app_id: int, release_id: int, script_id: int) -> Run:
-    run = store.create_run(
-        workspace="default",
-        app_id=app_id,
-        release_id=release_id,
-        command=["true"],
-        process_type=None,
-        tty=False,
-        detached=True,
-        uploads=False,
-        size="starter",
-        timeout=60.0,
-        env={},
-        trigger=Trigger(TriggerKind.USER, "admin"),
-        script="s",
-        script_id=script_id,
-    )
-    store.append_output(run.id, app_id, [(1, 1.0, f"out{run.id}\n".encode())])
+def _script_run(store: Store, app: App, release: Release, script_id: int) -> Run:
+    run = new_run(store, app, release, script="s", script_id=script_id)
+    store.append_output(run.id, app.id, [(1, 1.0, f"out{run.id}\n".encode())])
     return run
 
 
@@ -85,7 +45,7 @@ def _bring(store: Store, run: Run, status: RunStatus) -> None:
     "old_status", [RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING], ids=str
 )
 def test_prune_keeps_runs_in_flight_and_the_newest(store: Store, old_status: RunStatus) -> None:
-    app, release = _app_and_release(store)
+    app, release = app_with_release(store)
     store.sync_scripts("default", app.id, [Script(name="s", command="true")])
     (script,) = store.scripts()
     # Oldest first: one run in flight, then finished ones of every final kind, then the newest.
@@ -95,7 +55,7 @@ def test_prune_keeps_runs_in_flight_and_the_newest(store: Store, old_status: Run
     ]  # fmt: skip
     runs = []
     for status in statuses:
-        run = _script_run(store, app.id, release.id, script.id)
+        run = _script_run(store, app, release, script.id)
         _bring(store, run, status)
         runs.append(run.id)
 
@@ -113,13 +73,13 @@ def test_prune_keeps_runs_in_flight_and_the_newest(store: Store, old_status: Run
 
 
 def test_prune_of_a_script_never_touches_another_scripts_runs(store: Store) -> None:
-    app, release = _app_and_release(store)
+    app, release = app_with_release(store)
     store.sync_scripts(
         "default", app.id, [Script(name="s", command="true"), Script(name="t", command="true")]
     )
     first, second = sorted(store.scripts(), key=lambda s: s.id)
-    mine = [_script_run(store, app.id, release.id, first.id) for _ in range(3)]
-    theirs = [_script_run(store, app.id, release.id, second.id) for _ in range(3)]
+    mine = [_script_run(store, app, release, first.id) for _ in range(3)]
+    theirs = [_script_run(store, app, release, second.id) for _ in range(3)]
     for run in mine + theirs:
         _bring(store, run, RunStatus.SUCCEEDED)
     assert store.prune_script_history(first.id, keep=1) == 2

@@ -5,4 +5,5 @@
 - :mod:`.api`: a small REST client for one server.
 - :mod:`.apps`: app folders on the busybox test image, created and deployed.
 - :mod:`.waits`: polling with a deadline.
+- :mod:`.store`: a real SQLite store with an app, a release and runs, for unit tests.
 """

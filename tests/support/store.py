@@ -1,0 +1,55 @@
+"""A real SQLite store for unit tests: a workspace, an app with one release, and runs made with
+defaults (a detached `true` on starter) that a test overrides only where it matters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hgrun.models import App, Manifest, Release, Run, Trigger, TriggerKind
+from hgrun.store import Store
+
+WORKSPACE = "default"
+
+
+def new_store(path: Path, **options: Any) -> Store:
+    """A store at ``path`` (a file) with the workspace ``default``; ``options`` go to Store."""
+    store = Store(path, **options)
+    store.ensure_workspace(WORKSPACE)
+    return store
+
+
+def app_with_release(store: Store, name: str = "app") -> tuple[App, Release]:
+    """A new app with one release (image ``sha256:x``, an empty Procfile)."""
+    app = store.create_app(WORKSPACE, name)
+    release = store.create_release(
+        app.id,
+        image="sha256:x",
+        context_hash="h" * 64,
+        procfile={},
+        manifest=Manifest(name=name),
+        env={},
+        description="Deploy",
+    )
+    return app, release
+
+
+def new_run(store: Store, app: App, release: Release, **fields: Any) -> Run:
+    """``store.create_run`` for ``app``'s ``release``: a detached `true` on starter, started by
+    the user admin, unless ``fields`` say otherwise."""
+    values: dict[str, Any] = {
+        "workspace": WORKSPACE,
+        "app_id": app.id,
+        "release_id": release.id,
+        "command": ["true"],
+        "process_type": None,
+        "tty": False,
+        "detached": True,
+        "uploads": False,
+        "size": "starter",
+        "timeout": 60.0,
+        "env": {},
+        "trigger": Trigger(TriggerKind.USER, "admin"),
+        **fields,
+    }
+    return store.create_run(**values)
