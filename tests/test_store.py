@@ -475,3 +475,41 @@ def test_the_pruner_applies_the_servers_retention(tmp_path: Path) -> None:
         assert pruner.prune() == 2
     assert [r.id for r in store.runs("default")] == [running.id]
     assert runs  # made through the named transitions above
+
+
+def test_the_node_is_recorded_with_the_container_or_later(store: Store) -> None:
+    run = _run_in(store, RunStatus.STARTING)
+    assert store.set_container(run.id, "c1", node="node-2").node == "node-2"
+    assert store.set_container(run.id, "c2").node == "node-2"  # kept when not given
+    other = _run_in(store, RunStatus.RUNNING)
+    assert store.set_node(other.id, "node-3").node == "node-3"
+    done = store.record_outcome(other.id, Outcome(RunStatus.LOST, 1, "node gone"), finished=1.0)
+    assert store.set_node(other.id, "node-4") == done  # final: nothing changes
+
+
+def test_offsets_count_from_the_runs_first_byte_across_drops(tmp_path: Path) -> None:
+    """A reader resuming at a byte offset stays exact when the cap drops the oldest output."""
+    store = _capped(tmp_path, 100)
+    run = _run_in(store, RunStatus.RUNNING)
+    written = b""
+    for i in range(40):
+        piece = bytes([65 + i % 26]) * (7 + i % 5)
+        store.append_output(run.id, run.app_id, [(1 + i % 2, float(i), piece)])
+        written += piece
+        chunks = _stored(store, run.id)
+        for chunk in chunks:
+            if chunk.offset is None:
+                assert chunk is chunks[0] and chunk.stream == 2  # the marker, first
+            else:
+                assert written[chunk.offset : chunk.offset + len(chunk.data)] == chunk.data
+        kept = [c for c in chunks if c.offset is not None]
+        assert kept[-1].offset is not None
+        assert kept[-1].offset + len(kept[-1].data) == len(written)
+        assert kept[0].offset == store.run(run.id).output_dropped
+    # One batch trimmed at its front: the kept tail's offset is still exact.
+    store.append_output(run.id, run.app_id, [(1, 50.0, b"0123456789" * 15)])
+    written += b"0123456789" * 15
+    chunks = _stored(store, run.id)
+    first = chunks[1]
+    assert chunks[0].offset is None and first.offset is not None
+    assert written[first.offset :] == b"".join(c.data for c in chunks[1:])

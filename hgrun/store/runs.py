@@ -94,8 +94,9 @@ class RunStore(StoreBase):
         """queued -> starting: the supervisor is about to create its container."""
         return self._move(run_id, RunStatus.STARTING, {})
 
-    def set_container(self, run_id: int, container_id: str) -> Run:
-        """Record the run's container; only while it is starting.
+    def set_container(self, run_id: int, container_id: str, node: str | None = None) -> Run:
+        """Record the run's container (and the node it was placed on, for an engine of several
+        hosts); only while it is starting.
 
         On a final run (stopped while its container was being created) nothing changes and the
         stored run is returned: the caller sees ``run.status.finished`` and removes the container.
@@ -108,7 +109,20 @@ class RunStore(StoreBase):
                 raise ConflictError(
                     f"{run.label} is {run.status.value}: a container is set only while starting"
                 )
-            db.execute("UPDATE runs SET container_id = ? WHERE id = ?", (container_id, run_id))
+            db.execute(
+                "UPDATE runs SET container_id = ?, node = COALESCE(?, node) WHERE id = ?",
+                (container_id, node, run_id),
+            )
+            return run_from_row(_locked_row(db, run_id))
+
+    def set_node(self, run_id: int, node: str) -> Run:
+        """Record the node a run was placed on (known once the engine scheduled it); while the
+        run is active. On a final run nothing changes and the stored run is returned."""
+        with self._tx() as db:
+            run = run_from_row(_locked_row(db, run_id))
+            if run.status.finished:
+                return run
+            db.execute("UPDATE runs SET node = ? WHERE id = ?", (node, run_id))
             return run_from_row(_locked_row(db, run_id))
 
     def mark_running(self, run_id: int, started: float) -> Run:
