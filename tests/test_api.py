@@ -632,3 +632,6 @@ def test_a_run_keeps_its_newest_output_under_the_servers_cap(
         kept = [int(line["line"]) for line in rest[1:]]
         assert kept[-1] == 2999 and kept == list(range(kept[0], 3000))
         assert 900 < len(kept) <= 1024
+        info = api.http.get(f"/v1/runs/{number}").json()
+        assert info["output"]["bytes"] <= 1024 * 1024
+        assert info["output"]["bytes"] + info["output"]["dropped"] == 3000 * 1024

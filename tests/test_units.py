@@ -311,3 +311,29 @@ def test_supervisor_lease(store: Store) -> None:
     assert store.claim_lease("supervisor", "a", 15) == "b"
     store.release_lease("supervisor", "b")
     assert store.claim_lease("supervisor", "a", 15) is None
+
+
+def test_runs_info_says_when_output_was_dropped() -> None:
+    from hgrun.cli import views
+
+    run = {
+        "label": "run.7",
+        "app": "app",
+        "command": ["sh", "-c", "yes"],
+        "process_type": None,
+        "trigger": {"kind": "user", "name": "admin"},
+        "status": "succeeded",
+        "exit_code": 0,
+        "oom": False,
+        "size": "starter",
+        "detached": True,
+        "env_keys": [],
+        "created": 0.0,
+        "duration": 1.0,
+        "error": None,
+        "output": {"bytes": 100 * 1024**2, "dropped": 3 * 1024**3},
+    }
+    fields = dict(views.run_fields(run))
+    assert fields["Output"] == "last 100.0 MB kept, 3072.0 MB before it dropped (server cap)"
+    run["output"] = {"bytes": 10, "dropped": 0}
+    assert "Output" not in dict(views.run_fields(run))

@@ -84,9 +84,17 @@ def run_fields(run: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
     if run.get("node"):
         fields.insert(fields.index(("Size", run["size"])), ("Node", run["node"]))
+    output = run.get("output") or {}
+    if output.get("dropped"):
+        kept, dropped = _megabytes(output["bytes"]), _megabytes(output["dropped"])
+        fields.append(("Output", f"last {kept} kept, {dropped} before it dropped (server cap)"))
     if run["error"]:
         fields.append(("Note", run["error"]))
     return fields
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1024**2:.1f} MB"
 
 
 def aligned(fields: list[tuple[str, Any]]) -> list[str]:

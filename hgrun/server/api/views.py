@@ -53,6 +53,8 @@ def run_json(run: Run, app_name: str | None = None) -> dict[str, Any]:
         "started": run.started,
         "finished": run.finished,
         "duration": run.duration,
+        # Bytes of output kept (the newest, up to the server's --max-output) and dropped.
+        "output": {"bytes": run.output_bytes, "dropped": run.output_dropped},
     }
 
 
