@@ -513,3 +513,20 @@ def test_offsets_count_from_the_runs_first_byte_across_drops(tmp_path: Path) -> 
     first = chunks[1]
     assert chunks[0].offset is None and first.offset is not None
     assert written[first.offset :] == b"".join(c.data for c in chunks[1:])
+
+
+def test_prune_works_in_bounded_passes_and_transactions(tmp_path: Path) -> None:
+    store = Store(tmp_path / "passes.db", clock=lambda: 1000.0)
+    store.ensure_workspace("default")
+    made = []
+    for _ in range(7):
+        run = _run_in(store, RunStatus.SUCCEEDED)
+        store.append_output(run.id, run.app_id, [(1, 1.0, b"x" * 100)])
+        made.append(run.id)
+    # At most 3 per call, about 150 bytes of output per transaction: every run still goes.
+    counts = []
+    while count := store.prune_runs(keep=0, older_than=0.0, limit=3, batch_bytes=150):
+        counts.append(count)
+    assert counts == [3, 3, 1]
+    assert store.runs("default") == []
+    assert all(store.output(run_id=run_id) == [] for run_id in made)

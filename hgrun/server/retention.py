@@ -22,6 +22,7 @@ from hgrun.store import Store
 log = logging.getLogger("hgrun.retention")
 
 DAY = 86400.0
+PASS = 1000  # runs deleted per store call; a pass lets other writers in between
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +60,14 @@ class Pruner:
     def prune(self) -> int:
         """One pass (blocking); the number of runs deleted."""
         older_than = self.clock() - self.retention.keep_days * DAY
-        deleted = self.store.prune_runs(keep=self.retention.keep_runs, older_than=older_than)
+        deleted = 0
+        while True:
+            count = self.store.prune_runs(
+                keep=self.retention.keep_runs, older_than=older_than, limit=PASS
+            )
+            deleted += count
+            if count < PASS:
+                break
         if deleted:
             log.info("retention: %d finished one-off runs deleted", deleted)
         return deleted

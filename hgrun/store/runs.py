@@ -226,14 +226,23 @@ class RunStore(StoreBase):
         )
         return [run_from_row(r) for r in rows]
 
-    def prune_runs(self, *, keep: int, older_than: float, batch: int = 200) -> int:
+    def prune_runs(
+        self,
+        *,
+        keep: int,
+        older_than: float,
+        limit: int = 1000,
+        batch_bytes: int = 64 * 1024 * 1024,
+    ) -> int:
         """Delete finished one-off runs (not a script's: those keep ``history``) and their
         output: beyond the newest ``keep`` of each app, and those finished before
-        ``older_than`` (epoch seconds). A run in flight is never deleted. Works in transactions
-        of at most ``batch`` runs, so other writers wait for one batch at most; the count."""
+        ``older_than`` (epoch seconds). A run in flight is never deleted (checked again in the
+        transaction that deletes it). At most ``limit`` runs per call (call again while it
+        returns ``limit``); each transaction deletes about ``batch_bytes`` of output at most,
+        so other writers wait for one batch only. The number deleted."""
         if keep < 0:
             raise ValueError("keep must be zero or more")
-        doomed: list[int] = []
+        doomed: dict[int, int] = {}  # run id -> bytes of output
         for (app_id,) in self._query("SELECT id FROM apps ORDER BY id"):
             row = self._one(
                 "SELECT id FROM runs WHERE app_id = ? AND script_id IS NULL"
@@ -241,28 +250,29 @@ class RunStore(StoreBase):
                 (app_id, keep),
             )
             if row is not None:
-                doomed += [
-                    int(r[0])
-                    for r in self._query(
-                        "SELECT id FROM runs WHERE app_id = ? AND script_id IS NULL AND id <= ?"
-                        f" AND status NOT IN ({ACTIVE_SQL})",
-                        (app_id, row[0]),
-                    )
-                ]
-        doomed += [
-            int(r[0])
-            for r in self._query(
-                "SELECT id FROM runs WHERE script_id IS NULL AND finished < ?"
-                f" AND status NOT IN ({ACTIVE_SQL})",
-                (older_than,),
+                rows = self._query(
+                    "SELECT id, output_bytes FROM runs WHERE app_id = ? AND script_id IS NULL"
+                    f" AND id <= ? AND status NOT IN ({ACTIVE_SQL}) ORDER BY id LIMIT ?",
+                    (app_id, row[0], limit - len(doomed)),
+                )
+                doomed.update((int(r[0]), int(r[1])) for r in rows)
+            if len(doomed) >= limit:
+                break
+        if len(doomed) < limit:
+            rows = self._query(
+                "SELECT id, output_bytes FROM runs WHERE script_id IS NULL AND finished < ?"
+                f" AND status NOT IN ({ACTIVE_SQL}) ORDER BY finished LIMIT ?",
+                (older_than, limit - len(doomed)),
             )
-        ]
-        ids = sorted(set(doomed))
+            doomed.update((int(r[0]), int(r[1])) for r in rows)
         deleted = 0
-        for start in range(0, len(ids), batch):
+        pending = sorted(doomed)
+        while pending:
             with self._tx() as db:
-                for run_id in ids[start : start + batch]:
-                    # Checked again inside the write: only a final run goes.
+                size = 0
+                while pending and (size == 0 or size + doomed[pending[0]] <= batch_bytes):
+                    run_id = pending.pop(0)
+                    size += doomed[run_id] + 1
                     row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
                     if row is None or RunStatus(row[0]).active:
                         continue

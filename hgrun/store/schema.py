@@ -133,4 +133,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX output_by_run_stream ON output (run_id, stream, id);
     CREATE INDEX runs_oneoff_finished ON runs (finished) WHERE script_id IS NULL;
     """,
+    # 5: one-off runs of an app by id, for retention by count: without it, counting an app's
+    # one-offs walks every run of its scripts too.
+    """
+    CREATE INDEX runs_oneoff_by_app ON runs (app_id, id) WHERE script_id IS NULL;
+    """,
 ]
