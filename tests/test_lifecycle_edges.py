@@ -126,3 +126,22 @@ def test_recovery_of_script_runs_that_never_started(
             error="",
         )
     assert recovery(run, container, held=False, now=T0 + 50) == expected
+
+
+@pytest.mark.parametrize("status", [RunStatus.QUEUED, RunStatus.STARTING])
+def test_a_run_not_yet_recorded_running_is_adopted_from_the_containers_start(
+    status: RunStatus,
+) -> None:
+    """The server died between starting the container and writing it down, whatever the run
+    was recorded as before: the engine's start time is the run's."""
+    container = ContainerState(
+        id="c0ffee",
+        labels={LABEL_RUN: "7"},
+        status=ContainerStatus.RUNNING,
+        exit_code=None,
+        oom_killed=False,
+        error="",
+        started_at=T0 + 2,
+    )
+    found = recovery(a_run(status=status), container, held=False, now=T0 + 50)
+    assert found == Recovery(Recover.ADOPT, started=T0 + 2)
