@@ -8,6 +8,8 @@ watches runs; ``trigger`` may only start scripts (optionally one script) and rea
 
 from __future__ import annotations
 
+import dataclasses
+import string
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,7 @@ def test_every_scope_is_in_the_table() -> None:
         (Scope.TRIGGER, "3", 3, True),  # limited to script 3
         (Scope.TRIGGER, "3", 4, False),
         (Scope.TRIGGER, "3", 33, False),
+        (Scope.TRIGGER, "7", 5, False),  # compared as equal, not in any order
         (Scope.RUN, None, 4, True),
         (Scope.DEPLOY, None, 4, True),
         (Scope.ADMIN, None, 4, True),
@@ -86,12 +89,20 @@ def test_may_read_run(
     assert principal(scope, script).may_read_run(run_script) is expected
 
 
-def test_new_tokens_are_prefixed_long_and_unique() -> None:
+def test_new_tokens_are_hgr_and_256_random_bits() -> None:
     made = {new_token() for _ in range(100)}
     assert len(made) == 100
     for token in made:
         assert token.startswith("hgr_")
-        assert len(token) >= 4 + 43  # 32 random bytes, base64url
+        assert len(token) == 4 + 43  # 32 random bytes, base64url without padding
+        assert set(token[4:]) <= set(string.ascii_letters + string.digits + "-_")
+
+
+def test_a_principal_is_immutable() -> None:
+    """Authorization decisions read a Principal; nothing may widen it after authentication."""
+    found = principal(Scope.TRIGGER, "3")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        found.token = principal(Scope.ADMIN).token  # type: ignore[misc]
 
 
 # -- authenticate against a real store -------------------------------------------------------
@@ -108,6 +119,7 @@ def store(tmp_path: Path) -> Store:
 @pytest.mark.parametrize(
     "header",
     [None, "", "Bearer", "Bearer ", "Bearer    ", "Basic YWRtaW46YWRtaW4=", "Token {secret}",
+     "Basic {secret}", "Apikey {secret}", "Bearerx {secret}",
      "{secret}", "Bearer{secret}", "Bearer hgr_wrong", "Bearer {secret}x", "Bearer x{secret}"],
     ids=repr,
 )  # fmt: skip

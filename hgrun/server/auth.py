@@ -47,9 +47,8 @@ class Principal:
 
     def may_trigger(self, script_id: int) -> bool:
         """A trigger token may be limited to one script; wider scopes may trigger any."""
-        if "trigger" not in GRANTS[self.token.scope]:
-            return False
-        return self.token.script is None or self.token.script == str(script_id)
+        granted = "trigger" in GRANTS[self.token.scope]
+        return granted and (self.token.script is None or self.token.script == str(script_id))
 
     def may_read_run(self, run_script_id: int | None) -> bool:
         if "read" in GRANTS[self.token.scope]:
