@@ -187,6 +187,7 @@ class Swarm:
     dir: Path
     manager: str  # DOCKER_HOST of the manager (node n1)
     endpoints: dict[str, str]  # node name -> its engine endpoint (tcp on the bridge)
+    registry: str | None  # HOST:PORT of the registry on the bridge (Debian's docker-registry)
 
 
 def _unavailable() -> str | None:
@@ -217,7 +218,8 @@ def swarm() -> Iterator[Swarm]:
         manager = _script("swarm", "up", str(state), env=env)
         _script("images", "--busybox", env={"DOCKER_HOST": manager})
         endpoints = {f"n{n}": f"tcp://10.214.{slot}.1{n}:2375" for n in (1, 2, 3)}
-        yield Swarm(state, manager, endpoints)
+        registry = f"10.214.{slot}.1:5000" if shutil.which("docker-registry") else None
+        yield Swarm(state, manager, endpoints, registry)
     finally:
         try:
             _script("swarm", "down", str(state), env=env)
@@ -254,8 +256,9 @@ def anywhere(swarm: Swarm, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture(scope="session")
 def workers(swarm: Swarm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HgrunServer]:
-    """A server whose runs go to the two workers only."""
-    server = _server(swarm, tmp_path_factory, "--placement", "node.role==worker")
+    """A server whose runs go to the two workers only, their images through the registry."""
+    registry = ("--registry", swarm.registry) if swarm.registry else ()
+    server = _server(swarm, tmp_path_factory, "--placement", "node.role==worker", *registry)
     try:
         yield server
     finally:
@@ -315,10 +318,11 @@ def _node_of(manager: docker.APIClient, number: int) -> str | None:
 def test_runs_land_on_all_three_nodes_and_a_run_with_no_room_fails_with_swarms_reason(
     swarm_cli: Cli, anywhere: HgrunServer, app_anywhere: Path, manager: docker.APIClient
 ) -> None:
-    # "pro" reserves 2 CPUs: each node has 2, so three such runs fill one node each.
+    # "pro" reserves 2 CPUs: each node has 2, so three such runs fill one node each, for 20 s
+    # (long enough for the check below on a crowded machine).
     numbers = []
     for code in (0, 3, 0):
-        script = f"echo out-$HGRUN_RUN_ID; echo err >&2; sleep 8; exit {code}"
+        script = f"echo out-$HGRUN_RUN_ID; echo err >&2; sleep 20; exit {code}"
         done = swarm_cli("run", "--detached", "--size", "pro", "sh", "-c", script,
                          cwd=app_anywhere, server=anywhere)  # fmt: skip
         numbers.append(run_id(check(done)))
@@ -396,6 +400,42 @@ def test_an_attached_run_on_a_worker_gets_stdin_and_eof_and_its_exit_codes(
     assert fields["NoNewPrivs"].strip() == "1"
     # CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID NET_BIND_SERVICE: bits 0 1 3-7 10.
     assert int(fields["CapEff"], 16) == 0x4FB
+
+
+def test_with_a_registry_the_workers_pull_the_release_from_it(
+    swarm: Swarm, swarm_cli: Cli, workers: HgrunServer, app_workers: Path
+) -> None:
+    if swarm.registry is None:
+        pytest.skip("Debian's docker-registry is not installed (scripts/setup installs it)")
+    runs = [
+        json.loads(
+            check(swarm_cli("runs:info", f"run.{n}", "--json", cwd=app_workers, server=workers))
+        )  # fmt: skip
+        for n in (
+            run_id(check(swarm_cli("run", "--detached", "true", cwd=app_workers, server=workers)))
+            for _ in range(2)
+        )
+    ]
+    with Api(workers) as api:
+        for run in runs:
+            done = api.finished_run(run["id"], timeout=30)
+            assert done["status"] == "succeeded", done
+    pulled = set()
+    for node, endpoint in swarm.endpoints.items():
+        client = docker.APIClient(base_url=endpoint, version="1.41")
+        try:
+            tags = {
+                t
+                for image in client.images()
+                for t in (*(image.get("RepoTags") or ()), *(image.get("RepoDigests") or ()))
+            }
+        finally:
+            client.close()
+        if any(t.startswith(f"{swarm.registry}/hgrun/release") for t in tags):
+            pulled.add(node)
+    assert pulled and pulled <= {"n1", "n2", "n3"}
+    # The manager pushed it (n1 has the tag it pushed); at least one worker pulled it.
+    assert pulled & {"n2", "n3"}, pulled
 
 
 def test_file_uploads_reach_a_worker_before_the_command_starts(

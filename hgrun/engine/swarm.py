@@ -87,10 +87,12 @@ class SwarmEngine:
         *,
         constraints: Sequence[str] = (),
         placement_timeout: float = 60.0,
+        registry: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.host = host
+        self.registry = registry
         self.manager = DockerEngine(host)
         self.constraints = tuple(constraints)
         self.placement_timeout = placement_timeout
@@ -111,6 +113,7 @@ class SwarmEngine:
         self._tasks: dict[str, _Task] = {}
         self._images: set[tuple[str, str]] = set()  # (node id, image id) known to be there
         self._shim: tuple[str, str] | None = None
+        self._pushed: dict[str, str] = {}  # image id -> its reference in the registry
         # Every ready node must be reachable where it says (else attach would fail per run),
         # and the shim must build: both are bad configuration, told at start.
         for node in self._ready_nodes():
@@ -219,6 +222,33 @@ class SwarmEngine:
                 raise EngineError(f"cannot reach swarm node {node.name}: {e}") from e
             self._images.add((raw["ID"], image_id))
 
+    def _push(self, image_id: str) -> str:
+        """Push the image to ``--registry`` (from the manager) and return the reference the
+        nodes pull: REGISTRY/hgrun/release:<image id>@<digest> (a tag never names two images; a
+        node that has the digest does not pull again)."""
+        assert self.registry  # noqa: S101 - only called with a registry
+        repository = f"{self.registry}/hgrun/release"
+        tag = image_id.removeprefix("sha256:")
+        known = self._pushed.get(image_id)
+        if known is not None:
+            return known
+        reference = f"{repository}:{tag}"
+        with _translate(f"cannot push the image to the registry {self.registry}"):
+            self._api.tag(image_id, repository, tag)
+            for event in self._api.push(repository, tag, stream=True, decode=True):
+                digest = (event.get("aux") or {}).get("Digest")
+                if digest:
+                    reference = f"{repository}:{tag}@{digest}"
+                if "error" in event:
+                    raise EngineError(
+                        f"cannot push the image to the registry {self.registry}:"
+                        f" {str(event['error']).strip()}",
+                        "check --registry, and that the manager's dockerd lists it in"
+                        " --insecure-registry if it serves plain HTTP",
+                    )
+        self._pushed[image_id] = reference
+        return reference
+
     def _shim_config(self) -> tuple[str, str]:
         """The swarm config holding the shim, made once (configs are immutable: named by hash)."""
         if self._shim is not None:
@@ -252,7 +282,13 @@ class SwarmEngine:
         with _translate(f"cannot inspect image {spec.image}"):
             image = self._api.inspect_image(spec.image)
         config = image.get("Config") or {}
-        self._spread(spec.image, str(image["Id"]))
+        # By full image id (a node never pulls that), or by registry digest (it pulls that from
+        # the registry once): never a name that could send a node to a public registry.
+        if self.registry:
+            spec = dataclasses.replace(spec, image=self._push(str(image["Id"])))
+        else:
+            self._spread(spec.image, str(image["Id"]))
+            spec = dataclasses.replace(spec, image=str(image["Id"]))
         argv = task_command(
             spec.command,
             config.get("Entrypoint"),

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from hgrun.engine.swarm import SwarmEngine
 
 DEFAULT_WORKSPACE = "default"
+REGISTRY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?$")  # a registry's HOST[:PORT]
 
 
 def open_store(data_dir: Path, max_output: int | None = Retention.max_output) -> Store:
@@ -51,6 +53,7 @@ def open_engine(
     *,
     placement: Sequence[str] = (),
     placement_timeout: float = 60.0,
+    registry: str | None = None,
 ) -> DockerEngine | SwarmEngine:
     """The engine the server runs on: one Docker engine, or a Docker Swarm through its manager.
 
@@ -58,8 +61,9 @@ def open_engine(
     ``docker_host`` is a swarm manager and that every ready node's engine endpoint answers.
     """
     if kind == "docker":
-        if placement:
-            raise InputError("--placement applies to --engine swarm only")
+        if placement or registry:
+            flag = "--placement" if placement else "--registry"
+            raise InputError(f"{flag} applies to --engine swarm only")
         return DockerEngine(docker_host)
     if kind == "swarm":
         from hgrun.engine.swarm import SwarmEngine
@@ -69,7 +73,16 @@ def open_engine(
                 "--engine swarm needs --docker-host: the swarm manager's engine",
                 "e.g. --docker-host unix:///var/run/docker.sock on the manager",
             )
-        return SwarmEngine(docker_host, constraints=placement, placement_timeout=placement_timeout)
+        if registry is not None and not REGISTRY.match(registry):
+            raise InputError(
+                f"--registry {registry!r}: expected HOST:PORT", "e.g. --registry 10.0.0.5:5000"
+            )
+        return SwarmEngine(
+            docker_host,
+            constraints=placement,
+            placement_timeout=placement_timeout,
+            registry=registry,
+        )
     raise InputError(f"--engine {kind!r}: expected docker or swarm")
 
 
@@ -115,6 +128,7 @@ def serve(
     placement: Sequence[str] = (),
     placement_timeout: float = 60.0,
     retention: Retention | None = None,
+    registry: str | None = None,
 ) -> None:
     """Run the server until SIGTERM or SIGINT; runs in flight are taken up at the next start."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -122,7 +136,11 @@ def serve(
     store = open_store(data_dir, retention.max_output)
     workers = Workers()
     engine = open_engine(
-        engine_kind, docker_host, placement=placement, placement_timeout=placement_timeout
+        engine_kind,
+        docker_host,
+        placement=placement,
+        placement_timeout=placement_timeout,
+        registry=registry,
     )
     info = engine.info()
     host_memory, host_cpus = capacity(info, environ)

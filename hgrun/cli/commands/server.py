@@ -35,6 +35,11 @@ from hgrun.errors import InputError
     show_default=True,
     help="How long a swarm run may wait for a node with room before it fails.",
 )
+@click.option(
+    "--registry",
+    help="Swarm: push each release's image to this registry (HOST:PORT) for the nodes to pull"
+    " (default: stream it to each node).",
+)
 @click.option("--grace", default="60s", show_default=True, help="Attached run kept after a drop.")
 @click.option("--idle-timeout", default="30m", show_default=True, help="Idle attached session.")
 @click.option("--max-timeout", default="1h", show_default=True, help="Cap on every run.")
@@ -74,6 +79,7 @@ def server(
     engine_kind: str,
     placement: tuple[str, ...],
     placement_timeout: str,
+    registry: str | None,
     grace: str,
     idle_timeout: str,
     max_timeout: str,
@@ -126,6 +132,7 @@ def server(
         retention=Retention(
             max_output=max_output * 1024 * 1024, keep_runs=keep_runs, keep_days=keep_days
         ),
+        registry=registry,
     )
 
 
