@@ -44,6 +44,10 @@ from hgrun.engine.swarmspec import (
 )
 from hgrun.models import SIZES
 
+# One xdist worker runs this whole module (scripts/test passes --dist loadgroup), so a run of
+# the suite stands up one swarm, not one per worker.
+pytestmark = pytest.mark.xdist_group("swarm")
+
 # -- the pure part: no Docker --------------------------------------------------------------------
 
 
@@ -209,13 +213,25 @@ def swarm() -> Iterator[Swarm]:
     reason = _unavailable()
     if reason:
         pytest.skip(reason)
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    # Slots 5.. for tests (one per xdist worker), so a swarm made by hand (slot 0) is left alone.
-    slot = str(5 + int(worker[2:] or 0) % 5)
     state = Path(tempfile.mkdtemp(prefix="hgrun-swarm-", dir="/tmp"))
-    env = {"HGRUN_SWARM_SLOT": slot}
+    # A free slot (its bridge and addresses), machine-wide: other sessions, of other people
+    # too, may hold some. 5..9 first, so a swarm made by hand (slot 0) is left alone.
+    for slot in ("5", "6", "7", "8", "9", "1", "2", "3", "4"):
+        env = {"HGRUN_SWARM_SLOT": slot}
+        up = subprocess.run(
+            [str(SCRIPTS / "swarm"), "up", str(state)],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if up.returncode != 3:  # 3: the slot is another swarm's
+            break
     try:
-        manager = _script("swarm", "up", str(state), env=env)
+        if up.returncode != 0:
+            raise RuntimeError(f"scripts/swarm up exited {up.returncode}:\n{up.stderr}")
+        manager = up.stdout.strip()
         _script("images", "--busybox", env={"DOCKER_HOST": manager})
         endpoints = {f"n{n}": f"tcp://10.214.{slot}.1{n}:2375" for n in (1, 2, 3)}
         registry = f"10.214.{slot}.1:5000" if shutil.which("docker-registry") else None
