@@ -84,22 +84,82 @@ def parse_procfile(text: str, file: str = "Procfile") -> dict[str, str]:
 class ResolvedCommand(NamedTuple):
     """What to run for a command line, after looking it up in the Procfile.
 
-    ``command`` is a shell command string (to run with ``sh -c``) when ``process`` names the
-    Procfile type it came from, and the argv list unchanged when ``process`` is ``None``.
+    ``command`` is a shell command line (to run with ``sh -c``): a Procfile type's command, or
+    a one-argument command line; or an argv list to run as given, without a shell.
     """
 
     command: str | list[str]
     process: str | None
 
 
-def resolve_command(procfile: Mapping[str, str], argv: Sequence[str]) -> ResolvedCommand:
-    """Resolve ``argv`` the way ``heroku run`` does.
+# A word that means the same run with or without a shell: no blanks, quotes, globs, `$`,
+# redirections, `=` (an assignment), `~` or `#`. Such a word runs as is, so `hgrun run env`
+# works in an image without a shell, and a mistyped one is reported as not found in the image.
+_PLAIN_WORD = re.compile(r"^[A-Za-z0-9_./@%+,:-]+$")
+# Words a shell runs itself (POSIX special built-ins, and the built-ins that only mean something
+# inside a shell): `hgrun run cd` must reach a shell, not fail as "not found".
+SHELL_ONLY = frozenset(
+    {
+        ".",
+        ":",
+        "alias",
+        "bg",
+        "break",
+        "cd",
+        "command",
+        "continue",
+        "eval",
+        "exec",
+        "exit",
+        "export",
+        "fc",
+        "fg",
+        "getopts",
+        "hash",
+        "jobs",
+        "read",
+        "readonly",
+        "return",
+        "set",
+        "shift",
+        "source",
+        "times",
+        "trap",
+        "type",
+        "ulimit",
+        "umask",
+        "unalias",
+        "unset",
+        "wait",
+    }
+)
+_FIRST_WORD = re.compile(r"^\s*(\S+)(.*)$", re.S)
 
-    When ``argv[0]`` names a process type, the result is that type's command with the remaining
-    arguments appended, each shell-quoted (``shlex.join``), so ``["worker", "--once"]`` runs
-    ``<worker command> --once``. Otherwise ``argv`` is returned as a new list and ``process`` is
-    ``None``. An empty ``argv`` resolves to ``([], None)``; the caller decides what that means.
+
+def resolve_command(procfile: Mapping[str, str], argv: Sequence[str]) -> ResolvedCommand:
+    """Resolve ``argv`` the way ``heroku run`` and ``scalingo run`` do.
+
+    - One argument is a command line for ``sh -c`` (``hgrun run 'ls -l | wc -l'``), returned as
+      a string; a line that is one plain word (no shell syntax, not a shell built-in) is
+      returned as ``[word]`` instead, which runs the same without needing a shell.
+    - Several arguments run as given, without a shell: returned as a new list.
+    - When the first word names a process type, the result is that type's command with the rest
+      appended: the rest of the line as typed for one argument, each further argument
+      shell-quoted (``shlex.join``) for several, so ``["worker", "--once"]`` runs
+      ``<worker command> --once``.
+
+    An empty ``argv`` resolves to ``([], None)``; the caller decides what that means.
     """
+    if len(argv) == 1:
+        line = argv[0]
+        first = _FIRST_WORD.match(line)
+        if first and first.group(1) in procfile:
+            return ResolvedCommand(
+                procfile[first.group(1)] + first.group(2).rstrip(), first.group(1)
+            )
+        if _PLAIN_WORD.match(line) and line not in SHELL_ONLY:
+            return ResolvedCommand([line], None)
+        return ResolvedCommand(line, None)
     if argv and argv[0] in procfile:
         command = procfile[argv[0]]
         rest = list(argv[1:])

@@ -80,6 +80,28 @@ PROCFILE = {"web": "python3 -m http.server 8000", "worker": "python3 manage.py w
         (["worker", "a b", "it's"], "python3 manage.py worker 'a b' 'it'\"'\"'s'", "worker"),
         (["worker", "$HOME", ";", "rm"], "python3 manage.py worker '$HOME' ';' rm", "worker"),
         (["bash"], ["bash"], None),
+        # One argument is a command line for sh -c, as on Scalingo and Heroku ...
+        (["ls -l /app | wc -l"], "ls -l /app | wc -l", None),
+        (["echo $HOME"], "echo $HOME", None),
+        (["FOO=1"], "FOO=1", None),
+        (["*.txt"], "*.txt", None),
+        (["~/bin/x"], "~/bin/x", None),
+        ([" ls"], " ls", None),
+        # ... unless it is one plain word, which runs the same without a shell ...
+        (["nosuchcmd"], ["nosuchcmd"], None),
+        (["./manage.py"], ["./manage.py"], None),
+        (["/usr/bin/env"], ["/usr/bin/env"], None),
+        # ... and not a word only a shell knows.
+        (["cd"], "cd", None),
+        (["exit"], "exit", None),
+        (["export"], "export", None),
+        # A line whose first word is a process type: that type, the rest as typed.
+        (["worker --once  -v"], "python3 manage.py worker --once  -v", "worker"),
+        (["worker"], "python3 manage.py worker", "worker"),
+        # Several arguments run as given: quotes, pipes and globs are the command's own words.
+        (["sh", "-c", "exit 3"], ["sh", "-c", "exit 3"], None),
+        (["echo", "a | b"], ["echo", "a | b"], None),
+        (["ls", "-a"], ["ls", "-a"], None),
         (["python3", "manage.py", "migrate"], ["python3", "manage.py", "migrate"], None),
         (["Worker"], ["Worker"], None),
         ([], [], None),

@@ -125,12 +125,13 @@ def test_deploy_twice_reuses_the_build_and_a_change_rebuilds(
     assert check(cli("run", "cat", "data.txt", cwd=root, input=b"")) == "a change\n"
 
 
-def test_run_from_a_changed_folder_builds_first_unless_no_build(
-    cli: Cli, app: tuple[str, Path]
-) -> None:
+def test_run_from_a_changed_folder_runs_the_live_release(cli: Cli, app: tuple[str, Path]) -> None:
+    """`hgrun run` never deploys (as `heroku run`); --build runs the folder this once."""
     _, root = app
     (root / "new.txt").write_text("fresh\n")
-    assert check(cli("run", "cat", "new.txt", cwd=root, input=b"")) == "fresh\n"
+    assert cli("run", "cat", "new.txt", cwd=root, input=b"").returncode == 1
+    assert check(cli("run", "--build", "cat", "new.txt", cwd=root, input=b"")) == "fresh\n"
+    check(cli("deploy", cwd=root))
     (root / "new.txt").write_text("fresher\n")
     stale = cli("run", "--no-build", "cat", "new.txt", cwd=root, input=b"")
     assert check(stale) == "fresh\n"

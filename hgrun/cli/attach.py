@@ -154,9 +154,11 @@ class _Session:
         self.terminal = terminal
         self.what = what
         self.run_id = run_id
+        self.tty = False
 
     async def run(self, *, tty: bool) -> int:
         """Pump both ways until the exit status arrives; return the exit code."""
+        self.tty = tty
         loop = asyncio.get_running_loop()
         output = asyncio.create_task(self._pump_output())
         helpers = [asyncio.create_task(self._pump_input())]
@@ -183,13 +185,20 @@ class _Session:
 
     async def _pump_output(self) -> int:
         stdout, stderr = self.terminal.stdout, self.terminal.stderr
+        at_line_start = True
         try:
             async for message in self.ws:
                 for event in self.conn.receive(message):
                     if isinstance(event, StdoutData):
                         _write_all(stdout, event.data)
+                        if event.data:
+                            at_line_start = event.data.endswith(b"\n")
                     elif isinstance(event, StderrData):
-                        _write_all(stderr, event.data)
+                        data = event.data
+                        if self.tty:
+                            data = status_line(data, at_line_start)
+                            at_line_start = True
+                        _write_all(stderr, data)
                     elif isinstance(event, Exited):
                         return event.exit_code
         except ConnectionClosed as e:
@@ -290,6 +299,17 @@ def _read_when_ready(fd: int) -> Callable[[], Awaitable[bytes]]:
             return b""
 
     return read
+
+
+def status_line(data: bytes, at_line_start: bool) -> bytes:
+    """hgrun's own status text (``hgrun: ... timed out``) for a terminal in raw mode.
+
+    With a TTY the container's stderr arrives merged into stdout, so the stderr channel carries
+    only the server's status lines. In raw mode ``\n`` does not return the carriage: each line
+    ends with ``\r\n``, and starts on a fresh line when the command left the cursor mid-line.
+    """
+    text = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return text if at_line_start else b"\r\n" + text
 
 
 def _write_all(stream: BinaryIO, data: bytes) -> None:

@@ -27,6 +27,8 @@ class Settings:
     url: str
     token: str | None
     workspace: str | None
+    token_from: str = dataclasses.field(default="", compare=False)
+    """Where the token came from, for hints: "HGRUN_TOKEN", the config file's path, or ""."""
 
     @classmethod
     def load(cls, environ: Mapping[str, str]) -> Settings:
@@ -40,10 +42,16 @@ class Settings:
                 raise errors.InputError(
                     f"{path}: cannot read the CLI config ({e})", "run `hgrun login` again"
                 ) from e
+        token_from = ""
+        if environ.get("HGRUN_TOKEN"):
+            token_from = "HGRUN_TOKEN"
+        elif stored.get("token"):
+            token_from = str(path)
         return cls(
             url=(environ.get("HGRUN_URL") or stored.get("url") or DEFAULT_URL).rstrip("/"),
             token=environ.get("HGRUN_TOKEN") or stored.get("token"),
             workspace=environ.get("HGRUN_WORKSPACE") or stored.get("workspace"),
+            token_from=token_from,
         )
 
     def save(self, environ: Mapping[str, str]) -> Path:
@@ -52,8 +60,9 @@ class Settings:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+        saved = {"url": self.url, "token": self.token, "workspace": self.workspace}
         with os.fdopen(fd, "w") as f:
-            json.dump(dataclasses.asdict(self), f, indent=2)
+            json.dump(saved, f, indent=2)
         os.replace(tmp, path)
         return path
 
@@ -146,7 +155,10 @@ class Api:
                 raise self._unreachable(e) from e
         if response.status >= 400:
             data = response.read()
-            _check(response.status, data)
+            try:
+                _check(response.status, data)
+            except (errors.AuthError, errors.ForbiddenError) as e:
+                raise cli_hint(e, self.settings) from None
         return response
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -237,3 +249,25 @@ def _check(status: int, data: bytes) -> None:
     if not isinstance(body, dict):
         body = {"message": f"server answered {status}"}
     raise errors.from_json(body, status)
+
+
+def cli_hint(error: errors.HgrunError, settings: Settings) -> errors.HgrunError:
+    """``error`` with a hint in the CLI's words (the flag, the env var, the command) instead of
+    the API's ("send Authorization: Bearer"); the server's message is kept."""
+    where = settings.token_from
+    if isinstance(error, errors.AuthError):
+        if not settings.token:
+            hint = "set HGRUN_TOKEN, or run `hgrun login --token TOKEN` (the admin token is"
+            hint += " printed when the server first starts)"
+        elif where == "HGRUN_TOKEN":
+            hint = "the token in HGRUN_TOKEN is not valid here: fix or unset it"
+        else:
+            hint = "log in again: `hgrun login --token TOKEN`"
+    elif "workspace" in error.message:
+        hint = "unset HGRUN_WORKSPACE, or `hgrun login --workspace` with the token's own"
+    elif "scope" not in f"{error.message} {error.hint}":
+        return error
+    else:
+        used = "HGRUN_TOKEN" if where == "HGRUN_TOKEN" else "your token (`hgrun login`)"
+        hint = f"{used} lacks that scope; an admin makes one with `hgrun tokens:create`"
+    return type(error)(error.message, hint)

@@ -7,6 +7,7 @@ group they hang on, and :func:`main`, the one top-level handler.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import os
 import sys
@@ -16,19 +17,23 @@ from collections.abc import Sequence
 import click
 
 from hgrun import __version__
+from hgrun.cli import examples
 from hgrun.cli.options import Context
 from hgrun.cli.output import Output
 from hgrun.cli.terminal import Terminal
-from hgrun.errors import ExitStatus, HgrunError
+from hgrun.errors import ExitStatus, HgrunError, InputError
 
 COMMANDS: dict[str, str] = {
     "server": "server",
     "login": "session",
+    "logout": "session",
     "completion": "session",
     "apps": "apps",
     "apps:create": "apps",
+    "apps:destroy": "apps",
     "deploy": "deploy",
     "releases": "deploy",
+    "releases:rollback": "deploy",
     "config": "config",
     "config:set": "config",
     "config:unset": "config",
@@ -53,17 +58,24 @@ A module is imported when one of its commands runs (or ``--help`` lists them all
 
 
 class Commands(click.Group):
-    """The root group, loading each command's module on first use (see :data:`COMMANDS`)."""
+    """The root group, loading each command's module on first use (see :data:`COMMANDS`).
+
+    Each command's help ends with its examples (:mod:`hgrun.cli.examples`); ``help`` is here."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return sorted([*COMMANDS, "help"])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "help":
+            return help_cmd
         module = COMMANDS.get(cmd_name)
         if module is None:
             return None
         commands = importlib.import_module(f"hgrun.cli.commands.{module}").COMMANDS
-        return next((c for c in commands if c.name == cmd_name), None)
+        command = next((c for c in commands if c.name == cmd_name), None)
+        if command is not None and command.epilog is None:
+            command.epilog = examples.epilog(cmd_name)
+        return command
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,12 +88,41 @@ def cli(click_ctx: click.Context, debug: bool) -> None:
     ctx.debug = debug
 
 
+cli.epilog = examples.epilog("hgrun")
+
+
+@click.command("help")
+@click.argument("command_name", required=False, metavar="[COMMAND]")
+@click.pass_context
+def help_cmd(click_ctx: click.Context, command_name: str | None) -> None:
+    """Show the help of hgrun, or of one command (as `hgrun COMMAND --help`)."""
+    ctx = click_ctx.find_object(Context)
+    root = click_ctx.find_root()
+    if command_name is None:
+        ctx.output.line(cli.get_help(root))
+        return
+    command = cli.get_command(root, command_name)
+    if command is None:
+        close = difflib.get_close_matches(command_name, cli.list_commands(root), n=1)
+        raise InputError(
+            f"no command {command_name!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
+            "`hgrun help` lists the commands",
+        )
+    with click.Context(command, info_name=command_name, parent=root) as sub:
+        ctx.output.line(command.get_help(sub))
+
+
 def main(argv: Sequence[str] | None = None, terminal: Terminal | None = None) -> int:
     """Run the CLI; return (and, as a script, exit with) its status. Errors print one line."""
     terminal = terminal or Terminal.from_process()
     ctx = Context(terminal=terminal, output=Output(terminal), environ=dict(os.environ))
     args = list(sys.argv[1:] if argv is None else argv)
     ctx.debug = bool(args) and args[0] == "--debug"
+    if "_HGRUN_COMPLETE" in os.environ:
+        # A shell asks for completions: answer with the script that keeps `config:unset` whole.
+        from hgrun.cli import completion
+
+        completion.install()
     status = _run_cli(ctx, args)
     if argv is None:
         # Skip the interpreter's teardown (tens of ms of module cleanup): everything the CLI
@@ -99,6 +140,12 @@ def _run_cli(ctx: Context, args: list[str]) -> int:
         return int(result) if isinstance(result, int) else 0
     except click.exceptions.Exit as e:
         return int(e.exit_code)
+    except click.UsageError as e:
+        # One line, as every other error: what is wrong, then where the options are listed.
+        where = e.ctx.command_path if e.ctx is not None else "hgrun"
+        what = "commands" if e.ctx is None or isinstance(e.ctx.command, click.Group) else "options"
+        ctx.output.error(e.format_message(), f"`{where} --help` lists the {what}")
+        return int(ExitStatus.USAGE)
     except click.ClickException as e:
         e.show()
         return int(ExitStatus.USAGE)

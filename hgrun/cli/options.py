@@ -56,7 +56,9 @@ def app_name_or_here(app_name: str | None) -> str:
             "no app given and no hgrun.yaml in this folder or above",
             "pass --app NAME, or run hgrun from your app's folder",
         )
-    return appdir.load(root).name
+    # The name line is all a command needs: a typo elsewhere in hgrun.yaml must not stop
+    # `hgrun ps` or `hgrun logs`. Anything but a plain `name:` line is parsed whole.
+    return appdir.quick_name(root) or appdir.load(root).name
 
 
 def parse_run_id(text: str) -> int:

@@ -24,6 +24,7 @@ import httpx
 import requests.exceptions
 from docker.types import Ulimit
 
+from hgrun import execfailure
 from hgrun.engine import (
     CAPABILITIES,
     ContainerSpec,
@@ -132,6 +133,7 @@ class _RawAttach:
         self._writer = writer
         self._demuxer = Demuxer(tty)
         self._ready: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._first = True
 
     async def read(self) -> tuple[int, bytes] | None:
         while not self._ready:
@@ -142,7 +144,12 @@ class _RawAttach:
             if not data:
                 return None
             self._ready.extend(self._demuxer.feed(data))
-        return self._ready.popleft()
+        stream, data = self._ready.popleft()
+        if self._first:
+            # docker-init's exec failure, in the user's words (hgrun/execfailure.py).
+            self._first = False
+            data = execfailure.explain(data) or data
+        return stream, data
 
     async def write(self, data: bytes) -> None:
         try:

@@ -36,6 +36,7 @@ from hgrun.store import Store
 log = logging.getLogger("hgrun.scripts")
 
 INPUT_VAR = "HOSTINGGURU_RUN_INPUT"
+INPUT_VAR_SHORT = "HGRUN_RUN_INPUT"  # the same bytes, under hgrun's own prefix
 MAX_INPUT = 64 * 1024
 RUN_TOKEN_PREFIX = "run."  # tokens a run gets to trigger scripts from inside (fan-out)
 
@@ -149,6 +150,7 @@ class ScriptRunner:
         env = dict(release.env)
         if input_json is not None:
             env[INPUT_VAR] = input_json
+            env[INPUT_VAR_SHORT] = input_json
         size = spec.size or release.manifest.size
         if size not in SIZES:
             raise InputError(f"script {spec.name}: unknown size {size!r}")

@@ -79,6 +79,30 @@ def deploy_app(ctx: Context, app: appdir.AppDir, *, quiet: bool = False) -> dict
     out = ctx.output
     started = time.monotonic()
     base = f"/v1/apps/{app.name}"
+    digest, cached, total = build(ctx, app, quiet=quiet)
+    release = ctx.api.post(
+        f"{base}/releases",
+        {"context_hash": digest, "procfile": app.procfile_text, "manifest": app.manifest_text},
+    )
+    if not quiet:
+        took = time.monotonic() - started
+        what = "Unchanged:" if release.get("unchanged") else "Released"
+        image = release["image"][7:19]
+        reused = f"; {cached} of {total} build steps from cache" if total else ""
+        out.success(f"{what} {app.name} v{release['version']} ({image}) in {took:.1f}s{reused}")
+    return release
+
+
+def build_context(ctx: Context, app: appdir.AppDir, *, quiet: bool = False) -> str:
+    """Build ``app``'s context unless the server has it already (no release); its hash."""
+    return build(ctx, app, quiet=quiet)[0]
+
+
+def build(ctx: Context, app: appdir.AppDir, *, quiet: bool = False) -> tuple[str, int, int]:
+    """Build ``app``'s context unless the server has it already: its hash, and how many of
+    the build's steps came from the cache, of how many (0, 0 when nothing was built)."""
+    out = ctx.output
+    base = f"/v1/apps/{app.name}"
     ctx.api.get(base)  # an app that does not exist fails here, before any upload
     digest = app.context_hash()
     if app.plan is not None and not quiet:
@@ -109,17 +133,7 @@ def deploy_app(ctx: Context, app: appdir.AppDir, *, quiet: bool = False) -> dict
         if image is None:
             raise HgrunError("the build ended without an image", "try `hgrun deploy` again")
         cached, total = len(view.cached()), len(view.log.steps)
-    release = ctx.api.post(
-        f"{base}/releases",
-        {"context_hash": digest, "procfile": app.procfile_text, "manifest": app.manifest_text},
-    )
-    if not quiet:
-        took = time.monotonic() - started
-        what = "Unchanged:" if release.get("unchanged") else "Released"
-        image = release["image"][7:19]
-        reused = f"; {cached} of {total} build steps from cache" if total else ""
-        out.success(f"{what} {app.name} v{release['version']} ({image}) in {took:.1f}s{reused}")
-    return release
+    return digest, cached, total
 
 
 @click.command()

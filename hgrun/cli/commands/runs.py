@@ -1,19 +1,22 @@
 """Runs: ``hgrun run``, ``attach``, ``ps``, ``runs``, ``runs:info`` and ``stop``.
 
 :func:`attach_run` is the one way a command attaches the terminal to a run (``scripts:run`` too).
-The attach client (websockets), the upload progress bar (rich) and the deploy (with its build
-view) are imported when used, so a run of the live release loads none of them.
+The attach client (websockets) and the upload progress bar (rich) are imported when used, so a
+command that needs neither starts fast.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import click
 
-from hgrun.cli import appdir, uploads, views
+from hgrun.cli import appdir, runargs, uploads, views
 from hgrun.cli.options import (
     Context,
     app_name_or_here,
@@ -25,24 +28,41 @@ from hgrun.cli.options import (
     pass_ctx,
     show_rows,
 )
+from hgrun.cli.output import duration
+from hgrun.cli.terminal import Terminal
 from hgrun.errors import HgrunError, InputError
 from hgrun.models import SIZES, RunStatus, TriggerKind
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+class RunCommand(click.Command):
+    """``hgrun run``: click parses the options before the command (an unknown one is an error
+    with a "did you mean"); :mod:`hgrun.cli.runargs` takes hgrun's options after it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["hgrun.run.args"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.command(cls=RunCommand, context_settings={"allow_interspersed_args": False})
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @app_option
-@click.option("--detached", "-d", is_flag=True, help="Run in the background; print the run id.")
 @click.option(
     "--env",
     "-e",
     "env_pairs",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Set an env var (repeatable).",
+    help="Set an env var for this run (repeatable).",
 )
 @click.option("--size", "-s", help=f"Size: {', '.join(SIZES)}.")
-@click.option("--timeout", "-t", "timeout", help="Max duration, e.g. 90s, 15m, 1h.")
+@click.option(
+    "--type",
+    "-t",
+    "process_type",
+    metavar="TYPE",
+    help="Run a Procfile process type (the command's words are appended).",
+)
+@click.option("--detached", "-d", is_flag=True, help="Run in the background; print the run id.")
 @click.option(
     "--file",
     "-f",
@@ -51,51 +71,112 @@ from hgrun.models import SIZES, RunStatus, TriggerKind
     metavar="PATH",
     help="A file or folder to put in /tmp/uploads first (repeatable).",
 )
-@click.option("--no-build", is_flag=True, help="Run the live release; skip the build check.")
+@click.option("--timeout", "timeout", metavar="DURATION", help="Max duration, e.g. 90s, 15m, 1h.")
+@click.option(
+    "--no-stdin",
+    "-n",
+    "no_stdin",
+    is_flag=True,
+    help="Do not read stdin (as ssh -n); for `hgrun run` in a `while read` loop.",
+)
+@click.option(
+    "--build",
+    is_flag=True,
+    help="Build this folder and run that image, this once (never released, never cron's).",
+)
 @click.option("--tty/--no-tty", default=None, help="Force a TTY on or off.")
+@click.option(
+    "--exit-code", "-x", is_flag=True, help="Accepted as in heroku run; hgrun always does it."
+)
+@click.option("--no-build", is_flag=True, hidden=True)
 @json_option
-@pass_ctx
+@click.pass_context
 def run(
-    ctx: Context,
+    click_ctx: click.Context,
     command: tuple[str, ...],
     app_name: str | None,
-    detached: bool,
     env_pairs: tuple[str, ...],
     size: str | None,
-    timeout: str | None,
+    process_type: str | None,
+    detached: bool,
     files: tuple[str, ...],
-    no_build: bool,
+    timeout: str | None,
+    no_stdin: bool,
+    build: bool,
     tty: bool | None,
+    exit_code: bool,
+    no_build: bool,
     as_json: bool,
 ) -> int:
-    """Run COMMAND in a fresh container of the app; exit with its exit code.
+    """Run COMMAND in a fresh container of the app's live release; exit with its exit code.
 
-    A first word that names a Procfile type runs that type's command with the rest appended.
+    One argument is a command line for `sh -c`, so quote it as on Scalingo: `hgrun run 'ls -l |
+    wc -l'`. Several arguments run as given, without a shell. A first word that names a Procfile
+    type runs that type's command with the rest appended (or say it with --type).
+
+    After the command, hgrun takes -a/--app, -s/--size, -e/--env and --type as heroku run does;
+    every other word is the command's. After --, everything is the command's.
+
+    `hgrun run` never deploys: from an app folder that differs from the live release, it says so
+    on stderr and runs the live release; --build runs the folder's code this once instead.
     """
+    ctx: Context = click_ctx.find_object(Context)
+    raw: list[str] = click_ctx.meta.get("hgrun.run.args", [])
+    if command and raw.count("--") == command.count("--"):
+        # No `--` before the command: hgrun's options after it are hgrun's.
+        split = runargs.split_after_command(command)
+        command = split.command
+        app_name = _once("--app", app_name, split.app)
+        size = _once("--size", size, split.size)
+        process_type = _once("--type", process_type, split.type)
+        env_pairs = env_pairs + split.env
+        noticed = [w for w in split.taken if not w.startswith(("-a ", "--app"))]
+        if noticed:
+            ctx.output.info(
+                f"hgrun: took {', '.join(noticed)} after the command as hgrun's option(s);"
+                " to give them to the command, put the command after --"
+            )
+    if not command and not process_type:
+        raise click.UsageError("give a command, e.g. `hgrun run bash`, or a process type (--type)")
     env = dict(env_pair(p, "--env") for p in env_pairs)
     if size is not None and size not in SIZES:
         raise InputError(f"--size {size!r}: unknown size", f"sizes: {', '.join(SIZES)}")
-    if timeout is not None:
-        duration_flag("--timeout", timeout)
+    asked_timeout = duration_flag("--timeout", timeout) if timeout is not None else None
     entries = uploads.plan(files)
-    name = _prepare_app(ctx, app_name, no_build)
-    use_tty = (ctx.terminal.stdin_isatty and ctx.terminal.stdout_isatty) if tty is None else tty
+    name, context_hash = _prepare_app(ctx, app_name, build)
+    terminal = ctx.terminal
+    if no_stdin:
+        terminal = dataclasses.replace(terminal, stdin=None, stdin_isatty=False)
+    elif not detached:
+        _hint_stdin_loop(ctx)
+    use_tty = (terminal.stdin_isatty and terminal.stdout_isatty) if tty is None else tty
     if use_tty and not detached and "TERM" not in env and ctx.environ.get("TERM"):
         # The remote shell draws for the local terminal (as Scalingo's and Heroku's CLIs do).
         env["TERM"] = ctx.environ["TERM"]
-    run_info = ctx.api.post(
-        f"/v1/apps/{name}/runs",
-        {
-            "command": list(command),
-            "env": env,
-            "size": size,
-            "timeout": timeout,
-            "detached": detached,
-            "tty": use_tty and not detached,
-            "uploads": bool(entries),
-        },
-    )
+    body: dict[str, Any] = {
+        "command": list(command),
+        "env": env,
+        "size": size,
+        "timeout": timeout,
+        "detached": detached,
+        "tty": use_tty and not detached,
+        "uploads": bool(entries),
+    }
+    if process_type:
+        body["type"] = process_type
+    if context_hash:
+        body["build"] = context_hash
+    run_info = ctx.api.post(f"/v1/apps/{name}/runs", body)
     run_id = run_info["id"]
+    if (
+        asked_timeout is not None
+        and run_info.get("timeout")
+        and run_info["timeout"] < asked_timeout
+    ):
+        ctx.output.info(
+            f"hgrun: --timeout {timeout} is over the server's limit: {run_info['label']} stops"
+            f" after {duration(run_info['timeout'])} (the server's --max-timeout)"
+        )
     if entries:
         _upload(ctx, run_id, entries)
     if detached:
@@ -105,32 +186,87 @@ def run(
             ctx.output.line(run_info["label"])
             if ctx.terminal.stderr_isatty:
                 ctx.output.info(
-                    f"Follow it with `hgrun logs -f --run {run_id}`;"
+                    f"Follow it with `hgrun logs -t --run {run_id}`;"
                     f" stop it with `hgrun stop {run_id}`."
                 )
         return 0
-    return attach_run(ctx, run_id, use_tty)
+    return attach_run(ctx, run_id, use_tty, terminal)
 
 
-def _prepare_app(ctx: Context, app_name: str | None, no_build: bool) -> str:
-    """The app to run; from an app folder, deploy first when its context changed."""
+def _once(flag: str, before: str | None, after: str | None) -> str | None:
+    if before is not None and after is not None and before != after:
+        raise InputError(f"{flag} given twice ({before!r} and {after!r})")
+    return after if after is not None else before
+
+
+def _hint_stdin_loop(ctx: Context) -> None:
+    """Say so when stdin is a file something already read part of: a `while read` loop's.
+
+    A shell's `read` on a regular file reads a line and leaves the offset after it; `hgrun run`
+    would then send the rest of the file to the command, and the loop ends after one turn.
+    """
+    stdin = ctx.terminal.stdin
+    if stdin is None or ctx.terminal.stdin_isatty:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        fd = stdin.fileno()
+        if stat.S_ISREG(os.fstat(fd).st_mode) and os.lseek(fd, 0, os.SEEK_CUR) > 0:
+            ctx.output.info(
+                "hgrun: stdin is a file already partly read (a `while read` loop?); the run"
+                " reads the rest of it. Pass -n/--no-stdin to leave stdin to the loop."
+            )
+
+
+def _prepare_app(ctx: Context, app_name: str | None, build: bool) -> tuple[str, str | None]:
+    """The app to run, and with --build the context hash of this folder's build.
+
+    Never deploys. From the folder of the app being run, when the folder differs from the live
+    release, one line on stderr says so and how to act on it.
+    """
     root = appdir.find_app_dir(Path.cwd())
-    if app_name or root is None:
-        return app_name_or_here(app_name)
-    if no_build:
-        # Nothing is built, so the manifest need not be parsed whole; just its name.
-        name = appdir.quick_name(root)
-        if name:
-            return name
-    app = appdir.load(root)
-    if not no_build:
-        current = ctx.api.get(f"/v1/apps/{app.name}").get("release")
-        if current is None or current["context_hash"] != app.context_hash():
-            # Only now: the build view is not loaded for a run of the live release.
-            from hgrun.cli.commands.deploy import deploy_app
+    name = app_name or (appdir.quick_name(root) if root is not None else None)
+    if build:
+        if root is None:
+            raise InputError("--build needs an app folder", "run from your app's folder")
+        app = appdir.load(root)
+        if app_name and app_name != app.name:
+            raise InputError(
+                f"--build builds this folder, which is app {app.name}, not {app_name}",
+                "drop --app, or run from that app's folder",
+            )
+        # Only now: the build view is not loaded for a run of the live release.
+        from hgrun.cli.commands.deploy import build_context
 
-            deploy_app(ctx, app, quiet=not ctx.terminal.stderr_isatty)
-    return app.name
+        digest = build_context(ctx, app, quiet=not ctx.terminal.stderr_isatty)
+        return app.name, digest
+    if name is None:
+        name = app_name_or_here(app_name)  # the manifest parsed whole (its errors are shown)
+    if root is not None and appdir.quick_name(root) in (None, name):
+        _say_if_folder_differs(ctx, root, name)
+    return name, None
+
+
+def _say_if_folder_differs(ctx: Context, root: Path, name: str) -> None:
+    try:
+        app = appdir.load(root)
+    except HgrunError as e:
+        if appdir.quick_name(root) == name:
+            ctx.output.info(
+                f"hgrun: running the live release of {name}; this folder does not load"
+                f" ({e.message}), so `hgrun deploy` would fail"
+            )
+        return
+    if app.name != name:
+        return
+    live = ctx.api.get(f"/v1/apps/{name}").get("release")
+    if live is None:
+        return  # the server says "no release yet, run `hgrun deploy`"
+    if live["context_hash"] != app.context_hash():
+        ctx.output.info(
+            f"hgrun: this folder differs from {name}'s live release v{live['version']}, which"
+            " is what runs; `hgrun deploy` releases the folder, `hgrun run --build` runs it"
+            " this once"
+        )
 
 
 def _upload(ctx: Context, run_id: int, entries: list[uploads.Upload]) -> None:
@@ -163,7 +299,7 @@ def _upload(ctx: Context, run_id: int, entries: list[uploads.Upload]) -> None:
     ctx.output.info(f"Uploaded {len(entries)} file(s), {total / 1024**2:.1f} MB to /tmp/uploads")
 
 
-def attach_run(ctx: Context, run_id: int, tty: bool) -> int:
+def attach_run(ctx: Context, run_id: int, tty: bool, terminal: Terminal | None = None) -> int:
     """Attach the terminal to run ``run_id`` until it ends; its exit code."""
     import asyncio
 
@@ -173,7 +309,9 @@ def attach_run(ctx: Context, run_id: int, tty: bool) -> int:
     url = settings.ws_url(f"/v1/runs/{run_id}/attach")
     try:
         return asyncio.run(
-            attach_session(url, settings.headers(), ctx.terminal, tty=tty, run_id=run_id)
+            attach_session(
+                url, settings.headers(), terminal or ctx.terminal, tty=tty, run_id=run_id
+            )
         )
     except KeyboardInterrupt:
         # Without a TTY, Ctrl-C is ours: stop the remote command too, as `docker run` does.

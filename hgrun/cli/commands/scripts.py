@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -69,14 +70,16 @@ def scripts_run(
     """Trigger a script by hand; attached like `hgrun run`, or --detached."""
     body = b""
     if input_text is not None:
-        raw = input_text
-        if raw.startswith("@"):
+        # Sent byte for byte as typed or as the file holds it (validated, never re-serialised).
+        if input_text.startswith("@"):
             try:
-                raw = Path(raw[1:]).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
+                body = Path(input_text[1:]).read_bytes()
+            except OSError as e:
                 raise InputError(f"--input {input_text}: cannot read it ({e})") from e
+        else:
+            body = os.fsencode(input_text)
         try:
-            body = json.dumps(json.loads(raw)).encode()
+            json.loads(body)
         except ValueError as e:
             raise InputError(f"--input: not valid JSON ({e})", "e.g. --input '{\"id\": 42}'") from e
     script = _script(ctx, app_name_or_here(app_name), name)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from hgrun.cli.client import Api, Settings
-from hgrun.cli.options import Context, pass_ctx
+from hgrun.cli.client import Api, Settings, config_path
+from hgrun.cli.options import Context, json_option, pass_ctx
 from hgrun.errors import InputError
 
 
@@ -29,11 +29,37 @@ def login(ctx: Context, url: str | None, token: str | None, workspace: str | Non
 
 
 @click.command()
+@json_option
+@pass_ctx
+def logout(ctx: Context, as_json: bool) -> None:
+    """Forget the token `hgrun login` saved (the server URL is kept)."""
+    path = config_path(ctx.environ)
+    saved = Settings.load({k: v for k, v in ctx.environ.items() if not k.startswith("HGRUN_")})
+    had = path.exists() and saved.token is not None
+    if had:
+        Settings(url=saved.url, token=None, workspace=saved.workspace).save(ctx.environ)
+    if as_json:
+        ctx.output.json({"logged_out": had, "config": str(path)})
+    elif had:
+        ctx.output.success(f"Logged out: the token is gone from {path}")
+    else:
+        ctx.output.info(f"No token saved in {path}: nothing to forget")
+    if ctx.environ.get("HGRUN_TOKEN"):
+        ctx.output.info(
+            "HGRUN_TOKEN is still set in this shell and still used: `unset HGRUN_TOKEN`"
+        )
+
+
+@click.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 @click.pass_context
 def completion(click_ctx: click.Context, shell: str) -> None:
     """Print the shell completion script: eval "$(hgrun completion bash)"."""
     from click.shell_completion import get_completion_class
+
+    from hgrun.cli.completion import install
+
+    install()  # bash: the script that keeps `config:unset` one word
 
     ctx = click_ctx.find_object(Context)
     cls = get_completion_class(shell)
@@ -43,4 +69,4 @@ def completion(click_ctx: click.Context, shell: str) -> None:
     ctx.output.line(cls(root, {}, "hgrun", "_HGRUN_COMPLETE").source())
 
 
-COMMANDS = (login, completion)
+COMMANDS = (login, logout, completion)

@@ -57,11 +57,15 @@ def tokens_create(
 
 @click.command("tokens:revoke")
 @click.argument("name")
+@json_option
 @pass_ctx
-def tokens_revoke(ctx: Context, name: str) -> None:
+def tokens_revoke(ctx: Context, name: str, as_json: bool) -> None:
     """Revoke a token at once."""
-    ctx.api.request("DELETE", f"/v1/tokens/{name}")
-    ctx.output.success(f"Revoked token {name}")
+    answer = ctx.api.request("DELETE", f"/v1/tokens/{name}")
+    if as_json:
+        ctx.output.json(answer)
+    else:
+        ctx.output.success(f"Revoked token {name}")
 
 
 @click.command()

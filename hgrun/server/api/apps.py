@@ -73,6 +73,15 @@ async def patch_config(server: Server, request: Request) -> Response:
         if value is not None and not isinstance(value, str):
             raise InputError(f"config value of {key} must be a string or null")
         changes[key] = value
+    unknown = sorted(
+        k for k, v in changes.items() if v is None and k not in server.store.config(app.id)
+    )
+    if unknown:
+        # Nothing changes and no release is made: a typo must not pass for an unset.
+        raise NotFoundError(
+            f"app {app.name} has no config var {', '.join(unknown)}",
+            "`hgrun config` lists the app's config vars",
+        )
     config = server.store.update_config(app.id, changes)
     latest = server.store.latest_release(app.id)
     if latest is not None:

@@ -23,12 +23,15 @@ if TYPE_CHECKING:
 
 
 def endpoint(server: Server) -> Callable[[WebSocket], Awaitable[None]]:
-    """The WebSocket endpoint: a token with the ``run`` scope attaches to a run of its workspace."""
+    """The WebSocket endpoint: a token with the ``run`` scope attaches to a run of its workspace;
+    a token that may trigger a script attaches to that script's runs."""
 
     def admit(websocket: WebSocket) -> relay.Opener:
         principal = authenticate(server.store, websocket.headers)
-        principal.require("run")
         run = server.store.run(websocket.path_params["run_id"], principal.workspace)
+        if run.script_id is None or not principal.may_trigger(run.script_id):
+            # A trigger token runs its scripts attached (`hgrun scripts:run`); else: run scope.
+            principal.require("run")
         return lambda: open_attachment(server.supervisor, server.store, run)
 
     async def attach(websocket: WebSocket) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -56,9 +57,28 @@ async def create_run(server: Server, request: Request) -> Response:
     release = server.store.latest_release(app.id)
     if release is None:
         raise NotFoundError(f"app {app.name!r} has no release yet", "run `hgrun deploy` first")
-    argv = field(body, "command", list)
-    if not argv or not all(isinstance(a, str) for a in argv):
+    argv = field(body, "command", list, []) or []
+    if not all(isinstance(a, str) for a in argv):
+        raise InputError("field 'command' must be a list of strings")
+    process = field(body, "type", str)
+    if process is not None:
+        # `hgrun run --type worker ARGS`: the type must exist, never run as a command name.
+        if process not in release.procfile:
+            raise InputError(
+                f"the live release of {app.name} has no process type {process!r}",
+                f"process types: {', '.join(release.procfile) or 'none (no Procfile)'}",
+            )
+        argv = [process, *argv]
+    if not argv:
         raise InputError("field 'command' must be a non-empty list of strings")
+    built = field(body, "build", str)
+    if built is not None:
+        # `hgrun run --build`: this run only uses the image built from the user's folder; the
+        # live release stays what cron and later runs use.
+        image = server.store.built_image(app.id, built)
+        if image is None:
+            raise NotFoundError(f"no image built from context {built[:12]}", "build it first")
+        release = dataclasses.replace(release, image=image)
     env = field(body, "env", dict, {}) or {}
     for key, value in env.items():
         if not ENV_NAME.match(key):
@@ -273,6 +293,12 @@ async def app_logs(server: Server, request: Request) -> Response:
         cursor = await run_in(server.workers.reads, start_cursor) if tail else after
         first = True
         while True:
+            # Following one run ends with the run: its status is read before its output, and
+            # the supervisor stores all output before it records the final status.
+            following = follow and not (
+                run_id is not None
+                and (await run_in(server.workers.reads, store.run, run_id)).status.finished
+            )
             batch: list[LogLine] = []
             sent = 0
             paged = False  # stopped at ``limit`` with output left: the client pages on
@@ -286,7 +312,7 @@ async def app_logs(server: Server, request: Request) -> Response:
                     yield encode(batch)
                     sent += len(batch)
                     batch = []
-            if follow:
+            if following:
                 # A run's last line without a newline is shown once the run is over.
                 for pending in assembler.pending_runs():
                     if pending not in server.supervisor.sessions:
@@ -299,12 +325,16 @@ async def app_logs(server: Server, request: Request) -> Response:
                 since = assembler.pending_since()
                 whole = [line for line in batch if since is None or line.cursor < since]
                 batch = whole or batch
+            if not paged:
+                # Runs store output in batches: chunk order is not time order across runs. (A
+                # page keeps cursor order, so that the next page starts after its last line.)
+                batch.sort(key=lambda line: (line.time, line.cursor))
             if first and tail:
                 batch = batch[-tail:]
             first = False
             if batch:
                 yield encode(batch)
-            if not follow or await request.is_disconnected():
+            if not following or await request.is_disconnected():
                 return
             await asyncio.sleep(0.25)
 

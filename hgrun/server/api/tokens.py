@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from hgrun.errors import ConflictError, InputError
-from hgrun.models import Scope
+from hgrun.errors import ConflictError, InputError, NotFoundError
+from hgrun.models import Scope, Token
 from hgrun.server.api.requests import field, int_param, json_body, principal
 from hgrun.server.api.views import audit_json, token_json
 from hgrun.server.auth import new_token
@@ -24,7 +24,20 @@ TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 async def list_tokens(server: Server, request: Request) -> Response:
     caller = principal(server, request, "admin")
     tokens = server.store.tokens(caller.workspace)
-    return JSONResponse([token_json(t) for t in tokens])
+    return JSONResponse([_token_json(server, t) for t in tokens])
+
+
+def _token_json(server: Server, token: Token) -> dict[str, Any]:
+    """A token with its script as ``APP/SCRIPT`` (the id is kept as ``script_id``)."""
+    body = token_json(token)
+    body["script_id"] = token.script
+    if token.script is not None:
+        try:
+            script = server.store.script(int(token.script), token.workspace)
+            body["script"] = f"{server.store.app_by_id(script.app_id).name}/{script.spec.name}"
+        except (NotFoundError, ValueError):
+            body["script"] = f"(removed script {token.script})"
+    return body
 
 
 async def create_token(server: Server, request: Request) -> Response:
@@ -54,7 +67,7 @@ async def create_token(server: Server, request: Request) -> Response:
         script_id = str(server.store.script_by_name(app.id, script_name).id)
     secret = new_token()
     token = server.store.add_token(caller.workspace, name, secret, scope, script_id)
-    return JSONResponse({**token_json(token), "token": secret}, status_code=201)
+    return JSONResponse({**_token_json(server, token), "token": secret}, status_code=201)
 
 
 async def revoke_token(server: Server, request: Request) -> Response:
