@@ -178,6 +178,8 @@ class Release:
     env: Mapping[str, str]
     description: str
     created: float
+    actor: str = ""
+    """Who made it: the name of the token behind the deploy, config change or rollback."""
 
 
 @dataclasses.dataclass(frozen=True)

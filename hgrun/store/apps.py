@@ -87,6 +87,7 @@ class AppStore(StoreBase):
         manifest: Manifest,
         env: Mapping[str, str],
         description: str,
+        actor: str = "",
     ) -> Release:
         with self._tx() as db:
             row = db.execute(
@@ -94,7 +95,7 @@ class AppStore(StoreBase):
             ).fetchone()
             cur = db.execute(
                 "INSERT INTO releases (app_id, version, image, context_hash, procfile, manifest,"
-                " env, description, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " env, description, created, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     app_id,
                     row[0] + 1,
@@ -105,6 +106,7 @@ class AppStore(StoreBase):
                     json.dumps(dict(env)),
                     description,
                     self._clock(),
+                    actor,
                 ),
             )
             new = db.execute("SELECT * FROM releases WHERE id = ?", (cur.lastrowid,)).fetchone()
@@ -153,4 +155,5 @@ def _release(row: sqlite3.Row) -> Release:
         env=json.loads(row["env"]),
         description=row["description"],
         created=row["created"],
+        actor=row["actor"],
     )

@@ -138,4 +138,8 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX runs_oneoff_by_app ON runs (app_id, id) WHERE script_id IS NULL;
     """,
+    # 6: who made a release (the token's name); how is its description (Deploy, Set X, Rollback).
+    """
+    ALTER TABLE releases ADD COLUMN actor TEXT NOT NULL DEFAULT '';
+    """,
 ]
