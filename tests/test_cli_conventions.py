@@ -255,3 +255,53 @@ def test_a_broken_folder_does_not_block_the_live_release(
     )
     # ps only needs the name: a typo elsewhere in hgrun.yaml does not stop it.
     check(cli("ps", cwd=root))
+
+
+def test_rollback_makes_a_copy_of_an_earlier_release_and_says_who(
+    cli: Cli, tmp_path: Path, busybox_image: str
+) -> None:
+    root = tmp_path / "rb"
+    name = deploy_busybox_app(cli, root, unique("rb"))
+    (root / "note.txt").write_text("one\n")
+    check(cli("deploy", cwd=root))
+    check(cli("config:set", "COLOUR=red", cwd=root))
+    (root / "note.txt").write_text("two\n")
+    check(cli("deploy", cwd=root))
+    check(cli("config:set", "COLOUR=blue", "SHAPE=round", cwd=root))
+    releases = json.loads(check(cli("releases", "--json", cwd=root)))
+    live = releases[0]["version"]
+    assert releases[0]["actor"] and releases[0]["description"] == "Set COLOUR, SHAPE"
+    one = next(r for r in releases if r["description"] == "Set COLOUR")["version"]
+
+    done = cli("releases:rollback", f"v{one}", "--json", cwd=root)
+    back = json.loads(check(done))
+    assert back["version"] == live + 1 and back["description"] == f"Rollback to v{one}"
+    assert back["actor"] == releases[0]["actor"]
+    assert check(run(cli, root, "sh", "-c", 'cat note.txt; echo "$COLOUR${SHAPE:-}"')) == (
+        "one\nred\n"
+    )
+    assert json.loads(check(cli("config", "--json", cwd=root))) == {"COLOUR": "red"}
+    table = check(cli("releases", cwd=root))
+    assert "by" in table.splitlines()[0].split("\t")
+    # Without a version: the one before the live release, here the one rolled back from.
+    check(cli("releases:rollback", cwd=root))
+    assert check(run(cli, root, "sh", "-c", 'cat note.txt; echo "$COLOUR$SHAPE"')) == (
+        "two\nblueround\n"
+    )
+    bad = cli("releases:rollback", "v999", cwd=root)
+    assert bad.returncode == 5 and f"app {name} has no release v999" in text(bad.stderr)
+
+
+def test_apps_destroy_asks_or_takes_yes(cli: Cli, tmp_path: Path, busybox_image: str) -> None:
+    root = tmp_path / "gone"
+    name = deploy_busybox_app(cli, root, unique("gone"))
+    check(run(cli, root, "true"))
+    refused = cli("apps:destroy", name, input=b"")
+    assert refused.returncode == 2
+    assert f"pass --yes: `hgrun apps:destroy {name} --yes`" in text(refused.stderr)
+    assert name in [a["name"] for a in json.loads(check(cli("apps", "--json")))]
+    out = json.loads(check(cli("apps:destroy", name, "--yes", "--json")))
+    assert out == {"name": name, "destroyed": True}
+    assert name not in [a["name"] for a in json.loads(check(cli("apps", "--json")))]
+    again = cli("ps", "-a", name)
+    assert again.returncode == 5

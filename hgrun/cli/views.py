@@ -13,7 +13,7 @@ from hgrun.cli.output import ago, duration
 
 RUN_COLUMNS = ["Run", "Status", "Command", "Trigger", "Exit", "Duration", "Created"]
 PS_COLUMNS = ["Run", "Status", "Mode", "Command", "Trigger", "Started"]
-RELEASE_COLUMNS = ["Version", "Image", "Context", "Description", "Created"]
+RELEASE_COLUMNS = ["Version", "Image", "Context", "Description", "By", "Created"]
 SCRIPT_COLUMNS = ["Name", "Command", "Schedule", "Next", "Policy", "Last run", "Status"]
 TOKEN_COLUMNS = ["Name", "Scope", "Script", "Created"]
 
@@ -110,6 +110,7 @@ def release_row(release: dict[str, Any]) -> tuple[Any, ...]:
         release["image"][7:19],
         release["context_hash"][:12],
         release["description"],
+        release.get("actor", ""),
         ago(release["created"]),
     )
 

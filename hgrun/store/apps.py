@@ -40,6 +40,12 @@ class AppStore(StoreBase):
             raise NotFoundError(f"app #{app_id} not found")
         return App(row["id"], row["workspace"], row["name"], row["created"])
 
+    def delete_app(self, app_id: int) -> None:
+        """Delete an app; its config, builds, releases, scripts, runs and output go with it
+        (ON DELETE CASCADE)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM apps WHERE id = ?", (app_id,))
+
     def apps(self, workspace: str) -> list[App]:
         rows = self._query("SELECT * FROM apps WHERE workspace = ? ORDER BY name", (workspace,))
         return [App(r["id"], r["workspace"], r["name"], r["created"]) for r in rows]

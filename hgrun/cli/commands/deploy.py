@@ -146,4 +146,28 @@ def releases(ctx: Context, app_name: str | None, as_json: bool) -> None:
     show_rows(ctx, items, as_json, views.RELEASE_COLUMNS, views.release_row)
 
 
-COMMANDS = (deploy, releases)
+@click.command("releases:rollback")
+@click.argument("version", required=False)
+@app_option
+@json_option
+@pass_ctx
+def releases_rollback(
+    ctx: Context, version: str | None, app_name: str | None, as_json: bool
+) -> None:
+    """Make a new release that copies VERSION (default: the one before the live release):
+    its image, Procfile, scripts and config vars. Runs and cron use it from now on."""
+    body = {}
+    if version is not None:
+        digits = version.removeprefix("v")
+        if not digits.isdigit():
+            raise InputError(f"invalid version {version!r}", "a version looks like v3 or 3")
+        body["version"] = int(digits)
+    name = app_name_or_here(app_name)
+    release = ctx.api.post(f"/v1/apps/{name}/releases/rollback", body)
+    if as_json:
+        ctx.output.json(release)
+    else:
+        ctx.output.success(f"{release['description']}: {name} v{release['version']} is live")
+
+
+COMMANDS = (deploy, releases, releases_rollback)

@@ -84,6 +84,13 @@ ROUTES: list[RouteSpec] = [
     ("POST", "/v1/apps/{app}/builds", apps.create_build, "Build a tar context; NDJSON [deploy]"),
     ("GET", "/v1/apps/{app}/releases", apps.list_releases, "Releases, newest first [read]"),
     ("POST", "/v1/apps/{app}/releases", apps.create_release, "Release a built context [deploy]"),
+    (
+        "POST",
+        "/v1/apps/{app}/releases/rollback",
+        apps.rollback,
+        "A copy of release {version} (default: the one before) [deploy]",
+    ),
+    ("DELETE", "/v1/apps/{app}", apps.destroy_app, "Delete an app and all it holds [deploy]"),
     ("POST", "/v1/apps/{app}/runs", runs.create_run, "Create a one-off run [run]"),
     ("GET", "/v1/apps/{app}/runs", runs.list_runs, "Run history; status, trigger, active [read]"),
     (

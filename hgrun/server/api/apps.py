@@ -12,9 +12,15 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from hgrun.errors import HgrunError, InputError, NotFoundError, PayloadTooLargeError
+from hgrun.errors import (
+    ConflictError,
+    HgrunError,
+    InputError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
 from hgrun.manifest import parse_manifest
-from hgrun.models import APP_NAME, ENV_NAME, App, Manifest, Release, manifest_to_json
+from hgrun.models import APP_NAME, ENV_NAME, App, Manifest, Release, RunStatus, manifest_to_json
 from hgrun.procfile import parse_procfile
 from hgrun.server.api.requests import field, json_body, path_app, principal
 from hgrun.server.api.views import app_json, release_json
@@ -98,6 +104,7 @@ async def patch_config(server: Server, request: Request) -> Response:
             latest.procfile,
             latest.manifest,
             "; ".join(words) or "Config change",
+            caller.name,
         )
     # Values stay out of the server's own log: only the keys are logged.
     log.info("app %s: config keys changed: %s", app.name, ", ".join(sorted(changes)))
@@ -211,7 +218,9 @@ async def create_release(server: Server, request: Request) -> Response:
         # Nothing changed: the live release stands, as `git push` of the same commit does.
         server.store.sync_scripts(caller.workspace, app.id, manifest.scripts)
         return JSONResponse({**release_json(latest), "unchanged": True})
-    release = _new_release(server, app, image, context_hash, procfile, manifest, "Deploy")
+    release = _new_release(
+        server, app, image, context_hash, procfile, manifest, "Deploy", caller.name
+    )
     server.store.sync_scripts(caller.workspace, app.id, manifest.scripts)
     return JSONResponse(release_json(release), status_code=201)
 
@@ -224,6 +233,7 @@ def _new_release(
     procfile: Any,
     manifest: Manifest,
     description: str,
+    actor: str,
 ) -> Release:
     return server.store.create_release(
         app.id,
@@ -233,7 +243,72 @@ def _new_release(
         manifest=manifest,
         env=_release_env(server, app, manifest),
         description=description,
+        actor=actor,
     )
+
+
+async def rollback(server: Server, request: Request) -> Response:
+    """A new release that is a copy of an earlier one: its image, Procfile, manifest (so its
+    scripts) and env, the app's config vars set back to what that release had (as Heroku's
+    rollback). ``{"version": N}``, default: the one before the live release."""
+    caller = principal(server, request, "deploy")
+    app = path_app(server, caller, request)
+    body = await json_body(request)
+    live = server.store.latest_release(app.id)
+    if live is None:
+        raise NotFoundError(f"app {app.name} has no release yet", "run `hgrun deploy` first")
+    version = field(body, "version", int)
+    if version is None:
+        version = live.version - 1
+        if version < 1:
+            raise ConflictError(f"{app.name} has only v{live.version}: nothing to roll back to")
+    target = next(
+        (r for r in server.store.releases(app.id, limit=10**6) if r.version == version), None
+    )
+    if target is None:
+        raise NotFoundError(
+            f"app {app.name} has no release v{version}", "`hgrun releases` lists them"
+        )
+    if target.version == live.version:
+        raise ConflictError(f"v{version} is the live release of {app.name} already")
+    # The config vars the release had: its env minus what the manifest gave as defaults.
+    config = {k: v for k, v in target.env.items() if target.manifest.env.get(k) != v}
+    current = server.store.config(app.id)
+    changes: dict[str, str | None] = {k: None for k in current if k not in config}
+    changes.update({k: v for k, v in config.items() if current.get(k) != v})
+    if changes:
+        server.store.update_config(app.id, changes)
+    release = server.store.create_release(
+        app.id,
+        image=target.image,
+        context_hash=target.context_hash,
+        procfile=target.procfile,
+        manifest=target.manifest,
+        env=target.env,
+        description=f"Rollback to v{target.version}",
+        actor=caller.name,
+    )
+    server.store.sync_scripts(caller.workspace, app.id, target.manifest.scripts)
+    log.info("app %s: rolled back to v%s as v%s", app.name, target.version, release.version)
+    return JSONResponse(release_json(release), status_code=201)
+
+
+async def destroy_app(server: Server, request: Request) -> Response:
+    """Delete an app with its releases, config, scripts, runs and their output. Refused while
+    a run of it is in flight (stop those first)."""
+    caller = principal(server, request, "deploy")
+    app = path_app(server, caller, request)
+    active = [status for status in RunStatus if status.active]
+    running = server.store.runs(caller.workspace, app_id=app.id, statuses=active, limit=5)
+    if running:
+        labels = ", ".join(r.label for r in running)
+        raise ConflictError(
+            f"app {app.name} has runs in flight ({labels})",
+            f"stop them first: `hgrun stop {running[0].id}`",
+        )
+    server.store.delete_app(app.id)
+    log.info("app %s destroyed by %s", app.name, caller.name)
+    return JSONResponse({"name": app.name, "destroyed": True})
 
 
 def _release_env(server: Server, app: App, manifest: Manifest) -> dict[str, str]:

@@ -24,6 +24,7 @@ def release_json(release: Release) -> dict[str, Any]:
         "process_types": list(release.procfile),
         "env_keys": sorted(release.env),
         "description": release.description,
+        "actor": release.actor,
         "created": release.created,
     }
 
