@@ -228,13 +228,17 @@ def test_deploy_refuses_a_bad_manifest_with_its_location(
     assert needle in text(done.stderr)
 
 
-def test_run_in_a_folder_with_a_bad_procfile_fails_before_contacting_the_server(
+def test_run_in_a_folder_with_a_bad_procfile_names_it_and_runs_the_live_release(
     cli: Cli, tmp_path: Path
 ) -> None:
+    """`hgrun run` runs the live release: a broken folder is said, not in the way."""
     root = write_busybox_app(tmp_path / "app", unique("badrun"), procfile="web: a\nweb: b\n")
     unreachable = {"HGRUN_URL": f"http://127.0.0.1:{free_port()}"}
     done = cli("run", "true", cwd=root, env=unreachable, input=b"")
-    assert "Procfile:2:1" in assert_one_line_error(done, 3)
+    assert done.returncode == UNREACHABLE
+    notice = text(done.stderr).splitlines()[0]
+    assert notice.startswith("hgrun: running the live release of badrun-")
+    assert "Procfile:2:1: duplicate process type 'web'" in notice
 
 
 # -- one-line errors -------------------------------------------------------------------------

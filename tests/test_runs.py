@@ -185,6 +185,7 @@ def test_exit_code_126_for_a_file_that_is_not_executable(cli: Cli, app: tuple[st
     script = root / "not-executable.sh"
     script.write_text("echo should not run\n")
     script.chmod(0o644)
+    check(cli("deploy", cwd=root))  # `hgrun run` runs the live release; it never deploys
     done = cli("run", "/app/not-executable.sh", cwd=root, input=b"")
     assert done.returncode == 126, text(done.stderr)
     assert b"should not run" not in done.stdout
@@ -283,7 +284,7 @@ def test_detached_run_shows_in_ps_runs_and_logs_and_stops(
 def test_logs_tail(cli: Cli, app: tuple[str, Path], api: Api) -> None:
     _, root = app
     check(cli("run", "sh", "-c", "for i in $(seq 30); do echo line$i; done", cwd=root, input=b""))
-    out = check(cli("logs", "--tail", "3", cwd=root)).splitlines()
+    out = check(cli("logs", "-n", "3", cwd=root)).splitlines()
     assert [LOG_LINE.match(line).group(4) for line in out] == ["line28", "line29", "line30"]  # type: ignore[union-attr]
 
 
