@@ -21,8 +21,21 @@ import re
 # tini prints with a "\n"; through a TTY (onlcr) it arrives as "\r\n".
 _TINI_EXEC = re.compile(rb"^\[FATAL tini \(\d+\)\] exec (.+?) failed: ([^\r\n]*)(\r?\n)")
 
+_PREFIX = b"[FATAL tini ("
+MAX_LINE = 4096  # tini's line is one path and one strerror: never near this
+
 NOT_FOUND = "No such file or directory"
 NOT_EXECUTABLE = "Permission denied"
+
+
+def incomplete(first_output: bytes) -> bool:
+    """True while ``first_output`` could still become tini's line: it starts like it (or is
+    shorter than its start) and has no line end yet. tini's ``fprintf`` to an unbuffered stderr
+    may reach the stream in more than one piece; wait for the rest before :func:`explain`."""
+    if len(first_output) >= MAX_LINE or b"\n" in first_output:
+        return False
+    head = first_output[: len(_PREFIX)]
+    return _PREFIX.startswith(head)
 
 
 def explain(first_output: bytes) -> bytes | None:

@@ -167,3 +167,12 @@ def resolve_command(procfile: Mapping[str, str], argv: Sequence[str]) -> Resolve
             command = f"{command} {shlex.join(rest)}"
         return ResolvedCommand(command, argv[0])
     return ResolvedCommand(list(argv), None)
+
+
+def command_line_argv(line: str) -> list[str]:
+    """The argv that runs a command line (a script's ``command:``, one ``hgrun run`` argument):
+    ``[word]`` for one plain word, else ``["sh", "-c", line]``. See :func:`resolve_command`."""
+    resolved = resolve_command({}, [line])
+    if isinstance(resolved.command, str):
+        return ["sh", "-c", resolved.command]
+    return resolved.command

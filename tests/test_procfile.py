@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from hgrun import execfailure
 from hgrun.errors import ExitStatus, ProcfileError
-from hgrun.procfile import parse_procfile, resolve_command
+from hgrun.procfile import command_line_argv, parse_procfile, resolve_command
 
 
 @pytest.mark.parametrize(
@@ -117,3 +118,54 @@ def test_resolve_command_copies_argv() -> None:
     argv = ["bash"]
     resolved = resolve_command({}, argv)
     assert resolved.command == argv and resolved.command is not argv
+
+
+@pytest.mark.parametrize(
+    ("line", "argv"),
+    [
+        ("true", ["true"]),
+        ("python3 task.py | tee /tmp/log", ["sh", "-c", "python3 task.py | tee /tmp/log"]),
+        ("cd", ["sh", "-c", "cd"]),
+        ("./run.sh", ["./run.sh"]),
+    ],
+)
+def test_command_line_argv(line: str, argv: list[str]) -> None:
+    assert command_line_argv(line) == argv
+
+
+@pytest.mark.parametrize(
+    ("data", "shown"),
+    [
+        (
+            b"[FATAL tini (7)] exec nosuchcmd failed: No such file or directory\n",
+            b"hgrun: command not found in the image: nosuchcmd\n",
+        ),
+        (
+            b"[FATAL tini (8)] exec /app/x failed: Permission denied\r\nrest",
+            b"hgrun: command not executable in the image: /app/x (permission denied)\r\nrest",
+        ),
+        (
+            b"[FATAL tini (9)] exec ./a.out failed: Exec format error\n",
+            b"hgrun: cannot run ./a.out in the image: Exec format error\n",
+        ),
+        (b"hello\n", None),
+        (b"x [FATAL tini (7)] exec a failed: No such file or directory\n", None),
+    ],
+)
+def test_exec_failure_explained(data: bytes, shown: bytes | None) -> None:
+    assert execfailure.explain(data) == shown
+
+
+@pytest.mark.parametrize(
+    ("data", "incomplete"),
+    [
+        (b"", True),
+        (b"[FAT", True),
+        (b"[FATAL tini (7)] exec nosuchcmd fai", True),
+        (b"[FATAL tini (7)] exec x failed: No such file or directory\n", False),
+        (b"hello", False),
+        (b"[FATAL tini (7)] " + b"x" * 5000, False),
+    ],
+)
+def test_exec_failure_incomplete(data: bytes, incomplete: bool) -> None:
+    assert execfailure.incomplete(data) is incomplete

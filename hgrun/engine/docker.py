@@ -146,10 +146,27 @@ class _RawAttach:
             self._ready.extend(self._demuxer.feed(data))
         stream, data = self._ready.popleft()
         if self._first:
-            # docker-init's exec failure, in the user's words (hgrun/execfailure.py).
+            # docker-init's exec failure, in the user's words (hgrun/execfailure.py); its line
+            # may come in pieces, so the first line is gathered whole first.
+            while execfailure.incomplete(data) and (more := await self._more(stream)):
+                data += more
             self._first = False
             data = execfailure.explain(data) or data
         return stream, data
+
+    async def _more(self, stream: int) -> bytes:
+        """The next piece if it is on ``stream`` too (else it is put back): b"" at the end."""
+        while not self._ready:
+            try:
+                data = await self._reader.read(READ_SIZE)
+            except (ConnectionError, OSError):
+                data = b""
+            if not data:
+                return b""
+            self._ready.extend(self._demuxer.feed(data))
+        if self._ready[0][0] != stream:
+            return b""
+        return self._ready.popleft()[1]
 
     async def write(self, data: bytes) -> None:
         try:

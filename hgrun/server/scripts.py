@@ -28,6 +28,7 @@ from hgrun.models import (
     Trigger,
     TriggerKind,
 )
+from hgrun.procfile import command_line_argv
 from hgrun.schedule import Decision, decide, skip_reason
 from hgrun.server.auth import new_token
 from hgrun.server.supervisor import Supervisor
@@ -146,7 +147,7 @@ class ScriptRunner:
                 )
             command = ["sh", "-c", release.procfile[spec.process]]
         else:
-            command = ["sh", "-c", spec.command or "true"]
+            command = command_line_argv(spec.command or "true")
         env = dict(release.env)
         if input_json is not None:
             env[INPUT_VAR] = input_json
