@@ -39,7 +39,7 @@ def _read_until(fd: int, pattern: bytes, timeout: float = 30) -> bytes:
         ready, _, _ = select.select([fd], [], [], 0.2)
         if ready:
             try:
-                seen += os.read(fd, 4096)
+                seen += os.read(fd, 4096).replace(b"\a", b"")  # the bell of an ambiguous Tab
             except OSError:
                 break
     return seen
@@ -74,6 +74,7 @@ def _complete(shell: str, typed: str, bin_dir: Path, wanted: bytes) -> bytes:
     ("typed", "wanted"),
     [
         ("hgrun config:u\t", b"hgrun config:unset "),
+        ("hgrun config:\tu\t", b"hgrun config:unset "),  # a Tab right after the colon too
         ("hgrun releases:r\t", b"hgrun releases:rollback "),
         ("hgrun apps:d\t", b"hgrun apps:destroy "),
     ],

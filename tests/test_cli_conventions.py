@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from apps import check, deploy_busybox_app, text, unique
-from conftest import BUSYBOX_IMAGE, Cli
+from support.apps import BUSYBOX_IMAGE, deploy_busybox_app, unique
+from support.cli import Cli, check, text
 
 from hgrun.cli.runargs import Split, split_after_command
 from hgrun.errors import InputError

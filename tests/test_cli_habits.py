@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from apps import check, cli_env, cli_popen, deploy_busybox_app, text, unique, write_busybox_app
-from conftest import Cli
+from support.apps import deploy_busybox_app, unique, write_busybox_app
+from support.cli import Cli, check, cli_popen, text
 
 from hgrun.cli.attach import status_line
 from hgrun.cli.examples import EXAMPLES
@@ -188,13 +188,13 @@ def test_no_stdin_leaves_stdin_to_a_loop(cli: Cli, app: tuple[str, Path], tmp_pa
     hgrun = f"{sys.executable} -m hgrun.cli.main"
     loop = f'while read x; do {hgrun} run -a {name} {{}} echo "$x"; done < {items}'
     swallowed = subprocess.run(
-        ["bash", "-c", loop.format("")], capture_output=True, env=cli_env(cli), timeout=120
+        ["bash", "-c", loop.format("")], capture_output=True, env=cli.env(), timeout=120
     )
     assert text(swallowed.stdout) == "a\n"  # the run read b and c: the loop ended
     assert "a `while read` loop?" in text(swallowed.stderr)
     assert "-n/--no-stdin" in text(swallowed.stderr)
     kept = subprocess.run(
-        ["bash", "-c", loop.format("-n")], capture_output=True, env=cli_env(cli), timeout=120
+        ["bash", "-c", loop.format("-n")], capture_output=True, env=cli.env(), timeout=120
     )
     assert text(kept.stdout) == "a\nb\nc\n"
     assert "while read" not in text(kept.stderr)

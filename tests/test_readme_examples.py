@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from apps import deploy_busybox_app, text, unique, write_busybox_app
-from conftest import Cli
+from support.apps import deploy_busybox_app, unique, write_busybox_app
+from support.cli import Cli, text
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 MARKER = re.compile(r"<!-- readme-test: ([a-z0-9-]+) -->\n```\n(.*?)```", re.S)

@@ -2,9 +2,9 @@
 
 bash splits the line at ``:`` (it is in ``COMP_WORDBREAKS``), so click's own bash script hands
 click the words ``config``, ``:``, ``u`` and nothing completes. This script splits the line
-itself, at blanks only, up to the cursor; click completes the whole word, and the part before
-the word bash will replace is taken off each answer (what bash-completion's
-``__ltrim_colon_completions`` does). zsh does not split at colons; click's zsh script escapes
+itself, at blanks only, up to the cursor; click completes the whole word, and the part up to
+the word's last ``:`` or ``=``, which readline does not replace, is taken off each answer (what
+bash-completion's ``__ltrim_colon_completions`` does). zsh does not split at colons; click's zsh script escapes
 them for ``_describe``.
 """
 
@@ -21,8 +21,9 @@ _SOURCE_BASH = """\
     local cword=$(( ${#words[@]} - 1 ))
     [[ -z "$line" || "$line" == *[[:blank:]] ]] && cword=${#words[@]}
     local cur="${words[cword]}"
-    # What bash replaces is its own current word (after the last colon): drop the rest.
-    local prefix="${cur%%"${COMP_WORDS[COMP_CWORD]}"}"
+    # Readline replaces only the text after the word's last ':' or '=' (COMP_WORDBREAKS), so
+    # that part of each answer is dropped (as bash-completion's __ltrim_colon_completions).
+    local prefix="${cur%%"${cur##*[:=]}"}"
     local response
     response=$(env COMP_WORDS="${words[*]}" COMP_CWORD=$cword %(complete_var)s=bash_complete $1)
     for completion in $response; do
