@@ -4,8 +4,8 @@ bash splits the line at ``:`` (it is in ``COMP_WORDBREAKS``), so click's own bas
 click the words ``config``, ``:``, ``u`` and nothing completes. This script splits the line
 itself, at blanks only, up to the cursor; click completes the whole word, and the part up to
 the word's last ``:`` or ``=``, which readline does not replace, is taken off each answer (what
-bash-completion's ``__ltrim_colon_completions`` does). zsh does not split at colons; click's zsh script escapes
-them for ``_describe``.
+bash-completion's ``__ltrim_colon_completions`` does). zsh does not split at colons; click's
+zsh script escapes them for ``_describe``.
 """
 
 from __future__ import annotations
