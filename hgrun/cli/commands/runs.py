@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from hgrun.cli import appdir, runargs, uploads, views
+from hgrun.cli.client import cli_hint
 from hgrun.cli.options import (
     Context,
     app_name_or_here,
@@ -30,7 +31,7 @@ from hgrun.cli.options import (
 )
 from hgrun.cli.output import duration
 from hgrun.cli.terminal import Terminal
-from hgrun.errors import HgrunError, InputError
+from hgrun.errors import AuthError, ForbiddenError, HgrunError, InputError
 from hgrun.models import SIZES, RunStatus, TriggerKind
 
 
@@ -313,6 +314,8 @@ def attach_run(ctx: Context, run_id: int, tty: bool, terminal: Terminal | None =
                 url, settings.headers(), terminal or ctx.terminal, tty=tty, run_id=run_id
             )
         )
+    except (AuthError, ForbiddenError) as e:
+        raise cli_hint(e, settings) from None
     except KeyboardInterrupt:
         # Without a TTY, Ctrl-C is ours: stop the remote command too, as `docker run` does.
         with contextlib.suppress(HgrunError):
