@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.apps import BUSYBOX_IMAGE, deploy_busybox_app, unique
+from support.apps import BUSYBOX_IMAGE, deploy_busybox_app, unique, write_busybox_app
 from support.cli import Cli, check, text
 
 from hgrun.cli.runargs import Split, split_after_command
@@ -221,8 +221,10 @@ def test_run_runs_the_live_release_and_says_when_the_folder_differs(
     cli: Cli, tmp_path: Path, busybox_image: str
 ) -> None:
     root = tmp_path / "live"
-    name = deploy_busybox_app(cli, root, unique("live"))
+    name = unique("live")
+    write_busybox_app(root, name, manifest_extra="scripts:\n  note:\n    command: cat note.txt\n")
     (root / "note.txt").write_text("deployed\n")
+    check(cli("apps:create", name))
     check(cli("deploy", cwd=root))
     before = json.loads(check(cli("releases", "--json", cwd=root)))
     same = run(cli, root, "cat", "note.txt")
@@ -241,6 +243,8 @@ def test_run_runs_the_live_release_and_says_when_the_folder_differs(
     after = json.loads(check(cli("releases", "--json", cwd=root)))
     assert after == before  # --build made no release
     assert check(run(cli, root, "cat", "note.txt")) == "deployed\n"
+    # A script's run (cron's too: both take the app's latest release) runs the live release.
+    assert check(cli("scripts:run", "note", cwd=root, input=b"")) == "deployed\n"
 
 
 def test_a_broken_folder_does_not_block_the_live_release(

@@ -325,9 +325,10 @@ async def app_logs(server: Server, request: Request) -> Response:
                 since = assembler.pending_since()
                 whole = [line for line in batch if since is None or line.cursor < since]
                 batch = whole or batch
-            if not paged:
-                # Runs store output in batches: chunk order is not time order across runs. (A
-                # page keeps cursor order, so that the next page starts after its last line.)
+            if not paged and run_id is None:
+                # Runs store output in batches: chunk order is not time order across runs. (One
+                # run's lines, and a page, keep cursor order: the run's own order, and where the
+                # next page starts.)
                 batch.sort(key=lambda line: (line.time, line.cursor))
             if first and tail:
                 batch = batch[-tail:]
