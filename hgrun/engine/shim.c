@@ -45,7 +45,10 @@ static void say(const char *a, const char *b, const char *c) {
 static void run(char **argv) {
     execvp(argv[0], argv);
     int e = errno;
-    say(argv[0], ": ", strerror(e));
+    /* The same words as hgrun/execfailure.py gives docker-init's line on one host. */
+    if (e == ENOENT) say("command not found in the image: ", argv[0], "");
+    else if (e == EACCES) say("command not executable in the image: ", argv[0], " (permission denied)");
+    else say(argv[0], ": ", strerror(e));
     _exit(e == ENOENT ? 127 : 126);
 }
 
