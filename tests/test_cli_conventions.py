@@ -240,6 +240,10 @@ def test_run_runs_the_live_release_and_says_when_the_folder_differs(
     )
     built = run(cli, root, "--build", "cat", "note.txt")
     assert check(built) == "edited\n"
+    # The folder's Procfile comes with --build; the live release does not have its new type.
+    (root / "Procfile").write_text("hello: echo hello\nfresh: echo fresh from the folder\n")
+    assert check(run(cli, root, "--build", "-t", "fresh")) == "fresh from the folder\n"
+    assert "live release of" in text(run(cli, root, "-t", "fresh").stderr)
     after = json.loads(check(cli("releases", "--json", cwd=root)))
     assert after == before  # --build made no release
     assert check(run(cli, root, "cat", "note.txt")) == "deployed\n"

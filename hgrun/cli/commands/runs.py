@@ -144,7 +144,7 @@ def run(
         raise InputError(f"--size {size!r}: unknown size", f"sizes: {', '.join(SIZES)}")
     asked_timeout = duration_flag("--timeout", timeout) if timeout is not None else None
     entries = uploads.plan(files)
-    name, context_hash = _prepare_app(ctx, app_name, build)
+    name, built = _prepare_app(ctx, app_name, build)
     terminal = ctx.terminal
     if no_stdin:
         terminal = dataclasses.replace(terminal, stdin=None, stdin_isatty=False)
@@ -165,8 +165,8 @@ def run(
     }
     if process_type:
         body["type"] = process_type
-    if context_hash:
-        body["build"] = context_hash
+    if built is not None:
+        body["build"], body["procfile"] = built.context_hash, built.procfile_text
     run_info = ctx.api.post(f"/v1/apps/{name}/runs", body)
     run_id = run_info["id"]
     if (
@@ -218,8 +218,16 @@ def _hint_stdin_loop(ctx: Context) -> None:
             )
 
 
-def _prepare_app(ctx: Context, app_name: str | None, build: bool) -> tuple[str, str | None]:
-    """The app to run, and with --build the context hash of this folder's build.
+@dataclasses.dataclass(frozen=True)
+class _Built:
+    """What `--build` made: the folder's context (built) and its Procfile."""
+
+    context_hash: str
+    procfile_text: str
+
+
+def _prepare_app(ctx: Context, app_name: str | None, build: bool) -> tuple[str, _Built | None]:
+    """The app to run, and with --build what this folder's build is.
 
     Never deploys. From the folder of the app being run, when the folder differs from the live
     release, one line on stderr says so and how to act on it.
@@ -239,7 +247,7 @@ def _prepare_app(ctx: Context, app_name: str | None, build: bool) -> tuple[str, 
         from hgrun.cli.commands.deploy import build_context
 
         digest = build_context(ctx, app, quiet=not ctx.terminal.stderr_isatty)
-        return app.name, digest
+        return app.name, _Built(digest, app.procfile_text)
     if name is None:
         name = app_name_or_here(app_name)  # the manifest parsed whole (its errors are shown)
     if root is not None and appdir.quick_name(root) in (None, name):

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from hgrun.duration import parse_duration
 from hgrun.errors import CapacityError, ConflictError, ForbiddenError, InputError, NotFoundError
 from hgrun.models import ENV_NAME, SIZES, OutputChunk, RunStatus, Trigger, TriggerKind
-from hgrun.procfile import resolve_command
+from hgrun.procfile import parse_procfile, resolve_command
 from hgrun.server.api.requests import (
     field,
     int_param,
@@ -57,6 +57,16 @@ async def create_run(server: Server, request: Request) -> Response:
     release = server.store.latest_release(app.id)
     if release is None:
         raise NotFoundError(f"app {app.name!r} has no release yet", "run `hgrun deploy` first")
+    built = field(body, "build", str)
+    if built is not None:
+        # `hgrun run --build`: this run only uses the image built from the user's folder, and
+        # that folder's Procfile; the live release stays what cron and later runs use.
+        image = server.store.built_image(app.id, built)
+        if image is None:
+            raise NotFoundError(f"no image built from context {built[:12]}", "build it first")
+        procfile_text = field(body, "procfile", str, "") or ""
+        procfile = parse_procfile(procfile_text) if procfile_text.strip() else {}
+        release = dataclasses.replace(release, image=image, procfile=procfile)
     argv = field(body, "command", list, []) or []
     if not all(isinstance(a, str) for a in argv):
         raise InputError("field 'command' must be a list of strings")
@@ -65,20 +75,13 @@ async def create_run(server: Server, request: Request) -> Response:
         # `hgrun run --type worker ARGS`: the type must exist, never run as a command name.
         if process not in release.procfile:
             raise InputError(
-                f"the live release of {app.name} has no process type {process!r}",
+                f"the {'build' if built else 'live release'} of {app.name} has no process type"
+                f" {process!r}",
                 f"process types: {', '.join(release.procfile) or 'none (no Procfile)'}",
             )
         argv = [process, *argv]
     if not argv:
         raise InputError("field 'command' must be a non-empty list of strings")
-    built = field(body, "build", str)
-    if built is not None:
-        # `hgrun run --build`: this run only uses the image built from the user's folder; the
-        # live release stays what cron and later runs use.
-        image = server.store.built_image(app.id, built)
-        if image is None:
-            raise NotFoundError(f"no image built from context {built[:12]}", "build it first")
-        release = dataclasses.replace(release, image=image)
     env = field(body, "env", dict, {}) or {}
     for key, value in env.items():
         if not ENV_NAME.match(key):
