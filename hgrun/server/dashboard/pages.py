@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import urllib.parse
 import zoneinfo
 from typing import Any
 
@@ -103,8 +104,6 @@ class Filters:
 
     def query(self, **extra: Any) -> str:
         """The query string of these filters (and ``extra``), for links."""
-        import urllib.parse
-
         values = {
             "status": self.status.value if self.status else None,
             "trigger": self.trigger.value if self.trigger else None,
