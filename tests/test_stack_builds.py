@@ -89,6 +89,31 @@ APPS = {
         edit=("main.go", "hello from", "hi again from"),
         one_stage=False,
     ),
+    # A module dependency with no registry: vendored (`go mod vendor`), so nothing is fetched.
+    "go-vendored": StackApp(
+        stack="go",
+        marker="go.mod",
+        files={
+            "go.mod": "module example.com/hello\n\ngo 1.19\n\nrequire example.com/greet v1.0.0\n",
+            "vendor/modules.txt": (
+                "# example.com/greet v1.0.0\n## explicit; go 1.19\nexample.com/greet\n"
+            ),
+            "vendor/example.com/greet/greet.go": (
+                'package greet\n\nfunc Hello() string { return "hello from a vendored module" }\n'
+            ),
+            "main.go": (
+                'package main\n\nimport (\n\t"fmt"\n\n\t"example.com/greet"\n)\n\n'
+                'func main() { fmt.Println(greet.Hello(), "v1") }\n'
+            ),
+            "Procfile": "hello: hello\n",
+        },
+        images={"builder": "go", "base": BUSYBOX_IMAGE},
+        # No download with a vendor folder: the reused layer is the standard library's.
+        install="RUN go build -trimpath std",
+        says="hello from a vendored module v1",
+        edit=("main.go", "v1", "v2"),
+        one_stage=False,
+    ),
     "ruby": StackApp(
         stack="ruby",
         marker="Gemfile",
@@ -198,7 +223,7 @@ def run_stack_app(
     first = cli("deploy", cwd=root, timeout=900)
     err = first.stderr.decode()
     assert first.returncode == 0, err
-    assert f"detected {stack} ({app.marker})" in err
+    assert f"detected {app.stack} ({app.marker})" in err
     # The install step ran (the first build of this app's dependencies on this engine may
     # still find it cached from another test session: either way it is in the output).
     assert step_cached(err, app.install) is not None, err
@@ -237,7 +262,7 @@ def run_stack_app(
         assert before[:-1] == after[:-1] and before[-1] != after[-1]
 
 
-@pytest.mark.parametrize("stack", ["python", "node", "go", "ruby", "php"])
+@pytest.mark.parametrize("stack", ["python", "node", "go", "go-vendored", "ruby", "php"])
 def test_stack_deploys_runs_and_reuses_dependencies(
     stack: str,
     cli: Cli,
