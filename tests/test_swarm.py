@@ -28,7 +28,7 @@ import pytest
 from conftest import SCRIPTS, _script
 from support.api import Api
 from support.apps import unique, write_busybox_app
-from support.cli import Cli, check, run_id, text
+from support.cli import Cli, check, cli_popen, run_id, text
 from support.server import HgrunServer, free_port, instance_id
 from support.waits import wait_for
 
@@ -452,6 +452,35 @@ def test_with_a_registry_the_workers_pull_the_release_from_it(
     assert pulled and pulled <= {"n1", "n2", "n3"}
     # The manager pushed it (n1 has the tag it pushed); at least one worker pulled it.
     assert pulled & {"n2", "n3"}, pulled
+
+
+def test_a_burst_of_detached_runs_all_start_and_succeed(
+    swarm_cli: Cli, workers: HgrunServer, app_workers: Path
+) -> None:
+    # Each start copies the shim's go file in while the shim polls for it: a shim that removed
+    # the file under dockerd failed about one start in seven ("lchown /.hgrun-go").
+    procs = [
+        cli_popen(
+            swarm_cli,
+            "run",
+            "--detached",
+            "sh",
+            "-c",
+            f"echo burst-{i}",
+            cwd=app_workers,
+            server=workers,
+        )  # fmt: skip
+        for i in range(8)
+    ]
+    labels = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, text(err)
+        labels.append(text(out).strip())
+    with Api(workers) as api:
+        for label in labels:
+            info = api.finished_run(run_id(label), timeout=60)
+            assert (info["status"], info["exit_code"]) == ("succeeded", 0), info
 
 
 def test_file_uploads_reach_a_worker_before_the_command_starts(

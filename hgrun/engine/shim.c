@@ -7,7 +7,9 @@
  *   hgrun-shim [-g] [-f] -- COMMAND ARGS...
  *
  *   -g  wait for the start signal: the file /.hgrun-go, copied in by the engine (PUT archive)
- *       once the attach and the uploads are in place; it is removed, then COMMAND runs.
+ *       once the attach and the uploads are in place; then COMMAND runs. The file is left
+ *       there: dockerd still sets its owner and times after creating it, and removing it under
+ *       dockerd made the copy (and so the start) fail at random.
  *   -f  framed stdin: fd 0 carries frames [4-byte big-endian length][payload]; a frame of
  *       length 0 (or the end of fd 0) is EOF, and COMMAND's stdin (a pipe) is closed then.
  *       Without -f, COMMAND is exec'd in place and keeps fd 0 as it is (TTY or detached).
@@ -107,7 +109,6 @@ int main(int argc, char **argv) {
         struct stat st;
         struct timespec tick = {0, 5 * 1000 * 1000};
         while (stat(GO_FILE, &st) != 0) nanosleep(&tick, NULL);
-        unlink(GO_FILE);
     }
     if (!framed) run(cmd);
 

@@ -114,6 +114,7 @@ class SwarmEngine:
         self._images: set[tuple[str, str]] = set()  # (node id, image id) known to be there
         self._shim: tuple[str, str] | None = None
         self._pushed: dict[str, str] = {}  # image id -> its reference in the registry
+        self._image_locks: dict[str, threading.Lock] = {}
         # Every ready node must be reachable where it says (else attach would fail per run),
         # and the shim must build: both are bad configuration, told at start.
         for node in self._ready_nodes():
@@ -222,6 +223,10 @@ class SwarmEngine:
                 raise EngineError(f"cannot reach swarm node {node.name}: {e}") from e
             self._images.add((raw["ID"], image_id))
 
+    def _image_lock(self, image_id: str) -> threading.Lock:
+        with self._lock:
+            return self._image_locks.setdefault(image_id, threading.Lock())
+
     def _push(self, image_id: str) -> str:
         """Push the image to ``--registry`` (from the manager) and return the reference the
         nodes pull: REGISTRY/hgrun/release:<image id>@<digest> (a tag never names two images; a
@@ -284,11 +289,15 @@ class SwarmEngine:
         config = image.get("Config") or {}
         # By full image id (a node never pulls that), or by registry digest (it pulls that from
         # the registry once): never a name that could send a node to a public registry.
-        if self.registry:
-            spec = dataclasses.replace(spec, image=self._push(str(image["Id"])))
-        else:
-            self._spread(spec.image, str(image["Id"]))
-            spec = dataclasses.replace(spec, image=str(image["Id"]))
+        # One distribution of an image at a time: a burst of first runs of a release would
+        # otherwise push (or load) it once each, and concurrent pushes of one blob make the
+        # registry answer 500.
+        with self._image_lock(str(image["Id"])):
+            if self.registry:
+                spec = dataclasses.replace(spec, image=self._push(str(image["Id"])))
+            else:
+                self._spread(spec.image, str(image["Id"]))
+                spec = dataclasses.replace(spec, image=str(image["Id"]))
         argv = task_command(
             spec.command,
             config.get("Entrypoint"),
