@@ -49,7 +49,7 @@ _TOP_KEYS = ("name", "build", "env", "size", "network", "scripts", "placement")
 # A Swarm placement constraint (Docker docs, "docker service create --constraint"): a node or
 # engine attribute, == or !=, a value.
 PLACEMENT = re.compile(r"^(node|engine)\.[A-Za-z0-9_.-]+ *(==|!=) *[^ =!]\S*$")
-_BUILD_KEYS = ("dockerfile", "stack", "base", "builder")
+_BUILD_KEYS = ("dockerfile", "stack", "base", "builder", "network")
 _SCRIPT_KEYS = (
     "command",
     "process",
@@ -387,7 +387,10 @@ class _Reader:
                     hint=f"set the image in your Dockerfile's FROM line, and remove {key}",
                 )
             images[key] = image
-        return Build(dockerfile=dockerfile, stack=stack, **images)
+        network = None
+        if "network" in items:
+            network = self.network(items["network"][1], (*path, "network"))
+        return Build(dockerfile=dockerfile, stack=stack, network=network, **images)
 
     def env(self, node: Node) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -419,8 +422,7 @@ class _Reader:
     def size(self, node: Node, path: KeyPath) -> str:
         return self.choice(node, path, SIZES)
 
-    def network(self, node: Node) -> str:
-        path: KeyPath = ("network",)
+    def network(self, node: Node, path: KeyPath = ("network",)) -> str:
         value = self.string(node, path, example="none")
         if not NETWORK_NAME.match(value):
             raise self.error(

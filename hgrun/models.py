@@ -132,6 +132,7 @@ class Build:
     stack: str | None = None  # one of hgrun.stacks.ORDER, when named in the manifest
     base: str | None = None
     builder: str | None = None  # the image of the build stage (compiled stacks, php)
+    network: str | None = None  # the build's network; None: the app's network
 
 
 @dataclasses.dataclass(frozen=True)

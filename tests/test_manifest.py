@@ -84,6 +84,10 @@ def test_full_example() -> None:
         ("name: a\nbuild: {dockerfile: docker/Dockerfile.prod}", lambda m: m.build.dockerfile),
         ("name: a\nbuild: {base: debian:bookworm}", lambda m: m.build.base == "debian:bookworm"),
         (
+            "name: a\nnetwork: none\nbuild: {network: default}",
+            lambda m: (m.network, m.build.network) == ("none", "default"),
+        ),
+        (
             "name: a\nbuild: {stack: go, builder: golang:1.22}",
             lambda m: (m.build.stack, m.build.builder) == ("go", "golang:1.22"),
         ),
@@ -199,6 +203,13 @@ ERRORS = [
         "FROM",
     ),
     ("name: a\nbuild:\n  builder: 'a b'", 3, 12, 'build.builder: "a b" is not an image name', None),
+    (
+        "name: a\nbuild:\n  network: 'a b'",
+        3,
+        12,
+        'build.network: "a b" is not a network name',
+        "use none, host",
+    ),
     (
         "name: a\nbuild:\n  dockerfile: ../Dockerfile",
         3,

@@ -286,3 +286,23 @@ def test_slow_stack_deploys_runs_and_reuses_dependencies(
     if not stack_image_cached(stack):
         pytest.skip(f"hgrun/{stack}:bookworm is not cached: make it with scripts/images --{stack}")
     run_stack_app(stack, cli, stack_image, docker_client, tmp_path)
+
+
+def test_build_network_is_the_builds_not_the_apps(
+    cli: Cli, stack_image: Callable[[str], str], tmp_path: Path
+) -> None:
+    """build.network goes to the build (here one that does not exist, which the engine names);
+    the run's network stays the app's."""
+    app = APPS["python"]
+    name = f"stack-net-{uuid.uuid4().hex[:6]}"
+    root = write_app(tmp_path, name, app, {"base": stack_image("python")})
+    manifest = root / "hgrun.yaml"
+    manifest.write_text(manifest.read_text() + "  network: hgrun-test-no-such-net\n")
+    # A requirements.txt of its own, so the install step runs (a cached step runs nothing).
+    (root / "requirements.txt").write_text(f"# {name}\n")
+    assert cli("apps:create", name).returncode == 0
+    done = cli("deploy", cwd=root, timeout=900)
+    err = done.stderr.decode()
+    assert done.returncode != 0
+    assert "hgrun-test-no-such-net" in err, err
+    assert "error: the build failed at step" in err, err

@@ -25,8 +25,8 @@ _ADD_USER = (
 )
 _RUN_AS = f"USER {UID}:{UID}"
 _NETWORK_HINT = (
-    "the build runs on the app's network (hgrun.yaml network:; none has no network): "
-    "use network: host, or vendor the dependencies"
+    "the build runs on the app's network (none unless hgrun.yaml says otherwise): set "
+    "build.network: default (the engine's, as docker build has) or host, or vendor them"
 )
 
 

@@ -115,12 +115,14 @@ def build(ctx: Context, app: appdir.AppDir, *, quiet: bool = False) -> tuple[str
         if not quiet:
             out.info(f"Building {app.name} (context {digest[:12]}) ...")
         image = None
+        # Installing dependencies may need a network that runs should not have.
+        build_network = app.manifest.build.network or app.manifest.network
         live = ctx.terminal.stderr_isatty
         with BuildView(out, live=live, quiet=quiet, plan=app.plan) as view:
             for event in ctx.api.stream_lines(
                 "POST",
                 f"{base}/builds",
-                params={"network": app.manifest.network, "dockerfile": app.dockerfile},
+                params={"network": build_network, "dockerfile": app.dockerfile},
                 content=app.tar_chunks(),
                 headers={"X-Context-Hash": digest, "Content-Type": "application/x-tar"},
             ):
