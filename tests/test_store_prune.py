@@ -6,6 +6,10 @@ queued, starting or running is not history. Real SQLite, no Docker.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,3 +89,69 @@ def test_prune_of_a_script_never_touches_another_scripts_runs(store: Store) -> N
     assert store.prune_script_history(first.id, keep=1) == 2
     assert [r.id for r in store.script_runs(second.id)] == [r.id for r in reversed(theirs)]
     assert [r.id for r in store.script_runs(first.id)] == [mine[-1].id]
+
+
+# -- one-off runs: retention in bounded passes and transactions ------------------------------
+
+
+class CountingStore(Store):
+    """A store that counts its write transactions (our own seam, for the batching)."""
+
+    transactions = 0
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self.transactions += 1
+        with super()._tx() as db:
+            yield db
+
+
+def _finished_one_offs(store: Store, app: App, release: Release, n: int, first: float) -> list[int]:
+    """``n`` one-off runs that succeeded at ``first``, ``first + 1``...; 100 bytes of output
+    each."""
+    ids = []
+    for i in range(n):
+        run = new_run(store, app, release)
+        store.append_output(run.id, app.id, [(1, 1.0, b"x" * 100)])
+        store.mark_starting(run.id)
+        store.mark_running(run.id, started=first + i - 0.5)
+        store.record_outcome(run.id, Outcome(RunStatus.SUCCEEDED, 0), finished=first + i)
+        ids.append(run.id)
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("batch_bytes", "per_transaction"),
+    # A run weighs its output plus one (its row): 101 here. A transaction takes runs while the
+    # total stays within batch_bytes, and always at least one.
+    [(100, 1), (200, 1), (201, 2), (301, 2), (302, 3), (10**9, 7)],
+)
+def test_prune_runs_packs_deletions_into_transactions_of_batch_bytes(
+    tmp_path: Path, batch_bytes: int, per_transaction: int
+) -> None:
+    store = CountingStore(tmp_path / "hgrun.db", clock=lambda: 1000.0)
+    store.ensure_workspace("default")
+    app, release = app_with_release(store)
+    _finished_one_offs(store, app, release, 7, first=100.0)
+    store.transactions = 0
+    assert store.prune_runs(keep=0, older_than=0.0, batch_bytes=batch_bytes) == 7
+    assert store.transactions == math.ceil(7 / per_transaction)
+    assert store.runs("default") == []
+
+
+def test_prune_runs_stops_at_its_limit_across_apps_and_ages(store: Store) -> None:
+    first, release_a = app_with_release(store, "first")
+    second, release_b = app_with_release(store, "second")
+    a = _finished_one_offs(store, first, release_a, 3, first=100.0)
+    b = _finished_one_offs(store, second, release_b, 3, first=200.0)
+    # By count (keep 0): the first app's three fill most of the limit of 4, the second's one.
+    assert store.prune_runs(keep=0, older_than=0.0, limit=4) == 4
+    assert sorted(r.id for r in store.runs("default")) == b[1:]
+    assert store.prune_runs(keep=0, older_than=0.0, limit=4) == 2
+    # By age, once the count has taken its share of the limit: keep 1 of each app, then the
+    # oldest finished (by their finish) up to the limit.
+    c = _finished_one_offs(store, first, release_a, 3, first=300.0)
+    d = _finished_one_offs(store, second, release_b, 1, first=50.0)
+    assert store.prune_runs(keep=1, older_than=10**9, limit=3) == 3
+    left = sorted(r.id for r in store.runs("default"))
+    assert left == [c[2]], (a, b, c, d, left)
