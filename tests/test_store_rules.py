@@ -1,0 +1,26 @@
+"""Store rules that mutation testing found unguarded (docs/testing.md, "Mutation testing"):
+a run created final (skipped) is finished at once, one created active is not. Real SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support.store import app_with_release, new_run, new_store
+
+from hgrun.models import RunStatus
+
+
+@pytest.mark.parametrize(
+    ("status", "finished"),
+    [(RunStatus.QUEUED, None), (RunStatus.STARTING, None), (RunStatus.SKIPPED, 1000.0)],
+    ids=str,
+)
+def test_a_run_created_final_is_finished_at_once(
+    tmp_path: Path, status: RunStatus, finished: float | None
+) -> None:
+    store = new_store(tmp_path / "hgrun.db", clock=lambda: 1000.0)
+    app, release = app_with_release(store)
+    run = new_run(store, app, release, status=status)
+    assert (run.status, run.finished, run.created) == (status, finished, 1000.0)
+    assert store.run(run.id).finished == finished
