@@ -30,7 +30,10 @@ def parse_duration(text: str | int | float) -> float:
         # bool is an int subclass; "timeout: yes" is a mistake, not one second.
         raise ValueError("expected a duration, not a boolean")
     if isinstance(text, int | float):
-        return _positive(float(text))
+        try:
+            return _positive(float(text))
+        except OverflowError:  # an int past 1.8e308: float() refuses it
+            raise ValueError("a duration must be a finite number") from None
     if not isinstance(text, str):
         raise ValueError(f"expected a duration, not {type(text).__name__}")
     s = text.strip()

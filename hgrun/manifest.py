@@ -98,8 +98,20 @@ def parse_manifest(
     from the app's files is the CLI's job at deploy time.
 
     Raises :class:`ManifestError` for YAML syntax errors and for any invalid content, located at
-    the offending node as ``file:line:col`` with the key path in the message.
+    the offending node as ``file:line:col`` with the key path in the message; a document nested
+    deeper than the interpreter can walk (PyYAML's composer recurses once per level) too.
     """
+    try:
+        return _parse_manifest(text, file, procfile)
+    except RecursionError as e:
+        raise ManifestError(
+            "the manifest nests too deep",
+            file=file,
+            hint="a manifest is a few levels of keys; check for runaway brackets or dashes",
+        ) from e
+
+
+def _parse_manifest(text: str, file: str, procfile: Mapping[str, str] | None) -> Manifest:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:

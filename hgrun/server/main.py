@@ -21,6 +21,7 @@ from hgrun.errors import HgrunError, InputError
 from hgrun.models import Scope
 from hgrun.server.api import Server, build_app, stderr_tail
 from hgrun.server.auth import new_token
+from hgrun.server.connections import HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD, guarded_protocol
 from hgrun.server.notifier import Notifier, Targets
 from hgrun.server.retention import Pruner, Retention
 from hgrun.server.scheduler import Scheduler
@@ -129,6 +130,7 @@ def serve(
     placement_timeout: float = 60.0,
     retention: Retention | None = None,
     registry: str | None = None,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> None:
     """Run the server until SIGTERM or SIGINT; runs in flight are taken up at the next start."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -212,6 +214,10 @@ def serve(
         lifespan="on",
         timeout_graceful_shutdown=5,
         ws_max_size=16 * 1024 * 1024,
+        # Checked before any request reaches the app: see hgrun.server.connections.
+        http=guarded_protocol(MAX_HEAD, HEAD_TIMEOUT),
+        limit_concurrency=max_connections + 1,  # uvicorn counts the new connection too
+        h11_max_incomplete_event_size=MAX_HEAD,
     )
     try:
         uvicorn.Server(config).run()

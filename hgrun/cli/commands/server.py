@@ -65,6 +65,13 @@ from hgrun.errors import InputError
     type=click.IntRange(0),
     help="Finished one-off runs older than this many days are deleted.",
 )
+@click.option(
+    "--max-connections",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Connections open at once; beyond it requests get 503 with Retry-After.",
+)
 @click.option("--notify-webhook", help="Also POST every script notification here.")
 @click.option("--notify-email", multiple=True, help="Also mail every notification here.")
 @click.option("--smtp-url", help="SMTP server for email, e.g. smtp://127.0.0.1:25.")
@@ -87,6 +94,7 @@ def server(
     max_output: int,
     keep_runs: int,
     keep_days: int,
+    max_connections: int,
     notify_webhook: str | None,
     notify_email: tuple[str, ...],
     smtp_url: str | None,
@@ -133,6 +141,7 @@ def server(
             max_output=max_output * 1024 * 1024, keep_runs=keep_runs, keep_days=keep_days
         ),
         registry=registry,
+        max_connections=max_connections,
     )
 
 

@@ -49,6 +49,7 @@ class Server:
     clock: Callable[[], float] = time.time
     scheduler_ticks: Callable[[], int] = lambda: 0  # how often the cron loop has ticked
     workers: Workers = dataclasses.field(default_factory=Workers)
+    uploading: set[int] = dataclasses.field(default_factory=set)  # runs taking an upload now
 
 
 def build_app(server: Server) -> Starlette:

@@ -14,6 +14,7 @@ from starlette.websockets import WebSocket
 
 from hgrun.models import Run
 from hgrun.relay import server as relay
+from hgrun.server.api.requests import path_id
 from hgrun.server.auth import authenticate
 from hgrun.server.supervisor import Finished, Output, RunSession, Subscriber, Supervisor
 from hgrun.store import Store
@@ -28,7 +29,7 @@ def endpoint(server: Server) -> Callable[[WebSocket], Awaitable[None]]:
 
     def admit(websocket: WebSocket) -> relay.Opener:
         principal = authenticate(server.store, websocket.headers)
-        run = server.store.run(websocket.path_params["run_id"], principal.workspace)
+        run = server.store.run(path_id(websocket, "run_id"), principal.workspace)
         if run.script_id is None or not principal.may_trigger(run.script_id):
             # A trigger token runs its scripts attached (`hgrun scripts:run`); else: run scope.
             principal.require("run")

@@ -1,4 +1,9 @@
-"""The OpenAPI 3.1 document of the API, made from the route table so the two cannot drift."""
+"""The OpenAPI 3.1 document of the API, made from the route table so the two cannot drift.
+
+Every route declares its parameters (typed, with the bounds the handlers enforce), its body and
+the schema of each response; :data:`OPERATIONS` is keyed by the route table's method and path,
+and :func:`document` fails on a route it does not describe (a test builds the document).
+"""
 
 from __future__ import annotations
 
@@ -6,36 +11,310 @@ from collections.abc import Iterable
 from typing import Any
 
 from hgrun import __version__
-from hgrun.server.api.requests import RouteSpec
+from hgrun.models import SIZES, RunStatus, Scope, TriggerKind
+from hgrun.server.api.requests import MAX_INT, RouteSpec
 
 PUBLIC = ("/v1/health", "/v1/openapi.json")
 """The paths that need no token."""
 
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(required: bool = True, **properties: Schema) -> Schema:
+    """An object with exactly these ``properties`` (all of them present when ``required``)."""
+    schema: Schema = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(properties)
+    return schema
+
+
+def _null(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+STR: Schema = {"type": "string"}
+INT: Schema = {"type": "integer"}
+NUM: Schema = {"type": "number"}
+BOOL: Schema = {"type": "boolean"}
+STRS: Schema = {"type": "array", "items": STR}
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": _obj(error=STR, message=STR, hint=_null(STR)),
+    "Health": _obj(status=STR, version=STR, scheduler=_obj(ticks=INT)),
+    "App": _obj(id=INT, name=STR, created=NUM),
+    "Release": _obj(
+        id=INT,
+        version=INT,
+        image=STR,
+        context_hash=STR,
+        process_types=STRS,
+        env_keys=STRS,
+        description=STR,
+        created=NUM,
+    ),
+    "Run": _obj(
+        id=INT,
+        label=STR,
+        app=_null(STR),
+        release=INT,
+        command=STRS,
+        process_type=_null(STR),
+        tty=BOOL,
+        detached=BOOL,
+        size=STR,
+        timeout=NUM,
+        env_keys=STRS,
+        trigger=_obj(kind=STR, name=STR),
+        script=_null(STR),
+        parent_run=_null(INT),
+        status={"type": "string", "enum": [s.value for s in RunStatus]},
+        exit_code=_null(INT),
+        node=_null(STR),
+        oom=BOOL,
+        error=_null(STR),
+        created=NUM,
+        started=_null(NUM),
+        finished=_null(NUM),
+        duration=_null(NUM),
+    ),
+    "Script": _obj(
+        id=INT,
+        app=STR,
+        name=STR,
+        command=_null(STR),
+        process=_null(STR),
+        cron=_null(STR),
+        timezone=STR,
+        next_fire=_null(NUM),
+        concurrency=STR,
+        catchup=STR,
+        timeout=NUM,
+        size=_null(STR),
+        history=INT,
+        notify={"type": "object"},
+        last_run=_null(_ref("Run")),
+    ),
+    "Token": _obj(name=STR, scope=STR, script=_null(STR), created=NUM),
+    "AuditRecord": _obj(
+        id=INT,
+        time=NUM,
+        run=_null(INT),
+        action=STR,
+        payload=_null({"type": "object"}),
+        problem=_null(STR),
+    ),
+    "Config": {"type": "object", "additionalProperties": STR},
+}
+
+
+def _list(name: str) -> Schema:
+    return {"type": "array", "items": _ref(name)}
+
+
+def _query(name: str, schema: Schema, description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, **(
+        {"description": description} if description else {}
+    )}  # fmt: skip
+
+
+def _count(maximum: int) -> Schema:
+    return {"type": "integer", "minimum": 0, "maximum": maximum}
+
+
+ID: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_INT}
+FLAG: Schema = {"type": "string", "enum": ["1", "0", "true", "false"]}
+NDJSON = {"application/x-ndjson": {"schema": STR}}
+TAR = {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def _json_body(schema: Schema, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+def _operations() -> dict[tuple[str, str], dict[str, Any]]:
+    """What each route takes and answers, beyond its summary: keyed by (method, path)."""
+    from hgrun.server.api.runs import MAX_LOG_LINES, MAX_RUNS_PAGE, MAX_STDERR_TAIL
+    from hgrun.server.api.scripts import MAX_SCRIPT_RUNS_PAGE
+    from hgrun.server.api.tokens import MAX_AUDIT_PAGE
+
+    env = {"type": "object", "additionalProperties": STR}
+    return {
+        ("GET", "/v1/health"): {"200": _ref("Health")},
+        ("GET", "/v1/openapi.json"): {"200": {"type": "object"}},
+        ("GET", "/v1/apps"): {"200": _list("App")},
+        ("POST", "/v1/apps"): {
+            "body": _json_body(_obj(name=STR)),
+            "201": _ref("App"),
+        },
+        ("GET", "/v1/apps/{app}"): {
+            "200": {"allOf": [_ref("App"), _obj(release=_null(_ref("Release")))]}
+        },
+        ("GET", "/v1/apps/{app}/config"): {"200": _ref("Config")},
+        ("PATCH", "/v1/apps/{app}/config"): {
+            "body": _json_body({"type": "object", "additionalProperties": _null(STR)}),
+            "200": _ref("Config"),
+        },
+        ("GET", "/v1/apps/{app}/builds/{hash}"): {"200": _obj(context_hash=STR, image=STR)},
+        ("POST", "/v1/apps/{app}/builds"): {
+            "params": [
+                {
+                    "name": "X-Context-Hash",
+                    "in": "header",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                },
+                _query("network", STR),
+                _query("dockerfile", STR),
+            ],
+            "body": {"required": True, "content": TAR},
+            "200": NDJSON,
+        },
+        ("GET", "/v1/apps/{app}/releases"): {"200": _list("Release")},
+        ("POST", "/v1/apps/{app}/releases"): {
+            "body": _json_body(
+                _obj(required=False, context_hash=STR, procfile=_null(STR), manifest=STR)
+            ),
+            "200": {"allOf": [_ref("Release"), _obj(unchanged=BOOL)]},
+            "201": _ref("Release"),
+        },
+        ("POST", "/v1/apps/{app}/runs"): {
+            "body": _json_body(
+                _obj(
+                    required=False,
+                    command={"type": "array", "items": STR, "minItems": 1},
+                    env=_null(env),
+                    size=_null({"type": "string", "enum": list(SIZES)}),
+                    timeout=_null({"anyOf": [STR, {"type": "number", "exclusiveMinimum": 0}]}),
+                    detached=_null(BOOL),
+                    tty=_null(BOOL),
+                    uploads=_null(BOOL),
+                )
+            ),
+            "201": _ref("Run"),
+        },
+        ("GET", "/v1/apps/{app}/runs"): {
+            "params": [
+                _query("status", {"type": "string", "enum": [s.value for s in RunStatus]}),
+                _query("active", FLAG),
+                _query("trigger", {"type": "string", "enum": [t.value for t in TriggerKind]}),
+                _query("limit", _count(MAX_RUNS_PAGE)),
+            ],
+            "200": _list("Run"),
+        },
+        ("GET", "/v1/apps/{app}/logs"): {
+            "params": [
+                _query("run", ID),
+                _query("limit", _count(MAX_LOG_LINES)),
+                _query("tail", _count(MAX_LOG_LINES)),
+                _query("after", ID, "the cursor of the last line read"),
+                _query("follow", FLAG),
+            ],
+            "200": NDJSON,
+        },
+        ("GET", "/v1/runs/{run_id}"): {
+            "params": [_query("stderr_tail", _count(MAX_STDERR_TAIL))],
+            "200": {"allOf": [_ref("Run"), _obj(required=False, stderr_tail=STRS)]},
+        },
+        ("POST", "/v1/runs/{run_id}/stop"): {"200": _ref("Run")},
+        ("PUT", "/v1/runs/{run_id}/files"): {
+            "body": {"required": True, "content": TAR},
+            "200": _obj(run=INT, bytes=INT),
+        },
+        ("GET", "/v1/apps/{app}/scripts"): {"200": _list("Script")},
+        ("POST", "/v1/scripts/{script_id}/runs"): {
+            "params": [
+                _query("detached", FLAG),
+                _query("tty", FLAG),
+                _query("via", {"type": "string", "enum": ["api", "cli"]}),
+            ],
+            "body": _json_body({}, required=False),
+            "201": _ref("Run"),
+        },
+        ("GET", "/v1/scripts/{script_id}/runs"): {
+            "params": [
+                _query("limit", _count(MAX_SCRIPT_RUNS_PAGE)),
+                _query("before", ID),
+            ],
+            "200": _list("Run"),
+        },
+        ("GET", "/v1/tokens"): {"200": _list("Token")},
+        ("POST", "/v1/tokens"): {
+            "body": _json_body(
+                _obj(
+                    required=False,
+                    name=STR,
+                    scope={"type": "string", "enum": [s.value for s in Scope]},
+                    script=_null(STR),
+                )
+            ),
+            "201": {"allOf": [_ref("Token"), _obj(token=STR)]},
+        },
+        ("DELETE", "/v1/tokens/{name}"): {"200": _obj(name=STR, revoked=BOOL)},
+        ("GET", "/v1/audit"): {
+            "params": [_query("run", ID), _query("limit", _count(MAX_AUDIT_PAGE))],
+            "200": _list("AuditRecord"),
+        },
+    }
+
+
+def _response(schema: Schema) -> dict[str, Any]:
+    if schema is NDJSON:
+        return {"description": "NDJSON, one JSON object a line", "content": NDJSON}
+    return {"description": "OK", "content": {"application/json": {"schema": schema}}}
+
 
 def document(routes: Iterable[RouteSpec]) -> dict[str, Any]:
-    """The document for ``routes`` plus the attach WebSocket (not a plain route)."""
+    """The document for ``routes`` plus the attach WebSocket (not a plain route).
+
+    Raises KeyError for a route :func:`_operations` does not describe.
+    """
+    operations = _operations()
     paths: dict[str, dict[str, Any]] = {}
     for method, path, _handler, summary in routes:
         clean = path.replace(":int", "")
+        spec = operations[(method, clean)]
         params = [
-            {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
-            for part in clean.split("/")
+            {
+                "name": part[1:-1],
+                "in": "path",
+                "required": True,
+                "schema": ID if part.endswith(":int}") else STR,
+            }
+            for part in path.split("/")
             if part.startswith("{")
         ]
-        paths.setdefault(clean, {})[method.lower()] = {
+        for param in params:
+            param["name"] = param["name"].removesuffix(":int")
+        responses = {
+            status: _response(schema) for status, schema in spec.items() if status.isdigit()
+        }
+        responses["default"] = {"$ref": "#/components/responses/Error"}
+        operation: dict[str, Any] = {
             "summary": summary,
-            "parameters": params,
-            "responses": {"default": {"$ref": "#/components/responses/Error"}},
+            "operationId": method.lower() + "".join(c if c.isalnum() else "_" for c in clean),
+            "parameters": params + spec.get("params", []),
+            "responses": responses,
             **({} if path in PUBLIC else {"security": [{"bearer": []}]}),
         }
+        if "body" in spec:
+            operation["requestBody"] = spec["body"]
+        paths.setdefault(clean, {})[method.lower()] = operation
     paths["/v1/runs/{run_id}/attach"] = {
         "get": {
             "summary": "WebSocket attach; subprotocol v5.channel.k8s.io or v4.channel.k8s.io [run]",
-            "parameters": [
-                {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
-            ],
-            "responses": {"101": {"description": "Switching Protocols"}},
+            "operationId": "attach_run",
+            "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": ID}],
+            "responses": {
+                "101": {"description": "Switching Protocols"},
+                "default": {"$ref": "#/components/responses/Error"},
+            },
             "security": [{"bearer": []}],
+            # Not plain HTTP: fuzzers that follow the document leave it alone.
+            "x-websocket": True,
         }
     }
     return {
@@ -44,21 +323,11 @@ def document(routes: Iterable[RouteSpec]) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": SCHEMAS,
             "responses": {
                 "Error": {
-                    "description": "An error",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "error": {"type": "string"},
-                                    "message": {"type": "string"},
-                                    "hint": {"type": ["string", "null"]},
-                                },
-                            }
-                        }
-                    },
+                    "description": "An error: bad input (4xx) or the server's fault (5xx)",
+                    "content": {"application/json": {"schema": _ref("Error")}},
                 }
             },
         },

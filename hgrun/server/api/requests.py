@@ -12,10 +12,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 
-from hgrun.errors import HgrunError, InputError, PayloadTooLargeError
+from hgrun.errors import HgrunError, InputError, NotFoundError, PayloadTooLargeError
 from hgrun.models import App, Run
 from hgrun.server.auth import Principal, authenticate
 
@@ -66,10 +66,15 @@ def workspace_run(server: Server, caller: Principal, run_id: int) -> Run:
     return server.store.run(run_id, caller.workspace)
 
 
+MAX_INT = 2**63 - 1
+"""The largest whole number a query or path value may be: SQLite's INTEGER."""
+MAX_DIGITS = 19  # len(str(MAX_INT)): longer is refused before int() parses it
+
+
 async def body_bytes(request: Request, cap: int) -> bytes:
     """The whole body, refused with 413 as soon as it is known to be over ``cap`` bytes."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > cap:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > cap:
         raise PayloadTooLargeError(f"request body over {cap // 1024} KB")
     body = bytearray()
     async for chunk in request.stream():
@@ -79,13 +84,32 @@ async def body_bytes(request: Request, cap: int) -> bytes:
     return bytes(body)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (RFC 8259 section 6)")
+
+
+def parse_json(body: bytes, what: str = "request body") -> Any:
+    """``body`` as JSON: strict RFC 8259 (no NaN or Infinity), nesting bounded by the decoder.
+
+    Anything else is an :class:`InputError` naming ``what``; never a RecursionError.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what} is not UTF-8: {e.reason} at byte {e.start}") from e
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError as e:
+        # The C decoder stops at the interpreter's recursion limit (about 1,000 levels).
+        raise InputError(f"{what} nests too deep") from e
+    except ValueError as e:
+        raise InputError(f"{what} is not valid JSON: {e}") from e
+
+
 async def json_body(request: Request) -> dict[str, Any]:
     """The body as a JSON object (an empty body is ``{}``); anything else is a 400."""
     body = await body_bytes(request, MAX_JSON_BODY)
-    try:
-        value = json.loads(body or b"{}")
-    except ValueError as e:
-        raise InputError(f"request body is not valid JSON: {e}") from e
+    value = parse_json(body or b"{}")
     if not isinstance(value, dict):
         raise InputError("request body must be a JSON object")
     return value
@@ -102,10 +126,38 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], defaul
     raise InputError(f"field {name!r} must be {names}, not {type(value).__name__}")
 
 
-def int_param(value: str | None, name: str, default: int) -> int:
-    """A whole-number query parameter, ``default`` when absent."""
+def int_param(value: str | None, name: str, default: int, maximum: int = MAX_INT) -> int:
+    """A whole-number query parameter (ASCII digits only), ``default`` when absent.
+
+    Over ``maximum`` is a 400 naming the parameter and the bound, as is anything but digits
+    (``str.isdigit`` alone would take ``"²"``, which ``int()`` then refuses).
+    """
     if value is None:
         return default
-    if not value.isdigit():
-        raise InputError(f"query parameter {name!r} must be a whole number")
-    return int(value)
+    if not (value.isascii() and value.isdigit()) or len(value.lstrip("0")) > MAX_DIGITS:
+        raise InputError(
+            f"query parameter {name!r} must be a whole number from 0 to {maximum}, not {value!r}"
+        )
+    number = int(value)
+    if number > maximum:
+        raise InputError(f"query parameter {name!r} must be at most {maximum}, not {number}")
+    return number
+
+
+def bool_param(value: str | None, name: str, default: bool = False) -> bool:
+    """A yes/no query parameter: ``1``/``true`` or ``0``/``false`` (empty is ``default``)."""
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true"):
+        return True
+    if value.lower() in ("0", "false"):
+        return False
+    raise InputError(f"query parameter {name!r} must be 1, 0, true or false, not {value!r}")
+
+
+def path_id(request: HTTPConnection, name: str) -> int:
+    """The ``{name:int}`` path parameter; a number no row can have is a 404, not an overflow."""
+    value: int = request.path_params[name]
+    if value > MAX_INT:
+        raise NotFoundError(f"no {name.removesuffix('_id')} {value}")
+    return value

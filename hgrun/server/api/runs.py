@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import posixpath
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +19,12 @@ from hgrun.errors import CapacityError, ConflictError, ForbiddenError, InputErro
 from hgrun.models import ENV_NAME, SIZES, OutputChunk, RunStatus, Trigger, TriggerKind
 from hgrun.procfile import parse_procfile, resolve_command
 from hgrun.server.api.requests import (
+    bool_param,
     field,
     int_param,
     json_body,
     path_app,
+    path_id,
     principal,
     workspace_run,
 )
@@ -35,8 +38,10 @@ from hgrun.server.logs import (
     LogLine,
     tail_lines,
 )
+from hgrun.server.supervisor import UPLOAD_DIR_PARENT
 from hgrun.server.workers import run_in
 from hgrun.store import Store
+from hgrun.uploadtar import UploadFilter
 
 if TYPE_CHECKING:
     from hgrun.server.api import Server
@@ -48,6 +53,8 @@ MAX_LOG_LINES = 10_000  # the most lines one /logs call returns before following
 LOG_PAGE = 32  # chunks read at a time (a chunk is at most a few 100 KB)
 LOG_PAGE_LINES = 2000  # lines sent at a time while following
 MAX_STDERR_TAIL = 1000  # lines of GET /v1/runs/N?stderr_tail=
+MAX_RUNS_PAGE = 10_000  # runs of one GET /v1/apps/A/runs
+UPLOAD_DIR = "/tmp/uploads"  # where a run's --file uploads land
 
 
 async def create_run(server: Server, request: Request) -> Response:
@@ -165,7 +172,7 @@ async def list_runs(server: Server, request: Request) -> Response:
             raise InputError(
                 f"unknown status {word!r}", f"statuses: {', '.join(s.value for s in RunStatus)}"
             ) from e
-    if query.get("active"):
+    if bool_param(query.get("active"), "active"):
         statuses = [status for status in RunStatus if status.active]
     trigger = None
     if query.get("trigger"):
@@ -176,7 +183,7 @@ async def list_runs(server: Server, request: Request) -> Response:
                 f"unknown trigger {query['trigger']!r}",
                 f"triggers: {', '.join(t.value for t in TriggerKind)}",
             ) from e
-    limit = int_param(query.get("limit"), "limit", 50)
+    limit = int_param(query.get("limit"), "limit", 50, MAX_RUNS_PAGE)
     runs = server.store.runs(
         caller.workspace, app_id=app.id, statuses=statuses, trigger_kind=trigger, limit=limit
     )
@@ -185,7 +192,7 @@ async def list_runs(server: Server, request: Request) -> Response:
 
 async def get_run(server: Server, request: Request) -> Response:
     caller = authenticate(server.store, request.headers)
-    run = workspace_run(server, caller, request.path_params["run_id"])
+    run = workspace_run(server, caller, path_id(request, "run_id"))
     if not caller.may_read_run(run.script_id):
         raise ForbiddenError(
             f"token {caller.name!r} may not read {run.label}",
@@ -193,10 +200,10 @@ async def get_run(server: Server, request: Request) -> Response:
         )
     app = server.store.app_by_id(run.app_id)
     body = run_json(run, app.name)
-    tail = int_param(request.query_params.get("stderr_tail"), "stderr_tail", 0)
+    tail = int_param(request.query_params.get("stderr_tail"), "stderr_tail", 0, MAX_STDERR_TAIL)
     if tail:
         body["stderr_tail"] = await run_in(
-            server.workers.reads, stderr_tail, server.store, run.id, min(tail, MAX_STDERR_TAIL)
+            server.workers.reads, stderr_tail, server.store, run.id, tail
         )
     return JSONResponse(body)
 
@@ -215,7 +222,7 @@ def stderr_tail(store: Store, run_id: int, n: int) -> list[str]:
 
 async def stop_run(server: Server, request: Request) -> Response:
     caller = principal(server, request, "run")
-    run = workspace_run(server, caller, request.path_params["run_id"])
+    run = workspace_run(server, caller, path_id(request, "run_id"))
     if run.status.finished:
         raise ConflictError(f"{run.label} already ended ({run.status.value})")
     stopped = await server.supervisor.stop(
@@ -230,10 +237,32 @@ async def stop_run(server: Server, request: Request) -> Response:
 
 
 async def upload_files(server: Server, request: Request) -> Response:
+    """The run's ``--file`` tar, checked entry by entry on its way to the container
+    (:mod:`hgrun.uploadtar`); one upload per run, so two at once cannot double the cap."""
     caller = principal(server, request, "run")
-    run = workspace_run(server, caller, request.path_params["run_id"])
-    received = await server.supervisor.upload(run.id, request.stream())
-    return JSONResponse({"run": run.id, "bytes": received})
+    run = workspace_run(server, caller, path_id(request, "run_id"))
+    if run.id in server.uploading:
+        raise ConflictError(
+            f"an upload to {run.label} is already under way", "a run takes one upload"
+        )
+    upload = UploadFilter(
+        server.supervisor.limits.max_upload,
+        out_root=posixpath.relpath(UPLOAD_DIR, UPLOAD_DIR_PARENT),
+    )
+    server.uploading.add(run.id)
+    try:
+        await server.supervisor.upload(run.id, _checked(request.stream(), upload))
+    finally:
+        server.uploading.discard(run.id)
+    return JSONResponse({"run": run.id, "bytes": upload.received})
+
+
+async def _checked(body: AsyncIterator[bytes], upload: UploadFilter) -> AsyncIterator[bytes]:
+    """``body`` through ``upload``: only checked entries reach the engine."""
+    async for chunk in body:
+        if out := upload.feed(chunk):
+            yield out
+    yield upload.close()
 
 
 async def app_logs(server: Server, request: Request) -> Response:
@@ -251,15 +280,17 @@ async def app_logs(server: Server, request: Request) -> Response:
     run_id = int_param(query.get("run"), "run", 0) or None
     if run_id is not None:
         workspace_run(server, caller, run_id)
-    limit = int_param(query.get("limit"), "limit", DEFAULT_LOG_LINES)
-    tail = int_param(query.get("tail"), "tail", 0)
-    for name, value in (("limit", limit), ("tail", tail)):
-        if value > MAX_LOG_LINES:
+    lines_param = {}
+    for name, default in (("limit", DEFAULT_LOG_LINES), ("tail", 0)):
+        lines_param[name] = int_param(query.get(name), name, default)
+        if lines_param[name] > MAX_LOG_LINES:
             raise InputError(
-                f"{name} {value} is over the most lines one call returns ({MAX_LOG_LINES})",
+                f"query parameter {name!r}: {lines_param[name]} is over the most lines one call"
+                f" returns ({MAX_LOG_LINES})",
                 "page on with after=CURSOR (the cursor of the last line you have)",
             )
-    follow = query.get("follow") in ("1", "true")
+    limit, tail = lines_param["limit"], lines_param["tail"]
+    follow = bool_param(query.get("follow"), "follow")
     after = int_param(query.get("after"), "after", 0)
     if not tail and "after" not in query:
         tail = limit

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -10,13 +9,23 @@ from starlette.responses import JSONResponse, Response
 
 from hgrun.errors import ConflictError, ForbiddenError, InputError
 from hgrun.models import ScriptRecord
-from hgrun.server.api.requests import body_bytes, int_param, path_app
+from hgrun.server.api.requests import (
+    body_bytes,
+    bool_param,
+    int_param,
+    parse_json,
+    path_app,
+    path_id,
+)
 from hgrun.server.api.views import run_json, script_json
 from hgrun.server.auth import authenticate
 from hgrun.server.scripts import MAX_INPUT, parent_of, trigger_for
 
 if TYPE_CHECKING:
     from hgrun.server.api import Server
+
+
+MAX_SCRIPT_RUNS_PAGE = 1000  # runs of one GET /v1/scripts/N/runs
 
 
 def _script_json(server: Server, script: ScriptRecord, app_name: str):
@@ -39,7 +48,7 @@ async def list_scripts(server: Server, request: Request) -> Response:
 async def trigger_script(server: Server, request: Request) -> Response:
     """Start a script; the JSON body, if any, becomes HOSTINGGURU_RUN_INPUT in the container."""
     caller = authenticate(server.store, request.headers)
-    script = server.store.script(request.path_params["script_id"], caller.workspace)
+    script = server.store.script(path_id(request, "script_id"), caller.workspace)
     if not caller.may_trigger(script.id):
         raise ForbiddenError(
             f"token {caller.name!r} may not trigger script {script.name!r}",
@@ -48,16 +57,16 @@ async def trigger_script(server: Server, request: Request) -> Response:
     body = await body_bytes(request, MAX_INPUT)
     input_json = None
     if body.strip():
-        try:
-            json.loads(body)
-            # Byte for byte as sent (validated, never re-serialised): a signature over the
-            # body still verifies against HOSTINGGURU_RUN_INPUT.
-            input_json = body.decode("utf-8")
-        except ValueError as e:
-            raise InputError(f"the run input is not valid JSON: {e}") from e
+        parse_json(body, "the run input")
+        # Byte for byte as sent (validated, never re-serialised): a signature over the
+        # body still verifies against HOSTINGGURU_RUN_INPUT.
+        input_json = body.decode("utf-8")
     query = request.query_params
-    detached = query.get("detached", "1") not in ("0", "false")
-    via_api = query.get("via") != "cli"
+    detached = bool_param(query.get("detached"), "detached", True)
+    via = query.get("via")
+    if via not in (None, "cli", "api"):
+        raise InputError(f"query parameter 'via' must be cli or api, not {via!r}")
+    via_api = via != "cli"
     parent = parent_of(caller.name)
     run = await server.scripts.trigger(
         script,
@@ -65,7 +74,7 @@ async def trigger_script(server: Server, request: Request) -> Response:
         input_json=input_json,
         parent_run=parent,
         detached=detached,
-        tty=query.get("tty") in ("1", "true"),
+        tty=bool_param(query.get("tty"), "tty"),
     )
     if run is None:  # only for cron slots
         raise ConflictError("this slot already ran")
@@ -75,11 +84,11 @@ async def trigger_script(server: Server, request: Request) -> Response:
 
 async def list_script_runs(server: Server, request: Request) -> Response:
     caller = authenticate(server.store, request.headers)
-    script = server.store.script(request.path_params["script_id"], caller.workspace)
+    script = server.store.script(path_id(request, "script_id"), caller.workspace)
     if not caller.may_read_run(script.id):
         raise ForbiddenError(f"token {caller.name!r} may not read runs of {script.name!r}")
     query = request.query_params
-    limit = min(int_param(query.get("limit"), "limit", 50), 1000)
+    limit = int_param(query.get("limit"), "limit", 50, MAX_SCRIPT_RUNS_PAGE)
     before = int_param(query.get("before"), "before", 0) or None
     app = server.store.app_by_id(script.app_id)
     runs = server.store.script_runs(script.id, limit=limit, before=before)

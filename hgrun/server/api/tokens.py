@@ -18,6 +18,7 @@ from hgrun.server.scripts import RUN_TOKEN_PREFIX
 if TYPE_CHECKING:
     from hgrun.server.api import Server
 
+MAX_AUDIT_PAGE = 10_000  # records of one GET /v1/audit
 TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -83,6 +84,6 @@ async def audit_log(server: Server, request: Request) -> Response:
     caller = principal(server, request, "admin")
     query = request.query_params
     run_id = int_param(query.get("run"), "run", 0) or None
-    limit = min(int_param(query.get("limit"), "limit", 200), 10_000)
+    limit = int_param(query.get("limit"), "limit", 200, MAX_AUDIT_PAGE)
     records = server.audit.read(caller.workspace, run_id=run_id, limit=limit)
     return JSONResponse([audit_json(r) for r in records])

@@ -1,0 +1,238 @@
+"""Limits checked before authentication, and bad values that must be a JSON 4xx naming the field.
+
+Real sockets over loopback against a real ``hgrun server`` (issue 8, item 1): an oversized or
+endless request head, too many connections, a head that never ends; then malformed numbers,
+deep JSON, NaN and out-of-range parameters on the API of a deployed app.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from support.api import Api
+from support.apps import deploy_script_app, unique
+from support.cli import Cli
+from support.server import HgrunServer
+from support.waits import wait_for
+
+from hgrun.errors import ManifestError
+from hgrun.manifest import parse_manifest
+from hgrun.server.connections import HEAD_TIMEOUT, MAX_HEAD
+
+pytestmark = pytest.mark.docker
+
+MB = 1024 * 1024
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def _connect(server: HgrunServer) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    return sock
+
+
+def _response(sock: socket.socket) -> bytes:
+    """What the server sent until it closed the connection (or a reset ended it)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+@pytest.fixture(scope="module")
+def guarded(hgrun_server) -> HgrunServer:
+    """A server of its own (so its memory is ours to measure), with a cap of 3 connections."""
+    return hgrun_server("--max-connections", "3")
+
+
+def test_a_100_mb_header_is_refused_without_being_buffered(guarded: HgrunServer) -> None:
+    assert guarded.process is not None
+    before = _peak_rss(guarded.process.pid)
+    sock = _connect(guarded)
+    sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    sent, piece = 0, b"a" * MB
+    try:
+        while sent < 100 * MB:
+            sock.sendall(piece)
+            sent += len(piece)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    answer = _response(sock)
+    sock.close()
+    # The server closed the connection long before 100 MB (socket buffers take a few MB)...
+    assert sent < 32 * MB, sent
+    # ...answering 431 when the client could still read it (a reset may swallow the answer).
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    # ...and its memory did not grow by anything like the header.
+    grown = _peak_rss(guarded.process.pid) - before
+    assert grown < 16 * MB, grown
+    assert httpx.get(f"{guarded.url}/v1/health").status_code == 200
+
+
+@pytest.mark.parametrize("size", [MAX_HEAD + 1024, 2 * MAX_HEAD])
+def test_a_whole_head_over_the_cap_gets_431(guarded: HgrunServer, size: int) -> None:
+    sock = _connect(guarded)
+    sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+    answer = _response(sock)
+    sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert json.loads(body)["error"] == "header_too_large"
+
+
+def test_a_head_under_the_cap_with_its_body_passes(guarded: HgrunServer) -> None:
+    """A head near the cap and a body in the same read are not mistaken for a long head."""
+    response = httpx.post(
+        f"{guarded.url}/v1/apps",
+        headers={"X-Pad": "a" * (MAX_HEAD - 2048), "Authorization": f"Bearer {guarded.token}"},
+        content=json.dumps({"name": unique("pad"), "pad": "b" * 200_000}),
+    )
+    assert response.status_code == 201, response.text
+
+
+def test_over_the_connection_cap_requests_get_503_with_retry_after(guarded: HgrunServer) -> None:
+    held = [_connect(guarded) for _ in range(3)]
+    try:
+        response = httpx.get(f"{guarded.url}/v1/health")
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["error"] == "unavailable"
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for(
+        lambda: httpx.get(f"{guarded.url}/v1/health").status_code == 200,
+        timeout=10,
+        what="the server to take connections again",
+    )
+
+
+def test_a_head_never_finished_is_closed_with_408(guarded: HgrunServer) -> None:
+    sock = _connect(guarded)
+    start = time.monotonic()
+    sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+    answer = _response(sock)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert HEAD_TIMEOUT - 1 < time.monotonic() - start < HEAD_TIMEOUT + 10
+
+
+# -- malformed values: a JSON 4xx naming the field -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app(cli: Cli, busybox_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return deploy_script_app(
+        cli,
+        tmp_path_factory.mktemp("limits-app"),
+        unique("limits"),
+        "  echo:\n    command: cat /dev/null\n",
+    )
+
+
+def _error(response: httpx.Response, status: int, *words: str) -> None:
+    assert response.status_code == status, (response.status_code, response.text)
+    message = response.json()["message"]
+    for word in words:
+        assert word in message, (word, message)
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"command": ["true"], "timeout": 10**400}, ["timeout"]),
+        ({"command": ["true"], "timeout": "9" * 400}, ["timeout"]),
+        ({"command": ["true"], "timeout": "1e999"}, ["timeout"]),
+        ({"command": ["true"], "timeout": -1}, ["timeout"]),
+        ({"command": ["true"], "detached": "yes"}, ["detached"]),
+        ({"command": "true"}, ["command"]),
+        ({"command": ["true"], "env": {"A": 1}}, ["A"]),
+        ({"command": ["true"], "size": ["x"]}, ["size"]),
+    ],
+)
+def test_bad_run_fields_are_400_naming_the_field(
+    server: HgrunServer, app: str, body: dict, words: list[str]
+) -> None:
+    with Api(server) as api:
+        _error(api.http.post(f"/v1/apps/{app}/runs", content=json.dumps(body)), 400, *words)
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"[" * 200_000, ["nests too deep"]),
+        (b'{"command": ["true"], "timeout": NaN}', ["NaN"]),
+        (b'{"command": ["true"], "timeout": Infinity}', ["Infinity"]),
+        (b'{"command": ["true"], "timeout": -Infinity}', ["Infinity"]),
+        (b"\xff\xfe", ["UTF-8"]),
+    ],
+    ids=["deep", "nan", "inf", "-inf", "not-utf8"],
+)
+def test_bad_json_bodies_are_400(server: HgrunServer, app: str, content: bytes, words) -> None:
+    with Api(server) as api:
+        _error(api.http.post(f"/v1/apps/{app}/runs", content=content), 400, *words)
+
+
+def test_trigger_input_refuses_nan_and_deep_nesting(server: HgrunServer, app: str) -> None:
+    with Api(server) as api:
+        script = api.script_id(app, "echo")
+        for content in (b'{"x": NaN}', b"[1, Infinity]", b"[" * 60_000):
+            _error(api.trigger(script, content), 400, "the run input")
+        for params in ({"detached": "maybe"}, {"tty": "2"}, {"via": "user"}):
+            _error(api.trigger(script, b"", **params), 400, next(iter(params)))
+
+
+@pytest.mark.parametrize(
+    "path, params, status, words",
+    [
+        ("/v1/apps/{app}/runs", {"limit": "²"}, 400, ["limit"]),
+        ("/v1/apps/{app}/runs", {"limit": "١٢"}, 400, ["limit"]),
+        ("/v1/apps/{app}/runs", {"limit": "10001"}, 400, ["limit", "10000"]),
+        ("/v1/apps/{app}/runs", {"limit": "9" * 30}, 400, ["limit"]),
+        ("/v1/apps/{app}/runs", {"active": "banana"}, 400, ["active"]),
+        ("/v1/apps/{app}/logs", {"tail": "10001"}, 400, ["tail"]),
+        ("/v1/apps/{app}/logs", {"limit": "99999999999"}, 400, ["limit"]),
+        ("/v1/apps/{app}/logs", {"after": "-5"}, 400, ["after"]),
+        ("/v1/apps/{app}/logs", {"run": "9" * 25}, 400, ["run"]),
+        ("/v1/apps/{app}/logs", {"follow": "yes"}, 400, ["follow"]),
+        ("/v1/runs/1", {"stderr_tail": "1001"}, 400, ["stderr_tail"]),
+        ("/v1/runs/99999999999999999999", {}, 404, ["run"]),
+        ("/v1/scripts/99999999999999999999/runs", {}, 404, ["script"]),
+        ("/v1/audit", {"limit": "10001"}, 400, ["limit"]),
+        ("/v1/audit", {"run": "1e3"}, 400, ["run"]),
+    ],
+)
+def test_bad_query_values_are_4xx_naming_the_parameter(
+    server: HgrunServer, app: str, path: str, params: dict, status: int, words: list[str]
+) -> None:
+    with Api(server) as api:
+        if path == "/v1/runs/1":
+            run = api.http.post(
+                f"/v1/apps/{app}/runs", json={"command": ["true"], "detached": True}
+            )
+            path = f"/v1/runs/{run.json()['id']}"
+        _error(api.http.get(path.format(app=app), params=params), status, *words)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100_000, "- " * 5000 + "x", "name: x\nscripts: " + "{a: " * 3000, "a: &a [*a]"],
+    ids=["flow", "block", "mapping", "alias"],
+)
+def test_deep_yaml_is_a_manifest_error(text: str) -> None:
+    with pytest.raises(ManifestError):
+        parse_manifest(text)
