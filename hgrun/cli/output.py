@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -28,8 +29,44 @@ STATUS_STYLE = {
 }
 
 
+# C0 controls, DEL, C1 controls, and the invisible characters that reorder or break lines
+# (the bidirectional overrides of "Trojan Source", CVE-2021-42574; U+2028/U+2029).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def visible(text: str, keep: str = "") -> str:
+    """``text`` with every control character made visible, so that a string from the server
+    cannot move the cursor, clear the screen, set the window title or hide what follows.
+
+    The notation is ``cat -v``'s (and less's): C0 controls as caret notation (ESC is ``^[``,
+    newline ``^J``), DEL as ``^?``, C1 controls as ``M-^[``-style; the bidirectional and line
+    separator characters as ``<U+202E>``. Characters in ``keep`` (e.g. ``"\n"`` for a message
+    of several lines) pass as they are. Printable text, any script, is unchanged.
+    """
+
+    def show(match: re.Match[str]) -> str:
+        c = match.group()
+        o = ord(c)
+        if c in keep:
+            return c
+        if o < 0x20:
+            return "^" + chr(o + 0x40)
+        if o == 0x7F:
+            return "^?"
+        if o <= 0x9F:
+            return "M-^" + chr(o - 0x80 + 0x40)
+        return f"<U+{o:04X}>"
+
+    return _UNSAFE.sub(show, text)
+
+
 class Output:
-    """The CLI's only way to print. Data goes to stdout; messages and progress to stderr."""
+    """The CLI's only way to print. Data goes to stdout; messages and progress to stderr.
+
+    Messages (:meth:`info`, :meth:`success`, :meth:`error`) and table cells are passed through
+    :func:`visible`: they carry strings the server sent. :meth:`line` prints data as it is (a
+    run's own output, a token, ``--json``); the views make their server strings visible first.
+    """
 
     def __init__(self, terminal: Terminal) -> None:
         self.terminal = terminal
@@ -73,16 +110,18 @@ class Output:
 
     def info(self, text: str) -> None:
         """A message for a person: stderr, so pipes and $(...) get only data."""
-        sys.stderr.write(text + "\n")
+        sys.stderr.write(visible(text, keep="\n\t") + "\n")
         sys.stderr.flush()
 
     def success(self, text: str) -> None:
         if self.terminal.colour:
-            self.err.print(f"[green]✓[/green] {_escape(text)}")
+            self.err.print(f"[green]✓[/green] {_escape(visible(text, keep=chr(10)))}")
         else:
             self.info(text)
 
     def error(self, message: str, hint: str | None) -> None:
+        message = visible(message, keep="\n")
+        hint = visible(hint, keep="\n") if hint else hint
         if self.terminal.colour:
             self.err.print(f"[bold red]error:[/bold red] {_escape(message)}")
             if hint:
@@ -108,7 +147,7 @@ class Output:
             self.out.print(table)
             return
         lines = ["\t".join(h.lower() for h in headers)]
-        lines += ["\t".join("" if v is None else str(v) for v in row) for row in rows]
+        lines += ["\t".join("" if v is None else visible(str(v)) for v in row) for row in rows]
         sys.stdout.write("\n".join(lines) + "\n")
         sys.stdout.flush()
 
@@ -118,7 +157,7 @@ def _escape(text: str) -> str:
 
 
 def _cell(value: Any, header: str) -> str:
-    text = "" if value is None else str(value)
+    text = "" if value is None else visible(str(value))
     if header.lower() == "status" and text in STATUS_STYLE:
         return f"[{STATUS_STYLE[text]}]{text}[/]"
     return _escape(text)

@@ -9,7 +9,7 @@ import shlex
 import time
 from typing import Any
 
-from hgrun.cli.output import ago, duration
+from hgrun.cli.output import ago, duration, visible
 
 RUN_COLUMNS = ["Run", "Status", "Command", "Trigger", "Exit", "Duration", "Created"]
 PS_COLUMNS = ["Run", "Status", "Mode", "Command", "Trigger", "Started"]
@@ -98,9 +98,9 @@ def _megabytes(count: int) -> str:
 
 
 def aligned(fields: list[tuple[str, Any]]) -> list[str]:
-    """``Key: value`` lines with the values in one column."""
+    """``Key: value`` lines with the values in one column (control characters made visible)."""
     width = max(len(k) for k, _ in fields)
-    return [f"{key + ':':<{width + 1}} {value}" for key, value in fields]
+    return [f"{key + ':':<{width + 1}} {visible(str(value))}" for key, value in fields]
 
 
 def release_row(release: dict[str, Any]) -> tuple[Any, ...]:
@@ -137,13 +137,21 @@ def token_row(token: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def log_line(line: dict[str, Any]) -> str:
-    """One line of ``hgrun logs``: time, source (``/err`` for stderr) and the text."""
-    source = f"{line['source']}{'/err' if line['stream'] == 'stderr' else ''}"
+    """One line of ``hgrun logs``: time, source (``/err`` for stderr) and the text.
+
+    The source is made visible; the text is the run's own output and passes as it is.
+    """
+    source = visible(f"{line['source']}{'/err' if line['stream'] == 'stderr' else ''}")
     return f"{local_time(line['time'], 'T')} {source}: {line['line']}"
 
 
 def audit_lines(record: dict[str, Any]) -> list[str]:
-    """One audit record: a head line, then its notable fields and the tail of its I/O."""
+    """One audit record: a head line, then its notable fields and the tail of its I/O, with
+    control characters made visible (the record is shown, not replayed)."""
+    return [visible(line) for line in _audit_lines(record)]
+
+
+def _audit_lines(record: dict[str, Any]) -> list[str]:
     head = f"#{record['id']} {local_time(record['time'])} run.{record['run']} {record['action']}"
     if record["problem"]:
         return [f"{head} !! {record['problem']}"]
