@@ -228,6 +228,22 @@ def test_bad_query_values_are_4xx_naming_the_parameter(
         _error(api.http.get(path.format(app=app), params=params), status, *words)
 
 
+def test_every_route_has_its_parameters_and_response_schema_in_the_document() -> None:
+    from hgrun.server.api import ROUTES
+    from hgrun.server.api.openapi import _operations, document
+
+    described = _operations()
+    missing = [(m, p) for m, p, *_ in ROUTES if (m, p.replace(":int", "")) not in described]
+    assert not missing, f"describe these routes in hgrun/server/api/openapi.py: {missing}"
+    for path, methods in document(ROUTES)["paths"].items():
+        for method, operation in methods.items():
+            ok = [s for s in operation["responses"] if s.startswith(("1", "2"))]
+            assert ok, (method, path)
+            for status in ok:
+                content = operation["responses"][status].get("content", {})
+                assert status == "101" or content, (method, path, status)
+
+
 @pytest.mark.parametrize(
     "text",
     ["[" * 100_000, "- " * 5000 + "x", "name: x\nscripts: " + "{a: " * 3000, "a: &a [*a]"],

@@ -181,6 +181,11 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
             "200": {"allOf": [_ref("Release"), _obj(unchanged=BOOL)]},
             "201": _ref("Release"),
         },
+        ("POST", "/v1/apps/{app}/releases/rollback"): {
+            "body": _json_body(_obj(required=False, version=_null(INT)), required=False),
+            "201": _ref("Release"),
+        },
+        ("DELETE", "/v1/apps/{app}"): {"200": _obj(name=STR, destroyed=BOOL)},
         ("POST", "/v1/apps/{app}/runs"): {
             "body": _json_body(
                 _obj(
@@ -270,13 +275,15 @@ def _response(schema: Schema) -> dict[str, Any]:
 def document(routes: Iterable[RouteSpec]) -> dict[str, Any]:
     """The document for ``routes`` plus the attach WebSocket (not a plain route).
 
-    Raises KeyError for a route :func:`_operations` does not describe.
+    A route :func:`_operations` does not describe gets an empty schema (no check);
+    ``tests/test_limits.py`` fails on such a route.
     """
     operations = _operations()
     paths: dict[str, dict[str, Any]] = {}
     for method, path, _handler, summary in routes:
         clean = path.replace(":int", "")
-        spec = operations[(method, clean)]
+        # A route added without its description still gets one (a test wants them all).
+        spec = operations.get((method, clean), {"200": {}})
         params = [
             {
                 "name": part[1:-1],
