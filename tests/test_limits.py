@@ -131,6 +131,13 @@ def test_a_head_never_finished_is_closed_with_408(guarded: HgrunServer) -> None:
     assert HEAD_TIMEOUT - 1 < time.monotonic() - start < HEAD_TIMEOUT + 10
 
 
+def test_an_attached_run_outlives_the_head_timeout(cli: Cli, app: str) -> None:
+    """The head timer stops at a WebSocket upgrade: the attach is not a slow request head."""
+    done = cli("run", "--app", app, "sh", "-c", f"sleep {HEAD_TIMEOUT + 3:g}; echo done", input=b"")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == b"done"
+
+
 # -- malformed values: a JSON 4xx naming the field -------------------------------------------
 
 

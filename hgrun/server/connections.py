@@ -128,6 +128,12 @@ def guarded_protocol(
             super().on_message_complete()
             self._begin_head()
 
+        def handle_websocket_upgrade(self) -> None:
+            # The connection becomes the WebSocket protocol's: no more heads to time here.
+            self._cancel_head_timer()
+            self._head_open = False
+            super().handle_websocket_upgrade()
+
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             if app is httptools_impl.service_unavailable:
                 app = service_unavailable
@@ -148,7 +154,11 @@ def guarded_protocol(
             self._head_timer = None
             # Only a connection with no request in progress: a long upload or a streamed
             # response is not a slow head.
-            if not self._head_open or self.transport.is_closing():
+            if (
+                not self._head_open
+                or self.transport.is_closing()
+                or self.transport.get_protocol() is not self  # upgraded to a WebSocket
+            ):
                 return
             if self.cycle is not None and not self.cycle.response_complete:
                 # The previous response is still going (a stream, a long call): the next head
