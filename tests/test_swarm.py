@@ -192,6 +192,11 @@ class Swarm:
     manager: str  # DOCKER_HOST of the manager (node n1)
     endpoints: dict[str, str]  # node name -> its engine endpoint (tcp on the bridge)
     registry: str | None  # HOST:PORT of the registry on the bridge (Debian's docker-registry)
+    slot: str  # scripts/swarm's HGRUN_SWARM_SLOT
+
+    def restart(self, node: int) -> None:
+        """kill -9 node N's dockerd and start it again."""
+        _script("swarm", "restart", str(node), str(self.dir), env={"HGRUN_SWARM_SLOT": self.slot})
 
 
 def _unavailable() -> str | None:
@@ -235,7 +240,7 @@ def swarm() -> Iterator[Swarm]:
         _script("images", "--busybox", env={"DOCKER_HOST": manager})
         endpoints = {f"n{n}": f"tcp://10.214.{slot}.1{n}:2375" for n in (1, 2, 3)}
         registry = f"10.214.{slot}.1:5000" if shutil.which("docker-registry") else None
-        yield Swarm(state, manager, endpoints, registry)
+        yield Swarm(state, manager, endpoints, registry, slot)
     finally:
         try:
             _script("swarm", "down", str(state), env=env)
@@ -550,6 +555,40 @@ def test_a_worker_endpoint_is_not_a_manager(swarm: Swarm, tmp_path: Path) -> Non
     assert done.returncode != 0
     assert "is not a swarm manager" in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) <= 2, err  # the error, and its hint
+
+
+def test_runs_on_the_workers_carry_on_through_a_manager_restart(
+    swarm: Swarm, swarm_cli: Cli, workers: HgrunServer, app_workers: Path, manager: docker.APIClient
+) -> None:
+    labels = [
+        check(
+            swarm_cli(
+                "run",
+                "--detached",
+                "sh",
+                "-c",
+                f"echo start; sleep 6; echo end; exit {code}",
+                cwd=app_workers,
+                server=workers,
+            )
+        ).strip()  # fmt: skip
+        for code in (0, 4)
+    ]
+    numbers = [run_id(label) for label in labels]
+    with Api(workers) as api:
+        for number in numbers:
+            wait_for(lambda n=number: api.run(n)["status"] == "running", 20, f"run {number}")
+        swarm.restart(1)  # the one manager: kill -9, then up again
+        for number, code in zip(numbers, (0, 4), strict=True):
+            info = api.finished_run(number, timeout=60)
+            assert (info["exit_code"], info["node"] in {"n2", "n3"}) == (code, True), info
+    for label in labels:
+        out = check(swarm_cli("logs", "--run", label, cwd=app_workers, server=workers))
+        assert "start" in out and "end" in out, out
+    # And the swarm takes new runs again.
+    after = swarm_cli("run", "sh", "-c", "echo again", input=b"", cwd=app_workers, server=workers)
+    assert check(after) == "again\n"
+    wait_for(lambda: not manager.services(filters={"label": "hgrun.run"}), 90, "no service left")
 
 
 def test_a_worker_killed_during_runs_marks_its_runs_lost_naming_it(

@@ -426,13 +426,23 @@ class SwarmEngine:
             log.info("service %s: node %s gave no exit code: %s", container_id, task.node.name, e)
         deadline = self._clock() + LOST_AFTER
         while True:
-            raw = self._current_task(container_id)
+            try:
+                raw = self._current_task(container_id)
+                state = self._node_state(task.node.id)
+            except HgrunError as e:
+                # The manager itself is away (restarting: back in seconds); ask again.
+                if self._clock() > deadline:
+                    raise NodeLostError(
+                        f"neither swarm node {task.node.name} nor the manager answers about"
+                        f" the run ({e.message})"
+                    ) from e
+                self._sleep(0.5)
+                continue
             if raw is not None:
                 word, code, err = task_state(raw)
                 if word is ContainerStatus.EXITED and code is not None:
                     log.info("service %s: exit code from its task: %s", container_id, raw["Status"])
                     return int(code)
-            state = self._node_state(task.node.id)
             if state != "ready":
                 raise NodeLostError(
                     f"swarm node {task.node.name} went {state} during the run; its output"
