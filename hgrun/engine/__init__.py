@@ -3,7 +3,7 @@
 Kept small on purpose so that a Docker Swarm (replicated-job) or Kubernetes Job backend fits the
 same shape: output comes out as ``(stream, bytes)`` pairs (an engine's own framing, such as
 Docker's multiplexed stream, stays inside it), container states are three words, and the engine
-says how many blocking calls it serves at once. Only ``engine/docker.py`` imports ``docker``.
+says how many blocking calls it serves at once. Only ``engine/`` imports ``docker``.
 Every engine failure is an :class:`hgrun.errors.EngineError` (or :class:`NotFoundError` for a
 container that is gone).
 """

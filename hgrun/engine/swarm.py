@@ -41,6 +41,7 @@ from hgrun.engine import (
 )
 from hgrun.engine.docker import DockerEngine, _timestamp, _translate
 from hgrun.engine.shim import FramedAttach, build_shim
+from hgrun.engine.swarmimages import ImageShipper
 from hgrun.engine.swarmspec import (
     API_VERSION,
     GO_FILE,
@@ -111,10 +112,10 @@ class SwarmEngine:
         self._lock = threading.Lock()
         self._nodes: dict[str, _Node] = {}
         self._tasks: dict[str, _Task] = {}
-        self._images: set[tuple[str, str]] = set()  # (node id, image id) known to be there
         self._shim: tuple[str, str] | None = None
-        self._pushed: dict[str, str] = {}  # image id -> its reference in the registry
-        self._image_locks: dict[str, threading.Lock] = {}
+        self._shipper = ImageShipper(
+            self._api, registry, lambda: [self._node(n["ID"]) for n in self._ready_nodes()]
+        )
         # Every ready node must be reachable where it says (else attach would fail per run),
         # and the shim must build: both are bad configuration, told at start.
         for node in self._ready_nodes():
@@ -201,58 +202,10 @@ class SwarmEngine:
         network: str,
         dockerfile: str = "Dockerfile",
     ) -> Iterator[str]:
-        """Build on the manager; nodes get the image when a run needs it (see ``_spread``)."""
+        """Build on the manager; nodes get the image when a run needs it (``ImageShipper``)."""
         return self.manager.build(
             context, tag=tag, labels=labels, network=network, dockerfile=dockerfile
         )
-
-    def _spread(self, image: str, image_id: str) -> None:
-        """Put ``image`` on every ready node that lacks it, streamed manager -> node (``docker
-        save | docker load``: never whole in memory, never through a public registry)."""
-        for raw in self._ready_nodes():
-            if (raw["ID"], image_id) in self._images:
-                continue
-            node = self._node(raw["ID"])
-            try:
-                node.api.inspect_image(image_id)
-            except docker.errors.NotFound:
-                with _translate(f"cannot copy image {image} to swarm node {node.name}"):
-                    stream = self._api.get_image(image, chunk_size=1 << 20)
-                    node.api.load_image(stream, quiet=True)
-            except (docker.errors.DockerException, OSError) as e:
-                raise EngineError(f"cannot reach swarm node {node.name}: {e}") from e
-            self._images.add((raw["ID"], image_id))
-
-    def _image_lock(self, image_id: str) -> threading.Lock:
-        with self._lock:
-            return self._image_locks.setdefault(image_id, threading.Lock())
-
-    def _push(self, image_id: str) -> str:
-        """Push the image to ``--registry`` (from the manager) and return the reference the
-        nodes pull: REGISTRY/hgrun/release:<image id>@<digest> (a tag never names two images; a
-        node that has the digest does not pull again)."""
-        assert self.registry  # noqa: S101 - only called with a registry
-        repository = f"{self.registry}/hgrun/release"
-        tag = image_id.removeprefix("sha256:")
-        known = self._pushed.get(image_id)
-        if known is not None:
-            return known
-        reference = f"{repository}:{tag}"
-        with _translate(f"cannot push the image to the registry {self.registry}"):
-            self._api.tag(image_id, repository, tag)
-            for event in self._api.push(repository, tag, stream=True, decode=True):
-                digest = (event.get("aux") or {}).get("Digest")
-                if digest:
-                    reference = f"{repository}:{tag}@{digest}"
-                if "error" in event:
-                    raise EngineError(
-                        f"cannot push the image to the registry {self.registry}:"
-                        f" {str(event['error']).strip()}",
-                        "check --registry, and that the manager's dockerd lists it in"
-                        " --insecure-registry if it serves plain HTTP",
-                    )
-        self._pushed[image_id] = reference
-        return reference
 
     def _shim_config(self) -> tuple[str, str]:
         """The swarm config holding the shim, made once (configs are immutable: named by hash)."""
@@ -289,15 +242,7 @@ class SwarmEngine:
         config = image.get("Config") or {}
         # By full image id (a node never pulls that), or by registry digest (it pulls that from
         # the registry once): never a name that could send a node to a public registry.
-        # One distribution of an image at a time: a burst of first runs of a release would
-        # otherwise push (or load) it once each, and concurrent pushes of one blob make the
-        # registry answer 500.
-        with self._image_lock(str(image["Id"])):
-            if self.registry:
-                spec = dataclasses.replace(spec, image=self._push(str(image["Id"])))
-            else:
-                self._spread(spec.image, str(image["Id"]))
-                spec = dataclasses.replace(spec, image=str(image["Id"]))
+        spec = dataclasses.replace(spec, image=self._shipper.ship(spec.image, str(image["Id"])))
         argv = task_command(
             spec.command,
             config.get("Entrypoint"),
