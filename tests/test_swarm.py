@@ -9,6 +9,7 @@ is attached through that worker's own engine endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -334,6 +335,35 @@ def _node_of(manager: docker.APIClient, number: int) -> str | None:
                 node = manager.inspect_node(task["NodeID"])
                 return str(node["Description"]["Engine"]["Labels"]["hgrun.node"])
     return None
+
+
+def test_a_placed_task_is_created_until_start_then_runs_to_its_exit_code(swarm: Swarm) -> None:
+    # At the engine: what recovery after a restart reads. A run placed but not started (its
+    # uploads or its client still to come) is "created", so it is never taken up as running.
+    from hgrun.engine.swarm import SwarmEngine
+
+    engine = SwarmEngine(swarm.manager)
+    spec = ContainerSpec(
+        image="hgrun-test/busybox:latest",
+        command=["sh", "-c", "exit 6"],
+        env={},
+        labels={"hgrun.run": "0", "hgrun.test": "created"},
+        size=SIZES["starter"],
+    )
+    service = engine.create(spec)
+    try:
+        assert engine.inspect(service).status is ContainerStatus.CREATED
+        assert [s.status for s in engine.list({"hgrun.test": "created"})] == [
+            ContainerStatus.CREATED
+        ]
+        engine.start(service)
+        assert engine.wait(service) == 6
+        state = engine.inspect(service)
+        assert (state.status, state.exit_code) == (ContainerStatus.EXITED, 6)
+        assert state.started_at is not None and state.finished_at is not None
+    finally:
+        engine.remove(service)
+        asyncio.run(engine.aclose())
 
 
 def test_runs_land_on_all_three_nodes_and_a_run_with_no_room_fails_with_swarms_reason(

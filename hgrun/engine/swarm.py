@@ -432,6 +432,10 @@ class SwarmEngine:
             if container.status is ContainerStatus.EXITED and word is ContainerStatus.RUNNING:
                 # The node knows first; the manager hears of the end a moment later.
                 word, code = ContainerStatus.EXITED, container.exit_code
+            elif word is ContainerStatus.RUNNING and not self._gate_open(task):
+                # Only the shim runs, waiting for start(): the run's command never started
+                # (what "created" means to recovery after a restart).
+                word, started = ContainerStatus.CREATED, None
         if finished is None and word is ContainerStatus.EXITED:
             finished = _timestamp(str((raw.get("Status") or {}).get("Timestamp") or ""))
         return ContainerState(
@@ -444,6 +448,17 @@ class SwarmEngine:
             finished_at=finished,
             started_at=started,
         )
+
+    def _gate_open(self, task: _Task) -> bool:
+        """Whether :meth:`start` copied the go file in (the shim leaves it there)."""
+        try:
+            with _translate("cannot read the go file"):
+                stream, _stat = task.node.api.get_archive(task.container_id, f"/{GO_FILE}")
+                for _chunk in stream:
+                    pass
+        except NotFoundError:
+            return False
+        return True
 
     def stop(self, container_id: str, grace: float) -> None:
         """SIGTERM, SIGKILL after ``grace``, on the node; the service goes when it is removed.
