@@ -35,7 +35,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 DEFAULT_DOCKER_HOST = "unix:///tmp/dk/docker.sock"
 DEFAULT_BASE_IMAGE = "hgrun-test/busybox:latest"
-ADMIN_TOKEN = re.compile(r"admin token: (\S+)")
+ADMIN_TOKEN = re.compile(r"admin token saved in (\S+) ")
 
 
 def say(text: str) -> None:
@@ -173,7 +173,7 @@ class Server:
             line = raw.decode(errors="replace")
             self.output.append(line)
             if m := ADMIN_TOKEN.search(line):
-                self.token = m.group(1)
+                self.token = Path(m.group(1)).read_text().strip()
 
     def _healthy(self) -> bool:
         try:

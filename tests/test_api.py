@@ -556,9 +556,13 @@ def test_the_store_holds_no_plaintext_token(server: HgrunServer, admin: httpx.Cl
             assert secret.removeprefix("hgr_").encode() not in raw, path
 
 
-def test_the_admin_token_is_printed_once_and_works(server: HgrunServer, cli: Cli) -> None:
+def test_the_admin_token_is_saved_never_logged_and_works(server: HgrunServer, cli: Cli) -> None:
     assert server.token.startswith("hgr_")
-    assert server.log.count(server.token) == 1
+    # stdout is a pipe here, not a terminal: the token is only in its 0600 file.
+    assert server.log.count(server.token) == 0
+    saved = server.data_dir / "admin.token"
+    assert saved.read_text().strip() == server.token
+    assert saved.stat().st_mode & 0o777 == 0o600
     check(cli("apps", "--json"))
 
 

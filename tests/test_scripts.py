@@ -1194,7 +1194,7 @@ def test_the_audit_store_is_encrypted_shown_by_hgrun_audit_and_tampering_is_repo
     assert command_mark in shown and stdin_mark in shown and stdin_mark.upper() in shown, shown
     shown = check(cli("audit", "--run", detached_label, server=srv))
     assert json_mark in shown and json_mark.upper() in shown, shown
-    records = json.loads(check(cli("audit", "--json", server=srv)))
+    records = json.loads(check(cli("audit", "--json", server=srv)))["records"]
     assert {r["action"] for r in records} >= {"run.start", "run.finish"}
     assert all(r["problem"] is None for r in records), records
     finish = [r for r in records if r["run"] == attached["id"] and r["action"] == "run.finish"]
@@ -1223,7 +1223,8 @@ def test_the_audit_store_is_encrypted_shown_by_hgrun_audit_and_tampering_is_repo
     assert f"#{ids[1]} " in text(done.stdout) and "!!" in text(done.stdout)
     assert "failed verification" in text(done.stderr) and "Traceback" not in text(done.stderr)
     problems = {
-        r["id"]: r["problem"] for r in json.loads(cli("audit", "--json", server=srv).stdout)
+        r["id"]: r["problem"]
+        for r in json.loads(cli("audit", "--json", server=srv).stdout)["records"]
     }
     assert problems[ids[0]] is None
     assert problems[ids[1]] == "record was altered"

@@ -14,6 +14,7 @@ import os
 import signal
 import stat
 from collections.abc import Awaitable, Callable
+from ssl import SSLCertVerificationError, SSLContext
 from typing import Any, BinaryIO
 
 from websockets.asyncio.client import ClientConnection as WebSocket
@@ -50,6 +51,7 @@ async def attach(
     *,
     tty: bool,
     run_id: str | int | None = None,
+    ssl: SSLContext | None = None,
 ) -> int:
     """Attach the terminal to the run behind ``url`` until it exits; return its exit code.
 
@@ -66,7 +68,7 @@ async def attach(
     (including on KeyboardInterrupt, which is left to propagate).
     """
     what = f"run {run_id}" if run_id is not None else "the run"
-    ws = await _connect(url, headers, what)
+    ws = await _connect(url, headers, what, ssl)
     async with ws:
         if ws.subprotocol not in SUBPROTOCOLS:
             raise errors.HgrunError(
@@ -80,10 +82,15 @@ async def attach(
         return await session.run(tty=False)
 
 
-async def _connect(url: str, headers: dict[str, str], what: str) -> WebSocket:
+async def _connect(
+    url: str, headers: dict[str, str], what: str, ssl: SSLContext | None = None
+) -> WebSocket:
+    """``ssl``: how to verify a wss:// server (None: the default context, for wss)."""
+    tls: dict[str, Any] = {"ssl": ssl} if ssl is not None else {}  # websockets: ws:// takes none
     try:
         return await connect(
             url,
+            **tls,
             subprotocols=[Subprotocol(p) for p in SUBPROTOCOLS],
             additional_headers=headers,
             max_size=MAX_MESSAGE,
@@ -94,6 +101,12 @@ async def _connect(url: str, headers: dict[str, str], what: str) -> WebSocket:
         raise _refused(e, what) from e
     except InvalidURI as e:
         raise errors.InputError(f"bad attach URL {url!r}: {e}") from e
+    except SSLCertVerificationError as e:
+        reason = e.verify_message or e.reason or "verification failed"
+        raise errors.UnreachableError(
+            f"cannot attach to {what}: the server's certificate is not trusted ({reason})",
+            hint="Pass its CA: hgrun login --ca-cert CA.pem (or set HGRUN_CA_CERT).",
+        ) from e
     except (OSError, TimeoutError, InvalidHandshake) as e:
         raise errors.UnreachableError(
             f"cannot attach to {what}: {e or type(e).__name__}",

@@ -6,6 +6,7 @@ import dataclasses
 import http.client
 import json
 import os
+import ssl
 import stat
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
@@ -29,6 +30,9 @@ class Settings:
     workspace: str | None
     token_from: str = dataclasses.field(default="", compare=False)
     """Where the token came from, for hints: "HGRUN_TOKEN", the config file's path, or ""."""
+    ca_cert: str | None = None
+    """A CA certificate (PEM file) that signs a private server's certificate; else the system's
+    trust store (``HGRUN_CA_CERT``, or saved by ``hgrun login --ca-cert``)."""
 
     @classmethod
     def load(cls, environ: Mapping[str, str]) -> Settings:
@@ -52,6 +56,7 @@ class Settings:
             token=environ.get("HGRUN_TOKEN") or stored.get("token"),
             workspace=environ.get("HGRUN_WORKSPACE") or stored.get("workspace"),
             token_from=token_from,
+            ca_cert=environ.get("HGRUN_CA_CERT") or stored.get("ca_cert"),
         )
 
     def save(self, environ: Mapping[str, str]) -> Path:
@@ -60,7 +65,12 @@ class Settings:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
-        saved = {"url": self.url, "token": self.token, "workspace": self.workspace}
+        saved = {
+            "url": self.url,
+            "token": self.token,
+            "workspace": self.workspace,
+            "ca_cert": self.ca_cert,
+        }
         with os.fdopen(fd, "w") as f:
             json.dump(saved, f, indent=2)
         os.replace(tmp, path)
@@ -73,6 +83,19 @@ class Settings:
         if self.workspace:
             headers["X-Workspace-Id"] = self.workspace
         return headers
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """How to verify an https server: always (hostname and chain), with ``ca_cert`` if set;
+        None for http."""
+        if not self.url.startswith("https://"):
+            return None
+        try:
+            return ssl.create_default_context(cafile=self.ca_cert)
+        except (OSError, ssl.SSLError) as e:
+            raise errors.InputError(
+                f"cannot load the CA certificate {self.ca_cert}: {e}",
+                "pass a PEM file: hgrun login --ca-cert PATH",
+            ) from e
 
     def ws_url(self, path: str) -> str:
         base = self.url
@@ -110,7 +133,9 @@ class Api:
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
             if self._https:
-                self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=60)
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=60, context=self.settings.ssl_context()
+                )
             else:
                 self._conn = http.client.HTTPConnection(self._host, self._port, timeout=60)
         return self._conn
@@ -224,10 +249,21 @@ class Api:
             self.close()
 
     def _unreachable(self, e: Exception) -> errors.UnreachableError:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return untrusted(self.settings.url, e)
         return errors.UnreachableError(
             f"cannot reach the hgrun server at {self.settings.url} ({e.__class__.__name__})",
             "start it with `hgrun server`, or point HGRUN_URL / `hgrun login --url` at it",
         )
+
+
+def untrusted(url: str, e: ssl.SSLCertVerificationError) -> errors.UnreachableError:
+    """The one-line error for a server whose certificate does not verify."""
+    reason = e.verify_message or e.reason or "verification failed"
+    return errors.UnreachableError(
+        f"the server at {url} has a certificate this CLI does not trust ({reason})",
+        "pass its CA: hgrun login --ca-cert CA.pem (or set HGRUN_CA_CERT)",
+    )
 
 
 def _query(params: Mapping[str, Any] | None) -> str:

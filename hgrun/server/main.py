@@ -6,8 +6,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import re
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,23 +31,83 @@ from hgrun.server.scripts import ScriptRunner
 from hgrun.server.supervisor import Limits, Supervisor
 from hgrun.server.workers import Workers
 from hgrun.store import Store
-from hgrun.store.audit import AuditLog, load_key
+from hgrun.store.audit import AuditLog
+from hgrun.store.keys import (
+    Sealer,
+    begin_rotation,
+    finish_rotation,
+    load_keys,
+    private_dir,
+)
 
 if TYPE_CHECKING:
     from hgrun.engine.swarm import SwarmEngine
 
 DEFAULT_WORKSPACE = "default"
+ADMIN_TOKEN_FILE = "admin.token"
 REGISTRY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?$")  # a registry's HOST[:PORT]
 
 
-def open_store(data_dir: Path, max_output: int | None = Retention.max_output) -> Store:
+def open_data_dir(data_dir: Path) -> None:
+    """The data directory, owner-only (0700, its files 0600) whether new or not; every file the
+    server makes from now on is owner-only too (umask 077)."""
+    os.umask(0o077)
     try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(data_dir)
     except OSError as e:
         raise InputError(
             f"cannot create the data directory {data_dir}: {e.strerror}", "pass --data-dir"
         ) from e
-    return Store(data_dir / "hgrun.db", max_output=max_output)
+
+
+def open_store(
+    data_dir: Path, environ: Mapping[str, str], max_output: int | None = Retention.max_output
+) -> Store:
+    """The store, its secrets sealed with the audit key (see ``hgrun.store.keys``)."""
+    open_data_dir(data_dir)
+    sealer = Sealer(load_keys(data_dir, environ))
+    return Store(data_dir / "hgrun.db", max_output=max_output, sealer=sealer)
+
+
+def rotate_key(data_dir: Path, environ: Mapping[str, str]) -> tuple[int, int]:
+    """Re-encrypt every secret of the store and every audit record under a new key (the server
+    must be stopped). Both keys are accepted until the end; a rotation cut short is finished by
+    running it again. Returns (store rows, audit records) rewritten."""
+    open_data_dir(data_dir)
+    keys = begin_rotation(data_dir, environ)
+    store = Store(data_dir / "hgrun.db", sealer=Sealer(keys))
+    try:
+        rows = store.reseal(rotate=True)
+    finally:
+        store.close()
+    audit = AuditLog(data_dir / "audit.db", keys[0], old_keys=keys[1:])
+    try:
+        records = audit.rekey()
+    finally:
+        audit.close()
+    finish_rotation(data_dir, environ)
+    return rows, records
+
+
+def check_tls(cert: str, key: str) -> None:
+    """Refuse a certificate and key that do not load, before anything serves."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise InputError(
+            f"cannot use --tls-cert {cert} with --tls-key {key}: {e}",
+            "pass a PEM certificate and its PEM private key",
+        ) from e
+
+
+def save_admin_token(data_dir: Path, token: str) -> Path:
+    """The first admin token, in a 0600 file of the data directory (replaced if present)."""
+    path = data_dir / ADMIN_TOKEN_FILE
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return path
 
 
 def open_engine(
@@ -125,6 +187,8 @@ def serve(
     targets: Targets,
     environ: Mapping[str, str],
     say: Callable[[str], None],
+    show_secret: Callable[[str], None] = lambda _text: None,
+    tls: tuple[str, str] | None = None,
     engine_kind: str = "docker",
     placement: Sequence[str] = (),
     placement_timeout: float = 60.0,
@@ -132,10 +196,17 @@ def serve(
     registry: str | None = None,
     max_connections: int = MAX_CONNECTIONS,
 ) -> None:
-    """Run the server until SIGTERM or SIGINT; runs in flight are taken up at the next start."""
+    """Run the server until SIGTERM or SIGINT; runs in flight are taken up at the next start.
+
+    ``say`` is the server's log (stdout); ``show_secret`` shows the first admin token once, on
+    the terminal only (the CLI gives stderr when it is a tty, else nothing): a token never goes
+    to the log, only to the 0600 file ``admin.token`` of the data directory. ``tls``: (cert,
+    key) PEM files: HTTPS and WSS instead of HTTP and WS."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if tls is not None:
+        check_tls(*tls)
     retention = retention or Retention()
-    store = open_store(data_dir, retention.max_output)
+    store = open_store(data_dir, environ, retention.max_output)
     workers = Workers()
     engine = open_engine(
         engine_kind,
@@ -148,11 +219,13 @@ def serve(
     host_memory, host_cpus = capacity(info, environ)
     instance = store.meta("instance", lambda: secrets.token_hex(8))
     supervisor = Supervisor(store, engine, instance=instance, limits=limits)
-    audit = AuditLog(data_dir / "audit.db", load_key(data_dir, environ))
+    keys = load_keys(data_dir, environ)
+    audit = AuditLog(data_dir / "audit.db", keys[0], old_keys=keys[1:])
     supervisor.audit = lambda action, run, payload: audit.append(
         run.workspace, run.id, action, {"actor": str(run.trigger), **payload}
     )
-    advertised = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    scheme = "https" if tls else "http"
+    advertised = f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     scripts = ScriptRunner(store, supervisor, server_url=advertised)
     notifier = Notifier(
         targets,
@@ -190,11 +263,13 @@ def serve(
         await scripts.resume_queues()
         scheduler.start()
         pruner.start()
-        say(f"hgrun server listening on http://{host}:{port}")
+        say(f"hgrun server listening on {scheme}://{host}:{port}")
         say(f"engine {engine_kind} at {engine.host}, data in {data_dir}")
         if token:
-            say(f"admin token: {token}")
-            say("(shown once; it is stored only as a hash. Save it: `hgrun login --token ...`)")
+            path = save_admin_token(data_dir, token)
+            say(f"admin token saved in {path} (mode 0600; the server keeps only its hash)")
+            show_secret(f"admin token: {token}")
+            show_secret(f"(shown once. Log in with: hgrun login --token - < {path})")
         yield
         await scheduler.stop()
         await pruner.stop()
@@ -218,6 +293,8 @@ def serve(
         http=guarded_protocol(MAX_HEAD, HEAD_TIMEOUT),
         limit_concurrency=max_connections + 1,  # uvicorn counts the new connection too
         h11_max_incomplete_event_size=MAX_HEAD,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     try:
         uvicorn.Server(config).run()

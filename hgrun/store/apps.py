@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from hgrun.errors import ConflictError, NotFoundError
 from hgrun.models import App, Manifest, Release, manifest_from_json, manifest_to_json
@@ -50,9 +50,14 @@ class AppStore(StoreBase):
         rows = self._query("SELECT * FROM apps WHERE workspace = ? ORDER BY name", (workspace,))
         return [App(r["id"], r["workspace"], r["name"], r["created"]) for r in rows]
 
+    def _sealed_columns(self) -> list[tuple[str, str]]:
+        # Config values and each release's env snapshot are secrets; keys stay in clear.
+        return [*super()._sealed_columns(), ("config", "value"), ("releases", "env")]
+
     def config(self, app_id: int) -> dict[str, str]:
+        """The app's config, decrypted (values are sealed at rest)."""
         rows = self._query("SELECT key, value FROM config WHERE app_id = ? ORDER BY key", (app_id,))
-        return {r["key"]: r["value"] for r in rows}
+        return {r["key"]: self._unseal(r["value"]) for r in rows}
 
     def update_config(self, app_id: int, changes: Mapping[str, str | None]) -> dict[str, str]:
         """Set (value) or unset (None) keys in one transaction; returns the new config."""
@@ -64,7 +69,7 @@ class AppStore(StoreBase):
                     db.execute(
                         "INSERT INTO config (app_id, key, value) VALUES (?, ?, ?)"
                         " ON CONFLICT (app_id, key) DO UPDATE SET value = excluded.value",
-                        (app_id, key, value),
+                        (app_id, key, self._seal(value)),
                     )
         return self.config(app_id)
 
@@ -109,21 +114,21 @@ class AppStore(StoreBase):
                     context_hash,
                     json.dumps(dict(procfile)),
                     json.dumps(manifest_to_json(manifest)),
-                    json.dumps(dict(env)),
+                    self._seal(json.dumps(dict(env))),
                     description,
                     self._clock(),
                     actor,
                 ),
             )
             new = db.execute("SELECT * FROM releases WHERE id = ?", (cur.lastrowid,)).fetchone()
-        return _release(new)
+        return _release(new, self._unseal)
 
     def releases(self, app_id: int, limit: int = 50) -> list[Release]:
         rows = self._query(
             "SELECT * FROM releases WHERE app_id = ? ORDER BY version DESC LIMIT ?",
             (app_id, limit),
         )
-        return [_release(r) for r in rows]
+        return [_release(r, self._unseal) for r in rows]
 
     def latest_release(self, app_id: int) -> Release | None:
         row = self._one(
@@ -141,7 +146,7 @@ class AppStore(StoreBase):
         row = self._one("SELECT * FROM releases WHERE id = ?", (release_id,))
         if row is None:
             raise NotFoundError(f"release #{release_id} not found")
-        release = _release(row)
+        release = _release(row, self._unseal)
         with self._lock:
             if len(self._releases) >= RELEASE_CACHE:
                 self._releases.clear()
@@ -149,7 +154,7 @@ class AppStore(StoreBase):
         return release
 
 
-def _release(row: sqlite3.Row) -> Release:
+def _release(row: sqlite3.Row, unseal: Callable[[str], str]) -> Release:
     return Release(
         id=row["id"],
         app_id=row["app_id"],
@@ -158,7 +163,7 @@ def _release(row: sqlite3.Row) -> Release:
         context_hash=row["context_hash"],
         procfile=json.loads(row["procfile"]),
         manifest=manifest_from_json(json.loads(row["manifest"])),
-        env=json.loads(row["env"]),
+        env=json.loads(unseal(row["env"])),
         description=row["description"],
         created=row["created"],
         actor=row["actor"],

@@ -19,6 +19,7 @@ from typing import Any
 from hgrun import lifecycle
 from hgrun.errors import ConflictError, StoreError
 from hgrun.models import Release, RunStatus
+from hgrun.store.keys import SEALED, Sealer
 from hgrun.store.schema import MIGRATIONS
 
 # The active statuses as an SQL list, written once from hgrun.lifecycle. In the order of the
@@ -36,12 +37,16 @@ class StoreBase:
         clock: Callable[[], float] = time.time,
         *,
         max_output: int | None = 100 * 1024 * 1024,
+        sealer: Sealer | None = None,
     ) -> None:
         """Open (and migrate) the store at ``path``. ``max_output``: the bytes of output kept per
-        run, newest first (None: no cap; see ``store.output``)."""
+        run, newest first (None: no cap; see ``store.output``). ``sealer``: encrypts config values
+        and env snapshots at rest (the server always passes one; without it, for unit tests, they
+        are written in clear); rows written in clear before are sealed on open."""
         if max_output is not None and max_output <= 0:
             raise ValueError("max_output must be positive")
         self.max_output = max_output
+        self._sealer = sealer
         self._clock = clock
         self._lock = threading.RLock()
         # Releases never change: each is decoded once and kept (see AppStore.release).
@@ -53,7 +58,12 @@ class StoreBase:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
+            # A secret replaced in place (sealed by the migration, re-sealed by a rotation) must
+            # not linger in a freed slot of a page: SQLite then zeroes what it frees.
+            self._db.execute("PRAGMA secure_delete=ON")
             self._migrate()
+            if sealer is not None:
+                self.reseal(rotate=False)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the store {path}: {e}") from e
 
@@ -103,6 +113,42 @@ class StoreBase:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def _seal(self, text: str) -> str:
+        return self._sealer.seal(text) if self._sealer is not None else text
+
+    def _unseal(self, value: str) -> str:
+        if self._sealer is None:
+            if value.startswith(SEALED):
+                raise StoreError("the store holds encrypted secrets: open it with its key")
+            return value
+        return self._sealer.open(value)
+
+    def _sealed_columns(self) -> list[tuple[str, str]]:
+        """(table, column) of every secret at rest; each concept module adds its own."""
+        return []
+
+    def reseal(self, *, rotate: bool) -> int:
+        """Seal every secret still in clear (the start-up migration: rows written before the
+        store encrypted anything); with ``rotate``, re-encrypt every one under the sealer's first
+        key. Then the WAL is checkpointed and truncated, so no clear copy stays in it. Returns
+        the rows rewritten."""
+        if self._sealer is None:
+            raise StoreError("the store has no key to seal with")
+        changed = 0
+        with self._tx() as db:
+            for table, column in self._sealed_columns():
+                where = "" if rotate else f" WHERE {column} NOT LIKE '{SEALED}%'"
+                for rowid, value in db.execute(f"SELECT rowid, {column} FROM {table}{where}"):
+                    db.execute(
+                        f"UPDATE {table} SET {column} = ? WHERE rowid = ?",
+                        (self._seal(self._unseal(value)), rowid),
+                    )
+                    changed += 1
+        if changed:
+            with self._lock:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return changed
 
     @property
     def schema_version(self) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hgrun import lifecycle
@@ -23,6 +23,10 @@ from hgrun.store.base import ACTIVE_SQL, StoreBase
 
 
 class RunStore(StoreBase):
+    def _sealed_columns(self) -> list[tuple[str, str]]:
+        # A run's env snapshot holds the app's config values as they were: sealed at rest.
+        return [*super()._sealed_columns(), ("runs", "env")]
+
     def create_run(
         self,
         *,
@@ -66,7 +70,7 @@ class RunStore(StoreBase):
                     int(uploads),
                     size,
                     timeout,
-                    json.dumps(dict(env)),
+                    self._seal(json.dumps(dict(env))),
                     trigger.kind.value,
                     trigger.name,
                     script,
@@ -80,13 +84,13 @@ class RunStore(StoreBase):
                 ),
             )
             row = db.execute("SELECT * FROM runs WHERE id = ?", (cur.lastrowid,)).fetchone()
-        return run_from_row(row)
+        return run_from_row(row, self._unseal)
 
     def run(self, run_id: int, workspace: str | None = None) -> Run:
         row = self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
         if row is None or (workspace is not None and row["workspace"] != workspace):
             raise NotFoundError(f"run {run_id} not found", "list runs with `hgrun runs`")
-        return run_from_row(row)
+        return run_from_row(row, self._unseal)
 
     # -- transitions ------------------------------------------------------------------------
 
@@ -102,7 +106,7 @@ class RunStore(StoreBase):
         stored run is returned: the caller sees ``run.status.finished`` and removes the container.
         """
         with self._tx() as db:
-            run = run_from_row(_locked_row(db, run_id))
+            run = run_from_row(_locked_row(db, run_id), self._unseal)
             if run.status.finished:
                 return run
             if run.status is not RunStatus.STARTING:
@@ -113,17 +117,17 @@ class RunStore(StoreBase):
                 "UPDATE runs SET container_id = ?, node = COALESCE(?, node) WHERE id = ?",
                 (container_id, node, run_id),
             )
-            return run_from_row(_locked_row(db, run_id))
+            return run_from_row(_locked_row(db, run_id), self._unseal)
 
     def set_node(self, run_id: int, node: str) -> Run:
         """Record the node a run was placed on (known once the engine scheduled it); while the
         run is active. On a final run nothing changes and the stored run is returned."""
         with self._tx() as db:
-            run = run_from_row(_locked_row(db, run_id))
+            run = run_from_row(_locked_row(db, run_id), self._unseal)
             if run.status.finished:
                 return run
             db.execute("UPDATE runs SET node = ? WHERE id = ?", (node, run_id))
-            return run_from_row(_locked_row(db, run_id))
+            return run_from_row(_locked_row(db, run_id), self._unseal)
 
     def mark_running(self, run_id: int, started: float) -> Run:
         """starting -> running, at ``started`` (epoch seconds)."""
@@ -158,7 +162,7 @@ class RunStore(StoreBase):
     def _move(self, run_id: int, new: RunStatus, fields: Mapping[str, Any]) -> Run:
         """The one place a run's status changes: check and write in one transaction."""
         with self._tx() as db:
-            run = run_from_row(_locked_row(db, run_id))
+            run = run_from_row(_locked_row(db, run_id), self._unseal)
             if run.status.finished:
                 return run
             if not lifecycle.allowed(run.status, new):
@@ -169,7 +173,7 @@ class RunStore(StoreBase):
             db.execute(
                 f"UPDATE runs SET {sets} WHERE id = ?", (new.value, *fields.values(), run_id)
             )
-            return run_from_row(_locked_row(db, run_id))
+            return run_from_row(_locked_row(db, run_id), self._unseal)
 
     def update_run(self, run_id: int, **fields: Any) -> Run:
         """Deprecated: use the named transitions. Kept until the supervisor no longer calls it.
@@ -192,7 +196,7 @@ class RunStore(StoreBase):
             row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"run {run_id} not found")
-        return run_from_row(row)
+        return run_from_row(row, self._unseal)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -224,7 +228,7 @@ class RunStore(StoreBase):
             f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
             (*args, limit),
         )
-        return [run_from_row(r) for r in rows]
+        return [run_from_row(r, self._unseal) for r in rows]
 
     def prune_runs(
         self,
@@ -283,7 +287,7 @@ class RunStore(StoreBase):
 
     def active_runs(self) -> list[Run]:
         rows = self._query(f"SELECT * FROM runs WHERE status IN ({ACTIVE_SQL}) ORDER BY id")
-        return [run_from_row(r) for r in rows]
+        return [run_from_row(r, self._unseal) for r in rows]
 
 
 def _locked_row(db: sqlite3.Connection, run_id: int) -> sqlite3.Row:
@@ -294,7 +298,7 @@ def _locked_row(db: sqlite3.Connection, run_id: int) -> sqlite3.Row:
     return row
 
 
-def run_from_row(row: sqlite3.Row) -> Run:
+def run_from_row(row: sqlite3.Row, unseal: Callable[[str], str]) -> Run:
     return Run(
         id=row["id"],
         workspace=row["workspace"],
@@ -307,7 +311,7 @@ def run_from_row(row: sqlite3.Row) -> Run:
         uploads=bool(row["uploads"]),
         size=row["size"],
         timeout=row["timeout"],
-        env=json.loads(row["env"]),
+        env=json.loads(unseal(row["env"])),
         trigger=Trigger(TriggerKind(row["trigger_kind"]), row["trigger_name"]),
         script=row["script"],
         slot=row["slot"],

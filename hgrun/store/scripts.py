@@ -93,14 +93,14 @@ class ScriptStore(StoreBase):
             " ORDER BY id LIMIT 1",
             (script_id, RunStatus.QUEUED.value),
         )
-        return run_from_row(row) if row else None
+        return run_from_row(row, self._unseal) if row else None
 
     def script_runs(self, script_id: int, limit: int = 50, before: int | None = None) -> list[Run]:
         rows = self._query(
             "SELECT * FROM runs WHERE script_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
             (script_id, before if before is not None else 2**62, limit),
         )
-        return [run_from_row(r) for r in rows]
+        return [run_from_row(r, self._unseal) for r in rows]
 
     def prune_script_history(self, script_id: int, keep: int) -> int:
         """Delete finished runs (and their output) beyond the newest ``keep``; the count."""

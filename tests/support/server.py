@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-ADMIN_TOKEN = re.compile(r"admin token: (\S+)")
+ADMIN_TOKEN = re.compile(r"admin token saved in (\S+) ")
 
 
 def free_port() -> int:
@@ -43,10 +44,11 @@ class HgrunServer:
     process: subprocess.Popen[bytes] | None = None
     output: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
+    ca_cert: str | None = None  # serving HTTPS (args carry --tls-cert/--tls-key): its CA
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_cert else 'http'}://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
         return [
@@ -76,7 +78,7 @@ class HgrunServer:
             line = raw.decode(errors="replace")
             self.output.append(line)
             if match := ADMIN_TOKEN.search(line):
-                self.token = match.group(1)
+                self.token = Path(match.group(1)).read_text().strip()
 
     def _wait_healthy(self) -> None:
         if self.process is None:
@@ -87,7 +89,9 @@ class HgrunServer:
             if self.process.poll() is not None:
                 break
             try:
-                healthy = httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200
+                verify = ssl.create_default_context(cafile=self.ca_cert) if self.ca_cert else True
+                answer = httpx.get(f"{self.url}/v1/health", timeout=2, verify=verify)
+                healthy = answer.status_code == 200
             except httpx.TransportError:
                 pass
             # The admin token is printed once, on the first start of a data dir; a restart

@@ -319,7 +319,12 @@ def attach_run(ctx: Context, run_id: int, tty: bool, terminal: Terminal | None =
     try:
         return asyncio.run(
             attach_session(
-                url, settings.headers(), terminal or ctx.terminal, tty=tty, run_id=run_id
+                url,
+                settings.headers(),
+                terminal or ctx.terminal,
+                tty=tty,
+                run_id=run_id,
+                ssl=settings.ssl_context(),
             )
         )
     except (AuthError, ForbiddenError) as e:

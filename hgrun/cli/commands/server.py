@@ -76,6 +76,20 @@ from hgrun.errors import InputError
 @click.option("--notify-email", multiple=True, help="Also mail every notification here.")
 @click.option("--smtp-url", help="SMTP server for email, e.g. smtp://127.0.0.1:25.")
 @click.option("--mail-from", default="hgrun@localhost", show_default=True)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Serve HTTPS and WSS with this certificate (PEM; with --tls-key).",
+)
+@click.option(
+    "--tls-key", type=click.Path(exists=True, dir_okay=False), help="The certificate's key."
+)
+@click.option(
+    "--rotate-key",
+    is_flag=True,
+    help="Re-encrypt the store's secrets and the audit log under a new key, then exit"
+    " (stop the server first).",
+)
 @pass_ctx
 def server(
     ctx: Context,
@@ -99,8 +113,12 @@ def server(
     notify_email: tuple[str, ...],
     smtp_url: str | None,
     mail_from: str,
+    tls_cert: str | None,
+    tls_key: str | None,
+    rotate_key: bool,
 ) -> None:
     """Run the hgrun server (REST API, attach relay, supervisor) in the foreground."""
+    from hgrun.server.main import rotate_key as rotate
     from hgrun.server.main import serve
     from hgrun.server.notifier import Targets
     from hgrun.server.retention import Retention
@@ -109,6 +127,15 @@ def server(
     if data_dir is None:
         base = ctx.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
         data_dir = Path(base) / "hgrun"
+    if rotate_key:
+        rows, records = rotate(data_dir, ctx.environ)
+        ctx.output.success(
+            f"Rotated the key of {data_dir}: {rows} secret(s) and {records} audit record(s)"
+            " re-encrypted"
+        )
+        return
+    if bool(tls_cert) != bool(tls_key):
+        raise InputError("--tls-cert and --tls-key go together", "pass both, or neither")
     limits = Limits(
         grace=duration_flag("--grace", grace),
         idle_timeout=duration_flag("--idle-timeout", idle_timeout),
@@ -119,6 +146,11 @@ def server(
     def say(text: str) -> None:
         click.echo(text)
         sys.stdout.flush()
+
+    def show_secret(text: str) -> None:
+        # A secret goes to a person at a terminal, never to a log: stderr when it is a tty.
+        if sys.stderr.isatty():
+            click.echo(text, err=True)
 
     if smtp_url and not smtp_url.startswith("smtp://"):
         raise InputError(f"--smtp-url {smtp_url!r}: expected smtp://HOST:PORT")
@@ -134,6 +166,8 @@ def server(
         targets=targets,
         environ=ctx.environ,
         say=say,
+        show_secret=show_secret,
+        tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
         engine_kind=engine_kind,
         placement=placement,
         placement_timeout=duration_flag("--placement-timeout", placement_timeout),

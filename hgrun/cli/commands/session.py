@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from hgrun.cli.client import Api, Settings, config_path
@@ -11,17 +13,45 @@ from hgrun.errors import InputError
 
 @click.command()
 @click.option("--url", help="The server, e.g. http://127.0.0.1:8765.")
-@click.option("--token", help="An API token (the admin token is printed at first start).")
+@click.option(
+    "--token",
+    help="An API token; - reads it from stdin (the first admin token is in the server's"
+    " data dir, admin.token).",
+)
 @click.option("--workspace", help="The workspace (default: the token's own).")
+@click.option(
+    "--ca-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The CA certificate (PEM) of a server with a private CA; saved for later commands.",
+)
 @pass_ctx
-def login(ctx: Context, url: str | None, token: str | None, workspace: str | None) -> None:
+def login(
+    ctx: Context,
+    url: str | None,
+    token: str | None,
+    workspace: str | None,
+    ca_cert: str | None,
+) -> None:
     """Save the server URL and token (in the XDG config folder, mode 0600)."""
     current = ctx.settings
-    if token is None:
+    if token == "-":
+        # The first line of stdin: a token never has to appear in argv (ps, shell history).
+        token = click.get_text_stream("stdin").readline().strip()
+        if not token:
+            raise InputError("--token -: no token on stdin", "e.g. hgrun login --token - < FILE")
+    elif token is None:
         if not ctx.terminal.stdin_isatty:
-            raise InputError("--token is required when stdin is not a terminal")
+            raise InputError(
+                "--token is required when stdin is not a terminal",
+                "pass --token - to read it from stdin",
+            )
         token = click.prompt("Token", hide_input=True)
-    settings = Settings(url=(url or current.url).rstrip("/"), token=token, workspace=workspace)
+    settings = Settings(
+        url=(url or current.url).rstrip("/"),
+        token=token,
+        workspace=workspace,
+        ca_cert=str(Path(ca_cert).resolve()) if ca_cert else current.ca_cert,
+    )
     ctx._api = Api(settings)
     ctx.api.get("/v1/apps")  # proves the URL and the token before saving them
     path = settings.save(ctx.environ)
@@ -37,7 +67,9 @@ def logout(ctx: Context, as_json: bool) -> None:
     saved = Settings.load({k: v for k, v in ctx.environ.items() if not k.startswith("HGRUN_")})
     had = path.exists() and saved.token is not None
     if had:
-        Settings(url=saved.url, token=None, workspace=saved.workspace).save(ctx.environ)
+        Settings(url=saved.url, token=None, workspace=saved.workspace, ca_cert=saved.ca_cert).save(
+            ctx.environ
+        )
     if as_json:
         ctx.output.json({"logged_out": had, "config": str(path)})
     elif had:

@@ -71,21 +71,33 @@ def tokens_revoke(ctx: Context, name: str, as_json: bool) -> None:
 @click.command()
 @click.option("--run", "-r", "run_id", help="Only this run's records.")
 @click.option("--limit", "-n", default=200, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--before", type=click.IntRange(1), help="Only records older than this id.")
 @json_option
 @pass_ctx
-def audit(ctx: Context, run_id: str | None, limit: int, as_json: bool) -> int:
-    """The audit log, decrypted: who ran what, with input and output. Exits 1 if tampered."""
-    records = ctx.api.get("/v1/audit", run=parse_run_id(run_id) if run_id else None, limit=limit)
+def audit(ctx: Context, run_id: str | None, limit: int, before: int | None, as_json: bool) -> int:
+    """The audit log, decrypted: who ran what, with input and output. The server verifies the
+    whole log, whatever is shown: exits 1 if any record was altered, deleted or added."""
+    page = ctx.api.get(
+        "/v1/audit",
+        run=parse_run_id(run_id) if run_id else None,
+        limit=limit,
+        before=before,
+    )
     if as_json:
-        ctx.output.json(records)
+        ctx.output.json(page)
     else:
-        for record in records:
+        for record in page["records"]:
             for line in views.audit_lines(record):
                 ctx.output.line(line)
-    tampered = [r for r in records if r["problem"]]
-    if tampered:
+    problems = page["problems"]
+    if problems:
+        shown = {r["id"] for r in page["records"] if r["problem"]}
+        if not as_json:
+            for problem in problems:
+                if problem["id"] not in shown:
+                    ctx.output.line(f"#{problem['id']} !! {problem['problem']}")
         ctx.output.error(
-            f"{len(tampered)} audit record(s) failed verification",
+            f"{len(problems)} audit record(s) failed verification",
             "the audit store was changed outside hgrun",
         )
         return int(ExitStatus.ERROR)

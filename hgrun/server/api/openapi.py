@@ -260,8 +260,18 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("DELETE", "/v1/tokens/{name}"): {"200": _obj(name=STR, revoked=BOOL)},
         ("GET", "/v1/audit"): {
-            "params": [_query("run", ID), _query("limit", _count(MAX_AUDIT_PAGE))],
-            "200": _list("AuditRecord"),
+            "params": [
+                _query("run", ID),
+                _query("limit", _count(MAX_AUDIT_PAGE)),
+                _query("before", ID),
+            ],
+            # A page of records, and the problems of the whole log (verification reads it all).
+            "200": _obj(
+                records=_list("AuditRecord"),
+                problems={"type": "array", "items": _obj(id=INT, problem=STR)},
+                next=_null(INT),
+                checked=INT,
+            ),
         },
     }
 

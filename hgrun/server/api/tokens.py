@@ -14,6 +14,7 @@ from hgrun.server.api.requests import field, int_param, json_body, principal
 from hgrun.server.api.views import audit_json, token_json
 from hgrun.server.auth import new_token
 from hgrun.server.scripts import RUN_TOKEN_PREFIX
+from hgrun.server.workers import run_in
 
 if TYPE_CHECKING:
     from hgrun.server.api import Server
@@ -84,6 +85,17 @@ async def audit_log(server: Server, request: Request) -> Response:
     caller = principal(server, request, "admin")
     query = request.query_params
     run_id = int_param(query.get("run"), "run", 0) or None
-    limit = int_param(query.get("limit"), "limit", 200, MAX_AUDIT_PAGE)
-    records = server.audit.read(caller.workspace, run_id=run_id, limit=limit)
-    return JSONResponse([audit_json(r) for r in records])
+    limit = max(1, int_param(query.get("limit"), "limit", 200, MAX_AUDIT_PAGE))
+    before = int_param(query.get("before"), "before", 0) or None
+    # Verification reads the whole log: a worker thread's job, never the event loop's.
+    page = await run_in(
+        server.workers.reads, server.audit.page, caller.workspace, run_id, limit, before
+    )
+    return JSONResponse(
+        {
+            "records": [audit_json(r) for r in page.records],
+            "problems": [{"id": p.id, "problem": p.problem} for p in page.problems],
+            "next": page.next,
+            "checked": page.checked,
+        }
+    )

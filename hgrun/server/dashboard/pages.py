@@ -23,6 +23,7 @@ from hgrun.models import App, Run, RunStatus, ScriptRecord, TriggerKind
 from hgrun.server.api.runs import stderr_tail
 from hgrun.server.dashboard import words
 from hgrun.server.dashboard.web import Dashboard, Viewer, secure
+from hgrun.server.workers import run_in
 
 BADGES = 12  # latest runs shown per app or script on the Apps page
 PAGE = 50
@@ -297,8 +298,16 @@ async def script_live(dash: Dashboard, request: Request, viewer: Viewer) -> Resp
 
 async def audit(dash: Dashboard, request: Request, viewer: Viewer) -> Response:
     viewer.principal.require("admin")
-    records = dash.server.audit.read(viewer.principal.workspace, limit=200)
-    return dash.render(request, "audit.html", viewer, title="Audit", records=records[::-1])
+    page = await run_in(
+        dash.server.workers.reads, dash.server.audit.page, viewer.principal.workspace, None, 200
+    )
+    shown = {r.id for r in page.records}
+    # A problem outside the page (a record of the first thousand altered, the newest deleted)
+    # is still shown: verification covers the whole log.
+    others = [p for p in page.problems if p.id not in shown]
+    return dash.render(
+        request, "audit.html", viewer, title="Audit", records=page.records[::-1], others=others
+    )
 
 
 async def tokens(dash: Dashboard, request: Request, viewer: Viewer) -> Response:
