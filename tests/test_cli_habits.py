@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 from support.apps import deploy_busybox_app, unique, write_busybox_app
 from support.cli import Cli, check, cli_popen, text
@@ -127,7 +128,10 @@ def test_auth_hints_speak_the_cli(cli: Cli, app: tuple[str, Path]) -> None:
 
 def test_logout_forgets_the_saved_token(cli: Cli, tmp_path: Path) -> None:
     env = {"XDG_CONFIG_HOME": str(tmp_path), "HGRUN_TOKEN": ""}
-    check(cli("login", "--token", cli.server.token, env=env, input=b""))
+    login = json.loads(
+        check(cli("login", "--token", cli.server.token, "--json", env=env, input=b""))
+    )
+    assert login["config"] == str(tmp_path / "hgrun" / "config.json")
     check(cli("apps", env=env))
     out = json.loads(check(cli("logout", "--json", env=env)))
     assert out["logged_out"] is True
@@ -137,6 +141,18 @@ def test_logout_forgets_the_saved_token(cli: Cli, tmp_path: Path) -> None:
 
 
 # -- 6. --json, config:unset, help and examples ----------------------------------------------
+
+
+def test_every_command_that_reports_has_json() -> None:
+    """All but those that print no report: a session (attach), a script (completion), the
+    server, and help."""
+    ctx = click.Context(root_command)
+    without = {
+        name
+        for name in root_command.list_commands(ctx)
+        if not any("--json" in p.opts for p in root_command.get_command(ctx, name).params)
+    }
+    assert without == {"attach", "completion", "server", "help"}
 
 
 def test_config_set_and_unset_json_and_an_unknown_key(

@@ -24,6 +24,7 @@ from hgrun.errors import InputError
     type=click.Path(exists=True, dir_okay=False),
     help="The CA certificate (PEM) of a server with a private CA; saved for later commands.",
 )
+@json_option
 @pass_ctx
 def login(
     ctx: Context,
@@ -31,6 +32,7 @@ def login(
     token: str | None,
     workspace: str | None,
     ca_cert: str | None,
+    as_json: bool,
 ) -> None:
     """Save the server URL and token (in the XDG config folder, mode 0600)."""
     current = ctx.settings
@@ -55,7 +57,10 @@ def login(
     ctx._api = Api(settings)
     ctx.api.get("/v1/apps")  # proves the URL and the token before saving them
     path = settings.save(ctx.environ)
-    ctx.output.success(f"Logged in to {settings.url}; saved in {path}")
+    if as_json:
+        ctx.output.json({"url": settings.url, "workspace": workspace, "config": str(path)})
+    else:
+        ctx.output.success(f"Logged in to {settings.url}; saved in {path}")
 
 
 @click.command()
