@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket
 
+from hgrun.errors import ForbiddenError, NotFoundError
 from hgrun.models import Run
 from hgrun.relay import server as relay
 from hgrun.server.api.requests import path_id
-from hgrun.server.auth import authenticate
+from hgrun.server.auth import Principal, authenticate
 from hgrun.server.supervisor import Finished, Output, RunSession, Subscriber, Supervisor
 from hgrun.store import Store
 
@@ -29,16 +30,30 @@ def endpoint(server: Server) -> Callable[[WebSocket], Awaitable[None]]:
 
     def admit(websocket: WebSocket) -> relay.Opener:
         principal = authenticate(server.store, websocket.headers)
-        run = server.store.run(path_id(websocket, "run_id"), principal.workspace)
-        if run.script_id is None or not principal.may_trigger(run.script_id):
-            # A trigger token runs its scripts attached (`hgrun scripts:run`); else: run scope.
+        run_id = path_id(websocket, "run_id")
+        try:
             principal.require("run")
+        except ForbiddenError:
+            # A trigger token runs its scripts attached (`hgrun scripts:run`): the runs of the
+            # scripts it may trigger, and no other (the same 403 whether the run exists or not).
+            if not _triggered_by(server.store, principal, run_id):
+                raise
+        run = server.store.run(run_id, principal.workspace)
         return lambda: open_attachment(server.supervisor, server.store, run)
 
     async def attach(websocket: WebSocket) -> None:
         await relay.serve(websocket, admit)
 
     return attach
+
+
+def _triggered_by(store: Store, principal: Principal, run_id: int) -> bool:
+    """Whether ``run_id`` is a run of a script ``principal`` may trigger."""
+    try:
+        run = store.run(run_id, principal.workspace)
+    except NotFoundError:
+        return False
+    return run.script_id is not None and principal.may_trigger(run.script_id)
 
 
 def open_attachment(supervisor: Supervisor, store: Store, run: Run) -> relay.Attachment:
