@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from hgrun.engine import EngineInfo
 from hgrun.engine.docker import DockerEngine
 from hgrun.errors import HgrunError, InputError
-from hgrun.models import Scope
+from hgrun.models import Run, RunStatus, Scope
 from hgrun.server.api import Server, build_app, stderr_tail
 from hgrun.server.auth import new_token
 from hgrun.server.connections import HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD, guarded_protocol
@@ -87,6 +87,28 @@ def rotate_key(data_dir: Path, environ: Mapping[str, str]) -> tuple[int, int]:
         audit.close()
     finish_rotation(data_dir, environ)
     return rows, records
+
+
+def audit_unstarted(audit: AuditLog, run: Run) -> None:
+    """Record in the audit log a run that ended without the supervisor's ``run.finish``: lost
+    (its container vanished, or the server stopped before it started) or failed before its
+    command started (an image gone, a refused upload, the engine down)."""
+    if run.status is RunStatus.LOST:
+        action = "run.lost"
+    elif run.started is None and run.status not in (RunStatus.SKIPPED, RunStatus.CANCELED):
+        action = "run.not_started"
+    else:
+        return
+    payload = {
+        "actor": str(run.trigger),
+        "command": list(run.command),
+        "status": run.status.value,
+        "error": run.error,
+    }
+    try:
+        audit.append(run.workspace, run.id, action, payload)
+    except HgrunError as e:  # the run's own record is written; the audit's failure is logged
+        logging.getLogger("hgrun.audit").error("cannot audit %s: %s", run.label, e.message)
 
 
 def check_tls(cert: str, key: str) -> None:
@@ -224,6 +246,7 @@ def serve(
     supervisor.audit = lambda action, run, payload: audit.append(
         run.workspace, run.id, action, {"actor": str(run.trigger), **payload}
     )
+    store.on_run_ended.append(lambda run: audit_unstarted(audit, run))
     scheme = "https" if tls else "http"
     advertised = f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     scripts = ScriptRunner(store, supervisor, server_url=advertised)

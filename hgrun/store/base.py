@@ -51,6 +51,7 @@ class StoreBase:
         self._lock = threading.RLock()
         # Releases never change: each is decoded once and kept (see AppStore.release).
         self._releases: dict[int, Release] = {}
+        self.on_run_ended: list[Callable[[Any], None]] = []  # see RunStore
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row

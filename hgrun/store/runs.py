@@ -23,6 +23,9 @@ from hgrun.store.base import ACTIVE_SQL, StoreBase
 
 
 class RunStore(StoreBase):
+    on_run_ended: list[Callable[[Run], None]]
+    """Called, after the write, with a run that one call made final (see ``_ended``)."""
+
     def _sealed_columns(self) -> list[tuple[str, str]]:
         # A run's env snapshot holds the app's config values as they were: sealed at rest.
         return [*super()._sealed_columns(), ("runs", "env")]
@@ -173,7 +176,10 @@ class RunStore(StoreBase):
             db.execute(
                 f"UPDATE runs SET {sets} WHERE id = ?", (new.value, *fields.values(), run_id)
             )
-            return run_from_row(_locked_row(db, run_id), self._unseal)
+            moved = run_from_row(_locked_row(db, run_id), self._unseal)
+        if new.finished:
+            self._ended(moved)
+        return moved
 
     def update_run(self, run_id: int, **fields: Any) -> Run:
         """Deprecated: use the named transitions. Kept until the supervisor no longer calls it.
@@ -189,14 +195,23 @@ class RunStore(StoreBase):
         values = {k: (v.value if isinstance(v, RunStatus) else v) for k, v in fields.items()}
         sets = ", ".join(f"{k} = ?" for k in values)
         with self._tx() as db:
-            db.execute(
+            changed = db.execute(
                 f"UPDATE runs SET {sets} WHERE id = ? AND status IN ({ACTIVE_SQL})",
                 (*values.values(), run_id),
-            )
+            ).rowcount
             row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"run {run_id} not found")
-        return run_from_row(row, self._unseal)
+        run = run_from_row(row, self._unseal)
+        if changed and run.status.finished:
+            self._ended(run)
+        return run
+
+    def _ended(self, run: Run) -> None:
+        """Tell ``on_run_ended`` that ``run`` just became final (once: the first final state
+        wins). The audit log hears of every run this way, those that never started included."""
+        for callback in self.on_run_ended:
+            callback(run)
 
     # -- queries ----------------------------------------------------------------------------
 
