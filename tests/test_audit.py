@@ -156,6 +156,7 @@ def test_a_lost_run_is_audited_once(tmp_path: Path) -> None:
     run recovery marks lost gets its ``run.lost`` record."""
     from support.store import app_with_release, new_run, new_store
 
+    from hgrun.lifecycle import Outcome
     from hgrun.models import RunStatus
     from hgrun.server.main import audit_unstarted
 
@@ -166,8 +167,9 @@ def test_a_lost_run_is_audited_once(tmp_path: Path) -> None:
     run = new_run(store, app, release)
     store.mark_starting(run.id)
     store.mark_running(run.id, started=1.0)
-    store.update_run(run.id, status=RunStatus.LOST, error="vanished", finished=2.0)
-    store.update_run(run.id, status=RunStatus.FAILED, finished=3.0)  # final already: no-op
+    store.record_outcome(run.id, Outcome(RunStatus.LOST, 1, "vanished"), finished=2.0)
+    # Final already: no-op, and no second record.
+    store.record_outcome(run.id, Outcome(RunStatus.FAILED, 1), finished=3.0)
     records = log.read("default")
     assert [(r.run_id, r.action) for r in records] == [(run.id, "run.lost")]
     assert records[0].payload is not None and records[0].payload["error"] == "vanished"
