@@ -403,7 +403,11 @@ def container_spec(
 
     ``extra_env`` reaches the container only, never the store (a run's own token, say);
     ``HGRUN_RUN_ID`` is always set. The labels let any server find the container again
-    (README "Restarts"). A detached run has no stdin; an attached one keeps it open.
+    (README "Restarts"). A detached run has no stdin. An attached one with a TTY keeps its
+    stdin open across connections, so the session outlives its server (an end of input in a TTY
+    is Ctrl-D, a byte the terminal reads, never the stream's end); without a TTY, closing the
+    attached stdin is how EOF reaches a piped command, so it is not kept (Docker has no other
+    way to close a container's stdin), and a restart of the server closes it.
     """
     env = {**run.env, **(extra_env or {}), "HGRUN_RUN_ID": str(run.id)}
     return ContainerSpec(
@@ -421,4 +425,5 @@ def container_spec(
         placement=tuple(release.manifest.placement),
         tty=run.tty,
         stdin=not run.detached,
+        keep_stdin=run.tty and not run.detached,
     )

@@ -18,6 +18,7 @@ import struct
 import termios
 import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Coroutine
 from http import HTTPStatus
 from pathlib import Path
@@ -50,6 +51,7 @@ class Seen:
     events: list[object] = dataclasses.field(default_factory=list)
     headers: Headers | None = None
     subprotocol: str | None = None
+    offsets: list[int] = dataclasses.field(default_factory=list)  # -1: none sent
     changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
     def record(self, event: object) -> None:
@@ -70,7 +72,35 @@ async def _handler(ws: ServerConnection, seen: Seen) -> None:
     seen.subprotocol = ws.subprotocol
     assert ws.subprotocol is not None
     conn = protocol.ServerConnection(ws.subprotocol)
-    kind, _, arg = ws.request.path.strip("/").partition("/") if ws.request else ("", "", "")
+    path, _, query = ws.request.path.partition("?") if ws.request else ("", "", "")
+    kind, _, arg = path.strip("/").partition("/")
+    offset = int(dict(urllib.parse.parse_qsl(query)).get("offset", "-1"))
+    seen.offsets.append(offset)
+
+    if kind == "resume":
+        # Output, then the connection goes as if the network went; a client that comes back
+        # says how much it has and gets the rest, each byte once.
+        output = b"first part|second part"
+        if offset < 0:
+            await ws.send(conn.stdout(output[:10]))
+            await ws.send(conn.stderr(b"err"))
+            async for message in ws:
+                for event in conn.receive(message):
+                    seen.record(event)
+                    if isinstance(event, StdinData) and b"!" in event.data:
+                        assert ws.transport is not None
+                        ws.transport.abort()
+                        return
+            return
+        rest = output[max(0, offset - 3) :]  # 3 bytes of stderr were sent too
+        await ws.send(conn.stdout(rest))
+        async for message in ws:
+            for event in conn.receive(message):
+                seen.record(event)
+                if isinstance(event, StdinData) and b"q" in event.data:
+                    await ws.send(conn.exit(int(arg or 0)))
+                    return
+        return
 
     if kind == "garbage":
         await ws.send(b"\x07what")
@@ -111,7 +141,7 @@ async def _handler(ws: ServerConnection, seen: Seen) -> None:
 def _process_request(ws: ServerConnection, request: Request) -> Response | None:
     if request.headers.get("Authorization") != TOKEN["Authorization"]:
         return ws.respond(HTTPStatus.UNAUTHORIZED, "no\n")
-    kind, _, arg = request.path.strip("/").partition("/")
+    kind, _, arg = request.path.partition("?")[0].strip("/").partition("/")
     if kind == "refuse":
         return ws.respond(HTTPStatus(int(arg)), "refused\n")
     if kind == "refuse-json":
@@ -470,3 +500,55 @@ def test_colour(isatty: bool, environ: dict[str, str], colour: bool) -> None:
 )
 def test_size_without_a_tty(environ: dict[str, str], size: tuple[int, int]) -> None:
     assert Terminal(None, io.BytesIO(), io.BytesIO(), environ=environ).size() == size
+
+
+# --- reconnecting -------------------------------------------------------------------------------
+
+
+def test_a_lost_connection_is_taken_up_again_from_the_bytes_shown(pty_terminal: Any) -> None:
+    master, slave, terminal = pty_terminal
+    before = termios.tcgetattr(slave)
+
+    async def main() -> tuple[int, Seen]:
+        async with server() as (url, seen):
+            task = asyncio.create_task(
+                attach(f"{url}/resume/4", TOKEN, terminal, tty=True, run_id=7, reconnect=10)
+            )
+            await seen.wait_for(lambda: Resize(100, 30) in seen.events)
+            os.write(master, b"!")  # the server drops the connection
+            await seen.wait_for(lambda: len(seen.offsets) == 2)
+            # Taken up again: a size change first, so a full-screen program redraws.
+            await seen.wait_for(lambda: seen.events.count(Resize(100, 30)) == 2)
+            os.write(master, b"q")
+            return await task, seen
+
+    code, seen = run(main())
+    assert code == 4
+    assert seen.offsets == [-1, 13]  # 10 bytes of stdout and 3 of stderr were shown
+    assert seen.events == [Resize(100, 30), Resize(100, 29), Resize(100, 30)]
+    shown = _read_available(master)
+    assert shown.count(b"hgrun: connection lost; reconnecting to run 7...\r\n") == 1
+    assert shown.replace(b"hgrun: connection lost; reconnecting to run 7...\r\n", b"") == (
+        b"first part\r\nerr|second part"  # hgrun's stderr at column 0 in raw mode
+    )
+    assert termios.tcgetattr(slave) == before
+
+
+def test_reconnecting_gives_up_after_the_window(tmp_path: Path) -> None:
+    terminal = _terminal(tmp_path, _feed(b"!"))
+    started = time.monotonic()
+
+    async def main() -> None:
+        async with server() as (url, seen):
+            task = asyncio.create_task(
+                attach(f"{url}/resume/0", TOKEN, terminal, tty=False, run_id=8, reconnect=1.0)
+            )
+            await seen.wait_for(lambda: bool(seen.offsets))
+        await task  # the server is gone: no reconnect can succeed
+
+    with pytest.raises(errors.UnreachableError, match="lost the connection") as caught:
+        run(main())
+    assert time.monotonic() - started < 10
+    assert caught.value.hint is not None and "`hgrun attach 8`" in caught.value.hint
+    out, err = _outputs(tmp_path, terminal)
+    assert out == b"first part" and err == b"errhgrun: connection lost; reconnecting to run 8...\n"

@@ -449,11 +449,6 @@ def test_an_upload_over_max_upload_is_413_and_the_run_never_starts(
 # -- re-attach while the run is still going --------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 7: a re-attached client gets only live output; the lines printed while it"
-    " was away are not replayed (the 'lifecycle' rework fixes it)",
-)
 def test_reattach_while_running_shows_the_lines_printed_while_away_then_live_ones(
     cli: Cli,
     app: tuple[str, Path],
@@ -490,13 +485,6 @@ def test_reattach_while_running_shows_the_lines_printed_while_away_then_live_one
 # -- output of a short TTY run ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a TTY run whose client closes stdin at once (--tty, stdin a pipe at EOF) loses its"
-    " output about one time in four, in the store too: the client's EOF half-closes the engine's"
-    " attach, and with a TTY Docker then ends the attach's output (engine-level repro: create,"
-    " attach, start, close_stdin: 5 losses in 20). Supervisor territory ('lifecycle')",
-)
 def test_a_short_tty_run_never_loses_its_output(cli: Cli, app: tuple[str, Path]) -> None:
     """`hgrun run --tty sh -c 'echo hello-tty' < /dev/null` prints it, every time: up to 20
     tries, stopping at the first that loses it (a race: one try would prove little)."""

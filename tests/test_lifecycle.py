@@ -565,3 +565,4 @@ def test_container_spec(run: Run, stdin: bool, tty: bool) -> None:
     assert spec.network == "host"
     assert tuple(spec.placement) == ("node.role==worker",)
     assert (spec.stdin, spec.tty) == (stdin, tty)
+    assert spec.keep_stdin is (stdin and tty)  # a TTY session outlives its server

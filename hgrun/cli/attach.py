@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import stat
+import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from ssl import SSLCertVerificationError, SSLContext
 from typing import Any, BinaryIO
@@ -42,6 +45,10 @@ READ_CHUNK = 64 * 1024
 MAX_MESSAGE = 64 * 1024 * 1024
 """Largest message accepted from the server; output frames are far smaller."""
 OPEN_TIMEOUT = 15.0
+RECONNECT_WINDOW = 60.0
+"""How long a lost session is tried again: the server's default grace (``--grace``)."""
+RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)
+TRY_AGAIN = 1013  # RFC 6455 close code the server lets a viewer go with (relay.server.Close)
 
 
 async def attach(
@@ -52,6 +59,8 @@ async def attach(
     tty: bool,
     run_id: str | int | None = None,
     ssl: SSLContext | None = None,
+    reconnect: float = 0.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Attach the terminal to the run behind ``url`` until it exits; return its exit code.
 
@@ -60,26 +69,91 @@ async def attach(
     as bytes. Without it stdin is streamed as binary until EOF, then closed (v5), and stdout and
     stderr stay apart.
 
+    A connection lost before the exit status (the network, a restart of the server) is taken up
+    again by itself for ``reconnect`` seconds (0: never), with a one-line notice: the client
+    sends how many bytes of output it has (``?offset=``), so nothing is lost or printed twice,
+    then the window size (twice, so a full-screen program redraws), and input goes on where it
+    was. A viewer the server lets go (it fell too far behind) is not taken up again.
+
     Raises :class:`~hgrun.errors.AuthError`, :class:`~hgrun.errors.ForbiddenError` or
     :class:`~hgrun.errors.NotFoundError` when the server refuses the handshake,
     :class:`~hgrun.errors.UnreachableError` when it cannot be reached or the connection is lost
-    before the exit status, :class:`~hgrun.relay.protocol.ProtocolError` when the server breaks
-    the protocol. The run goes on server-side for a grace period after the client goes away
-    (including on KeyboardInterrupt, which is left to propagate).
+    for longer than ``reconnect``, :class:`~hgrun.relay.protocol.ProtocolError` when the server
+    breaks the protocol. The run goes on server-side for a grace period after the client goes
+    away (including on KeyboardInterrupt, which is left to propagate).
     """
     what = f"run {run_id}" if run_id is not None else "the run"
+    state = _State()
     ws = await _connect(url, headers, what, ssl)
-    async with ws:
-        if ws.subprotocol not in SUBPROTOCOLS:
-            raise errors.HgrunError(
-                f"the server did not agree on an attach protocol for {what}",
-                hint=f"hgrun needs a server that speaks {' or '.join(SUBPROTOCOLS)}.",
-            )
-        session = _Session(ws, ClientConnection(ws.subprotocol), terminal, what, run_id)
-        if tty:
-            with terminal.raw():
-                return await session.run(tty=True)
-        return await session.run(tty=False)
+    with terminal.raw() if tty else contextlib.nullcontext():
+        while True:
+            try:
+                async with ws:
+                    if ws.subprotocol not in SUBPROTOCOLS:
+                        raise errors.HgrunError(
+                            f"the server did not agree on an attach protocol for {what}",
+                            hint=f"hgrun needs a server that speaks {' or '.join(SUBPROTOCOLS)}.",
+                        )
+                    conn = ClientConnection(ws.subprotocol)
+                    session = _Session(ws, conn, terminal, what, run_id, state)
+                    return await session.run(tty=tty)
+            except errors.UnreachableError as lost:
+                if reconnect <= 0:
+                    raise
+                deadline = clock() + reconnect
+                ws = await _reconnect(
+                    url, headers, what, ssl, terminal, state, lost, deadline, clock
+                )
+
+
+@dataclasses.dataclass
+class _State:
+    """What carries over from one connection of a session to the next."""
+
+    received: int = 0  # bytes of output written (stdout and stderr): the offset to resume from
+    unsent: bytes = b""  # input read but not sent when the connection went
+    stdin_eof: bool = False  # stdin reached its end
+    stdin_closed: bool = False  # ... and the server was told
+    reconnects: int = 0
+
+
+async def _reconnect(
+    url: str,
+    headers: dict[str, str],
+    what: str,
+    ssl: SSLContext | None,
+    terminal: Terminal,
+    state: _State,
+    lost: errors.UnreachableError,
+    deadline: float,
+    clock: Callable[[], float],
+) -> WebSocket:
+    """Connect again, resuming after the output already shown; the lost error after the
+    deadline. One line says it is happening."""
+    newline = "\r\n" if terminal.stdin_isatty else "\n"
+    why = lost.message.partition(": ")[2]
+    notice = f"hgrun: {why or 'connection lost'}; reconnecting to {what}...{newline}"
+    _write_all(terminal.stderr, notice.encode())
+    resume = _with_offset(url, state.received)
+    for attempt in range(10**9):
+        try:
+            ws = await _connect(resume, headers, what, ssl)
+        except errors.UnreachableError:
+            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+            if clock() + delay > deadline:
+                raise lost from None
+            await asyncio.sleep(delay)
+            continue
+        state.reconnects += 1
+        return ws
+    raise lost
+
+
+def _with_offset(url: str, offset: int) -> str:
+    parts = urllib.parse.urlsplit(url)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "offset"]
+    query.append(("offset", str(offset)))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 async def _connect(
@@ -161,6 +235,7 @@ class _Session:
         terminal: Terminal,
         what: str,
         run_id: str | int | None,
+        state: _State,
     ) -> None:
         self.ws = ws
         self.conn = conn
@@ -168,6 +243,7 @@ class _Session:
         self.what = what
         self.run_id = run_id
         self.tty = False
+        self.state = state
 
     async def run(self, *, tty: bool) -> int:
         """Pump both ways until the exit status arrives; return the exit code."""
@@ -206,15 +282,23 @@ class _Session:
                         _write_all(stdout, event.data)
                         if event.data:
                             at_line_start = event.data.endswith(b"\n")
+                        self.state.received += len(event.data)
                     elif isinstance(event, StderrData):
                         data = event.data
                         if self.tty:
                             data = status_line(data, at_line_start)
                             at_line_start = True
                         _write_all(stderr, data)
+                        self.state.received += len(event.data)  # the server's bytes, as sent
                     elif isinstance(event, Exited):
                         return event.exit_code
         except ConnectionClosed as e:
+            if e.rcvd is not None and e.rcvd.code == TRY_AGAIN:
+                # Let go on purpose (it fell behind): following again is the user's call.
+                raise errors.HgrunError(
+                    f"the server let go of {self.what}: {e.rcvd.reason}",
+                    hint="The run goes on; `hgrun attach` shows its latest output.",
+                ) from e
             raise self._lost(e) from e
         raise self._lost(None)
 
@@ -232,18 +316,33 @@ class _Session:
         )
 
     async def _pump_input(self) -> None:
-        read = _stdin_reader(self.terminal.stdin)
+        state = self.state
         try:
-            while chunk := await read():
-                for frame in self.conn.stdin(chunk):
-                    await self.ws.send(frame)  # waits while the write buffer is full
-            if (frame_or_none := self.conn.close_stdin()) is not None:
-                await self.ws.send(frame_or_none)
+            if state.unsent:
+                for frame in self.conn.stdin(state.unsent):
+                    await self.ws.send(frame)
+                state.unsent = b""
+            if not state.stdin_eof:
+                read = _stdin_reader(self.terminal.stdin)
+                while chunk := await read():
+                    state.unsent = chunk
+                    for frame in self.conn.stdin(chunk):
+                        await self.ws.send(frame)  # waits while the write buffer is full
+                    state.unsent = b""
+                state.stdin_eof = True
+            if not state.stdin_closed:
+                if (frame_or_none := self.conn.close_stdin()) is not None:
+                    await self.ws.send(frame_or_none)
+                state.stdin_closed = True
         except ConnectionClosed:
             return  # the output pump reports how the session ended
 
     async def _pump_resizes(self, resized: asyncio.Event) -> None:
         try:
+            if self.state.reconnects:
+                # Taken up again: a size change makes a full-screen program redraw its screen.
+                width, height = self.terminal.size()
+                await self.ws.send(self.conn.resize(width, max(1, height - 1)))
             while True:
                 await resized.wait()
                 resized.clear()

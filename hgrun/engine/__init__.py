@@ -62,6 +62,9 @@ class ContainerSpec:
     network: str = "none"
     tty: bool = False
     stdin: bool = False
+    # The container's stdin stays open whatever happens to the connections attached to it (a
+    # session that outlives its server); otherwise closing the attached stdin is its EOF.
+    keep_stdin: bool = False
     working_dir: str | None = None
     placement: Sequence[str] = ()  # node constraints, for an engine of several hosts
 

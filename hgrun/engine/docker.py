@@ -91,10 +91,13 @@ def create_args(spec: ContainerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
         "labels": dict(spec.labels),
         "tty": spec.tty,
         # docker-py sets StdinOnce along with OpenStdin when detach is false: the container's
-        # stdin then closes when the attached client half-closes, which is how EOF reaches a
-        # piped command.
+        # stdin then closes when the attached stdin closes, which is how EOF reaches a piped
+        # command, and also when the server's connection drops. With detach true (keep_stdin)
+        # StdinOnce is false: stdin stays open across attaches, and a session outlives a
+        # restart of the server. With a TTY, Docker never closes stdin on detach either way
+        # (moby container/stream/attach.go: `if cfg.CloseStdin && !cfg.TTY`).
         "stdin_open": spec.stdin,
-        "detach": False,
+        "detach": spec.keep_stdin,
         "working_dir": spec.working_dir,
     }
     return create, host_config

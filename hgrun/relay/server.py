@@ -42,6 +42,14 @@ class Exit:
     message: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Close:
+    """Let the client go without an exit status, saying why; it may attach again (RFC 6455
+    close code 1013, "try again later")."""
+
+    reason: str
+
+
 def exit_reason(status: RunStatus) -> str | None:
     """The ``metav1.Status`` reason a run's final status is reported with (None: success)."""
     if status is RunStatus.SUCCEEDED:
@@ -58,8 +66,8 @@ class Attachment(Protocol):
 
     run_id: int
 
-    def events(self) -> AsyncIterator[Output | Exit]:
-        """The run's output in order, ending with its :class:`Exit`."""
+    def events(self) -> AsyncIterator[Output | Exit | Close]:
+        """The run's output in order, ending with its :class:`Exit` (or a :class:`Close`)."""
         ...
 
     async def stdin(self, data: bytes) -> None: ...
@@ -112,6 +120,11 @@ async def relay(
                     else connection.stderr(event.data)
                 )
                 await websocket.send_bytes(frame)
+            elif isinstance(event, Close):
+                # A close reason is at most 123 bytes (RFC 6455 section 5.5).
+                reason = event.reason.encode()[:123].decode(errors="ignore")
+                await websocket.close(code=1013, reason=reason)
+                return
             else:
                 await websocket.send_bytes(connection.exit(event.code, event.reason, event.message))
                 return

@@ -24,6 +24,7 @@ from hgrun.models import Run, RunStatus, Scope
 from hgrun.server.api import Server, build_app, stderr_tail
 from hgrun.server.auth import new_token
 from hgrun.server.connections import HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD, guarded_protocol
+from hgrun.server.launcher import Launcher
 from hgrun.server.notifier import Notifier, Targets
 from hgrun.server.retention import Pruner, Retention
 from hgrun.server.scheduler import Scheduler
@@ -249,7 +250,8 @@ def serve(
     store.on_run_ended.append(lambda run: audit_unstarted(audit, run))
     scheme = "https" if tls else "http"
     advertised = f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    scripts = ScriptRunner(store, supervisor, server_url=advertised)
+    launcher = Launcher(store, supervisor, host_cpus=host_cpus, host_memory=host_memory)
+    scripts = ScriptRunner(store, launcher, server_url=advertised)
     notifier = Notifier(
         targets,
         stderr_tail=lambda run_id: stderr_tail(store, run_id, 50),
@@ -262,6 +264,7 @@ def serve(
         store,
         engine,
         supervisor,
+        launcher,
         scripts,
         audit,
         host_cpus=host_cpus,

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from hgrun.errors import ConflictError, ExitStatus, InputError, NotFoundError
 from hgrun.lifecycle import Outcome
 from hgrun.models import (
-    SIZES,
     Release,
     Run,
     RunStatus,
@@ -28,10 +27,9 @@ from hgrun.models import (
     Trigger,
     TriggerKind,
 )
-from hgrun.procfile import command_line_argv
 from hgrun.schedule import Decision, decide, skip_reason
 from hgrun.server.auth import new_token
-from hgrun.server.supervisor import Supervisor
+from hgrun.server.launcher import Launcher, Request
 from hgrun.store import Store
 
 log = logging.getLogger("hgrun.scripts")
@@ -46,14 +44,15 @@ class ScriptRunner:
     def __init__(
         self,
         store: Store,
-        supervisor: Supervisor,
+        launcher: Launcher,
         *,
         backlog: int = 1000,
         server_url: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.supervisor = supervisor
+        self.launcher = launcher
+        self.supervisor = supervisor = launcher.supervisor
         self.backlog = backlog
         self.server_url = server_url
         self.clock = clock
@@ -140,41 +139,33 @@ class ScriptRunner:
         why: str | None,
     ) -> Run:
         spec = script.spec
-        if spec.process:
-            if spec.process not in release.procfile:
-                raise InputError(
-                    f"script {spec.name}: the release has no process type {spec.process!r}"
+        env = {} if input_json is None else {INPUT_VAR: input_json, INPUT_VAR_SHORT: input_json}
+        try:
+            return self.launcher.create(
+                Request(
+                    workspace=script.workspace,
+                    app_id=script.app_id,
+                    release=release,
+                    trigger=trigger,
+                    process=spec.process,
+                    shell=None if spec.process else spec.command,
+                    size=spec.size,
+                    timeout=spec.timeout,
+                    env=env,
+                    detached=detached,
+                    tty=tty,
+                    script=spec.name,
+                    script_id=script.id,
+                    slot=None if slot is None else _slot_key(slot),
+                    parent_run=parent_run,
+                    status=status,
+                    why=why,
                 )
-            command = ["sh", "-c", release.procfile[spec.process]]
-        else:
-            command = command_line_argv(spec.command or "true")
-        env = dict(release.env)
-        if input_json is not None:
-            env[INPUT_VAR] = input_json
-            env[INPUT_VAR_SHORT] = input_json
-        size = spec.size or release.manifest.size
-        if size not in SIZES:
-            raise InputError(f"script {spec.name}: unknown size {size!r}")
-        return self.store.create_run(
-            workspace=script.workspace,
-            app_id=script.app_id,
-            release_id=release.id,
-            command=command,
-            process_type=spec.process,
-            tty=tty and not detached,
-            detached=detached,
-            uploads=False,
-            size=size,
-            timeout=min(spec.timeout, self.supervisor.limits.max_timeout),
-            env=env,
-            trigger=trigger,
-            script=spec.name,
-            slot=None if slot is None else _slot_key(slot),
-            parent_run=parent_run,
-            status=status,
-            script_id=script.id,
-            error=why,
-        )
+            )
+        except InputError as e:
+            e.message = f"script {spec.name}: {e.message}"  # the same error, saying where
+            e.args = (e.message,)
+            raise
 
     async def _launch(self, run: Run, release: Release) -> Run:
         """Start a run of a script, with a token of its own for fan-out triggers."""
@@ -183,9 +174,8 @@ class ScriptRunner:
         extra = {"HGRUN_TOKEN": token, "HGRUN_WORKSPACE": run.workspace}
         if self.server_url:
             extra["HGRUN_URL"] = self.server_url
-        network = release.manifest.network
         try:
-            session = await self.supervisor.launch(run, release, network, extra_env=extra)
+            session = await self.launcher.start(run, release, extra_env=extra)
         except Exception:
             self._revoke_run_token(run)
             raise

@@ -312,6 +312,7 @@ def attach_run(ctx: Context, run_id: int, tty: bool, terminal: Terminal | None =
     """Attach the terminal to run ``run_id`` until it ends; its exit code."""
     import asyncio
 
+    from hgrun.cli.attach import RECONNECT_WINDOW
     from hgrun.cli.attach import attach as attach_session
 
     settings = ctx.settings
@@ -325,6 +326,7 @@ def attach_run(ctx: Context, run_id: int, tty: bool, terminal: Terminal | None =
                 tty=tty,
                 run_id=run_id,
                 ssl=settings.ssl_context(),
+                reconnect=RECONNECT_WINDOW,
             )
         )
     except (AuthError, ForbiddenError) as e:

@@ -26,6 +26,7 @@ from hgrun.server.api import apps, attach, openapi, runs, scripts, tokens
 from hgrun.server.api.requests import RouteSpec, endpoint
 from hgrun.server.api.runs import stderr_tail
 from hgrun.server.api.views import run_json
+from hgrun.server.launcher import Launcher
 from hgrun.server.scripts import ScriptRunner
 from hgrun.server.supervisor import Supervisor
 from hgrun.server.workers import Workers
@@ -42,9 +43,10 @@ class Server:
     store: Store
     engine: Engine
     supervisor: Supervisor
+    launcher: Launcher
     scripts: ScriptRunner
     audit: AuditLog
-    host_cpus: int
+    host_cpus: int  # the most one run may ask for (the dashboard's shell checks it too)
     host_memory: int
     clock: Callable[[], float] = time.time
     scheduler_ticks: Callable[[], int] = lambda: 0  # how often the cron loop has ticked

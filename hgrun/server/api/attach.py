@@ -2,7 +2,8 @@
 
 The WebSocket side (handshake, framing, moving bytes) is :mod:`hgrun.relay.server`; this module
 admits the caller and hands the relay an attachment: a live run's session through the supervisor,
-or the stored output of a run that already ended.
+or the stored output of a run that already ended. ``?offset=N`` (bytes of output the client
+already has, stdout and stderr together) resumes after them: nothing missed, nothing twice.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket
 
-from hgrun.errors import ForbiddenError, NotFoundError
+from hgrun.errors import ForbiddenError, InputError, NotFoundError
 from hgrun.models import Run
 from hgrun.relay import server as relay
 from hgrun.server.api.requests import path_id
 from hgrun.server.auth import Principal, authenticate
-from hgrun.server.supervisor import Finished, Output, RunSession, Subscriber, Supervisor
+from hgrun.server.output import OutputLog
+from hgrun.server.session import READ_BYTES, Dropped, Finished, Output, RunSession, Subscriber
+from hgrun.server.supervisor import Supervisor
 from hgrun.store import Store
 
 if TYPE_CHECKING:
@@ -39,7 +42,11 @@ def endpoint(server: Server) -> Callable[[WebSocket], Awaitable[None]]:
             if not _triggered_by(server.store, principal, run_id):
                 raise
         run = server.store.run(run_id, principal.workspace)
-        return lambda: open_attachment(server.supervisor, server.store, run)
+        offset = websocket.query_params.get("offset")
+        if offset is not None and not offset.isdigit():
+            raise InputError("query parameter 'offset' must be a whole number of bytes")
+        at = None if offset is None else int(offset)
+        return lambda: open_attachment(server.supervisor, run, at)
 
     async def attach(websocket: WebSocket) -> None:
         await relay.serve(websocket, admit)
@@ -56,11 +63,11 @@ def _triggered_by(store: Store, principal: Principal, run_id: int) -> bool:
     return run.script_id is not None and principal.may_trigger(run.script_id)
 
 
-def open_attachment(supervisor: Supervisor, store: Store, run: Run) -> relay.Attachment:
+def open_attachment(supervisor: Supervisor, run: Run, offset: int | None) -> relay.Attachment:
     """The live session if the supervisor holds the run, else a replay of what it stored."""
     if run.id not in supervisor.sessions:
-        return StoredRun(store, run.id)
-    session, subscriber = supervisor.subscribe(run.id)
+        return StoredRun(supervisor.output, supervisor.store.run, run.id, offset or 0)
+    session, subscriber = supervisor.subscribe(run.id, offset)
     return LiveRun(supervisor, session, subscriber)
 
 
@@ -73,11 +80,15 @@ class LiveRun:
         self._session = session
         self._subscriber = subscriber
 
-    async def events(self) -> AsyncIterator[relay.Output | relay.Exit]:
-        while True:
-            item = await self._subscriber.queue.get()
+    async def events(self) -> AsyncIterator[relay.Output | relay.Exit | relay.Close]:
+        while (item := await self._subscriber.next()) is not None:
             if isinstance(item, Output):
                 yield relay.Output(item.stream, item.data)
+            elif isinstance(item, Dropped):
+                # Told why, then let go without an exit status: the client attaches again
+                # from the bytes it has and catches up from the store.
+                yield relay.Close(item.message)
+                return
             elif isinstance(item, Finished):
                 yield relay.Exit(item.exit_code, relay.exit_reason(item.status), item.message)
                 return
@@ -98,14 +109,29 @@ class LiveRun:
 class StoredRun:
     """A run that already ended: its stored output, then its exit code; input goes nowhere."""
 
-    def __init__(self, store: Store, run_id: int) -> None:
+    def __init__(
+        self, output: OutputLog, read_run: Callable[[int], Run], run_id: int, offset: int
+    ) -> None:
         self.run_id = run_id
-        self._store = store
+        self._output = output
+        self._read_run = read_run
+        self._offset = offset
 
     async def events(self) -> AsyncIterator[relay.Output | relay.Exit]:
-        for chunk in self._store.output(run_id=self.run_id, limit=10**9):
-            yield relay.Output(chunk.stream, chunk.data)
-        run = self._store.run(self.run_id)
+        position, hint = self._offset, (0, 0)
+        while True:
+            pieces, hint = await self._output.read(self.run_id, hint, position, READ_BYTES)
+            if not pieces:
+                break
+            for piece in pieces:
+                if piece.marker:  # older output was dropped by the store's cap: say so
+                    if self._offset == 0:
+                        yield relay.Output(piece.stream, piece.data)
+                    continue
+                skip = max(0, position - piece.offset)
+                yield relay.Output(piece.stream, piece.data[skip:])
+                position = piece.end
+        run = self._read_run(self.run_id)
         yield relay.Exit(run.exit_code if run.exit_code is not None else 1)
 
     async def stdin(self, data: bytes) -> None:

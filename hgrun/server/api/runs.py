@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import posixpath
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -15,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from hgrun.duration import parse_duration
-from hgrun.errors import CapacityError, ConflictError, ForbiddenError, InputError, NotFoundError
-from hgrun.models import ENV_NAME, SIZES, OutputChunk, RunStatus, Trigger, TriggerKind
-from hgrun.procfile import parse_procfile, resolve_command
+from hgrun.errors import ConflictError, ForbiddenError, InputError, NotFoundError
+from hgrun.models import ENV_NAME, OutputChunk, RunStatus, Trigger, TriggerKind
+from hgrun.procfile import parse_procfile
 from hgrun.server.api.requests import (
     bool_param,
     field,
@@ -30,6 +29,7 @@ from hgrun.server.api.requests import (
 )
 from hgrun.server.api.views import run_json
 from hgrun.server.auth import authenticate
+from hgrun.server.launcher import Request as LaunchRequest
 from hgrun.server.logs import (
     MAX_LINE,
     STDERR,
@@ -38,7 +38,7 @@ from hgrun.server.logs import (
     LogLine,
     tail_lines,
 )
-from hgrun.server.supervisor import UPLOAD_DIR_PARENT
+from hgrun.server.uploads import OUT_ROOT
 from hgrun.server.workers import run_in
 from hgrun.store import Store
 from hgrun.uploadtar import UploadFilter
@@ -54,7 +54,6 @@ LOG_PAGE = 32  # chunks read at a time (a chunk is at most a few 100 KB)
 LOG_PAGE_LINES = 2000  # lines sent at a time while following
 MAX_STDERR_TAIL = 1000  # lines of GET /v1/runs/N?stderr_tail=
 MAX_RUNS_PAGE = 10_000  # runs of one GET /v1/apps/A/runs
-UPLOAD_DIR = "/tmp/uploads"  # where a run's --file uploads land
 
 
 async def create_run(server: Server, request: Request) -> Response:
@@ -98,35 +97,23 @@ async def create_run(server: Server, request: Request) -> Response:
             )
         if not isinstance(value, str):
             raise InputError(f"env value of {key} must be a string")
-    manifest = release.manifest
-    size = field(body, "size", str)
-    if size is None:
-        size = manifest.size
-    if size not in SIZES:
-        raise InputError(f"unknown size {size!r}", f"sizes: {', '.join(SIZES)}")
-    _check_capacity(server, size)
-    timeout = _timeout(server, body.get("timeout"))
-    resolved = resolve_command(release.procfile, argv)
-    if isinstance(resolved.command, str):
-        command = ["sh", "-c", resolved.command]
-    else:
-        command = list(resolved.command)
     detached = bool(field(body, "detached", bool, False))
-    tty = bool(field(body, "tty", bool, False)) and not detached
-    run = server.store.create_run(
-        workspace=caller.workspace,
-        app_id=app.id,
-        release_id=release.id,
-        command=command,
-        process_type=resolved.process,
-        tty=tty,
-        detached=detached,
-        uploads=bool(field(body, "uploads", bool, False)),
-        size=size,
-        timeout=timeout,
-        env={**release.env, **env},
-        trigger=Trigger(TriggerKind.USER, caller.name),
+    session = await server.launcher.run(
+        LaunchRequest(
+            workspace=caller.workspace,
+            app_id=app.id,
+            release=release,
+            trigger=Trigger(TriggerKind.USER, caller.name),
+            argv=argv,
+            size=field(body, "size", str),
+            timeout=_timeout(body.get("timeout")),
+            env=env,
+            detached=detached,
+            tty=bool(field(body, "tty", bool, False)),
+            uploads=bool(field(body, "uploads", bool, False)),
+        )
     )
+    run = session.run
     log.info(
         "run %s: %s on app %s (env keys: %s)",
         run.id,
@@ -134,30 +121,16 @@ async def create_run(server: Server, request: Request) -> Response:
         app.name,
         ", ".join(sorted(run.env)),
     )
-    network = manifest.network
-    session = await server.supervisor.launch(run, release, network)
-    return JSONResponse(run_json(session.run, app.name), status_code=201)
+    return JSONResponse(run_json(run, app.name), status_code=201)
 
 
-def _check_capacity(server: Server, size_name: str) -> None:
-    size = SIZES[size_name]
-    if size.memory > server.host_memory or size.cpus > server.host_cpus:
-        raise CapacityError(
-            f"size {size_name} ({size.memory_mb} MB, {size.cpus:g} CPU) is more than this host"
-            f" has ({server.host_memory // 1024**2} MB, {server.host_cpus} CPU)",
-            "pick a smaller --size",
-        )
-
-
-def _timeout(server: Server, value: Any) -> float:
-    cap = server.supervisor.limits.max_timeout
+def _timeout(value: Any) -> float | None:
     if value is None:
-        return cap
+        return None
     try:
-        seconds = parse_duration(value)
+        return parse_duration(value)
     except ValueError as e:
         raise InputError(f"invalid timeout {value!r}: {e}", "use e.g. 90s, 15m or 1h") from e
-    return min(seconds, cap)
 
 
 async def list_runs(server: Server, request: Request) -> Response:
@@ -245,13 +218,12 @@ async def upload_files(server: Server, request: Request) -> Response:
         raise ConflictError(
             f"an upload to {run.label} is already under way", "a run takes one upload"
         )
-    upload = UploadFilter(
-        server.supervisor.limits.max_upload,
-        out_root=posixpath.relpath(UPLOAD_DIR, UPLOAD_DIR_PARENT),
-    )
+    upload = UploadFilter(server.supervisor.limits.max_upload, out_root=OUT_ROOT)
+    length = request.headers.get("content-length", "")
+    declared = int(length) if length.isdigit() else None
     server.uploading.add(run.id)
     try:
-        await server.supervisor.upload(run.id, _checked(request.stream(), upload))
+        await server.supervisor.upload(run.id, _checked(request.stream(), upload), declared)
     finally:
         server.uploading.discard(run.id)
     return JSONResponse({"run": run.id, "bytes": upload.received})

@@ -18,18 +18,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from hgrun.errors import (
-    AuthError,
-    CapacityError,
-    ForbiddenError,
-    InputError,
-    NotFoundError,
-)
-from hgrun.models import SIZES, Trigger, TriggerKind
-from hgrun.procfile import resolve_command
+from hgrun.errors import AuthError, ForbiddenError, InputError, NotFoundError
+from hgrun.models import Trigger, TriggerKind
 from hgrun.relay import server as relay
 from hgrun.server.api.attach import open_attachment
 from hgrun.server.dashboard.web import Dashboard, Viewer, new_nonce, read_json, secure
+from hgrun.server.launcher import Request as LaunchRequest
 
 MAX_COMMAND = 4096
 
@@ -78,34 +72,19 @@ async def open_shell(dash: Dashboard, request: Request, viewer: Viewer) -> Respo
     if release is None:
         raise NotFoundError(f"app {app.name!r} has no release yet", "run `hgrun deploy` first")
     if argv == ["bash"] and "bash" not in release.procfile:
-        command, process = BASH_OR_SH, None
-    else:
-        resolved = resolve_command(release.procfile, argv)
-        if isinstance(resolved.command, str):
-            command = ["sh", "-c", resolved.command]
-        else:
-            command = list(resolved.command)
-        process = resolved.process
-    manifest = release.manifest
-    size = manifest.size
-    wanted = SIZES[size]
-    if wanted.memory > server.host_memory or wanted.cpus > server.host_cpus:
-        raise CapacityError(f"size {size} is more than this host has")
-    run = dash.store.create_run(
-        workspace=principal.workspace,
-        app_id=app.id,
-        release_id=release.id,
-        command=command,
-        process_type=process,
-        tty=True,
-        detached=False,
-        uploads=False,
-        size=size,
-        timeout=server.supervisor.limits.max_timeout,
-        env=dict(release.env),
-        trigger=Trigger(TriggerKind.USER, principal.name),
+        argv = BASH_OR_SH
+    session = await server.launcher.run(
+        LaunchRequest(
+            workspace=principal.workspace,
+            app_id=app.id,
+            release=release,
+            trigger=Trigger(TriggerKind.USER, principal.name),
+            argv=argv,
+            detached=False,
+            tty=True,
+        )
     )
-    await server.supervisor.launch(run, release, manifest.network)
+    run = session.run
     return secure(JSONResponse({"id": run.id, "url": f"/apps/{app.name}/shell?run={run.id}"}, 201))
 
 
@@ -130,6 +109,8 @@ async def attach(dash: Dashboard, scope: Scope, receive: Receive, send: Send) ->
             raise AuthError("not signed in", "sign in again")
         viewer.principal.require("run")
         run = dash.store.run(int(scope["path"].split("/")[3]), viewer.principal.workspace)
-        return lambda: open_attachment(dash.server.supervisor, dash.store, run)
+        offset = websocket.query_params.get("offset")
+        at = int(offset) if offset is not None and offset.isdigit() else None
+        return lambda: open_attachment(dash.server.supervisor, run, at)
 
     await relay.serve(WebSocket(scope, receive, send), admit)

@@ -1,0 +1,188 @@
+"""Recovery: runs and containers no live server holds, taken up after a restart or a takeover.
+
+The container, not a server's memory, is the truth about a run in flight. At start-up and then
+every minute, each active run that no session here holds is looked at with what the engine
+reports of its container, and :func:`hgrun.lifecycle.recovery` says what to do; the run's lease
+is claimed before anything is done, so a run another live server holds is never touched (two
+servers on one store never pump or finish a run twice). Containers of ended or unknown runs are
+removed (strays a crash left behind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING
+
+from hgrun.engine import LABEL_INSTANCE, LABEL_RUN, ContainerState
+from hgrun.errors import HgrunError, NotFoundError
+from hgrun.lifecycle import Phase, Recover, Stop, recovery
+from hgrun.models import Run, RunStatus
+from hgrun.server.launcher import network_of
+from hgrun.server.session import RunSession
+
+if TYPE_CHECKING:
+    from hgrun.server.supervisor import Supervisor
+
+log = logging.getLogger("hgrun.recovery")
+
+
+def lease_name(run_id: int) -> str:
+    return f"run:{run_id}"
+
+
+def process_gone(holder: str) -> bool:
+    """Whether a lease holder (``host:pid:nonce``) is a process of this host that has died."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Recoverer:
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        self._lock = asyncio.Lock()
+
+    async def recover(self) -> None:
+        """One pass: take up what no live server holds; remove strays."""
+        async with self._lock:
+            await self._pass()
+
+    async def _pass(self) -> None:
+        sup = self.supervisor
+        listed = await asyncio.to_thread(sup.engine.list, {LABEL_INSTANCE: sup.instance})
+        containers = {c.labels.get(LABEL_RUN, ""): c for c in listed}
+        for run in sup.store.active_runs():
+            container = containers.pop(str(run.id), None)
+            if run.id in sup.sessions:
+                continue
+            try:
+                await self._take_up(run, container)
+            except Exception:
+                log.exception("run %s: recovery failed", run.id)
+        for key, container in containers.items():
+            if key.isdigit() and int(key) in sup.sessions:
+                continue
+            await self._reap(key, container)
+
+    async def renew(self) -> None:
+        """Renew the lease of every run held here; a run recorded final elsewhere is stopped;
+        a run whose lease another server took is let go (it supervises it now)."""
+        sup = self.supervisor
+        for run_id, session in list(sup.sessions.items()):
+            holder = await asyncio.to_thread(sup.hold, run_id)
+            if holder is not None:
+                log.warning("run %s: taken over by hgrun server %s; letting it go", run_id, holder)
+                sup.sessions.pop(run_id, None)
+                if session.task:
+                    session.task.cancel()
+                continue
+            stored = sup.store.run(run_id)
+            if stored.status.finished and session.stop is None:
+                await sup.request_stop(
+                    session, Stop(stored.status, stored.error or f"{stored.label} was stopped")
+                )
+
+    async def _take_up(self, run: Run, container: ContainerState | None) -> None:
+        sup = self.supervisor
+        decision = recovery(run, container, held=False, now=sup.clock())
+        if decision.action in (Recover.LEAVE, Recover.REAP):
+            return
+        if sup.hold(run.id) is not None:
+            return  # a live server holds it: its lease is being renewed
+        run = sup.store.run(run.id)  # read again, now that it is ours
+        decision = recovery(run, container, held=False, now=sup.clock())
+        if decision.remove and container is not None:
+            await asyncio.to_thread(sup.engine.remove, container.id)
+        if decision.action is Recover.LOSE and decision.outcome is not None:
+            session = RunSession(run=run, phase=Phase.RUNNING)
+            session.stop = Stop(decision.outcome.status, decision.outcome.message or "lost")
+            await sup.finish(session, decision.outcome.exit_code)
+        elif decision.action is Recover.START:
+            sup.store.release_lease(lease_name(run.id), sup.owner)
+            release = sup.store.release(run.release_id)
+            try:
+                await sup.launch(run, release, network_of(release))
+            except HgrunError as e:
+                log.warning("run %s: could not start it after the restart: %s", run.id, e.message)
+        elif decision.action in (Recover.ADOPT, Recover.FINISH) and container is not None:
+            if decision.started is not None:
+                # Killed between starting the container and recording it.
+                run = sup.store.mark_running(run.id, decision.started)
+            await self._retake(run, container, decision.action)
+        else:
+            sup.store.release_lease(lease_name(run.id), sup.owner)
+
+    async def _retake(self, run: Run, container: ContainerState, action: Recover) -> None:
+        sup = self.supervisor
+        now = sup.clock()
+        session = RunSession(
+            run=run,
+            phase=Phase.RUNNING,
+            container_id=container.id,
+            uploads_done=True,
+            clients_seen=True,
+            last_activity=now,
+            alone_since=None if run.detached else now,
+        )
+        # The engine replays everything the container wrote: the stored copy goes, so nothing
+        # is stored twice.
+        await asyncio.to_thread(sup.store.clear_output, run.id)
+        sup.sessions[run.id] = session
+        exit_code = container.exit_code
+        try:
+            if action is Recover.ADOPT:
+                try:
+                    # A TTY session's stdin outlived the old server: the new one takes it up.
+                    session.stream = await sup.engine.attach(
+                        container.id, tty=run.tty, stdin=run.tty and not run.detached, logs=True
+                    )
+                except HgrunError:
+                    # It ended (or went) between the listing and the attach: finish it.
+                    ended = await asyncio.to_thread(sup.engine.inspect, container.id)
+                    exit_code = ended.exit_code
+                else:
+                    session.task = sup.spawn(self._resume(session))
+                    return
+            async for stream, data in sup.engine.logs(container.id, tty=run.tty):
+                session.add(stream, data, sup.clock())
+        except Exception as e:
+            # Never leave a session no task finishes: the run would stay in flight for ever.
+            log.exception("run %s: taking it up failed", run.id)
+            session.stop = Stop(RunStatus.LOST, f"hgrun could not take {run.label} up again: {e}")
+        await sup.finish(session, exit_code)
+
+    async def _resume(self, session: RunSession) -> None:
+        sup = self.supervisor
+        try:
+            await sup.follow(session)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("run %s: resuming failed", session.run.id)
+            if session.stop is None:
+                session.stop = Stop(RunStatus.FAILED, f"hgrun failed to resume the run: {e}")
+            await sup.finish(session)
+
+    async def _reap(self, key: str, container: ContainerState) -> None:
+        """Remove a container whose run ended or is unknown (left by a crash)."""
+        sup = self.supervisor
+        run = None
+        with contextlib.suppress(NotFoundError):
+            run = sup.store.run(int(key)) if key.isdigit() else None
+        decision = recovery(run, container, held=False, now=sup.clock())
+        if decision.action is Recover.REAP and decision.remove:
+            log.info("removing stray container %s", container.id[:12])
+            with contextlib.suppress(HgrunError):
+                await asyncio.to_thread(sup.engine.remove, container.id)
