@@ -123,8 +123,8 @@ def _finished_one_offs(store: Store, app: App, release: Release, n: int, first: 
 @pytest.mark.parametrize(
     ("batch_bytes", "per_transaction"),
     # A run weighs its output plus one (its row): 101 here. A transaction takes runs while the
-    # total stays within batch_bytes, and always at least one.
-    [(100, 1), (200, 1), (201, 2), (301, 2), (302, 3), (10**9, 7)],
+    # total stays within batch_bytes, and always at least one (even a run bigger than that).
+    [(50, 1), (100, 1), (200, 1), (201, 2), (301, 2), (302, 3), (10**9, 7)],
 )
 def test_prune_runs_packs_deletions_into_transactions_of_batch_bytes(
     tmp_path: Path, batch_bytes: int, per_transaction: int
@@ -155,3 +155,21 @@ def test_prune_runs_stops_at_its_limit_across_apps_and_ages(store: Store) -> Non
     assert store.prune_runs(keep=1, older_than=10**9, limit=3) == 3
     left = sorted(r.id for r in store.runs("default"))
     assert left == [c[2]], (a, b, c, d, left)
+
+
+def test_prune_runs_refuses_a_negative_keep(store: Store) -> None:
+    with pytest.raises(ValueError, match="keep"):
+        store.prune_runs(keep=-1, older_than=0.0)
+
+
+def test_prune_runs_age_pass_takes_only_what_the_limit_has_left(store: Store) -> None:
+    """The count pass takes one run (the first app's, over its keep of 1); five apps' single
+    runs, each kept by count, are old: the age pass takes the oldest 4 - 1 = 3 (not 4 ^ 1 = 5)."""
+    first, release = app_with_release(store, "first")
+    over = _finished_one_offs(store, first, release, 2, first=300.0)
+    old = []
+    for i in range(5):
+        app, app_release = app_with_release(store, f"old{i}")
+        old += _finished_one_offs(store, app, app_release, 1, first=100.0 + i)
+    assert store.prune_runs(keep=1, older_than=10**9, limit=4) == 4
+    assert sorted(r.id for r in store.runs("default")) == sorted([over[1], *old[3:]])
