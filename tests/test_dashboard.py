@@ -522,6 +522,8 @@ def big_server(
                 "t0": time.time() - MILLION,
             },
         )
+        for _index, sql in indexes:
+            db.execute(sql)
     db.close()
     print(f"\ninserted {MILLION} runs in {time.monotonic() - started:.1f} s")
     return server

@@ -224,9 +224,15 @@ class RunStore(StoreBase):
         trigger_kind: TriggerKind | None = None,
         script: str | None = None,
         limit: int = 50,
+        before: int | None = None,
     ) -> list[Run]:
+        """Runs newest first; ``before`` pages by key (runs with a smaller id), as fast deep down
+        a million runs as at the top."""
         where: list[str] = ["workspace = ?"]
         args: list[Any] = [workspace]
+        if before is not None:
+            where.append("id < ?")
+            args.append(before)
         if app_id is not None:
             where.append("app_id = ?")
             args.append(app_id)

@@ -135,10 +135,7 @@ def _filters(dash: Dashboard, app: App, request: Request) -> Filters:
 def page_of_runs(dash: Dashboard, workspace: str, app: App, f: Filters) -> tuple[list[Run], bool]:
     """One page of an app's runs, newest first, and whether an older page exists.
 
-    With a script the store pages by key (``id < before``: as fast on the last page of a
-    million runs as on the first). Without one, the store's listing has no key bound yet, so
-    an older page is read as the newest ``depth`` rows and cut: fast near the top, linear in
-    depth (see docs/dashboard.md).
+    Paged by key (``id < before``): as fast on the last page of a million runs as on the first.
     """
     if f.script is not None:
         rows = dash.store.script_runs(f.script.id, limit=PAGE + 1, before=f.before)
@@ -147,25 +144,15 @@ def page_of_runs(dash: Dashboard, workspace: str, app: App, f: Filters) -> tuple
             rows = dash.store.script_runs(f.script.id, limit=(PAGE + 1) * 20, before=f.before)
             rows = [r for r in rows if _matches(r, f)][: PAGE + 1]
         return rows[:PAGE], len(rows) > PAGE
-    depth = PAGE + 1
-    if f.before is not None:
-        depth = min(max(app_depth(f.before, dash, workspace, app), PAGE) + PAGE + 1, 20_000)
     rows = dash.store.runs(
         workspace,
         app_id=app.id,
         statuses=[f.status] if f.status else (),
         trigger_kind=f.trigger,
-        limit=depth,
+        limit=PAGE + 1,
+        before=f.before,
     )
-    if f.before is not None:
-        rows = [r for r in rows if r.id < f.before]
     return rows[:PAGE], len(rows) > PAGE
-
-
-def app_depth(before: int, dash: Dashboard, workspace: str, app: App) -> int:
-    """How many of the app's newest runs lie above ``before`` (an upper bound: ids are global)."""
-    newest = dash.store.runs(workspace, app_id=app.id, limit=1)
-    return max(0, newest[0].id - before + 1) if newest else 0
 
 
 def _matches(run: Run, f: Filters) -> bool:
