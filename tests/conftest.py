@@ -230,8 +230,10 @@ def hgrun_server(
 
 @pytest.fixture(scope="session")
 def server(hgrun_server: ServerFactory) -> HgrunServer:
-    """One shared ``hgrun server`` for the session (the one ``cli`` talks to by default)."""
-    return hgrun_server()
+    """One shared ``hgrun server`` for the session (the one ``cli`` talks to by default). It
+    allows ``network: host`` (a script that calls the API from inside needs it); what a server
+    without the permission refuses is in test_least_privilege.py."""
+    return hgrun_server("--allow-network", "host")
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,16 @@ GRANTS: dict[Scope, frozenset[str]] = {
 }
 
 
+RUN_TOKEN_PREFIX = "run."  # tokens a run gets to trigger scripts from inside (fan-out)
+
+
+def parent_of(trigger_name: str) -> int | None:
+    """The run behind a run's own token (``run.42`` -> 42), for lineage."""
+    if trigger_name.startswith(RUN_TOKEN_PREFIX) and trigger_name[4:].isdigit():
+        return int(trigger_name[4:])
+    return None
+
+
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
@@ -36,6 +46,8 @@ def new_token() -> str:
 @dataclasses.dataclass(frozen=True)
 class Principal:
     token: Token
+    scripts: frozenset[str] | None = None
+    """A run's own token: the ids of its app's scripts, the only ones it reaches; else None."""
 
     @property
     def workspace(self) -> str:
@@ -48,6 +60,8 @@ class Principal:
     def may_trigger(self, script_id: int) -> bool:
         """A trigger token may be limited to one script; wider scopes may trigger any."""
         granted = "trigger" in GRANTS[self.token.scope]
+        if self.scripts is not None and str(script_id) not in self.scripts:
+            return False
         return granted and (self.token.script is None or self.token.script == str(script_id))
 
     def may_read_run(self, run_script_id: int | None) -> bool:
@@ -85,4 +99,10 @@ def authenticate(store: Store, headers: Mapping[str, str]) -> Principal:
             f"token {token.name!r} does not belong to workspace {workspace!r}",
             "drop X-Workspace-Id or use a token of that workspace",
         )
+    run_id = parent_of(token.name)
+    if run_id is not None and token.scope is Scope.TRIGGER:
+        # A run's own token reaches the scripts of its own app only, not the workspace's.
+        app_id = store.run(run_id, token.workspace).app_id
+        scripts = store.scripts(token.workspace, app_id=app_id)
+        return Principal(token, frozenset(str(s.id) for s in scripts))
     return Principal(token)

@@ -212,6 +212,7 @@ def serve(
     say: Callable[[str], None],
     show_secret: Callable[[str], None] = lambda _text: None,
     tls: tuple[str, str] | None = None,
+    allowed_networks: frozenset[str] = frozenset(),
     engine_kind: str = "docker",
     placement: Sequence[str] = (),
     placement_timeout: float = 60.0,
@@ -252,6 +253,7 @@ def serve(
     advertised = f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     launcher = Launcher(store, supervisor, host_cpus=host_cpus, host_memory=host_memory)
     scripts = ScriptRunner(store, launcher, server_url=advertised)
+    scripts.allowed_networks = allowed_networks
     notifier = Notifier(
         targets,
         stderr_tail=lambda run_id: stderr_tail(store, run_id, 50),
@@ -271,6 +273,7 @@ def serve(
         host_memory=host_memory,
         scheduler_ticks=lambda: scheduler.ticks,
         workers=workers,
+        allowed_networks=allowed_networks,
     )
     pruner = Pruner(store, retention, pool=workers.reads)
     token = first_start(store)

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from hgrun.errors import ConflictError, ExitStatus, InputError, NotFoundError
+from hgrun.errors import ConflictError, ExitStatus, ForbiddenError, InputError, NotFoundError
 from hgrun.lifecycle import Outcome
 from hgrun.models import (
     Release,
@@ -28,8 +28,9 @@ from hgrun.models import (
     TriggerKind,
 )
 from hgrun.schedule import Decision, decide, skip_reason
-from hgrun.server.auth import new_token
+from hgrun.server.auth import RUN_TOKEN_PREFIX, new_token, parent_of
 from hgrun.server.launcher import Launcher, Request
+from hgrun.server.networks import check_network
 from hgrun.store import Store
 
 log = logging.getLogger("hgrun.scripts")
@@ -37,7 +38,7 @@ log = logging.getLogger("hgrun.scripts")
 INPUT_VAR = "HOSTINGGURU_RUN_INPUT"
 INPUT_VAR_SHORT = "HGRUN_RUN_INPUT"  # the same bytes, under hgrun's own prefix
 MAX_INPUT = 64 * 1024
-RUN_TOKEN_PREFIX = "run."  # tokens a run gets to trigger scripts from inside (fan-out)
+MAX_FANOUT_DEPTH = 5  # runs started by runs started by runs ...: a self-triggering script stops
 
 
 class ScriptRunner:
@@ -56,6 +57,7 @@ class ScriptRunner:
         self.backlog = backlog
         self.server_url = server_url
         self.clock = clock
+        self.allowed_networks: frozenset[str] = frozenset()  # see hgrun.server.networks
         self._locks: collections.defaultdict[int, asyncio.Lock] = collections.defaultdict(
             asyncio.Lock
         )
@@ -84,6 +86,14 @@ class ScriptRunner:
         release = self.store.latest_release(script.app_id)
         if release is None:
             raise NotFoundError("the app has no release yet", "run `hgrun deploy` first")
+        # Before any run is made: a release may outlive the server's permission for its network.
+        check_network(release.manifest.network, self.allowed_networks, f"script {script.name}")
+        if parent_run is not None and self.fanout_depth(parent_run) >= MAX_FANOUT_DEPTH:
+            raise ForbiddenError(
+                f"run {parent_run} is already {MAX_FANOUT_DEPTH} triggers deep: it may not"
+                " trigger more runs",
+                "a script that triggers scripts must stop somewhere; see its parent runs",
+            )
         async with self._locks[script.id]:
             counts = self.store.script_run_counts(script.id)
             queued = counts.get(RunStatus.QUEUED, 0)
@@ -167,6 +177,15 @@ class ScriptRunner:
             e.args = (e.message,)
             raise
 
+    def fanout_depth(self, run_id: int) -> int:
+        """How many runs started by runs lead to ``run_id``: 1 for a run a person, a token or
+        cron started (at most MAX_FANOUT_DEPTH + 1 lookups)."""
+        depth, parent = 0, run_id
+        while parent is not None and depth <= MAX_FANOUT_DEPTH:
+            depth += 1
+            parent = self.store.run(parent).parent_run
+        return depth
+
     async def _launch(self, run: Run, release: Release) -> Run:
         """Start a run of a script, with a token of its own for fan-out triggers."""
         token = new_token()
@@ -228,18 +247,13 @@ class ScriptRunner:
             await self.start_queued(script)
 
 
-def parent_of(trigger_name: str) -> int | None:
-    """The run behind a run's own token (``run.42`` -> 42), for lineage."""
-    if trigger_name.startswith(RUN_TOKEN_PREFIX) and trigger_name[4:].isdigit():
-        return int(trigger_name[4:])
-    return None
-
-
-def trigger_for(token_name: str, via_api: bool) -> Trigger:
-    parent = parent_of(token_name)
-    if parent is not None:
+def trigger_for(token_name: str, scope: Scope) -> Trigger:
+    """Who started a run, from the token alone (never from the request): a run's own token is
+    the run (fan-out); a trigger-scoped token is a program (api); any wider token is a person
+    (user), whatever client they use."""
+    if parent_of(token_name) is not None:
         return Trigger(TriggerKind.RUN, token_name)
-    return Trigger(TriggerKind.API if via_api else TriggerKind.USER, token_name)
+    return Trigger(TriggerKind.API if scope is Scope.TRIGGER else TriggerKind.USER, token_name)
 
 
 def _slot_key(slot: float) -> str:

@@ -85,6 +85,12 @@ from hgrun.errors import InputError
     "--tls-key", type=click.Path(exists=True, dir_okay=False), help="The certificate's key."
 )
 @click.option(
+    "--allow-network",
+    multiple=True,
+    help="Let apps and builds use this network: host, or a named Docker network (repeatable);"
+    " none and bridge need no permission.",
+)
+@click.option(
     "--rotate-key",
     is_flag=True,
     help="Re-encrypt the store's secrets and the audit log under a new key, then exit"
@@ -115,6 +121,7 @@ def server(
     mail_from: str,
     tls_cert: str | None,
     tls_key: str | None,
+    allow_network: tuple[str, ...],
     rotate_key: bool,
 ) -> None:
     """Run the hgrun server (REST API, attach relay, supervisor) in the foreground."""
@@ -167,6 +174,7 @@ def server(
         environ=ctx.environ,
         say=say,
         show_secret=show_secret,
+        allowed_networks=frozenset(allow_network),
         tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
         engine_kind=engine_kind,
         placement=placement,

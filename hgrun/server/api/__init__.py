@@ -52,6 +52,7 @@ class Server:
     scheduler_ticks: Callable[[], int] = lambda: 0  # how often the cron loop has ticked
     workers: Workers = dataclasses.field(default_factory=Workers)
     uploading: set[int] = dataclasses.field(default_factory=set)  # runs taking an upload now
+    allowed_networks: frozenset[str] = frozenset()  # beyond none and bridge (hgrun.server.networks)
 
 
 def build_app(server: Server) -> Starlette:

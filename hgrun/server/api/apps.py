@@ -24,6 +24,7 @@ from hgrun.models import APP_NAME, ENV_NAME, App, Manifest, Release, RunStatus, 
 from hgrun.procfile import parse_procfile
 from hgrun.server.api.requests import field, json_body, path_app, principal
 from hgrun.server.api.views import app_json, release_json
+from hgrun.server.networks import check_network
 from hgrun.server.workers import run_in
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ async def create_build(server: Server, request: Request) -> Response:
     if len(context_hash) != 64 or any(c not in "0123456789abcdef" for c in context_hash):
         raise InputError("missing or malformed X-Context-Hash header (64 hex digits)")
     network = request.query_params.get("network", "none")
+    check_network(network, server.allowed_networks, "the build")
     dockerfile = request.query_params.get("dockerfile", "Dockerfile")
     spool = tempfile.TemporaryFile(prefix="hgrun-context-")
     size = 0
@@ -201,6 +203,7 @@ async def create_release(server: Server, request: Request) -> Response:
         )
     procfile = parse_procfile(procfile_text) if procfile_text.strip() else {}
     manifest = parse_manifest(manifest_text, procfile=procfile)
+    check_network(manifest.network, server.allowed_networks, "hgrun.yaml")
     if manifest.name != app.name:
         raise InputError(
             f"hgrun.yaml names app {manifest.name!r}, not {app.name!r}",

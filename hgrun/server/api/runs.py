@@ -38,6 +38,7 @@ from hgrun.server.logs import (
     LogLine,
     tail_lines,
 )
+from hgrun.server.networks import check_network
 from hgrun.server.uploads import OUT_ROOT
 from hgrun.server.workers import run_in
 from hgrun.store import Store
@@ -73,6 +74,8 @@ async def create_run(server: Server, request: Request) -> Response:
         procfile_text = field(body, "procfile", str, "") or ""
         procfile = parse_procfile(procfile_text) if procfile_text.strip() else {}
         release = dataclasses.replace(release, image=image, procfile=procfile)
+    # A release deployed while the server allowed its network may outlive that permission.
+    check_network(release.manifest.network, server.allowed_networks, f"app {app.name}")
     argv = field(body, "command", list, []) or []
     if not all(isinstance(a, str) for a in argv):
         raise InputError("field 'command' must be a list of strings")

@@ -66,11 +66,12 @@ async def trigger_script(server: Server, request: Request) -> Response:
     via = query.get("via")
     if via not in (None, "cli", "api"):
         raise InputError(f"query parameter 'via' must be cli or api, not {via!r}")
-    via_api = via != "cli"
+    # `via` is still accepted from older CLIs, and ignored: who started a run is the token's to
+    # say, so an API token can never record its run as a person's.
     parent = parent_of(caller.name)
     run = await server.scripts.trigger(
         script,
-        trigger_for(caller.name, via_api),
+        trigger_for(caller.name, caller.token.scope),
         input_json=input_json,
         parent_run=parent,
         detached=detached,

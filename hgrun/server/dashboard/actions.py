@@ -121,7 +121,7 @@ async def run_now(dash: Dashboard, request: Request, viewer: Viewer) -> Response
     input_json = None if value is None else json.dumps(value)
     run = await dash.server.scripts.trigger(
         script,
-        trigger_for(viewer.principal.name, via_api=False),
+        trigger_for(viewer.principal.name, viewer.principal.token.scope),
         input_json=input_json,
         parent_run=parent_of(viewer.principal.name),
     )
