@@ -137,3 +137,6 @@ def test_the_trigger_kind_comes_from_the_token_not_the_request(
     with _api(srv.url, made["token"]) as ci:
         run = ci.post(f"/v1/scripts/{script}/runs?via=cli").json()
         assert run["trigger"] == {"kind": "api", "name": made["name"]}, json.dumps(run)
+    with _api(srv.url, srv.token) as admin:
+        run = admin.post(f"/v1/scripts/{script}/runs?via=api").json()
+        assert run["trigger"]["kind"] == "user", json.dumps(run)

@@ -248,12 +248,13 @@ class ScriptRunner:
 
 
 def trigger_for(token_name: str, scope: Scope) -> Trigger:
-    """Who started a run, from the token alone (never from the request): a run's own token is
-    the run (fan-out); a trigger-scoped token is a program (api); any wider token is a person
-    (user), whatever client they use."""
+    """Who started a run, from the token alone (never from the request, so no token can record
+    its run as a person's): a run's own token is the run (fan-out); an admin token is the
+    person who runs the server (user); any other token is one made for a program (api).
+    """
     if parent_of(token_name) is not None:
         return Trigger(TriggerKind.RUN, token_name)
-    return Trigger(TriggerKind.API if scope is Scope.TRIGGER else TriggerKind.USER, token_name)
+    return Trigger(TriggerKind.USER if scope is Scope.ADMIN else TriggerKind.API, token_name)
 
 
 def _slot_key(slot: float) -> str:
