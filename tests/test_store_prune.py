@@ -76,6 +76,18 @@ def test_prune_keeps_runs_in_flight_and_the_newest(store: Store, old_status: Run
     assert store.prune_script_history(script.id, keep=100) == 0
 
 
+@pytest.mark.parametrize("keep", [1, 3, 5])
+def test_prune_keeps_exactly_the_newest_keep(store: Store, keep: int) -> None:
+    app, release = app_with_release(store)
+    store.sync_scripts("default", app.id, [Script(name="s", command="true")])
+    (script,) = store.scripts()
+    runs = [_script_run(store, app, release, script.id) for _ in range(6)]
+    for run in runs:
+        _bring(store, run, RunStatus.SUCCEEDED)
+    assert store.prune_script_history(script.id, keep=keep) == 6 - keep
+    assert [r.id for r in store.script_runs(script.id)] == [r.id for r in reversed(runs)][:keep]
+
+
 def test_prune_of_a_script_never_touches_another_scripts_runs(store: Store) -> None:
     app, release = app_with_release(store)
     store.sync_scripts(
