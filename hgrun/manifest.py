@@ -42,7 +42,7 @@ NOTIFY_EVENTS = ("failure", "success", "timeout")
 CRON_MACROS = tuple(MACROS)
 # A Docker network name (moby: daemon/network, "validNetworkNameRegex" [a-zA-Z0-9][a-zA-Z0-9_.-]).
 # This refuses "container:<id>", which would join another container's namespace.
-NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 _TOP_KEYS = ("name", "build", "env", "size", "network", "scripts", "placement")

@@ -8,9 +8,9 @@ import re
 from collections.abc import Mapping, Sequence
 
 # A name a POSIX shell accepts as a variable (IEEE Std 1003.1, XBD 3.235 "Name").
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")  # \Z: "$" would take a final newline
 # App, script and process-type names: lowercase letters, digits, dashes and underscores.
-APP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+APP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
 
 
 class RunStatus(enum.StrEnum):

@@ -17,7 +17,7 @@ from typing import NamedTuple
 from hgrun.errors import ProcfileError
 
 # The name pattern foreman and Heroku accept: ^([A-Za-z0-9_-]+):\s*(.+)$
-PROCESS_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+PROCESS_NAME = re.compile(r"^[A-Za-z0-9_-]+\Z")
 _LINE_END = re.compile(r"\r\n|\n|\r")
 _BOM = "\ufeff"
 

@@ -17,13 +17,13 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from hgrun import __version__
 from hgrun.engine import Engine
 from hgrun.server.api import apps, attach, openapi, runs, scripts, tokens
-from hgrun.server.api.requests import RouteSpec, endpoint
+from hgrun.server.api.requests import Handler, RouteSpec, dispatch
 from hgrun.server.api.runs import stderr_tail
 from hgrun.server.api.views import run_json
 from hgrun.server.launcher import Launcher
@@ -56,14 +56,33 @@ class Server:
 
 
 def build_app(server: Server) -> Starlette:
+    # One route a path, whatever its methods: a 405 then names them all in Allow (one route a
+    # method and path made Starlette name only the first one's).
+    by_path: dict[str, dict[str, Handler]] = {}
+    for method, path, handler, _summary in ROUTES:
+        by_path.setdefault(path, {})[method] = handler
     routes: list[BaseRoute] = [
-        Route(path, endpoint(server, handler), methods=[method])
-        for method, path, handler, _summary in ROUTES
+        Route(path, dispatch(server, handlers)) for path, handlers in by_path.items()
     ]
     routes.append(WebSocketRoute("/v1/runs/{run_id:int}/attach", attach.endpoint(server)))
     from hgrun.server import dashboard  # the web pages at / (its own package; mounted here)
 
-    return Starlette(routes=routes, middleware=[dashboard.middleware(server)])
+    return Starlette(
+        routes=routes,
+        middleware=[dashboard.middleware(server)],
+        exception_handlers={404: not_found},
+    )
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    """No route: under /v1 the API's JSON error (a path such as /v1/runs/abc lands here, as
+    the run id is not a number), elsewhere plain text."""
+    if request.url.path.startswith("/v1/"):
+        return JSONResponse(
+            {"error": "not_found", "message": f"no such path: {request.url.path}", "hint": None},
+            status_code=404,
+        )
+    return PlainTextResponse("Not Found", status_code=404)
 
 
 async def health(server: Server, request: Request) -> Response:

@@ -125,6 +125,10 @@ def _count(maximum: int) -> Schema:
     return {"type": "integer", "minimum": 0, "maximum": maximum}
 
 
+# The name rules of hgrun.models and tokens.py, as ECMA-262 patterns (where "$" is the end).
+APP_PATTERN = "^[a-z][a-z0-9-]{0,62}$"
+TOKEN_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ENV_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
 ID: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_INT}
 FLAG: Schema = {"type": "string", "enum": ["1", "0", "true", "false"]}
 NDJSON = {"application/x-ndjson": {"schema": STR}}
@@ -141,13 +145,13 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
     from hgrun.server.api.scripts import MAX_SCRIPT_RUNS_PAGE
     from hgrun.server.api.tokens import MAX_AUDIT_PAGE
 
-    env = {"type": "object", "additionalProperties": STR}
+    env = {"type": "object", "propertyNames": {"pattern": ENV_PATTERN}, "additionalProperties": STR}
     return {
         ("GET", "/v1/health"): {"200": _ref("Health")},
         ("GET", "/v1/openapi.json"): {"200": {"type": "object"}},
         ("GET", "/v1/apps"): {"200": _list("App")},
         ("POST", "/v1/apps"): {
-            "body": _json_body(_obj(name=STR)),
+            "body": _json_body(_obj(name={"type": "string", "pattern": APP_PATTERN})),
             "201": _ref("App"),
         },
         ("GET", "/v1/apps/{app}"): {
@@ -155,7 +159,13 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("GET", "/v1/apps/{app}/config"): {"200": _ref("Config")},
         ("PATCH", "/v1/apps/{app}/config"): {
-            "body": _json_body({"type": "object", "additionalProperties": _null(STR)}),
+            "body": _json_body(
+                {
+                    "type": "object",
+                    "propertyNames": {"pattern": ENV_PATTERN},
+                    "additionalProperties": _null(STR),
+                }
+            ),
             "200": _ref("Config"),
         },
         ("GET", "/v1/apps/{app}/builds/{hash}"): {"200": _obj(context_hash=STR, image=STR)},
@@ -251,7 +261,7 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
             "body": _json_body(
                 _obj(
                     required=False,
-                    name=STR,
+                    name={"type": "string", "pattern": TOKEN_PATTERN},
                     scope={"type": "string", "enum": [s.value for s in Scope]},
                     script=_null(STR),
                 )

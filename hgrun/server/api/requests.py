@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hgrun.errors import HgrunError, InputError, NotFoundError, PayloadTooLargeError
 from hgrun.models import App, Run
@@ -47,6 +48,41 @@ def endpoint(server: Server, handler: Handler) -> Callable[[Request], Awaitable[
             )
 
     return run
+
+
+def dispatch(server: Server, handlers: Mapping[str, Handler]) -> ASGIApp:
+    """The endpoint of one path: each method's handler; another method is a JSON 405 with
+    ``Allow`` (RFC 9110 section 15.5.6). HEAD is answered as GET."""
+    endpoints = {method: endpoint(server, handler) for method, handler in handlers.items()}
+    if "GET" in endpoints:
+        endpoints["HEAD"] = endpoints["GET"]
+    return _PathEndpoint(endpoints)
+
+
+class _PathEndpoint:
+    """An ASGI app rather than a request function, so Starlette passes it every method (for a
+    function it answers a plain-text 405 itself to all but GET and HEAD)."""
+
+    def __init__(self, endpoints: Mapping[str, Callable[[Request], Awaitable[Response]]]) -> None:
+        self.endpoints = endpoints
+        self.allow = ", ".join(endpoints)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        chosen = self.endpoints.get(request.method)
+        if chosen is None:
+            response: Response = JSONResponse(
+                {
+                    "error": "method_not_allowed",
+                    "message": f"{request.method} is not allowed on {request.url.path}",
+                    "hint": f"allowed: {self.allow}",
+                },
+                status_code=405,
+                headers={"Allow": self.allow},
+            )
+        else:
+            response = await chosen(request)
+        await response(scope, receive, send)
 
 
 def principal(server: Server, request: Request, action: str) -> Principal:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from hgrun.server.api import Server
 
 MAX_AUDIT_PAGE = 10_000  # records of one GET /v1/audit
-TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 async def list_tokens(server: Server, request: Request) -> Response:
