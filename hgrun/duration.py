@@ -93,10 +93,11 @@ def format_duration(seconds: float) -> str:
     if seconds == 0:
         return "0s"
     # Round once per branch and compare the rounded value, so 0.9996 s reads "1s", not "1000ms".
-    ms = round(seconds * 1000)
+    # (Only below a second and a minute: seconds * 1000 overflows to infinity near 1.8e305.)
+    ms = round(seconds * 1000) if seconds < 1 else 1000
     if ms < 1000:
         return f"{ms}ms"
-    tenths = round(seconds * 10)
+    tenths = round(seconds * 10) if seconds < 60 else 600
     if tenths < 600:
         whole, frac = divmod(tenths, 10)
         return f"{whole}.{frac}s" if frac else f"{whole}s"

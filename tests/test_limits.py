@@ -259,3 +259,15 @@ def test_every_route_has_its_parameters_and_response_schema_in_the_document() ->
 def test_deep_yaml_is_a_manifest_error(text: str) -> None:
     with pytest.raises(ManifestError):
         parse_manifest(text)
+
+
+def test_an_unknown_query_parameter_is_400_naming_it(server: HgrunServer, app: str) -> None:
+    with Api(server) as api:
+        response = api.http.get(f"/v1/apps/{app}/runs", params={"limt": "5"})
+        _error(response, 400, "limt")
+        assert "limit" in response.json()["hint"]
+        response = api.http.request("OPTIONS", "/v1/apps")
+        assert response.status_code == 405
+        assert response.headers["allow"] == "GET, POST, HEAD"
+        assert response.json()["error"] == "method_not_allowed"
+        assert api.http.get("/v1/runs/abc").json()["error"] == "not_found"

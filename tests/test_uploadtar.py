@@ -177,3 +177,17 @@ def test_not_a_tar_is_refused() -> None:
 
 def test_an_empty_upload_is_just_the_root() -> None:
     assert read_back(run_filter(bytes(2 * BLOCK))) == [("uploads", "dir", 0o1777, b"")]
+
+
+def test_the_cli_follows_a_named_link_and_refuses_one_inside_a_folder(tmp_path) -> None:
+    from hgrun.cli.uploads import plan
+    from hgrun.errors import InputError
+
+    (tmp_path / "real.txt").write_text("x")
+    (tmp_path / "named").symlink_to(tmp_path / "real.txt")
+    (entry_,) = plan([str(tmp_path / "named")])
+    assert (entry_.arcname, entry_.kind, entry_.size) == ("uploads/named", "file", 1)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "inner").symlink_to(tmp_path / "real.txt")
+    with pytest.raises(InputError, match="symbolic link inside a folder"):
+        plan([str(tmp_path / "d")])

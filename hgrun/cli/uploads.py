@@ -20,7 +20,7 @@ class Upload:
     path: Path
     arcname: str
     size: int
-    kind: str  # file | dir | link
+    kind: str  # file | dir (the server refuses links: hgrun/uploadtar.py)
     mode: int
     target: str = ""
 
@@ -40,6 +40,12 @@ def plan(paths: Sequence[str]) -> list[Upload]:
                 "both would land at /tmp/uploads/" + name + "; rename one",
             )
         seen.add(name)
+        if path.is_symlink():
+            # A link named on the command line is taken for what it points to; links inside
+            # a folder are refused (the server takes regular files and folders only).
+            path = path.resolve()
+            if not path.exists():
+                raise InputError(f"--file {raw}: a link to nothing", "check the path")
         entries.append(_entry(path, f"{UPLOAD_ROOT}/{name}"))
         if path.is_dir() and not path.is_symlink():
             for folder, dirs, files in os.walk(path):
@@ -60,7 +66,11 @@ def _entry(path: Path, arcname: str) -> Upload:
     except OSError as e:
         raise InputError(f"--file {path}: {e.strerror}") from e
     if stat.S_ISLNK(st.st_mode):
-        return Upload(path, arcname, 0, "link", 0o777, os.readlink(path))
+        raise InputError(
+            f"--file {path}: a symbolic link inside a folder",
+            "uploads carry regular files and folders only: copy what it points to, or pass"
+            " it with its own --file",
+        )
     if stat.S_ISDIR(st.st_mode):
         return Upload(path, arcname, 0, "dir", 0o755)
     if not stat.S_ISREG(st.st_mode):
@@ -119,9 +129,6 @@ def _header(entry: Upload) -> bytes:
     info.mtime = int(entry.path.lstat().st_mtime) if entry.path != Path(".") else 0
     if entry.kind == "dir":
         info.type = tarfile.DIRTYPE
-    elif entry.kind == "link":
-        info.type = tarfile.SYMTYPE
-        info.linkname = entry.target
     else:
         info.size = entry.size
     return info.tobuf(format=tarfile.PAX_FORMAT)

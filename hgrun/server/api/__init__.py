@@ -61,8 +61,10 @@ def build_app(server: Server) -> Starlette:
     by_path: dict[str, dict[str, Handler]] = {}
     for method, path, handler, _summary in ROUTES:
         by_path.setdefault(path, {})[method] = handler
+    queries = openapi.query_parameters(ROUTES)
     routes: list[BaseRoute] = [
-        Route(path, dispatch(server, handlers)) for path, handlers in by_path.items()
+        Route(path, dispatch(server, handlers, {m: queries[(m, path)] for m in handlers}))
+        for path, handlers in by_path.items()
     ]
     routes.append(WebSocketRoute("/v1/runs/{run_id:int}/attach", attach.endpoint(server)))
     from hgrun.server import dashboard  # the web pages at / (its own package; mounted here)

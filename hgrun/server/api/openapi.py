@@ -213,7 +213,13 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("GET", "/v1/apps/{app}/runs"): {
             "params": [
-                _query("status", {"type": "string", "enum": [s.value for s in RunStatus]}),
+                _query(
+                    "status",
+                    {
+                        "type": "array",
+                        "items": {"type": "string", "enum": [s.value for s in RunStatus]},
+                    },
+                ),
                 _query("active", FLAG),
                 _query("trigger", {"type": "string", "enum": [t.value for t in TriggerKind]}),
                 _query("limit", _count(MAX_RUNS_PAGE)),
@@ -283,6 +289,19 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
                 checked=INT,
             ),
         },
+    }
+
+
+def query_parameters(routes: Iterable[RouteSpec]) -> dict[tuple[str, str], frozenset[str]]:
+    """The query parameters each route takes, by its (method, path) in the route table."""
+    operations = _operations()
+    return {
+        (method, path): frozenset(
+            p["name"]
+            for p in operations.get((method, path.replace(":int", "")), {}).get("params", [])
+            if p["in"] == "query"
+        )
+        for method, path, _handler, _summary in routes
     }
 
 

@@ -50,13 +50,37 @@ def endpoint(server: Server, handler: Handler) -> Callable[[Request], Awaitable[
     return run
 
 
-def dispatch(server: Server, handlers: Mapping[str, Handler]) -> ASGIApp:
+def dispatch(
+    server: Server,
+    handlers: Mapping[str, Handler],
+    queries: Mapping[str, frozenset[str]],
+) -> ASGIApp:
     """The endpoint of one path: each method's handler; another method is a JSON 405 with
-    ``Allow`` (RFC 9110 section 15.5.6). HEAD is answered as GET."""
-    endpoints = {method: endpoint(server, handler) for method, handler in handlers.items()}
+    ``Allow`` (RFC 9110 section 15.5.6). HEAD is answered as GET. A query parameter the
+    method does not take (``queries``) is a 400 naming it: a typo is not silently ignored."""
+    endpoints = {
+        method: _strict_query(endpoint(server, handler), queries.get(method, frozenset()))
+        for method, handler in handlers.items()
+    }
     if "GET" in endpoints:
         endpoints["HEAD"] = endpoints["GET"]
     return _PathEndpoint(endpoints)
+
+
+def _strict_query(
+    run: Callable[[Request], Awaitable[Response]], known: frozenset[str]
+) -> Callable[[Request], Awaitable[Response]]:
+    async def checked(request: Request) -> Response:
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            error = InputError(
+                f"unknown query parameter {unknown[0]!r}",
+                f"this call takes: {', '.join(sorted(known))}" if known else "it takes none",
+            )
+            return JSONResponse(error.to_json(), status_code=error.http_status)
+        return await run(request)
+
+    return checked
 
 
 class _PathEndpoint:
