@@ -223,7 +223,7 @@ async def upload_files(server: Server, request: Request) -> Response:
         )
     upload = UploadFilter(server.supervisor.limits.max_upload, out_root=OUT_ROOT)
     length = request.headers.get("content-length", "")
-    declared = int(length) if length.isdigit() else None
+    declared = int(length) if length.isascii() and length.isdigit() else None
     server.uploading.add(run.id)
     try:
         await server.supervisor.upload(run.id, _checked(request.stream(), upload), declared)
