@@ -291,8 +291,8 @@ def test_slow_stack_deploys_runs_and_reuses_dependencies(
 def test_build_network_is_the_builds_not_the_apps(
     cli: Cli, stack_image: Callable[[str], str], tmp_path: Path
 ) -> None:
-    """build.network goes to the build (here one that does not exist, which the engine names);
-    the run's network stays the app's."""
+    """build.network goes with the build request (here one the server does not allow: it is
+    refused by name before any build, since builds need --allow-network like runs)."""
     app = APPS["python"]
     name = f"stack-net-{uuid.uuid4().hex[:6]}"
     root = write_app(tmp_path, name, app, {"base": stack_image("python")})
@@ -305,4 +305,5 @@ def test_build_network_is_the_builds_not_the_apps(
     err = done.stderr.decode()
     assert done.returncode != 0
     assert "hgrun-test-no-such-net" in err, err
-    assert "error: the build failed at step" in err, err
+    assert "the build asks for network 'hgrun-test-no-such-net'" in err, err
+    assert "--allow-network hgrun-test-no-such-net" in err, err
