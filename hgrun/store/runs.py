@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hgrun import lifecycle
-from hgrun.errors import ConflictError, NotFoundError, StoreError
+from hgrun.errors import ConflictError, NotFoundError
 from hgrun.models import Run, RunStatus, Trigger, TriggerKind
 from hgrun.store.base import ACTIVE_SQL, StoreBase
 
@@ -180,32 +180,6 @@ class RunStore(StoreBase):
         if new.finished:
             self._ended(moved)
         return moved
-
-    def update_run(self, run_id: int, **fields: Any) -> Run:
-        """Deprecated: use the named transitions. Kept until the supervisor no longer calls it.
-
-        Set columns of a run. A finished run is never changed again (first final state wins).
-        """
-        allowed = {
-            "status", "exit_code", "oom", "container_id", "node", "error", "started", "finished",
-        }  # fmt: skip
-        unknown = set(fields) - allowed
-        if unknown:
-            raise StoreError(f"cannot update run columns {sorted(unknown)}")
-        values = {k: (v.value if isinstance(v, RunStatus) else v) for k, v in fields.items()}
-        sets = ", ".join(f"{k} = ?" for k in values)
-        with self._tx() as db:
-            changed = db.execute(
-                f"UPDATE runs SET {sets} WHERE id = ? AND status IN ({ACTIVE_SQL})",
-                (*values.values(), run_id),
-            ).rowcount
-            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if row is None:
-            raise NotFoundError(f"run {run_id} not found")
-        run = run_from_row(row, self._unseal)
-        if changed and run.status.finished:
-            self._ended(run)
-        return run
 
     def _ended(self, run: Run) -> None:
         """Tell ``on_run_ended`` that ``run`` just became final (once: the first final state
