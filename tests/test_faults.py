@@ -338,7 +338,12 @@ def test_a_run_whose_container_vanished_while_the_server_was_down_is_lost(
         for number in (gone, kept):
             wait_for(lambda n=number: api.run(n)["status"] == "running", 60, f"run {number}")
     srv.stop(signal.SIGKILL)
-    (container,) = run_containers(docker_client, gone)
+    # Other tests' servers number their runs from 1 too: this one is the run that sleeps 600.
+    (container,) = [
+        c
+        for c in run_containers(docker_client, gone)
+        if "sleep 600" in str(c.attrs.get("Command", ""))
+    ]
     container.remove(force=True)  # behind the server's back
     srv.start()
     with Api(srv) as api:
