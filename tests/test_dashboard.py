@@ -57,6 +57,8 @@ SCRIPTS = """\
     command: echo report
     cron: "30 4 * * *"
     timezone: Europe/Paris
+  a-script-whose-name-is-long-enough-to-widen-the-form-on-a-phone:
+    command: echo wide
 """
 
 
