@@ -1,21 +1,22 @@
 """The store: SQLite in the data directory. Only here is SQL written and sqlite3 imported.
 
 :class:`Store` composes one module per concept on one connection (``base``): workspaces and
-tokens, apps and releases, runs and their transitions, scripts, output. The audit log is a
-separate file (``audit``).
+tokens, apps and releases, runs and their transitions, scripts, output, registered node
+endpoints. The audit log is a separate file (``audit``).
 """
 
 from __future__ import annotations
 
 from hgrun.store.apps import AppStore
 from hgrun.store.base import StoreBase
+from hgrun.store.nodes import NodeEndpoint, NodeStore
 from hgrun.store.output import NewChunk, OutputStore
 from hgrun.store.runs import RunStore
 from hgrun.store.scripts import ScriptStore
 from hgrun.store.tokens import TokenStore, hash_token
 
-__all__ = ["NewChunk", "Store", "hash_token"]
+__all__ = ["NewChunk", "NodeEndpoint", "Store", "hash_token"]
 
 
-class Store(TokenStore, AppStore, RunStore, ScriptStore, OutputStore, StoreBase):
+class Store(TokenStore, AppStore, RunStore, ScriptStore, OutputStore, NodeStore, StoreBase):
     """The whole store; see each base class for its concept."""

@@ -142,4 +142,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE releases ADD COLUMN actor TEXT NOT NULL DEFAULT '';
     """,
+    # 7: engine endpoints of swarm nodes registered by an operator (`hgrun nodes:add`), server
+    # wide (the engine is): a registered endpoint wins over the one a node advertises.
+    """
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        endpoint TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    """,
 ]
