@@ -121,6 +121,51 @@ def test_over_the_connection_cap_requests_get_503_with_retry_after(guarded: Hgru
     )
 
 
+_UPGRADE = (
+    b"GET /v1/runs/1/attach HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n"
+)
+
+
+def _upgrade(server: HgrunServer) -> bytes:
+    """The head of the answer to a WebSocket upgrade (no token: the app refuses it, if reached)."""
+    sock = _connect(server)
+    try:
+        sock.sendall(_UPGRADE)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+        if answer.startswith(b"HTTP/1.1 503 "):
+            answer += _response(sock)  # the body, then the server closes the connection
+        return answer
+    finally:
+        sock.close()
+
+
+def test_an_upgrade_over_the_connection_cap_gets_503_and_a_close(guarded: HgrunServer) -> None:
+    """uvicorn checks its cap for plain requests only: without hgrun's guard the attach below
+    reached the app over the cap."""
+    held = [_connect(guarded) for _ in range(3)]
+    try:
+        answer = _upgrade(guarded)  # returns only once the server closed the connection
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 "), answer[:300]
+        assert b"\r\nretry-after: 1\r\n" in head.lower() + b"\r\n"
+        assert json.loads(body)["error"] == "unavailable"
+    finally:
+        for sock in held:
+            sock.close()
+    # Under the cap the same upgrade reaches the app again (which refuses it: no token).
+    wait_for(
+        lambda: not _upgrade(guarded).startswith(b"HTTP/1.1 503 "),
+        timeout=10,
+        what="the server to take upgrades again",
+    )
+    answer = _upgrade(guarded)
+    assert answer.startswith((b"HTTP/1.1 101 ", b"HTTP/1.1 401 ", b"HTTP/1.1 403 ")), answer[:300]
+
+
 def test_a_head_never_finished_is_closed_with_408(guarded: HgrunServer) -> None:
     sock = _connect(guarded)
     start = time.monotonic()

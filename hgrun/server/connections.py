@@ -12,7 +12,10 @@ for ever. Its ``limit_concurrency`` answers a plain-text 503 without ``Retry-Aft
 - a head not complete ``head_timeout`` seconds after it began gets ``408 Request Timeout``
   (RFC 9110 section 15.5.9) and a close, so slow clients cannot pin connections;
 - over the connection cap (uvicorn's ``limit_concurrency``), the answer is a JSON 503 with
-  ``Retry-After`` (RFC 9110 section 10.2.3), as every other hgrun error.
+  ``Retry-After`` (RFC 9110 section 10.2.3), as every other hgrun error. uvicorn checks its cap
+  only for plain requests: a WebSocket upgrade skips it (``on_headers_complete`` returns early
+  and ``handle_websocket_upgrade`` hands the socket to the WebSocket protocol), so an attach over
+  the cap would be accepted. The upgrade is refused the same way, before the handshake.
 """
 
 from __future__ import annotations
@@ -32,17 +35,25 @@ MAX_CONNECTIONS = 1000
 """Connections open at once (HTTP and WebSocket) before new requests get a 503."""
 RETRY_AFTER = 1
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+_BUSY = ("unavailable", "the server has too many connections open", f"retry in {RETRY_AFTER} s")
 
 
 def refusal(status: int, error: str, message: str, hint: str | None = None) -> bytes:
-    """A whole HTTP/1.1 response that closes the connection: hgrun's JSON error body."""
+    """A whole HTTP/1.1 response that closes the connection: hgrun's JSON error body (a 503
+    carries ``Retry-After``)."""
     body = json.dumps({"error": error, "message": message, "hint": hint}).encode()
+    retry = b"retry-after: %d\r\n" % RETRY_AFTER if status == 503 else b""
     return b"".join(
         [
             b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
             b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(body),
+            retry,
             b"connection: close\r\n\r\n",
             body,
         ]
@@ -51,13 +62,8 @@ def refusal(status: int, error: str, message: str, hint: str | None = None) -> b
 
 async def service_unavailable(scope: Any, receive: Any, send: Any) -> None:
     """The ASGI app a request over the connection cap gets instead of hgrun's."""
-    body = json.dumps(
-        {
-            "error": "unavailable",
-            "message": "the server has too many connections open",
-            "hint": f"retry in {RETRY_AFTER} s",
-        }
-    ).encode()
+    error, message, hint = _BUSY
+    body = json.dumps({"error": error, "message": message, "hint": hint}).encode()
     await send(
         {
             "type": "http.response.start",
@@ -132,7 +138,15 @@ def guarded_protocol(
             # The connection becomes the WebSocket protocol's: no more heads to time here.
             self._cancel_head_timer()
             self._head_open = False
+            if self._over_the_cap():
+                self._refuse(503, *_BUSY)
+                return
             super().handle_websocket_upgrade()
+
+        def _over_the_cap(self) -> bool:
+            # uvicorn's own test for plain requests; this connection is among those counted.
+            cap = self.limit_concurrency
+            return cap is not None and (len(self.connections) >= cap or len(self.tasks) >= cap)
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             if app is httptools_impl.service_unavailable:
@@ -169,11 +183,11 @@ def guarded_protocol(
             else:
                 self.transport.close()
 
-        def _refuse(self, status: int, error: str, message: str) -> None:
+        def _refuse(self, status: int, error: str, message: str, hint: str | None = None) -> None:
             self._cancel_head_timer()
             self._head_open = False
             if not self.transport.is_closing():
-                self.transport.write(refusal(status, error, message))
+                self.transport.write(refusal(status, error, message, hint))
                 self.transport.close()
 
     return GuardedHttpToolsProtocol
