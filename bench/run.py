@@ -54,6 +54,23 @@ SETTLE = 0.25  # seconds of pause before each timed command (after the engine is
 QUIESCE_MAX = 60.0  # at most this long waiting for the previous sample's containers to go
 
 
+# The phases of one traced run, in order: the client's own marks (hgrun's, HGRUN_TRACE), the
+# engine's events of the run's container, and what the bench itself sees.
+TRACE_PHASES = (
+    "client spawn", "imports", "command parsed", "request sent", "create (engine)",
+    "attach (engine)", "create answered", "attach answered", "start (engine)", "first byte",
+    "exit (engine)", "exit reported", "client exit", "removed (engine)",
+)  # fmt: skip
+CLI_PHASES = {
+    "imports": "imports", "parsed": "command parsed", "request": "request sent",
+    "created": "create answered", "attached": "attach answered", "exit_reported": "exit reported",
+}  # fmt: skip
+ENGINE_PHASES = {
+    "create": "create (engine)", "attach": "attach (engine)", "start": "start (engine)",
+    "die": "exit (engine)", "destroy": "removed (engine)",
+}  # fmt: skip
+
+
 # -- settings ------------------------------------------------------------------------------
 
 
@@ -466,6 +483,100 @@ class Bench(harness.Workspace):
         if done.stdout_bytes != size:
             raise BenchError(f"{side}: {done.stdout_bytes} bytes of output, expected {size}")
 
+    # -- the trace: where one run's time goes ---------------------------------------------
+
+    def trace(self, n: int) -> None:
+        """``n`` runs of `echo` per side (after one warmup each), interleaved: the instant of
+        each phase after the spawn, from the client (hgrun's own marks, HGRUN_TRACE; the first
+        byte and the exit as this bench sees them) and from the engine's events (create,
+        attach, start, die, destroy of the run's container), median per phase."""
+        say(
+            f"trace: `hgrun run --no-tty --no-build echo` vs `docker run --rm echo`, 1 warmup"
+            f" + {n} each, interleaved; phases from client marks and the engine's events"
+        )
+        samples: dict[str, list[dict[str, float]]] = {"h": [], "d": []}
+        for i in range(n + 1):
+            for side in ("h", "d") if i % 2 == 0 else ("d", "h"):
+                phases = self.attempt(f"trace ({side})", self._trace_one, side)
+                if i:
+                    samples[side].append(phases)
+        self.results["trace"] = {
+            side: {
+                phase: statistics.median(s[phase] for s in runs if phase in s)
+                for phase in TRACE_PHASES
+                if any(phase in s for s in runs)
+            }
+            for side, runs in samples.items()
+        }
+        self.results["trace_samples"] = samples
+
+    def _trace_one(self, side: str) -> dict[str, float]:
+        """One traced run: each phase's milliseconds after the client was spawned."""
+        self.quiesce()
+        marks_file = self.tmp / "trace.jsonl"
+        marks_file.unlink(missing_ok=True)
+        env = dict(self.env)
+        if side == "h":
+            argv = self.run_hgrun("echo", "traced")
+            env["HGRUN_TRACE"] = str(marks_file)
+            label = f"hgrun.instance={self.instance}"
+        else:
+            argv = self.docker_run("echo", "traced")
+            label = f"hgrun.bench={self.bench_id}"
+        since = time.time() - 1
+        spawn = time.time_ns()
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, cwd=self.app_dir,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None  # noqa: S101 - PIPEs
+        first = os.read(proc.stdout.fileno(), 65536)
+        first_ns = time.time_ns()
+        rest = proc.stdout.read()
+        err = proc.stderr.read()
+        code = proc.wait(CMD_TIMEOUT)
+        exit_ns = time.time_ns()
+        if code != 0 or (first + rest).strip() != b"traced":
+            raise BenchError(f"{side}: exited {code}, output {first + rest!r}, {err[-500:]!r}")
+        self.quiesce()  # the container is gone: every event of it is in the engine's log
+        phases: dict[str, float] = {"first byte": first_ns, "client exit": exit_ns}
+        for action, ns in self._events(label, since, spawn).items():
+            phases[ENGINE_PHASES[action]] = ns
+        if side == "h":
+            for line in marks_file.read_text().splitlines():
+                mark = json.loads(line)
+                if mark["mark"] in CLI_PHASES:
+                    phases[CLI_PHASES[mark["mark"]]] = mark["ns"]
+        out = {"client spawn": 0.0}
+        out.update({phase: (ns - spawn) / 1e6 for phase, ns in phases.items()})
+        return out
+
+    def _events(self, label: str, since: float, after_ns: int) -> dict[str, int]:
+        """The first create, attach, start, die and destroy of the one container labelled
+        ``label`` made after ``after_ns``, in epoch nanoseconds (``since``: where the engine's
+        log is read from, in epoch seconds)."""
+        listed = subprocess.run(
+            self.docker_cmd(
+                "events", "--since", f"{since:.6f}", "--until", f"{time.time():.6f}",
+                "--filter", "type=container", "--filter", f"label={label}",
+                "--format", "{{json .}}",
+            ),
+            env=self.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        found: dict[str, int] = {}
+        ids = set()
+        for line in listed.stdout.splitlines():
+            event = json.loads(line)
+            if int(event["timeNano"]) < after_ns:
+                continue  # the previous sample's container, going away
+            action = str(event.get("Action", "")).split(":")[0]
+            if action in ENGINE_PHASES and action not in found:
+                found[action] = int(event["timeNano"])
+                ids.add(event.get("id"))
+        if len(ids) > 1:
+            raise BenchError(f"events of {len(ids)} containers labelled {label} in one sample")
+        return found
+
     # -- 3 and 4. upload, and memory during it --------------------------------------------
 
     def make_upload_file(self) -> Path:
@@ -708,6 +819,31 @@ def print_table(table: list[dict[str, Any]]) -> None:
     )
 
 
+def print_trace(trace: dict[str, dict[str, float]]) -> None:
+    """The phases of one run, side by side: ms after the spawn, and the step from the phase
+    before it on the same side (blank where a side has no such phase)."""
+    h, d = trace.get("h", {}), trace.get("d", {})
+
+    def cells(side: dict[str, float], phase: str, before: list[float]) -> list[str]:
+        if phase not in side:
+            return ["", ""]
+        at = side[phase]
+        step = f"+{at - before[0]:.0f}" if before else ""
+        before[:] = [at]
+        return [f"{at:.0f}", step]
+
+    lines = []
+    hb: list[float] = []
+    db: list[float] = []
+    for phase in TRACE_PHASES:
+        if phase in h or phase in d:
+            lines.append([phase, *cells(h, phase, hb), *cells(d, phase, db)])
+    harness.print_table(["phase (median)", "hgrun ms", "step", "docker ms", "step"], lines)
+    if "client exit" in h and "client exit" in d:
+        ratio = h["client exit"] / d["client exit"]
+        print(f"start-to-exit ratio (client exit): {ratio:.2f} (target <= 1.0)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="N=5, 20 MB output, 100 MB upload")
@@ -722,6 +858,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="no bytecode cache for hgrun (keep PYTHONDONTWRITEBYTECODE as the environment has it)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (for debugging)")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="only the trace: where one run's time goes, phase by phase (N=--n, default 5)",
+    )
     args = parser.parse_args(argv)
     plan = make_plan(args)
     start = harness.Start.now()
@@ -738,6 +879,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def steps(bench: Bench) -> int:
         bench.setup()
+        if args.trace:
+            bench.trace(args.n or 5)
+            return 0
         bench.cli_startup()
         bench.start_to_exit()
         bench.output()
@@ -751,7 +895,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = rows(bench.results, plan)
     doc = harness.document(
         start,
-        mode="quick" if args.quick else "full",
+        mode="trace" if args.trace else "quick" if args.quick else "full",
         plan=plan.__dict__,
         status=status,
         table=table,
@@ -774,6 +918,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if table:
             print_table(table)
+        if "trace" in bench.results:
+            print_trace(bench.results["trace"])
         missed = [t["metric"].strip() for t in table if t["ok"] is False]
         if missed:
             print(f"\nmissed targets: {'; '.join(missed)}")

@@ -31,6 +31,7 @@ from websockets.exceptions import (
 from websockets.typing import Subprotocol
 
 from hgrun import errors
+from hgrun.cli import trace
 from hgrun.cli.terminal import Terminal
 from hgrun.relay.protocol import (
     SUBPROTOCOLS,
@@ -85,6 +86,7 @@ async def attach(
     what = f"run {run_id}" if run_id is not None else "the run"
     state = _State()
     ws = await _connect(url, headers, what, ssl)
+    trace.mark("attached")
     with terminal.raw() if tty else contextlib.nullcontext():
         while True:
             try:
@@ -279,6 +281,8 @@ class _Session:
             async for message in self.ws:
                 for event in self.conn.receive(message):
                     if isinstance(event, StdoutData):
+                        if not self.state.received:
+                            trace.mark("first_byte")
                         _write_all(stdout, event.data)
                         if event.data:
                             at_line_start = event.data.endswith(b"\n")
@@ -291,6 +295,7 @@ class _Session:
                         _write_all(stderr, data)
                         self.state.received += len(event.data)  # the server's bytes, as sent
                     elif isinstance(event, Exited):
+                        trace.mark("exit_reported")
                         return event.exit_code
         except ConnectionClosed as e:
             if e.rcvd is not None and e.rcvd.code == TRY_AGAIN:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import click
 
 from hgrun import __version__
-from hgrun.cli import examples
+from hgrun.cli import examples, trace
 from hgrun.cli.options import Context
 from hgrun.cli.output import Output
 from hgrun.cli.terminal import Terminal
@@ -126,6 +126,7 @@ def help_cmd(click_ctx: click.Context, command_name: str | None) -> None:
 
 def main(argv: Sequence[str] | None = None, terminal: Terminal | None = None) -> int:
     """Run the CLI; return (and, as a script, exit with) its status. Errors print one line."""
+    trace.mark("imports")
     terminal = terminal or Terminal.from_process()
     ctx = Context(terminal=terminal, output=Output(terminal), environ=dict(os.environ))
     args = list(sys.argv[1:] if argv is None else argv)
@@ -136,6 +137,7 @@ def main(argv: Sequence[str] | None = None, terminal: Terminal | None = None) ->
 
         completion.install()
     status = _run_cli(ctx, args)
+    trace.dump()
     if argv is None:
         # Skip the interpreter's teardown (tens of ms of module cleanup): everything the CLI
         # writes is flushed here, and nothing else is left to finish.

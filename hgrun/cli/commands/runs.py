@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from hgrun.cli import appdir, runargs, uploads, views
+from hgrun.cli import appdir, runargs, trace, uploads, views
 from hgrun.cli.client import cli_hint
 from hgrun.cli.options import (
     Context,
@@ -121,6 +121,7 @@ def run(
     `hgrun run` never deploys: from an app folder that differs from the live release, it says so
     on stderr and runs the live release; --build runs the folder's code this once instead.
     """
+    trace.mark("parsed")
     ctx: Context = click_ctx.find_object(Context)
     raw: list[str] = click_ctx.meta.get("hgrun.run.args", [])
     if command and raw.count("--") == command.count("--"):
@@ -167,7 +168,9 @@ def run(
         body["type"] = process_type
     if built is not None:
         body["build"], body["procfile"] = built.context_hash, built.procfile_text
+    trace.mark("request")
     run_info = ctx.api.post(f"/v1/apps/{name}/runs", body)
+    trace.mark("created")
     run_id = run_info["id"]
     if (
         asked_timeout is not None
