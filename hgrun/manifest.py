@@ -45,9 +45,22 @@ CRON_MACROS = tuple(MACROS)
 NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
-_TOP_KEYS = ("name", "build", "env", "size", "network", "scripts", "placement")
+_TOP_KEYS = (
+    "name",
+    "build",
+    "env",
+    "size",
+    "network",
+    "user",
+    "read_only",
+    "scripts",
+    "placement",
+)
 # A Swarm placement constraint (Docker docs, "docker service create --constraint"): a node or
 # engine attribute, == or !=, a value.
+# A container's user as Docker takes it (docker run --user): a name or uid, then optionally
+# ':' and a group name or gid; names as useradd's (shadow-utils) NAME_REGEX, at most 32 each.
+USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?\Z")
 PLACEMENT = re.compile(r"^(node|engine)\.[A-Za-z0-9_.-]+ *(==|!=) *[^ =!]\S*$")
 _BUILD_KEYS = ("dockerfile", "stack", "base", "builder", "network")
 _SCRIPT_KEYS = (
@@ -69,13 +82,14 @@ _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _NULL = "tag:yaml.org,2002:null"
+_BOOL = "tag:yaml.org,2002:bool"
 _MERGE = "tag:yaml.org,2002:merge"
 _KINDS = {
     _STR: "a string",
     _INT: "a number",
     _FLOAT: "a number",
     _NULL: "nothing",
-    "tag:yaml.org,2002:bool": "a boolean",
+    _BOOL: "a boolean",
     "tag:yaml.org,2002:timestamp": "a date",
 }
 
@@ -297,6 +311,13 @@ class _Reader:
             )
         return value
 
+    def boolean(self, node: Node, path: KeyPath) -> bool:
+        if not isinstance(node, ScalarNode) or node.tag != _BOOL:
+            raise self.error(
+                node, path, f"expected true or false, found {_kind(node)}", hint="e.g. true"
+            )
+        return bool(yaml.constructor.SafeConstructor().construct_yaml_bool(node))
+
     def strings(self, node: Node, path: KeyPath, *, example: str) -> list[tuple[str, Node]]:
         """A string or a non-empty list of strings, as ``[(value, its node)]``."""
         items = node.value if isinstance(node, SequenceNode) else [node]
@@ -335,6 +356,10 @@ class _Reader:
         env = self.env(top["env"][1]) if "env" in top else {}
         size = self.size(top["size"][1], ("size",)) if "size" in top else DEFAULT_SIZE
         network = self.network(top["network"][1]) if "network" in top else "none"
+        user = self.user(top["user"][1]) if "user" in top else None
+        read_only = (
+            self.boolean(top["read_only"][1], ("read_only",)) if "read_only" in top else False
+        )
         scripts: list[Script] = []
         if "scripts" in top:
             section = self.optional_mapping(top["scripts"][1], ("scripts",))
@@ -347,6 +372,8 @@ class _Reader:
             env=env,
             size=size,
             network=network,
+            user=user,
+            read_only=read_only,
             scripts=tuple(scripts),
             placement=placement,
         )
@@ -443,6 +470,25 @@ class _Reader:
                 f"{_show(value)} is not a network name",
                 hint="use none, host, or the name of a Docker network "
                 "(letters, digits, '_', '.', '-')",
+            )
+        return value
+
+    def user(self, node: Node) -> str:
+        # A number is a uid, as `docker run --user 10001` takes it: written bare or quoted.
+        if isinstance(node, ScalarNode) and node.tag == _INT and node.value.isdigit():
+            value = str(int(node.value))
+        else:
+            value = self.string(node, ("user",), example='"10001"')
+        # uid_t is 32 bits and (uid_t)-1 means "no change" (chown(2)): ids stop below it.
+        if not USER.match(value) or any(
+            part.isdigit() and int(part) >= 2**32 - 1 for part in value.split(":")
+        ):
+            raise self.error(
+                node,
+                ("user",),
+                f"{_show(value)} is not a user",
+                hint='write a user name or uid, optionally with ":GROUP", e.g. "10001" or'
+                ' "app:app"',
             )
         return value
 

@@ -142,6 +142,10 @@ class Manifest:
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     size: str = DEFAULT_SIZE
     network: str = "none"
+    # The user runs are made as (docker run --user), else the image's own; a read-only root
+    # filesystem with a writable /tmp.
+    user: str | None = None
+    read_only: bool = False
     scripts: Sequence[Script] = ()
     # Swarm placement constraints of every run of the app ("node.labels.pool==batch"); one
     # Docker host has nowhere else to place a run and ignores them.
@@ -301,6 +305,8 @@ def manifest_to_json(manifest: Manifest) -> dict[str, object]:
         "env": dict(manifest.env),
         "size": manifest.size,
         "network": manifest.network,
+        "user": manifest.user,
+        "read_only": manifest.read_only,
         "scripts": [script_to_json(script) for script in manifest.scripts],
         "placement": list(manifest.placement),
     }
@@ -322,6 +328,8 @@ def manifest_from_json(data: Mapping[str, object]) -> Manifest:
         env={str(k): str(v) for k, v in env.items()} if isinstance(env, Mapping) else {},
         size=str(data.get("size") or DEFAULT_SIZE),
         network=str(data.get("network") or "none"),
+        user=str(data["user"]) if data.get("user") else None,
+        read_only=data.get("read_only") is True,
         scripts=tuple(script_from_json(s) for s in scripts if isinstance(s, Mapping))
         if isinstance(scripts, list)
         else (),

@@ -6,7 +6,16 @@ import pytest
 
 from hgrun.errors import ExitStatus, ManifestError
 from hgrun.manifest import parse_manifest
-from hgrun.models import Build, Catchup, Concurrency, Manifest, Notify, Script
+from hgrun.models import (
+    Build,
+    Catchup,
+    Concurrency,
+    Manifest,
+    Notify,
+    Script,
+    manifest_from_json,
+    manifest_to_json,
+)
 
 FULL = """\
 name: myapp
@@ -97,6 +106,14 @@ def test_full_example() -> None:
         ("name: a\nnetwork: none", lambda m: m.network == "none"),
         ("name: a\nnetwork: my_net.1", lambda m: m.network == "my_net.1"),
         ("name: a", lambda m: m.placement == ()),
+        ("name: a", lambda m: m.user is None and m.read_only is False),
+        ("name: a\nuser: 10001", lambda m: m.user == "10001"),
+        ("name: a\nuser: '10001:10001'", lambda m: m.user == "10001:10001"),
+        ("name: a\nuser: app:staff", lambda m: m.user == "app:staff"),
+        ("name: a\nuser: 0", lambda m: m.user == "0"),
+        ("name: a\nuser: '4294967294'", lambda m: m.user == "4294967294"),
+        ("name: a\nread_only: true", lambda m: m.read_only is True),
+        ("name: a\nread_only: false", lambda m: m.read_only is False),
         ("name: a\nplacement: node.role==worker", lambda m: m.placement == ("node.role==worker",)),
         (
             "name: a\nplacement: [node.labels.pool == batch, engine.labels.disk!=hdd]",
@@ -274,6 +291,24 @@ ERRORS = [
         'network: expected a string, found a boolean "no"',
         'quotes: "no"',
     ),
+    # user, read_only
+    ("name: a\nuser: 'a b'", 2, 7, 'user: "a b" is not a user', '"10001" or "app:app"'),
+    ("name: a\nuser: 'a:b:c'", 2, 7, 'user: "a:b:c" is not a user', None),
+    ("name: a\nuser: '-1'", 2, 7, 'user: "-1" is not a user', None),
+    ("name: a\nuser: 4294967295", 2, 7, 'user: "4294967295" is not a user', None),
+    ("name: a\nuser: '1:99999999999'", 2, 7, 'user: "1:99999999999" is not a user', None),
+    ("name: a\nuser: ''", 2, 7, "user: must not be empty", None),
+    ("name: a\nuser: [1]", 2, 7, "user: expected a string, found a list", None),
+    ("name: a\nuser: 1.5", 2, 7, 'user: expected a string, found a number "1.5"', None),
+    ("name: a\nread_only: 1", 2, 12, 'read_only: expected true or false, found a number "1"', None),
+    (
+        "name: a\nread_only: 'true'",
+        2,
+        12,
+        "read_only: expected true or false, found a string",
+        "e.g. true",
+    ),
+    ("name: a\nreadonly: true", 2, 1, "readonly", "did you mean 'read_only'"),
     # placement
     (
         "name: a\nplacement: [node.role==worker, pool=batch]",
@@ -721,3 +756,16 @@ def test_docs_example_parses() -> None:
     block = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
     m = parse_manifest(block, procfile={"worker": "python3 manage.py worker"})
     assert m.name == "myapp"
+
+
+@pytest.mark.parametrize(
+    "text", ["name: a", "name: a\nuser: '10001:10001'\nread_only: true", "name: a\nuser: app"]
+)
+def test_user_and_read_only_survive_the_release_json(text: str) -> None:
+    manifest = parse_manifest(text)
+    assert manifest_from_json(manifest_to_json(manifest)) == manifest
+
+
+def test_a_release_stored_before_user_and_read_only_gets_their_defaults() -> None:
+    manifest = manifest_from_json({"name": "a", "network": "none"})
+    assert (manifest.user, manifest.read_only) == (None, False)
