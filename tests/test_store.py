@@ -530,3 +530,80 @@ def test_prune_works_in_bounded_passes_and_transactions(tmp_path: Path) -> None:
     assert counts == [3, 3, 1]
     assert store.runs("default") == []
     assert all(store.output(run_id=run_id) == [] for run_id in made)
+
+
+def _run_with(store: Store, kind: TriggerKind, script_id: int | None, status: RunStatus) -> Run:
+    app_id, release_id = _first(store)
+    run = store.create_run(
+        workspace="default",
+        app_id=app_id,
+        release_id=release_id,
+        command=["true"],
+        process_type=None,
+        tty=False,
+        detached=True,
+        uploads=False,
+        size="starter",
+        timeout=60.0,
+        env={},
+        trigger=Trigger(kind, "t"),
+        script="s" if script_id else None,
+        script_id=script_id,
+    )
+    if status is not RunStatus.QUEUED:
+        run = _move(store, _move(store, run, RunStatus.STARTING), RunStatus.RUNNING)
+        run = _move(store, run, status)
+    return run
+
+
+def test_filtered_runs_page_by_key_and_each_filter_reads_an_index(store: Store) -> None:
+    """Store.runs with any mix of status, trigger and script finds every match, page by page,
+    newest first; and SQLite answers each mix from an index led by the app and the filtered
+    columns (``SEARCH ... USING INDEX``, never a walk of all the app's runs filtered after),
+    which is what keeps the dashboard's runs page fast among a million runs."""
+    app_id, _release = _app(store)
+    store.sync_scripts("default", app_id, [Script(name="s", command="true")])
+    script_id = store.script_by_name(app_id, "s").id
+    made = []
+    for i in range(40):
+        kind = [TriggerKind.USER, TriggerKind.CRON, TriggerKind.API][i % 3]
+        status = [RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.QUEUED][
+            i % 4
+        ]
+        made.append(_run_with(store, kind, script_id if i % 5 else None, status))
+    plans: list[str] = []
+    store._db.set_trace_callback(plans.append)
+    cases: list[dict] = [
+        {"statuses": [RunStatus.TIMED_OUT]},
+        {"trigger_kind": TriggerKind.USER},
+        {"statuses": [RunStatus.FAILED], "trigger_kind": TriggerKind.CRON},
+        {"statuses": [RunStatus.SUCCEEDED], "script_id": script_id},
+        {"trigger_kind": TriggerKind.API, "script_id": script_id},
+    ]
+    for filters in cases:
+        want = [
+            r.id
+            for r in reversed(made)
+            if r.status in filters.get("statuses", [r.status])
+            and r.trigger.kind is filters.get("trigger_kind", r.trigger.kind)
+            and r.script_id == filters.get("script_id", r.script_id)
+        ]
+        assert want, filters
+        got: list[int] = []
+        before = None
+        while True:
+            page = store.runs("default", app_id=app_id, limit=2, before=before, **filters)
+            got += [r.id for r in page]
+            if len(page) < 2:
+                break
+            before = page[-1].id
+        assert got == want, filters
+    store._db.set_trace_callback(None)
+    selects = {sql for sql in plans if sql.startswith("SELECT * FROM runs WHERE")}
+    assert len(selects) >= len(cases)
+    for sql in selects:
+        plan = " ".join(row[3] for row in store._db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "SEARCH runs USING INDEX" in plan, (sql, plan)
+        assert "TEMP B-TREE" not in plan, (sql, plan)  # rows come in id order, no sort
+        if "status IN" in sql or "trigger_kind =" in sql:
+            assert "status=?" in plan or "trigger_kind=?" in plan, (sql, plan)
