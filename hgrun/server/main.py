@@ -62,21 +62,29 @@ def open_data_dir(data_dir: Path) -> None:
 
 
 def open_store(
-    data_dir: Path, environ: Mapping[str, str], max_output: int | None = Retention.max_output
+    data_dir: Path,
+    environ: Mapping[str, str],
+    max_output: int | None = Retention.max_output,
+    store: str | None = None,
 ) -> Store:
-    """The store, its secrets sealed with the audit key (see ``hgrun.store.keys``)."""
+    """The store, its secrets sealed with the audit key (see ``hgrun.store.keys``): the
+    PostgreSQL database at ``store`` (a URL), else SQLite in the data dir. Servers sharing one
+    PostgreSQL store share the key too (``HGRUN_AUDIT_KEY``): a store whose secrets do not open
+    with this server's key is refused here."""
     open_data_dir(data_dir)
     sealer = Sealer(load_keys(data_dir, environ))
-    return Store(data_dir / "hgrun.db", max_output=max_output, sealer=sealer)
+    return Store(store or data_dir / "hgrun.db", max_output=max_output, sealer=sealer)
 
 
-def rotate_key(data_dir: Path, environ: Mapping[str, str]) -> tuple[int, int]:
+def rotate_key(
+    data_dir: Path, environ: Mapping[str, str], store_url: str | None = None
+) -> tuple[int, int]:
     """Re-encrypt every secret of the store and every audit record under a new key (the server
     must be stopped). Both keys are accepted until the end; a rotation cut short is finished by
     running it again. Returns (store rows, audit records) rewritten."""
     open_data_dir(data_dir)
     keys = begin_rotation(data_dir, environ)
-    store = Store(data_dir / "hgrun.db", sealer=Sealer(keys))
+    store = Store(store_url or data_dir / "hgrun.db", sealer=Sealer(keys))
     try:
         rows = store.reseal(rotate=True)
     finally:
@@ -207,6 +215,7 @@ def serve(
     data_dir: Path,
     docker_host: str | None,
     limits: Limits,
+    store_url: str | None = None,
     targets: Targets,
     environ: Mapping[str, str],
     say: Callable[[str], None],
@@ -230,7 +239,7 @@ def serve(
     if tls is not None:
         check_tls(*tls)
     retention = retention or Retention()
-    store = open_store(data_dir, environ, retention.max_output)
+    store = open_store(data_dir, environ, retention.max_output, store_url)
     workers = Workers()
     engine = open_engine(
         engine_kind,
@@ -294,6 +303,7 @@ def serve(
         pruner.start()
         say(f"hgrun server listening on {scheme}://{host}:{port}")
         say(f"engine {engine_kind} at {engine.host}, data in {data_dir}")
+        say(f"store {store.backend} at {store.location}")
         if token:
             path = save_admin_token(data_dir, token)
             say(f"admin token saved in {path} (mode 0600; the server keeps only its hash)")

@@ -1,8 +1,10 @@
-"""The store: SQLite in the data directory. Only here is SQL written and sqlite3 imported.
+"""The store: SQLite in the data directory, or PostgreSQL for several servers. Only here is SQL
+written and sqlite3 or psycopg imported.
 
-:class:`Store` composes one module per concept on one connection (``base``): workspaces and
-tokens, apps and releases, runs and their transitions, scripts, output, registered node
-endpoints. The audit log is a separate file (``audit``).
+:class:`Store` composes one module per concept on one database (``base``; the dialect seam is
+``database``): workspaces and tokens, apps and releases, runs and their transitions, scripts,
+output, registered node endpoints. The audit log is a separate SQLite file of each server
+(``audit``).
 """
 
 from __future__ import annotations

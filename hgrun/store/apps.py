@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from hgrun.errors import ConflictError, NotFoundError
 from hgrun.models import App, Manifest, Release, manifest_from_json, manifest_to_json
@@ -20,11 +20,11 @@ class AppStore(StoreBase):
                 "SELECT 1 FROM apps WHERE workspace = ? AND name = ?", (workspace, name)
             ).fetchone():
                 raise ConflictError(f"app {name!r} already exists")
-            cur = db.execute(
-                "INSERT INTO apps (workspace, name, created) VALUES (?, ?, ?)",
+            row = db.execute(
+                "INSERT INTO apps (workspace, name, created) VALUES (?, ?, ?) RETURNING *",
                 (workspace, name, self._clock()),
-            )
-        return App(int(cur.lastrowid or 0), workspace, name, self._clock())
+            ).fetchone()
+        return App(row["id"], row["workspace"], row["name"], row["created"])
 
     def app(self, workspace: str, name: str) -> App:
         row = self._one("SELECT * FROM apps WHERE workspace = ? AND name = ?", (workspace, name))
@@ -50,9 +50,13 @@ class AppStore(StoreBase):
         rows = self._query("SELECT * FROM apps WHERE workspace = ? ORDER BY name", (workspace,))
         return [App(r["id"], r["workspace"], r["name"], r["created"]) for r in rows]
 
-    def _sealed_columns(self) -> list[tuple[str, str]]:
+    def _sealed_columns(self) -> list[tuple[str, str, str]]:
         # Config values and each release's env snapshot are secrets; keys stay in clear.
-        return [*super()._sealed_columns(), ("config", "value"), ("releases", "env")]
+        return [
+            *super()._sealed_columns(),
+            ("config", "app_id, key", "value"),
+            ("releases", "id", "env"),
+        ]
 
     def config(self, app_id: int) -> dict[str, str]:
         """The app's config, decrypted (values are sealed at rest)."""
@@ -83,8 +87,9 @@ class AppStore(StoreBase):
     def record_image(self, app_id: int, context_hash: str, image: str) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO images (app_id, context_hash, image, created)"
-                " VALUES (?, ?, ?, ?)",
+                "INSERT INTO images (app_id, context_hash, image, created) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (app_id, context_hash) DO UPDATE SET image = excluded.image,"
+                " created = excluded.created",
                 (app_id, context_hash, image, self._clock()),
             )
 
@@ -101,12 +106,15 @@ class AppStore(StoreBase):
         actor: str = "",
     ) -> Release:
         with self._tx() as db:
+            # Two deploys at once on two servers: one after the other, each its own version.
+            self._db.lock(db, f"releases:{app_id}")
             row = db.execute(
                 "SELECT COALESCE(MAX(version), 0) FROM releases WHERE app_id = ?", (app_id,)
             ).fetchone()
-            cur = db.execute(
+            new = db.execute(
                 "INSERT INTO releases (app_id, version, image, context_hash, procfile, manifest,"
-                " env, description, created, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " env, description, created, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " RETURNING *",
                 (
                     app_id,
                     row[0] + 1,
@@ -119,8 +127,7 @@ class AppStore(StoreBase):
                     self._clock(),
                     actor,
                 ),
-            )
-            new = db.execute("SELECT * FROM releases WHERE id = ?", (cur.lastrowid,)).fetchone()
+            ).fetchone()
         return _release(new, self._unseal)
 
     def releases(self, app_id: int, limit: int = 50) -> list[Release]:
@@ -154,7 +161,7 @@ class AppStore(StoreBase):
         return release
 
 
-def _release(row: sqlite3.Row, unseal: Callable[[str], str]) -> Release:
+def _release(row: Any, unseal: Callable[[str], str]) -> Release:
     return Release(
         id=row["id"],
         app_id=row["app_id"],

@@ -1,15 +1,14 @@
-"""The store's plumbing: one SQLite connection, transactions, migrations, meta and leases.
+"""The store's plumbing: the database (see ``hgrun.store.database``), meta and leases.
 
-One connection, guarded by a lock, in WAL mode: calls are short. Every ``sqlite3`` error is
-translated to :class:`hgrun.errors.StoreError` here (an integrity error to ``ConflictError``).
 The concept modules (``tokens``, ``apps``, ``runs``, ``scripts``, ``output``) build on this
-class; :class:`hgrun.store.Store` composes them.
+class; :class:`hgrun.store.Store` composes them. They write SQL once for both dialects, through
+``_tx`` (one write transaction) and ``_query`` (one read); every driver error comes out of
+them as :class:`hgrun.errors.StoreError` (an integrity error as ``ConflictError``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,32 +16,37 @@ from pathlib import Path
 from typing import Any
 
 from hgrun import lifecycle
-from hgrun.errors import ConflictError, StoreError
+from hgrun.errors import StoreError
 from hgrun.models import Release, RunStatus
+from hgrun.store.database import Connection, open_database
 from hgrun.store.keys import SEALED, Sealer
 from hgrun.store.schema import MIGRATIONS
 
 # The active statuses as an SQL list, written once from hgrun.lifecycle. In the order of the
 # enum (queued, starting, running), which is the text of the partial index ``runs_active``:
 # SQLite uses a partial index only when the query's WHERE term matches it.
+KEY_CHECK = "sealed-check"  # a meta row sealed with the store's key (see StoreBase)
+
 ACTIVE_SQL = ", ".join(f"'{status.value}'" for status in RunStatus if status in lifecycle.ACTIVE)
 
 
 class StoreBase:
-    """The connection and its helpers; no table of its own but ``meta``."""
+    """The database and its helpers; no table of its own but ``meta``."""
 
     def __init__(
         self,
-        path: Path | str,
+        target: Path | str,
         clock: Callable[[], float] = time.time,
         *,
         max_output: int | None = 100 * 1024 * 1024,
         sealer: Sealer | None = None,
     ) -> None:
-        """Open (and migrate) the store at ``path``. ``max_output``: the bytes of output kept per
-        run, newest first (None: no cap; see ``store.output``). ``sealer``: encrypts config values
-        and env snapshots at rest (the server always passes one; without it, for unit tests, they
-        are written in clear); rows written in clear before are sealed on open."""
+        """Open (and migrate) the store at ``target``: a SQLite file's path, or a
+        ``postgresql://`` URL. ``max_output``: the bytes of output kept per run, newest first
+        (None: no cap; see ``store.output``). ``sealer``: encrypts config values and env
+        snapshots at rest (the server always passes one; without it, for unit tests, they are
+        written in clear); rows written in clear before are sealed on open. A store that cannot
+        be opened, or whose schema is newer than this hgrun, is a StoreError."""
         if max_output is not None and max_output <= 0:
             raise ValueError("max_output must be positive")
         self.max_output = max_output
@@ -52,68 +56,46 @@ class StoreBase:
         # Releases never change: each is decoded once and kept (see AppStore.release).
         self._releases: dict[int, Release] = {}
         self.on_run_ended: list[Callable[[Any], None]] = []  # see RunStore
+        self._db = open_database(target)
         try:
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            # A secret replaced in place (sealed by the migration, re-sealed by a rotation) must
-            # not linger in a freed slot of a page: SQLite then zeroes what it frees.
-            self._db.execute("PRAGMA secure_delete=ON")
-            self._migrate()
+            self._db.migrate(MIGRATIONS)
             if sealer is not None:
                 self.reseal(rotate=False)
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot open the store {path}: {e}") from e
+                # A store shared by several servers (PostgreSQL) is opened with each one's key:
+                # a wrong key fails here, at start, not at the first secret a request reads.
+                self._unseal(self.meta(KEY_CHECK, lambda: self._seal(KEY_CHECK)))
+        except BaseException:
+            self._db.close()
+            raise
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._db.kind
+
+    @property
+    def location(self) -> str:
+        """Where the store is: the SQLite file, or the PostgreSQL URL without its password."""
+        return self._db.where
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction. ``BEGIN IMMEDIATE`` takes SQLite's write lock at once, so a
-        read-check-write inside it is atomic against other connections and processes too."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.IntegrityError as e:
-                raise ConflictError(f"conflicting change: {e}") from e
-            except sqlite3.Error as e:
-                raise StoreError(f"store error: {e}") from e
+    def _tx(self) -> Iterator[Connection]:
+        """One write transaction: a read-check-write inside it is atomic against other
+        connections and processes where its rows are read ``FOR UPDATE`` (``self._db.
+        for_update``, empty on SQLite, whose write transactions are serial) or a name is
+        locked (``self._db.lock``)."""
+        with self._db.tx() as db:
+            yield db
 
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except sqlite3.Error as e:
-                raise StoreError(f"store error: {e}") from e
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        return self._db.query(sql, args)
 
-    def _one(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Row | None:
+    def _one(self, sql: str, args: Sequence[Any] = ()) -> Any | None:
         rows = self._query(sql, args)
         return rows[0] if rows else None
-
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {number}")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     def _seal(self, text: str) -> str:
         return self._sealer.seal(text) if self._sealer is not None else text
@@ -125,8 +107,9 @@ class StoreBase:
             return value
         return self._sealer.open(value)
 
-    def _sealed_columns(self) -> list[tuple[str, str]]:
-        """(table, column) of every secret at rest; each concept module adds its own."""
+    def _sealed_columns(self) -> list[tuple[str, str, str]]:
+        """(table, key columns, column) of every secret at rest; each concept module adds its
+        own."""
         return []
 
     def reseal(self, *, rotate: bool) -> int:
@@ -138,26 +121,32 @@ class StoreBase:
             raise StoreError("the store has no key to seal with")
         changed = 0
         with self._tx() as db:
-            for table, column in self._sealed_columns():
+            for table, keys, column in self._sealed_columns():
                 where = "" if rotate else f" WHERE {column} NOT LIKE '{SEALED}%'"
-                for rowid, value in db.execute(f"SELECT rowid, {column} FROM {table}{where}"):
+                match = " AND ".join(f"{key} = ?" for key in keys.split(", "))
+                rows = db.execute(f"SELECT {keys}, {column} FROM {table}{where}").fetchall()
+                for *key, value in rows:
                     db.execute(
-                        f"UPDATE {table} SET {column} = ? WHERE rowid = ?",
-                        (self._seal(self._unseal(value)), rowid),
+                        f"UPDATE {table} SET {column} = ? WHERE {match}",
+                        (self._seal(self._unseal(value)), *key),
                     )
                     changed += 1
+            if rotate:
+                db.execute(
+                    "UPDATE meta SET value = ? WHERE key = ?", (self._seal(KEY_CHECK), KEY_CHECK)
+                )
         if changed:
-            with self._lock:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.after_reseal()
         return changed
 
     @property
     def schema_version(self) -> int:
-        return int(self._query("PRAGMA user_version")[0][0])
+        return self._db.schema_version
 
     def meta(self, key: str, default: Callable[[], str]) -> str:
         """The value stored under ``key``; on first use, ``default()`` is stored and returned."""
         with self._tx() as db:
+            self._db.lock(db, f"meta:{key}")
             row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             if row:
                 return str(row[0])
@@ -180,6 +169,9 @@ class StoreBase:
         """
         now = self._clock()
         with self._tx() as db:
+            # The row may not exist yet: a lock on its name makes the check and the write one
+            # step against other servers on one PostgreSQL.
+            self._db.lock(db, f"lease:{name}")
             row = db.execute("SELECT value FROM meta WHERE key = ?", (f"lease:{name}",)).fetchone()
             if row:
                 holder, _, expires = str(row[0]).rpartition(" ")

@@ -8,11 +8,11 @@ one row read and one row write more than the insert; dropping walks only the chu
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 
 from hgrun.models import OutputChunk
 from hgrun.store.base import StoreBase
+from hgrun.store.database import Connection
 
 # What append_output takes: (stream, ts, data), stream 1 stdout or 2 stderr.
 NewChunk = tuple[int, float, bytes]
@@ -35,8 +35,13 @@ class OutputStore(StoreBase):
             return
         cap = self.max_output
         with self._tx() as db:
+            # Readers page by chunk id (``after=``): ids must become visible in their order.
+            # SQLite's writers are serial; on PostgreSQL appends take one lock, so no chunk
+            # commits after a reader has passed its id.
+            self._db.lock(db, "output")
             row = db.execute(
-                "SELECT output_bytes, output_dropped FROM runs WHERE id = ?", (run_id,)
+                "SELECT output_bytes, output_dropped FROM runs WHERE id = ?" + self._db.for_update,
+                (run_id,),
             ).fetchone()
             stored, dropped = (int(row[0]), int(row[1])) if row else (0, 0)
             batch, trimmed = _newest(chunks, cap)
@@ -56,11 +61,19 @@ class OutputStore(StoreBase):
                     )
                 # At the id of the newest chunk dropped, so it sorts before all that remain;
                 # else (nothing of the run left in the table) before the batch, by insert order.
-                db.execute(
-                    "INSERT INTO output (id, run_id, app_id, stream, ts, data)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (marker_at, run_id, app_id, STDERR, ts, dropped_marker(dropped, cap or 0)),
-                )
+                marker = (run_id, app_id, STDERR, ts, dropped_marker(dropped, cap or 0))
+                if marker_at is None:
+                    db.execute(
+                        "INSERT INTO output (run_id, app_id, stream, ts, data)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        marker,
+                    )
+                else:
+                    db.execute(
+                        "INSERT INTO output (id, run_id, app_id, stream, ts, data)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (marker_at, *marker),
+                    )
             # Offsets count every byte the run wrote, kept or dropped, the batch's trimmed front
             # included: stored + dropped before this batch is where it starts.
             offset = stored + (int(row[1]) if row else 0) + trimmed
@@ -140,7 +153,7 @@ def _newest(chunks: Sequence[NewChunk], cap: int | None) -> tuple[list[NewChunk]
 
 
 def _drop_oldest(
-    db: sqlite3.Connection, run_id: int, excess: int, has_marker: bool
+    db: Connection, run_id: int, excess: int, has_marker: bool
 ) -> tuple[int, int | None]:
     """Delete the run's oldest chunks (and its marker) until ``excess`` bytes are freed; the bytes
     freed and the id of the newest chunk deleted (None when nothing was stored)."""

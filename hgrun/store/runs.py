@@ -12,7 +12,6 @@ check and the write are atomic against other threads, tasks and processes on the
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,15 +19,16 @@ from hgrun import lifecycle
 from hgrun.errors import ConflictError, NotFoundError
 from hgrun.models import Run, RunStatus, Trigger, TriggerKind
 from hgrun.store.base import ACTIVE_SQL, StoreBase
+from hgrun.store.database import Connection
 
 
 class RunStore(StoreBase):
     on_run_ended: list[Callable[[Run], None]]
     """Called, after the write, with a run that one call made final (see ``_ended``)."""
 
-    def _sealed_columns(self) -> list[tuple[str, str]]:
+    def _sealed_columns(self) -> list[tuple[str, str, str]]:
         # A run's env snapshot holds the app's config values as they were: sealed at rest.
-        return [*super()._sealed_columns(), ("runs", "env")]
+        return [*super()._sealed_columns(), ("runs", "id", "env")]
 
     def create_run(
         self,
@@ -61,7 +61,8 @@ class RunStore(StoreBase):
                 "INSERT INTO runs (workspace, app_id, release_id, command, process_type, tty,"
                 " detached, uploads, size, timeout, env, trigger_kind, trigger_name, script, slot,"
                 " parent_run, status, created, script_id, error, finished)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " RETURNING *",
                 (
                     workspace,
                     app_id,
@@ -86,7 +87,7 @@ class RunStore(StoreBase):
                     finished,
                 ),
             )
-            row = db.execute("SELECT * FROM runs WHERE id = ?", (cur.lastrowid,)).fetchone()
+            row = cur.fetchone()
         return run_from_row(row, self._unseal)
 
     def run(self, run_id: int, workspace: str | None = None) -> Run:
@@ -109,7 +110,7 @@ class RunStore(StoreBase):
         stored run is returned: the caller sees ``run.status.finished`` and removes the container.
         """
         with self._tx() as db:
-            run = run_from_row(_locked_row(db, run_id), self._unseal)
+            run = run_from_row(self._locked_row(db, run_id), self._unseal)
             if run.status.finished:
                 return run
             if run.status is not RunStatus.STARTING:
@@ -120,17 +121,17 @@ class RunStore(StoreBase):
                 "UPDATE runs SET container_id = ?, node = COALESCE(?, node) WHERE id = ?",
                 (container_id, node, run_id),
             )
-            return run_from_row(_locked_row(db, run_id), self._unseal)
+            return run_from_row(self._locked_row(db, run_id), self._unseal)
 
     def set_node(self, run_id: int, node: str) -> Run:
         """Record the node a run was placed on (known once the engine scheduled it); while the
         run is active. On a final run nothing changes and the stored run is returned."""
         with self._tx() as db:
-            run = run_from_row(_locked_row(db, run_id), self._unseal)
+            run = run_from_row(self._locked_row(db, run_id), self._unseal)
             if run.status.finished:
                 return run
             db.execute("UPDATE runs SET node = ? WHERE id = ?", (node, run_id))
-            return run_from_row(_locked_row(db, run_id), self._unseal)
+            return run_from_row(self._locked_row(db, run_id), self._unseal)
 
     def mark_running(self, run_id: int, started: float) -> Run:
         """starting -> running, at ``started`` (epoch seconds)."""
@@ -165,7 +166,7 @@ class RunStore(StoreBase):
     def _move(self, run_id: int, new: RunStatus, fields: Mapping[str, Any]) -> Run:
         """The one place a run's status changes: check and write in one transaction."""
         with self._tx() as db:
-            run = run_from_row(_locked_row(db, run_id), self._unseal)
+            run = run_from_row(self._locked_row(db, run_id), self._unseal)
             if run.status.finished:
                 return run
             if not lifecycle.allowed(run.status, new):
@@ -176,7 +177,7 @@ class RunStore(StoreBase):
             db.execute(
                 f"UPDATE runs SET {sets} WHERE id = ?", (new.value, *fields.values(), run_id)
             )
-            moved = run_from_row(_locked_row(db, run_id), self._unseal)
+            moved = run_from_row(self._locked_row(db, run_id), self._unseal)
         if new.finished:
             self._ended(moved)
         return moved
@@ -287,20 +288,22 @@ class RunStore(StoreBase):
                     deleted += 1
         return deleted
 
+    def _locked_row(self, db: Connection, run_id: int) -> Any:
+        """A run's row read inside a write transaction, locked (so no one changes it before we
+        write: SQLite's transaction is serial, PostgreSQL's row is read FOR UPDATE)."""
+        row = db.execute(
+            f"SELECT * FROM runs WHERE id = ?{self._db.for_update}", (run_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"run {run_id} not found", "list runs with `hgrun runs`")
+        return row
+
     def active_runs(self) -> list[Run]:
         rows = self._query(f"SELECT * FROM runs WHERE status IN ({ACTIVE_SQL}) ORDER BY id")
         return [run_from_row(r, self._unseal) for r in rows]
 
 
-def _locked_row(db: sqlite3.Connection, run_id: int) -> sqlite3.Row:
-    """A run's row read inside a write transaction (so no one changes it before we write)."""
-    row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-    if row is None:
-        raise NotFoundError(f"run {run_id} not found", "list runs with `hgrun runs`")
-    return row
-
-
-def run_from_row(row: sqlite3.Row, unseal: Callable[[str], str]) -> Run:
+def run_from_row(row: Any, unseal: Callable[[str], str]) -> Run:
     return Run(
         id=row["id"],
         workspace=row["workspace"],

@@ -1,5 +1,9 @@
 """Versioned schema migrations: each entry moves the schema one version up. Never edit one that
-has shipped; add the next."""
+has shipped; add the next.
+
+Written once for both databases: in SQLite's words, with the column types INTEGER, REAL, TEXT
+and BLOB only (``hgrun.store.postgres.ddl`` maps them to PostgreSQL's) and statements both
+understand (``ALTER TABLE ... ADD COLUMN``, partial indexes); split on ``;``."""
 
 from __future__ import annotations
 

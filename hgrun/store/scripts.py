@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +28,7 @@ class ScriptStore(StoreBase):
                     " ON CONFLICT (app_id, name) DO UPDATE SET spec = excluded.spec,"
                     " cron = excluded.cron, timezone = excluded.timezone, active = 1,"
                     " updated = excluded.updated,"
-                    " cursor = CASE WHEN scripts.cron IS excluded.cron"
+                    " cursor = CASE WHEN scripts.cron IS NOT DISTINCT FROM excluded.cron"
                     " AND scripts.timezone = excluded.timezone THEN scripts.cursor END",
                     (
                         workspace,
@@ -125,7 +124,7 @@ class ScriptStore(StoreBase):
             return len(doomed)
 
 
-def _script(row: sqlite3.Row) -> ScriptRecord:
+def _script(row: Any) -> ScriptRecord:
     return ScriptRecord(
         id=row["id"],
         workspace=row["workspace"],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
+from typing import Any
 
 from hgrun.errors import ConflictError, NotFoundError
 from hgrun.models import Scope, Token
@@ -20,7 +20,7 @@ class TokenStore(StoreBase):
         """Create the workspace if missing; True when it was created."""
         with self._tx() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO workspaces (id, created) VALUES (?, ?)",
+                "INSERT INTO workspaces (id, created) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (workspace, self._clock()),
             )
             return cur.rowcount == 1
@@ -38,12 +38,11 @@ class TokenStore(StoreBase):
                 raise ConflictError(
                     f"a token named {name!r} already exists", "pick another name or revoke it"
                 )
-            cur = db.execute(
+            row = db.execute(
                 "INSERT INTO tokens (workspace, name, hash, scope, script, created)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
                 (workspace, name, hash_token(secret), scope.value, script, self._clock()),
-            )
-            row = db.execute("SELECT * FROM tokens WHERE id = ?", (cur.lastrowid,)).fetchone()
+            ).fetchone()
         return _token(row)
 
     def token_by_hash(self, digest: str) -> tuple[Token, str] | None:
@@ -68,7 +67,7 @@ class TokenStore(StoreBase):
                 raise NotFoundError(f"no token named {name!r}", "list them with `hgrun tokens`")
 
 
-def _token(row: sqlite3.Row) -> Token:
+def _token(row: Any) -> Token:
     return Token(
         id=row["id"],
         workspace=row["workspace"],

@@ -15,6 +15,13 @@ from hgrun.errors import InputError
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where the store lives.")
+@click.option(
+    "--store",
+    "store_url",
+    metavar="URL",
+    help="A PostgreSQL store shared by several servers: postgresql://USER@HOST:PORT/DB"
+    " (or HGRUN_STORE; default: SQLite in the data dir).",
+)
 @click.option("--docker-host", help="The Docker engine (default: DOCKER_HOST or the socket).")
 @click.option(
     "--engine",
@@ -102,6 +109,7 @@ def server(
     host: str,
     port: int,
     data_dir: Path | None,
+    store_url: str | None,
     docker_host: str | None,
     engine_kind: str,
     placement: tuple[str, ...],
@@ -134,8 +142,9 @@ def server(
     if data_dir is None:
         base = ctx.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
         data_dir = Path(base) / "hgrun"
+    store = store_target(store_url or ctx.environ.get("HGRUN_STORE") or None)
     if rotate_key:
-        rows, records = rotate(data_dir, ctx.environ)
+        rows, records = rotate(data_dir, ctx.environ, store)
         ctx.output.success(
             f"Rotated the key of {data_dir}: {rows} secret(s) and {records} audit record(s)"
             " re-encrypted"
@@ -168,6 +177,7 @@ def server(
         host=host,
         port=port,
         data_dir=data_dir,
+        store_url=store,
         docker_host=docker_host,
         limits=limits,
         targets=targets,
@@ -185,6 +195,20 @@ def server(
         registry=registry,
         max_connections=max_connections,
     )
+
+
+def store_target(url: str | None) -> str | None:
+    """The ``--store`` URL, checked: a PostgreSQL URL, or None for SQLite in the data dir."""
+    if url is None:
+        return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        shown = url.split("://", 1)[0] + "://..." if "://" in url else url
+        raise InputError(
+            f"--store {shown!r}: expected a postgresql:// URL",
+            "e.g. --store postgresql://hgrun@127.0.0.1:5432/hgrun; leave it out for SQLite"
+            " in the data dir",
+        )
+    return url
 
 
 COMMANDS = (server,)

@@ -1,0 +1,166 @@
+"""The store's one dialect seam: SQLite (the embedded default) or PostgreSQL (several servers).
+
+The concept modules write one SQL text for both: ``?`` placeholders, ``ON CONFLICT`` upserts,
+``RETURNING id``, partial indexes, ``length()`` of a blob, and the migrations of
+:mod:`hgrun.store.schema` written with the types INTEGER, REAL, TEXT and BLOB only. What really
+differs is here, behind :class:`Database`:
+
+- connections: one SQLite connection behind a lock, or a pool of PostgreSQL connections;
+- transactions: SQLite's ``BEGIN IMMEDIATE`` takes the one write lock, so a read-check-write is
+  atomic by itself; PostgreSQL (READ COMMITTED) needs the row read ``FOR UPDATE``
+  (:attr:`Database.for_update`) or a transaction-scoped lock on a name (:meth:`Database.lock`)
+  where the row may not exist yet;
+- the schema version (``PRAGMA user_version``, or a one-row table) and the DDL's types;
+- each driver's exceptions, translated here to :class:`~hgrun.errors.StoreError` (an integrity
+  error to :class:`~hgrun.errors.ConflictError`).
+
+A store whose schema is newer than this hgrun is refused at open, with one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from hgrun.errors import ConflictError, StoreError
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class Connection(Protocol):
+    """What a transaction gives the concept modules: sqlite3's ``execute`` and
+    ``executemany`` (placeholders ``?``); the cursor has ``fetchone``, ``fetchall``,
+    ``rowcount`` and iterates rows. A row is read by index or by column name."""
+
+    def execute(self, sql: str, args: Sequence[Any] = ...) -> Any: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any: ...
+
+
+def is_postgres(target: Path | str) -> bool:
+    return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
+
+
+def newer_schema(found: int, known: int, where: str) -> StoreError:
+    return StoreError(
+        f"the store {where} has schema version {found}, newer than this hgrun knows ({known})",
+        "upgrade hgrun on this server to the version that wrote it",
+    )
+
+
+class Database:
+    """One store's connection(s). ``tx()`` is one write transaction; ``query()`` one read."""
+
+    kind: str
+    for_update: str = ""  # appended to a SELECT whose rows the transaction will rewrite
+    where: str  # the store's address for messages (never a password)
+
+    def tx(self) -> contextlib.AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    def lock(self, db: Connection, name: str) -> None:
+        """Serialize the rest of transaction ``db`` with every other transaction locking
+        ``name`` (until commit). A no-op on SQLite, whose write transactions are serial."""
+
+    def migrate(self, migrations: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    @property
+    def schema_version(self) -> int:
+        raise NotImplementedError
+
+    def after_reseal(self) -> None:
+        """Secrets were rewritten in place: leave no clear copy in a log (SQLite's WAL)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class SqliteDatabase(Database):
+    """One connection, guarded by a lock, in WAL mode: calls are short."""
+
+    kind = "sqlite"
+
+    def __init__(self, path: Path | str) -> None:
+        self.where = str(path)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            # A secret replaced in place (sealed by the migration, re-sealed by a rotation) must
+            # not linger in a freed slot of a page: SQLite then zeroes what it frees.
+            self._db.execute("PRAGMA secure_delete=ON")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the store {path}: {e}") from e
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[Connection]:
+        """``BEGIN IMMEDIATE`` takes SQLite's write lock at once, so a read-check-write inside
+        it is atomic against other connections and processes too."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.IntegrityError as e:
+                raise ConflictError(f"conflicting change: {e}") from e
+            except sqlite3.Error as e:
+                raise StoreError(f"store error: {e}") from e
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise StoreError(f"store error: {e}") from e
+
+    def migrate(self, migrations: Sequence[str]) -> None:
+        try:
+            with self._lock:
+                version = self.schema_version
+                if version > len(migrations):
+                    raise newer_schema(version, len(migrations), self.where)
+                for number, script in enumerate(migrations[version:], start=version + 1):
+                    with self.tx() as db:
+                        for statement in script.split(";"):
+                            if statement.strip():
+                                db.execute(statement)
+                        db.execute(f"PRAGMA user_version = {number}")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the store {self.where}: {e}") from e
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.query("PRAGMA user_version")[0][0])
+
+    def after_reseal(self) -> None:
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def open_database(target: Path | str, *, pool_size: int = 8) -> Database:
+    """The database at ``target``: a ``postgresql://`` URL, else a SQLite file's path."""
+    if is_postgres(target):
+        from hgrun.store.postgres import PostgresDatabase
+
+        return PostgresDatabase(str(target), pool_size=pool_size)
+    return SqliteDatabase(target)
