@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sqlite3
 import statistics
 import tempfile
@@ -24,7 +25,8 @@ import pytest
 from conftest import ServerFactory
 from support.api import Api
 from support.apps import deploy_script_app, unique
-from support.server import HgrunServer
+from support.server import HgrunServer, free_port
+from support.tls import certificate, spki_pin
 
 pytestmark = pytest.mark.docker
 
@@ -63,9 +65,22 @@ SCRIPTS = """\
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private CA and a certificate for 127.0.0.1 it signed (``ca.pem``, ``server.pem``,
+    ``server.key``), for a dashboard served over HTTPS."""
+    where = tmp_path_factory.mktemp("dash-tls")
+    certificate(where, "server", ca=certificate(where, "ca", ca=None))
+    return where
+
+
+@pytest.fixture(scope="session")
+def browser(tls_files: Path) -> Iterator[Any]:
     """One headless Chromium for the session (each xdist worker is one), with its network log
-    kept (the performance log)."""
+    kept (the performance log). It trusts the one key of ``tls_files``' server certificate
+    (by its SPKI pin: no other certificate error is ignored)."""
+    from cryptography import x509
+
+    pin = spki_pin(x509.load_pem_x509_certificate((tls_files / "server.pem").read_bytes()))
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
         pytest.skip("chromium and chromium-driver are not installed (scripts/setup installs them)")
     options = webdriver.ChromeOptions()
@@ -80,6 +95,7 @@ def browser() -> Iterator[Any]:
         "--no-first-run",
         "--disable-background-networking",
         "--disable-component-update",
+        f"--ignore-certificate-errors-spki-list={pin}",
     ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
@@ -404,6 +420,67 @@ def test_nothing_is_fetched_from_outside_the_server(
     assert not [u for u in outside if not u.startswith("data:")], outside
     errors = [e for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
     assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def tls_server(
+    docker_host: str, tls_files: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HgrunServer]:
+    """An ``hgrun server`` serving HTTPS with ``tls_files``' certificate."""
+    srv = HgrunServer(
+        port=free_port(),
+        data_dir=tmp_path_factory.mktemp("dash-tls-data"),
+        docker_host=docker_host,
+        args=(
+            "--tls-cert",
+            str(tls_files / "server.pem"),
+            "--tls-key",
+            str(tls_files / "server.key"),
+        ),
+        ca_cert=str(tls_files / "ca.pem"),
+    )
+    try:
+        yield srv.start()
+    finally:
+        srv.stop(signal.SIGKILL)
+
+
+def session_cookie(driver: Any) -> dict[str, Any]:
+    """The browser's own record of the session cookie (CDP ``Network.getAllCookies``: the
+    flags as Chromium stored them, which ``document.cookie`` cannot show)."""
+    cookies = driver.execute_cdp_cmd("Network.getAllCookies", {})["cookies"]
+    found = [c for c in cookies if c["name"] == "hgrun_session"]
+    assert len(found) == 1, cookies
+    return dict(found[0])
+
+
+def test_the_session_cookie_is_secure_under_tls_only(
+    browser: Any, server: HgrunServer, tls_server: HgrunServer
+) -> None:
+    """Signed in over plain HTTP the cookie is HttpOnly and SameSite=Strict but not Secure (a
+    browser would never send it back otherwise); over HTTPS it is Secure too. Both read from
+    Chromium's cookie store, and the page's script cannot read either."""
+    browser.execute_cdp_cmd("Network.enable", {})
+    try:
+        for srv, secure in ((server, False), (tls_server, True)):
+            browser.execute_cdp_cmd("Network.clearBrowserCookies", {})
+            assert srv.url.startswith("https://" if secure else "http://")
+            sign_in(browser, srv, srv.token)
+            cookie = session_cookie(browser)
+            assert cookie["secure"] is secure, cookie
+            assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict", cookie
+            assert cookie["domain"] == "127.0.0.1" and cookie["path"] == "/", cookie
+            assert "hgrun_session" not in browser.execute_script("return document.cookie")
+            # The session works: the apps page, then a live fragment the page polls.
+            browser.get(f"{srv.url}/")
+            wait(browser, lambda d: d.find_elements(By.ID, "apps"), what="the apps page")
+            if secure:
+                state = browser.execute_cdp_cmd(
+                    "Runtime.evaluate", {"expression": "location.protocol"}
+                )
+                assert state["result"]["value"] == "https:"
+    finally:
+        browser.execute_cdp_cmd("Network.clearBrowserCookies", {})
 
 
 # -- without a browser: CSRF, cookies, the attach Origin, paging among a million runs --------

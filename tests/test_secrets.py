@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import signal
@@ -25,15 +23,12 @@ from pathlib import Path
 
 import pytest
 from conftest import ServerFactory
-from cryptography import x509
 from cryptography.fernet import Fernet
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from support.apps import deploy_busybox_app, unique
 from support.cli import Cli, check, run_id, text
 from support.server import HgrunServer, free_port
 from support.store import app_with_release, new_run, new_store
+from support.tls import certificate
 
 from hgrun.errors import StoreError
 from hgrun.server.main import rotate_key
@@ -166,52 +161,11 @@ def test_login_reads_the_token_from_stdin(server: HgrunServer, cli: Cli, tmp_pat
 # -- TLS ------------------------------------------------------------------------------------
 
 
-def _certificate(
-    tmp_path: Path, name: str, *, ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A CA (``ca`` None) or a server certificate for 127.0.0.1 signed by ``ca``; PEM files
-    ``name.pem`` and ``name.key`` in ``tmp_path``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"hgrun test {name}")])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca[0].subject if ca else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-    if ca is None:
-        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
-        )
-    else:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            False,
-        )
-    cert = builder.sign(ca[1] if ca else key, hashes.SHA256())
-    (tmp_path / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / f"{name}.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert, key
-
-
 @pytest.fixture
 def tls_server(docker_host: str, tmp_path: Path, busybox_image: str) -> Iterator[HgrunServer]:
-    ca = _certificate(tmp_path, "ca", ca=None)
-    _certificate(tmp_path, "server", ca=ca)
-    _certificate(tmp_path, "other-ca", ca=None)
+    ca = certificate(tmp_path, "ca", ca=None)
+    certificate(tmp_path, "server", ca=ca)
+    certificate(tmp_path, "other-ca", ca=None)
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     srv = HgrunServer(
