@@ -572,7 +572,8 @@ def test_filtered_runs_page_by_key_and_each_filter_reads_an_index(store: Store) 
         ]
         made.append(_run_with(store, kind, script_id if i % 5 else None, status))
     plans: list[str] = []
-    store._db.set_trace_callback(plans.append)
+    connection = store._db._db  # the SQLite connection under the store's dialect seam
+    connection.set_trace_callback(plans.append)
     cases: list[dict] = [
         {"statuses": [RunStatus.TIMED_OUT]},
         {"trigger_kind": TriggerKind.USER},
@@ -598,11 +599,11 @@ def test_filtered_runs_page_by_key_and_each_filter_reads_an_index(store: Store) 
                 break
             before = page[-1].id
         assert got == want, filters
-    store._db.set_trace_callback(None)
+    connection.set_trace_callback(None)
     selects = {sql for sql in plans if sql.startswith("SELECT * FROM runs WHERE")}
     assert len(selects) >= len(cases)
     for sql in selects:
-        plan = " ".join(row[3] for row in store._db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        plan = " ".join(row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}"))
         assert "SEARCH runs USING INDEX" in plan, (sql, plan)
         assert "TEMP B-TREE" not in plan, (sql, plan)  # rows come in id order, no sort
         if "status IN" in sql or "trigger_kind =" in sql:
