@@ -423,6 +423,8 @@ def container_spec(
         size=SIZES[run.size],
         network=network,
         placement=tuple(release.manifest.placement),
+        user=release.manifest.user,
+        read_only=release.manifest.read_only,
         tty=run.tty,
         stdin=not run.detached,
         keep_stdin=run.tty and not run.detached,

@@ -151,6 +151,9 @@ class FakeEngine:
     def image_id(self, image: str) -> str | None:
         return "sha256:fake"
 
+    def image_user(self, image: str) -> str:
+        return ""
+
     def build(
         self,
         context: IO[bytes],

@@ -43,6 +43,7 @@ from hgrun.engine.swarmspec import (
     task_state,
     unplaceable,
 )
+from hgrun.errors import InputError
 from hgrun.models import SIZES
 
 # One xdist worker runs this whole module (scripts/test passes --dist loadgroup), so a run of
@@ -99,6 +100,13 @@ def test_the_hardening_the_swarm_spec_carries() -> None:
     (config,) = container["Configs"]
     assert config["File"] == {"Name": SHIM_PATH, "UID": "0", "GID": "0", "Mode": 0o555}
     assert (config["ConfigID"], config["ConfigName"]) == ("cfgid", "hgrun-shim-123")
+
+
+def test_the_swarm_spec_carries_the_user_and_refuses_read_only() -> None:
+    assert "User" not in body()["TaskTemplate"]["ContainerSpec"]
+    assert body(user="10001")["TaskTemplate"]["ContainerSpec"]["User"] == "10001"
+    with pytest.raises(InputError, match="read_only: true is not supported by hgrun server"):
+        body(read_only=True)
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,26 @@ def test_create_args_harden_the_container() -> None:
     }
     assert create["stdin_open"] is True and create["detach"] is False
     assert create["labels"] == {"hgrun.run": "7"}
+    assert "user" not in create  # the image's own
+    assert "read_only" not in host and "mounts" not in host
+
+
+def test_create_args_user_and_read_only() -> None:
+    spec = ContainerSpec(
+        image="img",
+        command=["true"],
+        env={},
+        labels={},
+        size=SIZES["starter"],
+        user="10001:10001",
+        read_only=True,
+    )
+    create, host = create_args(spec)
+    assert create["user"] == "10001:10001"
+    assert host["read_only"] is True
+    # /tmp an anonymous volume (a tmpfs would hide an upload put before the start), no bind.
+    (mount,) = host["mounts"]
+    assert (mount["Target"], mount["Type"], mount["Source"]) == ("/tmp", "volume", None)
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,9 @@ class ContainerSpec:
     keep_stdin: bool = False
     working_dir: str | None = None
     placement: Sequence[str] = ()  # node constraints, for an engine of several hosts
+    user: str | None = None  # docker run --user; None: the image's own
+    # A read-only root filesystem, and a writable /tmp of the container's own (removed with it).
+    read_only: bool = False
 
 
 class ContainerStatus(enum.StrEnum):
@@ -113,6 +116,7 @@ class Engine(Protocol):
 
     def info(self) -> EngineInfo: ...
     def image_id(self, image: str) -> str | None: ...
+    def image_user(self, image: str) -> str: ...
     def build(
         self,
         context: IO[bytes],

@@ -43,6 +43,7 @@ from hgrun.errors import (
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 READ_SIZE = 256 * 1024
+TMP = "/tmp"  # a read-only run's writable folder
 # docker-py keeps 10 connections per client; more threads than that calling it at once make it
 # drop connections ("Connection pool is full"), so the server's engine pool stays under it.
 CONCURRENCY = 8
@@ -64,7 +65,13 @@ def create_args(spec: ContainerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     Hardening after OWASP's Docker cheat sheet: all capabilities dropped but the few an ordinary
     command needs, no-new-privileges, a pids limit, memory without swap (memswap == memory),
     CPU quota, an init process (docker-init, i.e. tini) that reaps zombies and forwards signals,
-    no core dumps. Never privileged, no devices, no mounts (so never the Docker socket).
+    no core dumps. Never privileged, no devices, no bind mounts (so never the Docker socket).
+
+    ``read_only``: the root filesystem read-only and ``/tmp`` an anonymous volume, removed with
+    the container (``remove`` passes ``v``). Not a tmpfs: Docker mounts a tmpfs only when the
+    container starts, so an upload put into ``/tmp`` of the created container would be hidden
+    under it, and it refuses an archive put anywhere else of a read-only root ("container rootfs
+    is marked read-only"); a volume is mounted for the put too (moby daemon/archive.go).
     """
     host_config: dict[str, Any] = {
         "network_mode": spec.network,
@@ -84,6 +91,9 @@ def create_args(spec: ContainerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
         # Docker's own copy of the output (read only at recovery) bounded too: the store keeps it.
         "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
     }
+    if spec.read_only:
+        host_config["read_only"] = True
+        host_config["mounts"] = [docker.types.Mount(TMP, None, type="volume")]
     create: dict[str, Any] = {
         "image": spec.image,
         "command": list(spec.command),
@@ -100,6 +110,8 @@ def create_args(spec: ContainerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
         "detach": spec.keep_stdin,
         "working_dir": spec.working_dir,
     }
+    if spec.user:
+        create["user"] = spec.user
     return create, host_config
 
 
@@ -232,6 +244,11 @@ class DockerEngine:
                 return str(self._api.inspect_image(image)["Id"])
         except NotFoundError:
             return None
+
+    def image_user(self, image: str) -> str:
+        """The user the image's containers run as (its ``USER``; empty: root)."""
+        with _translate(f"cannot inspect image {image}"):
+            return str((self._api.inspect_image(image).get("Config") or {}).get("User") or "")
 
     def build(
         self,

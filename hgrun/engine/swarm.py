@@ -193,6 +193,9 @@ class SwarmEngine:
     def image_id(self, image: str) -> str | None:
         return self.manager.image_id(image)
 
+    def image_user(self, image: str) -> str:
+        return self.manager.image_user(image)  # built there (see ``build``)
+
     def build(
         self,
         context: IO[bytes],

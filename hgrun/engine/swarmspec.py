@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hgrun.engine import CAPABILITIES, ContainerSpec, ContainerStatus
+from hgrun.errors import InputError
 
 API_VERSION = "1.41"
 LABEL_ENDPOINT = "hgrun.endpoint"  # engine label: where this node's dockerd answers hgrun
@@ -68,8 +69,14 @@ def service_spec(
     on its container; the size as limits AND reservations (so Swarm never places a run on a
     node that cannot give its size); the single-host hardening wherever the 1.41 spec carries
     it (capabilities, init, pids limit, ulimits; never privileged, no mounts). ``shim`` is the
-    swarm config (id, name) holding the shim, mounted read-only and executable.
+    swarm config (id, name) holding the shim, mounted read-only and executable. ``user`` is
+    carried; ``read_only`` is refused: the shim waits for a file put in the task's ``/``.
     """
+    if spec.read_only:
+        raise InputError(
+            "read_only: true is not supported by hgrun server --engine swarm",
+            "remove read_only from hgrun.yaml, or run the app on a --engine docker server",
+        )
     framed = spec.stdin and not spec.tty
     labels = {**spec.labels, **({LABEL_FRAMED: "framed"} if framed else {})}
     container: dict[str, Any] = {
@@ -98,6 +105,8 @@ def service_spec(
     }
     if spec.working_dir:
         container["Dir"] = spec.working_dir
+    if spec.user:
+        container["User"] = spec.user
     nano_cpus = int(spec.size.cpus * 1e9)
     task: dict[str, Any] = {
         "ContainerSpec": container,

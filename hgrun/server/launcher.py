@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from hgrun.errors import CapacityError, InputError
 from hgrun.models import DEFAULT_SIZE, SIZES, Release, Run, RunStatus, Trigger
 from hgrun.procfile import command_line_argv, resolve_command
+from hgrun.server.users import UserPolicy
 
 if TYPE_CHECKING:
     from hgrun.server.session import RunSession
@@ -103,6 +104,8 @@ class Launcher:
         self.supervisor = supervisor
         self.host_cpus = host_cpus
         self.host_memory = host_memory
+        # hgrun server --require-non-root turns it on; callers check before a run is made.
+        self.users = UserPolicy(supervisor.engine.image_user, require_non_root=False)
 
     def check_capacity(self, size_name: str) -> None:
         size = SIZES[size_name]

@@ -228,6 +228,7 @@ def serve(
     retention: Retention | None = None,
     registry: str | None = None,
     max_connections: int = MAX_CONNECTIONS,
+    require_non_root: bool = False,
 ) -> None:
     """Run the server until SIGTERM or SIGINT; runs in flight are taken up at the next start.
 
@@ -261,6 +262,7 @@ def serve(
     scheme = "https" if tls else "http"
     advertised = f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     launcher = Launcher(store, supervisor, host_cpus=host_cpus, host_memory=host_memory)
+    launcher.users.require_non_root = require_non_root
     scripts = ScriptRunner(store, launcher, server_url=advertised)
     scripts.allowed_networks = allowed_networks
     notifier = Notifier(

@@ -88,6 +88,9 @@ class ScriptRunner:
             raise NotFoundError("the app has no release yet", "run `hgrun deploy` first")
         # Before any run is made: a release may outlive the server's permission for its network.
         check_network(release.manifest.network, self.allowed_networks, f"script {script.name}")
+        await self.launcher.users.check(
+            release.manifest.user, release.image, f"script {script.name}"
+        )
         if parent_run is not None and self.fanout_depth(parent_run) >= MAX_FANOUT_DEPTH:
             raise ForbiddenError(
                 f"run {parent_run} is already {MAX_FANOUT_DEPTH} triggers deep: it may not"

@@ -51,7 +51,7 @@ from hgrun.models import Release, Run, RunStatus
 from hgrun.server.output import OutputLog
 from hgrun.server.recovery import Recoverer, lease_name, process_gone
 from hgrun.server.session import LAG_LIMIT, Finished, Output, RunSession, Subscriber
-from hgrun.server.uploads import EXTRACT_AT, Upload
+from hgrun.server.uploads import AT_ROOT, Target, Upload
 from hgrun.store import Store
 
 __all__ = ["Finished", "Limits", "Output", "RunSession", "Subscriber", "Supervisor"]
@@ -217,10 +217,14 @@ class Supervisor:
             session.stop = Stop(run.status, run.error or f"{run.label} was stopped")
 
     async def upload(
-        self, run_id: int, body: AsyncIterator[bytes], declared: int | None = None
+        self,
+        run_id: int,
+        body: AsyncIterator[bytes],
+        declared: int | None = None,
+        target: Target = AT_ROOT,
     ) -> int:
-        """Stream the checked tar (entries under ``tmp/uploads``) into the container before it
-        starts (:mod:`hgrun.server.uploads`); a ``declared`` size over the cap is refused."""
+        """Stream the checked tar (entries under ``target.out_root``) into the container before
+        it starts (:mod:`hgrun.server.uploads`); a ``declared`` size over the cap is refused."""
         session = self._session(run_id)
         if not session.run.uploads or session.uploads_done or session.uploading:
             raise NotFoundError(
@@ -228,11 +232,13 @@ class Supervisor:
             )
         if session.stop is not None or session.phase is not Phase.WAITING:
             raise ConflictError(f"{session.run.label} is {session.phase.value}: too late to upload")
-        upload = Upload(self.limits.max_upload)
+        upload = Upload(self.limits.max_upload, target.lead)
         session.uploading = True
         try:
             upload.check(declared or 0)
-            await self.engine.put_archive(self._container(session), EXTRACT_AT, upload.stream(body))
+            await self.engine.put_archive(
+                self._container(session), target.extract_at, upload.stream(body)
+            )
         except HgrunError as e:
             await self.request_stop(
                 session, Stop(RunStatus.FAILED, f"the upload failed: {e.message}")

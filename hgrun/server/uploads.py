@@ -6,10 +6,15 @@ entries written under :data:`OUT_ROOT`); here the stream gets a first entry ``tm
 server's cap. Extracted at ``/``, ``/tmp/uploads`` is then made by the upload itself, in an image
 with no ``/tmp`` (``FROM scratch``, distroless) as in any other: Docker would otherwise make a
 missing parent 0755, or refuse a target path that does not exist.
+
+A ``read_only: true`` app's run has a read-only root and a volume at ``/tmp``, and Docker puts
+an archive into a read-only container only inside a volume: there the entries are written
+under ``uploads`` and extracted at ``/tmp``, the first entry ``.`` (the volume's root, 1777).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tarfile
 from collections.abc import AsyncIterator
 
@@ -19,8 +24,8 @@ EXTRACT_AT = "/"
 OUT_ROOT = "tmp/uploads"  # where the checked entries are written, relative to EXTRACT_AT
 
 
-def _tmp_entry() -> bytes:
-    info = tarfile.TarInfo("tmp")
+def _tmp_entry(name: str = "tmp") -> bytes:
+    info = tarfile.TarInfo(name)
     info.type = tarfile.DIRTYPE
     info.mode = 0o1777
     return info.tobuf(format=tarfile.USTAR_FORMAT)
@@ -29,12 +34,32 @@ def _tmp_entry() -> bytes:
 TMP_ENTRY = _tmp_entry()
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where an upload goes: the path the engine extracts at, the folder its checked entries
+    are written under (relative to it), and the entry that makes ``/tmp`` first."""
+
+    extract_at: str
+    out_root: str
+    lead: bytes
+
+
+AT_ROOT = Target(EXTRACT_AT, OUT_ROOT, TMP_ENTRY)
+IN_TMP = Target("/tmp", "uploads", _tmp_entry("."))
+
+
+def target(read_only: bool) -> Target:
+    """Where the upload of a run goes: into its ``/tmp`` volume when its root is read-only."""
+    return IN_TMP if read_only else AT_ROOT
+
+
 class Upload:
     """One upload on its way into a container: ``tmp`` first, then the checked tar, counted
     and capped at ``cap`` bytes as it arrives."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, lead: bytes = TMP_ENTRY) -> None:
         self.cap = cap
+        self.lead = lead
         self.received = 0
 
     def check(self, size: int) -> None:
@@ -46,7 +71,7 @@ class Upload:
             )
 
     async def stream(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        yield TMP_ENTRY
+        yield self.lead
         async for chunk in body:
             self.received += len(chunk)
             self.check(self.received)

@@ -98,6 +98,12 @@ from hgrun.errors import InputError
     " none and bridge need no permission.",
 )
 @click.option(
+    "--require-non-root",
+    is_flag=True,
+    help="Refuse runs that would be root: an app needs a non-root user: in hgrun.yaml, or an"
+    " image whose USER is not root.",
+)
+@click.option(
     "--rotate-key",
     is_flag=True,
     help="Re-encrypt the store's secrets and the audit log under a new key, then exit"
@@ -130,6 +136,7 @@ def server(
     tls_cert: str | None,
     tls_key: str | None,
     allow_network: tuple[str, ...],
+    require_non_root: bool,
     rotate_key: bool,
 ) -> None:
     """Run the hgrun server (REST API, attach relay, supervisor) in the foreground."""
@@ -194,6 +201,7 @@ def server(
         ),
         registry=registry,
         max_connections=max_connections,
+        require_non_root=require_non_root,
     )
 
 

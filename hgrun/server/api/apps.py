@@ -204,6 +204,7 @@ async def create_release(server: Server, request: Request) -> Response:
     procfile = parse_procfile(procfile_text) if procfile_text.strip() else {}
     manifest = parse_manifest(manifest_text, procfile=procfile)
     check_network(manifest.network, server.allowed_networks, "hgrun.yaml")
+    await server.launcher.users.check(manifest.user, image, "the app")
     if manifest.name != app.name:
         raise InputError(
             f"hgrun.yaml names app {manifest.name!r}, not {app.name!r}",

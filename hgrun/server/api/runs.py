@@ -39,7 +39,7 @@ from hgrun.server.logs import (
     tail_lines,
 )
 from hgrun.server.networks import check_network
-from hgrun.server.uploads import OUT_ROOT
+from hgrun.server.uploads import target
 from hgrun.server.workers import run_in
 from hgrun.store import Store
 from hgrun.uploadtar import UploadFilter
@@ -76,6 +76,7 @@ async def create_run(server: Server, request: Request) -> Response:
         release = dataclasses.replace(release, image=image, procfile=procfile)
     # A release deployed while the server allowed its network may outlive that permission.
     check_network(release.manifest.network, server.allowed_networks, f"app {app.name}")
+    await server.launcher.users.check(release.manifest.user, release.image, f"app {app.name}")
     argv = field(body, "command", list, []) or []
     if not all(isinstance(a, str) for a in argv):
         raise InputError("field 'command' must be a list of strings")
@@ -221,12 +222,13 @@ async def upload_files(server: Server, request: Request) -> Response:
         raise ConflictError(
             f"an upload to {run.label} is already under way", "a run takes one upload"
         )
-    upload = UploadFilter(server.supervisor.limits.max_upload, out_root=OUT_ROOT)
+    where = target(server.store.release(run.release_id).manifest.read_only)
+    upload = UploadFilter(server.supervisor.limits.max_upload, out_root=where.out_root)
     length = request.headers.get("content-length", "")
     declared = int(length) if length.isascii() and length.isdigit() else None
     server.uploading.add(run.id)
     try:
-        await server.supervisor.upload(run.id, _checked(request.stream(), upload), declared)
+        await server.supervisor.upload(run.id, _checked(request.stream(), upload), declared, where)
     finally:
         server.uploading.discard(run.id)
     return JSONResponse({"run": run.id, "bytes": upload.received})

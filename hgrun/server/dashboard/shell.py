@@ -24,6 +24,7 @@ from hgrun.relay import server as relay
 from hgrun.server.api.attach import open_attachment
 from hgrun.server.dashboard.web import Dashboard, Viewer, new_nonce, read_json, secure
 from hgrun.server.launcher import Request as LaunchRequest
+from hgrun.server.networks import check_network
 
 MAX_COMMAND = 4096
 
@@ -73,6 +74,9 @@ async def open_shell(dash: Dashboard, request: Request, viewer: Viewer) -> Respo
         raise NotFoundError(f"app {app.name!r} has no release yet", "run `hgrun deploy` first")
     if argv == ["bash"] and "bash" not in release.procfile:
         argv = BASH_OR_SH
+    # The same refusals as `hgrun run` (hgrun.server.api.runs.create_run).
+    check_network(release.manifest.network, server.allowed_networks, f"app {app.name}")
+    await server.launcher.users.check(release.manifest.user, release.image, f"app {app.name}")
     session = await server.launcher.run(
         LaunchRequest(
             workspace=principal.workspace,
