@@ -24,6 +24,7 @@ import pytest
 from support.apps import BUSYBOX_IMAGE
 from support.cli import Cli
 from support.server import HgrunServer, free_port
+from support.stores import Databases, StoreFactory, postgres_binaries
 
 # Hypothesis runs every "hypothesis" entry point of site-packages when first imported (by its
 # pytest plugin at the end of a run); a broken third-party one (trio 0.35's) must not fail the run.
@@ -188,6 +189,37 @@ def postgres() -> Iterator[str]:
         yield url
     finally:
         _script("postgres", "stop", port)
+
+
+@pytest.fixture(scope="session")
+def store_databases(request: pytest.FixtureRequest) -> Iterator[Databases]:
+    """PostgreSQL databases for the shared store suite, in this session's private cluster
+    (the ``postgres`` fixture's). Skipped only where PostgreSQL is not installed: CI installs it
+    (scripts/setup), so there the PostgreSQL half of the suite always runs."""
+    if postgres_binaries() is None:
+        pytest.skip(
+            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/postgres):"
+            " run scripts/setup to test the PostgreSQL store"
+        )
+    databases = Databases(request.getfixturevalue("postgres"))
+    try:
+        yield databases
+    finally:
+        databases.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """``make_store(name="hgrun", **options)``: a real store on each backend in turn (see
+    tests/support/stores.py); every store the test opened is closed at its end."""
+    databases = (
+        request.getfixturevalue("store_databases") if request.param == "postgresql" else None
+    )
+    factory = StoreFactory(request.param, tmp_path, databases)
+    try:
+        yield factory
+    finally:
+        factory.close()
 
 
 # -- hgrun servers and the CLI ---------------------------------------------------------------

@@ -1,13 +1,15 @@
-"""The store's run transitions against real SQLite: every move of lifecycle.TRANSITIONS,
-allowed and refused, and "first final state wins" under racing writers."""
+"""The store's run transitions against both real backends (SQLite, and PostgreSQL in a
+private cluster: the ``make_store`` fixture), every test once on each: every move of
+lifecycle.TRANSITIONS, allowed and refused, "first final state wins" under racing writers,
+bounded output and retention."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import threading
-from pathlib import Path
 
 import pytest
+from support.stores import StoreFactory
 
 from hgrun import lifecycle
 from hgrun.errors import ConflictError, NotFoundError
@@ -32,10 +34,8 @@ FINAL = [s for s in RunStatus if s in lifecycle.FINAL]
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    store = Store(tmp_path / "hgrun.db", clock=lambda: 1000.0)
-    store.ensure_workspace("default")
-    return store
+def store(make_store: StoreFactory) -> Store:
+    return make_store(clock=lambda: 1000.0)
 
 
 def _app(store: Store) -> tuple[int, int]:
@@ -232,12 +232,13 @@ def test_active_runs_are_the_lifecycle_active_ones(store: Store) -> None:
 
 @pytest.mark.parametrize("separate_connections", [False, True])
 def test_racing_outcomes_exactly_one_wins(
-    tmp_path: Path, store: Store, separate_connections: bool
+    make_store: StoreFactory, store: Store, separate_connections: bool
 ) -> None:
     """Two writers record different outcomes at once (on one connection, or two connections
     as two processes would): exactly one status is stored, and each writer sees it."""
     contenders = [RunStatus.SUCCEEDED, RunStatus.CANCELED]
-    stores = [store, Store(tmp_path / "hgrun.db")] if separate_connections else [store, store]
+    second = make_store(workspace=None) if separate_connections else store
+    stores = [store, second]
     for _ in range(20):
         run = _run_in(store, RunStatus.RUNNING)
         barrier = threading.Barrier(2)
@@ -323,18 +324,16 @@ def test_a_manifest_stored_before_a_field_existed_takes_its_default() -> None:
 # -- bounded output ---------------------------------------------------------------------------
 
 
-def _capped(tmp_path: Path, cap: int) -> Store:
-    store = Store(tmp_path / "capped.db", clock=lambda: 1000.0, max_output=cap)
-    store.ensure_workspace("default")
-    return store
+def _capped(make_store: StoreFactory, cap: int) -> Store:
+    return make_store("capped", clock=lambda: 1000.0, max_output=cap)
 
 
 def _stored(store: Store, run_id: int) -> list[OutputChunk]:
     return store.output(run_id=run_id, limit=10**6)
 
 
-def test_output_under_the_cap_is_kept_whole(tmp_path: Path) -> None:
-    store = _capped(tmp_path, 100)
+def test_output_under_the_cap_is_kept_whole(make_store: StoreFactory) -> None:
+    store = _capped(make_store, 100)
     run = _run_in(store, RunStatus.RUNNING)
     store.append_output(run.id, run.app_id, [(1, 1.0, b"a" * 60), (2, 1.0, b"b" * 40)])
     assert b"".join(c.data for c in _stored(store, run.id)) == b"a" * 60 + b"b" * 40
@@ -342,8 +341,8 @@ def test_output_under_the_cap_is_kept_whole(tmp_path: Path) -> None:
     assert (after.output_bytes, after.output_dropped) == (100, 0)
 
 
-def test_the_newest_output_is_kept_with_a_marker_at_the_front(tmp_path: Path) -> None:
-    store = _capped(tmp_path, 1000)
+def test_the_newest_output_is_kept_with_a_marker_at_the_front(make_store: StoreFactory) -> None:
+    store = _capped(make_store, 1000)
     run = _run_in(store, RunStatus.RUNNING)
     other = _run_in(store, RunStatus.RUNNING)
     written = b""
@@ -369,8 +368,8 @@ def test_the_newest_output_is_kept_with_a_marker_at_the_front(tmp_path: Path) ->
     assert b"".join(c.data for c in _stored(store, other.id)) == b"x\n" * 50
 
 
-def test_one_batch_over_the_cap_keeps_its_newest_bytes(tmp_path: Path) -> None:
-    store = _capped(tmp_path, 10)
+def test_one_batch_over_the_cap_keeps_its_newest_bytes(make_store: StoreFactory) -> None:
+    store = _capped(make_store, 10)
     run = _run_in(store, RunStatus.RUNNING)
     store.append_output(run.id, run.app_id, [(1, 1.0, b"old"), (1, 1.0, b"0123456789abcdef")])
     chunks = _stored(store, run.id)
@@ -383,8 +382,8 @@ def test_one_batch_over_the_cap_keeps_its_newest_bytes(tmp_path: Path) -> None:
     assert [c.data for c in chunks[1:]] == [b"XYZ"]
 
 
-def test_the_cap_in_megabytes_reads_as_such(tmp_path: Path) -> None:
-    store = _capped(tmp_path, 1024 * 1024)
+def test_the_cap_in_megabytes_reads_as_such(make_store: StoreFactory) -> None:
+    store = _capped(make_store, 1024 * 1024)
     run = _run_in(store, RunStatus.RUNNING)
     for _ in range(3):
         store.append_output(run.id, run.app_id, [(1, 1.0, b"x" * 400_000)])
@@ -392,8 +391,8 @@ def test_the_cap_in_megabytes_reads_as_such(tmp_path: Path) -> None:
     assert marker.data == b"hgrun: 400000 bytes of earlier output were dropped (cap 1 MB)\n"
 
 
-def test_clearing_output_resets_its_counts(tmp_path: Path) -> None:
-    store = _capped(tmp_path, 10)
+def test_clearing_output_resets_its_counts(make_store: StoreFactory) -> None:
+    store = _capped(make_store, 10)
     run = _run_in(store, RunStatus.RUNNING)
     store.append_output(run.id, run.app_id, [(1, 1.0, b"x" * 30)])
     store.clear_output(run.id)
@@ -410,9 +409,8 @@ def test_stderr_is_read_on_its_own(store: Store) -> None:
 # -- retention of one-off runs ---------------------------------------------------------------
 
 
-def test_prune_keeps_the_newest_per_app_and_drops_the_old(tmp_path: Path) -> None:
-    store = Store(tmp_path / "r.db", clock=lambda: 1000.0)
-    store.ensure_workspace("default")
+def test_prune_keeps_the_newest_per_app_and_drops_the_old(make_store: StoreFactory) -> None:
+    store = make_store("r", clock=lambda: 1000.0)
     finished = []
     for _ in range(6):
         run = _run_in(store, RunStatus.SUCCEEDED)
@@ -462,10 +460,9 @@ def test_prune_leaves_script_runs_to_their_history(store: Store) -> None:
     assert store.run(run.id).status is RunStatus.SKIPPED
 
 
-def test_the_pruner_applies_the_servers_retention(tmp_path: Path) -> None:
+def test_the_pruner_applies_the_servers_retention(make_store: StoreFactory) -> None:
     now = [1000.0]
-    store = Store(tmp_path / "p.db", clock=lambda: now[0])
-    store.ensure_workspace("default")
+    store = make_store("p", clock=lambda: now[0])
     runs = [_run_in(store, RunStatus.SUCCEEDED) for _ in range(3)]
     running = _run_in(store, RunStatus.RUNNING)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -487,9 +484,9 @@ def test_the_node_is_recorded_with_the_container_or_later(store: Store) -> None:
     assert store.set_node(other.id, "node-4") == done  # final: nothing changes
 
 
-def test_offsets_count_from_the_runs_first_byte_across_drops(tmp_path: Path) -> None:
+def test_offsets_count_from_the_runs_first_byte_across_drops(make_store: StoreFactory) -> None:
     """A reader resuming at a byte offset stays exact when the cap drops the oldest output."""
-    store = _capped(tmp_path, 100)
+    store = _capped(make_store, 100)
     run = _run_in(store, RunStatus.RUNNING)
     written = b""
     for i in range(40):
@@ -515,9 +512,8 @@ def test_offsets_count_from_the_runs_first_byte_across_drops(tmp_path: Path) -> 
     assert written[first.offset :] == b"".join(c.data for c in chunks[1:])
 
 
-def test_prune_works_in_bounded_passes_and_transactions(tmp_path: Path) -> None:
-    store = Store(tmp_path / "passes.db", clock=lambda: 1000.0)
-    store.ensure_workspace("default")
+def test_prune_works_in_bounded_passes_and_transactions(make_store: StoreFactory) -> None:
+    store = make_store("passes", clock=lambda: 1000.0)
     made = []
     for _ in range(7):
         run = _run_in(store, RunStatus.SUCCEEDED)
@@ -572,8 +568,11 @@ def test_filtered_runs_page_by_key_and_each_filter_reads_an_index(store: Store) 
         ]
         made.append(_run_with(store, kind, script_id if i % 5 else None, status))
     plans: list[str] = []
-    connection = store._db._db  # the SQLite connection under the store's dialect seam
-    connection.set_trace_callback(plans.append)
+    # The query plans are SQLite's (PostgreSQL's planner picks by its statistics): read through
+    # the SQLite connection behind the store's dialect seam.
+    raw = store._db._db if store.backend == "sqlite" else None  # type: ignore[attr-defined]
+    if raw is not None:
+        raw.set_trace_callback(plans.append)
     cases: list[dict] = [
         {"statuses": [RunStatus.TIMED_OUT]},
         {"trigger_kind": TriggerKind.USER},
@@ -599,11 +598,13 @@ def test_filtered_runs_page_by_key_and_each_filter_reads_an_index(store: Store) 
                 break
             before = page[-1].id
         assert got == want, filters
-    connection.set_trace_callback(None)
+    if raw is None:
+        return
+    raw.set_trace_callback(None)
     selects = {sql for sql in plans if sql.startswith("SELECT * FROM runs WHERE")}
     assert len(selects) >= len(cases)
     for sql in selects:
-        plan = " ".join(row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        plan = " ".join(row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {sql}"))
         assert "SEARCH runs USING INDEX" in plan, (sql, plan)
         assert "TEMP B-TREE" not in plan, (sql, plan)  # rows come in id order, no sort
         if "status IN" in sql or "trigger_kind =" in sql:

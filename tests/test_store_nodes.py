@@ -1,18 +1,17 @@
-"""Registered node endpoints in the store (migration 7): set, replace, list, remove."""
+"""Registered node endpoints in the store (migration 7): set, replace, list, remove; on both
+backends (``make_store``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from support.stores import StoreFactory
 
 from hgrun.errors import NotFoundError
-from hgrun.store import Store
 
 
-def test_node_endpoints_are_set_replaced_listed_and_removed(tmp_path: Path) -> None:
+def test_node_endpoints_are_set_replaced_listed_and_removed(make_store: StoreFactory) -> None:
     now = iter(float(t) for t in range(100, 200))
-    store = Store(tmp_path / "s.db", clock=lambda: next(now))
+    store = make_store("s", clock=lambda: next(now), workspace=None)
     assert store.node_endpoints() == []
     store.set_node_endpoint("n3", "tcp://10.0.0.3:2376", "admin")
     store.set_node_endpoint("n2", "tcp://10.0.0.2:2376", "admin")
@@ -23,5 +22,5 @@ def test_node_endpoints_are_set_replaced_listed_and_removed(tmp_path: Path) -> N
     with pytest.raises(NotFoundError, match="no endpoint registered for node 'n2'"):
         store.remove_node_endpoint("n2")
     store.close()
-    reopened = Store(tmp_path / "s.db")
+    reopened = make_store("s", workspace=None)
     assert [n.name for n in reopened.node_endpoints()] == ["n3"]

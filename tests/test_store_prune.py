@@ -1,28 +1,29 @@
 """Pruning a script's history never touches a run in flight, whatever its age.
 
 DESIGN "Scheduler": history is bounded per script (keep the most recent N runs); a run still
-queued, starting or running is not history. Real SQLite, no Docker.
+queued, starting or running is not history. Real SQLite and PostgreSQL (``make_store``), no
+Docker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from support.store import app_with_release, new_run, new_store
+from support.store import app_with_release, new_run
+from support.stores import StoreFactory
 
 from hgrun.lifecycle import Outcome
 from hgrun.models import App, OutputChunk, Release, Run, RunStatus, Script
 from hgrun.store import Store
+from hgrun.store.database import Connection
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return new_store(tmp_path / "hgrun.db", clock=lambda: 1000.0)
+def store(make_store: StoreFactory) -> Store:
+    return make_store(clock=lambda: 1000.0)
 
 
 def _script_run(store: Store, app: App, release: Release, script_id: int) -> Run:
@@ -112,7 +113,7 @@ class CountingStore(Store):
     transactions = 0
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[Connection]:
         self.transactions += 1
         with super()._tx() as db:
             yield db
@@ -139,10 +140,10 @@ def _finished_one_offs(store: Store, app: App, release: Release, n: int, first: 
     [(50, 1), (100, 1), (200, 1), (201, 2), (301, 2), (302, 3), (10**9, 7)],
 )
 def test_prune_runs_packs_deletions_into_transactions_of_batch_bytes(
-    tmp_path: Path, batch_bytes: int, per_transaction: int
+    make_store: StoreFactory, batch_bytes: int, per_transaction: int
 ) -> None:
-    store = CountingStore(tmp_path / "hgrun.db", clock=lambda: 1000.0)
-    store.ensure_workspace("default")
+    store = make_store(cls=CountingStore, clock=lambda: 1000.0)
+    assert isinstance(store, CountingStore)
     app, release = app_with_release(store)
     _finished_one_offs(store, app, release, 7, first=100.0)
     store.transactions = 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from support.stores import StoreFactory
+
 from hgrun.models import Manifest
 from hgrun.store import Store
 from hgrun.store.schema import MIGRATIONS
@@ -26,9 +28,8 @@ def _release(store: Store, app_id: int, **kw: str):
     )
 
 
-def test_a_release_records_its_actor(tmp_path: Path) -> None:
-    store = Store(tmp_path / "hgrun.db", clock=lambda: 1000.0)
-    store.ensure_workspace("default")
+def test_a_release_records_its_actor(make_store: StoreFactory) -> None:
+    store = make_store(clock=lambda: 1000.0)
     app = store.create_app("default", "app")
     made = _release(store, app.id, actor="ci")
     assert made.actor == "ci"

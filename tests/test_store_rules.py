@@ -1,12 +1,12 @@
 """Store rules that mutation testing found unguarded (docs/testing.md, "Mutation testing"):
-a run created final (skipped) is finished at once, one created active is not. Real SQLite."""
+a run created final (skipped) is finished at once, one created active is not. Real SQLite and
+PostgreSQL (``make_store``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from support.store import app_with_release, new_run, new_store
+from support.store import app_with_release, new_run
+from support.stores import StoreFactory
 
 from hgrun.lifecycle import Outcome
 from hgrun.models import RunStatus
@@ -18,17 +18,19 @@ from hgrun.models import RunStatus
     ids=str,
 )
 def test_a_run_created_final_is_finished_at_once(
-    tmp_path: Path, status: RunStatus, finished: float | None
+    make_store: StoreFactory, status: RunStatus, finished: float | None
 ) -> None:
-    store = new_store(tmp_path / "hgrun.db", clock=lambda: 1000.0)
+    store = make_store(clock=lambda: 1000.0)
     app, release = app_with_release(store)
     run = new_run(store, app, release, status=status)
     assert (run.status, run.finished, run.created) == (status, finished, 1000.0)
     assert store.run(run.id).finished == finished
 
 
-def test_on_run_ended_hears_each_run_once_when_it_becomes_final(tmp_path: Path) -> None:
-    store = new_store(tmp_path / "hgrun.db", clock=lambda: 1000.0)
+def test_on_run_ended_hears_each_run_once_when_it_becomes_final(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store(clock=lambda: 1000.0)
     app, release = app_with_release(store)
     heard: list[tuple[int, RunStatus]] = []
     store.on_run_ended.append(lambda run: heard.append((run.id, run.status)))
