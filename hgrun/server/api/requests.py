@@ -7,10 +7,11 @@ raises an :class:`~hgrun.errors.HgrunError` that :func:`endpoint` turns into the
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
@@ -202,6 +203,22 @@ def int_param(value: str | None, name: str, default: int, maximum: int = MAX_INT
     if number > maximum:
         raise InputError(f"query parameter {name!r} must be at most {maximum}, not {number}")
     return number
+
+
+EnumT = TypeVar("EnumT", bound=enum.Enum)
+
+
+def enum_param(value: str | None, name: str, kind: type[EnumT], plural: str) -> EnumT | None:
+    """A query parameter naming one of ``kind``'s values; None when absent. Any other word
+    (empty too) is a 400 naming it, with the values (``plural``: the hint's word for them)."""
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError as e:
+        raise InputError(
+            f"unknown {name} {value!r}", f"{plural}: {', '.join(m.value for m in kind)}"
+        ) from e
 
 
 def bool_param(value: str | None, name: str, default: bool = False) -> bool:

@@ -19,6 +19,7 @@ from hgrun.models import ENV_NAME, OutputChunk, RunStatus, Trigger, TriggerKind
 from hgrun.procfile import parse_procfile
 from hgrun.server.api.requests import (
     bool_param,
+    enum_param,
     field,
     int_param,
     json_body,
@@ -141,25 +142,15 @@ async def list_runs(server: Server, request: Request) -> Response:
     caller = principal(server, request, "read")
     app = path_app(server, caller, request)
     query = request.query_params
-    statuses = []
-    for word in query.getlist("status"):
-        try:
-            statuses.append(RunStatus(word))
-        except ValueError as e:
-            raise InputError(
-                f"unknown status {word!r}", f"statuses: {', '.join(s.value for s in RunStatus)}"
-            ) from e
+    words = query.getlist("status")
+    statuses = [s for w in words if (s := enum_param(w, "status", RunStatus, "statuses"))]
     if bool_param(query.get("active"), "active"):
         statuses = [status for status in RunStatus if status.active]
-    trigger = None
-    if query.get("trigger"):
-        try:
-            trigger = TriggerKind(query["trigger"])
-        except ValueError as e:
-            raise InputError(
-                f"unknown trigger {query['trigger']!r}",
-                f"triggers: {', '.join(t.value for t in TriggerKind)}",
-            ) from e
+    trigger = (
+        enum_param(query["trigger"], "trigger", TriggerKind, "triggers")
+        if query.get("trigger")
+        else None
+    )
     limit = int_param(query.get("limit"), "limit", 50, MAX_RUNS_PAGE)
     runs = server.store.runs(
         caller.workspace, app_id=app.id, statuses=statuses, trigger_kind=trigger, limit=limit

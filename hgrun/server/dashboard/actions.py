@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from hgrun.errors import ConflictError, ForbiddenError, HgrunError, InputError
 from hgrun.models import RunStatus, Scope
+from hgrun.server.api.requests import path_id
 from hgrun.server.api.tokens import TOKEN_NAME
 from hgrun.server.auth import new_token
 from hgrun.server.dashboard import session as sessions
@@ -101,7 +102,7 @@ async def signout(dash: Dashboard, request: Request, viewer: Viewer) -> Response
 async def stop(dash: Dashboard, request: Request, viewer: Viewer) -> Response:
     """Stop a run, as ``POST /v1/runs/{id}/stop`` does (scope ``run``); back to its page."""
     viewer.principal.require("run")
-    run = dash.store.run(request.path_params["run_id"], viewer.principal.workspace)
+    run = dash.store.run(path_id(request, "run_id"), viewer.principal.workspace)
     if run.status.finished:
         raise ConflictError(f"{run.label} already ended ({run.status.value})")
     await dash.server.supervisor.stop(
@@ -112,7 +113,7 @@ async def stop(dash: Dashboard, request: Request, viewer: Viewer) -> Response:
 
 async def run_now(dash: Dashboard, request: Request, viewer: Viewer) -> Response:
     """Trigger a script with a JSON input, as ``POST /v1/scripts/{id}/runs`` does."""
-    script = dash.store.script(request.path_params["script_id"], viewer.principal.workspace)
+    script = dash.store.script(path_id(request, "script_id"), viewer.principal.workspace)
     if not viewer.principal.may_trigger(script.id):
         raise ForbiddenError(
             f"token {viewer.principal.name!r} may not trigger {script.spec.name!r}"

@@ -18,8 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from hgrun import schedule
-from hgrun.errors import ForbiddenError, InputError
+from hgrun.errors import ForbiddenError
 from hgrun.models import App, Run, RunStatus, ScriptRecord, TriggerKind
+from hgrun.server.api.requests import enum_param, int_param, path_id
 from hgrun.server.api.runs import stderr_tail
 from hgrun.server.dashboard import words
 from hgrun.server.dashboard.web import Dashboard, Viewer, secure
@@ -116,20 +117,13 @@ class Filters:
 
 
 def _filters(dash: Dashboard, app: App, request: Request) -> Filters:
+    # The API's typed readers; an empty value is the form's "any" (its select sends it).
     q = request.query_params
-    try:
-        status = RunStatus(q["status"]) if q.get("status") else None
-    except ValueError as e:
-        raise InputError(f"unknown status {q['status']!r}") from e
-    try:
-        trigger = TriggerKind(q["trigger"]) if q.get("trigger") else None
-    except ValueError as e:
-        raise InputError(f"unknown trigger {q['trigger']!r}") from e
+    status = enum_param(q.get("status") or None, "status", RunStatus, "statuses")
+    trigger = enum_param(q.get("trigger") or None, "trigger", TriggerKind, "triggers")
     script = dash.store.script_by_name(app.id, q["script"]) if q.get("script") else None
-    before = q.get("before")
-    if before is not None and not before.isdigit():
-        raise InputError("'before' must be a run number")
-    return Filters(status, trigger, script, int(before) if before else None)
+    before = int_param(q.get("before") or None, "before", 0) or None
+    return Filters(status, trigger, script, before)
 
 
 def page_of_runs(dash: Dashboard, workspace: str, app: App, f: Filters) -> tuple[list[Run], bool]:
@@ -185,7 +179,7 @@ async def runs_live(dash: Dashboard, request: Request, viewer: Viewer) -> Respon
 
 
 def _readable_run(dash: Dashboard, request: Request, viewer: Viewer) -> Run:
-    run: Run = dash.store.run(request.path_params["run_id"], viewer.principal.workspace)
+    run: Run = dash.store.run(path_id(request, "run_id"), viewer.principal.workspace)
     if not viewer.principal.may_read_run(run.script_id):
         raise ForbiddenError(
             f"token {viewer.principal.name!r} may not read {run.label}",
@@ -219,11 +213,9 @@ async def run_live(dash: Dashboard, request: Request, viewer: Viewer) -> Respons
 async def run_log(dash: Dashboard, request: Request, viewer: Viewer) -> Response:
     """A page of a run's output: ``{text, next, more, active}``; ``after`` is the cursor."""
     run = _readable_run(dash, request, viewer)
-    after = request.query_params.get("after", "0")
-    if not after.isdigit():
-        raise InputError("'after' must be a whole number")
-    chunks = dash.store.output(run_id=run.id, after=int(after), limit=LOG_PAGE)
-    cursor, size, parts = int(after), 0, []
+    after = int_param(request.query_params.get("after"), "after", 0)
+    chunks = dash.store.output(run_id=run.id, after=after, limit=LOG_PAGE)
+    cursor, size, parts = after, 0, []
     for chunk in chunks:
         parts.append(chunk.data)
         cursor = chunk.cursor
@@ -244,7 +236,7 @@ async def run_log(dash: Dashboard, request: Request, viewer: Viewer) -> Response
 
 
 def _script_context(dash: Dashboard, request: Request, viewer: Viewer) -> dict[str, Any]:
-    script = dash.store.script(request.path_params["script_id"], viewer.principal.workspace)
+    script = dash.store.script(path_id(request, "script_id"), viewer.principal.workspace)
     if not viewer.principal.may_read_run(script.id):
         raise ForbiddenError(f"token {viewer.principal.name!r} may not see {script.spec.name!r}")
     recent = dash.store.script_runs(script.id, limit=50)

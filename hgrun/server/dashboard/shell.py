@@ -22,6 +22,7 @@ from hgrun.errors import AuthError, ForbiddenError, InputError, NotFoundError
 from hgrun.models import Trigger, TriggerKind
 from hgrun.relay import server as relay
 from hgrun.server.api.attach import open_attachment
+from hgrun.server.api.requests import int_param
 from hgrun.server.dashboard.web import Dashboard, Viewer, new_nonce, read_json, secure
 from hgrun.server.launcher import Request as LaunchRequest
 from hgrun.server.networks import check_network
@@ -46,14 +47,14 @@ def command_argv(text: str) -> list[str]:
 async def page(dash: Dashboard, request: Request, viewer: Viewer) -> Response:
     viewer.principal.require("run")
     app = dash.store.app(viewer.principal.workspace, request.path_params["app"])
-    run_id = request.query_params.get("run", "")
+    run_id = int_param(request.query_params.get("run") or None, "run", 0) or ""
     return dash.render(
         request,
         "shell.html",
         viewer,
         title=f"Shell on {app.name}",
         app=app,
-        reattach=run_id if run_id.isdigit() else "",
+        reattach=run_id,
         style_nonce=new_nonce(),
     )
 
