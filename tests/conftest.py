@@ -30,6 +30,12 @@ from support.stores import Databases, StoreFactory, postgres_binaries
 # pytest plugin at the end of a run); a broken third-party one (trio 0.35's) must not fail the run.
 os.environ.setdefault("HYPOTHESIS_NO_PLUGINS", "1")
 
+# A suite started in the background (`cmd &` in a script, nohup) inherits SIGINT ignored, and so
+# would every CLI it spawns: the Ctrl-C tests need what a terminal gives, the default. A Python
+# handler here becomes the default in the children (exec resets handlers, not an ignore).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
 PYTHON_IMAGE = "hgrun/python:bookworm"
