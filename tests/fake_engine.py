@@ -15,7 +15,14 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import IO
 
-from hgrun.engine import ContainerSpec, ContainerState, ContainerStatus, EngineInfo
+from hgrun.engine import (
+    DEFAULT_BUILD_LIMITS,
+    BuildLimits,
+    ContainerSpec,
+    ContainerState,
+    ContainerStatus,
+    EngineInfo,
+)
 from hgrun.errors import NotFoundError
 
 WAIT = 10.0  # the longest a held call or a wait blocks, so a broken test fails, never hangs
@@ -162,6 +169,7 @@ class FakeEngine:
         labels: Mapping[str, str],
         network: str,
         dockerfile: str = "Dockerfile",
+        limits: BuildLimits = DEFAULT_BUILD_LIMITS,
     ) -> Iterator[str]:
         yield "built"
 

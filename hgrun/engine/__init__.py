@@ -72,6 +72,19 @@ class ContainerSpec:
     read_only: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class BuildLimits:
+    """What one image build may use: memory (bytes, no swap), CPUs, and wall time (seconds),
+    past which it is stopped (``hgrun server --build-memory/--build-cpus/--build-timeout``)."""
+
+    memory: int = 2048 * 1024**2
+    cpus: float = 2.0
+    timeout: float = 30 * 60.0
+
+
+DEFAULT_BUILD_LIMITS = BuildLimits()
+
+
 class ContainerStatus(enum.StrEnum):
     """Where a run's container is, in words every engine can map its own states onto."""
 
@@ -125,6 +138,7 @@ class Engine(Protocol):
         labels: Mapping[str, str],
         network: str,
         dockerfile: str = "Dockerfile",
+        limits: BuildLimits = DEFAULT_BUILD_LIMITS,
     ) -> Iterator[str]: ...
     def create(self, spec: ContainerSpec) -> str: ...
     def node(self, container_id: str) -> str | None:

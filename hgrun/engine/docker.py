@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import json
 import os
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import IO, Any
@@ -25,8 +26,11 @@ import requests.exceptions
 from docker.types import Ulimit
 
 from hgrun import execfailure
+from hgrun.duration import format_duration
 from hgrun.engine import (
     CAPABILITIES,
+    DEFAULT_BUILD_LIMITS,
+    BuildLimits,
     ContainerSpec,
     ContainerState,
     ContainerStatus,
@@ -44,6 +48,7 @@ from hgrun.errors import (
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 READ_SIZE = 256 * 1024
 TMP = "/tmp"  # a read-only run's writable folder
+CPU_PERIOD = 100_000  # microseconds: CFS's default period, as docker run --cpus uses
 # docker-py keeps 10 connections per client; more threads than that calling it at once make it
 # drop connections ("Connection pool is full"), so the server's engine pool stays under it.
 CONCURRENCY = 8
@@ -113,6 +118,14 @@ def create_args(spec: ContainerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     if spec.user:
         create["user"] = spec.user
     return create, host_config
+
+
+def _too_long(limits: BuildLimits) -> EngineError:
+    return EngineError(
+        f"the build took longer than {format_duration(limits.timeout)}: stopped",
+        "make the build faster (a smaller context, cached layers), or raise the server's"
+        " --build-timeout",
+    )
 
 
 @contextlib.contextmanager
@@ -258,21 +271,45 @@ class DockerEngine:
         labels: Mapping[str, str],
         network: str,
         dockerfile: str = "Dockerfile",
+        limits: BuildLimits = DEFAULT_BUILD_LIMITS,
     ) -> Iterator[str]:
-        """Build ``context`` (a tar) as ``tag``, yielding the build's output line by line."""
+        """Build ``context`` (a tar) as ``tag``, yielding the build's output line by line.
+
+        Each step's container gets ``limits``' memory (no swap) and CPUs (``POST /build``
+        memory, memswap, cpuperiod, cpuquota). The classic builder has no pids limit to give
+        (Engine API 1.41 ``/build`` takes none). Past ``limits.timeout`` the build is stopped:
+        the connection is closed, and the daemon cancels a build whose client went away
+        (killing the step's container; ``forcerm`` removes it). The time is checked at each
+        line of output and by the socket's read timeout, so a silent step is stopped too.
+        """
+        deadline = time.monotonic() + limits.timeout
+        params = {
+            "t": tag,
+            "dockerfile": dockerfile,
+            "rm": True,
+            "forcerm": True,
+            "networkmode": network,
+            "labels": json.dumps(dict(labels)),
+            "memory": limits.memory,
+            "memswap": limits.memory,
+            "cpuperiod": CPU_PERIOD,
+            "cpuquota": int(limits.cpus * CPU_PERIOD),
+        }
         with _translate("the build failed"):
-            stream = self._api.build(
-                fileobj=context,
-                custom_context=True,
-                tag=tag,
-                labels=dict(labels),
-                rm=True,
-                forcerm=True,
-                network_mode=network,
-                dockerfile=dockerfile,
-                decode=True,
+            # docker-py's build() hides its response, and only closing it stops the build.
+            response = self._api._post(
+                self._api._url("/build"),
+                data=context,
+                params=params,
+                headers={"Content-Type": "application/tar"},
+                stream=True,
+                timeout=(60, limits.timeout),
             )
-            for event in stream:
+        try:
+            self._api._raise_for_status(response)
+            for event in self._api._stream_helper(response, decode=True):
+                if time.monotonic() > deadline:
+                    raise _too_long(limits)
                 if "error" in event:
                     detail = event.get("errorDetail", {}).get("message") or event["error"]
                     raise EngineError(
@@ -284,6 +321,17 @@ class DockerEngine:
                     for line in str(text).splitlines():
                         if line.strip():
                             yield line
+        except HgrunError:
+            raise
+        except Exception as e:
+            if time.monotonic() > deadline - 1:  # the read timeout: a step silent till the end
+                raise _too_long(limits) from e
+            raise EngineError(
+                f"the build failed: the engine's answer broke off ({e})",
+                "check that dockerd runs, then deploy again",
+            ) from e
+        finally:
+            response.close()
 
     def create(self, spec: ContainerSpec) -> str:
         args, host = create_args(spec)

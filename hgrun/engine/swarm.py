@@ -32,8 +32,10 @@ import docker
 import docker.errors
 
 from hgrun.engine import (
+    DEFAULT_BUILD_LIMITS,
     LABEL_RUN,
     AttachStream,
+    BuildLimits,
     ContainerSpec,
     ContainerState,
     ContainerStatus,
@@ -204,10 +206,11 @@ class SwarmEngine:
         labels: Mapping[str, str],
         network: str,
         dockerfile: str = "Dockerfile",
+        limits: BuildLimits = DEFAULT_BUILD_LIMITS,
     ) -> Iterator[str]:
         """Build on the manager; nodes get the image when a run needs it (``ImageShipper``)."""
         return self.manager.build(
-            context, tag=tag, labels=labels, network=network, dockerfile=dockerfile
+            context, tag=tag, labels=labels, network=network, dockerfile=dockerfile, limits=limits
         )
 
     def _shim_config(self) -> tuple[str, str]:

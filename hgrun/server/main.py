@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 from starlette.applications import Starlette
 
-from hgrun.engine import EngineInfo
+from hgrun.engine import DEFAULT_BUILD_LIMITS, BuildLimits, EngineInfo
 from hgrun.engine.docker import DockerEngine
 from hgrun.errors import HgrunError, InputError
 from hgrun.models import Run, RunStatus, Scope
@@ -229,6 +229,7 @@ def serve(
     registry: str | None = None,
     max_connections: int = MAX_CONNECTIONS,
     require_non_root: bool = False,
+    build_limits: BuildLimits = DEFAULT_BUILD_LIMITS,
 ) -> None:
     """Run the server until SIGTERM or SIGINT; runs in flight are taken up at the next start.
 
@@ -285,6 +286,7 @@ def serve(
         scheduler_ticks=lambda: scheduler.ticks,
         workers=workers,
         allowed_networks=allowed_networks,
+        build_limits=build_limits,
     )
     pruner = Pruner(store, retention, pool=workers.reads)
     token = first_start(store)

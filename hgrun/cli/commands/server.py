@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import click
 
 from hgrun.cli.options import Context, duration_flag, pass_ctx
 from hgrun.errors import InputError
+
+MAX_BUILD_TIMEOUT = 7 * 24 * 3600.0
 
 
 @click.command()
@@ -98,6 +101,26 @@ from hgrun.errors import InputError
     " none and bridge need no permission.",
 )
 @click.option(
+    "--build-memory",
+    default=2048,
+    show_default=True,
+    type=click.IntRange(6),
+    help="Memory of each image build's steps, in MB (no swap).",
+)
+@click.option(
+    "--build-cpus",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0.01, 1024),
+    help="CPUs of each image build's steps.",
+)
+@click.option(
+    "--build-timeout",
+    default="30m",
+    show_default=True,
+    help="An image build taking longer is stopped.",
+)
+@click.option(
     "--require-non-root",
     is_flag=True,
     help="Refuse runs that would be root: an app needs a non-root user: in hgrun.yaml, or an"
@@ -136,10 +159,14 @@ def server(
     tls_cert: str | None,
     tls_key: str | None,
     allow_network: tuple[str, ...],
+    build_memory: int,
+    build_cpus: float,
+    build_timeout: str,
     require_non_root: bool,
     rotate_key: bool,
 ) -> None:
     """Run the hgrun server (REST API, attach relay, supervisor) in the foreground."""
+    from hgrun.engine import BuildLimits
     from hgrun.server.main import rotate_key as rotate
     from hgrun.server.main import serve
     from hgrun.server.notifier import Targets
@@ -175,6 +202,14 @@ def server(
         if sys.stderr.isatty():
             click.echo(text, err=True)
 
+    if not math.isfinite(build_cpus):  # click's FloatRange lets nan through
+        raise InputError(f"--build-cpus {build_cpus}: expected a number of CPUs", "e.g. 2")
+    build_seconds = duration_flag("--build-timeout", build_timeout)
+    if not 1 <= build_seconds <= MAX_BUILD_TIMEOUT:
+        raise InputError(
+            f"--build-timeout {build_timeout!r}: must be from 1s to 7d",
+            "e.g. --build-timeout 30m",
+        )
     if smtp_url and not smtp_url.startswith("smtp://"):
         raise InputError(f"--smtp-url {smtp_url!r}: expected smtp://HOST:PORT")
     targets = Targets(
@@ -202,6 +237,9 @@ def server(
         registry=registry,
         max_connections=max_connections,
         require_non_root=require_non_root,
+        build_limits=BuildLimits(
+            memory=build_memory * 1024 * 1024, cpus=build_cpus, timeout=build_seconds
+        ),
     )
 
 

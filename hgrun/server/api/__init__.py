@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from hgrun import __version__
-from hgrun.engine import Engine
+from hgrun.engine import DEFAULT_BUILD_LIMITS, BuildLimits, Engine
 from hgrun.server.api import apps, attach, openapi, runs, scripts, tokens
 from hgrun.server.api.requests import Handler, RouteSpec, dispatch
 from hgrun.server.api.runs import stderr_tail
@@ -53,6 +53,7 @@ class Server:
     workers: Workers = dataclasses.field(default_factory=Workers)
     uploading: set[int] = dataclasses.field(default_factory=set)  # runs taking an upload now
     allowed_networks: frozenset[str] = frozenset()  # beyond none and bridge (hgrun.server.networks)
+    build_limits: BuildLimits = DEFAULT_BUILD_LIMITS  # memory, CPUs and time of one build
 
 
 def build_app(server: Server) -> Starlette:

@@ -153,7 +153,12 @@ async def create_build(server: Server, request: Request) -> Response:
         def build() -> None:
             try:
                 for line in server.engine.build(
-                    spool, tag=tag, labels=labels, network=network, dockerfile=dockerfile
+                    spool,
+                    tag=tag,
+                    labels=labels,
+                    network=network,
+                    dockerfile=dockerfile,
+                    limits=server.build_limits,
                 ):
                     loop.call_soon_threadsafe(queue.put_nowait, {"stream": line})
                 image = server.engine.image_id(tag)
