@@ -220,6 +220,7 @@ def test_script_page_chart_and_run_now_checks_the_json(
     assert len(browser.find_elements(By.CSS_SELECTOR, "ol.fires li")) == 5
     browser.get(f"{server.url}/scripts/{script_id}")
     assert browser.find_elements(By.CSS_SELECTOR, "svg.chart rect.ok")  # the earlier green run
+    assert "the tallest bar, " in browser.find_element(By.CSS_SELECTOR, "p.legend").text
     editor = browser.find_element(By.ID, "input")
     editor.send_keys('{"name": ')
     button = browser.find_element(By.CSS_SELECTOR, "#runnow button")
@@ -317,7 +318,7 @@ def test_trigger_token_sees_only_its_scripts_and_no_shell(
     browser.get(f"{server.url}/apps/{app}/shell")
     assert "may not run" in browser.find_element(By.TAG_NAME, "h1").text
     browser.get(f"{server.url}/apps/{app}/runs")
-    assert "may not read" in browser.find_element(By.TAG_NAME, "h1").text
+    assert "may not list an app's runs" in browser.find_element(By.TAG_NAME, "h1").text
 
 
 def test_runs_tokens_and_audit_pages(browser: Any, server: HgrunServer, app: str) -> None:
@@ -382,7 +383,16 @@ def test_phone_layout(browser: Any, server: HgrunServer, app: str) -> None:
             wide = browser.execute_script(
                 "return document.documentElement.scrollWidth > window.innerWidth + 1"
             )
-            assert not wide, f"{path} scrolls sideways on a phone"
+            if wide:
+                shot(browser, "phone-too-wide")
+                culprits = browser.execute_script(
+                    "const w = window.innerWidth; return [...document.querySelectorAll('body *')]"
+                    ".filter(e => e.getBoundingClientRect().right > w + 1)"
+                    ".map(e => e.tagName + '.' + e.className + ' '"
+                    " + Math.round(e.getBoundingClientRect().right) + ': '"
+                    " + (e.textContent || '').trim().slice(0, 40)).slice(0, 30)"
+                )
+                raise AssertionError(f"{path} scrolls sideways on a phone: {culprits}")
         browser.save_screenshot(str(SHOTS / "phone.png"))
     finally:
         browser.set_window_size(1280, 900)
@@ -443,6 +453,49 @@ def tls_server(
         yield srv.start()
     finally:
         srv.stop(signal.SIGKILL)
+
+
+def test_a_cross_site_form_post_is_refused(browser: Any, server: HgrunServer) -> None:
+    """A page of another site (http://localhost:P, not 127.0.0.1) that the signed-in person
+    opens posts a form to the dashboard: the browser sends no session cookie with it
+    (SameSite=Strict), the dashboard refuses it, and no token is made."""
+    import http.server
+    import threading
+
+    sign_in(browser, server, server.token)
+    name = unique("cross-site")
+    evil = (
+        f'<form id="f" method="post" action="{server.url}/tokens">'
+        f'<input name="name" value="{name}"><input name="scope" value="admin"></form>'
+        "<script>document.getElementById('f').submit()</script>"
+    ).encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(evil)))
+            self.end_headers()
+            self.wfile.write(evil)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    other = http.server.HTTPServer(("127.0.0.1", free_port()), Page)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://localhost:{other.server_port}/")
+        wait(browser, lambda d: d.current_url.startswith(server.url), what="the form's POST")
+        wait(browser, lambda d: d.find_elements(By.TAG_NAME, "h1"), what="the answer")
+        assert "not signed in" in browser.find_element(By.TAG_NAME, "h1").text
+    finally:
+        other.shutdown()
+        other.server_close()
+    with Api(server) as api:
+        assert name not in json.dumps(api.get("/v1/tokens"))
+    # The person's own session is untouched: the dashboard still shows them signed in.
+    browser.get(f"{server.url}/tokens")
+    assert browser.find_elements(By.CSS_SELECTOR, "form.signout")
 
 
 def session_cookie(driver: Any) -> dict[str, Any]:

@@ -185,3 +185,16 @@ def test_a_shell_command_is_split_like_a_shell_would() -> None:
         command_argv("   ")
     with pytest.raises(InputError):
         command_argv("echo 'unclosed")
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["sh", "-c", 'sleep 2; echo "hi $X"'], """sh -c 'sleep 2; echo "hi $X"'"""),
+        (["python3", "manage.py", "report"], "python3 manage.py report"),
+        (["echo", "it's"], """echo 'it'"'"'s'"""),
+        (["printf", ""], "printf ''"),
+    ],
+)
+def test_a_command_reads_as_it_would_be_typed(argv: list[str], line: str) -> None:
+    assert words.command_line(argv) == line

@@ -146,7 +146,12 @@ def page_of_runs(dash: Dashboard, workspace: str, app: App, f: Filters) -> tuple
 
 
 def _runs_context(dash: Dashboard, request: Request, viewer: Viewer) -> dict[str, Any]:
-    viewer.principal.require("read")
+    if not viewer.may("read"):
+        raise ForbiddenError(
+            f"token {viewer.principal.name!r} (scope {viewer.scope.value}) may not list an"
+            " app's runs",
+            "a trigger token sees the runs of its own scripts on each script's page",
+        )
     ws = viewer.principal.workspace
     app = dash.store.app(ws, request.path_params["app"])
     f = _filters(dash, app, request)
@@ -248,6 +253,7 @@ def _script_context(dash: Dashboard, request: Request, viewer: Viewer) -> dict[s
         "fires": _next_fires(script, dash.now(), 5),
         "runs": recent[:20],
         "bars": words.chart(recent, dash.now()),
+        "chart_longest": words.longest_span(recent, dash.now()),
         "chart_width": words.WIDTH,
         "chart_height": words.HEIGHT,
         "may_trigger": viewer.principal.may_trigger(script.id),

@@ -74,6 +74,7 @@ ENV = jinja2.Environment(
 ENV.filters["when"] = _when
 ENV.filters["duration"] = words.duration
 ENV.filters["badge"] = words.badge
+ENV.filters["command_line"] = words.command_line
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ in the script's zone, which the page shows next to the sentence.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from collections.abc import Sequence
 
 from hgrun.models import SIZES, Run, RunStatus
@@ -98,6 +99,12 @@ def duration(seconds: float | None) -> str:
     return f"{s // 3600} h {s % 3600 // 60} min" if s % 3600 // 60 else f"{s // 3600} h"
 
 
+def command_line(argv: Sequence[str]) -> str:
+    """A run's argv as one would type it: ``sh -c 'echo "a b"; exit 3'``, not the words joined
+    with spaces (``sh -c echo "a b"; exit 3`` reads as a different command)."""
+    return shlex.join(argv)
+
+
 def size_of(name: str) -> str:
     """A size name with what it gives: ``starter (512 MB, 0.5 CPU)``."""
     size = SIZES.get(name)
@@ -128,7 +135,7 @@ def chart(runs: Sequence[Run], now: float) -> list[Bar]:
     if not ordered:
         return []
     spans = [_span(r, now) for r in ordered]
-    longest = max(spans) or 1.0
+    longest = longest_span(ordered, now) or 1.0
     slot = WIDTH / max(len(ordered), 20)
     bars = []
     for i, (run, span) in enumerate(zip(ordered, spans, strict=True)):
@@ -145,6 +152,11 @@ def chart(runs: Sequence[Run], now: float) -> list[Bar]:
             )
         )
     return bars
+
+
+def longest_span(runs: Sequence[Run], now: float) -> float:
+    """The longest duration among ``runs`` (the chart's full height), 0 when none ran."""
+    return max((_span(r, now) for r in runs), default=0.0)
 
 
 def _span(run: Run, now: float) -> float:
