@@ -194,6 +194,7 @@ def test_a_shell_command_is_split_like_a_shell_would() -> None:
         (["python3", "manage.py", "report"], "python3 manage.py report"),
         (["echo", "it's"], """echo 'it'"'"'s'"""),
         (["printf", ""], "printf ''"),
+        (words.BASH_OR_SH, "bash (sh where the image has no bash)"),
     ],
 )
 def test_a_command_reads_as_it_would_be_typed(argv: list[str], line: str) -> None:

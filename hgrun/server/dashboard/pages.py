@@ -245,9 +245,12 @@ def _script_context(dash: Dashboard, request: Request, viewer: Viewer) -> dict[s
     if not viewer.principal.may_read_run(script.id):
         raise ForbiddenError(f"token {viewer.principal.name!r} may not see {script.spec.name!r}")
     recent = dash.store.script_runs(script.id, limit=50)
+    release = dash.store.latest_release(script.app_id)
+    size = script.spec.size or (release.manifest.size if release else None)
     return {
         "script": script,
         "spec": script.spec,
+        "size": words.size_of(size) if size else None,
         "app": dash.store.app_by_id(script.app_id),
         "words": words.describe(script.spec.cron) if script.spec.cron else None,
         "fires": _next_fires(script, dash.now(), 5),

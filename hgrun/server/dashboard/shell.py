@@ -23,14 +23,14 @@ from hgrun.models import Trigger, TriggerKind
 from hgrun.relay import server as relay
 from hgrun.server.api.attach import open_attachment
 from hgrun.server.api.requests import int_param
+from hgrun.server.dashboard import words
 from hgrun.server.dashboard.web import Dashboard, Viewer, new_nonce, read_json, secure
 from hgrun.server.launcher import Request as LaunchRequest
 from hgrun.server.networks import check_network
 
 MAX_COMMAND = 4096
 
-# `bash` where the image has it, else the POSIX shell every image with a shell has.
-BASH_OR_SH = ["sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi"]
+BASH_OR_SH = words.BASH_OR_SH
 
 
 def command_argv(text: str) -> list[str]:

@@ -99,9 +99,17 @@ def duration(seconds: float | None) -> str:
     return f"{s // 3600} h {s % 3600 // 60} min" if s % 3600 // 60 else f"{s // 3600} h"
 
 
+# A browser shell's `bash`: bash where the image has it, else the POSIX shell every image with a
+# shell has (see shell.open_shell).
+BASH_OR_SH = ["sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi"]
+
+
 def command_line(argv: Sequence[str]) -> str:
     """A run's argv as one would type it: ``sh -c 'echo "a b"; exit 3'``, not the words joined
-    with spaces (``sh -c echo "a b"; exit 3`` reads as a different command)."""
+    with spaces (``sh -c echo "a b"; exit 3`` reads as a different command). A browser shell's
+    ``bash`` reads as what the person typed, not as its fallback to sh."""
+    if list(argv) == BASH_OR_SH:
+        return "bash (sh where the image has no bash)"
     return shlex.join(argv)
 
 
