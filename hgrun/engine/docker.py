@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import json
 import os
+import ssl
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -37,6 +38,7 @@ from hgrun.engine import (
     EngineInfo,
 )
 from hgrun.engine.multiplex import Demuxer
+from hgrun.engine.tls import EngineTLS
 from hgrun.errors import (
     CommandNotFoundError,
     EngineError,
@@ -217,13 +219,27 @@ class _RawAttach:
 class DockerEngine:
     concurrency = CONCURRENCY
 
-    def __init__(self, host: str | None = None, timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        host: str | None = None,
+        timeout: float = 120.0,
+        tls: EngineTLS | None = None,
+        version: str = "auto",
+    ) -> None:
+        """``tls``: TLS with a client certificate for a ``tcp://`` host (a unix socket is
+        never wrapped: its file mode guards it)."""
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
-        with _translate("cannot connect to the Docker engine"):
-            self._client = docker.DockerClient(base_url=self.host, version="auto", timeout=timeout)
+        url = urllib.parse.urlsplit(self.host)
+        self._ssl = tls.context() if tls is not None and url.scheme == "tcp" else None
+        with _translate(f"cannot connect to the Docker engine at {self.host}"):
+            self._client = docker.DockerClient(
+                base_url=self.host,
+                version=version,
+                timeout=timeout,
+                tls=tls.docker() if self._ssl is not None and tls is not None else False,
+            )
             self._api = self._client.api
             self._version = self._api.api_version
-        url = urllib.parse.urlsplit(self.host)
         if url.scheme == "unix":
             self._uds: str | None = url.path
             self._tcp: tuple[str, int] | None = None
@@ -232,8 +248,12 @@ class DockerEngine:
         elif url.scheme in ("tcp", "http"):
             self._uds = None
             self._tcp = (url.hostname or "127.0.0.1", url.port or 2375)
-            transport = httpx.AsyncHTTPTransport()
-            base = f"http://{self._tcp[0]}:{self._tcp[1]}"
+            if self._ssl is not None:
+                transport = httpx.AsyncHTTPTransport(verify=self._ssl)
+                base = f"https://{self._tcp[0]}:{self._tcp[1]}"
+            else:
+                transport = httpx.AsyncHTTPTransport()
+                base = f"http://{self._tcp[0]}:{self._tcp[1]}"
         else:
             raise EngineError(
                 f"unsupported Docker host {self.host!r}", "use unix:///path or tcp://host:port"
@@ -406,8 +426,12 @@ class DockerEngine:
             if self._uds is not None:
                 return await asyncio.open_unix_connection(self._uds, limit=1 << 20)
             assert self._tcp is not None  # noqa: S101 - set together with _uds in __init__
+            if self._ssl is not None:
+                return await asyncio.open_connection(
+                    *self._tcp, ssl=self._ssl, server_hostname=self._tcp[0], limit=1 << 20
+                )
             return await asyncio.open_connection(*self._tcp, limit=1 << 20)
-        except OSError as e:
+        except (OSError, ssl.SSLError) as e:
             raise EngineError(f"cannot reach the Docker engine at {self.host}: {e}") from e
 
     async def attach(self, container_id: str, *, tty: bool, stdin: bool, logs: bool) -> _RawAttach:

@@ -1,10 +1,12 @@
 """The Docker Swarm engine: each run is a replicated-job service of one task, on any node.
 
 Calls go to the swarm's one manager (Docker Engine API 1.41, what dockerd 20.10 speaks); the
-task's container is reached through its node's own engine, whose endpoint the node advertises
-with the engine label ``hgrun.endpoint`` (``dockerd --label hgrun.endpoint=tcp://ADDR:2375``):
-the manager has no attach, logs or archive API for a task's container. On the node, this module
-composes :class:`hgrun.engine.docker.DockerEngine` (its raw attach, streamed logs and uploads).
+task's container is reached through its node's own engine (:mod:`hgrun.engine.swarmnodes`:
+where each node answers, registered or advertised), as the manager has no attach, logs or
+archive API for a task's container. On the node, this module composes
+:class:`hgrun.engine.docker.DockerEngine` (its raw attach, streamed logs and uploads), watched
+by :mod:`hgrun.engine.swarmwatch` (a node away too long loses its runs; one back in time has
+them taken up again). Images reach the nodes through :mod:`hgrun.engine.swarmimages`.
 
 A container id of this engine is the run's service id. Two things Swarm cannot say are made
 right by a small static program, ``engine/shim.c``, shipped to the nodes as a swarm config and
@@ -23,7 +25,6 @@ import io
 import logging
 import secrets
 import tarfile
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
@@ -44,37 +45,29 @@ from hgrun.engine import (
 from hgrun.engine.docker import DockerEngine, _timestamp, _translate
 from hgrun.engine.shim import FramedAttach, build_shim
 from hgrun.engine.swarmimages import ImageShipper
+from hgrun.engine.swarmnodes import NodeClient, Nodes
 from hgrun.engine.swarmspec import (
     API_VERSION,
     GO_FILE,
-    LABEL_ENDPOINT,
     LABEL_FRAMED,
-    LABEL_NODE,
     TASK_ENDED,
     service_spec,
     task_command,
     task_state,
     unplaceable,
 )
-from hgrun.errors import EngineError, HgrunError, NodeLostError, NotFoundError
+from hgrun.engine.swarmwatch import NodeWatch, WatchedAttach
+from hgrun.engine.tls import EngineTLS
+from hgrun.errors import EngineError, HgrunError, NotFoundError
 
 log = logging.getLogger("hgrun.swarm")
 CONCURRENCY = 8
-LOST_AFTER = 30.0  # a node that answers nothing about a run for this long has lost it
-
-
-@dataclasses.dataclass
-class _Node:
-    id: str
-    name: str
-    endpoint: str
-    engine: DockerEngine
-    api: docker.APIClient
+LOST_AFTER = 30.0  # a node away this long (seconds in a row) has lost its runs
 
 
 @dataclasses.dataclass
 class _Task:
-    node: _Node
+    node: NodeClient
     container_id: str
     framed: bool
 
@@ -91,18 +84,32 @@ class SwarmEngine:
         constraints: Sequence[str] = (),
         placement_timeout: float = 60.0,
         registry: str | None = None,
+        tls: EngineTLS | None = None,
+        registered: Callable[[], Mapping[str, str]] = dict,
+        lost_after: float = LOST_AFTER,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``tls``: the client identity for every ``tcp://`` engine (manager and nodes);
+        ``registered``: node name -> engine endpoint registered by an operator (read again
+        every few seconds); ``lost_after``: how long a node may be away before its runs are
+        lost (see :mod:`hgrun.engine.swarmwatch`)."""
         self.host = host
         self.registry = registry
-        self.manager = DockerEngine(host)
+        self.tls = tls
+        self.manager = DockerEngine(host, tls=tls)
         self.constraints = tuple(constraints)
         self.placement_timeout = placement_timeout
+        self.lost_after = lost_after
         self._clock = clock
         self._sleep = sleep
         with _translate(f"cannot reach the swarm manager at {host}"):
-            self._api = docker.APIClient(base_url=host, version=API_VERSION, timeout=120)
+            self._api = docker.APIClient(
+                base_url=host,
+                version=API_VERSION,
+                timeout=120,
+                tls=tls.docker() if tls is not None and host.startswith("tcp://") else False,
+            )
             swarm = self._api.info().get("Swarm") or {}
         if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
             raise EngineError(
@@ -110,63 +117,22 @@ class SwarmEngine:
                 f" {swarm.get('LocalNodeState') or 'none'})",
                 "pass the manager's engine as --docker-host, or use --engine docker",
             )
-        self._manager_node = str(swarm.get("NodeID") or "")
-        self._lock = threading.Lock()
-        self._nodes: dict[str, _Node] = {}
+        self.nodes = Nodes(
+            self._api,
+            manager_host=host,
+            manager_node=str(swarm.get("NodeID") or ""),
+            tls=tls,
+            registered=registered,
+        )
         self._tasks: dict[str, _Task] = {}
         self._shim: tuple[str, str] | None = None
         self._shipper = ImageShipper(
-            self._api, registry, lambda: [self._node(n["ID"]) for n in self._ready_nodes()]
+            self._api, registry, lambda: [self.nodes.client(n["ID"]) for n in self.nodes.ready()]
         )
-        # Every ready node must be reachable where it says (else attach would fail per run),
-        # and the shim must build: both are bad configuration, told at start.
-        for node in self._ready_nodes():
-            self._node(node["ID"])
+        # Every ready node's endpoint must answer (else attach would fail per run), and the
+        # shim must build: both are bad configuration, told at start.
+        self.nodes.check()
         self._shim_config()
-
-    # -- nodes -----------------------------------------------------------------------------
-
-    def _ready_nodes(self) -> list[dict[str, Any]]:
-        with _translate("cannot list the swarm's nodes"):
-            nodes = self._api.nodes()
-        return [
-            n
-            for n in nodes
-            if (n.get("Status") or {}).get("State") == "ready"
-            and (n.get("Spec") or {}).get("Availability", "active") == "active"
-        ]
-
-    def _node(self, node_id: str) -> _Node:
-        with self._lock:
-            known = self._nodes.get(node_id)
-        if known is not None:
-            return known
-        with _translate(f"cannot inspect swarm node {node_id[:12]}"):
-            raw = self._api.inspect_node(node_id)
-        description = raw.get("Description") or {}
-        labels = (description.get("Engine") or {}).get("Labels") or {}
-        name = labels.get(LABEL_NODE) or description.get("Hostname") or node_id[:12]
-        endpoint = labels.get(LABEL_ENDPOINT)
-        if not endpoint:
-            if node_id != self._manager_node:
-                raise EngineError(
-                    f"swarm node {name} ({node_id[:12]}) advertises no engine endpoint",
-                    f"start its dockerd with --label {LABEL_ENDPOINT}=tcp://ADDRESS:2375",
-                )
-            endpoint = self.host
-        try:
-            engine = DockerEngine(endpoint)
-            with _translate(f"cannot reach swarm node {name} at {endpoint}"):
-                api = docker.APIClient(base_url=endpoint, version=API_VERSION, timeout=120)
-                api.ping()
-        except HgrunError as e:
-            raise EngineError(
-                f"cannot reach swarm node {name} at {endpoint}: {e.message}",
-                f"check its dockerd answers there (engine label {LABEL_ENDPOINT})",
-            ) from e
-        node = _Node(id=node_id, name=name, endpoint=endpoint, engine=engine, api=api)
-        with self._lock:
-            return self._nodes.setdefault(node_id, node)
 
     def node(self, container_id: str) -> str | None:
         """The name of the node a run's task was placed on (None before it is placed)."""
@@ -179,7 +145,7 @@ class SwarmEngine:
 
     def info(self) -> EngineInfo:
         """The biggest node's CPUs and memory: a size no node can give is refused up front."""
-        nodes = self._ready_nodes()
+        nodes = self.nodes.ready()
         if not nodes:
             raise EngineError(
                 "the swarm has no ready node", "check `docker node ls` on the manager"
@@ -261,7 +227,7 @@ class SwarmEngine:
             name=f"hgrun-run{run}-{secrets.token_hex(3)}",
             argv=argv,
             shim=self._shim_config(),
-            constraints=(*self.constraints, *spec.placement),
+            constraints=(*self.constraints, *spec.placement, *self.nodes.excluded()),
         )
         with _translate(f"cannot create a swarm service from {spec.image}"):
             created = self._api._result(
@@ -328,7 +294,7 @@ class SwarmEngine:
             raise NotFoundError(f"service {service_id[:12]} has no container yet")
         labels = (task.get("Spec") or {}).get("ContainerSpec", {}).get("Labels") or {}
         found = _Task(
-            node=self._node(str(task["NodeID"])),
+            node=self.nodes.client(str(task["NodeID"])),
             container_id=str(container),
             framed=labels.get(LABEL_FRAMED) == "framed",
         )
@@ -340,8 +306,34 @@ class SwarmEngine:
     ) -> AttachStream:
         """Attach through the task's node (the manager has no attach API)."""
         task = self._task(container_id)
-        stream = await task.node.engine.attach(task.container_id, tty=tty, stdin=stdin, logs=logs)
-        return FramedAttach(stream) if task.framed else stream
+
+        async def attach(logs: bool) -> AttachStream:
+            raw = await task.node.engine.attach(task.container_id, tty=tty, stdin=stdin, logs=logs)
+            return FramedAttach(raw) if task.framed else raw
+
+        return WatchedAttach(
+            await attach(logs),
+            self._watch(task),
+            inspect=lambda: task.node.engine.inspect(task.container_id),
+            reattach=lambda: attach(True),
+            logs=lambda: task.node.engine.logs(task.container_id, tty=tty),
+        )
+
+    def _watch(self, task: _Task) -> NodeWatch:
+        def answers() -> bool:
+            try:
+                self.nodes.probe(task.node.name, task.node.endpoint, timeout=3.0).close()
+            except HgrunError:
+                return False
+            return True
+
+        return NodeWatch(
+            task.node.name,
+            ready=lambda: self.nodes.state(task.node.id) == "ready",
+            answers=answers,
+            lost_after=self.lost_after,
+            clock=self._clock,
+        )
 
     async def put_archive(self, container_id: str, path: str, data: AsyncIterator[bytes]) -> None:
         task = self._task(container_id)
@@ -368,53 +360,31 @@ class SwarmEngine:
 
     def wait(self, container_id: str) -> int:
         """The exit code, from the node (at once) or, when the node cannot say, the task's
-        status. A node that Swarm sees down, or that answers nothing for ``LOST_AFTER``
-        seconds, raises :class:`NodeLostError` (the run is lost)."""
+        status or the node once it is back. A node away ``lost_after`` seconds in a row
+        raises :class:`NodeLostError` (the run is lost)."""
         task = self._task(container_id)
         try:
             return task.node.engine.wait(task.container_id)
         except HgrunError as e:
             log.info("service %s: node %s gave no exit code: %s", container_id, task.node.name, e)
-        deadline = self._clock() + LOST_AFTER
+        watch = self._watch(task)
         while True:
-            try:
+            with contextlib.suppress(HgrunError):  # the manager away (restarting): ask again
                 raw = self._current_task(container_id)
-                state = self._node_state(task.node.id)
-            except HgrunError as e:
-                # The manager itself is away (restarting: back in seconds); ask again.
-                if self._clock() > deadline:
-                    raise NodeLostError(
-                        f"neither swarm node {task.node.name} nor the manager answers about"
-                        f" the run ({e.message})"
-                    ) from e
-                self._sleep(0.5)
-                continue
-            if raw is not None:
-                word, code, err = task_state(raw)
-                if word is ContainerStatus.EXITED and code is not None:
-                    log.info("service %s: exit code from its task: %s", container_id, raw["Status"])
-                    return int(code)
-            if state != "ready":
-                raise NodeLostError(
-                    f"swarm node {task.node.name} went {state} during the run; its output"
-                    " after that is lost"
-                )
+                if raw is not None:
+                    word, code, _err = task_state(raw)
+                    if word is ContainerStatus.EXITED and code is not None:
+                        log.info("service %s: exit code from its task: %s", container_id, code)
+                        return int(code)
             with contextlib.suppress(HgrunError):
-                # The node is back (a restarted dockerd): its answer is the exit code.
-                code = task.node.engine.wait(task.container_id)
-                log.info(
-                    "service %s: node %s is back, exit code %s", container_id, task.node.name, code
-                )
-                return code
-            if self._clock() > deadline:
-                raise NodeLostError(f"swarm node {task.node.name} does not answer about the run")
+                # The node is back (a restarted dockerd, a mended link): its answer counts.
+                state = task.node.engine.inspect(task.container_id)
+                if state.status is ContainerStatus.EXITED and state.exit_code is not None:
+                    log.info("service %s: exit %s from node %s", container_id, state.exit_code,
+                             task.node.name)  # fmt: skip
+                    return state.exit_code
+            watch.check()
             self._sleep(0.5)
-
-    def _node_state(self, node_id: str) -> str:
-        """Swarm's view of a node: ready, down, unknown or disconnected."""
-        with _translate(f"cannot inspect swarm node {node_id[:12]}"):
-            raw = self._api.inspect_node(node_id)
-        return str((raw.get("Status") or {}).get("State") or "unknown")
 
     def inspect(self, container_id: str) -> ContainerState:
         raw = self._current_task(container_id)
@@ -510,8 +480,6 @@ class SwarmEngine:
         return states
 
     async def aclose(self) -> None:
-        for node in list(self._nodes.values()):
-            await node.engine.aclose()
-            node.api.close()
+        await self.nodes.aclose()
         await self.manager.aclose()
         self._api.close()
