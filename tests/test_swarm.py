@@ -10,9 +10,11 @@ is attached through that worker's own engine endpoint.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,6 +36,7 @@ from support.server import HgrunServer, free_port, instance_id
 from support.waits import wait_for
 
 from hgrun.engine import CAPABILITIES, ContainerSpec, ContainerStatus
+from hgrun.engine.swarmnodes import node_name
 from hgrun.engine.swarmspec import (
     LABEL_FRAMED,
     SHIM_PATH,
@@ -44,11 +47,14 @@ from hgrun.engine.swarmspec import (
     unplaceable,
 )
 from hgrun.errors import InputError
+from hgrun.engine.tls import EngineTLS, api_client
 from hgrun.models import SIZES
+from hgrun.store import Store
 
 # One xdist worker runs this whole module (scripts/test passes --dist loadgroup), so a run of
 # the suite stands up one swarm, not one per worker.
 pytestmark = pytest.mark.xdist_group("swarm")
+LOST_AFTER = 12.0  # the servers' --node-lost-after: longer than a cut link test's cut
 
 # -- the pure part: no Docker --------------------------------------------------------------------
 
@@ -202,6 +208,18 @@ class Swarm:
     endpoints: dict[str, str]  # node name -> its engine endpoint (tcp on the bridge)
     registry: str | None  # HOST:PORT of the registry on the bridge (Debian's docker-registry)
     slot: str  # scripts/swarm's HGRUN_SWARM_SLOT
+    tls: Path  # hgrun's client certificate for the nodes' TLS endpoints (--engine-tls)
+
+    def node_api(self, node: str) -> docker.APIClient:
+        """A client of node ``node``'s own engine, through its TLS endpoint."""
+        return api_client(
+            self.endpoints[node], version="1.41", timeout=60, tls=EngineTLS.load(self.tls)
+        )
+
+    def link(self, node: int, up: bool) -> None:
+        """Cut (or mend) node N's link to the bridge."""
+        _script("swarm", "mend" if up else "cut", str(node), str(self.dir),
+                env={"HGRUN_SWARM_SLOT": self.slot})  # fmt: skip
 
     def restart(self, node: int) -> None:
         """kill -9 node N's dockerd and start it again."""
@@ -247,9 +265,9 @@ def swarm() -> Iterator[Swarm]:
             raise RuntimeError(f"scripts/swarm up exited {up.returncode}:\n{up.stderr}")
         manager = up.stdout.strip()
         _script("images", "--busybox", env={"DOCKER_HOST": manager})
-        endpoints = {f"n{n}": f"tcp://10.214.{slot}.1{n}:2375" for n in (1, 2, 3)}
+        endpoints = {f"n{n}": f"tcp://10.214.{slot}.1{n}:2376" for n in (1, 2, 3)}
         registry = f"10.214.{slot}.1:5000" if shutil.which("docker-registry") else None
-        yield Swarm(state, manager, endpoints, registry, slot)
+        yield Swarm(state, manager, endpoints, registry, slot, state / "tls" / "client")
     finally:
         try:
             _script("swarm", "down", str(state), env=env)
@@ -270,7 +288,17 @@ def _server(swarm: Swarm, tmp: pytest.TempPathFactory, *args: str) -> HgrunServe
         port=free_port(),
         data_dir=tmp.mktemp("hgrun-swarm-data"),
         docker_host=swarm.manager,
-        args=("--engine", "swarm", "--placement-timeout", "3s", *args),
+        args=(
+            "--engine",
+            "swarm",
+            "--placement-timeout",
+            "3s",
+            "--engine-tls",
+            str(swarm.tls),
+            "--node-lost-after",
+            f"{LOST_AFTER:g}s",
+            *args,
+        ),  # fmt: skip
     ).start()
 
 
@@ -350,7 +378,7 @@ def test_a_placed_task_is_created_until_start_then_runs_to_its_exit_code(swarm: 
     # uploads or its client still to come) is "created", so it is never taken up as running.
     from hgrun.engine.swarm import SwarmEngine
 
-    engine = SwarmEngine(swarm.manager)
+    engine = SwarmEngine(swarm.manager, tls=EngineTLS.load(swarm.tls))
     spec = ContainerSpec(
         image="hgrun-test/busybox:latest",
         command=["sh", "-c", "exit 6"],
@@ -480,8 +508,8 @@ def test_with_a_registry_the_workers_pull_the_release_from_it(
             done = api.finished_run(run["id"], timeout=30)
             assert done["status"] == "succeeded", done
     pulled = set()
-    for node, endpoint in swarm.endpoints.items():
-        client = docker.APIClient(base_url=endpoint, version="1.41")
+    for node in swarm.endpoints:
+        client = swarm.node_api(node)
         try:
             tags = {
                 t
@@ -586,7 +614,8 @@ def test_a_stray_service_is_removed_at_recovery(
 def test_a_worker_endpoint_is_not_a_manager(swarm: Swarm, tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "hgrun.cli.main", "server", "--port", str(free_port()),
-         "--data-dir", str(tmp_path), "--engine", "swarm", "--docker-host", swarm.endpoints["n2"]],
+         "--data-dir", str(tmp_path), "--engine", "swarm", "--docker-host", swarm.endpoints["n2"],
+         "--engine-tls", str(swarm.tls)],
         capture_output=True, timeout=60, check=False,
     )  # fmt: skip
     err = text(done.stderr)
@@ -627,6 +656,162 @@ def test_runs_on_the_workers_carry_on_through_a_manager_restart(
     after = swarm_cli("run", "sh", "-c", "echo again", input=b"", cwd=app_workers, server=workers)
     assert check(after) == "again\n"
     wait_for(lambda: not manager.services(filters={"label": "hgrun.run"}), 90, "no service left")
+
+
+def _nodes(cli: Cli, server: HgrunServer) -> dict[str, dict[str, Any]]:
+    return {n["name"]: n for n in json.loads(check(cli("nodes", "--json", server=server)))}
+
+
+def test_hgrun_nodes_shows_each_node_its_runs_and_registered_endpoints(
+    swarm: Swarm, swarm_cli: Cli, anywhere: HgrunServer, app_anywhere: Path
+) -> None:
+    label = check(swarm_cli("run", "--detached", "sh", "-c", "sleep 30", cwd=app_anywhere,
+                            server=anywhere)).strip()  # fmt: skip
+    number = run_id(label)
+    with Api(anywhere) as api:
+        node = api.running(number)["node"]
+    nodes = _nodes(swarm_cli, anywhere)
+    assert sorted(nodes) == ["n1", "n2", "n3"]
+    for name, info in nodes.items():
+        assert (info["state"], info["attach"], info["problem"]) == ("ready", True, None), info
+        assert (info["endpoint"], info["source"]) == (swarm.endpoints[name], "label"), info
+        assert info["role"] == ("manager" if name == "n1" else "worker")
+    assert number in nodes[node]["runs"]
+    table = check(swarm_cli("nodes", server=anywhere))
+    assert "attach" in table.lower() and f"run.{number}" in table
+
+    # Registering: the endpoint must answer, and be that node's own engine.
+    wrong = swarm_cli("nodes:add", "n3", swarm.endpoints["n2"], server=anywhere)
+    assert wrong.returncode != 0 and "is not node n3's engine" in text(wrong.stderr)
+    dead = swarm_cli("nodes:add", "n3", f"tcp://10.214.{swarm.slot}.1:9", server=anywhere)
+    assert dead.returncode != 0 and "cannot reach swarm node n3" in text(dead.stderr)
+    unknown = swarm_cli("nodes:add", "n9", swarm.endpoints["n3"], server=anywhere)
+    assert "no swarm node is named 'n9'" in text(unknown.stderr)
+    # The same node under another address of its own: the bridge side of its namespace.
+    check(swarm_cli("nodes:add", "n3", swarm.endpoints["n3"], server=anywhere))
+    assert _nodes(swarm_cli, anywhere)["n3"]["source"] == "registered"
+    check(swarm_cli("nodes:remove", "n3", server=anywhere))
+    assert _nodes(swarm_cli, anywhere)["n3"]["source"] == "label"
+    gone = swarm_cli("nodes:remove", "n3", server=anywhere)
+    assert gone.returncode != 0 and "no endpoint registered" in text(gone.stderr)
+    # Server wide, so admin only.
+    with Api(anywhere) as api:
+        made = api.http.post("/v1/tokens", json={"name": unique("dep"), "scope": "deploy"})
+    with Api(anywhere, made.json()["token"]) as deployer:
+        assert deployer.http.get("/v1/nodes").status_code == 403
+    check(swarm_cli("stop", label, server=anywhere, cwd=app_anywhere))
+
+
+def make_client_cert(folder: Path) -> None:
+    """A CA of its own and a client certificate it signed, as --engine-tls wants them."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+
+    def cert(subject: str, public: Any, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name("another CA"))
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        return builder.sign(ca_key, hashes.SHA256())
+
+    folder.mkdir(parents=True)
+    pem = serialization.Encoding.PEM
+    (folder / "ca.pem").write_bytes(cert("another CA", ca_key.public_key(), True).public_bytes(pem))
+    (folder / "cert.pem").write_bytes(cert("hgrun", key.public_key(), False).public_bytes(pem))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+def _server_fails(swarm: Swarm, tmp_path: Path, *args: str) -> str:
+    """Start a swarm server that must refuse to start: its one-line error (and hint)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hgrun.cli.main", "server", "--port", str(free_port()),
+         "--data-dir", str(tmp_path), "--engine", "swarm", "--docker-host", swarm.manager, *args],
+        capture_output=True, timeout=90, check=False,
+    )  # fmt: skip
+    err = text(done.stderr)
+    assert done.returncode != 0, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    return err
+
+
+def test_bad_node_configuration_is_one_line_at_start(swarm: Swarm, tmp_path: Path) -> None:
+    # The nodes speak TLS only: without hgrun's client certificate none can be reached.
+    err = _server_fails(swarm, tmp_path / "a")
+    assert re.search(r"cannot reach swarm node n[123] at tcp://", err) and "--engine-tls" in err
+    # A certificate of another CA is refused by the nodes.
+    other = tmp_path / "other"
+    make_client_cert(other)
+    err = _server_fails(swarm, tmp_path / "b", "--engine-tls", str(other))
+    assert "cannot reach swarm node" in err, err
+    err = _server_fails(swarm, tmp_path / "c", "--engine-tls", str(tmp_path))
+    assert "ca.pem, cert.pem, key.pem missing" in err, err
+    # A registered endpoint that does not answer.
+    data = tmp_path / "d"
+    data.mkdir(mode=0o700)
+    store = Store(data / "hgrun.db")
+    store.set_node_endpoint("n2", f"tcp://10.214.{swarm.slot}.1:9", "admin")
+    store.close()
+    err = _server_fails(swarm, data, "--engine-tls", str(swarm.tls))
+    assert f"cannot reach swarm node n2 at tcp://10.214.{swarm.slot}.1:9" in err, err
+
+
+def test_a_cut_link_shorter_than_the_lost_deadline_loses_nothing(
+    swarm: Swarm, swarm_cli: Cli, workers: HgrunServer, app_workers: Path, manager: docker.APIClient
+) -> None:
+    script = "echo before; sleep 9; echo after; exit 5"
+    label = check(swarm_cli("run", "--detached", "sh", "-c", script, cwd=app_workers,
+                            server=workers)).strip()  # fmt: skip
+    number = run_id(label)
+    with Api(workers) as api:
+        run = api.running(number)
+        node, app = run["node"], run["app"]
+        wait_for(lambda: "before" in api.log_text(app, number) or None, 20, "before")
+    names = {node_name(n): n["ID"] for n in manager.nodes()}
+    index = int(node.removeprefix("n"))
+    swarm.link(index, up=False)
+    try:
+        wait_for(lambda: manager.inspect_node(names[node])["Status"]["State"] != "ready", 20,
+                 f"{node} seen down")  # fmt: skip
+    finally:
+        swarm.link(index, up=True)
+    with Api(workers) as api:
+        info = api.finished_run(number, timeout=60)
+        assert (info["status"], info["exit_code"]) == ("failed", 5), info
+        assert api.log_text(app, number) == "before\nafter\n"
+
+
+def test_a_worker_restarted_within_the_deadline_has_its_run_taken_up(
+    swarm: Swarm, swarm_cli: Cli, workers: HgrunServer, app_workers: Path
+) -> None:
+    # Its dockerd killed -9 and started again: the container dies with that dockerd (no
+    # live-restore in swarm mode), and the run ends with what the node then says, not lost.
+    label = check(swarm_cli("run", "--detached", "sh", "-c", "echo before; sleep 300",
+                            cwd=app_workers, server=workers)).strip()  # fmt: skip
+    number = run_id(label)
+    with Api(workers) as api:
+        run = api.running(number)
+        node, app = run["node"], run["app"]
+        wait_for(lambda: "before" in api.log_text(app, number) or None, 20, "before")
+        swarm.restart(int(node.removeprefix("n")))
+        info = api.finished_run(number, timeout=60)
+        assert info["status"] == "failed" and info["exit_code"] in (137, 143), info
+        assert api.log_text(app, number).startswith("before\n")
 
 
 def test_a_worker_killed_during_runs_marks_its_runs_lost_naming_it(

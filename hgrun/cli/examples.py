@@ -51,6 +51,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "tokens:revoke": ("hgrun tokens:revoke ci", "hgrun tokens:revoke ci --json"),
     "audit": ("hgrun audit", "hgrun audit --run 42"),
+    "nodes": ("hgrun nodes", "hgrun nodes --json"),
+    "nodes:add": (
+        "hgrun nodes:add n2 tcp://10.0.0.12:2376",
+        "hgrun nodes:add n2 tcp://10.0.0.12:2376 --json",
+    ),
+    "nodes:remove": ("hgrun nodes:remove n2", "hgrun nodes:remove n2 --json"),
 }
 
 

@@ -50,6 +50,9 @@ COMMANDS: dict[str, str] = {
     "tokens:create": "tokens",
     "tokens:revoke": "tokens",
     "audit": "tokens",
+    "nodes": "nodes",
+    "nodes:add": "nodes",
+    "nodes:remove": "nodes",
 }
 """Each command and the module of :mod:`hgrun.cli.commands` that defines it (in its ``COMMANDS``).
 

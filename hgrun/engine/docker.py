@@ -38,7 +38,7 @@ from hgrun.engine import (
     EngineInfo,
 )
 from hgrun.engine.multiplex import Demuxer
-from hgrun.engine.tls import EngineTLS
+from hgrun.engine.tls import EngineTLS, trust_only
 from hgrun.errors import (
     CommandNotFoundError,
     EngineError,
@@ -48,6 +48,7 @@ from hgrun.errors import (
 )
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+MIN_API = "1.41"  # dockerd 20.10: what hgrun's engines are tested against
 READ_SIZE = 256 * 1024
 TMP = "/tmp"  # a read-only run's writable folder
 CPU_PERIOD = 100_000  # microseconds: CFS's default period, as docker run --cpus uses
@@ -232,12 +233,22 @@ class DockerEngine:
         url = urllib.parse.urlsplit(self.host)
         self._ssl = tls.context() if tls is not None and url.scheme == "tcp" else None
         with _translate(f"cannot connect to the Docker engine at {self.host}"):
-            self._client = docker.DockerClient(
-                base_url=self.host,
-                version=version,
-                timeout=timeout,
-                tls=tls.docker() if self._ssl is not None and tls is not None else False,
-            )
+            if self._ssl is not None and tls is not None:
+                # Asked with trust_only in place (docker-py's "auto" asks in its constructor).
+                self._client = docker.DockerClient(
+                    base_url=self.host,
+                    version=MIN_API if version == "auto" else version,
+                    timeout=timeout,
+                    tls=tls.docker(),
+                )
+                trust_only(self._client.api)
+                if version == "auto":
+                    answered = self._client.api.version(api_version=False)["ApiVersion"]
+                    self._client.api._version = str(answered)
+            else:
+                self._client = docker.DockerClient(
+                    base_url=self.host, version=version, timeout=timeout
+                )
             self._api = self._client.api
             self._version = self._api.api_version
         if url.scheme == "unix":

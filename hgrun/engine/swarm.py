@@ -57,7 +57,7 @@ from hgrun.engine.swarmspec import (
     unplaceable,
 )
 from hgrun.engine.swarmwatch import NodeWatch, WatchedAttach
-from hgrun.engine.tls import EngineTLS
+from hgrun.engine.tls import EngineTLS, api_client
 from hgrun.errors import EngineError, HgrunError, NotFoundError
 
 log = logging.getLogger("hgrun.swarm")
@@ -104,12 +104,7 @@ class SwarmEngine:
         self._clock = clock
         self._sleep = sleep
         with _translate(f"cannot reach the swarm manager at {host}"):
-            self._api = docker.APIClient(
-                base_url=host,
-                version=API_VERSION,
-                timeout=120,
-                tls=tls.docker() if tls is not None and host.startswith("tcp://") else False,
-            )
+            self._api = api_client(host, version=API_VERSION, timeout=120, tls=tls)
             swarm = self._api.info().get("Swarm") or {}
         if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
             raise EngineError(

@@ -22,7 +22,7 @@ import docker
 
 from hgrun.engine.docker import DockerEngine, _translate
 from hgrun.engine.swarmspec import API_VERSION, LABEL_ENDPOINT, LABEL_NODE
-from hgrun.engine.tls import EngineTLS
+from hgrun.engine.tls import EngineTLS, api_client
 from hgrun.errors import EngineError, HgrunError, InputError
 
 log = logging.getLogger("hgrun.swarm")
@@ -181,15 +181,9 @@ class Nodes:
 
     def probe(self, name: str, endpoint: str, *, timeout: float = 5.0) -> docker.APIClient:
         """A client of ``endpoint`` that has just answered a ping; one clear error if none."""
-        tls = self.tls if endpoint.startswith("tcp://") else None
         try:
             with _translate(f"cannot reach swarm node {name} at {endpoint}"):
-                api = docker.APIClient(
-                    base_url=endpoint,
-                    version=API_VERSION,
-                    timeout=timeout,
-                    tls=tls.docker() if tls is not None else False,
-                )
+                api = api_client(endpoint, version=API_VERSION, timeout=timeout, tls=self.tls)
                 api.ping()
         except HgrunError as e:
             raise EngineError(

@@ -13,7 +13,9 @@ import dataclasses
 import ssl
 from pathlib import Path
 
+import docker
 import docker.tls
+import requests
 
 from hgrun.errors import InputError
 
@@ -56,7 +58,31 @@ class EngineTLS:
         return context
 
     def docker(self) -> docker.tls.TLSConfig:
-        """The same for docker-py (its requests session)."""
+        """The same for docker-py (its requests session); see :func:`trust_only`."""
         return docker.tls.TLSConfig(
             client_cert=(str(self.cert), str(self.key)), ca_cert=str(self.ca), verify=True
         )
+
+
+def trust_only(session: requests.Session) -> None:
+    """Make a TLS docker-py client trust its own CA only. requests lets REQUESTS_CA_BUNDLE (or
+    CURL_CA_BUNDLE) replace a session's CA per request (psf/requests#3829): the engines'
+    private CA would be swapped for the system's bundle, and every call would fail."""
+    session.trust_env = False
+
+
+def api_client(
+    base_url: str, *, version: str, timeout: float, tls: EngineTLS | None
+) -> docker.APIClient:
+    """A docker-py API client; with ``tls`` for a ``tcp://`` URL, TLS with the client
+    certificate, trusting ``tls.ca`` only."""
+    use = tls if tls is not None and base_url.startswith("tcp://") else None
+    client = docker.APIClient(
+        base_url=base_url,
+        version=version,
+        timeout=timeout,
+        tls=use.docker() if use is not None else False,
+    )
+    if use is not None:
+        trust_only(client)
+    return client

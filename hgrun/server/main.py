@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 
 from hgrun.engine import DEFAULT_BUILD_LIMITS, BuildLimits, EngineInfo
 from hgrun.engine.docker import DockerEngine
+from hgrun.engine.tls import EngineTLS
 from hgrun.errors import HgrunError, InputError
 from hgrun.models import Run, RunStatus, Scope
 from hgrun.server.api import Server, build_app, stderr_tail
@@ -148,17 +149,23 @@ def open_engine(
     placement: Sequence[str] = (),
     placement_timeout: float = 60.0,
     registry: str | None = None,
+    tls: str | None = None,
+    registered: Callable[[], Mapping[str, str]] = dict,
+    lost_after: float = 30.0,
 ) -> DockerEngine | SwarmEngine:
     """The engine the server runs on: one Docker engine, or a Docker Swarm through its manager.
 
     Bad configuration fails here, before anything serves: a swarm engine checks that
     ``docker_host`` is a swarm manager and that every ready node's engine endpoint answers.
+    ``tls``: a folder with ca.pem, cert.pem and key.pem, for every ``tcp://`` engine endpoint;
+    ``registered``: the node endpoints registered with ``hgrun nodes:add``.
     """
+    engine_tls = EngineTLS.load(tls) if tls else None
     if kind == "docker":
         if placement or registry:
             flag = "--placement" if placement else "--registry"
             raise InputError(f"{flag} applies to --engine swarm only")
-        return DockerEngine(docker_host)
+        return DockerEngine(docker_host, tls=engine_tls)
     if kind == "swarm":
         from hgrun.engine.swarm import SwarmEngine
 
@@ -176,6 +183,9 @@ def open_engine(
             constraints=placement,
             placement_timeout=placement_timeout,
             registry=registry,
+            tls=engine_tls,
+            registered=registered,
+            lost_after=lost_after,
         )
     raise InputError(f"--engine {kind!r}: expected docker or swarm")
 
@@ -230,6 +240,8 @@ def serve(
     max_connections: int = MAX_CONNECTIONS,
     require_non_root: bool = False,
     build_limits: BuildLimits = DEFAULT_BUILD_LIMITS,
+    engine_tls: str | None = None,
+    lost_after: float = 30.0,
 ) -> None:
     """Run the server until SIGTERM or SIGINT; runs in flight are taken up at the next start.
 
@@ -249,6 +261,9 @@ def serve(
         placement=placement,
         placement_timeout=placement_timeout,
         registry=registry,
+        tls=engine_tls,
+        registered=lambda: {n.name: n.endpoint for n in store.node_endpoints()},
+        lost_after=lost_after,
     )
     info = engine.info()
     host_memory, host_cpus = capacity(info, environ)

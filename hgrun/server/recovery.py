@@ -18,7 +18,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from hgrun.engine import LABEL_INSTANCE, LABEL_RUN, ContainerState
-from hgrun.errors import HgrunError, NotFoundError
+from hgrun.errors import HgrunError, NodeLostError, NotFoundError
 from hgrun.lifecycle import Phase, Recover, Stop, recovery
 from hgrun.models import Run, RunStatus
 from hgrun.server.launcher import network_of
@@ -169,6 +169,9 @@ class Recoverer:
             await sup.follow(session)
         except asyncio.CancelledError:
             raise
+        except NodeLostError as e:  # its node went away for good: lost, as in supervise
+            session.stop = session.stop or Stop(RunStatus.LOST, e.message)
+            await sup.finish(session)
         except Exception as e:
             log.exception("run %s: resuming failed", session.run.id)
             if session.stop is None:

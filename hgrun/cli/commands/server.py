@@ -50,6 +50,18 @@ MAX_BUILD_TIMEOUT = 7 * 24 * 3600.0
     help="Swarm: push each release's image to this registry (HOST:PORT) for the nodes to pull"
     " (default: stream it to each node).",
 )
+@click.option(
+    "--engine-tls",
+    type=click.Path(file_okay=False),
+    help="TLS to tcp:// engine endpoints (the swarm's nodes, the manager): a folder with ca.pem,"
+    " cert.pem and key.pem, as DOCKER_CERT_PATH.",
+)
+@click.option(
+    "--node-lost-after",
+    default="30s",
+    show_default=True,
+    help="Swarm: a node away this long loses its runs (back sooner: they are taken up again).",
+)
 @click.option("--grace", default="60s", show_default=True, help="Attached run kept after a drop.")
 @click.option("--idle-timeout", default="30m", show_default=True, help="Idle attached session.")
 @click.option("--max-timeout", default="1h", show_default=True, help="Cap on every run.")
@@ -144,6 +156,8 @@ def server(
     placement: tuple[str, ...],
     placement_timeout: str,
     registry: str | None,
+    engine_tls: str | None,
+    node_lost_after: str,
     grace: str,
     idle_timeout: str,
     max_timeout: str,
@@ -240,6 +254,8 @@ def server(
         build_limits=BuildLimits(
             memory=build_memory * 1024 * 1024, cpus=build_cpus, timeout=build_seconds
         ),
+        engine_tls=engine_tls,
+        lost_after=duration_flag("--node-lost-after", node_lost_after),
     )
 
 

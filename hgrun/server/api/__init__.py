@@ -5,7 +5,8 @@ Errors are JSON ``{"error", "message", "hint"}`` with the matching status; bad i
 never a 500. Request bodies are size-capped; uploads and build contexts are streamed.
 
 One module per resource holds its handlers (:mod:`.apps`, :mod:`.runs`, :mod:`.scripts`,
-:mod:`.tokens`, :mod:`.attach`); :mod:`.requests` reads requests and :mod:`.views` renders rows.
+:mod:`.tokens`, :mod:`.nodes`, :mod:`.attach`); :mod:`.requests` reads requests and
+:mod:`.views` renders rows.
 This module is the route table and :func:`build_app`.
 """
 
@@ -22,7 +23,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from hgrun import __version__
 from hgrun.engine import DEFAULT_BUILD_LIMITS, BuildLimits, Engine
-from hgrun.server.api import apps, attach, openapi, runs, scripts, tokens
+from hgrun.server.api import apps, attach, nodes, openapi, runs, scripts, tokens
 from hgrun.server.api.requests import Handler, RouteSpec, dispatch
 from hgrun.server.api.runs import stderr_tail
 from hgrun.server.api.views import run_json
@@ -150,4 +151,12 @@ ROUTES: list[RouteSpec] = [
     ),
     ("DELETE", "/v1/tokens/{name}", tokens.revoke_token, "Revoke a token [admin]"),
     ("GET", "/v1/audit", tokens.audit_log, "The decrypted audit log; run=ID [admin]"),
+    ("GET", "/v1/nodes", nodes.list_nodes, "The engine's nodes, their state and runs [admin]"),
+    (
+        "POST",
+        "/v1/nodes",
+        nodes.add_node,
+        "Register a swarm node's engine endpoint: {name, endpoint} [admin]",
+    ),
+    ("DELETE", "/v1/nodes/{name}", nodes.remove_node, "Forget a registered endpoint [admin]"),
 ]

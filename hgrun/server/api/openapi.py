@@ -108,6 +108,18 @@ SCHEMAS: dict[str, Schema] = {
         problem=_null(STR),
     ),
     "Config": {"type": "object", "additionalProperties": STR},
+    "Node": _obj(
+        name=STR,
+        id=STR,
+        role=STR,
+        state=STR,
+        availability=STR,
+        endpoint=_null(STR),
+        source={"type": "string", "enum": ["registered", "label", "docker-host", "none"]},
+        attach=BOOL,
+        problem=_null(STR),
+        runs={"type": "array", "items": INT},
+    ),
 }
 
 
@@ -128,6 +140,8 @@ def _count(maximum: int) -> Schema:
 # The name rules of hgrun.models and tokens.py, as ECMA-262 patterns (where "$" is the end).
 APP_PATTERN = "^[a-z][a-z0-9-]{0,62}$"
 TOKEN_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+NODE_PATTERN = TOKEN_PATTERN
+ENDPOINT_PATTERN = "^tcp://[A-Za-z0-9.:\\[\\]-]+:[0-9]{1,5}$"
 ENV_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
 ID: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_INT}
 FLAG: Schema = {"type": "string", "enum": ["1", "0", "true", "false"]}
@@ -289,6 +303,18 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
                 checked=INT,
             ),
         },
+        ("GET", "/v1/nodes"): {"200": _list("Node")},
+        ("POST", "/v1/nodes"): {
+            "body": _json_body(
+                _obj(
+                    required=False,
+                    name={"type": "string", "pattern": NODE_PATTERN},
+                    endpoint={"type": "string", "pattern": ENDPOINT_PATTERN},
+                )
+            ),
+            "201": {"anyOf": [_ref("Node"), _obj(name=STR, endpoint=STR, source=STR)]},
+        },
+        ("DELETE", "/v1/nodes/{name}"): {"200": _obj(name=STR, removed=BOOL)},
     }
 
 
