@@ -345,7 +345,7 @@ class Bench(harness.Workspace):
         return {s["name"]: s["id"] for s in self.get(f"/v1/apps/{self.app}/scripts")}
 
     def active_runs(self) -> int:
-        return len(self.get(f"/v1/apps/{self.app}/runs", active=1, limit=100_000))
+        return len(self.get(f"/v1/apps/{self.app}/runs", active=1, limit=10_000))
 
     def wait_idle(
         self, timeout: float, what: str, every: float = 1.0, stall: float = STALL
@@ -361,7 +361,7 @@ class Bench(harness.Workspace):
         last_say = 0.0
         last_n, changed = -1, time.monotonic()
         while True:
-            runs = self.get(f"/v1/apps/{self.app}/runs", active=1, limit=100_000)
+            runs = self.get(f"/v1/apps/{self.app}/runs", active=1, limit=10_000)
             n, now = len(runs), time.time()
             if n == 0:
                 return now
@@ -502,7 +502,7 @@ class Bench(harness.Workspace):
         ids = self.scripts()
         stamp = minute_stamp(slot)
         by_slot: dict[str, int] = {}  # every cron run of the app, by slot: only ours expected
-        for run in self.get(f"/v1/apps/{self.app}/runs", trigger="cron", limit=100_000):
+        for run in self.get(f"/v1/apps/{self.app}/runs", trigger="cron", limit=10_000):
             by_slot[run["trigger"]["name"]] = by_slot.get(run["trigger"]["name"], 0) + 1
         dispatch, start, missing, wrong = [], [], [], 0
         statuses: dict[str, int] = {}
