@@ -46,8 +46,8 @@ from hgrun.engine.swarmspec import (
     task_state,
     unplaceable,
 )
-from hgrun.errors import InputError
 from hgrun.engine.tls import EngineTLS, api_client
+from hgrun.errors import InputError
 from hgrun.models import SIZES
 from hgrun.store import Store
 
