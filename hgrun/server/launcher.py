@@ -94,6 +94,9 @@ class Request:
     parent_run: int | None = None
     status: RunStatus = RunStatus.STARTING
     why: str | None = None
+    # Launched at once by this server: the run is made with its lease held here (a script run
+    # left in its queue, or skipped, is not).
+    held: bool = True
 
 
 class Launcher:
@@ -147,6 +150,11 @@ class Launcher:
             status=request.status,
             script_id=request.script_id,
             error=request.why,
+            holder=(
+                (self.supervisor.owner, self.supervisor.lease_ttl)
+                if request.held and not request.status.finished
+                else None
+            ),
         )
 
     async def start(

@@ -27,6 +27,7 @@ from hgrun.server.auth import new_token
 from hgrun.server.connections import HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD, guarded_protocol
 from hgrun.server.launcher import Launcher
 from hgrun.server.notifier import Notifier, Targets
+from hgrun.server.recovery import process_gone
 from hgrun.server.retention import Pruner, Retention
 from hgrun.server.scheduler import Scheduler
 from hgrun.server.scripts import ScriptRunner
@@ -288,7 +289,8 @@ def serve(
         executor=workers.mail,
     )
     scripts.on_run_finished.append(notifier.run_finished)
-    scheduler = Scheduler(store, scripts)
+    supervisor.on_recover.append(scripts.resume_queues)
+    scheduler = Scheduler(store, scripts, owner=supervisor.owner, holder_gone=process_gone)
     server = Server(
         store,
         engine,

@@ -23,6 +23,7 @@ from hgrun.lifecycle import Phase, Recover, Stop, recovery
 from hgrun.models import Run, RunStatus
 from hgrun.server.launcher import network_of
 from hgrun.server.session import RunSession
+from hgrun.store.base import run_lease
 
 if TYPE_CHECKING:
     from hgrun.server.supervisor import Supervisor
@@ -31,7 +32,7 @@ log = logging.getLogger("hgrun.recovery")
 
 
 def lease_name(run_id: int) -> str:
-    return f"run:{run_id}"
+    return run_lease(run_id)
 
 
 def process_gone(holder: str) -> bool:

@@ -8,6 +8,13 @@ second server process on the same store never runs a slot twice.
 A slot that came due while this scheduler was up always runs, however late its tick (a busy
 event loop, a slow trigger of the same script): only slots missed while the server was down go
 by the script's catch-up policy (``schedule.slots_to_run``).
+
+Several servers on one store (PostgreSQL) run one scheduler at a time: each tick, a server
+claims or renews the store's lease ``scheduler`` (``LEASE_TTL``) and ticks only while it holds
+it; the others stand by. A holder that dies is replaced when its lease expires, or at once when
+it was a process of this host (``holder_gone``). A standby that takes over counts itself up
+since it began standing by: slots that came due during the handover run, they were not missed
+by a server that was down.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ log = logging.getLogger("hgrun.scheduler")
 
 TICK = 1.0
 TICK_GRACE = 10.0  # a slot up to this late is "now"; older ones follow the catch-up policy
+LEASE = "scheduler"
+LEASE_TTL = 10.0  # renewed every tick; a dead scheduler is replaced within this
 
 
 class Scheduler:
@@ -40,7 +49,12 @@ class Scheduler:
         *,
         clock: Callable[[], float] = time.time,
         tick: float = TICK,
+        owner: str | None = None,
+        lease_ttl: float = LEASE_TTL,
+        holder_gone: Callable[[str], bool] = lambda _holder: False,
     ) -> None:
+        """``owner``: this server's id in the store's ``scheduler`` lease (None: tick without
+        one, as a unit test does)."""
         self.store = store
         self.runner = runner
         self.clock = clock
@@ -52,6 +66,11 @@ class Scheduler:
         self.ticks = 0
         # The instant of the first tick: slots due since then came due while we were up.
         self.up_since: datetime.datetime | None = None
+        self.owner = owner
+        self.lease_ttl = lease_ttl
+        self.holder_gone = holder_gone
+        self.leading = owner is None  # whether this server runs the scheduler now
+        self.standby_since: datetime.datetime | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -64,16 +83,44 @@ class Scheduler:
         for task in list(self._in_flight.values()):
             with contextlib.suppress(Exception):
                 await task
+        if self.owner is not None and self.leading:
+            # Let another server take over now rather than when the lease expires.
+            with contextlib.suppress(Exception):
+                self.store.release_lease(LEASE, self.owner)
 
     async def _loop(self) -> None:
         while True:
             try:
-                self.tick(self.clock())
+                now = self.clock()
+                if self.lead(now):
+                    self.tick(now)
             except Exception:
                 log.exception("scheduler tick failed")
             self.ticks += 1
             # Wake just after the next whole second: cron slots fall on whole minutes.
             await asyncio.sleep(self.tick_seconds - (self.clock() % self.tick_seconds) + 0.01)
+
+    def lead(self, now: float) -> bool:
+        """Claim or renew the scheduler's lease; whether this server runs the scheduler now."""
+        if self.owner is None:
+            return True
+        at = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        holder = self.store.claim_lease(LEASE, self.owner, self.lease_ttl, self.holder_gone)
+        if holder is None:
+            if not self.leading:
+                log.info("this server runs the scheduler (lease %s)", LEASE)
+                if self.up_since is None and self.standby_since is not None:
+                    # Up (standing by) since then: slots of the handover are not missed ones.
+                    self.up_since = self.standby_since
+                self.leading = True
+            return True
+        if self.leading:
+            log.warning("the scheduler is run by hgrun server %s now", holder)
+            self.leading = False
+        if self.standby_since is None:
+            log.info("the scheduler is run by hgrun server %s; standing by", holder)
+            self.standby_since = at
+        return False
 
     def tick(self, now: float) -> list[asyncio.Task[int | None]]:
         """Start a trigger for every script with a due slot; the tasks (each gives a run id).

@@ -108,7 +108,7 @@ class ScriptRunner:
             try:
                 run = self._create(
                     script, release, trigger, input_json, slot, parent_run, detached, tty, status,
-                    why,
+                    why, held=decision in (Decision.START, Decision.REPLACE),
                 )  # fmt: skip
             except ConflictError:
                 if slot is None:
@@ -150,6 +150,8 @@ class ScriptRunner:
         tty: bool,
         status: RunStatus,
         why: str | None,
+        *,
+        held: bool = False,
     ) -> Run:
         spec = script.spec
         env = {} if input_json is None else {INPUT_VAR: input_json, INPUT_VAR_SHORT: input_json}
@@ -173,6 +175,7 @@ class ScriptRunner:
                     parent_run=parent_run,
                     status=status,
                     why=why,
+                    held=held,
                 )
             )
         except InputError as e:
@@ -232,8 +235,15 @@ class ScriptRunner:
                 return
             # A run that cannot start is recorded failed by the supervisor; take the next one.
             while (nxt := self.store.oldest_queued(script.id)) is not None:
+                if self.supervisor.hold(nxt.id) is not None:
+                    return  # another server on the store is launching it
                 try:
                     await self._launch(nxt, self.store.release(nxt.release_id))
+                    return
+                except ConflictError as e:
+                    # Another server on the store is starting it (its token or its lease is
+                    # there already): it is not ours to fail.
+                    log.info("run %s: started by another server: %s", nxt.id, e.message)
                     return
                 except Exception as e:
                     log.warning("run %s: could not start from the queue: %s", nxt.id, e)
@@ -245,8 +255,13 @@ class ScriptRunner:
                         )
 
     async def resume_queues(self) -> None:
-        """After a restart, start what waits in each script's queue."""
-        for script in self.store.scripts():
+        """Start what waits in each script's queue with nothing in flight: after a restart, and
+        after each recovery pass (a run queued by a server that died is started here)."""
+        for script_id in self.store.queued_script_ids():
+            try:
+                script = self.store.script(script_id)
+            except NotFoundError:
+                continue
             await self.start_queued(script)
 
 

@@ -89,6 +89,8 @@ class Supervisor:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         # Called with each run once its outcome is stored (scripts start their queue from here).
         self.on_finish: list[Callable[[Run], Awaitable[None]]] = []
+        # Called after each recovery pass (scripts resume queues whose server died).
+        self.on_recover: list[Callable[[], Awaitable[None]]] = []
         self.audit: Audit | None = None
         # Called synchronously the moment a run's outcome is stored, before anyone can see it.
         self.on_outcome: list[Callable[[Run], None]] = []
@@ -472,9 +474,16 @@ class Supervisor:
             if ticks % max(1, round(self.lease_ttl / 3 / self.tick)) == 0:
                 with contextlib.suppress(Exception):
                     await self.recoverer.renew()
-            if ticks % max(1, round(self.lease_ttl / self.tick)) == 0:
+            # As often as leases are renewed: a dead server's runs are taken up within a few
+            # seconds of its leases expiring (at once when it was a process of this host).
+            if ticks % max(1, round(self.lease_ttl / 3 / self.tick)) == 0:
                 with contextlib.suppress(Exception):
                     await self.recoverer.recover()
+                for hook in self.on_recover:
+                    try:
+                        await hook()
+                    except Exception:
+                        log.exception("a recovery hook failed")
 
     async def check(self, session: RunSession, now: float) -> None:
         """Carry out what the run's deadlines call for at ``now``; flush output held too long."""

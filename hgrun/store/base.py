@@ -30,6 +30,11 @@ KEY_CHECK = "sealed-check"  # a meta row sealed with the store's key (see StoreB
 ACTIVE_SQL = ", ".join(f"'{status.value}'" for status in RunStatus if status in lifecycle.ACTIVE)
 
 
+def run_lease(run_id: int) -> str:
+    """The name of the lease held by the server that supervises run ``run_id``."""
+    return f"run:{run_id}"
+
+
 class StoreBase:
     """The database and its helpers; no table of its own but ``meta``."""
 

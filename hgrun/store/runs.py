@@ -18,7 +18,7 @@ from typing import Any
 from hgrun import lifecycle
 from hgrun.errors import ConflictError, NotFoundError
 from hgrun.models import Run, RunStatus, Trigger, TriggerKind
-from hgrun.store.base import ACTIVE_SQL, StoreBase
+from hgrun.store.base import ACTIVE_SQL, StoreBase, run_lease
 from hgrun.store.database import Connection
 
 
@@ -51,8 +51,13 @@ class RunStore(StoreBase):
         status: RunStatus = RunStatus.QUEUED,
         script_id: int | None = None,
         error: str | None = None,
+        holder: tuple[str, float] | None = None,
     ) -> Run:
-        """Insert a run. A second run for one script and cron slot is a ConflictError."""
+        """Insert a run. A second run for one script and cron slot is a ConflictError.
+
+        ``holder``: (owner, ttl) of the run's lease (``run_lease``), taken in the same
+        transaction: a run its server launches at once is never seen unheld by another server's
+        recovery (which would start it too, or find it without a container and lose it)."""
         if status not in lifecycle.INITIAL:
             raise ValueError(f"a run cannot be created {status.value}")
         finished = self._clock() if status.finished else None
@@ -88,6 +93,12 @@ class RunStore(StoreBase):
                 ),
             )
             row = cur.fetchone()
+            if holder is not None:
+                owner, ttl = holder
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    (f"lease:{run_lease(row['id'])}", f"{owner} {self._clock() + ttl}"),
+                )
         return run_from_row(row, self._unseal)
 
     def run(self, run_id: int, workspace: str | None = None) -> Run:

@@ -86,6 +86,15 @@ class ScriptStore(StoreBase):
         )
         return {RunStatus(r[0]): int(r[1]) for r in rows}
 
+    def queued_script_ids(self) -> list[int]:
+        """The scripts with a run waiting in their queue (read from the active runs' index)."""
+        rows = self._query(
+            f"SELECT DISTINCT script_id FROM runs WHERE status IN ({ACTIVE_SQL})"
+            " AND status = ? AND script_id IS NOT NULL ORDER BY script_id",
+            (RunStatus.QUEUED.value,),
+        )
+        return [int(r[0]) for r in rows]
+
     def oldest_queued(self, script_id: int) -> Run | None:
         row = self._one(
             "SELECT * FROM runs WHERE script_id = ? AND status = ? AND container_id IS NULL"

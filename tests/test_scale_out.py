@@ -1,0 +1,156 @@
+"""Two real ``hgrun server`` processes on one PostgreSQL store and one dockerd (issue 9, items 2
+and 3): either serves any call; one runs the scheduler (the store's ``scheduler`` lease), each
+run in flight has one supervisor (its ``run:ID`` lease). Server A is killed with SIGKILL while
+it supervises three detached runs and a cron slot is seconds away: server B takes the runs up
+(output neither doubled nor lost, every run succeeded) and the scheduler (the slot runs once per
+script, on time). The takeover times are measured from the store's leases and printed.
+
+Both servers run on this host, so B sees A's process die (``process_gone``) at its next lease
+check; on another host it waits for the lease to expire (10 s for the scheduler, 15 s for a
+run): docs/scale-out.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from cryptography.fernet import Fernet
+from support.api import Api
+from support.apps import deploy_script_app, unique
+from support.cli import Cli, check, run_id
+from support.server import HgrunServer, free_port
+from support.stores import Databases
+from support.waits import wait_for
+
+pytestmark = pytest.mark.docker
+
+LINES = 40
+COUNTING = f"i=0; while [ $i -lt {LINES} ]; do echo line$i; i=$((i+1)); sleep 0.5; done"
+SCRIPTS = 4
+
+
+class Pair:
+    """Servers A and B on one PostgreSQL store (``url``), sharing the key of its secrets."""
+
+    def __init__(self, url: str, docker_host: str, tmp_path: Path) -> None:
+        self.url = url
+        env = {"HGRUN_AUDIT_KEY": Fernet.generate_key().decode()}
+        args = ("--store", url)
+        self.a = HgrunServer(free_port(), tmp_path / "a", docker_host, args=args, env=env)
+        self.b = HgrunServer(free_port(), tmp_path / "b", docker_host, args=args, env=env)
+        self.db = psycopg.connect(url, autocommit=True)
+
+    def lease(self, name: str) -> str | None:
+        """The holder of lease ``name`` (``host:pid:nonce``), None when nobody holds it."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = %s", (f"lease:{name}",))
+        found = row.fetchone()
+        return str(found[0]).rpartition(" ")[0] if found else None
+
+    def held_by(self, name: str, server: HgrunServer) -> bool:
+        holder = self.lease(name)
+        return (
+            holder is not None
+            and server.process is not None
+            and (holder.split(":")[1] == str(server.process.pid))
+        )
+
+    def close(self) -> None:
+        for server in (self.a, self.b):
+            server.stop(signal.SIGKILL)
+        self.db.close()
+
+
+@pytest.fixture
+def pair(
+    store_databases: Databases, docker_host: str, busybox_image: str, tmp_path: Path
+) -> Iterator[Pair]:
+    url = store_databases.create()
+    servers = Pair(url, docker_host, tmp_path)
+    try:
+        yield servers
+    finally:
+        servers.close()
+        store_databases.drop(url)
+
+
+def _slot(stamp: float) -> str:
+    return datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_server_killed_during_runs_and_before_a_cron_slot_is_taken_over_by_the_other(
+    pair: Pair, tmp_path: Path
+) -> None:
+    a, b = pair.a, pair.b
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a.start()
+    wait_for(lambda: "runs the scheduler" in a.log, 20, "A to run the scheduler")
+    b.token = a.token  # one store, one admin token: B prints none (it is not the first start)
+    b.start()
+    wait_for(lambda: "standing by" in b.log, 20, "B to stand by")
+    cli = Cli(a, tmp_path / "xdg")
+    scripts = "".join(
+        f'  tick{i}:\n    command: echo tick{i}\n    cron: "* * * * *"\n' for i in range(SCRIPTS)
+    )
+    name = deploy_script_app(cli, tmp_path / "app", unique("scale"), scripts, server=a)
+
+    # The next minute boundary with room before it for three runs to get going.
+    now = time.time()
+    slot = (now // 60 + 1) * 60
+    if slot - now < 15:
+        slot += 60
+    wait_for(lambda: time.time() >= slot - 13 or None, 75, "13 s before the slot", interval=0.5)
+    runs = [
+        run_id(check(cli("run", "--detached", "-a", name, COUNTING, server=a)).strip())
+        for _ in range(3)
+    ]
+    with Api(a) as api_a:
+        for number in runs:
+            api_a.running(number)
+    for number in runs:
+        assert pair.held_by(f"run:{number}", a)
+    wait_for(lambda: time.time() >= slot - 3 or None, 20, "3 s before the slot", interval=0.1)
+
+    assert a.process is not None
+    a.process.send_signal(signal.SIGKILL)
+    a.process.wait()
+    killed = time.time()
+    wait_for(lambda: pair.held_by("scheduler", b), 30, "B to take the scheduler", interval=0.1)
+    scheduler_taken = time.time() - killed
+    for number in runs:
+        wait_for(lambda n=number: pair.held_by(f"run:{n}", b), 40, f"B to take run {number}", 0.1)
+    runs_taken = time.time() - killed
+    print(f"takeover after SIGKILL: scheduler {scheduler_taken:.1f} s, runs {runs_taken:.1f} s")
+
+    with Api(b) as api:
+        # 0 runs lost, no output doubled or lost: every line once, in order.
+        for number in runs:
+            run = api.finished_run(number, timeout=60)
+            assert (run["status"], run["exit_code"]) == ("succeeded", 0), run
+            assert api.log_text(name, number) == "".join(f"line{i}\n" for i in range(LINES))
+        # The slot due 3 s after the kill runs once per script, started by B on time.
+        for i in range(SCRIPTS):
+            script_id = api.script_id(name, f"tick{i}")
+
+            def in_slot(sid: int = script_id) -> list[dict[str, object]] | None:
+                found = [
+                    r
+                    for r in api.script_runs(sid)
+                    if r["trigger"]["kind"] == "cron" and r["trigger"]["name"] == _slot(slot)
+                ]
+                return found or None
+
+            (run,) = wait_for(in_slot, 30, f"tick{i}'s run of {_slot(slot)}")
+            assert slot <= run["created"] < slot + 10, (run, slot)
+            assert api.finished_run(run["id"])["status"] == "succeeded"
+            cron = [r for r in api.script_runs(script_id) if r["trigger"]["kind"] == "cron"]
+            names = [r["trigger"]["name"] for r in cron]
+            assert len(names) == len(set(names)), f"a slot ran twice: {names}"
+    assert scheduler_taken < 5, scheduler_taken
+    assert runs_taken < 10, runs_taken
