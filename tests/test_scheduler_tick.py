@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from support.store import app_with_release, new_store
+from support.stores import StoreFactory
 
 from hgrun.models import Catchup, Script, ScriptRecord, Trigger, TriggerKind
 from hgrun.server.scheduler import Scheduler
@@ -156,3 +157,45 @@ def test_the_loop_reads_the_injected_clock() -> None:
     run(scenario())
     # Each tick asked the injected clock (for its ``now`` and for when to wake).
     assert len(seen) >= 3 and seen[0] == SLOT
+
+
+# -- one scheduler at a time on a shared store -----------------------------------------------
+
+
+def test_one_scheduler_at_a_time_and_a_standby_takes_over_with_the_handovers_slots(
+    make_store: StoreFactory,
+) -> None:
+    """Two servers' schedulers on one store (each backend): the first to claim the lease ticks,
+    the other stands by; when the leader's process is gone the standby takes over, and a slot
+    that came due during the handover runs (30 s late: past the tick grace, so a scheduler
+    that had just started would have skipped it); the lease then keeps the old leader out."""
+    now = [SLOT - 30]
+    shared = make_store(clock=lambda: now[0])
+    app, _ = app_with_release(shared)
+    shared.sync_scripts(
+        "default", app.id, [Script(name="every-minute", command="true", cron="* * * * *")]
+    )
+    dead: set[str] = set()
+    runners = FakeRunner(), FakeRunner()
+    a, b = (
+        Scheduler(shared, runner, owner=owner, holder_gone=dead.__contains__)  # type: ignore[arg-type]
+        for runner, owner in zip(runners, ("host:1:a", "host:2:b"), strict=True)
+    )
+
+    async def scenario() -> None:
+        assert a.lead(now[0]) and not b.lead(now[0])
+        await tick(a, now[0])  # first sight of the schedule: its cursor is set
+        assert a.leading and not b.leading and b.standby_since is not None
+        dead.add("host:1:a")  # A is killed before the 04:00 slot
+        now[0] = SLOT + 30
+        assert b.lead(now[0]) and b.leading
+        await tick(b, now[0])
+        assert [(n, s) for n, _, s in runners[1].triggered] == [("every-minute", SLOT)]
+        assert runners[0].triggered == []
+        dead.clear()  # A was only paused: B's lease keeps it out until it expires
+        now[0] = SLOT + 31
+        assert not a.lead(now[0])
+        now[0] += b.lease_ttl + 1  # B stops renewing: its lease expires, A leads again
+        assert a.lead(now[0]) and not b.lead(now[0]) and not b.leading
+
+    run(scenario())
