@@ -14,9 +14,16 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
-from hgrun.errors import ConflictError, ExitStatus, ForbiddenError, InputError, NotFoundError
+from hgrun.errors import (
+    ConflictError,
+    ExitStatus,
+    ForbiddenError,
+    HgrunError,
+    InputError,
+    NotFoundError,
+)
 from hgrun.lifecycle import Outcome
 from hgrun.models import (
     Release,
@@ -31,8 +38,12 @@ from hgrun.schedule import Decision, decide, skip_reason
 from hgrun.server.auth import RUN_TOKEN_PREFIX, new_token, parent_of
 from hgrun.server.launcher import Launcher, Request
 from hgrun.server.networks import check_network
+from hgrun.server.recovery import process_gone
 from hgrun.store import Store
 
+# A script's decision lease on a shared store: held for one trigger (a replace waits for its
+# victims); a holder that dies frees it at its expiry, or at once on this host.
+SCRIPT_LEASE_TTL = 120.0
 log = logging.getLogger("hgrun.scripts")
 
 INPUT_VAR = "HOSTINGGURU_RUN_INPUT"
@@ -97,7 +108,7 @@ class ScriptRunner:
                 " trigger more runs",
                 "a script that triggers scripts must stop somewhere; see its parent runs",
             )
-        async with self._locks[script.id]:
+        async with self._exclusive(script.id):
             counts = self.store.script_run_counts(script.id)
             queued = counts.get(RunStatus.QUEUED, 0)
             active = counts.get(RunStatus.STARTING, 0) + counts.get(RunStatus.RUNNING, 0)
@@ -137,6 +148,25 @@ class ScriptRunner:
             if decision in (Decision.START, Decision.REPLACE):
                 return await self._launch(run, release)
             return run
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, script_id: int) -> AsyncIterator[None]:
+        """One decision at a time per script (counts, then a run made and launched): within
+        this server by a lock; on a store shared by several servers (PostgreSQL) also by the
+        store's lease ``script:ID``, so two triggers on two servers at once obey the script's
+        concurrency policy as on one."""
+        async with self._locks[script_id]:
+            if self.store.backend != "postgresql":
+                yield
+                return
+            name, owner = f"script:{script_id}", self.supervisor.owner
+            while self.store.claim_lease(name, owner, SCRIPT_LEASE_TTL, process_gone) is not None:
+                await asyncio.sleep(0.05)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(HgrunError):
+                    self.store.release_lease(name, owner)
 
     def _create(
         self,
@@ -229,7 +259,7 @@ class ScriptRunner:
 
     async def start_queued(self, script: ScriptRecord) -> None:
         """Start the oldest queued run when none of the script's runs is in flight."""
-        async with self._locks[script.id]:
+        async with self._exclusive(script.id):
             counts = self.store.script_run_counts(script.id)
             if counts.get(RunStatus.STARTING, 0) + counts.get(RunStatus.RUNNING, 0):
                 return
