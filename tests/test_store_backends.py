@@ -13,9 +13,9 @@ from cryptography.fernet import Fernet
 from support.store import app_with_release, new_run
 from support.stores import StoreFactory
 
-from hgrun.errors import StoreError
-from hgrun.models import Script
-from hgrun.store import Store
+from hgrun.errors import ConflictError, StoreError
+from hgrun.models import Scope, Script
+from hgrun.store import Store, hash_token
 from hgrun.store.keys import Sealer
 from hgrun.store.schema import MIGRATIONS
 
@@ -168,3 +168,17 @@ def test_a_postgresql_url_that_fails_is_one_line() -> None:
     message = refused.value.message
     assert message.startswith("cannot connect to the store postgresql://hgrun:***@127.0.0.1:1/")
     assert "secret" not in message and "\n" not in message
+
+
+def test_a_runs_token_is_replaced_by_whoever_launches_it_again(make_store: StoreFactory) -> None:
+    """A server that died launching a run may have made the run's own token: the server that
+    takes the run up makes it again, and only the new secret works."""
+    store = make_store()
+    store.add_token("default", "run.7", "old-secret", Scope.TRIGGER)
+    with pytest.raises(ConflictError):
+        store.add_token("default", "run.7", "new-secret", Scope.TRIGGER)
+    store.revoke_token("default", "run.7")
+    store.add_token("default", "run.7", "new-secret", Scope.TRIGGER, replace=True)
+    assert store.token_by_hash(hash_token("old-secret")) is None
+    found = store.token_by_hash(hash_token("new-secret"))
+    assert found is not None and found[0].name == "run.7" and found[0].revoked is None

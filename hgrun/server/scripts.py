@@ -225,7 +225,10 @@ class ScriptRunner:
     async def _launch(self, run: Run, release: Release) -> Run:
         """Start a run of a script, with a token of its own for fan-out triggers."""
         token = new_token()
-        self.store.add_token(run.workspace, f"{RUN_TOKEN_PREFIX}{run.id}", token, Scope.TRIGGER)
+        # Replaced if there: a server that died launching this run may have made it already.
+        self.store.add_token(
+            run.workspace, f"{RUN_TOKEN_PREFIX}{run.id}", token, Scope.TRIGGER, replace=True
+        )
         extra = {"HGRUN_TOKEN": token, "HGRUN_WORKSPACE": run.workspace}
         if self.server_url:
             extra["HGRUN_URL"] = self.server_url

@@ -29,9 +29,27 @@ class TokenStore(StoreBase):
         return self._one("SELECT 1 FROM workspaces WHERE id = ?", (workspace,)) is not None
 
     def add_token(
-        self, workspace: str, name: str, secret: str, scope: Scope, script: str | None = None
+        self,
+        workspace: str,
+        name: str,
+        secret: str,
+        scope: Scope,
+        script: str | None = None,
+        *,
+        replace: bool = False,
     ) -> Token:
+        """A new token; a name already taken is a ConflictError, unless ``replace``: then the
+        token of that name takes the new secret (the old one stops working), live again."""
         with self._tx() as db:
+            if replace:
+                row = db.execute(
+                    "INSERT INTO tokens (workspace, name, hash, scope, script, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workspace, name) DO UPDATE SET"
+                    " hash = excluded.hash, scope = excluded.scope, script = excluded.script,"
+                    " created = excluded.created, revoked = NULL RETURNING *",
+                    (workspace, name, hash_token(secret), scope.value, script, self._clock()),
+                ).fetchone()
+                return _token(row)
             if db.execute(
                 "SELECT 1 FROM tokens WHERE workspace = ? AND name = ?", (workspace, name)
             ).fetchone():
