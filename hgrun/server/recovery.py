@@ -35,11 +35,27 @@ def lease_name(run_id: int) -> str:
     return run_lease(run_id)
 
 
+def this_host() -> str:
+    """This process's host in a lease holder's id: the host name, and the PID namespace when it
+    can be read (two servers in containers of one name must not read each other's pids)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}~{namespace}"
+
+
+def lease_owner(nonce: str) -> str:
+    """A lease holder's id: ``host:pid:nonce``, ``host`` as :func:`this_host` says."""
+    return f"{this_host()}:{os.getpid()}:{nonce}"
+
+
 def process_gone(holder: str) -> bool:
-    """Whether a lease holder (``host:pid:nonce``) is a process of this host that has died."""
+    """Whether a lease holder (``host:pid:nonce``) is a process of this host (and PID namespace)
+    that has died: its lease need not be waited out."""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != this_host() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)

@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any
@@ -49,7 +47,7 @@ from hgrun.lifecycle import (
 )
 from hgrun.models import Release, Run, RunStatus
 from hgrun.server.output import OutputLog
-from hgrun.server.recovery import Recoverer, lease_name, process_gone
+from hgrun.server.recovery import Recoverer, lease_name, lease_owner, process_gone
 from hgrun.server.session import LAG_LIMIT, Finished, Output, RunSession, Subscriber
 from hgrun.server.uploads import AT_ROOT, Target, Upload
 from hgrun.store import Store
@@ -86,7 +84,7 @@ class Supervisor:
         self.tick = tick
         self.lease_ttl = lease_ttl
         self.sessions: dict[int, RunSession] = {}
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = lease_owner(secrets.token_hex(4))
         # Called with each run once its outcome is stored (scripts start their queue from here).
         self.on_finish: list[Callable[[Run], Awaitable[None]]] = []
         # Called after each recovery pass (scripts resume queues whose server died).
