@@ -5,6 +5,7 @@ skips, and a store refused at open when its schema is newer or its key is not th
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import psycopg
@@ -182,3 +183,65 @@ def test_a_runs_token_is_replaced_by_whoever_launches_it_again(make_store: Store
     assert store.token_by_hash(hash_token("old-secret")) is None
     found = store.token_by_hash(hash_token("new-secret"))
     assert found is not None and found[0].name == "run.7" and found[0].revoked is None
+
+
+class _Supervisor:
+    """The two attributes ScriptRunner takes from its supervisor (our own seam)."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.on_finish: list[object] = []
+        self.on_outcome: list[object] = []
+
+
+class _Launcher:
+    def __init__(self, owner: str) -> None:
+        self.supervisor = _Supervisor(owner)
+
+
+def test_a_scripts_decision_is_one_server_at_a_time_on_a_shared_store(
+    make_store: StoreFactory,
+) -> None:
+    """Two servers' script runners on one store: while one decides a trigger of a script, the
+    other waits (on PostgreSQL, the store's ``script:ID`` lease; on SQLite, one server's lock
+    only: the other enters at once)."""
+    from hgrun.server.scripts import ScriptRunner
+
+    stores = [make_store(), make_store(workspace=None)]
+    runners = [
+        ScriptRunner(store, _Launcher(f"elsewhere:{i}:n"))  # type: ignore[arg-type]
+        for i, store in enumerate(stores)
+    ]
+    entered: list[str] = []
+
+    async def scenario() -> None:
+        first_in, let_go = asyncio.Event(), asyncio.Event()
+
+        async def first() -> None:
+            async with runners[0]._exclusive(7):
+                entered.append("first")
+                first_in.set()
+                await let_go.wait()
+                entered.append("first out")
+
+        async def second() -> None:
+            await first_in.wait()
+            async with runners[1]._exclusive(7):
+                entered.append("second")
+
+        tasks = [asyncio.create_task(first()), asyncio.create_task(second())]
+        await first_in.wait()
+        if make_store.backend == "postgresql":
+            # The second keeps claiming the lease the first holds: it is refused each time.
+            for _ in range(5):
+                await asyncio.sleep(0.05)
+                assert stores[1].claim_lease("script:7", "elsewhere:1:n", 1.0) == "elsewhere:0:n"
+            assert entered == ["first"]
+        let_go.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())
+    if make_store.backend == "postgresql":
+        assert entered == ["first", "first out", "second"]
+    else:
+        assert entered == ["first", "second", "first out"]
