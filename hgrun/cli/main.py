@@ -7,11 +7,9 @@ group they hang on, and :func:`main`, the one top-level handler.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 
 import click
@@ -74,6 +72,8 @@ class Commands(click.Group):
         name = args[0] if args else ""
         if name and not name.startswith("-") and self.get_command(ctx, name) is None:
             # click suggests from the commands it holds; these load lazily, so suggest here.
+            import difflib
+
             close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
             ctx.fail(
                 f"No such command {name!r}." + (f" Did you mean {close[0]!r}?" if close else "")
@@ -118,6 +118,8 @@ def help_cmd(click_ctx: click.Context, command_name: str | None) -> None:
         return
     command = cli.get_command(root, command_name)
     if command is None:
+        import difflib
+
         close = difflib.get_close_matches(command_name, cli.list_commands(root), n=1)
         raise InputError(
             f"no command {command_name!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
@@ -170,6 +172,8 @@ def _run_cli(ctx: Context, args: list[str]) -> int:
         return 130
     except HgrunError as e:
         if ctx.debug:
+            import traceback
+
             traceback.print_exc()
         ctx.output.error(e.message, e.hint)
         return int(e.exit_status)
@@ -182,6 +186,8 @@ def _run_cli(ctx: Context, args: list[str]) -> int:
         return 141
     except Exception as e:
         if ctx.debug:
+            import traceback
+
             traceback.print_exc()
         ctx.output.error(
             f"internal error: {e.__class__.__name__}: {e}",

@@ -11,13 +11,15 @@ import contextlib
 import dataclasses
 import os
 import stat
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import click
 
-from hgrun.cli import appdir, runargs, trace, uploads, views
-from hgrun.cli.client import cli_hint
+from hgrun.cli import appdir, runargs, trace
+from hgrun.cli.client import Api, Settings, cli_hint
 from hgrun.cli.options import (
     Context,
     app_name_or_here,
@@ -33,6 +35,11 @@ from hgrun.cli.output import duration
 from hgrun.cli.terminal import Terminal
 from hgrun.errors import AuthError, ForbiddenError, HgrunError, InputError
 from hgrun.models import SIZES, RunStatus, TriggerKind
+
+if TYPE_CHECKING:
+    from hgrun.cli import uploads
+
+T = TypeVar("T")
 
 
 class RunCommand(click.Command):
@@ -144,8 +151,17 @@ def run(
     if size is not None and size not in SIZES:
         raise InputError(f"--size {size!r}: unknown size", f"sizes: {', '.join(SIZES)}")
     asked_timeout = duration_flag("--timeout", timeout) if timeout is not None else None
-    entries = uploads.plan(files)
-    name, built = _prepare_app(ctx, app_name, build)
+    if not detached:
+        # The attach client (asyncio, websockets) is most of the run path's import time: it
+        # loads in a thread while this one waits on the server for the folder check and the
+        # create. The import system's module locks make `attach_run`'s import wait for it.
+        _Background(_load_attach_client)
+    entries: list[uploads.Upload] = []
+    if files:
+        from hgrun.cli import uploads
+
+        entries = uploads.plan(files)
+    name, built, folder_note = _prepare_app(ctx, app_name, build, check_folder=not no_build)
     terminal = ctx.terminal
     if no_stdin:
         terminal = dataclasses.replace(terminal, stdin=None, stdin_isatty=False)
@@ -169,7 +185,11 @@ def run(
     if built is not None:
         body["build"], body["procfile"] = built.context_hash, built.procfile_text
     trace.mark("request")
-    run_info = ctx.api.post(f"/v1/apps/{name}/runs", body)
+    try:
+        run_info = ctx.api.post(f"/v1/apps/{name}/runs", body)
+    finally:  # said also when the create fails: the folder may be why
+        if folder_note is not None and (note := folder_note.result()):
+            ctx.output.info(note)
     trace.mark("created")
     run_id = run_info["id"]
     if (
@@ -229,11 +249,43 @@ class _Built:
     procfile_text: str
 
 
-def _prepare_app(ctx: Context, app_name: str | None, build: bool) -> tuple[str, _Built | None]:
-    """The app to run, and with --build what this folder's build is.
+class _Background(Generic[T]):
+    """``fn()`` in a daemon thread, started at once; :meth:`result` waits for its value (or
+    raises what it raised). A CLI that exits meanwhile does not wait for it."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._fn = fn
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller of result()
+            self._error = e
+
+    def result(self) -> T | None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _load_attach_client() -> None:
+    import hgrun.cli.attach  # noqa: F401 - loaded for attach_run
+
+
+def _prepare_app(
+    ctx: Context, app_name: str | None, build: bool, *, check_folder: bool = True
+) -> tuple[str, _Built | None, _Background[str | None] | None]:
+    """The app to run, with --build what this folder's build is, and the folder check.
 
     Never deploys. From the folder of the app being run, when the folder differs from the live
-    release, one line on stderr says so and how to act on it.
+    release, one line on stderr says so and how to act on it: that check (the manifest loaded,
+    the folder hashed, the live release asked for) runs in a thread, alongside the run's
+    create; its note is the returned result. ``check_folder`` False (``--no-build``) skips it.
     """
     root = appdir.find_app_dir(Path.cwd())
     name = app_name or (appdir.quick_name(root) if root is not None else None)
@@ -250,38 +302,52 @@ def _prepare_app(ctx: Context, app_name: str | None, build: bool) -> tuple[str, 
         from hgrun.cli.commands.deploy import build_context
 
         digest = build_context(ctx, app, quiet=not ctx.terminal.stderr_isatty)
-        return app.name, _Built(digest, app.procfile_text)
+        return app.name, _Built(digest, app.procfile_text), None
     if name is None:
         name = app_name_or_here(app_name)  # the manifest parsed whole (its errors are shown)
-    if root is not None and appdir.quick_name(root) in (None, name):
-        _say_if_folder_differs(ctx, root, name)
-    return name, None
+    note = None
+    if check_folder and root is not None and appdir.quick_name(root) in (None, name):
+        settings, folder = ctx.settings, root
+        note = _Background(lambda: _folder_differs(settings, folder, name))
+    return name, None, note
 
 
-def _say_if_folder_differs(ctx: Context, root: Path, name: str) -> None:
+def _folder_differs(settings: Settings, root: Path, name: str) -> str | None:
+    """The note to show when the folder differs from ``name``'s live release (or does not
+    load); None when it is the live release. Its own API connection: it runs in a thread. An
+    API error is left to the run's create, which meets it too."""
     try:
         app = appdir.load(root)
     except HgrunError as e:
         if appdir.quick_name(root) == name:
-            ctx.output.info(
+            return (
                 f"hgrun: running the live release of {name}; this folder does not load"
                 f" ({e.message}), so `hgrun deploy` would fail"
             )
-        return
+        return None
     if app.name != name:
-        return
-    live = ctx.api.get(f"/v1/apps/{name}").get("release")
+        return None
+    api = Api(settings)
+    try:
+        live = api.get(f"/v1/apps/{name}").get("release")
+    except HgrunError:
+        return None
+    finally:
+        api.close()
     if live is None:
-        return  # the server says "no release yet, run `hgrun deploy`"
+        return None  # the server says "no release yet, run `hgrun deploy`"
     if live["context_hash"] != app.context_hash():
-        ctx.output.info(
+        return (
             f"hgrun: this folder differs from {name}'s live release v{live['version']}, which"
             " is what runs; `hgrun deploy` releases the folder, `hgrun run --build` runs it"
             " this once"
         )
+    return None
 
 
 def _upload(ctx: Context, run_id: int, entries: list[uploads.Upload]) -> None:
+    from hgrun.cli import uploads
+
     total = uploads.total_bytes(entries)
     path = f"/v1/runs/{run_id}/files"
     if not ctx.terminal.stderr_isatty:
@@ -359,6 +425,8 @@ def attach_cmd(ctx: Context, run_id: str, tty: bool | None) -> int:
 @pass_ctx
 def ps(ctx: Context, app_name: str | None, as_json: bool) -> None:
     """What is running now: attached, detached and cron runs."""
+    from hgrun.cli import views
+
     items = ctx.api.get(f"/v1/apps/{app_name_or_here(app_name)}/runs", active=1, limit=500)
     show_rows(ctx, items, as_json, views.PS_COLUMNS, views.ps_row)
 
@@ -388,6 +456,8 @@ def runs(
     params: dict[str, Any] = {"limit": limit, "trigger": trigger}
     if statuses:
         params["status"] = list(statuses)
+    from hgrun.cli import views
+
     items = ctx.api.get(f"/v1/apps/{app_name_or_here(app_name)}/runs", **params)
     show_rows(ctx, items, as_json, views.RUN_COLUMNS, views.run_row)
 
@@ -398,6 +468,8 @@ def runs(
 @pass_ctx
 def runs_info(ctx: Context, run_id: str, as_json: bool) -> None:
     """One run: command, trigger, status, exit code, duration; stderr's tail on failure."""
+    from hgrun.cli import views
+
     info = ctx.api.get(f"/v1/runs/{parse_run_id(run_id)}", stderr_tail=50)
     if as_json:
         ctx.output.json(info)

@@ -1,0 +1,111 @@
+"""What the CLI imports: only what the command needs (issue 11, start-up of `hgrun run`).
+
+Each case runs the real CLI in a subprocess with ``PYTHONPROFILEIMPORTTIME=1`` (the environment
+form of ``python -X importtime``) and reads the modules it imported from stderr. A top-level
+``import rich`` (or httpx, yaml, the server's code ...) on the path of `hgrun run` makes these
+fail: every such import costs the user milliseconds on every run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.apps import deploy_busybox_app, unique
+from support.cli import CLI, Cli
+
+# Never on the run path: the server's stack, the dashboard's, the build's and rich (tables,
+# progress bars: other commands').
+HEAVY = (
+    "rich",
+    "httpx",
+    "httpcore",
+    "requests",
+    "docker",
+    "starlette",
+    "uvicorn",
+    "jinja2",
+    "cryptography",
+    "yaml",
+    "croniter",
+    "tarfile",
+    "hgrun.server",
+    "hgrun.store",
+    "hgrun.engine",
+    "hgrun.manifest",
+    "hgrun.schedule",
+    "hgrun.stacks",
+)
+# Only when a run is attached: the asyncio WebSocket client.
+ATTACH = ("asyncio", "websockets", "hgrun.cli.attach")
+
+
+def imported(stderr: bytes) -> set[str]:
+    """The modules named in ``-X importtime`` lines."""
+    names = set()
+    for line in stderr.decode(errors="replace").splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":
+                names.add(name)
+    return names
+
+
+def loaded(
+    argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> set[str]:
+    done = subprocess.run(
+        [*CLI, *argv],
+        env={**os.environ, **(env or {}), "PYTHONPROFILEIMPORTTIME": "1", "NO_COLOR": "1"},
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    names = imported(done.stderr)
+    assert "click" in names and "hgrun.cli.options" in names  # the lines were read at all
+    return names
+
+
+def among(names: set[str], prefixes: tuple[str, ...]) -> list[str]:
+    return sorted(n for n in names if any(n == p or n.startswith(p + ".") for p in prefixes))
+
+
+@pytest.mark.parametrize(
+    "argv", [["--version"], ["--help"], ["run", "--help"], ["help", "run"]], ids=" ".join
+)
+def test_help_and_version_import_neither_the_heavy_stack_nor_the_attach_client(
+    argv: list[str], tmp_path: Path
+) -> None:
+    names = loaded(argv, cwd=tmp_path)
+    assert among(names, HEAVY + ATTACH) == []
+    assert "hgrun.cli.commands.apps" not in names  # one command's module, not every one's
+
+
+@pytest.mark.docker
+def test_the_run_path_imports_the_attach_client_and_nothing_heavy(
+    cli: Cli, tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> None:
+    root = tmp_path_factory.mktemp("imports-app")
+    name = deploy_busybox_app(cli, root, unique("imports"))
+    elsewhere = tmp_path_factory.mktemp("imports-elsewhere")
+    names = loaded(["run", "--no-tty", "-a", name, "echo", "hi"], env=cli.env(), cwd=elsewhere)
+    assert among(names, HEAVY) == []
+    assert set(ATTACH) <= names
+
+
+def test_the_parser_of_importtime_lines_reads_python_own_format() -> None:
+    """The helper itself: a module imported in a subprocess is found, one never imported is
+    not (so the assertions above cannot pass by reading nothing)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import colorsys"],
+        capture_output=True,
+        timeout=60,
+    )
+    names = imported(done.stderr)
+    assert "colorsys" in names
+    assert "tkinter" not in names
