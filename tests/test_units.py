@@ -37,6 +37,20 @@ def test_demuxer_any_chunking(chunk: int) -> None:
     assert demuxer.pending == 0
 
 
+def test_demuxer_joins_consecutive_frames_of_one_stream_in_order() -> None:
+    """4 KB frames come out as one piece per stream run (one relay message, not one each)."""
+    raw = b"".join(frame(STDOUT, bytes([i]) * 4096) for i in range(8))
+    raw += frame(STDERR, b"e1") + frame(STDERR, b"e2") + frame(STDOUT, b"") + frame(STDOUT, b"z")
+    demuxer = Demuxer(tty=False)
+    out = demuxer.feed(raw[:-3]) + demuxer.feed(raw[-3:])
+    assert out == [
+        (STDOUT, b"".join(bytes([i]) * 4096 for i in range(8))),
+        (STDERR, b"e1e2"),
+        (STDOUT, b"z"),
+    ]
+    assert demuxer.pending == 0
+
+
 def test_demuxer_tty_is_raw_stdout() -> None:
     assert Demuxer(tty=True).feed(b"\x01\x00abc") == [(STDOUT, b"\x01\x00abc")]
 

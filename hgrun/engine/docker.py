@@ -49,7 +49,9 @@ from hgrun.errors import (
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 MIN_API = "1.41"  # dockerd 20.10: what hgrun's engines are tested against
-READ_SIZE = 256 * 1024
+# The most read from the attach socket at once: whatever the engine sent meanwhile, up to this,
+# becomes one piece (large frames to the client, few rows in the store), never waiting for more.
+READ_SIZE = 1024 * 1024
 TMP = "/tmp"  # a read-only run's writable folder
 CPU_PERIOD = 100_000  # microseconds: CFS's default period, as docker run --cpus uses
 # docker-py keeps 10 connections per client; more threads than that calling it at once make it

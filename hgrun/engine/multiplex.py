@@ -18,7 +18,12 @@ _HEADER = struct.Struct(">BxxxL")
 
 
 class Demuxer:
-    """Feed raw bytes in any chunking; get ``(stream, payload)`` pairs out, in order."""
+    """Feed raw bytes in any chunking; get ``(stream, payload)`` pairs out, in order.
+
+    Consecutive frames on one stream within what was fed come out as one payload (a command
+    writing 4 KB at a time makes 4 KB frames: one piece each would cost the relay a message
+    each), copied once from the bytes fed; an incomplete frame is held for the next feed.
+    """
 
     def __init__(self, tty: bool) -> None:
         self.tty = tty
@@ -27,25 +32,52 @@ class Demuxer:
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         if self.tty:
             return [(STDOUT, data)] if data else []
-        self._buffer += data
+        if self._buffer:
+            self._buffer += data
+            buf: bytes | bytearray = self._buffer
+        else:
+            buf = data
         out: list[tuple[int, bytes]] = []
-        while len(self._buffer) >= _HEADER.size:
-            stream, size = _HEADER.unpack_from(self._buffer)
-            if stream not in (0, STDOUT, STDERR):
-                raise EngineError(f"malformed stream from the engine: stream byte {stream}")
-            end = _HEADER.size + size
-            if len(self._buffer) < end:
-                break
-            payload = bytes(self._buffer[_HEADER.size : end])
-            del self._buffer[:end]
-            if payload:
-                out.append((stream or STDOUT, payload))
+        pos = 0
+        with memoryview(buf) as view:
+            run: list[memoryview] = []
+            run_stream = STDOUT
+            while len(buf) - pos >= _HEADER.size:
+                stream, size = _HEADER.unpack_from(buf, pos)
+                if stream not in (0, STDOUT, STDERR):
+                    raise EngineError(f"malformed stream from the engine: stream byte {stream}")
+                end = pos + _HEADER.size + size
+                if len(buf) < end:
+                    break
+                stream = stream or STDOUT
+                if size:
+                    if run and stream != run_stream:
+                        out.append((run_stream, _joined(run)))
+                    run_stream = stream
+                    run.append(view[pos + _HEADER.size : end])
+                pos = end
+            if run:
+                out.append((run_stream, _joined(run)))
+            run.clear()  # no slice of the buffer may outlive the view (the buffer shrinks next)
+        if buf is self._buffer:
+            del self._buffer[:pos]
+        elif pos < len(data):
+            self._buffer += data[pos:]
         return out
 
     @property
     def pending(self) -> int:
         """Bytes of an incomplete frame held back; non-zero at EOF means a truncated stream."""
         return len(self._buffer)
+
+
+def _joined(run: list[memoryview]) -> bytes:
+    """One copy of the payloads of ``run``, emptied."""
+    data = run[0].tobytes() if len(run) == 1 else b"".join(run)
+    for piece in run:
+        piece.release()
+    run.clear()
+    return data
 
 
 def frame(stream: int, payload: bytes) -> bytes:

@@ -22,6 +22,7 @@ from hgrun.lifecycle import Phase, Presence, Stop
 from hgrun.models import Run, RunStatus
 
 LIVE_BUFFER = 1024 * 1024  # bytes a viewer may hold unread before it is moved to the store
+JOIN_BYTES = 1024 * 1024  # a viewer's queued pieces of one stream go out as one, up to this
 LAG_LIMIT = 64 * 1024 * 1024  # bytes a viewer may be behind before it is let go
 READ_BYTES = 1024 * 1024  # the most a viewer catches up by at once
 
@@ -126,8 +127,27 @@ class Subscriber:
         if queue and queue[0].offset <= self.position:
             piece = queue.popleft()
             self._forget(queue, piece)
+            if queue and queue[0].stream == piece.stream and queue[0].offset == piece.end:
+                piece = self._joined(queue, piece)
             return piece
         return None
+
+    def _joined(self, queue: collections.deque[Output], piece: Output) -> Output:
+        """``piece`` and the pieces after it on its stream, contiguous, as one (up to
+        :data:`JOIN_BYTES`): a viewer that was busy gets what piled up in one message."""
+        parts = [piece.data]
+        end, size = piece.end, len(piece.data)
+        while queue and size < JOIN_BYTES:
+            after = queue[0]
+            if after.stream != piece.stream or after.offset != end or after.marker:
+                break
+            queue.popleft()
+            self._forget(queue, after)
+            parts.append(after.data)
+            end, size = after.end, size + len(after.data)
+        if len(parts) == 1:
+            return piece
+        return Output(piece.stream, b"".join(parts), piece.offset, piece.ts)
 
     def _forget(self, queue: collections.deque[Output], piece: Output) -> None:
         if queue is self._live:
@@ -187,6 +207,7 @@ class RunSession:
     stored: int = 0
     unstored: list[Output] = dataclasses.field(default_factory=list)
     flush_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    flushing: asyncio.Task[None] | None = None  # the flush the pump started, if any
     stdin_log: bytearray = dataclasses.field(default_factory=bytearray)
     last_flush: float = 0.0
 

@@ -56,7 +56,8 @@ __all__ = ["Finished", "Limits", "Output", "RunSession", "Subscriber", "Supervis
 
 log = logging.getLogger("hgrun.supervisor")
 
-FLUSH_BYTES = 1024 * 1024
+FLUSH_BYTES = 1024 * 1024  # output held before a flush to the store starts (off the pump's path)
+HOLD_BYTES = 16 * 1024 * 1024  # output held past which the pump waits for the store
 FLUSH_SECONDS = 0.2
 LEASE_TTL = 15.0  # renewed every few seconds; a SIGKILLed holder frees it within this
 AUDIT_CAP = 1024 * 1024  # input and output kept in an audit record, each (the tail past it)
@@ -387,8 +388,12 @@ class Supervisor:
             now = self.clock()
             session.last_activity = now
             session.add(piece[0], piece[1], now)
-            if session.unstored_bytes >= FLUSH_BYTES:
+            held = session.unstored_bytes
+            if held >= HOLD_BYTES:
                 await self.output.flush(session)  # the store keeps up, or the container waits
+            elif held >= FLUSH_BYTES and (session.flushing is None or session.flushing.done()):
+                # In a worker thread while the pump goes on; a failure shows at the last flush.
+                session.flushing = self.spawn(self.output.flush(session))
         await self.output.flush(session)
 
     async def finish(
