@@ -85,6 +85,11 @@ class UploadFilter:
                 f"the upload is over the server's cap of {self.max_bytes // 1024**2} MB",
                 "upload fewer or smaller files, or raise the server's --max-upload",
             )
+        if self._data_left > len(data) and self._started:
+            # Inside a file's content, not at its end (most of an upload): passed on as it
+            # came, no copy.
+            self._data_left -= len(data)
+            return data
         out = bytearray()
         if not self._started:
             self._started = True
