@@ -24,7 +24,8 @@ import httpx
 import pytest
 from conftest import ServerFactory
 from support.api import Api
-from support.apps import deploy_script_app, unique
+from support.apps import deploy_script_app, unique, write_script_app
+from support.cli import check
 from support.server import HgrunServer, free_port
 from support.tls import certificate, spki_pin
 
@@ -507,8 +508,30 @@ def session_cookie(driver: Any) -> dict[str, Any]:
     return dict(found[0])
 
 
+def shell_over_wss(driver: Any, srv: HgrunServer, cli: Any, tmp_path: Path) -> None:
+    """A shell in the page over WSS (the Secure cookie and the https Origin), to its exit code."""
+    name = unique("dash-tls")
+    root = write_script_app(tmp_path / name, name, "  hi:\n    command: echo hi\n")
+    trust = {"HGRUN_CA_CERT": str(srv.ca_cert)}
+    check(cli("apps:create", name, server=srv, env=trust))
+    check(cli("deploy", cwd=root, server=srv, env=trust))
+    driver.get(f"{srv.url}/apps/{name}/shell")
+    driver.find_element(By.CSS_SELECTOR, "#shellform button").click()
+    wait(driver, lambda d: d.find_element(By.ID, "terminal").get_attribute("data-run"), 30)
+    screen = driver.find_element(By.CSS_SELECTOR, "#terminal .xterm-rows")
+    wait(driver, lambda d: "#" in screen.text, 30, "a prompt over wss")
+    driver.find_element(By.CSS_SELECTOR, "#terminal textarea").send_keys("exit 5\n")
+    state = driver.find_element(By.ID, "shellstate")
+    wait(driver, lambda d: state.get_attribute("data-exit") == "5", 20, "exit code 5")
+
+
 def test_the_session_cookie_is_secure_under_tls_only(
-    browser: Any, server: HgrunServer, tls_server: HgrunServer
+    browser: Any,
+    server: HgrunServer,
+    tls_server: HgrunServer,
+    cli: Any,
+    busybox_image: str,
+    tmp_path: Path,
 ) -> None:
     """Signed in over plain HTTP the cookie is HttpOnly and SameSite=Strict but not Secure (a
     browser would never send it back otherwise); over HTTPS it is Secure too. Both read from
@@ -532,6 +555,8 @@ def test_the_session_cookie_is_secure_under_tls_only(
                     "Runtime.evaluate", {"expression": "location.protocol"}
                 )
                 assert state["result"]["value"] == "https:"
+                if (XTERM / "@xterm/xterm/lib/xterm.js").exists():
+                    shell_over_wss(browser, srv, cli, tmp_path)
     finally:
         browser.execute_cdp_cmd("Network.clearBrowserCookies", {})
 
