@@ -60,7 +60,7 @@ SCRIPTS = """\
     command: echo report
     cron: "30 4 * * *"
     timezone: Europe/Paris
-  a-script-whose-name-is-long-enough-to-widen-the-form-on-a-phone:
+  nightly-export-of-customer-invoices-to-the-accounting-system:
     command: echo wide
 """
 
