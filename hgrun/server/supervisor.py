@@ -57,7 +57,7 @@ __all__ = ["Finished", "Limits", "Output", "RunSession", "Subscriber", "Supervis
 log = logging.getLogger("hgrun.supervisor")
 
 FLUSH_BYTES = 1024 * 1024  # output held before a flush to the store starts (off the pump's path)
-HOLD_BYTES = 16 * 1024 * 1024  # output held past which the pump waits for the store
+HOLD_BYTES = 4 * 1024 * 1024  # output held past which the pump waits for the store
 FLUSH_SECONDS = 0.2
 LEASE_TTL = 15.0  # renewed every few seconds; a SIGKILLed holder frees it within this
 AUDIT_CAP = 1024 * 1024  # input and output kept in an audit record, each (the tail past it)
