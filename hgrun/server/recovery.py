@@ -120,6 +120,7 @@ class Recoverer:
             return  # a live server holds it: its lease is being renewed
         run = sup.store.run(run.id)  # read again, now that it is ours
         decision = recovery(run, container, held=False, now=sup.clock())
+        log.info("%s: taken up here (%s)", run.label, decision.action.name.lower())
         if decision.remove and container is not None:
             await asyncio.to_thread(sup.engine.remove, container.id)
         if decision.action is Recover.LOSE and decision.outcome is not None:
