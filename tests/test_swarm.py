@@ -402,6 +402,34 @@ def test_a_placed_task_is_created_until_start_then_runs_to_its_exit_code(swarm: 
         asyncio.run(engine.aclose())
 
 
+def test_a_service_removed_before_its_start_leaves_no_container_on_its_node(swarm: Swarm) -> None:
+    # Removing a replicated job's service does not stop its running task (dockerd 20.10): a
+    # run stopped before it started would hold its node's reservation for ever.
+    from hgrun.engine.swarm import SwarmEngine
+
+    engine = SwarmEngine(swarm.manager, tls=EngineTLS.load(swarm.tls))
+    spec = ContainerSpec(
+        image="hgrun-test/busybox:latest",
+        command=["true"],
+        env={},
+        labels={"hgrun.run": "0", "hgrun.test": "removed"},
+        size=SIZES["starter"],
+    )
+    try:
+        service = engine.create(spec)
+        node = engine.node(service)
+        assert node is not None
+        client = swarm.node_api(node)
+        try:
+            assert client.containers(filters={"label": "hgrun.test=removed"})
+            engine.remove(service)
+            assert not client.containers(all=True, filters={"label": "hgrun.test=removed"})
+        finally:
+            client.close()
+    finally:
+        asyncio.run(engine.aclose())
+
+
 def test_runs_land_on_all_three_nodes_and_a_run_with_no_room_fails_with_swarms_reason(
     swarm_cli: Cli, anywhere: HgrunServer, app_anywhere: Path, manager: docker.APIClient
 ) -> None:
