@@ -430,6 +430,28 @@ def test_a_service_removed_before_its_start_leaves_no_container_on_its_node(swar
         asyncio.run(engine.aclose())
 
 
+def test_a_task_whose_service_went_is_listed_as_an_orphan_and_removed(swarm: Swarm) -> None:
+    # A run given up while its node was away has its service removed; Swarm leaves the task
+    # going when the node is back. Recovery lists it (an orphan) and the reaper removes it.
+    from hgrun.engine.swarm import SwarmEngine
+
+    engine = SwarmEngine(swarm.manager, tls=EngineTLS.load(swarm.tls))
+    labels = {"hgrun.run": "999998", "hgrun.test": "orphan"}
+    spec = ContainerSpec(image="hgrun-test/busybox:latest", command=["sleep", "60"], env={},
+                         labels=labels, size=SIZES["starter"])  # fmt: skip
+    try:
+        service = engine.create(spec)
+        engine.start(service)
+        engine._api.remove_service(service)  # as when its node could not be reached
+        (orphan,) = engine.list({"hgrun.test": "orphan"})
+        assert orphan.id.startswith("orphan:") and orphan.labels["hgrun.run"] == "999998"
+        assert orphan.status is ContainerStatus.RUNNING
+        engine.remove(orphan.id)
+        assert engine.list({"hgrun.test": "orphan"}) == []
+    finally:
+        asyncio.run(engine.aclose())
+
+
 def test_runs_land_on_all_three_nodes_and_a_run_with_no_room_fails_with_swarms_reason(
     swarm_cli: Cli, anywhere: HgrunServer, app_anywhere: Path, manager: docker.APIClient
 ) -> None:

@@ -1,4 +1,4 @@
-"""The swarm engine's shim (``shim.c``): built once per version, and its stdin frames.
+"""The swarm engine's shim (``shim.c``): built once per version, its stdin frames, its config.
 
 See ``shim.c`` for why it exists: a swarm task starts the moment it is placed, and a service
 cannot set ``StdinOnce``, so stdin would never reach EOF.
@@ -14,7 +14,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import docker
+import docker.errors
+
 from hgrun.engine import AttachStream
+from hgrun.engine.docker import _translate
 from hgrun.engine.swarmspec import frame
 from hgrun.errors import EngineError
 
@@ -71,3 +75,21 @@ def build_shim(cache: Path | None = None) -> Path:
             raise EngineError(f"cannot build the swarm shim: {done.stderr.strip()[:300]}")
         out.replace(target)
     return target
+
+
+def swarm_config(api: docker.APIClient) -> tuple[str, str]:
+    """The swarm config (id, name) holding the shim, made if missing: configs are immutable,
+    so it is named by the binary's hash, and a config another server made meanwhile is used."""
+    binary = build_shim()
+    name = f"hgrun-{binary.name}"
+    with _translate("cannot make the swarm config of hgrun's shim"):
+        exact = [c for c in api.configs(filters={"name": name}) if c["Spec"]["Name"] == name]
+        if exact:
+            return str(exact[0]["ID"]), name
+        try:
+            created = api.create_config(name, binary.read_bytes(), labels={"hgrun": "shim"})
+        except docker.errors.APIError as e:
+            if e.status_code != 409:
+                raise
+            return str(api.configs(filters={"name": name})[0]["ID"]), name
+    return str(created["ID"]), name

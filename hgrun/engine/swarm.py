@@ -29,9 +29,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
-import docker
-import docker.errors
-
 from hgrun.engine import (
     DEFAULT_BUILD_LIMITS,
     LABEL_RUN,
@@ -43,7 +40,7 @@ from hgrun.engine import (
     EngineInfo,
 )
 from hgrun.engine.docker import DockerEngine, _timestamp, _translate
-from hgrun.engine.shim import FramedAttach, build_shim
+from hgrun.engine.shim import FramedAttach, swarm_config
 from hgrun.engine.swarmimages import ImageShipper
 from hgrun.engine.swarmnodes import NodeClient, Nodes
 from hgrun.engine.swarmspec import (
@@ -62,6 +59,7 @@ from hgrun.errors import EngineError, HgrunError, NotFoundError
 
 log = logging.getLogger("hgrun.swarm")
 CONCURRENCY = 8
+ORPHAN = "orphan:"  # the id of a task container whose service is gone
 LOST_AFTER = 30.0  # a node away this long (seconds in a row) has lost its runs
 
 
@@ -175,28 +173,9 @@ class SwarmEngine:
         )
 
     def _shim_config(self) -> tuple[str, str]:
-        """The swarm config holding the shim, made once (configs are immutable: named by hash)."""
-        if self._shim is not None:
-            return self._shim
-        binary = build_shim()
-        name = f"hgrun-{binary.name}"
-        with _translate("cannot make the swarm config of hgrun's shim"):
-            found = self._api.configs(filters={"name": name})
-            exact = [c for c in found if c["Spec"]["Name"] == name]
-            if exact:
-                config_id = str(exact[0]["ID"])
-            else:
-                try:
-                    config_id = str(
-                        self._api.create_config(
-                            name, binary.read_bytes(), labels={"hgrun": "shim"}
-                        )["ID"]
-                    )
-                except docker.errors.APIError as e:
-                    if e.status_code != 409:
-                        raise
-                    config_id = str(self._api.configs(filters={"name": name})[0]["ID"])
-        self._shim = (config_id, name)
+        """The swarm config holding the shim, made once (see ``shim.swarm_config``)."""
+        if self._shim is None:
+            self._shim = swarm_config(self._api)
         return self._shim
 
     # -- a run -------------------------------------------------------------------------------
@@ -443,7 +422,12 @@ class SwarmEngine:
     def remove(self, container_id: str) -> None:
         """Remove the task's container on its node, then the service. Swarm (dockerd 20.10)
         leaves the running task of a removed replicated job running, reservations and all
-        (seen on the test swarm: a shim never let go held half a CPU for ever)."""
+        (seen on the test swarm: a shim never let go held half a CPU for ever). An orphan
+        (see :meth:`list`) is removed on its node."""
+        if container_id.startswith(ORPHAN):
+            node_id, _, orphan = container_id.removeprefix(ORPHAN).partition("/")
+            self.nodes.client(node_id).engine.remove(orphan)
+            return
         try:
             task = self._task(container_id)
         except HgrunError:
@@ -462,10 +446,15 @@ class SwarmEngine:
             pass
 
     def list(self, labels: Mapping[str, str]) -> list[ContainerState]:
-        """The services carrying ``labels``, each as its task's state."""
+        """The services carrying ``labels``, each as its task's state; then the orphans: task
+        containers on the nodes whose service is gone (id ``orphan:NODE/CONTAINER``)."""
         filters = {"label": [f"{k}={v}" if v else k for k, v in labels.items()]}
-        with _translate("cannot list swarm services"):
-            services = self._api.services(filters=filters)
+
+        def listed() -> list[dict[str, Any]]:
+            with _translate("cannot list swarm services"):
+                return list(self._api.services(filters=filters))
+
+        services = listed()
         states = []
         for service in services:
             service_id = str(service["ID"])
@@ -485,6 +474,10 @@ class SwarmEngine:
                     )
                     continue
                 states.append(self._state(service_id, raw))
+        runs = {s.labels.get(LABEL_RUN) for s in states}
+        for node, state in self.nodes.orphans(labels, lambda: {str(s["ID"]) for s in listed()}):
+            if state.labels.get(LABEL_RUN) not in runs:
+                states.append(dataclasses.replace(state, id=f"{ORPHAN}{node.id}/{state.id}"))
         return states
 
     async def aclose(self) -> None:

@@ -11,6 +11,7 @@ constraint) until it gets one; an endpoint that does not answer is bad configura
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 
 import docker
 
+from hgrun.engine import ContainerState
 from hgrun.engine.docker import DockerEngine, _translate
 from hgrun.engine.swarmspec import API_VERSION, LABEL_ENDPOINT, LABEL_NODE
 from hgrun.engine.tls import EngineTLS, api_client
@@ -28,6 +30,7 @@ from hgrun.errors import EngineError, HgrunError, InputError
 log = logging.getLogger("hgrun.swarm")
 STATE_TTL = 1.0  # node states are read from the manager at most once a second, for all runs
 REFRESH = 5.0  # the registered endpoints and the nodes without one, re-read this often
+SERVICE_LABEL = "com.docker.swarm.service.id"  # Swarm's label on a task's container
 NODE_TIMEOUT = 15.0  # a node's plain calls (inspect, stop); wait and uploads have their own
 
 
@@ -249,6 +252,41 @@ class Nodes:
                 if client.name == name:
                     del self._clients[node_id]
             self._refreshed = None
+
+    def orphans(
+        self, labels: Mapping[str, str], services: Callable[[], set[str]]
+    ) -> list[tuple[NodeClient, ContainerState]]:
+        """hgrun's task containers (carrying ``labels``) on the ready nodes whose service is
+        gone: Swarm (dockerd 20.10) does not stop a removed replicated job's task, so a run given
+        up while its node was away (a cut link) would go on there once the node is back.
+        ``services``: the ids of the services that exist (asked again before answering, so a
+        service made meanwhile is no orphan)."""
+        known = services()
+        found = []
+        for raw in self.ready():
+            if self.endpoint(raw)[0] is None:
+                continue
+            try:
+                client = self.client(str(raw["ID"]))
+                with _translate(f"cannot list the containers of swarm node {client.name}"):
+                    summaries = client.api.containers(
+                        all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]}
+                    )
+            except HgrunError:
+                continue
+            for summary in summaries:
+                service = (summary.get("Labels") or {}).get(SERVICE_LABEL)
+                if service and service not in known:
+                    found.append((client, str(summary["Id"]), service))
+        if not found:
+            return []
+        known = services()
+        out = []
+        for client, container_id, service in found:
+            if service not in known:
+                with contextlib.suppress(HgrunError):
+                    out.append((client, client.engine.inspect(container_id)))
+        return out
 
     def views(self) -> list[NodeView]:
         """Every node of the swarm, its endpoint tried now (in parallel, a few seconds at
