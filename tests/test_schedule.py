@@ -27,6 +27,7 @@ from hgrun.schedule import (
     validate_timezone,
 )
 from hgrun.server.scheduler import Scheduler
+from hgrun.server.scripts import SlotRuns
 from hgrun.store import Store
 
 NY = "America/New_York"
@@ -555,6 +556,10 @@ class FakeRunner:
         self.store = store
         self.slots: list[str] = []
         self.gate: asyncio.Event | None = None
+
+    def record_slots(self, due: list[tuple[ScriptRecord, float]]) -> SlotRuns:
+        """Every due slot goes the one-at-a-time way (``trigger``), which this fake records."""
+        return SlotRuns(made=[], to_start=[], already=[], later=list(due))
 
     async def trigger(self, script: ScriptRecord, trigger: Trigger, *, slot: float) -> Run | None:
         if self.gate is not None:

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_engine import FakeEngine
 from support.store import app_with_release, new_store
 from support.stores import StoreFactory
 
-from hgrun.models import Catchup, Script, ScriptRecord, Trigger, TriggerKind
+from hgrun.models import Catchup, Concurrency, RunStatus, Script, ScriptRecord, Trigger, TriggerKind
+from hgrun.server.launcher import Launcher
 from hgrun.server.scheduler import Scheduler
+from hgrun.server.scripts import ScriptRunner, SlotRuns
+from hgrun.server.supervisor import Supervisor
 from hgrun.store import Store
 
 # 2026-12-01 04:00:00 UTC, a whole minute.
@@ -34,6 +38,10 @@ class FakeRunner:
     def __init__(self) -> None:
         self.triggered: list[tuple[str, Trigger, float | None]] = []
         self.hold: asyncio.Event | None = None
+
+    def record_slots(self, due: list[tuple[ScriptRecord, float]]) -> SlotRuns:
+        """Every due slot goes the one-at-a-time way (``trigger``), which this fake records."""
+        return SlotRuns(made=[], to_start=[], already=[], later=list(due))
 
     async def trigger(
         self, script: ScriptRecord, trigger: Trigger, *, slot: float | None = None
@@ -135,28 +143,56 @@ def test_scripts_without_cron_are_never_triggered(store: Store) -> None:
     assert "manual" not in {name for name, _, _ in runner.triggered}
 
 
-def test_the_loop_reads_the_injected_clock() -> None:
-    """Scheduler's loop asks its injected clock for ``now`` and counts its ticks."""
-    seen: list[float] = []
+def test_the_loop_sleeps_until_the_next_slot_and_wakes_at_its_boundary(store: Store) -> None:
+    """No fixed tick: the loop sleeps exactly until the next slot of any script (here a whole
+    minute), ticks at that instant, then sleeps until the one after."""
+    now = [SLOT - 12.5]
+    sleeps: list[float] = []
+    runner = FakeRunner()
 
-    class Store_:
+    async def scenario() -> None:
+        done = asyncio.Event()
+
+        async def sleep(seconds: float) -> None:  # the fake clock moves by the sleep
+            sleeps.append(seconds)
+            await asyncio.sleep(0.01)  # what the slot started runs meanwhile
+            now[0] += seconds
+            if len(sleeps) == 3:
+                done.set()
+                await asyncio.Event().wait()  # the loop sleeps for ever: the test stops it
+
+        s = Scheduler(store, runner, clock=lambda: now[0], sleep=sleep)  # type: ignore[arg-type]
+        s.start()
+        await asyncio.wait_for(done.wait(), 10)
+        await s.stop()
+        assert s.ticks == 3
+
+    run(scenario())
+    # First sight at 03:59:47.5, then the 04:00 boundary, then 04:01 (every-minute is the
+    # soonest schedule).
+    assert sleeps == [12.5, 60.0, 60.0]
+    slots = [slot for _, _, slot in runner.triggered]
+    assert slots.count(SLOT) == 2 and slots.count(SLOT + 60) == 1  # hourly and every-minute
+
+
+def test_wake_cuts_the_sleep_short() -> None:
+    """A deploy wakes the loop: a new script's first slot is seen before the sleep ends."""
+
+    class NoScripts:
         def scripts(self, cron_only: bool = False) -> list[ScriptRecord]:
             return []
 
     async def scenario() -> None:
-        def clock() -> float:
-            seen.append(SLOT + len(seen))
-            return seen[-1]
-
-        s = Scheduler(Store_(), FakeRunner(), clock=clock, tick=0.01)  # type: ignore[arg-type]
+        s = Scheduler(NoScripts(), FakeRunner(), clock=lambda: SLOT)  # type: ignore[arg-type]
         s.start()
-        while s.ticks < 3:  # counted for /v1/health
+        while s.ticks < 1:
             await asyncio.sleep(0.01)
+        assert s.next_wake == SLOT + 60  # no cron script: the longest sleep
+        s.wake()
+        await asyncio.wait_for(_until(lambda: s.ticks >= 2), 5)
         await s.stop()
 
     run(scenario())
-    # Each tick asked the injected clock (for its ``now`` and for when to wake).
-    assert len(seen) >= 3 and seen[0] == SLOT
 
 
 # -- one scheduler at a time on a shared store -----------------------------------------------
@@ -199,3 +235,127 @@ def test_one_scheduler_at_a_time_and_a_standby_takes_over_with_the_handovers_slo
         assert a.lead(now[0]) and not b.lead(now[0]) and not b.leading
 
     run(scenario())
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+def _runner(store: Store) -> tuple[ScriptRunner, FakeEngine]:
+    """The real ScriptRunner, launcher and supervisor over the in-memory engine (our seam)."""
+    engine = FakeEngine()
+    supervisor = Supervisor(store, engine, instance="test", clock=lambda: SLOT)  # type: ignore[arg-type]
+    launcher = Launcher(store, supervisor, host_cpus=8, host_memory=64 * 1024**3)
+    return ScriptRunner(store, launcher, clock=lambda: SLOT), engine
+
+
+def test_one_slots_runs_are_recorded_in_one_transaction_then_started(tmp_path: Path) -> None:
+    n = 40
+    store = new_store(tmp_path / "hgrun.db", clock=lambda: SLOT + 0.002)
+    app, _ = app_with_release(store)
+    store.sync_scripts(
+        "default",
+        app.id,
+        [Script(name=f"s{i:02d}", command="true", cron="* * * * *") for i in range(n)]
+        + [Script(name="skipper", command="true", cron="* * * * *", concurrency=Concurrency.SKIP)],
+    )
+    runner, engine = _runner(store)
+    writes: list[str] = []
+
+    async def scenario() -> None:
+        s = Scheduler(store, runner, clock=lambda: SLOT)
+        assert s.tick(SLOT - 30) == []  # first sight
+        database = store._db  # noqa: SLF001 - counting the store's write transactions
+        tx = database.tx
+
+        def counted() -> Any:
+            writes.append("tx")
+            return tx()
+
+        database.tx = counted  # type: ignore[method-assign]
+        assert s.tick(SLOT) == []  # nothing left to one-at-a-time triggers
+        database.tx = tx  # type: ignore[method-assign]
+        # Recorded `starting` before any container exists, and out of recovery's way.
+        runs = [r for r in store.active_runs() if r.slot == "2026-12-01T04:00:00Z"]
+        assert len(runs) == n + 1
+        assert {r.status for r in runs} == {RunStatus.STARTING}
+        assert {r.created for r in runs} == {SLOT + 0.002}
+        assert runner.supervisor.pending == {r.id for r in runs}
+        assert engine.containers == {}
+        await _until(lambda: len(engine.containers) == n + 1)
+        await _until(lambda: not runner.supervisor.pending)
+        # The slot again (a retry, a second process): the unique key makes it a no-op.
+        s2 = Scheduler(store, runner, clock=lambda: SLOT)
+        for script in store.scripts(cron_only=True):
+            store.set_cursor(script.id, SLOT - 30)
+        s2.tick(SLOT + 1)
+        for cid in list(engine.containers):
+            engine.exit(cid, 0)
+        await _until(lambda: not runner.supervisor.sessions)
+
+    run(scenario())
+    assert writes == ["tx"]  # the runs and the cursors: one transaction
+    cursors = {r.cursor for r in store.scripts(cron_only=True)}
+    assert cursors == {SLOT}
+    per_slot = [r for r in store.runs("default", app_id=app.id, limit=1000)]
+    assert len(per_slot) == n + 1  # each script's slot ran exactly once
+
+
+def test_a_batch_follows_each_scripts_concurrency_policy(tmp_path: Path) -> None:
+    """A skip script with a run in flight gets a skipped run; a queue script a queued one."""
+    store = new_store(tmp_path / "hgrun.db", clock=lambda: SLOT)
+    app, _ = app_with_release(store)
+    store.sync_scripts(
+        "default",
+        app.id,
+        [
+            Script(name="skip", command="true", cron="* * * * *", concurrency=Concurrency.SKIP),
+            Script(name="queue", command="true", cron="* * * * *", concurrency=Concurrency.QUEUE),
+        ],
+    )
+    runner, _engine = _runner(store)
+    scripts = {s.spec.name: s for s in store.scripts(cron_only=True)}
+    batch = runner.record_slots(
+        [(scripts["skip"], SLOT), (scripts["skip"], SLOT + 60), (scripts["queue"], SLOT),
+         (scripts["queue"], SLOT + 60)]
+    )  # fmt: skip
+    runner.supervisor.pending.clear()
+    statuses = [(r.script, r.slot[-10:], r.status) for r in batch.made]
+    assert statuses == [
+        ("skip", "T04:00:00Z", RunStatus.STARTING),
+        ("skip", "T04:01:00Z", RunStatus.SKIPPED),
+        ("queue", "T04:00:00Z", RunStatus.STARTING),
+        ("queue", "T04:01:00Z", RunStatus.QUEUED),
+    ]
+    assert [r.script for r in batch.to_start] == ["skip", "queue"]
+    again = runner.record_slots([(scripts["skip"], SLOT)])
+    assert again.made == [] and [s.spec.name for s, _ in again.already] == ["skip"]
+
+
+def test_stop_drops_the_starts_still_waiting_and_recovery_can_take_them(tmp_path: Path) -> None:
+    """A shutdown does not wait for a slot's starts: those not made stay `starting`, with no
+    container, for recovery at the next start-up."""
+    store = new_store(tmp_path / "hgrun.db", clock=lambda: SLOT)
+    app, _ = app_with_release(store)
+    store.sync_scripts(
+        "default",
+        app.id,
+        [Script(name=f"s{i}", command="true", cron="* * * * *") for i in range(12)],
+    )
+    runner, engine = _runner(store)
+
+    async def scenario() -> None:
+        held = engine.hold("create")
+        s = Scheduler(store, runner, clock=lambda: SLOT)
+        s.tick(SLOT - 30)
+        s.tick(SLOT)
+        await held.reached()  # the first start is in the engine; the others wait their turn
+        await asyncio.wait_for(s.stop(), 5)
+        held.release()
+
+    run(scenario())
+    runs = store.active_runs()
+    assert len(runs) == 12 and {r.status for r in runs} == {RunStatus.STARTING}
+    assert not runner.supervisor.pending
+    assert len(engine.calls) < 12  # not every container was asked for

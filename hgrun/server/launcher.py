@@ -12,10 +12,11 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from hgrun.errors import CapacityError, InputError
+from hgrun.errors import CapacityError, ConflictError, InputError
 from hgrun.models import DEFAULT_SIZE, SIZES, Release, Run, RunStatus, Trigger
 from hgrun.procfile import command_line_argv, resolve_command
 from hgrun.server.users import UserPolicy
+from hgrun.store import NewRun
 
 if TYPE_CHECKING:
     from hgrun.server.session import RunSession
@@ -125,13 +126,21 @@ class Launcher:
 
     def create(self, request: Request) -> Run:
         """Record the run the request asks for (nothing starts yet)."""
+        made = self.store.create_runs([self.prepare(request)])[0]
+        if made is None:
+            raise ConflictError(f"script {request.script} already has a run for {request.slot}")
+        return made
+
+    def prepare(self, request: Request) -> NewRun:
+        """The run the request asks for, resolved and checked, to be recorded (by
+        :meth:`create`, or with others in one transaction: ``Store.create_runs``)."""
         release = request.release
         command, process = command_of(
             release, argv=request.argv, process=request.process, shell=request.shell
         )
         size = size_of(release, request.size)
         self.check_capacity(size)
-        return self.store.create_run(
+        return NewRun(
             workspace=request.workspace,
             app_id=request.app_id,
             release_id=release.id,

@@ -301,6 +301,7 @@ def serve(
         host_cpus=host_cpus,
         host_memory=host_memory,
         scheduler_ticks=lambda: scheduler.ticks,
+        scheduler_wake=scheduler.wake,
         workers=workers,
         allowed_networks=allowed_networks,
         build_limits=build_limits,

@@ -82,7 +82,7 @@ class Recoverer:
         containers = {c.labels.get(LABEL_RUN, ""): c for c in listed}
         for run in sup.store.active_runs():
             container = containers.pop(str(run.id), None)
-            if run.id in sup.sessions:
+            if run.id in sup.sessions or run.id in sup.pending:
                 continue
             try:
                 await self._take_up(run, container)

@@ -1,20 +1,30 @@
-"""The cron loop: evaluates each script's schedule and triggers the slots that are due.
+"""The cron loop: sleeps until the next slot, records every run due at it, then starts them.
 
-The timing decisions are pure (``hgrun.schedule``); this loop only reads the clock, keeps each
-script's cursor in the store and calls the script runner. A slot is triggered with its UTC
-instant as the run's slot key, which the store keeps unique per script: a restart, a retry or a
-second server process on the same store never runs a slot twice.
+The timing decisions are pure (``hgrun.schedule``); this loop only reads the clock, sleeps, and
+hands the due slots to the script runner. It sleeps until the next slot of any script (slots
+fall on whole minutes), not a fixed tick: ``wake()`` (a deploy changed the scripts) cuts the
+sleep short, and it never sleeps longer than ``MAX_SLEEP`` (another server process on the same
+store may have deployed).
 
-A slot that came due while this scheduler was up always runs, however late its tick (a busy
-event loop, a slow trigger of the same script): only slots missed while the server was down go
-by the script's catch-up policy (``schedule.slots_to_run``).
+At a wake-up, every due slot of every script is recorded in one store transaction with the
+scripts' cursors (``ScriptRunner.record_slots``): a thousand scripts due at once all have their
+run within milliseconds of the slot. The containers are then started as fast as the engine
+takes them (``ScriptRunner.start``, bounded concurrency), in the background: the next slot's
+records never wait for this one's starts. A slot is recorded with its UTC instant as the run's
+slot key, which the store keeps unique per script: a restart, a retry or a second server process
+on the same store never runs a slot twice.
 
-Several servers on one store (PostgreSQL) run one scheduler at a time: each tick, a server
-claims or renews the store's lease ``scheduler`` (``LEASE_TTL``) and ticks only while it holds
-it; the others stand by. A holder that dies is replaced when its lease expires, or at once when
-it was a process of this host (``holder_gone``). A standby that takes over counts itself up
-since it began standing by: slots that came due during the handover run, they were not missed
-by a server that was down.
+A slot that came due while this scheduler was up always runs, however late its wake-up (a busy
+event loop): only slots missed while the server was down go by the script's catch-up policy
+(``schedule.slots_to_run``).
+
+Several servers on one store (PostgreSQL) run one scheduler at a time: at each wake-up, a
+server claims or renews the store's lease ``scheduler`` (``LEASE_TTL``) and records slots only
+while it holds it; the others stand by. With an owner, the loop also wakes every third of the
+lease's time to renew it (or, standing by, to take it over). A holder that dies is replaced
+when its lease expires, or at once when it was a process of this host (``holder_gone``). A
+standby that takes over counts itself up since it began standing by: slots that came due
+during the handover run, they were not missed by a server that was down.
 """
 
 from __future__ import annotations
@@ -25,20 +35,20 @@ import datetime
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from hgrun.errors import HgrunError
 from hgrun.models import ScriptRecord, Trigger, TriggerKind
-from hgrun.schedule import slots_to_run
+from hgrun.schedule import next_fire, slots_to_run
 from hgrun.server.scripts import ScriptRunner
 from hgrun.store import Store
 
 log = logging.getLogger("hgrun.scheduler")
 
-TICK = 1.0
 TICK_GRACE = 10.0  # a slot up to this late is "now"; older ones follow the catch-up policy
 LEASE = "scheduler"
 LEASE_TTL = 10.0  # renewed every tick; a dead scheduler is replaced within this
+MAX_SLEEP = 60.0  # the longest sleep: scripts deployed by another server process are seen
 
 
 class Scheduler:
@@ -48,21 +58,25 @@ class Scheduler:
         runner: ScriptRunner,
         *,
         clock: Callable[[], float] = time.time,
-        tick: float = TICK,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
         owner: str | None = None,
         lease_ttl: float = LEASE_TTL,
         holder_gone: Callable[[str], bool] = lambda _holder: False,
     ) -> None:
-        """``owner``: this server's id in the store's ``scheduler`` lease (None: tick without
+        """``clock`` gives epoch seconds; ``sleep(seconds)`` waits (by default an
+        ``asyncio.sleep`` that :meth:`wake` cuts short). Both are injected for tests.
+        ``owner``: this server's id in the store's ``scheduler`` lease (None: run without
         one, as a unit test does)."""
         self.store = store
         self.runner = runner
         self.clock = clock
-        self.tick_seconds = tick
+        self._sleep = sleep or self._wait
+        self._woken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._in_flight: dict[int, asyncio.Task[int | None]] = {}
-        # Ticks of the loop so far (`GET /v1/health` shows it): proof that cron is alive, and
-        # what a test waits on instead of sleeping through "a few ticks".
+        self._starts: set[asyncio.Task[None]] = set()
+        # Wake-ups of the loop so far (`GET /v1/health` shows it): proof that cron is alive, and
+        # what a test waits on instead of sleeping (the first one is at start-up).
         self.ticks = 0
         # The instant of the first tick: slots due since then came due while we were up.
         self.up_since: datetime.datetime | None = None
@@ -71,34 +85,71 @@ class Scheduler:
         self.holder_gone = holder_gone
         self.leading = owner is None  # whether this server runs the scheduler now
         self.standby_since: datetime.datetime | None = None
+        # When the loop means to wake next (epoch seconds), for the log and for tests.
+        self.next_wake: float | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
+
+    def wake(self) -> None:
+        """Evaluate the schedules now (the scripts changed): a new script's first slot may come
+        before the one the loop sleeps towards."""
+        self._woken.set()
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for task in list(self._in_flight.values()):
-            with contextlib.suppress(Exception):
+        # Starts still waiting for the engine are dropped: their runs stay `starting` with no
+        # container, which recovery starts at the next start-up (a thousand starts would
+        # otherwise hold a shutdown for minutes).
+        for starting in list(self._starts):
+            starting.cancel()
+        for task in [*self._in_flight.values(), *self._starts]:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
         if self.owner is not None and self.leading:
             # Let another server take over now rather than when the lease expires.
             with contextlib.suppress(Exception):
                 self.store.release_lease(LEASE, self.owner)
 
+    async def _wait(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), seconds)
+
     async def _loop(self) -> None:
         while True:
+            self._woken.clear()
+            now = self.clock()
             try:
-                now = self.clock()
                 if self.lead(now):
                     self.tick(now)
             except Exception:
                 log.exception("scheduler tick failed")
             self.ticks += 1
-            # Wake just after the next whole second: cron slots fall on whole minutes.
-            await asyncio.sleep(self.tick_seconds - (self.clock() % self.tick_seconds) + 0.01)
+            try:
+                wake = self.next_slot(now)
+            except Exception:
+                log.exception("scheduler: cannot tell the next slot")
+                wake = now + MAX_SLEEP
+            if self.owner is not None:
+                # The lease is renewed (or, standing by, watched) well before it expires.
+                wake = min(wake, now + self.lease_ttl / 3)
+            self.next_wake = wake
+            await self._sleep(max(0.0, wake - self.clock()))
+
+    def next_slot(self, now: float) -> float:
+        """The instant (epoch seconds) the loop wakes next: the first slot of any cron script
+        after ``now``, at most ``MAX_SLEEP`` away."""
+        minute = now - now % 60
+        wake = now + MAX_SLEEP
+        for script in self.store.scripts(cron_only=True):
+            spec = script.spec
+            if spec.cron is not None:
+                with contextlib.suppress(HgrunError):
+                    wake = min(wake, _next_slot_after_minute(spec.cron, spec.timezone, minute))
+        return wake
 
     def lead(self, now: float) -> bool:
         """Claim or renew the scheduler's lease; whether this server runs the scheduler now."""
@@ -123,24 +174,42 @@ class Scheduler:
         return False
 
     def tick(self, now: float) -> list[asyncio.Task[int | None]]:
-        """Start a trigger for every script with a due slot; the tasks (each gives a run id).
+        """Record the runs of every due slot at ``now`` (one transaction), start them in the
+        background; the tasks of slots triggered one at a time (each gives a run id).
 
-        Scripts are independent: each due slot is triggered in a task of its own, so a slow
-        container start delays no other script and no later tick. A script whose previous
-        trigger is still in flight is left for the next tick.
+        A script whose one-at-a-time trigger (``ScriptRunner.record_slots`` says which) is still
+        in flight is left for a later tick, and then runs late.
         """
         at = datetime.datetime.fromtimestamp(now, datetime.UTC)
         up_since, self.up_since = self.up_since, self.up_since or at
-        started = []
+        due: list[tuple[ScriptRecord, float]] = []
         for script in self.store.scripts(cron_only=True):
             if script.id in self._in_flight:
                 continue
-            slots = self._due(script, at, up_since)
-            if not slots:
-                continue
-            task = asyncio.create_task(self._trigger(script, slots, at))
-            self._in_flight[script.id] = task
-            task.add_done_callback(functools.partial(self._done, script.id))
+            due += [(script, slot.timestamp()) for slot in self._due(script, at, up_since)]
+        if not due:
+            return []
+        batch = self.runner.record_slots(due)
+        for script, slot in batch.already:
+            log.info("script %s: slot %s already has its run", script.spec.name, _stamp(slot))
+        for run in batch.made:
+            late = now - (run.created if run.slot is None else _epoch(run.slot))
+            if late > TICK_GRACE:
+                log.warning("script %s: slot %s runs %.0f s late", run.script, run.slot, late)
+        if batch.to_start:
+            starting = asyncio.create_task(self.runner.start(batch.to_start))
+            self._starts.add(starting)
+            starting.add_done_callback(self._starts.discard)
+        singles: dict[int, list[float]] = {}
+        scripts: dict[int, ScriptRecord] = {}
+        for script, slot in batch.later:
+            singles.setdefault(script.id, []).append(slot)
+            scripts[script.id] = script
+        started = []
+        for script_id, slots in singles.items():
+            task = asyncio.create_task(self._trigger(scripts[script_id], slots, at))
+            self._in_flight[script_id] = task
+            task.add_done_callback(functools.partial(self._done, script_id))
             started.append(task)
         return started
 
@@ -174,28 +243,45 @@ class Scheduler:
         )
 
     async def _trigger(
-        self, script: ScriptRecord, slots: list[datetime.datetime], at: datetime.datetime
+        self, script: ScriptRecord, slots: list[float], at: datetime.datetime
     ) -> int | None:
-        """Trigger ``slots`` in order; the id of the last run made (None if none was)."""
+        """Trigger ``slots`` in order, one at a time; the id of the last run made (None if
+        none was)."""
         spec = script.spec
         last = None
         for slot in slots:
-            stamp = slot.strftime("%Y-%m-%dT%H:%M:%SZ")
-            late = (at - slot).total_seconds()
-            if late > TICK_GRACE:
-                log.warning("script %s: slot %s runs %.0f s late", spec.name, stamp, late)
+            stamp = _stamp(slot)
             # Trigger first, then move the cursor: a crash in between retries the slot, and the
             # store's unique key turns the retry into a no-op.
             try:
-                run = await self.runner.trigger(
-                    script, Trigger(TriggerKind.CRON, stamp), slot=slot.timestamp()
-                )
+                run = await self.runner.trigger(script, Trigger(TriggerKind.CRON, stamp), slot=slot)
             except HgrunError as e:
                 log.warning("script %s: slot %s not run: %s", spec.name, stamp, e.message)
                 run = None
-            self.store.set_cursor(script.id, slot.timestamp())
+            self.store.set_cursor(script.id, slot)
             if run is None:
                 log.info("script %s: slot %s already has its run", spec.name, stamp)
             else:
                 last = run.id
         return last
+
+
+@functools.lru_cache(maxsize=4096)
+def _next_slot_after_minute(cron: str, timezone: str, minute: float) -> float:
+    """The first slot after any instant of the whole minute ``minute`` (slots fall on whole
+    minutes, so it is the first after the minute's start): computed once a minute per
+    schedule, however often the loop wakes."""
+    at = datetime.datetime.fromtimestamp(minute, datetime.UTC)
+    return next_fire(cron, timezone, at).timestamp()
+
+
+def _stamp(slot: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot))
+
+
+def _epoch(stamp: str) -> float:
+    return (
+        datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")
+        .replace(tzinfo=datetime.UTC)
+        .timestamp()
+    )

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from hgrun.errors import (
     ConflictError,
@@ -26,6 +27,7 @@ from hgrun.errors import (
 )
 from hgrun.lifecycle import Outcome
 from hgrun.models import (
+    Concurrency,
     Release,
     Run,
     RunStatus,
@@ -39,7 +41,7 @@ from hgrun.server.auth import RUN_TOKEN_PREFIX, new_token, parent_of
 from hgrun.server.launcher import Launcher, Request
 from hgrun.server.networks import check_network
 from hgrun.server.recovery import process_gone
-from hgrun.store import Store
+from hgrun.store import NewRun, Store
 
 # A script's decision lease on a shared store: held for one trigger (a replace waits for its
 # victims); a holder that dies frees it at its expiry, or at once on this host.
@@ -50,6 +52,21 @@ INPUT_VAR = "HOSTINGGURU_RUN_INPUT"
 INPUT_VAR_SHORT = "HGRUN_RUN_INPUT"  # the same bytes, under hgrun's own prefix
 MAX_INPUT = 64 * 1024
 MAX_FANOUT_DEPTH = 5  # runs started by runs started by runs ...: a self-triggering script stops
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotRuns:
+    """What :meth:`ScriptRunner.record_slots` did with a batch of due cron slots."""
+
+    made: list[Run]
+    """The runs recorded (started, queued or skipped by each script's policy), in slot order."""
+    to_start: list[Run]
+    """Those of ``made`` the policy starts: recorded ``starting``; :meth:`ScriptRunner.start`."""
+    already: list[tuple[ScriptRecord, float]]
+    """Slots that already had their run (another process, or an earlier try, made it)."""
+    later: list[tuple[ScriptRecord, float]]
+    """Slots left to :meth:`ScriptRunner.trigger`, one at a time: their script has a trigger in
+    flight here, or concurrency ``replace`` (its runs in flight are stopped first)."""
 
 
 class ScriptRunner:
@@ -69,6 +86,9 @@ class ScriptRunner:
         self.server_url = server_url
         self.clock = clock
         self.allowed_networks: frozenset[str] = frozenset()  # see hgrun.server.networks
+        # How many recorded runs :meth:`start` hands the engine at once: creating and attaching
+        # more containers at a time than the engine's own pool serves only makes each wait.
+        self.starts = asyncio.Semaphore(launcher.supervisor.engine.concurrency)
         self._locks: collections.defaultdict[int, asyncio.Lock] = collections.defaultdict(
             asyncio.Lock
         )
@@ -168,6 +188,108 @@ class ScriptRunner:
                 with contextlib.suppress(HgrunError):
                     self.store.release_lease(name, owner)
 
+    def record_slots(self, due: Sequence[tuple[ScriptRecord, float]]) -> SlotRuns:
+        """Record the runs of due cron slots ``(script, slot)``, oldest slot first per script,
+        with the scripts' cron cursors, in one store transaction: a thousand scripts due at
+        once are recorded within milliseconds of their slot, whatever the engine then takes.
+        (On PostgreSQL, a store several servers share, every slot is left to :meth:`trigger`.)
+
+        Each script's concurrency policy decides as :meth:`trigger` does, counting the runs
+        this batch makes; a run the policy starts is recorded ``starting`` (so it counts as
+        active at once, its lease held here) and held out of recovery until :meth:`start`
+        launches it. A slot that
+        cannot run (no release, a network the server does not allow, a size the host cannot
+        give) is logged and passed, as its cursor moves. No ``await``: nothing else in this
+        process runs between the counts and the insert.
+        """
+        releases: dict[int, Release | None] = {}
+        counts: dict[int, dict[RunStatus, int]] = {}
+        batch: list[tuple[ScriptRecord, float, NewRun]] = []
+        cursors: dict[int, float] = {}
+        later: list[tuple[ScriptRecord, float]] = []
+        # On a store shared by several servers (PostgreSQL) each decision holds the script's
+        # lease (``_exclusive``): slots go one at a time there, as triggers do.
+        shared = self.store.backend == "postgresql"
+        for script, slot in due:
+            spec = script.spec
+            if shared or spec.concurrency is Concurrency.REPLACE or self._locks[script.id].locked():
+                later.append((script, slot))
+                continue
+            stamp = _slot_key(slot)
+            if script.app_id not in releases:
+                releases[script.app_id] = self.store.latest_release(script.app_id)
+            release = releases[script.app_id]
+            if release is None:
+                log.warning("script %s: slot %s not run: the app has no release", spec.name, stamp)
+                cursors[script.id] = max(slot, cursors.get(script.id, slot))
+                continue
+            try:
+                check_network(
+                    release.manifest.network, self.allowed_networks, f"script {spec.name}"
+                )
+                if not self.launcher.users.check_known(
+                    release.manifest.user, release.image, f"script {spec.name}"
+                ):
+                    later.append((script, slot))  # the image's user needs an engine call
+                    continue
+            except HgrunError as e:
+                log.warning("script %s: slot %s not run: %s", spec.name, stamp, e.message)
+                cursors[script.id] = max(slot, cursors.get(script.id, slot))
+                continue
+            cursors[script.id] = max(slot, cursors.get(script.id, slot))
+            try:
+                if script.id not in counts:
+                    counts[script.id] = self.store.script_run_counts(script.id)
+                have = counts[script.id]
+                queued = have.get(RunStatus.QUEUED, 0)
+                active = have.get(RunStatus.STARTING, 0) + have.get(RunStatus.RUNNING, 0)
+                decision = decide(spec.concurrency, active, queued, self.backlog)
+                status = {
+                    Decision.START: RunStatus.STARTING,
+                    Decision.ENQUEUE: RunStatus.QUEUED,
+                }.get(decision, RunStatus.SKIPPED)
+                why = skip_reason(spec.concurrency, active, queued, self.backlog)
+                request = self._request(
+                    script, release, Trigger(TriggerKind.CRON, stamp), None, stamp, None,
+                    True, False, status, why, status is RunStatus.STARTING,
+                )  # fmt: skip
+                with _saying_where(script):
+                    new = self.launcher.prepare(request)
+            except HgrunError as e:
+                log.warning("script %s: slot %s not run: %s", spec.name, stamp, e.message)
+                continue
+            if status is not RunStatus.SKIPPED:
+                have[status] = have.get(status, 0) + 1
+            batch.append((script, slot, new))
+        made = self.store.create_runs([new for _, _, new in batch], cursors=cursors)
+        runs = [run for run in made if run is not None]
+        to_start = [run for run in runs if run.status is RunStatus.STARTING]
+        # Recovery (here, every lease period) must not launch these itself: start() does.
+        self.supervisor.pending.update(run.id for run in to_start)
+        already = [(s, slot) for (s, slot, _), run in zip(batch, made, strict=True) if run is None]
+        return SlotRuns(made=runs, to_start=to_start, already=already, later=later)
+
+    async def start(self, runs: Sequence[Run]) -> None:
+        """Launch runs :meth:`record_slots` recorded ``starting``, in order, at most
+        ``self.starts`` at a time. A run that cannot start is recorded failed by the supervisor
+        (and logged here); one taken up meanwhile (by another server) is left to it."""
+
+        async def one(run: Run) -> None:
+            async with self.starts:
+                try:
+                    await self._launch(run, self.store.release(run.release_id))
+                except ConflictError as e:
+                    log.info("run %s: not started here: %s", run.id, e.message)
+                except Exception as e:
+                    log.warning("run %s: could not start: %s", run.id, e)
+                finally:
+                    self.supervisor.pending.discard(run.id)
+
+        try:
+            await asyncio.gather(*(one(run) for run in runs))
+        finally:  # cancelled (a shutdown): what did not start is recovery's at the next start
+            self.supervisor.pending.difference_update(run.id for run in runs)
+
     def _create(
         self,
         script: ScriptRecord,
@@ -183,35 +305,51 @@ class ScriptRunner:
         *,
         held: bool = False,
     ) -> Run:
+        stamp = None if slot is None else _slot_key(slot)
+        request = self._request(
+            script, release, trigger, input_json, stamp, parent_run, detached, tty, status, why,
+            held,
+        )  # fmt: skip
+        with _saying_where(script):
+            return self.launcher.create(request)
+
+    def _request(
+        self,
+        script: ScriptRecord,
+        release: Release,
+        trigger: Trigger,
+        input_json: str | None,
+        slot: str | None,
+        parent_run: int | None,
+        detached: bool,
+        tty: bool,
+        status: RunStatus,
+        why: str | None,
+        held: bool,
+    ) -> Request:
         spec = script.spec
         env = {} if input_json is None else {INPUT_VAR: input_json, INPUT_VAR_SHORT: input_json}
-        try:
-            return self.launcher.create(
-                Request(
-                    workspace=script.workspace,
-                    app_id=script.app_id,
-                    release=release,
-                    trigger=trigger,
-                    process=spec.process,
-                    shell=None if spec.process else spec.command,
-                    size=spec.size,
-                    timeout=spec.timeout,
-                    env=env,
-                    detached=detached,
-                    tty=tty,
-                    script=spec.name,
-                    script_id=script.id,
-                    slot=None if slot is None else _slot_key(slot),
-                    parent_run=parent_run,
-                    status=status,
-                    why=why,
-                    held=held,
-                )
-            )
-        except InputError as e:
-            e.message = f"script {spec.name}: {e.message}"  # the same error, saying where
-            e.args = (e.message,)
-            raise
+        request = Request(
+            workspace=script.workspace,
+            app_id=script.app_id,
+            release=release,
+            trigger=trigger,
+            process=spec.process,
+            shell=None if spec.process else spec.command,
+            size=spec.size,
+            timeout=spec.timeout,
+            env=env,
+            detached=detached,
+            tty=tty,
+            script=spec.name,
+            script_id=script.id,
+            slot=slot,
+            parent_run=parent_run,
+            status=status,
+            why=why,
+            held=held,
+        )
+        return request
 
     def fanout_depth(self, run_id: int) -> int:
         """How many runs started by runs lead to ``run_id``: 1 for a run a person, a token or
@@ -306,6 +444,17 @@ def trigger_for(token_name: str, scope: Scope) -> Trigger:
     if parent_of(token_name) is not None:
         return Trigger(TriggerKind.RUN, token_name)
     return Trigger(TriggerKind.USER if scope is Scope.ADMIN else TriggerKind.API, token_name)
+
+
+@contextlib.contextmanager
+def _saying_where(script: ScriptRecord) -> Iterator[None]:
+    """An InputError about a script's run names the script (the same error, saying where)."""
+    try:
+        yield
+    except InputError as e:
+        e.message = f"script {script.spec.name}: {e.message}"
+        e.args = (e.message,)
+        raise
 
 
 def _slot_key(slot: float) -> str:

@@ -85,6 +85,9 @@ class Supervisor:
         self.tick = tick
         self.lease_ttl = lease_ttl
         self.sessions: dict[int, RunSession] = {}
+        # Runs recorded `starting` that a caller here is about to launch (a cron slot's batch,
+        # see ScriptRunner.record_slots): recovery leaves them, as it leaves those in sessions.
+        self.pending: set[int] = set()
         self.owner = lease_owner(secrets.token_hex(4))
         # Called with each run once its outcome is stored (scripts start their queue from here).
         self.on_finish: list[Callable[[Run], Awaitable[None]]] = []

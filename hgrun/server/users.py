@@ -50,6 +50,21 @@ class UserPolicy:
         self.require_non_root = require_non_root
         self._known: dict[str, str] = {}
 
+    def check_known(self, user: str | None, image: str, what: str) -> bool:
+        """:meth:`check` without an engine call: False when it needs one (the image's user is
+        not known yet; then call :meth:`check`), True when the runs may go; ForbiddenError when
+        they are refused."""
+        if not self.require_non_root:
+            return True
+        image_user = ""
+        if user is None:
+            known = self._known.get(image)
+            if known is None:
+                return False
+            image_user = known
+        check_user(user, image_user, self.require_non_root, what)
+        return True
+
     async def check(self, user: str | None, image: str, what: str) -> None:
         """Raise ForbiddenError when runs of ``image`` as the manifest's ``user`` would be root
         and that is refused."""

@@ -13,11 +13,11 @@ from hgrun.store.apps import AppStore
 from hgrun.store.base import StoreBase
 from hgrun.store.nodes import NodeEndpoint, NodeStore
 from hgrun.store.output import NewChunk, OutputStore
-from hgrun.store.runs import RunStore
+from hgrun.store.runs import NewRun, RunStore
 from hgrun.store.scripts import ScriptStore
 from hgrun.store.tokens import TokenStore, hash_token
 
-__all__ = ["NewChunk", "NodeEndpoint", "Store", "hash_token"]
+__all__ = ["NewChunk", "NewRun", "NodeEndpoint", "Store", "hash_token"]
 
 
 class Store(TokenStore, AppStore, RunStore, ScriptStore, OutputStore, NodeStore, StoreBase):

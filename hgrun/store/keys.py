@@ -90,20 +90,48 @@ class Sealer:
 
     def __init__(self, keys: list[bytes]) -> None:
         self._fernet = MultiFernet([Fernet(k) for k in keys])
+        # Fernet costs ~0.1 ms a call in Python, and every trigger of a script seals the same
+        # env snapshot (its release's) and every listing opens the same few: the latest
+        # values each way are kept. Equal snapshots then share one ciphertext, which tells a
+        # reader of the store that two runs had the same env: their release and input say so
+        # already. Bounded (SEAL_CACHE short values): distinct inputs cost little memory.
+        self._sealed: dict[str, str] = {}
+        self._opened: dict[str, str] = {}
 
     def seal(self, text: str) -> str:
-        return SEALED + self._fernet.encrypt(text.encode()).decode("ascii")
+        sealed = self._sealed.get(text)
+        if sealed is None:
+            sealed = SEALED + self._fernet.encrypt(text.encode()).decode("ascii")
+            _remember(self._sealed, text, sealed)
+        return sealed
 
     def open(self, value: str) -> str:
         if not value.startswith(SEALED):
             return value
+        opened = self._opened.get(value)
+        if opened is not None:
+            return opened
         try:
-            return self._fernet.decrypt(value[len(SEALED) :].encode("ascii")).decode()
+            opened = self._fernet.decrypt(value[len(SEALED) :].encode("ascii")).decode()
+            _remember(self._opened, value, opened)
+            return opened
         except InvalidToken as e:
             raise StoreError(
                 "a secret in the store does not decrypt with the audit key",
                 f"start the server with the key it was written with ({KEY_ENV} or {KEY_FILE})",
             ) from e
+
+
+SEAL_CACHE = 256  # values kept each way by a Sealer
+SEAL_CACHE_TEXT = 8 * 1024  # longer values are not kept (at most ~4 MB each way)
+
+
+def _remember(cache: dict[str, str], key: str, value: str) -> None:
+    if len(key) > SEAL_CACHE_TEXT:
+        return
+    if len(cache) >= SEAL_CACHE:
+        cache.pop(next(iter(cache)))  # the oldest (dicts keep insertion order)
+    cache[key] = value
 
 
 def private_dir(path: Path) -> None:

@@ -11,6 +11,7 @@ check and the write are atomic against other threads, tasks and processes on the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -20,6 +21,99 @@ from hgrun.errors import ConflictError, NotFoundError
 from hgrun.models import Run, RunStatus, Trigger, TriggerKind
 from hgrun.store.base import ACTIVE_SQL, StoreBase, run_lease
 from hgrun.store.database import Connection
+
+
+@dataclasses.dataclass(frozen=True)
+class NewRun:
+    """A run to insert (see :meth:`RunStore.create_runs`)."""
+
+    workspace: str
+    app_id: int
+    release_id: int
+    command: Sequence[str]
+    process_type: str | None
+    tty: bool
+    detached: bool
+    uploads: bool
+    size: str
+    timeout: float
+    env: Mapping[str, str]
+    trigger: Trigger
+    script: str | None = None
+    slot: str | None = None
+    parent_run: int | None = None
+    status: RunStatus = RunStatus.QUEUED
+    script_id: int | None = None
+    error: str | None = None
+    holder: tuple[str, float] | None = None  # (owner, ttl) of the run's lease, made with it
+
+
+_RUN_COLUMNS = (
+    "workspace", "app_id", "release_id", "command", "process_type", "tty", "detached", "uploads",
+    "size", "timeout", "env", "trigger_kind", "trigger_name", "script", "slot", "parent_run",
+    "status", "created", "script_id", "error", "finished",
+)  # fmt: skip
+# DO NOTHING on the one unique key a new run can hit, (script, slot): no row comes back.
+_INSERT_RUN = (
+    f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(_RUN_COLUMNS))}) ON CONFLICT DO NOTHING RETURNING id"
+)
+
+
+def _inserted(run_id: int, new: NewRun, now: float) -> Run:
+    return Run(
+        id=run_id,
+        workspace=new.workspace,
+        app_id=new.app_id,
+        release_id=new.release_id,
+        command=list(new.command),
+        process_type=new.process_type,
+        tty=new.tty,
+        detached=new.detached,
+        uploads=new.uploads,
+        size=new.size,
+        timeout=new.timeout,
+        env=dict(new.env),
+        trigger=new.trigger,
+        script=new.script,
+        slot=new.slot,
+        parent_run=new.parent_run,
+        status=new.status,
+        exit_code=None,
+        oom=False,
+        container_id=None,
+        error=new.error,
+        created=now,
+        started=None,
+        finished=now if new.status.finished else None,
+        script_id=new.script_id,
+    )
+
+
+def _run_values(new: NewRun, seal: Callable[[str], str], now: float) -> tuple[Any, ...]:
+    return (
+        new.workspace,
+        new.app_id,
+        new.release_id,
+        json.dumps(list(new.command)),
+        new.process_type,
+        int(new.tty),
+        int(new.detached),
+        int(new.uploads),
+        new.size,
+        new.timeout,
+        seal(json.dumps(dict(new.env))),
+        new.trigger.kind.value,
+        new.trigger.name,
+        new.script,
+        new.slot,
+        new.parent_run,
+        new.status.value,
+        now,
+        new.script_id,
+        new.error,
+        now if new.status.finished else None,
+    )
 
 
 class RunStore(StoreBase):
@@ -58,48 +152,50 @@ class RunStore(StoreBase):
         ``holder``: (owner, ttl) of the run's lease (``run_lease``), taken in the same
         transaction: a run its server launches at once is never seen unheld by another server's
         recovery (which would start it too, or find it without a container and lose it)."""
-        if status not in lifecycle.INITIAL:
-            raise ValueError(f"a run cannot be created {status.value}")
-        finished = self._clock() if status.finished else None
+        new = NewRun(
+            workspace=workspace, app_id=app_id, release_id=release_id, command=command,
+            process_type=process_type, tty=tty, detached=detached, uploads=uploads, size=size,
+            timeout=timeout, env=env, trigger=trigger, script=script, slot=slot,
+            parent_run=parent_run, status=status, script_id=script_id, error=error,
+            holder=holder,
+        )  # fmt: skip
+        made = self.create_runs([new])[0]
+        if made is None:
+            raise ConflictError(f"script {script_id} already has a run for slot {slot}")
+        return made
+
+    def create_runs(
+        self, new: Sequence[NewRun], *, cursors: Mapping[int, float] | None = None
+    ) -> list[Run | None]:
+        """Insert ``new`` in one transaction, in order; the runs made. A run whose script
+        already has a run of its cron slot is not made: None in its place (the unique key on
+        (script, slot) decides, across processes too). ``cursors`` (script id -> the cron
+        cursor, epoch seconds) are written in the same transaction: a slot's runs and the
+        scheduler's cursor move together or not at all. Every run of one call has the same
+        ``created``; a run with a ``holder`` is made with its lease (see :meth:`create_run`)."""
+        for one in new:
+            if one.status not in lifecycle.INITIAL:
+                raise ValueError(f"a run cannot be created {one.status.value}")
+        now = self._clock()
+        made: list[Run | None] = []
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO runs (workspace, app_id, release_id, command, process_type, tty,"
-                " detached, uploads, size, timeout, env, trigger_kind, trigger_name, script, slot,"
-                " parent_run, status, created, script_id, error, finished)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " RETURNING *",
-                (
-                    workspace,
-                    app_id,
-                    release_id,
-                    json.dumps(list(command)),
-                    process_type,
-                    int(tty),
-                    int(detached),
-                    int(uploads),
-                    size,
-                    timeout,
-                    self._seal(json.dumps(dict(env))),
-                    trigger.kind.value,
-                    trigger.name,
-                    script,
-                    slot,
-                    parent_run,
-                    status.value,
-                    self._clock(),
-                    script_id,
-                    error,
-                    finished,
-                ),
-            )
-            row = cur.fetchone()
-            if holder is not None:
-                owner, ttl = holder
-                db.execute(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    (f"lease:{run_lease(row['id'])}", f"{owner} {self._clock() + ttl}"),
-                )
-        return run_from_row(row, self._unseal)
+            for one in new:
+                row = db.execute(_INSERT_RUN, _run_values(one, self._seal, now)).fetchone()
+                # The run as inserted, from the values at hand: reading the row back would
+                # decrypt the env snapshot just encrypted.
+                if row is None:
+                    made.append(None)
+                    continue
+                made.append(_inserted(int(row["id"]), one, now))
+                if one.holder is not None and not one.status.finished:
+                    owner, ttl = one.holder
+                    db.execute(
+                        "INSERT INTO meta (key, value) VALUES (?, ?)",
+                        (f"lease:{run_lease(int(row['id']))}", f"{owner} {now + ttl}"),
+                    )
+            for script_id, cursor in (cursors or {}).items():
+                db.execute("UPDATE scripts SET cursor = ? WHERE id = ?", (cursor, script_id))
+        return made
 
     def run(self, run_id: int, workspace: str | None = None) -> Run:
         row = self._one("SELECT * FROM runs WHERE id = ?", (run_id,))

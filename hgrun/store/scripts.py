@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -133,12 +134,19 @@ class ScriptStore(StoreBase):
             return len(doomed)
 
 
+@functools.lru_cache(maxsize=4096)
+def _spec(text: str) -> Script:
+    """A stored spec, decoded once: every trigger and every scheduler wake-up reads it, and a
+    Script is immutable."""
+    return script_from_json(json.loads(text))
+
+
 def _script(row: Any) -> ScriptRecord:
     return ScriptRecord(
         id=row["id"],
         workspace=row["workspace"],
         app_id=row["app_id"],
-        spec=script_from_json(json.loads(row["spec"])),
+        spec=_spec(row["spec"]),
         cursor=row["cursor"],
         active=bool(row["active"]),
     )

@@ -50,7 +50,8 @@ class Server:
     host_cpus: int  # the most one run may ask for (the dashboard's shell checks it too)
     host_memory: int
     clock: Callable[[], float] = time.time
-    scheduler_ticks: Callable[[], int] = lambda: 0  # how often the cron loop has ticked
+    scheduler_ticks: Callable[[], int] = lambda: 0  # how often the cron loop has woken
+    scheduler_wake: Callable[[], None] = lambda: None  # the scripts changed: evaluate them now
     workers: Workers = dataclasses.field(default_factory=Workers)
     uploading: set[int] = dataclasses.field(default_factory=set)  # runs taking an upload now
     allowed_networks: frozenset[str] = frozenset()  # beyond none and bridge (hgrun.server.networks)

@@ -226,11 +226,13 @@ async def create_release(server: Server, request: Request) -> Response:
     ):
         # Nothing changed: the live release stands, as `git push` of the same commit does.
         server.store.sync_scripts(caller.workspace, app.id, manifest.scripts)
+        server.scheduler_wake()  # a new schedule may fire before the one it sleeps for
         return JSONResponse({**release_json(latest), "unchanged": True})
     release = _new_release(
         server, app, image, context_hash, procfile, manifest, "Deploy", caller.name
     )
     server.store.sync_scripts(caller.workspace, app.id, manifest.scripts)
+    server.scheduler_wake()  # a new schedule may fire before the one it sleeps for
     return JSONResponse(release_json(release), status_code=201)
 
 
@@ -298,6 +300,7 @@ async def rollback(server: Server, request: Request) -> Response:
         actor=caller.name,
     )
     server.store.sync_scripts(caller.workspace, app.id, target.manifest.scripts)
+    server.scheduler_wake()  # a new schedule may fire before the one it sleeps for
     log.info("app %s: rolled back to v%s as v%s", app.name, target.version, release.version)
     return JSONResponse(release_json(release), status_code=201)
 
