@@ -86,9 +86,10 @@ class ScriptRunner:
         self.server_url = server_url
         self.clock = clock
         self.allowed_networks: frozenset[str] = frozenset()  # see hgrun.server.networks
-        # How many recorded runs :meth:`start` hands the engine at once: creating and attaching
-        # more containers at a time than the engine's own pool serves only makes each wait.
-        self.starts = asyncio.Semaphore(launcher.supervisor.engine.concurrency)
+        # How many recorded runs :meth:`start` hands the engine at once (made at the first
+        # start): creating and attaching more containers at a time than the engine's own pool
+        # serves only makes each wait.
+        self.starts: asyncio.Semaphore | None = None
         self._locks: collections.defaultdict[int, asyncio.Lock] = collections.defaultdict(
             asyncio.Lock
         )
@@ -274,8 +275,12 @@ class ScriptRunner:
         ``self.starts`` at a time. A run that cannot start is recorded failed by the supervisor
         (and logged here); one taken up meanwhile (by another server) is left to it."""
 
+        if self.starts is None:
+            self.starts = asyncio.Semaphore(self.supervisor.engine.concurrency)
+        starts = self.starts
+
         async def one(run: Run) -> None:
-            async with self.starts:
+            async with starts:
                 try:
                     await self._launch(run, self.store.release(run.release_id))
                 except ConflictError as e:
