@@ -30,7 +30,7 @@ and holds the latest figures. Each figure is printed with its target (issue 11).
 3. Listing: a copy of the server's store with R runs written into it by one SQL statement
    (interleaved across 100 scripts; the columns are read from the real ``runs`` table and a real
    run is the template, so the seed follows the schema), made once and kept under
-   ``HGRUN_BENCH_CACHE`` (default ~/.cache/hgrun/bench; 10,000,000 runs are about 2.6 GB), a
+   ``HGRUN_BENCH_CACHE`` (default ~/.cache/hgrun/bench; 10,000,000 runs are about 4 GB), a
    server started on it, and ``GET /v1/scripts/{id}/runs?limit=50`` timed 500 times (then 500
    more with ``before=`` in the middle of the script's runs), one request at a time over
    loopback (target p95 < 5 ms). The same SQL alone, and ``EXPLAIN QUERY PLAN``, are reported.

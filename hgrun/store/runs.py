@@ -12,6 +12,7 @@ check and the write are atomic against other threads, tasks and processes on the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -410,25 +411,45 @@ class RunStore(StoreBase):
         return [run_from_row(r, self._unseal) for r in rows]
 
 
+# A listing decodes 50 rows a request, mostly with the same few commands and env snapshots:
+# each JSON text is decoded once (and copied per run, so no two runs share a mutable value),
+# and statuses are looked up, not built through Enum.__call__.
+_STATUSES = {status.value: status for status in RunStatus}
+_TRIGGER_KINDS = {kind.value: kind for kind in TriggerKind}
+
+
+@functools.lru_cache(maxsize=1024)
+def _decoded(text: str) -> Any:
+    return json.loads(text)
+
+
+def _list(text: str) -> list[str]:
+    return list(_decoded(text)) if len(text) <= 4096 else json.loads(text)
+
+
+def _dict(text: str) -> dict[str, str]:
+    return dict(_decoded(text)) if len(text) <= 4096 else json.loads(text)
+
+
 def run_from_row(row: Any, unseal: Callable[[str], str]) -> Run:
     return Run(
         id=row["id"],
         workspace=row["workspace"],
         app_id=row["app_id"],
         release_id=row["release_id"],
-        command=json.loads(row["command"]),
+        command=_list(row["command"]),
         process_type=row["process_type"],
         tty=bool(row["tty"]),
         detached=bool(row["detached"]),
         uploads=bool(row["uploads"]),
         size=row["size"],
         timeout=row["timeout"],
-        env=json.loads(unseal(row["env"])),
-        trigger=Trigger(TriggerKind(row["trigger_kind"]), row["trigger_name"]),
+        env=_dict(unseal(row["env"])),
+        trigger=Trigger(_TRIGGER_KINDS[row["trigger_kind"]], row["trigger_name"]),
         script=row["script"],
         slot=row["slot"],
         parent_run=row["parent_run"],
-        status=RunStatus(row["status"]),
+        status=_STATUSES[row["status"]],
         exit_code=row["exit_code"],
         oom=bool(row["oom"]),
         container_id=row["container_id"],
