@@ -183,19 +183,22 @@ class Scheduler:
         at = datetime.datetime.fromtimestamp(now, datetime.UTC)
         up_since, self.up_since = self.up_since, self.up_since or at
         due: list[tuple[ScriptRecord, float]] = []
+        # The slots of one schedule from one cursor are the same for every script that shares
+        # them (a thousand `* * * * *` scripts whose cursors moved together): computed once.
+        memo: dict[tuple[object, ...], list[datetime.datetime]] = {}
         for script in self.store.scripts(cron_only=True):
             if script.id in self._in_flight:
                 continue
-            due += [(script, slot.timestamp()) for slot in self._due(script, at, up_since)]
+            due += [(script, slot.timestamp()) for slot in self._due(script, at, up_since, memo)]
         if not due:
             return []
         batch = self.runner.record_slots(due)
         for script, slot in batch.already:
             log.info("script %s: slot %s already has its run", script.spec.name, _stamp(slot))
-        for run in batch.made:
-            late = now - (run.created if run.slot is None else _epoch(run.slot))
-            if late > TICK_GRACE:
-                log.warning("script %s: slot %s runs %.0f s late", run.script, run.slot, late)
+        for script, slot in due:
+            if now - slot > TICK_GRACE:
+                log.warning("script %s: slot %s runs %.0f s late", script.spec.name,
+                            _stamp(slot), now - slot)  # fmt: skip
         if batch.to_start:
             starting = asyncio.create_task(self.runner.start(batch.to_start))
             self._starts.add(starting)
@@ -221,6 +224,7 @@ class Scheduler:
         script: ScriptRecord,
         now: datetime.datetime,
         up_since: datetime.datetime | None,
+        memo: dict[tuple[object, ...], list[datetime.datetime]] | None = None,
     ) -> list[datetime.datetime]:
         spec = script.spec
         if spec.cron is None:
@@ -231,7 +235,10 @@ class Scheduler:
             cursor = None
         else:
             cursor = datetime.datetime.fromtimestamp(script.cursor, datetime.UTC)
-        return slots_to_run(
+        key = (spec.cron, spec.timezone, spec.catchup, cursor, spec.starting_deadline)
+        if memo is not None and key in memo:
+            return memo[key]
+        slots = slots_to_run(
             spec.cron,
             spec.timezone,
             spec.catchup,
@@ -241,6 +248,9 @@ class Scheduler:
             up_since=up_since,
             tick_grace=TICK_GRACE,
         )
+        if memo is not None:
+            memo[key] = slots
+        return slots
 
     async def _trigger(
         self, script: ScriptRecord, slots: list[float], at: datetime.datetime
@@ -277,11 +287,3 @@ def _next_slot_after_minute(cron: str, timezone: str, minute: float) -> float:
 
 def _stamp(slot: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot))
-
-
-def _epoch(stamp: str) -> float:
-    return (
-        datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")
-        .replace(tzinfo=datetime.UTC)
-        .timestamp()
-    )
