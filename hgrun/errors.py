@@ -159,6 +159,13 @@ class StoreError(HgrunError):
     http_status = 500
 
 
+class StoreFullError(StoreError):
+    """The disk of the data directory is full: nothing can be recorded until space returns."""
+
+    code = "store_full"
+    http_status = 507  # Insufficient Storage, RFC 4918 section 11.5
+
+
 class UnreachableError(HgrunError):
     """The CLI could not reach the server."""
 
@@ -184,6 +191,7 @@ _BY_CODE: dict[str, type[HgrunError]] = {
         CommandNotFoundError,
         NotExecutableError,
         StoreError,
+        StoreFullError,
         UnreachableError,
     )
 }

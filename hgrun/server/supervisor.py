@@ -31,6 +31,7 @@ from hgrun.errors import (
     HgrunError,
     NodeLostError,
     NotFoundError,
+    StoreError,
 )
 from hgrun.lifecycle import (
     Limits,
@@ -60,6 +61,7 @@ FLUSH_BYTES = 1024 * 1024  # output held before a flush to the store starts (off
 HOLD_BYTES = 4 * 1024 * 1024  # output held past which the pump waits for the store
 FLUSH_SECONDS = 0.2
 LEASE_TTL = 15.0  # renewed every few seconds; a SIGKILLed holder frees it within this
+STORE_RETRY = 2.0  # seconds between tries to record a run's end the store refused (a full disk)
 AUDIT_CAP = 1024 * 1024  # input and output kept in an audit record, each (the tail past it)
 
 Audit = Callable[[str, Run, dict[str, Any]], None]
@@ -421,11 +423,21 @@ class Supervisor:
         now = self.clock()
         if result.message and result.status is not RunStatus.SUCCEEDED:
             session.note(result.message, now)
-        await self.output.flush(session)
         started = state.started_at if state and state.started_at and run.started else None
         finished = state.finished_at if state and state.finished_at else now
-        # The engine's clock on both ends, so a short run never ends before it began.
-        session.run = self.store.record_outcome(run.id, result, finished=finished, started=started)
+        while True:
+            try:
+                await self.output.flush(session)
+                # The engine's clock on both ends, so a short run never ends before it began.
+                session.run = self.store.record_outcome(
+                    run.id, result, finished=finished, started=started
+                )
+                break
+            except StoreError as e:
+                # A full disk: the output still held and the outcome are recorded once space
+                # returns; the run is not left active for ever, nor recorded without its end.
+                log.error("run %s: cannot record its end (%s); retrying", run.id, e.message)
+                await asyncio.sleep(STORE_RETRY)
         stored = session.run  # the first final state wins: what is stored is what happened
         for hook in self.on_outcome:
             try:

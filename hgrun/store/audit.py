@@ -27,6 +27,7 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from hgrun.errors import StoreError
+from hgrun.store.database import store_error
 from hgrun.store.keys import KEY_ENV, load_key
 
 __all__ = ["KEY_ENV", "AuditLog", "AuditPage", "AuditProblem", "AuditRecord", "load_key"]
@@ -172,8 +173,9 @@ class AuditLog:
                 self._write_head(new_id, _digest(token))
                 self._db.execute("COMMIT")
             except sqlite3.Error as e:
-                self._db.execute("ROLLBACK")
-                raise StoreError(f"cannot write the audit log: {e}") from e
+                if self._db.in_transaction:  # SQLite may have rolled back by itself (SQLITE_FULL)
+                    self._db.execute("ROLLBACK")
+                raise store_error(e, "cannot write the audit log") from e
 
     # -- reading and verifying --------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from hgrun.errors import ConflictError, StoreError
+from hgrun.errors import ConflictError, StoreError, StoreFullError
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -43,6 +43,16 @@ class Connection(Protocol):
 
 def is_postgres(target: Path | str) -> bool:
     return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
+
+
+def store_error(e: sqlite3.Error, what: str) -> StoreError:
+    """An SQLite error as the store's: a full disk (SQLITE_FULL) says so, with what to do."""
+    if getattr(e, "sqlite_errorname", "") == "SQLITE_FULL":
+        return StoreFullError(
+            f"{what}: the disk of the data directory is full",
+            "free space on the disk of the server's --data-dir; nothing is recorded until then",
+        )
+    return StoreError(f"{what}: {e}")
 
 
 def newer_schema(found: int, known: int, where: str) -> StoreError:
@@ -113,21 +123,25 @@ class SqliteDatabase(Database):
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._db
+                    self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    # A failed COMMIT (a full disk) leaves the transaction open, or SQLite has
+                    # already rolled it back: either way the next BEGIN must find none.
+                    if self._db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")
             except sqlite3.IntegrityError as e:
                 raise ConflictError(f"conflicting change: {e}") from e
             except sqlite3.Error as e:
-                raise StoreError(f"store error: {e}") from e
+                raise store_error(e, "store error") from e
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.Error as e:
-                raise StoreError(f"store error: {e}") from e
+                raise store_error(e, "store error") from e
 
     def migrate(self, migrations: Sequence[str]) -> None:
         try:
