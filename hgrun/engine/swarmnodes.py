@@ -87,6 +87,7 @@ class Nodes:
         self._registered = registered
         self._clock = clock
         self._lock = threading.Lock()
+        self._refresh = threading.Lock()
         self._clients: dict[str, NodeClient] = {}
         self._states: tuple[float, dict[str, str]] | None = None
         self._refreshed: tuple[float, Mapping[str, str], tuple[str, ...]] | None = None
@@ -121,17 +122,15 @@ class Nodes:
     def state(self, node_id: str) -> str:
         """Swarm's view of a node (ready, down, unknown, disconnected), read at most once a
         second for every caller (each run in flight asks while its output is quiet)."""
-        with self._lock:
+        with self._refresh:  # one caller asks the manager; the others wait for its answer
             cached = self._states
-        now = self._clock()
-        if cached is None or now - cached[0] > STATE_TTL:
-            states = {
-                str(n["ID"]): str((n.get("Status") or {}).get("State") or "unknown")
-                for n in self.raw()
-            }
-            cached = (now, states)
-            with self._lock:
-                self._states = cached
+            now = self._clock()
+            if cached is None or now - cached[0] > STATE_TTL:
+                states = {
+                    str(n["ID"]): str((n.get("Status") or {}).get("State") or "unknown")
+                    for n in self.raw()
+                }
+                cached = self._states = (now, states)
         return cached[1].get(node_id, "unknown")
 
     def excluded(self) -> tuple[str, ...]:
