@@ -174,10 +174,13 @@ class Nodes:
             return self._clients.setdefault(node_id, node)
 
     def connect(self, node_id: str, name: str, endpoint: str) -> NodeClient:
-        """Connect to a node's engine and check it answers; one clear error when it does not."""
-        api = self.probe(name, endpoint, timeout=120)
+        """Connect to a node's engine and check it answers (within seconds: an address that
+        drops packets must not hold the server's start for minutes); one clear error if not."""
+        self.probe(name, endpoint, timeout=10.0).close()
         tls = self.tls if endpoint.startswith("tcp://") else None
         with _translate(f"cannot reach swarm node {name} at {endpoint}"):
+            # Long calls (an image loaded, an archive read) need the long timeout.
+            api = api_client(endpoint, version=API_VERSION, timeout=120, tls=self.tls)
             engine = DockerEngine(endpoint, timeout=NODE_TIMEOUT, tls=tls, version=API_VERSION)
         return NodeClient(id=node_id, name=name, endpoint=endpoint, engine=engine, api=api)
 
