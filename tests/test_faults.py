@@ -32,7 +32,7 @@ from conftest import ServerFactory
 from support.api import Api
 from support.apps import BUSYBOX_IMAGE, deploy_busybox_app, unique, write_busybox_app
 from support.cli import Cli, check, cli_popen, run_id, text
-from support.server import HgrunServer, instance_id
+from support.server import HgrunServer, instance_id, run_containers
 from support.waits import wait_for
 
 READY = "echo ready; exec sleep 600"
@@ -94,11 +94,6 @@ def read_line(process: subprocess.Popen[bytes], timeout: float = 60) -> bytes:
     reader.join(timeout)
     assert got, f"no line from the CLI within {timeout} s"
     return got[0]
-
-
-def run_containers(client: docker.DockerClient, number: int) -> list[Any]:
-    # sparse: no inspect per container, which would race with its removal.
-    return client.containers.list(all=True, sparse=True, filters={"label": f"hgrun.run={number}"})
 
 
 def finish(
@@ -178,7 +173,9 @@ def test_ctrl_c_on_a_piped_run_exits_130_and_stops_the_run(
         # Without a TTY, Ctrl-C is the CLI's: it stops the remote command too, as docker run.
         info = api.finished_run(number)
         assert info["status"] == "canceled", info
-    wait_for(lambda: not run_containers(docker_client, number), 30, "the container removed")
+    wait_for(
+        lambda: not run_containers(docker_client, cli.server, number), 30, "the container removed"
+    )
 
 
 def tmux(socket_name: str, *args: str) -> str:
@@ -256,7 +253,7 @@ def test_a_dropped_client_past_the_grace_period_ends_the_run_canceled(
     assert "no client attached for 2s" in (info["error"] or ""), info
     # Not before the grace ran out (the run's finish is the engine's clock, this host's).
     assert info["finished"] >= dropped + 2 - 0.2, (info["finished"] - dropped, info)
-    wait_for(lambda: not run_containers(docker_client, number), 30, "the container removed")
+    wait_for(lambda: not run_containers(docker_client, srv, number), 30, "the container removed")
 
 
 def test_a_client_that_comes_back_within_the_grace_period_keeps_the_run(
@@ -338,12 +335,7 @@ def test_a_run_whose_container_vanished_while_the_server_was_down_is_lost(
         for number in (gone, kept):
             wait_for(lambda n=number: api.run(n)["status"] == "running", 60, f"run {number}")
     srv.stop(signal.SIGKILL)
-    # Other tests' servers number their runs from 1 too: this one is the run that sleeps 600.
-    (container,) = [
-        c
-        for c in run_containers(docker_client, gone)
-        if "sleep 600" in str(c.attrs.get("Command", ""))
-    ]
+    (container,) = run_containers(docker_client, srv, gone)
     container.remove(force=True)  # behind the server's back
     srv.start()
     with Api(srv) as api:
@@ -448,7 +440,7 @@ def test_an_upload_over_max_upload_is_413_and_the_run_never_starts(
         info = api.finished_run(number)
         assert info["status"] == "failed" and info["started"] is None, info
         assert marker not in "".join(line["line"] for line in api.log_lines(name, number))
-    wait_for(lambda: not run_containers(docker_client, number), 30, "the container removed")
+    wait_for(lambda: not run_containers(docker_client, srv, number), 30, "the container removed")
 
 
 # -- re-attach while the run is still going --------------------------------------------------

@@ -24,12 +24,8 @@ from conftest import ServerFactory
 from support.api import Api
 from support.apps import BUSYBOX_IMAGE, deploy_busybox_app, unique, write_busybox_app
 from support.cli import Cli, check
-from support.server import HgrunServer, free_port
+from support.server import HgrunServer, free_port, run_containers
 from support.waits import wait_for
-
-
-def _containers(client: docker.DockerClient, run: int) -> list[object]:
-    return list(client.containers.list(all=True, filters={"label": f"hgrun.run={run}"}))
 
 
 def test_a_stop_at_any_moment_leaves_no_container_and_a_canceled_run(
@@ -61,7 +57,11 @@ def test_a_stop_at_any_moment_leaves_no_container_and_a_canceled_run(
             run = api.finished_run(number, timeout=60)
             assert run["status"] == "canceled", run
     for number in stopped:
-        wait_for(lambda n=number: not _containers(docker_client, n), 30, "no container left")
+        wait_for(
+            lambda n=number: not run_containers(docker_client, cli.server, n),
+            30,
+            "no container left",
+        )
 
 
 def test_uploads_that_never_come_fail_the_run_after_the_grace(
@@ -83,7 +83,7 @@ def test_uploads_that_never_come_fail_the_run_after_the_grace(
         run = api.finished_run(number, timeout=30)
     assert (run["status"], run["exit_code"]) == ("failed", 125)
     assert run["error"] == f"the files for run.{number} did not arrive within 2s; run it again"
-    wait_for(lambda: not _containers(docker_client, number), 30, "the container removed")
+    wait_for(lambda: not run_containers(docker_client, server, number), 30, "the container removed")
 
 
 def test_an_upload_into_an_image_without_tmp(cli: Cli, busybox_image: str, tmp_path: Path) -> None:

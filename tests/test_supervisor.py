@@ -529,3 +529,41 @@ async def test_a_container_that_ends_while_it_is_taken_up_is_finished(world: Wor
     assert (ended.status, ended.exit_code) == (RunStatus.FAILED, 5)
     assert b"".join(c.data for c in world.store.output(run_id=run.id)) == b"before\n"
     assert sup.sessions == {}
+
+
+@asyncio_test
+async def test_a_stalled_holder_whose_run_was_taken_over_neither_stores_nor_finishes_it(
+    world: World,
+) -> None:
+    stale = world.supervisor()
+    session = await stale.launch(world.run(detached=False), world.release, "none")
+    _, viewer = stale.subscribe(session.run.id)
+    await until(lambda: world.engine.running() != [], "the container started")
+    cid = world.engine.only().id
+    world.engine.emit(cid, STDOUT, b"once\n")
+    await until(lambda: session.total == 5, "the output was pumped")
+    await stale.output.flush(session)
+    world.now[0] += 16  # the holder stalled past its lease
+    taker = world.supervisor()
+    attaching = world.engine.hold("attach")
+    recovering = asyncio.create_task(taker.recoverer.recover())
+    await attaching.reached()  # the lease is the taker's; it has not attached yet
+    # The stalled holder wakes up first: it sees the end of the run before the taker does.
+    world.engine.emit(cid, STDOUT, b"after\n")
+    world.engine.exit(cid, 0)
+    await until(lambda: stale.sessions == {}, "the stalled holder let the run go")
+    item = await asyncio.wait_for(viewer.next(), DEADLINE)
+    while isinstance(item, Output):
+        item = await asyncio.wait_for(viewer.next(), DEADLINE)
+    assert isinstance(item, Dropped) and f"hgrun attach {session.run.id}" in item.message
+    assert cid in world.engine.containers  # not removed under the taker
+    assert world.store.run(session.run.id).status is RunStatus.RUNNING  # not finished by it
+    attaching.release()
+    await recovering
+    taken = taker.sessions[session.run.id]
+    await asyncio.wait_for(taken.finished.wait(), DEADLINE)
+    run = world.store.run(session.run.id)
+    assert (run.status, run.exit_code, run.error) == (RunStatus.SUCCEEDED, 0, None)
+    assert b"".join(c.data for c in world.store.output(run_id=run.id)) == b"once\nafter\n"
+    await until(lambda: world.engine.containers == {}, "the container was removed")
+    assert [c for c in world.engine.calls if c[0] == "remove"] == [("remove", cid)]  # once

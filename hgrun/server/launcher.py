@@ -160,7 +160,7 @@ class Launcher:
             script_id=request.script_id,
             error=request.why,
             holder=(
-                (self.supervisor.owner, self.supervisor.lease_ttl)
+                (self.supervisor.leases.owner, self.supervisor.leases.ttl)
                 if request.held and not request.status.finished
                 else None
             ),

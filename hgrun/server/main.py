@@ -290,7 +290,7 @@ def serve(
     )
     scripts.on_run_finished.append(notifier.run_finished)
     supervisor.on_recover.append(scripts.resume_queues)
-    scheduler = Scheduler(store, scripts, owner=supervisor.owner, holder_gone=process_gone)
+    scheduler = Scheduler(store, scripts, owner=supervisor.leases.owner, holder_gone=process_gone)
     server = Server(
         store,
         engine,

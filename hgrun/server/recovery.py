@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 from typing import TYPE_CHECKING
 
 from hgrun.engine import LABEL_INSTANCE, LABEL_RUN, ContainerState
@@ -22,48 +20,16 @@ from hgrun.errors import HgrunError, NodeLostError, NotFoundError
 from hgrun.lifecycle import Phase, Recover, Stop, recovery
 from hgrun.models import Run, RunStatus
 from hgrun.server.launcher import network_of
+from hgrun.server.leases import LeaseLost, lease_owner, process_gone, this_host
 from hgrun.server.session import RunSession
-from hgrun.store.base import run_lease
 
 if TYPE_CHECKING:
     from hgrun.server.supervisor import Supervisor
 
+# Where main, scripts and tests take them from.
+__all__ = ["Recoverer", "lease_owner", "process_gone", "this_host"]
+
 log = logging.getLogger("hgrun.recovery")
-
-
-def lease_name(run_id: int) -> str:
-    return run_lease(run_id)
-
-
-def this_host() -> str:
-    """This process's host in a lease holder's id: the host name, and the PID namespace when it
-    can be read (two servers in containers of one name must not read each other's pids)."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
-    except OSError:
-        return socket.gethostname()
-    return f"{socket.gethostname()}~{namespace}"
-
-
-def lease_owner(nonce: str) -> str:
-    """A lease holder's id: ``host:pid:nonce``, ``host`` as :func:`this_host` says."""
-    return f"{this_host()}:{os.getpid()}:{nonce}"
-
-
-def process_gone(holder: str) -> bool:
-    """Whether a lease holder (``host:pid:nonce``) is a process of this host (and PID namespace)
-    that has died: its lease need not be waited out."""
-    host, _, rest = holder.partition(":")
-    pid = rest.partition(":")[0]
-    if host != this_host() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 class Recoverer:
@@ -98,12 +64,9 @@ class Recoverer:
         a run whose lease another server took is let go (it supervises it now)."""
         sup = self.supervisor
         for run_id, session in list(sup.sessions.items()):
-            holder = await asyncio.to_thread(sup.hold, run_id)
+            holder = await sup.leases.taken(run_id, confirm=True)
             if holder is not None:
-                log.warning("run %s: taken over by hgrun server %s; letting it go", run_id, holder)
-                sup.sessions.pop(run_id, None)
-                if session.task:
-                    session.task.cancel()
+                await self.let_go(session, holder)
                 continue
             stored = sup.store.run(run_id)
             if stored.status.finished and session.stop is None:
@@ -111,12 +74,30 @@ class Recoverer:
                     session, Stop(stored.status, stored.error or f"{stored.label} was stopped")
                 )
 
+    async def let_go(self, session: RunSession, holder: str) -> None:
+        """Leave a run another server took over to it: no outcome, no removal, no lease
+        released; this server's viewers are told to attach again (they reach the holder)."""
+        sup = self.supervisor
+        run = session.run
+        log.warning("run %s: taken over by hgrun server %s; letting it go", run.id, holder)
+        session.phase = Phase.FINISHING
+        if sup.sessions.get(run.id) is session:
+            del sup.sessions[run.id]
+        sup.leases.forget(run.id)
+        for subscriber in session.subscribers:
+            subscriber.let_go(f"{run.label} is followed by another hgrun server now")
+        if session.task is not None and session.task is not asyncio.current_task():
+            session.task.cancel()
+        if session.stream is not None:
+            with contextlib.suppress(Exception):
+                await session.stream.close()
+
     async def _take_up(self, run: Run, container: ContainerState | None) -> None:
         sup = self.supervisor
         decision = recovery(run, container, held=False, now=sup.clock())
         if decision.action in (Recover.LEAVE, Recover.REAP):
             return
-        if sup.hold(run.id) is not None:
+        if sup.leases.hold(run.id) is not None:
             return  # a live server holds it: its lease is being renewed
         run = sup.store.run(run.id)  # read again, now that it is ours
         decision = recovery(run, container, held=False, now=sup.clock())
@@ -128,7 +109,7 @@ class Recoverer:
             session.stop = Stop(decision.outcome.status, decision.outcome.message or "lost")
             await sup.finish(session, decision.outcome.exit_code)
         elif decision.action is Recover.START:
-            sup.store.release_lease(lease_name(run.id), sup.owner)
+            sup.leases.release(run.id)
             release = sup.store.release(run.release_id)
             try:
                 await sup.launch(run, release, network_of(release))
@@ -140,7 +121,7 @@ class Recoverer:
                 run = sup.store.mark_running(run.id, decision.started)
             await self._retake(run, container, decision.action)
         else:
-            sup.store.release_lease(lease_name(run.id), sup.owner)
+            sup.leases.release(run.id)
 
     async def _retake(self, run: Run, container: ContainerState, action: Recover) -> None:
         sup = self.supervisor
@@ -187,6 +168,8 @@ class Recoverer:
             await sup.follow(session)
         except asyncio.CancelledError:
             raise
+        except LeaseLost as e:
+            await self.let_go(session, e.holder)
         except NodeLostError as e:  # its node went away for good: lost, as in supervise
             session.stop = session.stop or Stop(RunStatus.LOST, e.message)
             await sup.finish(session)

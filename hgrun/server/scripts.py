@@ -180,7 +180,7 @@ class ScriptRunner:
             if self.store.backend != "postgresql":
                 yield
                 return
-            name, owner = f"script:{script_id}", self.supervisor.owner
+            name, owner = f"script:{script_id}", self.supervisor.leases.owner
             while self.store.claim_lease(name, owner, SCRIPT_LEASE_TTL, process_gone) is not None:
                 await asyncio.sleep(0.05)
             try:

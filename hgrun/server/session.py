@@ -79,6 +79,7 @@ class Subscriber:
         self.behind = False
         self._wake = asyncio.Event()
         self._done = False
+        self._gone: Dropped | None = None
         self.lag_limit = LAG_LIMIT
 
     def offer(self, piece: Output) -> None:
@@ -94,11 +95,19 @@ class Subscriber:
     def wake(self) -> None:
         self._wake.set()
 
+    def let_go(self, message: str) -> None:
+        """End this view with :class:`Dropped` (the run is followed by another server now)."""
+        self._gone = Dropped(f"{message}; `hgrun attach {self.session.run.id}` to follow again")
+        self._wake.set()
+
     async def next(self) -> Output | Finished | Dropped | None:
         """The next piece for this viewer, the outcome once every byte went out, or None after
         the outcome (or after being dropped)."""
         session = self.session
         while not self._done:
+            if self._gone is not None:
+                self._done = True
+                return self._gone
             for queue in (self._backlog, self._live):
                 piece = self._covering(queue)
                 if piece is not None:

@@ -11,7 +11,8 @@ started). The session's attach stream is opened before the container starts so n
 is lost; a pump appends every piece to the run's log (flushed to the store from a worker thread)
 and offers it to each viewer without waiting for any. Each run held here carries a lease in the
 store (renewed by the watchdog): recovery, here or in another server on the same store, takes up
-only runs whose holder's lease has expired, so no run is pumped or finished twice.
+only runs whose holder's lease has expired, and a holder that stalled past its lease lets the run
+go at its next store write (:mod:`hgrun.server.leases`), so no run is pumped or finished twice.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any
@@ -47,20 +47,21 @@ from hgrun.lifecycle import (
     outcome,
 )
 from hgrun.models import Release, Run, RunStatus
+from hgrun.server.leases import LEASE_TTL, LeaseLost, Leases
 from hgrun.server.output import OutputLog
-from hgrun.server.recovery import Recoverer, lease_name, lease_owner, process_gone
+from hgrun.server.recovery import Recoverer
 from hgrun.server.session import LAG_LIMIT, Finished, Output, RunSession, Subscriber
 from hgrun.server.uploads import AT_ROOT, Target, Upload
+from hgrun.server.watchdog import Watchdog
 from hgrun.store import Store
 
-__all__ = ["Finished", "Limits", "Output", "RunSession", "Subscriber", "Supervisor"]
+__all__ = ["Finished", "LeaseLost", "Limits", "Output", "RunSession", "Subscriber", "Supervisor"]
 
 log = logging.getLogger("hgrun.supervisor")
 
 FLUSH_BYTES = 1024 * 1024  # output held before a flush to the store starts (off the pump's path)
 HOLD_BYTES = 4 * 1024 * 1024  # output held past which the pump waits for the store
 FLUSH_SECONDS = 0.2
-LEASE_TTL = 15.0  # renewed every few seconds; a SIGKILLed holder frees it within this
 STORE_RETRY = 2.0  # seconds between tries to record a run's end the store refused (a full disk)
 AUDIT_CAP = 1024 * 1024  # input and output kept in an audit record, each (the tail past it)
 
@@ -84,13 +85,11 @@ class Supervisor:
         self.instance = instance
         self.limits = limits or Limits()
         self.clock = clock
-        self.tick = tick
-        self.lease_ttl = lease_ttl
         self.sessions: dict[int, RunSession] = {}
         # Runs recorded `starting` that a caller here is about to launch (a cron slot's batch,
         # see ScriptRunner.record_slots): recovery leaves them, as it leaves those in sessions.
         self.pending: set[int] = set()
-        self.owner = lease_owner(secrets.token_hex(4))
+        self.leases = Leases(store, clock, lease_ttl)
         # Called with each run once its outcome is stored (scripts start their queue from here).
         self.on_finish: list[Callable[[Run], Awaitable[None]]] = []
         # Called after each recovery pass (scripts resume queues whose server died).
@@ -102,13 +101,14 @@ class Supervisor:
         self._watchdog: asyncio.Task[None] | None = None
         self.output = OutputLog(store, clock)
         self.recoverer = Recoverer(self)
+        self.watchdog = Watchdog(self, tick)
 
     # -- the supervisor's own life -----------------------------------------------------------
 
     async def start(self) -> None:
         """Take up what no live server holds (runs in flight, strays), then keep watch."""
         await self.recoverer.recover()
-        self._watchdog = asyncio.create_task(self._watch())
+        self._watchdog = asyncio.create_task(self.watchdog.run())
 
     async def shutdown(self) -> None:
         """Leave runs going: their containers are taken up again by the next server to start
@@ -123,9 +123,9 @@ class Supervisor:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await session.task
             with contextlib.suppress(Exception):
-                await self.output.flush(session)
+                await self.flush(session)
             with contextlib.suppress(Exception):
-                self.store.release_lease(lease_name(session.run.id), self.owner)
+                self.leases.release(session.run.id)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task held here until it ends (the event loop keeps only weak references)."""
@@ -134,9 +134,13 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def hold(self, run_id: int) -> str | None:
-        """Take or renew the run's lease; None when held here, else who holds it."""
-        return self.store.claim_lease(lease_name(run_id), self.owner, self.lease_ttl, process_gone)
+    async def flush(self, session: RunSession) -> None:
+        """Store the run's output held in memory, unless another server took the run over
+        (then :class:`LeaseLost`: it stores that output itself, so nothing is stored twice)."""
+        holder = await self.leases.taken(session.run.id)
+        if holder is not None:
+            raise LeaseLost(holder)
+        await self.output.flush(session)
 
     # -- launching ---------------------------------------------------------------------------
 
@@ -156,7 +160,7 @@ class Supervisor:
         """
         if run.id in self.sessions:
             raise ConflictError(f"{run.label} is already in flight")
-        holder = self.hold(run.id)
+        holder = self.leases.hold(run.id)
         if holder is not None:
             raise ConflictError(f"{run.label} is held by hgrun server {holder}")
         spec = container_spec(
@@ -170,7 +174,7 @@ class Supervisor:
         if run.status.finished:  # stopped while it waited in its queue
             session.phase = Phase.FINISHING
             session.finished.set()
-            self.store.release_lease(lease_name(run.id), self.owner)
+            self.leases.release(run.id)
             return session
         if run.uploads:
             session.waiting_since = now
@@ -370,6 +374,8 @@ class Supervisor:
             await self.follow(session)
         except asyncio.CancelledError:
             raise
+        except LeaseLost as e:
+            await self.recoverer.let_go(session, e.holder)
         except NodeLostError as e:  # the engine lost the host the run was on: lost, not failed
             session.stop = session.stop or Stop(RunStatus.LOST, e.message)
             await self.finish(session)
@@ -395,11 +401,11 @@ class Supervisor:
             session.add(piece[0], piece[1], now)
             held = session.unstored_bytes
             if held >= HOLD_BYTES:
-                await self.output.flush(session)  # the store keeps up, or the container waits
+                await self.flush(session)  # the store keeps up, or the container waits
             elif held >= FLUSH_BYTES and (session.flushing is None or session.flushing.done()):
                 # In a worker thread while the pump goes on; a failure shows at the last flush.
-                session.flushing = self.spawn(self.output.flush(session))
-        await self.output.flush(session)
+                session.flushing = self.spawn(self._flush_held(session))
+        await self.flush(session)
 
     async def finish(
         self, session: RunSession, exit_code: int | None = None, *, error: HgrunError | None = None
@@ -407,8 +413,16 @@ class Supervisor:
         """Record the outcome, tell the viewers, remove the container. Runs once per session."""
         if session.phase is Phase.FINISHING:
             return
-        session.phase = Phase.FINISHING
         run = session.run
+        # A server that stalled past its lease must not finish a run another one took over:
+        # that one records the outcome and removes the container (never twice, never early).
+        holder = await self.leases.taken(run.id, confirm=True)
+        if holder is not None:
+            await self.recoverer.let_go(session, holder)
+            return
+        if session.phase is Phase.FINISHING:  # finished meanwhile, by another task
+            return
+        session.phase = Phase.FINISHING
         state = None
         if session.container_id is not None and error is None:
             with contextlib.suppress(HgrunError):
@@ -427,7 +441,7 @@ class Supervisor:
         finished = state.finished_at if state and state.finished_at else now
         while True:
             try:
-                await self.output.flush(session)
+                await self.output.flush(session)  # the lease was confirmed above
                 # The engine's clock on both ends, so a short run never ends before it began.
                 session.run = self.store.record_outcome(
                     run.id, result, finished=finished, started=started
@@ -456,7 +470,7 @@ class Supervisor:
                 await session.stream.close()
             if session.container_id is not None:
                 await asyncio.to_thread(self.engine.remove, session.container_id)
-            self.store.release_lease(lease_name(run.id), self.owner)
+            self.leases.release(run.id)
             if self.audit is not None:
                 self.audit(
                     "run.finish",
@@ -476,41 +490,22 @@ class Supervisor:
             except Exception:
                 log.exception("run %s: a finish callback failed", run.id)
 
-    # -- watchdog: deadlines, flushes, leases, takeovers, strays -----------------------------
-
-    async def _watch(self) -> None:
-        ticks = 0
-        while True:
-            await asyncio.sleep(self.tick)
-            ticks += 1
-            now = self.clock()
-            for session in list(self.sessions.values()):
-                try:
-                    await self.check(session, now)
-                except Exception:
-                    log.exception("run %s: watchdog check failed", session.run.id)
-            if ticks % max(1, round(self.lease_ttl / 3 / self.tick)) == 0:
-                with contextlib.suppress(Exception):
-                    await self.recoverer.renew()
-            # As often as leases are renewed: a dead server's runs are taken up within a few
-            # seconds of its leases expiring (at once when it was a process of this host).
-            if ticks % max(1, round(self.lease_ttl / 3 / self.tick)) == 0:
-                with contextlib.suppress(Exception):
-                    await self.recoverer.recover()
-                for hook in self.on_recover:
-                    try:
-                        await hook()
-                    except Exception:
-                        log.exception("a recovery hook failed")
+    # -- what the watchdog checks (hgrun.server.watchdog) --------------------------------------
 
     async def check(self, session: RunSession, now: float) -> None:
         """Carry out what the run's deadlines call for at ``now``; flush output held too long."""
         if session.unstored and now - session.last_flush >= FLUSH_SECONDS:
             if not session.flush_lock.locked():
-                self.spawn(self.output.flush(session))
+                self.spawn(self._flush_held(session))
         decision = due(session.run, session.presence, self.limits, now)
         if decision.stop is not None:
             await self.request_stop(session, decision.stop)
+
+    async def _flush_held(self, session: RunSession) -> None:
+        try:
+            await self.flush(session)
+        except LeaseLost as e:
+            await self.recoverer.let_go(session, e.holder)
 
     @staticmethod
     def _container(session: RunSession) -> str:

@@ -15,7 +15,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import docker
 import httpx
 
 ADMIN_TOKEN = re.compile(r"admin token saved in (\S+) ")
@@ -144,3 +146,12 @@ def instance_id(server: HgrunServer) -> str:
         db.close()
     assert row is not None, "the store has no instance id"
     return str(row[0])
+
+
+def run_containers(client: docker.DockerClient, server: HgrunServer, number: int) -> list[Any]:
+    """The containers of ``server``'s run ``number``. Every test's server numbers its runs from
+    1 and they share the worker's dockerd (and live until the session ends): the run label alone
+    finds other servers' runs too, so this one's instance label is part of the filter. Sparse:
+    no inspect per container, which would race with its removal."""
+    labels = [f"hgrun.instance={instance_id(server)}", f"hgrun.run={number}"]
+    return list(client.containers.list(all=True, sparse=True, filters={"label": labels}))
