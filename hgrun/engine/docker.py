@@ -428,7 +428,9 @@ class DockerEngine:
             summaries = self._api.containers(all=True, filters=filters)
             states = []
             for summary in summaries:
-                with contextlib.suppress(NotFoundError):
+                # Removed between the listing and its inspect: gone, not an error (inside
+                # _translate, so Docker's own exception, not ours yet).
+                with contextlib.suppress(docker.errors.NotFound):
                     states.append(_state(self._api.inspect_container(summary["Id"])))
         return states
 

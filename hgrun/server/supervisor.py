@@ -127,6 +127,10 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 self.leases.release(session.run.id)
 
+    def hold(self, run_id: int) -> str | None:
+        """Take or renew the run's lease; None when held here, else who holds it."""
+        return self.leases.hold(run_id)
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task held here until it ends (the event loop keeps only weak references)."""
         task = asyncio.create_task(coro)
