@@ -185,11 +185,16 @@ def test_a_runs_token_is_replaced_by_whoever_launches_it_again(make_store: Store
     assert found is not None and found[0].name == "run.7" and found[0].revoked is None
 
 
-class _Supervisor:
-    """The two attributes ScriptRunner takes from its supervisor (our own seam)."""
-
+class _Leases:
     def __init__(self, owner: str) -> None:
         self.owner = owner
+
+
+class _Supervisor:
+    """The attributes ScriptRunner takes from its supervisor (our own seam)."""
+
+    def __init__(self, owner: str) -> None:
+        self.leases = _Leases(owner)
         self.on_finish: list[object] = []
         self.on_outcome: list[object] = []
 
@@ -230,7 +235,13 @@ def test_a_scripts_decision_is_one_server_at_a_time_on_a_shared_store(
                 entered.append("second")
 
         tasks = [asyncio.create_task(first()), asyncio.create_task(second())]
-        await first_in.wait()
+        # A runner that raises must fail the test, not leave it waiting for ever.
+        entering = asyncio.create_task(first_in.wait())
+        await asyncio.wait([entering, *tasks], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                task.result()
+        assert first_in.is_set(), "the first runner did not enter within 30 s"
         if make_store.backend == "postgresql":
             # The second keeps claiming the lease the first holds: it is refused each time.
             for _ in range(5):
@@ -238,7 +249,7 @@ def test_a_scripts_decision_is_one_server_at_a_time_on_a_shared_store(
                 assert stores[1].claim_lease("script:7", "elsewhere:1:n", 1.0) == "elsewhere:0:n"
             assert entered == ["first"]
         let_go.set()
-        await asyncio.gather(*tasks)
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
 
     asyncio.run(scenario())
     if make_store.backend == "postgresql":
