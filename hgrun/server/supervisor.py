@@ -420,7 +420,13 @@ class Supervisor:
         run = session.run
         # A server that stalled past its lease must not finish a run another one took over:
         # that one records the outcome and removes the container (never twice, never early).
-        holder = await self.leases.taken(run.id, confirm=True)
+        while True:
+            try:
+                holder = await self.leases.taken(run.id, confirm=True)
+                break
+            except StoreError as e:  # a full disk: the lease is confirmed once space returns
+                log.error("run %s: cannot confirm its lease (%s); retrying", run.id, e.message)
+                await asyncio.sleep(STORE_RETRY)
         if holder is not None:
             await self.recoverer.let_go(session, holder)
             return
