@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hgrun.engine import STDERR, STDOUT, ContainerStatus
-from hgrun.engine.docker import _RawAttach, _state
+from hgrun.engine.dockerwire import RawAttach, container_state
 from hgrun.engine.multiplex import frame
 
 
@@ -23,7 +23,7 @@ async def _read_all(raw: bytes, tty: bool, chunk: int) -> list[tuple[int, bytes]
     for i in range(0, len(raw), chunk):
         reader.feed_data(raw[i : i + chunk])
     reader.feed_eof()
-    stream = _RawAttach(reader, _Sink(), tty)  # type: ignore[arg-type]
+    stream = RawAttach(reader, _Sink(), tty)  # type: ignore[arg-type]
     out = []
     while (piece := await stream.read()) is not None:
         out.append(piece)
@@ -60,5 +60,5 @@ def test_attach_with_a_tty_is_raw_stdout() -> None:
 )
 def test_docker_states(docker_status: str, running: bool, status: ContainerStatus) -> None:
     raw: dict[str, Any] = {"Id": "abc", "State": {"Status": docker_status, "Running": running}}
-    assert _state(raw).status is status
-    assert _state(raw).running is (status is ContainerStatus.RUNNING)
+    assert container_state(raw).status is status
+    assert container_state(raw).running is (status is ContainerStatus.RUNNING)

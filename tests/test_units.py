@@ -11,7 +11,8 @@ import pytest
 
 from hgrun.cli import uploads
 from hgrun.engine import CAPABILITIES, ContainerSpec
-from hgrun.engine.docker import _timestamp, create_args
+from hgrun.engine.docker import create_args
+from hgrun.engine.dockerwire import timestamp
 from hgrun.engine.multiplex import STDERR, STDOUT, Demuxer, frame
 from hgrun.errors import ConflictError, EngineError, InputError, NotFoundError
 from hgrun.lifecycle import Outcome
@@ -128,7 +129,7 @@ def test_create_args_user_and_read_only() -> None:
     ],
 )
 def test_engine_timestamps(text: str | None, expected: float | None) -> None:
-    assert _timestamp(text) == expected
+    assert timestamp(text) == expected
 
 
 # -- uploads -------------------------------------------------------------------------------

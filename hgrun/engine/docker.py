@@ -1,17 +1,14 @@
 """The Docker engine: the only module that imports ``docker``.
 
-docker-py serves the plain request/response calls (run in a worker thread by the caller). Three
-calls stream and are done here over asyncio instead, because docker-py buffers them: ``attach``
-(a hijacked connection: docker-py's requests layer can swallow the first bytes of it,
-docker-py#2466), ``put_archive`` (an upload streamed as it arrives, never held whole) and ``logs``.
+docker-py serves the plain request/response calls (run in a worker thread by the caller). The
+streaming calls (``attach``, ``put_archive``, ``logs``) go over asyncio instead, spoken on the
+wire by :mod:`hgrun.engine.dockerwire`, because docker-py buffers them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import datetime
 import json
 import os
 import ssl
@@ -26,7 +23,6 @@ import httpx
 import requests.exceptions
 from docker.types import Ulimit
 
-from hgrun import execfailure
 from hgrun.duration import format_duration
 from hgrun.engine import (
     CAPABILITIES,
@@ -34,8 +30,16 @@ from hgrun.engine import (
     BuildLimits,
     ContainerSpec,
     ContainerState,
-    ContainerStatus,
     EngineInfo,
+)
+from hgrun.engine.dockerwire import (
+    ERROR_BODY,
+    RawAttach,
+    answer_head,
+    container_state,
+    json_message,
+    send_chunked,
+    unchunked,
 )
 from hgrun.engine.multiplex import Demuxer
 from hgrun.engine.tls import EngineTLS, trust_only
@@ -49,24 +53,11 @@ from hgrun.errors import (
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 MIN_API = "1.41"  # dockerd 20.10: what hgrun's engines are tested against
-# The most read from the attach socket at once: whatever the engine sent meanwhile, up to this,
-# becomes one piece (large frames to the client, few rows in the store), never waiting for more.
-READ_SIZE = 1024 * 1024
 TMP = "/tmp"  # a read-only run's writable folder
 CPU_PERIOD = 100_000  # microseconds: CFS's default period, as docker run --cpus uses
 # docker-py keeps 10 connections per client; more threads than that calling it at once make it
 # drop connections ("Connection pool is full"), so the server's engine pool stays under it.
 CONCURRENCY = 8
-# Docker's container states (Engine API, ContainerState.Status) in the interface's three words.
-_STATUS = {
-    "created": ContainerStatus.CREATED,
-    "running": ContainerStatus.RUNNING,
-    "paused": ContainerStatus.RUNNING,
-    "restarting": ContainerStatus.RUNNING,
-    "removing": ContainerStatus.EXITED,
-    "exited": ContainerStatus.EXITED,
-    "dead": ContainerStatus.EXITED,
-}
 
 
 def create_args(spec: ContainerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -153,70 +144,6 @@ def _translate(what: str) -> Iterator[None]:
 
 def _explain(e: docker.errors.APIError) -> str:
     return str(e.explanation or e)
-
-
-class _RawAttach:
-    """A hijacked attach connection: after the HTTP upgrade it is a plain byte pipe, carrying
-    Docker's multiplexed stream (raw stdout with a TTY), demultiplexed here."""
-
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tty: bool
-    ) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._demuxer = Demuxer(tty)
-        self._ready: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._first = True
-
-    async def read(self) -> tuple[int, bytes] | None:
-        while not self._ready:
-            try:
-                data = await self._reader.read(READ_SIZE)
-            except (ConnectionError, OSError):
-                data = b""
-            if not data:
-                return None
-            self._ready.extend(self._demuxer.feed(data))
-        stream, data = self._ready.popleft()
-        if self._first:
-            # docker-init's exec failure, in the user's words (hgrun/execfailure.py); its line
-            # may come in pieces, so the first line is gathered whole first.
-            while execfailure.incomplete(data) and (more := await self._more(stream)):
-                data += more
-            self._first = False
-            data = execfailure.explain(data) or data
-        return stream, data
-
-    async def _more(self, stream: int) -> bytes:
-        """The next piece if it is on ``stream`` too (else it is put back): b"" at the end."""
-        while not self._ready:
-            try:
-                data = await self._reader.read(READ_SIZE)
-            except (ConnectionError, OSError):
-                data = b""
-            if not data:
-                return b""
-            self._ready.extend(self._demuxer.feed(data))
-        if self._ready[0][0] != stream:
-            return b""
-        return self._ready.popleft()[1]
-
-    async def write(self, data: bytes) -> None:
-        try:
-            self._writer.write(data)
-            await self._writer.drain()
-        except (ConnectionError, OSError) as e:
-            raise EngineError(f"the container's stdin is closed ({e})") from e
-
-    async def close_stdin(self) -> None:
-        # A half-close of the hijacked connection closes the container's stdin (StdinOnce).
-        with contextlib.suppress(ConnectionError, OSError):
-            if self._writer.can_write_eof():
-                self._writer.write_eof()
-
-    async def close(self) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            self._writer.close()
 
 
 class DockerEngine:
@@ -405,7 +332,7 @@ class DockerEngine:
 
     def inspect(self, container_id: str) -> ContainerState:
         with _translate(f"cannot inspect container {container_id[:12]}"):
-            return _state(self._api.inspect_container(container_id))
+            return container_state(self._api.inspect_container(container_id))
 
     def stop(self, container_id: str, grace: float) -> None:
         with contextlib.suppress(NotFoundError), _translate("cannot stop the container"):
@@ -431,7 +358,7 @@ class DockerEngine:
                 # Removed between the listing and its inspect: gone, not an error (inside
                 # _translate, so Docker's own exception, not ours yet).
                 with contextlib.suppress(docker.errors.NotFound):
-                    states.append(_state(self._api.inspect_container(summary["Id"])))
+                    states.append(container_state(self._api.inspect_container(summary["Id"])))
         return states
 
     # -- streaming calls (asyncio) ----------------------------------------------------------
@@ -449,7 +376,7 @@ class DockerEngine:
         except (OSError, ssl.SSLError) as e:
             raise EngineError(f"cannot reach the Docker engine at {self.host}: {e}") from e
 
-    async def attach(self, container_id: str, *, tty: bool, stdin: bool, logs: bool) -> _RawAttach:
+    async def attach(self, container_id: str, *, tty: bool, stdin: bool, logs: bool) -> RawAttach:
         """Attach to stdio; call before start so no output is lost (as ``docker run`` does)."""
         query = urllib.parse.urlencode(
             {"stream": 1, "stdout": 1, "stderr": 1, "stdin": int(stdin), "logs": int(logs)}
@@ -462,21 +389,18 @@ class DockerEngine:
         writer.write(request.encode())
         await writer.drain()
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
+            _, code, status_line = await answer_head(reader)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as e:
             writer.close()
             raise EngineError(f"cannot attach to container {container_id[:12]}: {e}") from e
-        status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
-        parts = status_line.split(" ", 2)
-        code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         if code not in (101, 200):
-            body = await reader.read(65536)
+            body = await reader.read(ERROR_BODY)
             writer.close()
-            message = _json_message(body) or status_line
+            message = json_message(body) or status_line
             if code == 404:
                 raise NotFoundError(f"container {container_id[:12]} not found: {message}")
             raise EngineError(f"cannot attach to container {container_id[:12]}: {message}")
-        return _RawAttach(reader, writer, tty)
+        return RawAttach(reader, writer, tty)
 
     async def put_archive(self, container_id: str, path: str, data: AsyncIterator[bytes]) -> None:
         """Extract a tar stream into the container at ``path`` (which must exist), streaming.
@@ -499,31 +423,20 @@ class DockerEngine:
                 "Content-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n"
                 "Connection: close\r\n\r\n".encode()
             )
+            with contextlib.suppress(ConnectionError, OSError):
+                # The engine may answer early (and close): its answer says why.
+                await send_chunked(writer, data)
             try:
-                async for chunk in data:
-                    if chunk:
-                        writer.write(b"%x\r\n" % len(chunk))
-                        writer.write(chunk)
-                        writer.write(b"\r\n")
-                        await writer.drain()  # the engine's pace is the upload's
-                writer.write(b"0\r\n\r\n")
-                await writer.drain()
-            except (ConnectionError, OSError):
-                pass  # the engine answered early (and closed): its answer says why
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-                status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
-                parts = status_line.split(" ", 2)
-                code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-                body = b"" if 200 <= code < 300 else await reader.read(65536)
+                head, code, status_line = await answer_head(reader)
+                body = b"" if 200 <= code < 300 else await reader.read(ERROR_BODY)
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as e:
                 raise EngineError(f"{what}: the engine closed the connection ({e})") from e
         finally:
             writer.close()
         if code == 404:
-            raise NotFoundError(f"{what}: {_json_message(_unchunked(head, body))}")
+            raise NotFoundError(f"{what}: {json_message(unchunked(head, body))}")
         if not 200 <= code < 300:
-            raise EngineError(f"{what}: {_json_message(_unchunked(head, body)) or status_line}")
+            raise EngineError(f"{what}: {json_message(unchunked(head, body)) or status_line}")
 
     async def logs(self, container_id: str, *, tty: bool) -> AsyncIterator[tuple[int, bytes]]:
         """Everything the container wrote so far, as ``(stream, bytes)`` pairs."""
@@ -536,7 +449,7 @@ class DockerEngine:
             ) as response:
                 if response.status_code >= 400:
                     body = await response.aread()
-                    raise EngineError(f"cannot read the container's logs: {_json_message(body)}")
+                    raise EngineError(f"cannot read the container's logs: {json_message(body)}")
                 async for chunk in response.aiter_raw():
                     for piece in demuxer.feed(chunk):
                         yield piece
@@ -546,53 +459,3 @@ class DockerEngine:
     async def aclose(self) -> None:
         await self._http.aclose()
         self._client.close()
-
-
-def _unchunked(head: bytes, body: bytes) -> bytes:
-    """The first chunk of a chunked body (an error's JSON fits in one), else ``body``."""
-    if b"chunked" not in head.lower():
-        return body
-    size, _, rest = body.partition(b"\r\n")
-    try:
-        return rest[: int(size.strip() or b"0", 16)]
-    except ValueError:
-        return body
-
-
-def _json_message(body: bytes) -> str:
-    try:
-        return str(json.loads(body).get("message", "")).strip() or body.decode(errors="replace")
-    except (ValueError, AttributeError):
-        return body.decode(errors="replace").strip()
-
-
-def _state(raw: Mapping[str, Any]) -> ContainerState:
-    state = raw.get("State", {})
-    return ContainerState(
-        id=str(raw["Id"]),
-        labels=dict(raw.get("Config", {}).get("Labels") or {}),
-        status=_STATUS.get(
-            str(state.get("Status", "")),
-            ContainerStatus.RUNNING if state.get("Running") else ContainerStatus.EXITED,
-        ),
-        exit_code=state.get("ExitCode"),
-        oom_killed=bool(state.get("OOMKilled")),
-        error=str(state.get("Error") or ""),
-        finished_at=_timestamp(state.get("FinishedAt")),
-        started_at=_timestamp(state.get("StartedAt")),
-    )
-
-
-def _timestamp(text: str | None) -> float | None:
-    """Docker's RFC 3339 times carry nanoseconds; the zero time means "not yet"."""
-    if not text or text.startswith("0001-"):
-        return None
-    main, _, rest = text.partition(".")
-    fraction = "".join(c for c in rest if c.isdigit())[:6]
-    zone = rest[len(rest.rstrip("Z+-:0123456789")) :] if rest else text[19:]
-    zone = "+00:00" if zone.endswith("Z") or not zone else zone[-6:]
-    try:
-        stamp = datetime.datetime.fromisoformat(f"{main[:19]}{zone}")
-    except ValueError:
-        return None
-    return stamp.timestamp() + (int(fraction.ljust(6, "0")) / 1e6 if fraction else 0.0)

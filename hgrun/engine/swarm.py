@@ -39,7 +39,8 @@ from hgrun.engine import (
     ContainerStatus,
     EngineInfo,
 )
-from hgrun.engine.docker import DockerEngine, _timestamp, _translate
+from hgrun.engine.docker import DockerEngine, _translate
+from hgrun.engine.dockerwire import timestamp
 from hgrun.engine.shim import FramedAttach, swarm_config
 from hgrun.engine.swarmimages import ImageShipper
 from hgrun.engine.swarmnodes import NodeClient, Nodes
@@ -387,7 +388,7 @@ class SwarmEngine:
                 # (what "created" means to recovery after a restart).
                 word, started = ContainerStatus.CREATED, None
         if finished is None and word is ContainerStatus.EXITED:
-            finished = _timestamp(str((raw.get("Status") or {}).get("Timestamp") or ""))
+            finished = timestamp(str((raw.get("Status") or {}).get("Timestamp") or ""))
         return ContainerState(
             id=service_id,
             labels=dict(labels),

@@ -1,0 +1,175 @@
+"""Docker on the wire: the hijacked attach pipe, a chunked upload body and the answers' heads,
+over an asyncio connection :class:`hgrun.engine.docker.DockerEngine` opens; and a container's
+inspect answer (its state and RFC 3339 times) read into the interface's words.
+
+docker-py buffers these calls (and its requests layer can swallow the first bytes of an attach,
+docker-py#2466), so they are spoken here directly: HTTP/1.1 written by hand, one copy between
+the sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from hgrun import execfailure
+from hgrun.engine import ContainerState, ContainerStatus
+from hgrun.engine.multiplex import Demuxer
+from hgrun.errors import EngineError
+
+# The most read from the attach socket at once: whatever the engine sent meanwhile, up to this,
+# becomes one piece (large frames to the client, few rows in the store), never waiting for more.
+READ_SIZE = 1024 * 1024
+ERROR_BODY = 65536  # bytes of an error answer read for its message
+# Docker's container states (Engine API, ContainerState.Status) in the interface's three words.
+STATUS = {
+    "created": ContainerStatus.CREATED,
+    "running": ContainerStatus.RUNNING,
+    "paused": ContainerStatus.RUNNING,
+    "restarting": ContainerStatus.RUNNING,
+    "removing": ContainerStatus.EXITED,
+    "exited": ContainerStatus.EXITED,
+    "dead": ContainerStatus.EXITED,
+}
+
+
+class RawAttach:
+    """A hijacked attach connection: after the HTTP upgrade it is a plain byte pipe, carrying
+    Docker's multiplexed stream (raw stdout with a TTY), demultiplexed here."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tty: bool
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._demuxer = Demuxer(tty)
+        self._ready: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._first = True
+
+    async def _fill(self) -> bool:
+        """At least one piece ready; False at the end of the stream."""
+        while not self._ready:
+            try:
+                data = await self._reader.read(READ_SIZE)
+            except (ConnectionError, OSError):
+                data = b""
+            if not data:
+                return False
+            self._ready.extend(self._demuxer.feed(data))
+        return True
+
+    async def read(self) -> tuple[int, bytes] | None:
+        if not await self._fill():
+            return None
+        stream, data = self._ready.popleft()
+        if self._first:
+            # docker-init's exec failure, in the user's words (hgrun/execfailure.py); its line
+            # may come in pieces, so the first line is gathered whole first.
+            while execfailure.incomplete(data) and (more := await self._more(stream)):
+                data += more
+            self._first = False
+            data = execfailure.explain(data) or data
+        return stream, data
+
+    async def _more(self, stream: int) -> bytes:
+        """The next piece if it is on ``stream`` too (else it is put back): b"" at the end."""
+        if not await self._fill() or self._ready[0][0] != stream:
+            return b""
+        return self._ready.popleft()[1]
+
+    async def write(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except (ConnectionError, OSError) as e:
+            raise EngineError(f"the container's stdin is closed ({e})") from e
+
+    async def close_stdin(self) -> None:
+        # A half-close of the hijacked connection closes the container's stdin (StdinOnce).
+        with contextlib.suppress(ConnectionError, OSError):
+            if self._writer.can_write_eof():
+                self._writer.write_eof()
+
+    async def close(self) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            self._writer.close()
+
+
+async def answer_head(reader: asyncio.StreamReader) -> tuple[bytes, int, str]:
+    """The answer's head, its status code (0 when unreadable) and its status line. Raises what
+    ``readuntil`` raises when the engine closes first."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
+    parts = status_line.split(" ", 2)
+    code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    return head, code, status_line
+
+
+async def send_chunked(writer: asyncio.StreamWriter, data: AsyncIterator[bytes]) -> None:
+    """``data`` as a chunked request body (RFC 9112 section 7.1), each piece as it comes, never
+    joined: the engine's pace is the sender's."""
+    async for chunk in data:
+        if chunk:
+            writer.write(b"%x\r\n" % len(chunk))
+            writer.write(chunk)
+            writer.write(b"\r\n")
+            await writer.drain()
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+
+
+def unchunked(head: bytes, body: bytes) -> bytes:
+    """The first chunk of a chunked body (an error's JSON fits in one), else ``body``."""
+    if b"chunked" not in head.lower():
+        return body
+    size, _, rest = body.partition(b"\r\n")
+    try:
+        return rest[: int(size.strip() or b"0", 16)]
+    except ValueError:
+        return body
+
+
+def json_message(body: bytes) -> str:
+    """The ``message`` of the engine's JSON error, else the body as text."""
+    try:
+        return str(json.loads(body).get("message", "")).strip() or body.decode(errors="replace")
+    except (ValueError, AttributeError):
+        return body.decode(errors="replace").strip()
+
+
+def container_state(raw: Mapping[str, Any]) -> ContainerState:
+    """A container's inspect answer as the interface's state."""
+    state = raw.get("State", {})
+    return ContainerState(
+        id=str(raw["Id"]),
+        labels=dict(raw.get("Config", {}).get("Labels") or {}),
+        status=STATUS.get(
+            str(state.get("Status", "")),
+            ContainerStatus.RUNNING if state.get("Running") else ContainerStatus.EXITED,
+        ),
+        exit_code=state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")),
+        error=str(state.get("Error") or ""),
+        finished_at=timestamp(state.get("FinishedAt")),
+        started_at=timestamp(state.get("StartedAt")),
+    )
+
+
+def timestamp(text: str | None) -> float | None:
+    """Docker's RFC 3339 times carry nanoseconds; the zero time means "not yet"."""
+    if not text or text.startswith("0001-"):
+        return None
+    main, _, rest = text.partition(".")
+    fraction = "".join(c for c in rest if c.isdigit())[:6]
+    zone = rest[len(rest.rstrip("Z+-:0123456789")) :] if rest else text[19:]
+    zone = "+00:00" if zone.endswith("Z") or not zone else zone[-6:]
+    try:
+        stamp = datetime.datetime.fromisoformat(f"{main[:19]}{zone}")
+    except ValueError:
+        return None
+    return stamp.timestamp() + (int(fraction.ljust(6, "0")) / 1e6 if fraction else 0.0)
