@@ -131,6 +131,32 @@ def test_rows_written_in_clear_are_sealed_at_the_next_start_and_rotated(tmp_path
     assert AuditLog(tmp_path / "audit.db", before.strip()).page("default").problems
 
 
+def test_the_scan_for_clear_rows_runs_once_and_again_after_a_keyless_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up scan reads every run: a store found sealed is not scanned again, and an
+    open without a key (which may write in clear) makes the next keyed open scan."""
+    db_path = tmp_path / "hgrun.db"
+    sealer = Sealer(load_keys(tmp_path, {}))
+    scans: list[bool] = []
+    reseal = Store.reseal
+    monkeypatch.setattr(
+        Store, "reseal", lambda self, *, rotate: scans.append(rotate) or reseal(self, rotate=rotate)
+    )
+    Store(db_path, sealer=sealer).close()
+    Store(db_path, sealer=sealer).close()
+    assert scans == [False]
+    old = new_store(db_path)
+    app, _release = app_with_release(old, "later")
+    old.update_config(app.id, {"LATER_SECRET": "plainvalue3"})
+    old.close()
+    store = Store(db_path, sealer=sealer)
+    assert store.config(app.id) == {"LATER_SECRET": "plainvalue3"}
+    store.close()
+    assert scans == [False, False]
+    assert found(tmp_path, "plainvalue3") == []
+
+
 def test_rotation_by_environment_needs_the_new_key_first(tmp_path: Path) -> None:
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     store = Store(tmp_path / "hgrun.db", sealer=Sealer([old.encode()]))

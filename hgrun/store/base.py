@@ -26,6 +26,7 @@ from hgrun.store.schema import MIGRATIONS
 # enum (queued, starting, running), which is the text of the partial index ``runs_active``:
 # SQLite uses a partial index only when the query's WHERE term matches it.
 KEY_CHECK = "sealed-check"  # a meta row sealed with the store's key (see StoreBase)
+ALL_SEALED = "all-sealed"  # a meta row: no secret in clear is left (see StoreBase.__init__)
 
 ACTIVE_SQL = ", ".join(f"'{status.value}'" for status in RunStatus if status in lifecycle.ACTIVE)
 
@@ -65,10 +66,18 @@ class StoreBase:
         try:
             self._db.migrate(MIGRATIONS)
             if sealer is not None:
-                self.reseal(rotate=False)
+                # Secrets in clear come only from before the store encrypted, or from an open
+                # without a key (unit tests), which drops the mark: the scan, which reads every
+                # run, is made once, not at every start.
+                if not self._has_meta(ALL_SEALED):
+                    self.reseal(rotate=False)
+                    self.meta(ALL_SEALED, lambda: "1")
                 # A store shared by several servers (PostgreSQL) is opened with each one's key:
                 # a wrong key fails here, at start, not at the first secret a request reads.
                 self._unseal(self.meta(KEY_CHECK, lambda: self._seal(KEY_CHECK)))
+            else:
+                with self._tx() as db:
+                    db.execute("DELETE FROM meta WHERE key = ?", (ALL_SEALED,))
         except BaseException:
             self._db.close()
             raise
@@ -147,6 +156,10 @@ class StoreBase:
     @property
     def schema_version(self) -> int:
         return self._db.schema_version
+
+    def _has_meta(self, key: str) -> bool:
+        with self._tx() as db:
+            return db.execute("SELECT 1 FROM meta WHERE key = ?", (key,)).fetchone() is not None
 
     def meta(self, key: str, default: Callable[[], str]) -> str:
         """The value stored under ``key``; on first use, ``default()`` is stored and returned."""
