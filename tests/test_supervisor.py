@@ -25,7 +25,7 @@ from hgrun.lifecycle import Limits
 from hgrun.models import SIZES, Manifest, Run, RunStatus, Trigger, TriggerKind
 from hgrun.server.session import Dropped, Finished, Output, Subscriber
 from hgrun.server.supervisor import Supervisor
-from hgrun.server.uploads import OUT_ROOT
+from hgrun.server.uploads import OUT_ROOT, receive
 from hgrun.store import Store
 from hgrun.uploadtar import UploadFilter
 
@@ -272,7 +272,7 @@ async def test_an_upload_lands_in_tmp_uploads_made_by_the_upload(
     session = await sup.launch(world.run(uploads=True), world.release, "none")
     cid = session.container_id
     assert cid is not None
-    assert await sup.upload(session.run.id, chunks()) > 0
+    assert await receive(sup, session.run.id, chunks()) > 0
     await until(lambda: world.engine.running() != [], "the container started")
     ((path, tar),) = world.engine.containers[cid].archives
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from hgrun.engine import Engine
@@ -51,7 +51,6 @@ from hgrun.server.leases import LEASE_TTL, LeaseLost, Leases
 from hgrun.server.output import OutputLog
 from hgrun.server.recovery import Recoverer
 from hgrun.server.session import LAG_LIMIT, Finished, Output, RunSession, Subscriber
-from hgrun.server.uploads import AT_ROOT, Target, Upload
 from hgrun.server.watchdog import Watchdog
 from hgrun.store import Store
 
@@ -229,45 +228,6 @@ class Supervisor:
         run = session.run
         if run.status.finished and session.stop is None:
             session.stop = Stop(run.status, run.error or f"{run.label} was stopped")
-
-    async def upload(
-        self,
-        run_id: int,
-        body: AsyncIterator[bytes],
-        declared: int | None = None,
-        target: Target = AT_ROOT,
-    ) -> int:
-        """Stream the checked tar (entries under ``target.out_root``) into the container before
-        it starts (:mod:`hgrun.server.uploads`); a ``declared`` size over the cap is refused."""
-        session = self._session(run_id)
-        if not session.run.uploads or session.uploads_done or session.uploading:
-            raise NotFoundError(
-                f"run {run_id} takes no upload", "pass --file when the run is created"
-            )
-        if session.stop is not None or session.phase is not Phase.WAITING:
-            raise ConflictError(f"{session.run.label} is {session.phase.value}: too late to upload")
-        upload = Upload(self.limits.max_upload, target.lead)
-        session.uploading = True
-        try:
-            upload.check(declared or 0)
-            await self.engine.put_archive(
-                self._container(session), target.extract_at, upload.stream(body)
-            )
-        except HgrunError as e:
-            await self.request_stop(
-                session, Stop(RunStatus.FAILED, f"the upload failed: {e.message}")
-            )
-            raise
-        except Exception as e:
-            await self.request_stop(session, Stop(RunStatus.FAILED, f"the upload failed: {e}"))
-            raise
-        finally:
-            session.uploading = False
-        session.uploads_done = True
-        if session.alone_since is not None:
-            session.alone_since = self.clock()  # the client's grace counts from now
-        session.changed.set()
-        return upload.received
 
     # -- attached clients --------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""``--file`` uploads on their way into a container, extracted at its ``/``.
+"""``--file`` uploads on their way into a container, extracted at its ``/`` (:func:`receive`,
+for a run waiting in its container before the start).
 
 The API checks the client's tar entry by entry (:class:`hgrun.uploadtar.UploadFilter`, with
 entries written under :data:`OUT_ROOT`); here the stream gets a first entry ``tmp`` of mode 1777
@@ -17,8 +18,14 @@ from __future__ import annotations
 import dataclasses
 import tarfile
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
-from hgrun.errors import PayloadTooLargeError
+from hgrun.errors import ConflictError, EngineError, HgrunError, NotFoundError, PayloadTooLargeError
+from hgrun.lifecycle import Phase, Stop
+from hgrun.models import RunStatus
+
+if TYPE_CHECKING:
+    from hgrun.server.supervisor import Supervisor
 
 EXTRACT_AT = "/"
 OUT_ROOT = "tmp/uploads"  # where the checked entries are written, relative to EXTRACT_AT
@@ -76,3 +83,42 @@ class Upload:
             self.received += len(chunk)
             self.check(self.received)
             yield chunk
+
+
+async def receive(
+    supervisor: Supervisor,
+    run_id: int,
+    body: AsyncIterator[bytes],
+    declared: int | None = None,
+    target: Target = AT_ROOT,
+) -> int:
+    """Stream the checked tar (entries under ``target.out_root``) into the run's container
+    before it starts; a ``declared`` size over the cap is refused. A failed upload fails the
+    run. Returns the bytes received."""
+    session = supervisor.sessions.get(run_id)
+    if session is None:
+        raise NotFoundError(f"run {run_id} is not in flight")
+    if not session.run.uploads or session.uploads_done or session.uploading:
+        raise NotFoundError(f"run {run_id} takes no upload", "pass --file when the run is created")
+    if session.stop is not None or session.phase is not Phase.WAITING:
+        raise ConflictError(f"{session.run.label} is {session.phase.value}: too late to upload")
+    upload = Upload(supervisor.limits.max_upload, target.lead)
+    session.uploading = True
+    try:
+        upload.check(declared or 0)
+        if session.container_id is None:  # never: a waiting run has its container
+            raise EngineError(f"{session.run.label} has no container")
+        await supervisor.engine.put_archive(
+            session.container_id, target.extract_at, upload.stream(body)
+        )
+    except Exception as e:
+        why = e.message if isinstance(e, HgrunError) else str(e)
+        await supervisor.request_stop(session, Stop(RunStatus.FAILED, f"the upload failed: {why}"))
+        raise
+    finally:
+        session.uploading = False
+    session.uploads_done = True
+    if session.alone_since is not None:
+        session.alone_since = supervisor.clock()  # the client's grace counts from now
+    session.changed.set()
+    return upload.received

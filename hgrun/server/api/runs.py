@@ -40,7 +40,7 @@ from hgrun.server.logs import (
     tail_lines,
 )
 from hgrun.server.networks import check_network
-from hgrun.server.uploads import target
+from hgrun.server.uploads import receive, target
 from hgrun.server.workers import run_in
 from hgrun.store import Store
 from hgrun.uploadtar import UploadFilter
@@ -219,7 +219,9 @@ async def upload_files(server: Server, request: Request) -> Response:
     declared = int(length) if length.isascii() and length.isdigit() else None
     server.uploading.add(run.id)
     try:
-        await server.supervisor.upload(run.id, _checked(request.stream(), upload), declared, where)
+        await receive(
+            server.supervisor, run.id, _checked(request.stream(), upload), declared, where
+        )
     finally:
         server.uploading.discard(run.id)
     return JSONResponse({"run": run.id, "bytes": upload.received})
