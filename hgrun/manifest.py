@@ -3,24 +3,20 @@
 The YAML is composed into nodes (not loaded into plain values) so that every error can name the
 line and column of the node at fault and its key path, e.g. ``hgrun.yaml:12:14:
 scripts.nightly.timeout: "10 minutes" is not a duration``. Everything is validated here: unknown
-keys, types, durations, sizes, cron expressions, time zones, names. yaml's own exceptions are
-translated here and nowhere else. docs/manifest.md documents the format.
+keys, types, durations, sizes, cron expressions, time zones, names; the YAML itself is read as
+nodes by :mod:`hgrun.yamlnodes`. docs/manifest.md documents the format.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 import re
 import urllib.parse
 import zoneinfo
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import PurePosixPath
 
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
-from hgrun.duration import parse_duration
 from hgrun.errors import ManifestError
 from hgrun.models import (
     APP_NAME,
@@ -36,6 +32,16 @@ from hgrun.models import (
 )
 from hgrun.schedule import MACROS, validate_cron
 from hgrun.stacks import ORDER as STACKS
+from hgrun.yamlnodes import (
+    INT,
+    NULL,
+    KeyPath,
+    NodeReader,
+    compose,
+    kind,
+    show,
+    suggest,
+)
 
 NOTIFY_EVENTS = ("failure", "success", "timeout")
 # The @-macros of Vixie cron that name a schedule; @reboot names an event, which hgrun has not.
@@ -78,28 +84,10 @@ _SCRIPT_KEYS = (
 )
 _NOTIFY_KEYS = ("webhook", "email", "on")
 
-_STR = "tag:yaml.org,2002:str"
-_INT = "tag:yaml.org,2002:int"
-_FLOAT = "tag:yaml.org,2002:float"
-_NULL = "tag:yaml.org,2002:null"
-_BOOL = "tag:yaml.org,2002:bool"
-_MERGE = "tag:yaml.org,2002:merge"
-_KINDS = {
-    _STR: "a string",
-    _INT: "a number",
-    _FLOAT: "a number",
-    _NULL: "nothing",
-    _BOOL: "a boolean",
-    "tag:yaml.org,2002:timestamp": "a date",
-}
-
-_DURATION_HINT = "use a number with a unit, like 90s, 15m or 1h"
 _CRON_HINT = (
     'use 5 fields "minute hour day-of-month month day-of-week", like "0 4 * * *", '
     "or one of " + ", ".join(CRON_MACROS)
 )
-
-KeyPath = tuple[str, ...]
 
 
 def parse_manifest(
@@ -116,7 +104,7 @@ def parse_manifest(
     deeper than the interpreter can walk (PyYAML's composer recurses once per level) too.
     """
     try:
-        return _parse_manifest(text, file, procfile)
+        return _Reader(file, procfile).manifest(compose(text, file))
     except RecursionError as e:
         raise ManifestError(
             "the manifest nests too deep",
@@ -125,205 +113,12 @@ def parse_manifest(
         ) from e
 
 
-def _parse_manifest(text: str, file: str, procfile: Mapping[str, str] | None) -> Manifest:
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        problem = e.problem or e.context or "syntax error"
-        hint = (
-            "indent with spaces, not tabs"
-            if "\\t" in problem
-            else "check the indentation, and quote values that contain ': ' or ' #' "
-            "or start with a special character such as *, &, !, @ or `"
-        )
-        raise ManifestError(
-            f"invalid YAML: {problem}",
-            file=file,
-            line=mark.line + 1 if mark else None,
-            col=mark.column + 1 if mark else None,
-            hint=hint,
-        ) from e
-    except yaml.YAMLError as e:
-        # A ReaderError (a character YAML does not allow) carries a position, not a mark.
-        position = getattr(e, "position", None)
-        line = text.count("\n", 0, position) + 1 if isinstance(position, int) else None
-        raise ManifestError(
-            f"invalid YAML: {e}",
-            file=file,
-            line=line,
-            hint="remove control characters; the manifest must be UTF-8 text",
-        ) from e
-    if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL):
-        raise ManifestError(
-            "the manifest is empty",
-            file=file,
-            hint="start it with the app's name, e.g. 'name: myapp'; see docs/manifest.md",
-        )
-    return _Reader(file, procfile).manifest(root)
-
-
-def locate(text: str, path: Sequence[str]) -> tuple[int, int] | None:
-    """Line and column (1-based) of the value at ``path`` in a manifest already parsed.
-
-    For checks that need more than the text (a file that must exist, say) and still want to
-    point at the key; None when the path is not there.
-    """
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return None
-    for key in path:
-        if not isinstance(node, MappingNode):
-            return None
-        found = [v for k, v in node.value if isinstance(k, ScalarNode) and k.value == key]
-        if not found:
-            return None
-        node = found[0]
-    if node is None:
-        return None
-    return node.start_mark.line + 1, node.start_mark.column + 1
-
-
-class _Reader:
+class _Reader(NodeReader):
     """Walks the composed node tree; each method validates one kind of value at a key path."""
 
     def __init__(self, file: str, procfile: Mapping[str, str] | None) -> None:
-        self.file = file
+        super().__init__(file)
         self.procfile = procfile
-
-    def error(self, node: Node, path: KeyPath, what: str, hint: str) -> ManifestError:
-        """A :class:`ManifestError` at ``node``; every manifest error says how to fix it."""
-        prefix = f"{'.'.join(path)}: " if path else ""
-        return ManifestError(
-            prefix + what,
-            file=self.file,
-            line=node.start_mark.line + 1,
-            col=node.start_mark.column + 1,
-            hint=hint,
-        )
-
-    # -- shapes ---------------------------------------------------------------------------------
-
-    def mapping(
-        self, node: Node, path: KeyPath, allowed: Iterable[str] | None = None
-    ) -> dict[str, tuple[Node, Node]]:
-        """Return ``{key: (key node, value node)}``; refuse non-mappings, duplicates, unknowns.
-
-        ``allowed=None`` admits any key (env names, script names); the caller checks them.
-        """
-        if not isinstance(node, MappingNode):
-            raise self.error(
-                node,
-                path,
-                f"expected a mapping, found {_kind(node)}",
-                hint="write 'key: value' pairs indented under it; see docs/manifest.md",
-            )
-        known = tuple(allowed) if allowed is not None else None
-        items: dict[str, tuple[Node, Node]] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, ScalarNode):
-                raise self.error(
-                    key_node,
-                    path,
-                    f"a key must be a string, not {_kind(key_node)}",
-                    hint="keys are plain names, like size or timeout",
-                )
-            if key_node.tag == _MERGE:
-                raise self.error(
-                    key_node,
-                    path,
-                    "merge keys (<<) are not supported",
-                    hint="write the keys out in each mapping",
-                )
-            # The key's text as written: with YAML 1.1 resolution, "on:" would be the boolean true.
-            key = key_node.value
-            if key in items:
-                first = items[key][0].start_mark.line + 1
-                raise self.error(
-                    key_node,
-                    (*path, key),
-                    "duplicate key",
-                    hint=f"it is already set on line {first}; keep one of the two",
-                )
-            if known is not None and key not in known:
-                raise self.error(
-                    key_node,
-                    (*path, key),
-                    "unknown key",
-                    hint=_suggest(key, known, "valid keys here: " + ", ".join(known)),
-                )
-            items[key] = (key_node, value_node)
-        return items
-
-    def optional_mapping(
-        self, node: Node, path: KeyPath, allowed: Iterable[str] | None = None
-    ) -> dict[str, tuple[Node, Node]]:
-        # "scripts:" with every entry commented out is an empty section, not an error.
-        if isinstance(node, ScalarNode) and node.tag == _NULL:
-            return {}
-        return self.mapping(node, path, allowed)
-
-    def string(self, node: Node, path: KeyPath, *, example: str = "") -> str:
-        if not isinstance(node, ScalarNode) or node.tag != _STR:
-            hint = f"write it as a string, e.g. {example}" if example else "write it as a string"
-            if isinstance(node, ScalarNode) and node.tag != _NULL:
-                hint = f'put it in quotes: "{node.value}"'
-            raise self.error(node, path, f"expected a string, found {_kind(node)}", hint=hint)
-        if not node.value.strip():
-            hint = f"e.g. {example}" if example else "give a value, or remove the key"
-            raise self.error(node, path, "must not be empty", hint=hint)
-        return str(node.value)
-
-    def choice(self, node: Node, path: KeyPath, choices: Iterable[str]) -> str:
-        options = tuple(choices)
-        value = self.string(node, path, example=options[0])
-        if value not in options:
-            raise self.error(
-                node,
-                path,
-                f"{_show(value)} is not one of {', '.join(options)}",
-                hint=_suggest(value, options, "use one of: " + ", ".join(options)),
-            )
-        return value
-
-    def duration(self, node: Node, path: KeyPath) -> float:
-        if not isinstance(node, ScalarNode) or node.tag not in (_STR, _INT, _FLOAT):
-            raise self.error(
-                node, path, f"expected a duration, found {_kind(node)}", hint=_DURATION_HINT
-            )
-        try:
-            return parse_duration(node.value)
-        except ValueError as e:
-            raise self.error(
-                node, path, f"{_show(node.value)} is not a duration ({e})", hint=_DURATION_HINT
-            ) from e
-
-    def integer(self, node: Node, path: KeyPath, *, minimum: int) -> int:
-        if not isinstance(node, ScalarNode) or node.tag != _INT:
-            raise self.error(
-                node, path, f"expected a whole number, found {_kind(node)}", hint=f"e.g. {minimum}"
-            )
-        value = int(yaml.constructor.SafeConstructor().construct_yaml_int(node))
-        if value < minimum:
-            raise self.error(
-                node, path, f"must be at least {minimum}, not {value}", hint=f"e.g. {minimum}"
-            )
-        return value
-
-    def boolean(self, node: Node, path: KeyPath) -> bool:
-        if not isinstance(node, ScalarNode) or node.tag != _BOOL:
-            raise self.error(
-                node, path, f"expected true or false, found {_kind(node)}", hint="e.g. true"
-            )
-        return bool(yaml.constructor.SafeConstructor().construct_yaml_bool(node))
-
-    def strings(self, node: Node, path: KeyPath, *, example: str) -> list[tuple[str, Node]]:
-        """A string or a non-empty list of strings, as ``[(value, its node)]``."""
-        items = node.value if isinstance(node, SequenceNode) else [node]
-        if not items:
-            raise self.error(node, path, "the list is empty", hint=f"e.g. [{example}]")
-        return [(self.string(item, path, example=example), item) for item in items]
 
     # -- the manifest -----------------------------------------------------------------------------
 
@@ -332,7 +127,7 @@ class _Reader:
             raise self.error(
                 root,
                 (),
-                f"the manifest must be a mapping of keys, found {_kind(root)}",
+                f"the manifest must be a mapping of keys, found {kind(root)}",
                 hint="start it with the app's name, e.g. 'name: myapp'; see docs/manifest.md",
             )
         top = self.mapping(root, (), _TOP_KEYS)
@@ -348,7 +143,7 @@ class _Reader:
             raise self.error(
                 top["name"][1],
                 ("name",),
-                f"{_show(name)} is not a valid app name",
+                f"{show(name)} is not a valid app name",
                 hint="use lowercase letters, digits and '-', starting with a letter "
                 "(at most 63 characters)",
             )
@@ -390,7 +185,7 @@ class _Reader:
                 raise self.error(
                     value_node,
                     (*path, "dockerfile"),
-                    f"{_show(dockerfile)} is outside the app directory",
+                    f"{show(dockerfile)} is outside the app directory",
                     hint="give a path relative to the app directory, like Dockerfile or "
                     "docker/Dockerfile",
                 )
@@ -415,7 +210,7 @@ class _Reader:
                 raise self.error(
                     value_node,
                     (*path, key),
-                    f"{_show(image)} is not an image name",
+                    f"{show(image)} is not an image name",
                     hint=f"e.g. {example}",
                 )
             if dockerfile is not None:
@@ -439,17 +234,17 @@ class _Reader:
                 raise self.error(
                     key_node,
                     path,
-                    f"{_show(key)} is not a valid environment variable name",
+                    f"{show(key)} is not a valid environment variable name",
                     hint="use letters, digits and '_', not starting with a digit",
                 )
             if not isinstance(value_node, ScalarNode):
                 raise self.error(
                     value_node,
                     path,
-                    f"expected a string, found {_kind(value_node)}",
+                    f"expected a string, found {kind(value_node)}",
                     hint="environment values are strings; quote the whole value",
                 )
-            if value_node.tag == _NULL:
+            if value_node.tag == NULL:
                 raise self.error(
                     value_node, path, "has no value", hint='write KEY: "" for an empty value'
                 )
@@ -467,7 +262,7 @@ class _Reader:
             raise self.error(
                 node,
                 path,
-                f"{_show(value)} is not a network name",
+                f"{show(value)} is not a network name",
                 hint="use none, host, or the name of a Docker network "
                 "(letters, digits, '_', '.', '-')",
             )
@@ -475,7 +270,7 @@ class _Reader:
 
     def user(self, node: Node) -> str:
         # A number is a uid, as `docker run --user 10001` takes it: written bare or quoted.
-        if isinstance(node, ScalarNode) and node.tag == _INT and node.value.isdigit():
+        if isinstance(node, ScalarNode) and node.tag == INT and node.value.isdigit():
             value = str(int(node.value))
         else:
             value = self.string(node, ("user",), example='"10001"')
@@ -486,7 +281,7 @@ class _Reader:
             raise self.error(
                 node,
                 ("user",),
-                f"{_show(value)} is not a user",
+                f"{show(value)} is not a user",
                 hint='write a user name or uid, optionally with ":GROUP", e.g. "10001" or'
                 ' "app:app"',
             )
@@ -501,7 +296,7 @@ class _Reader:
                 raise self.error(
                     item,
                     path,
-                    f"{_show(value)} is not a placement constraint",
+                    f"{show(value)} is not a placement constraint",
                     hint=f"write ATTRIBUTE==VALUE or ATTRIBUTE!=VALUE, e.g. {example},"
                     " node.role==worker or engine.labels.disk==ssd",
                 )
@@ -514,7 +309,7 @@ class _Reader:
             raise self.error(
                 key_node,
                 path,
-                f"{_show(name)} is not a valid script name",
+                f"{show(name)} is not a valid script name",
                 hint="use lowercase letters, digits and '-', starting with a letter",
             )
         # "nightly:" with nothing under it reads as null: report what is missing, not the type.
@@ -542,8 +337,8 @@ class _Reader:
                 raise self.error(
                     value_node,
                     at("process"),
-                    f"{_show(process)} is not a process type in the Procfile",
-                    hint=_suggest(process, known, defined or "the Procfile defines no types"),
+                    f"{show(process)} is not a process type in the Procfile",
+                    hint=suggest(process, known, defined or "the Procfile defines no types"),
                 )
         d = Script(name=name)
 
@@ -594,7 +389,7 @@ class _Reader:
         problem = validate_cron(expr)
         if problem is not None:
             raise self.error(
-                node, path, f"{_show(expr)} is not a valid schedule: {problem}", hint=_CRON_HINT
+                node, path, f"{show(expr)} is not a valid schedule: {problem}", hint=_CRON_HINT
             )
         return expr
 
@@ -606,8 +401,8 @@ class _Reader:
             raise self.error(
                 node,
                 path,
-                f"{_show(name)} is not a known time zone",
-                hint=_suggest(
+                f"{show(name)} is not a known time zone",
+                hint=suggest(
                     name,
                     sorted(zoneinfo.available_timezones()),
                     "use an IANA time zone name, like UTC or Europe/Paris",
@@ -628,7 +423,7 @@ class _Reader:
                 raise self.error(
                     value_node,
                     (*path, "webhook"),
-                    f"{_show(webhook)} is not an http or https URL",
+                    f"{show(webhook)} is not an http or https URL",
                     hint="e.g. https://example.com/hooks/hgrun",
                 )
         emails: list[str] = []
@@ -639,7 +434,7 @@ class _Reader:
                     raise self.error(
                         item,
                         (*path, "email"),
-                        f"{_show(address)} is not an email address",
+                        f"{show(address)} is not an email address",
                         hint="e.g. ops@example.com",
                     )
                 emails.append(address)
@@ -658,30 +453,10 @@ class _Reader:
                     raise self.error(
                         item,
                         (*path, "on"),
-                        f"{_show(event)} is not one of {', '.join(NOTIFY_EVENTS)}",
-                        hint=_suggest(
+                        f"{show(event)} is not one of {', '.join(NOTIFY_EVENTS)}",
+                        hint=suggest(
                             event, NOTIFY_EVENTS, "use any of: " + ", ".join(NOTIFY_EVENTS)
                         ),
                     )
             on = tuple(dict.fromkeys(event for event, _ in events))
         return Notify(webhook=webhook, email=tuple(emails), on=on)
-
-
-def _kind(node: Node) -> str:
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a list"
-    kind = _KINDS.get(node.tag, "a value")
-    if node.tag == _NULL:
-        return kind
-    return f"{kind} {_show(node.value)}" if kind != "a string" else kind
-
-
-def _show(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _suggest(word: str, options: Iterable[str], otherwise: str) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else otherwise

@@ -126,8 +126,8 @@ def _build_plan(
     ``build.dockerfile``, else a ``Dockerfile`` in the folder, else a generated one for
     ``build.stack`` or the detected stack (hgrun/stacks.py); none of these is an error.
     """
-    from hgrun.manifest import locate
     from hgrun.stacks import ORDER, plan
+    from hgrun.yamlnodes import locate
 
     def at(*keys: str) -> tuple[int | None, int | None]:
         return locate(text, keys) or locate(text, ("build",)) or (None, None)
