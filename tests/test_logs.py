@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 
 import pytest
+from support.store import app_with_release, new_run, new_store
 
-from hgrun.models import Manifest, OutputChunk, Trigger, TriggerKind
+from hgrun.models import OutputChunk
 from hgrun.server.api.runs import stderr_tail
 from hgrun.server.logs import MAX_LINE, STDERR, TAIL_PAGE, LineAssembler, tail_lines
 from hgrun.store import Store
@@ -111,32 +112,9 @@ def test_pending_since_is_where_a_waiting_line_began() -> None:
 
 
 def _store_with_output(tmp_path: Path, pieces: list[tuple[int, bytes]]) -> tuple[Store, int]:
-    store = Store(tmp_path / "tail.db", max_output=None)
-    store.ensure_workspace("default")
-    app = store.create_app("default", "app")
-    release = store.create_release(
-        app.id,
-        image="sha256:x",
-        context_hash="h" * 64,
-        procfile={},
-        manifest=Manifest(name="app"),
-        env={},
-        description="Deploy",
-    )
-    run = store.create_run(
-        workspace="default",
-        app_id=app.id,
-        release_id=release.id,
-        command=["true"],
-        process_type=None,
-        tty=False,
-        detached=True,
-        uploads=False,
-        size="starter",
-        timeout=60.0,
-        env={},
-        trigger=Trigger(TriggerKind.USER, "admin"),
-    )
+    store = new_store(tmp_path / "tail.db", max_output=None)
+    app, release = app_with_release(store)
+    run = new_run(store, app, release)
     for i in range(0, len(pieces), 100):
         store.append_output(run.id, app.id, [(s, 1.0, d) for s, d in pieces[i : i + 100]])
     return store, run.id

@@ -8,8 +8,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from support.store import app_with_release, new_run, new_store
 
-from hgrun.models import Catchup, Concurrency, Manifest, Run, Script, ScriptRecord, Trigger
+from hgrun.models import Catchup, Concurrency, Run, Script, ScriptRecord, Trigger
 from hgrun.schedule import (
     MACROS,
     MISSED_CAP,
@@ -567,18 +568,11 @@ class FakeRunner:
         self.slots.append(trigger.name)
         release = self.store.latest_release(script.app_id)
         assert release is not None
-        return self.store.create_run(
+        return new_run(
+            self.store,
+            self.store.app_by_id(script.app_id),
+            release,
             workspace=script.workspace,
-            app_id=script.app_id,
-            release_id=release.id,
-            command=["true"],
-            process_type=None,
-            tty=False,
-            detached=True,
-            uploads=False,
-            size="starter",
-            timeout=60.0,
-            env={},
             trigger=trigger,
             script=script.name,
             slot=trigger.name,
@@ -587,18 +581,8 @@ class FakeRunner:
 
 
 def _cron_store(tmp_path: Path, catchup: Catchup = Catchup.SKIP) -> Store:
-    store = Store(tmp_path / "cron.db")
-    store.ensure_workspace("default")
-    app = store.create_app("default", "app")
-    store.create_release(
-        app.id,
-        image="sha256:x",
-        context_hash="h" * 64,
-        procfile={},
-        manifest=Manifest(name="app"),
-        env={},
-        description="Deploy",
-    )
+    store = new_store(tmp_path / "cron.db")
+    app, _ = app_with_release(store)
     store.sync_scripts(
         "default", app.id, [Script(name="tick", command="true", cron=M, catchup=catchup)]
     )

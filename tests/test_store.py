@@ -9,16 +9,19 @@ import concurrent.futures
 import threading
 
 import pytest
+from support.store import app_with_release, new_release, new_run
 from support.stores import StoreFactory
 
 from hgrun import lifecycle
 from hgrun.errors import ConflictError, NotFoundError
 from hgrun.lifecycle import Outcome
 from hgrun.models import (
+    App,
     Build,
     Manifest,
     Notify,
     OutputChunk,
+    Release,
     Run,
     RunStatus,
     Script,
@@ -38,44 +41,18 @@ def store(make_store: StoreFactory) -> Store:
     return make_store(clock=lambda: 1000.0)
 
 
-def _app(store: Store) -> tuple[int, int]:
-    app = store.create_app("default", "app")
-    release = store.create_release(
-        app.id,
-        image="sha256:x",
-        context_hash="h" * 64,
-        procfile={},
-        manifest=Manifest(name="app"),
-        env={},
-        description="Deploy",
-    )
-    return app.id, release.id
-
-
-def _new_run(store: Store, status: RunStatus = RunStatus.QUEUED) -> Run:
-    app_id, release_id = _app(store) if not store.apps("default") else _first(store)
-    return store.create_run(
-        workspace="default",
-        app_id=app_id,
-        release_id=release_id,
-        command=["true"],
-        process_type=None,
-        tty=False,
-        detached=True,
-        uploads=False,
-        size="starter",
-        timeout=60.0,
-        env={},
-        trigger=Trigger(TriggerKind.USER, "admin"),
-        status=status,
-    )
-
-
-def _first(store: Store) -> tuple[int, int]:
+def _app(store: Store) -> tuple[App, Release]:
+    """The store's first app and its latest release, made on first use."""
+    if not store.apps("default"):
+        return app_with_release(store)
     app = store.apps("default")[0]
     release = store.latest_release(app.id)
     assert release is not None
-    return app.id, release.id
+    return app, release
+
+
+def _new_run(store: Store, status: RunStatus = RunStatus.QUEUED) -> Run:
+    return new_run(store, *_app(store), status=status)
 
 
 def _run_in(store: Store, status: RunStatus) -> Run:
@@ -301,15 +278,7 @@ def test_a_release_manifest_comes_back_typed(store: Store) -> None:
             Script(name="nightly", command="true", cron="0 4 * * *", notify=Notify(email=("a@b",))),
         ),
     )
-    release = store.create_release(
-        app.id,
-        image="sha256:x",
-        context_hash="h" * 64,
-        procfile={},
-        manifest=manifest,
-        env={},
-        description="Deploy",
-    )
+    release = new_release(store, app, manifest=manifest)
     assert release.manifest == manifest
     store._releases.clear()  # read back from SQLite, not from the cache
     assert store.release(release.id).manifest == manifest
@@ -437,21 +406,13 @@ def test_prune_never_deletes_a_run_in_flight(store: Store) -> None:
 
 
 def test_prune_leaves_script_runs_to_their_history(store: Store) -> None:
-    app_id, release_id = _first(store) if store.apps("default") else _app(store)
-    store.sync_scripts("default", app_id, [Script(name="s", command="true")])
+    app, release = _app(store)
+    store.sync_scripts("default", app.id, [Script(name="s", command="true")])
     (script,) = store.scripts()
-    run = store.create_run(
-        workspace="default",
-        app_id=app_id,
-        release_id=release_id,
-        command=["true"],
-        process_type=None,
-        tty=False,
-        detached=True,
-        uploads=False,
-        size="starter",
-        timeout=60.0,
-        env={},
+    run = new_run(
+        store,
+        app,
+        release,
         trigger=Trigger(TriggerKind.CRON, "s"),
         status=RunStatus.SKIPPED,
         script_id=script.id,
@@ -529,19 +490,9 @@ def test_prune_works_in_bounded_passes_and_transactions(make_store: StoreFactory
 
 
 def _run_with(store: Store, kind: TriggerKind, script_id: int | None, status: RunStatus) -> Run:
-    app_id, release_id = _first(store)
-    run = store.create_run(
-        workspace="default",
-        app_id=app_id,
-        release_id=release_id,
-        command=["true"],
-        process_type=None,
-        tty=False,
-        detached=True,
-        uploads=False,
-        size="starter",
-        timeout=60.0,
-        env={},
+    run = new_run(
+        store,
+        *_app(store),
         trigger=Trigger(kind, "t"),
         script="s" if script_id else None,
         script_id=script_id,
@@ -557,7 +508,7 @@ def test_filtered_runs_page_by_key_and_each_filter_reads_an_index(store: Store) 
     newest first; and SQLite answers each mix from an index led by the app and the filtered
     columns (``SEARCH ... USING INDEX``, never a walk of all the app's runs filtered after),
     which is what keeps the dashboard's runs page fast among a million runs."""
-    app_id, _release = _app(store)
+    app_id = _app(store)[0].id
     store.sync_scripts("default", app_id, [Script(name="s", command="true")])
     script_id = store.script_by_name(app_id, "s").id
     made = []

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from support.store import new_release
 from support.stores import StoreFactory
 
-from hgrun.models import Manifest
 from hgrun.store import Store
 from hgrun.store.schema import MIGRATIONS
 
@@ -15,26 +15,13 @@ ACTOR = next(i for i, m in enumerate(MIGRATIONS) if "releases ADD COLUMN actor" 
 """How many migrations come before the one that adds releases.actor."""
 
 
-def _release(store: Store, app_id: int, **kw: str):
-    return store.create_release(
-        app_id,
-        image="sha256:x",
-        context_hash="h" * 64,
-        procfile={},
-        manifest=Manifest(name="app"),
-        env={},
-        description="Deploy",
-        **kw,
-    )
-
-
 def test_a_release_records_its_actor(make_store: StoreFactory) -> None:
     store = make_store(clock=lambda: 1000.0)
     app = store.create_app("default", "app")
-    made = _release(store, app.id, actor="ci")
+    made = new_release(store, app, actor="ci")
     assert made.actor == "ci"
     assert store.releases(app.id)[0].actor == "ci"
-    assert _release(store, app.id).actor == ""
+    assert new_release(store, app).actor == ""
 
 
 def test_releases_made_before_the_migration_have_no_actor(tmp_path: Path) -> None:

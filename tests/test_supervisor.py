@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 from fake_engine import FakeEngine
+from support.store import app_with_release, new_run, new_store
 
 from hgrun.cli.uploads import plan, tar_stream
 from hgrun.engine import LABEL_INSTANCE, LABEL_RUN, STDERR, STDOUT, ContainerSpec
 from hgrun.lifecycle import Limits
-from hgrun.models import SIZES, Manifest, Run, RunStatus, Trigger, TriggerKind
+from hgrun.models import SIZES, App, Release, Run, RunStatus
 from hgrun.server.session import Dropped, Finished, Output, Subscriber
 from hgrun.server.supervisor import Supervisor
 from hgrun.server.uploads import OUT_ROOT, receive
@@ -57,8 +58,8 @@ class World:
     store: Store
     engine: FakeEngine
     now: list[float]
-    app_id: int
-    release_id: int
+    app: App
+    release: Release
 
     def clock(self) -> float:
         return self.now[0]
@@ -69,45 +70,22 @@ class World:
         )
 
     def run(self, **changes: Any) -> Run:
-        args: dict[str, Any] = {
-            "workspace": "default",
-            "app_id": self.app_id,
-            "release_id": self.release_id,
+        """A detached `sh -c work` of the app's release, 10 minutes timeout, already starting,
+        unless ``changes`` say otherwise."""
+        fields: dict[str, Any] = {
             "command": ["sh", "-c", "work"],
-            "process_type": None,
-            "tty": False,
-            "detached": True,
-            "uploads": False,
-            "size": "starter",
             "timeout": 600.0,
-            "env": {},
-            "trigger": Trigger(TriggerKind.USER, "admin"),
             "status": RunStatus.STARTING,
             **changes,
         }
-        return self.store.create_run(**args)
-
-    @property
-    def release(self) -> Any:
-        return self.store.release(self.release_id)
+        return new_run(self.store, self.app, self.release, **fields)
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     now = [1000.0]
-    store = Store(tmp_path / "hgrun.db", clock=lambda: now[0])
-    store.ensure_workspace("default")
-    app = store.create_app("default", "app")
-    release = store.create_release(
-        app.id,
-        image="img",
-        context_hash="h" * 64,
-        procfile={},
-        manifest=Manifest(name="app"),
-        env={},
-        description="Deploy",
-    )
-    return World(store, FakeEngine(), now, app.id, release.id)
+    store = new_store(tmp_path / "hgrun.db", clock=lambda: now[0])
+    return World(store, FakeEngine(), now, *app_with_release(store))
 
 
 async def _read_all(subscriber: Subscriber) -> tuple[bytes, object]:
@@ -470,20 +448,9 @@ async def test_a_run_taken_over_is_let_go_by_its_old_holder(world: World) -> Non
 async def test_a_viewer_behind_what_the_cap_kept_is_told_and_let_go(
     world: World, tmp_path: Path
 ) -> None:
-    store = Store(tmp_path / "capped.db", clock=world.clock, max_output=100_000)
-    world = dataclasses.replace(world, store=store)
-    store.ensure_workspace("default")
-    app = store.create_app("default", "app")
-    release = store.create_release(
-        app.id,
-        image="img",
-        context_hash="h" * 64,
-        procfile={},
-        manifest=Manifest(name="app"),
-        env={},
-        description="Deploy",
-    )
-    world = dataclasses.replace(world, app_id=app.id, release_id=release.id)
+    store = new_store(tmp_path / "capped.db", clock=world.clock, max_output=100_000)
+    app, release = app_with_release(store)
+    world = dataclasses.replace(world, store=store, app=app, release=release)
     sup = world.supervisor()
     session = await sup.launch(world.run(detached=False), world.release, "none")
     _, viewer = sup.subscribe(session.run.id)

@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from support.store import app_with_release, new_run, new_store
 
 from hgrun.cli import uploads
 from hgrun.engine import CAPABILITIES, ContainerSpec
@@ -16,7 +17,7 @@ from hgrun.engine.dockerwire import timestamp
 from hgrun.engine.multiplex import STDERR, STDOUT, Demuxer, frame
 from hgrun.errors import ConflictError, EngineError, InputError, NotFoundError
 from hgrun.lifecycle import Outcome
-from hgrun.models import SIZES, Manifest, RunStatus, Scope, Script, Trigger, TriggerKind
+from hgrun.models import SIZES, RunStatus, Scope, Script
 from hgrun.server.auth import authenticate, new_token
 from hgrun.store import Store, hash_token
 from hgrun.store.audit import AuditLog, load_key
@@ -174,43 +175,9 @@ def test_upload_plan_refuses(tmp_path: Path, paths: list[str], message: str) -> 
 # -- the store -----------------------------------------------------------------------------
 
 
-def _run_args(store: Store, app_id: int, release_id: int, **extra: object) -> dict[str, object]:
-    return {
-        "workspace": "default",
-        "app_id": app_id,
-        "release_id": release_id,
-        "command": ["true"],
-        "process_type": None,
-        "tty": False,
-        "detached": True,
-        "uploads": False,
-        "size": "starter",
-        "timeout": 60.0,
-        "env": {},
-        "trigger": Trigger(TriggerKind.USER, "admin"),
-        **extra,
-    }
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    store = Store(tmp_path / "hgrun.db", clock=lambda: 1000.0)
-    store.ensure_workspace("default")
-    return store
-
-
-def _release(store: Store) -> tuple[int, int]:
-    app = store.create_app("default", "app")
-    release = store.create_release(
-        app.id,
-        image="sha256:x",
-        context_hash="h" * 64,
-        procfile={},
-        manifest=Manifest(name="app"),
-        env={},
-        description="Deploy",
-    )
-    return app.id, release.id
+    return new_store(tmp_path / "hgrun.db", clock=lambda: 1000.0)
 
 
 def test_store_migrates_to_the_latest_version(tmp_path: Path) -> None:
@@ -253,20 +220,19 @@ def test_authenticate(store: Store) -> None:
 
 
 def test_one_run_per_script_slot(store: Store) -> None:
-    app_id, release_id = _release(store)
-    store.sync_scripts("default", app_id, [Script(name="s", command="true", cron="* * * * *")])
+    app, release = app_with_release(store)
+    store.sync_scripts("default", app.id, [Script(name="s", command="true", cron="* * * * *")])
     (script,) = store.scripts()
-    args = _run_args(store, app_id, release_id, script_id=script.id, slot="2026-01-01T00:00:00Z")
-    store.create_run(**args)  # type: ignore[arg-type]
+    new_run(store, app, release, script_id=script.id, slot="2026-01-01T00:00:00Z")
     with pytest.raises(ConflictError):
-        store.create_run(**args)  # type: ignore[arg-type]
+        new_run(store, app, release, script_id=script.id, slot="2026-01-01T00:00:00Z")
     # Another slot, or no slot, is fine.
-    store.create_run(**{**args, "slot": "2026-01-01T00:01:00Z"})  # type: ignore[arg-type]
-    store.create_run(**{**args, "slot": None})  # type: ignore[arg-type]
+    new_run(store, app, release, script_id=script.id, slot="2026-01-01T00:01:00Z")
+    new_run(store, app, release, script_id=script.id, slot=None)
 
 
 def test_sync_scripts_keeps_ids_and_resets_a_changed_schedule(store: Store) -> None:
-    app_id, _ = _release(store)
+    app_id = app_with_release(store)[0].id
     store.sync_scripts("default", app_id, [Script(name="s", command="a", cron="* * * * *")])
     (first,) = store.scripts()
     store.set_cursor(first.id, 500.0)
@@ -282,12 +248,13 @@ def test_sync_scripts_keeps_ids_and_resets_a_changed_schedule(store: Store) -> N
 
 
 def test_prune_script_history_keeps_the_newest(store: Store) -> None:
-    app_id, release_id = _release(store)
+    app, release = app_with_release(store)
+    app_id = app.id
     store.sync_scripts("default", app_id, [Script(name="s", command="true")])
     (script,) = store.scripts()
     ids = []
     for _ in range(6):
-        run = store.create_run(**_run_args(store, app_id, release_id, script_id=script.id))  # type: ignore[arg-type]
+        run = new_run(store, app, release, script_id=script.id)
         store.append_output(run.id, app_id, [(1, 1.0, b"out\n")])
         store.mark_starting(run.id)
         store.mark_running(run.id, started=1.0)

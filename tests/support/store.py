@@ -19,19 +19,25 @@ def new_store(path: Path, **options: Any) -> Store:
     return store
 
 
+def new_release(store: Store, app: App, **fields: Any) -> Release:
+    """``store.create_release`` for ``app``: image ``sha256:x``, an empty Procfile, a manifest
+    naming only the app, no env, unless ``fields`` say otherwise."""
+    values: dict[str, Any] = {
+        "image": "sha256:x",
+        "context_hash": "h" * 64,
+        "procfile": {},
+        "manifest": Manifest(name=app.name),
+        "env": {},
+        "description": "Deploy",
+        **fields,
+    }
+    return store.create_release(app.id, **values)
+
+
 def app_with_release(store: Store, name: str = "app") -> tuple[App, Release]:
-    """A new app with one release (image ``sha256:x``, an empty Procfile)."""
+    """A new app with one release (``new_release``'s defaults)."""
     app = store.create_app(WORKSPACE, name)
-    release = store.create_release(
-        app.id,
-        image="sha256:x",
-        context_hash="h" * 64,
-        procfile={},
-        manifest=Manifest(name=name),
-        env={},
-        description="Deploy",
-    )
-    return app, release
+    return app, new_release(store, app)
 
 
 def new_run(store: Store, app: App, release: Release, **fields: Any) -> Run:
