@@ -26,7 +26,7 @@ from conftest import ServerFactory
 from support.api import Api
 from support.apps import deploy_script_app, unique, write_script_app
 from support.cli import check
-from support.server import HgrunServer, free_port
+from support.server import HgrunServer, free_port, https_server
 from support.tls import certificate, spki_pin
 
 pytestmark = pytest.mark.docker
@@ -438,18 +438,7 @@ def tls_server(
     docker_host: str, tls_files: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[HgrunServer]:
     """An ``hgrun server`` serving HTTPS with ``tls_files``' certificate."""
-    srv = HgrunServer(
-        port=free_port(),
-        data_dir=tmp_path_factory.mktemp("dash-tls-data"),
-        docker_host=docker_host,
-        args=(
-            "--tls-cert",
-            str(tls_files / "server.pem"),
-            "--tls-key",
-            str(tls_files / "server.key"),
-        ),
-        ca_cert=str(tls_files / "ca.pem"),
-    )
+    srv = https_server(tls_files, tmp_path_factory.mktemp("dash-tls-data"), docker_host)
     try:
         yield srv.start()
     finally:

@@ -12,7 +12,6 @@ import dataclasses
 import pytest
 import test_lifecycle as lifecycle_tables
 
-from hgrun.engine import LABEL_RUN, ContainerState, ContainerStatus
 from hgrun.lifecycle import (
     Due,
     Limits,
@@ -115,16 +114,11 @@ def test_every_exit_code_but_zero_fails(code: int) -> None:
 def test_recovery_of_script_runs_that_never_started(
     run: Run, state: str | None, expected: Recovery
 ) -> None:
-    container = None
-    if state is not None:
-        container = ContainerState(
-            id="c0ffee",
-            labels={LABEL_RUN: "7"},
-            status=ContainerStatus(state),
-            exit_code=None,
-            oom_killed=False,
-            error="",
-        )
+    container = (
+        None
+        if state is None
+        else lifecycle_tables.container(state, exit_code=None, started_at=None)
+    )
     assert recovery(run, container, held=False, now=T0 + 50) == expected
 
 
@@ -134,14 +128,6 @@ def test_a_run_not_yet_recorded_running_is_adopted_from_the_containers_start(
 ) -> None:
     """The server died between starting the container and writing it down, whatever the run
     was recorded as before: the engine's start time is the run's."""
-    container = ContainerState(
-        id="c0ffee",
-        labels={LABEL_RUN: "7"},
-        status=ContainerStatus.RUNNING,
-        exit_code=None,
-        oom_killed=False,
-        error="",
-        started_at=T0 + 2,
-    )
+    container = lifecycle_tables.container("running", exit_code=None, started_at=T0 + 2)
     found = recovery(a_run(status=status), container, held=False, now=T0 + 50)
     assert found == Recovery(Recover.ADOPT, started=T0 + 2)

@@ -26,7 +26,7 @@ from conftest import ServerFactory
 from cryptography.fernet import Fernet
 from support.apps import deploy_busybox_app, unique
 from support.cli import Cli, check, run_id, text
-from support.server import HgrunServer, free_port
+from support.server import HgrunServer, free_port, https_server
 from support.store import app_with_release, new_run, new_store
 from support.tls import certificate
 
@@ -194,18 +194,7 @@ def tls_server(docker_host: str, tmp_path: Path, busybox_image: str) -> Iterator
     certificate(tmp_path, "other-ca", ca=None)
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    srv = HgrunServer(
-        port=free_port(),
-        data_dir=data_dir,
-        docker_host=docker_host,
-        args=(
-            "--tls-cert",
-            str(tmp_path / "server.pem"),
-            "--tls-key",
-            str(tmp_path / "server.key"),
-        ),
-        ca_cert=str(tmp_path / "ca.pem"),
-    )
+    srv = https_server(tmp_path, data_dir, docker_host)
     try:
         yield srv.start()
     finally:

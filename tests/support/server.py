@@ -136,6 +136,19 @@ class HgrunServer:
         return "".join(self.output)
 
 
+def https_server(certs: Path, data_dir: Path, docker_host: str) -> HgrunServer:
+    """An ``hgrun server`` (not started) serving HTTPS with ``certs/server.pem`` and
+    ``certs/server.key``, trusted through ``certs/ca.pem``: the files support/tls.py's
+    ``certificate`` writes for a CA named ``ca`` and a server named ``server``."""
+    return HgrunServer(
+        port=free_port(),
+        data_dir=data_dir,
+        docker_host=docker_host,
+        args=("--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key")),
+        ca_cert=str(certs / "ca.pem"),
+    )
+
+
 def instance_id(server: HgrunServer) -> str:
     """The server's instance id (the ``hgrun.instance`` label of its containers), read from
     its store with sqlite3 in read-only mode."""
