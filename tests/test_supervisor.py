@@ -80,6 +80,21 @@ class World:
         }
         return new_run(self.store, self.app, self.release, **fields)
 
+    def started_container(self, run: Run) -> str:
+        """A container of ``run``, made and started outside any supervisor (as a server that
+        died would have left it) and recorded on the run; its id."""
+        spec = ContainerSpec(
+            image=self.release.image,
+            command=["x"],
+            env={},
+            labels={LABEL_RUN: str(run.id), LABEL_INSTANCE: INSTANCE},
+            size=SIZES["starter"],
+        )
+        cid = self.engine.create(spec)
+        self.store.set_container(run.id, cid)
+        self.engine.start(cid)
+        return cid
+
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
@@ -390,18 +405,10 @@ async def test_a_run_whose_container_vanished_is_lost_and_its_hooks_run(world: W
 @asyncio_test
 async def test_a_container_that_exited_meanwhile_is_finished_from_its_logs(world: World) -> None:
     run = world.run()
-    spec = ContainerSpec(
-        image="img",
-        command=["x"],
-        env={},
-        labels={LABEL_RUN: str(run.id), LABEL_INSTANCE: INSTANCE},
-        size=SIZES["starter"],
-    )
-    cid = world.engine.create(spec)
-    world.store.set_container(run.id, cid)
-    world.engine.start(cid)
+    cid = world.started_container(run)
     world.engine.emit(cid, STDOUT, b"done\n")
     world.engine.exit(cid, 3)
+    spec = world.engine.containers[cid].spec
     stray = world.engine.create(dataclasses.replace(spec, labels={LABEL_INSTANCE: INSTANCE}))
     sup = world.supervisor()
     await sup.recoverer.recover()
@@ -472,16 +479,7 @@ async def test_a_container_that_ends_while_it_is_taken_up_is_finished(world: Wor
     from hgrun.errors import EngineError
 
     run = world.run()
-    spec = ContainerSpec(
-        image="img",
-        command=["x"],
-        env={},
-        labels={LABEL_RUN: str(run.id), LABEL_INSTANCE: INSTANCE},
-        size=SIZES["starter"],
-    )
-    cid = world.engine.create(spec)
-    world.store.set_container(run.id, cid)
-    world.engine.start(cid)
+    cid = world.started_container(run)
     world.store.mark_running(run.id, 1000.0)
     world.engine.emit(cid, STDOUT, b"before\n")
     hold = world.engine.hold("attach")
