@@ -206,11 +206,6 @@ def small_tmpfs() -> Iterator[Path]:
         shutil.rmtree(mount, ignore_errors=True)
 
 
-@pytest.mark.xfail(
-    reason="known regression (issue 8 open): since a run's end confirms its lease in the store,"
-    " a run in flight when the disk fills is not recorded once space returns",
-    strict=False,
-)
 def test_the_data_dir_fills_and_gets_its_space_back(
     hgrun_server: ServerFactory, cli: Cli, busybox_image: str, small_tmpfs: Path, tmp_path: Path
 ) -> None:
