@@ -198,9 +198,11 @@ class Trigger:
         return f"{self.kind.value}:{self.name}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Run:
-    id: int
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """What a run is asked to be: where, what, how, and who or what started it. A recorded
+    :class:`Run` is one with its state; ``hgrun.store.NewRun`` one yet to be recorded."""
+
     workspace: str
     app_id: int
     release_id: int
@@ -213,9 +215,17 @@ class Run:
     timeout: float
     env: Mapping[str, str]
     trigger: Trigger
-    script: str | None
-    slot: str | None
-    parent_run: int | None
+    script: str | None = None
+    slot: str | None = None
+    parent_run: int | None = None
+    script_id: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Run(RunSpec):
+    """A recorded run: its spec, and where it is in the lifecycle (hgrun/lifecycle.py)."""
+
+    id: int
     status: RunStatus
     exit_code: int | None
     oom: bool
@@ -224,7 +234,6 @@ class Run:
     created: float
     started: float | None
     finished: float | None
-    script_id: int | None = None
     node: str | None = None  # the host the run was placed on, for an engine of several hosts
     output_bytes: int = 0  # of output stored (the store keeps the newest, up to its cap)
     output_dropped: int = 0  # of the oldest output dropped past the cap

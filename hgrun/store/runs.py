@@ -19,32 +19,16 @@ from typing import Any
 
 from hgrun import lifecycle
 from hgrun.errors import ConflictError, NotFoundError
-from hgrun.models import Run, RunStatus, Trigger, TriggerKind
+from hgrun.models import Run, RunSpec, RunStatus, Trigger, TriggerKind
 from hgrun.store.base import ACTIVE_SQL, StoreBase, run_lease
 from hgrun.store.database import Connection
 
 
-@dataclasses.dataclass(frozen=True)
-class NewRun:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NewRun(RunSpec):
     """A run to insert (see :meth:`RunStore.create_runs`)."""
 
-    workspace: str
-    app_id: int
-    release_id: int
-    command: Sequence[str]
-    process_type: str | None
-    tty: bool
-    detached: bool
-    uploads: bool
-    size: str
-    timeout: float
-    env: Mapping[str, str]
-    trigger: Trigger
-    script: str | None = None
-    slot: str | None = None
-    parent_run: int | None = None
     status: RunStatus = RunStatus.QUEUED
-    script_id: int | None = None
     error: str | None = None
     holder: tuple[str, float] | None = None  # (owner, ttl) of the run's lease, made with it
 
@@ -62,23 +46,10 @@ _INSERT_RUN = (
 
 
 def _inserted(run_id: int, new: NewRun, now: float) -> Run:
+    spec = {field.name: getattr(new, field.name) for field in dataclasses.fields(RunSpec)}
     return Run(
+        **spec | {"command": list(new.command), "env": dict(new.env)},  # as run_from_row reads
         id=run_id,
-        workspace=new.workspace,
-        app_id=new.app_id,
-        release_id=new.release_id,
-        command=list(new.command),
-        process_type=new.process_type,
-        tty=new.tty,
-        detached=new.detached,
-        uploads=new.uploads,
-        size=new.size,
-        timeout=new.timeout,
-        env=dict(new.env),
-        trigger=new.trigger,
-        script=new.script,
-        slot=new.slot,
-        parent_run=new.parent_run,
         status=new.status,
         exit_code=None,
         oom=False,
@@ -87,7 +58,6 @@ def _inserted(run_id: int, new: NewRun, now: float) -> Run:
         created=now,
         started=None,
         finished=now if new.status.finished else None,
-        script_id=new.script_id,
     )
 
 
