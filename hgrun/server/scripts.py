@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 from hgrun.errors import (
     ConflictError,
@@ -38,7 +38,8 @@ from hgrun.models import (
 )
 from hgrun.schedule import Decision, decide, skip_reason
 from hgrun.server.auth import RUN_TOKEN_PREFIX, new_token, parent_of
-from hgrun.server.launcher import Launcher, Request
+from hgrun.server.intake import Batch, Due, slot_key
+from hgrun.server.launcher import Launcher
 from hgrun.server.networks import check_network
 from hgrun.server.recovery import process_gone
 from hgrun.store import NewRun, Store
@@ -48,8 +49,6 @@ from hgrun.store import NewRun, Store
 SCRIPT_LEASE_TTL = 120.0
 log = logging.getLogger("hgrun.scripts")
 
-INPUT_VAR = "HOSTINGGURU_RUN_INPUT"
-INPUT_VAR_SHORT = "HGRUN_RUN_INPUT"  # the same bytes, under hgrun's own prefix
 MAX_INPUT = 64 * 1024
 MAX_FANOUT_DEPTH = 5  # runs started by runs started by runs ...: a self-triggering script stops
 
@@ -67,6 +66,17 @@ class SlotRuns:
     later: list[tuple[ScriptRecord, float]]
     """Slots left to :meth:`ScriptRunner.trigger`, one at a time: their script has a trigger in
     flight here, or concurrency ``replace`` (its runs in flight are stopped first)."""
+
+
+class _Locked:
+    """A batch's answer for a script whose lock is held: decide one at a time, under it."""
+
+
+LOCKED = _Locked()
+Recorded = Run | None | HgrunError | _Locked | asyncio.Task[Run]
+"""What :meth:`ScriptRunner._record` gives each :class:`Due`: the run made (a task launching
+it, for an API trigger the policy starts), None (its slot already had its run), the error that
+refused it, or :data:`LOCKED`."""
 
 
 class ScriptRunner:
@@ -94,6 +104,10 @@ class ScriptRunner:
             asyncio.Lock
         )
         self.on_run_finished: list[Callable[[Run, ScriptRecord], None]] = []
+        # API triggers arriving together are decided and recorded in one transaction each turn
+        # of the event loop (see hgrun.server.intake); the launches they start are held here.
+        self.intake: Batch[Due, Recorded] = Batch(self._record_triggers)
+        self._launches: set[asyncio.Task[Run]] = set()
         supervisor.on_finish.append(self._finished)
         # A run's own token dies with the run: revoked as its outcome is stored, not later.
         supervisor.on_outcome.append(self._revoke_run_token)
@@ -129,6 +143,18 @@ class ScriptRunner:
                 " trigger more runs",
                 "a script that triggers scripts must stop somewhere; see its parent runs",
             )
+        if slot is None and self._batched(script):
+            made = await self.intake.submit(
+                Due(script, release, trigger, input_json, None, parent_run, detached, tty)
+            )
+            if isinstance(made, HgrunError):
+                raise made
+            if isinstance(made, asyncio.Task):
+                # The launch is the batch's (it goes on if this caller goes away).
+                return await asyncio.shield(made)
+            if isinstance(made, Run):
+                return made
+            # LOCKED: a decision for this script holds its lock; wait for it, as below.
         async with self._exclusive(script.id):
             counts = self.store.script_run_counts(script.id)
             queued = counts.get(RunStatus.QUEUED, 0)
@@ -137,11 +163,11 @@ class ScriptRunner:
             decision = decide(policy, active, queued, self.backlog)
             status = RunStatus.SKIPPED if decision is Decision.SKIP else RunStatus.QUEUED
             why = skip_reason(policy, active, queued, self.backlog)
+            due = Due(script, release, trigger, input_json, slot, parent_run, detached, tty)
+            held = decision in (Decision.START, Decision.REPLACE)
             try:
-                run = self._create(
-                    script, release, trigger, input_json, slot, parent_run, detached, tty, status,
-                    why, held=decision in (Decision.START, Decision.REPLACE),
-                )  # fmt: skip
+                with _saying_where(script):
+                    run = self.launcher.create(due.request(status, why, held))
             except ConflictError:
                 if slot is None:
                     raise
@@ -204,8 +230,7 @@ class ScriptRunner:
         process runs between the counts and the insert.
         """
         releases: dict[int, Release | None] = {}
-        counts: dict[int, dict[RunStatus, int]] = {}
-        batch: list[tuple[ScriptRecord, float, NewRun]] = []
+        items: list[Due] = []
         cursors: dict[int, float] = {}
         later: list[tuple[ScriptRecord, float]] = []
         # On a store shared by several servers (PostgreSQL) each decision holds the script's
@@ -216,7 +241,7 @@ class ScriptRunner:
             if shared or spec.concurrency is Concurrency.REPLACE or self._locks[script.id].locked():
                 later.append((script, slot))
                 continue
-            stamp = _slot_key(slot)
+            stamp = slot_key(slot)
             if script.app_id not in releases:
                 releases[script.app_id] = self.store.latest_release(script.app_id)
             release = releases[script.app_id]
@@ -238,6 +263,73 @@ class ScriptRunner:
                 cursors[script.id] = max(slot, cursors.get(script.id, slot))
                 continue
             cursors[script.id] = max(slot, cursors.get(script.id, slot))
+            items.append(Due(script, release, Trigger(TriggerKind.CRON, stamp), slot=slot))
+        made: list[Run] = []
+        already: list[tuple[ScriptRecord, float]] = []
+        for item, result in zip(items, self._record(items, cursors), strict=True):
+            slot = item.slot or 0.0  # every item here has its slot
+            if isinstance(result, Run):
+                made.append(result)
+            elif result is None:
+                already.append((item.script, slot))
+            elif isinstance(result, HgrunError):
+                log.warning("script %s: slot %s not run: %s", item.script.spec.name,
+                            slot_key(slot), result.message)  # fmt: skip
+        to_start = [run for run in made if run.status is RunStatus.STARTING]
+        return SlotRuns(made=made, to_start=to_start, already=already, later=later)
+
+    def _batched(self, script: ScriptRecord) -> bool:
+        """Whether a trigger of ``script`` is decided in a batch (:meth:`_record`): not on a
+        store several servers share (each decision holds the script's lease there), nor for
+        concurrency ``replace`` (its runs in flight are stopped before the new one starts)."""
+        return self.store.backend != "postgresql" and script.spec.concurrency is not (
+            Concurrency.REPLACE
+        )
+
+    def _record_triggers(self, items: Sequence[Due]) -> list[Recorded]:
+        """The intake's handler: :meth:`_record` the API triggers of one loop turn; a run the
+        policy starts is launched here, by a task of the runner's (its caller awaits it)."""
+        results: list[Recorded] = []
+        for item, result in zip(items, self._record(items), strict=True):
+            if isinstance(result, Run) and result.status is RunStatus.STARTING:
+                task = asyncio.create_task(self._start_recorded(result, item.release))
+                self._launches.add(task)
+                task.add_done_callback(_retrieved)
+                task.add_done_callback(self._launches.discard)
+                results.append(task)
+            else:
+                results.append(result)
+        return results
+
+    async def _start_recorded(self, run: Run, release: Release) -> Run:
+        try:
+            return await self._launch(run, release)
+        finally:
+            self.supervisor.pending.discard(run.id)
+
+    def _record(
+        self, items: Sequence[Due], cursors: Mapping[int, float] | None = None
+    ) -> list[Run | None | HgrunError | _Locked]:
+        """Decide each item by its script's concurrency policy and record the runs, with
+        ``cursors`` (script id -> cron cursor), in one store transaction: one result per item.
+
+        Each script's runs are counted once, then the counts move with each decision of the
+        batch, in order, as if the items had come one at a time. A run the policy starts is
+        recorded ``starting`` (so it counts as active at once, its lease held here) and held
+        out of recovery (``supervisor.pending``) until it is launched. An item whose request is
+        refused (a size the host cannot give) gets its error; one whose script's lock is held
+        (a decision waits on the engine under it) gets :data:`LOCKED`; one whose cron slot
+        already has its run, None. No ``await``: nothing else in this process runs between the
+        counts and the insert. A store error fails the whole batch (raised).
+        """
+        counts: dict[int, dict[RunStatus, int]] = {}
+        results: list[Run | None | HgrunError | _Locked] = [None] * len(items)
+        batch: list[tuple[int, NewRun]] = []
+        for i, item in enumerate(items):
+            script, spec = item.script, item.script.spec
+            if self._locks[script.id].locked():
+                results[i] = LOCKED
+                continue
             try:
                 if script.id not in counts:
                     counts[script.id] = self.store.script_run_counts(script.id)
@@ -250,25 +342,24 @@ class ScriptRunner:
                     Decision.ENQUEUE: RunStatus.QUEUED,
                 }.get(decision, RunStatus.SKIPPED)
                 why = skip_reason(spec.concurrency, active, queued, self.backlog)
-                request = self._request(
-                    script, release, Trigger(TriggerKind.CRON, stamp), None, stamp, None,
-                    True, False, status, why, status is RunStatus.STARTING,
-                )  # fmt: skip
+                request = item.request(status, why, held=status is RunStatus.STARTING)
                 with _saying_where(script):
                     new = self.launcher.prepare(request)
             except HgrunError as e:
-                log.warning("script %s: slot %s not run: %s", spec.name, stamp, e.message)
+                results[i] = e
                 continue
             if status is not RunStatus.SKIPPED:
                 have[status] = have.get(status, 0) + 1
-            batch.append((script, slot, new))
-        made = self.store.create_runs([new for _, _, new in batch], cursors=cursors)
-        runs = [run for run in made if run is not None]
-        to_start = [run for run in runs if run.status is RunStatus.STARTING]
-        # Recovery (here, every lease period) must not launch these itself: start() does.
-        self.supervisor.pending.update(run.id for run in to_start)
-        already = [(s, slot) for (s, slot, _), run in zip(batch, made, strict=True) if run is None]
-        return SlotRuns(made=runs, to_start=to_start, already=already, later=later)
+            batch.append((i, new))
+        made = self.store.create_runs([new for _, new in batch], cursors=cursors)
+        for (i, _), run in zip(batch, made, strict=True):
+            results[i] = run
+        # Recovery (here, every lease period) must not launch these itself: they are launched
+        # by the caller (start(), or the intake's task).
+        self.supervisor.pending.update(
+            run.id for run in made if run is not None and run.status is RunStatus.STARTING
+        )
+        return results
 
     async def start(self, runs: Sequence[Run]) -> None:
         """Launch runs :meth:`record_slots` recorded ``starting``, in order, at most
@@ -294,67 +385,6 @@ class ScriptRunner:
             await asyncio.gather(*(one(run) for run in runs))
         finally:  # cancelled (a shutdown): what did not start is recovery's at the next start
             self.supervisor.pending.difference_update(run.id for run in runs)
-
-    def _create(
-        self,
-        script: ScriptRecord,
-        release: Release,
-        trigger: Trigger,
-        input_json: str | None,
-        slot: float | None,
-        parent_run: int | None,
-        detached: bool,
-        tty: bool,
-        status: RunStatus,
-        why: str | None,
-        *,
-        held: bool = False,
-    ) -> Run:
-        stamp = None if slot is None else _slot_key(slot)
-        request = self._request(
-            script, release, trigger, input_json, stamp, parent_run, detached, tty, status, why,
-            held,
-        )  # fmt: skip
-        with _saying_where(script):
-            return self.launcher.create(request)
-
-    def _request(
-        self,
-        script: ScriptRecord,
-        release: Release,
-        trigger: Trigger,
-        input_json: str | None,
-        slot: str | None,
-        parent_run: int | None,
-        detached: bool,
-        tty: bool,
-        status: RunStatus,
-        why: str | None,
-        held: bool,
-    ) -> Request:
-        spec = script.spec
-        env = {} if input_json is None else {INPUT_VAR: input_json, INPUT_VAR_SHORT: input_json}
-        request = Request(
-            workspace=script.workspace,
-            app_id=script.app_id,
-            release=release,
-            trigger=trigger,
-            process=spec.process,
-            shell=None if spec.process else spec.command,
-            size=spec.size,
-            timeout=spec.timeout,
-            env=env,
-            detached=detached,
-            tty=tty,
-            script=spec.name,
-            script_id=script.id,
-            slot=slot,
-            parent_run=parent_run,
-            status=status,
-            why=why,
-            held=held,
-        )
-        return request
 
     def fanout_depth(self, run_id: int) -> int:
         """How many runs started by runs lead to ``run_id``: 1 for a run a person, a token or
@@ -462,5 +492,8 @@ def _saying_where(script: ScriptRecord) -> Iterator[None]:
         raise
 
 
-def _slot_key(slot: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot))
+def _retrieved(task: asyncio.Task[Run]) -> None:
+    """A launch whose caller went away: its failure is the supervisor's to record (the run is
+    failed), not an unretrieved exception for asyncio to log."""
+    if not task.cancelled():
+        task.exception()
