@@ -314,3 +314,37 @@ def test_apps_destroy_asks_or_takes_yes(cli: Cli, tmp_path: Path, busybox_image:
     assert name not in [a["name"] for a in json.loads(check(cli("apps", "--json")))]
     again = cli("ps", "-a", name)
     assert again.returncode == 5
+
+
+# -- 4. listings: one shape for every table ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "header"),
+    [
+        (("apps",), "name\tcreated"),
+        (("runs",), "run\tstatus\tcommand\ttrigger\texit\tduration\tcreated"),
+        (("nodes",), "name\trole\tstate\tendpoint\tattach\truns"),
+        (("tokens",), "name\tscope\tscript\tcreated"),
+    ],
+    ids=["apps", "runs", "nodes", "tokens"],
+)
+def test_every_listing_has_one_shape(
+    cli: Cli, app: tuple[str, Path], command: tuple[str, ...], header: str
+) -> None:
+    """`--json` is the API's list; piped, the table is quiet: a lower-case, tab-separated
+    header, one line a row with a cell under each column (an empty one empty, not "-"), no
+    colour, nothing on stderr."""
+    _, root = app
+    check(run(cli, root, "true"))  # a run for `hgrun runs` to list
+    rows = json.loads(check(cli(*command, "--json", cwd=root)))
+    assert isinstance(rows, list) and rows, rows
+    done = cli(*command, cwd=root)
+    lines = check(done).splitlines()
+    assert lines[0] == header
+    assert len(lines) == len(rows) + 1, lines
+    cells = [line.split("\t") for line in lines[1:]]
+    assert all(len(row) == len(lines[0].split("\t")) for row in cells), lines
+    assert all(cell != "-" for row in cells for cell in row), lines  # empty is empty
+    assert "\x1b" not in text(done.stdout)
+    assert done.stderr == b""

@@ -16,6 +16,7 @@ PS_COLUMNS = ["Run", "Status", "Mode", "Command", "Trigger", "Started"]
 RELEASE_COLUMNS = ["Version", "Image", "Context", "Description", "By", "Created"]
 SCRIPT_COLUMNS = ["Name", "Command", "Schedule", "Next", "Policy", "Last run", "Status"]
 TOKEN_COLUMNS = ["Name", "Scope", "Script", "Created"]
+NODE_COLUMNS = ["Name", "Role", "State", "Endpoint", "Attach", "Runs"]
 
 FAILED_STATUSES = ("failed", "timed_out", "lost", "canceled")
 """Final states after which ``runs:info`` shows the tail of stderr."""
@@ -134,6 +135,22 @@ def script_row(script: dict[str, Any]) -> tuple[Any, ...]:
 def token_row(token: dict[str, Any]) -> tuple[Any, ...]:
     """A row under :data:`TOKEN_COLUMNS`."""
     return (token["name"], token["scope"], token["script"] or "", ago(token["created"]))
+
+
+def node_row(node: dict[str, Any]) -> tuple[Any, ...]:
+    """A row under :data:`NODE_COLUMNS`: the endpoint with where it comes from; "yes" when the
+    server reaches it now, else why not."""
+    endpoint = node["endpoint"] or ""
+    if endpoint and node["source"] in ("registered", "docker-host"):
+        endpoint += f" ({node['source']})"
+    attach = "yes" if node["attach"] else f"no: {node['problem']}"
+    state = (
+        node["state"]
+        if node["availability"] == "active"
+        else f"{node['state']}, {node['availability']}"
+    )
+    runs = ", ".join(f"run.{r}" for r in node["runs"])
+    return (node["name"], node["role"], state, endpoint, attach, runs)
 
 
 def log_line(line: dict[str, Any]) -> str:

@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
+from hgrun.cli import views
 from hgrun.cli.options import Context, json_option, pass_ctx, show_rows
-
-NODE_COLUMNS = ["Name", "Role", "State", "Endpoint", "Attach", "Runs"]
-
-
-def node_row(node: dict[str, Any]) -> tuple[Any, ...]:
-    """A row under :data:`NODE_COLUMNS`: the endpoint with where it comes from; "yes" when the
-    server reaches it now, else why not."""
-    endpoint = node["endpoint"] or "-"
-    if node["source"] in ("registered", "docker-host"):
-        endpoint += f" ({node['source']})"
-    attach = "yes" if node["attach"] else f"no: {node['problem']}"
-    state = (
-        node["state"]
-        if node["availability"] == "active"
-        else f"{node['state']}, {node['availability']}"
-    )
-    runs = ", ".join(f"run.{r}" for r in node["runs"]) or "-"
-    return (node["name"], node["role"], state, endpoint, attach, runs)
 
 
 @click.command("nodes")
@@ -32,7 +13,7 @@ def node_row(node: dict[str, Any]) -> tuple[Any, ...]:
 @pass_ctx
 def nodes_list(ctx: Context, as_json: bool) -> None:
     """Each node: its state, its runs in flight, and whether the server can attach there."""
-    show_rows(ctx, ctx.api.get("/v1/nodes"), as_json, NODE_COLUMNS, node_row)
+    show_rows(ctx, ctx.api.get("/v1/nodes"), as_json, views.NODE_COLUMNS, views.node_row)
 
 
 @click.command("nodes:add")
