@@ -290,7 +290,22 @@ def test_the_admin_token_is_shown_once_on_a_terminal_never_on_stdout(
         os.close(follower)
         return process, leader
 
+    def read_pty(leader: int) -> bytes:
+        """What the terminal holds now (non-blocking: an empty or closed pty ends it)."""
+        data = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except (BlockingIOError, OSError):  # nothing more now; EIO once the server is gone
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
     def until_listening(process: subprocess.Popen[bytes], leader: int) -> tuple[str, str]:
+        """Everything the server wrote to its log and its terminal, from its start until it
+        listens, then stopped: what it says at start-up (the token lines come after
+        "listening on") is written before it exits, so it is all there to read then."""
         out, terminal = b"", b""
         deadline = time.monotonic() + 60
         os.set_blocking(leader, False)
@@ -299,19 +314,12 @@ def test_the_admin_token_is_shown_once_on_a_terminal_never_on_stdout(
         while b"listening on" not in out and time.monotonic() < deadline:
             assert process.poll() is None, out
             out += process.stdout.read() or b""
-            try:
-                terminal += os.read(leader, 65536)
-            except BlockingIOError:
-                pass
+            terminal += read_pty(leader)  # the pty's buffer is small: keep it drained
             time.sleep(0.05)
-        time.sleep(0.5)  # the lines after "listening" are written at once; let them land
-        out += process.stdout.read() or b""
-        try:
-            terminal += os.read(leader, 65536)
-        except (BlockingIOError, OSError):
-            pass
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+        out += process.stdout.read() or b""
+        terminal += read_pty(leader)
         os.close(leader)
         return out.decode(), terminal.decode()
 
