@@ -93,8 +93,9 @@ def test_create_args_harden_the_container() -> None:
     assert "binds" not in host and "devices" not in host
     assert host["log_config"] == {
         "type": "json-file",
-        "config": {"max-size": "10m", "max-file": "2"},
+        "config": {"max-size": str(100 * 1024 * 1024), "max-file": "2"},
     }
+    assert create_args(spec, 4096)[1]["log_config"]["config"]["max-size"] == "4096"
     assert create["stdin_open"] is True and create["detach"] is False
     assert create["labels"] == {"hgrun.run": "7"}
     assert "user" not in create  # the image's own

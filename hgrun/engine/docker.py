@@ -58,10 +58,20 @@ CPU_PERIOD = 100_000  # microseconds: CFS's default period, as docker run --cpus
 # docker-py keeps 10 connections per client; more threads than that calling it at once make it
 # drop connections ("Connection pool is full"), so the server's engine pool stays under it.
 CONCURRENCY = 8
+# The size of each of the two files of a container's json-file log: the server passes its store's
+# cap per run, so Docker's log (read at recovery, hgrun.rejoin) holds at least what the store
+# keeps, and stays bounded (two files).
+DEFAULT_LOG_BYTES = 100 * 1024 * 1024
+LOG_FILES = 2
 
 
-def create_args(spec: ContainerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+def create_args(
+    spec: ContainerSpec, log_bytes: int = DEFAULT_LOG_BYTES
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """docker-py ``create_container`` kwargs and ``create_host_config`` kwargs for a run.
+
+    Docker's own log of the output is json-file, :data:`LOG_FILES` files of ``log_bytes`` each
+    (counted as Docker writes it: JSON, some 60 bytes more per line than the output itself).
 
     Hardening after OWASP's Docker cheat sheet: all capabilities dropped but the few an ordinary
     command needs, no-new-privileges, a pids limit, memory without swap (memswap == memory),
@@ -90,7 +100,10 @@ def create_args(spec: ContainerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
         ],
         "privileged": False,
         # Docker's own copy of the output (read only at recovery) bounded too: the store keeps it.
-        "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
+        "log_config": {
+            "type": "json-file",
+            "config": {"max-size": str(log_bytes), "max-file": str(LOG_FILES)},
+        },
     }
     if spec.read_only:
         host_config["read_only"] = True
@@ -155,9 +168,11 @@ class DockerEngine:
         timeout: float = 120.0,
         tls: EngineTLS | None = None,
         version: str = "auto",
+        log_bytes: int = DEFAULT_LOG_BYTES,
     ) -> None:
         """``tls``: TLS with a client certificate for a ``tcp://`` host (a unix socket is
-        never wrapped: its file mode guards it)."""
+        never wrapped: its file mode guards it). ``log_bytes``: see :func:`create_args`."""
+        self.log_bytes = log_bytes
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
         url = urllib.parse.urlsplit(self.host)
         self._ssl = tls.context() if tls is not None and url.scheme == "tcp" else None
@@ -294,7 +309,7 @@ class DockerEngine:
             response.close()
 
     def create(self, spec: ContainerSpec) -> str:
-        args, host = create_args(spec)
+        args, host = create_args(spec, self.log_bytes)
         with _translate(f"cannot create a container from {spec.image}"):
             host["ulimits"] = [
                 Ulimit(**{k.lower(): v for k, v in u.items()}) for u in host["ulimits"]

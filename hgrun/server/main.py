@@ -18,7 +18,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from hgrun.engine import DEFAULT_BUILD_LIMITS, BuildLimits, EngineInfo
-from hgrun.engine.docker import DockerEngine
+from hgrun.engine.docker import DEFAULT_LOG_BYTES, DockerEngine
 from hgrun.engine.tls import EngineTLS
 from hgrun.errors import HgrunError, InputError
 from hgrun.models import Run, RunStatus, Scope
@@ -153,20 +153,23 @@ def open_engine(
     tls: str | None = None,
     registered: Callable[[], Mapping[str, str]] = dict,
     lost_after: float = 30.0,
+    log_bytes: int = DEFAULT_LOG_BYTES,
 ) -> DockerEngine | SwarmEngine:
     """The engine the server runs on: one Docker engine, or a Docker Swarm through its manager.
 
     Bad configuration fails here, before anything serves: a swarm engine checks that
     ``docker_host`` is a swarm manager and that every ready node's engine endpoint answers.
     ``tls``: a folder with ca.pem, cert.pem and key.pem, for every ``tcp://`` engine endpoint;
-    ``registered``: the node endpoints registered with ``hgrun nodes:add``.
+    ``registered``: the node endpoints registered with ``hgrun nodes:add``. ``log_bytes``: the
+    size of each of Docker's two log files of a container (the store's cap per run, so Docker's
+    log holds at least what the store keeps: recovery joins the two, :mod:`hgrun.rejoin`).
     """
     engine_tls = EngineTLS.load(tls) if tls else None
     if kind == "docker":
         if placement or registry:
             flag = "--placement" if placement else "--registry"
             raise InputError(f"{flag} applies to --engine swarm only")
-        return DockerEngine(docker_host, tls=engine_tls)
+        return DockerEngine(docker_host, tls=engine_tls, log_bytes=log_bytes)
     if kind == "swarm":
         from hgrun.engine.swarm import SwarmEngine
 
@@ -265,6 +268,7 @@ def serve(
         tls=engine_tls,
         registered=lambda: {n.name: n.endpoint for n in store.node_endpoints()},
         lost_after=lost_after,
+        log_bytes=retention.max_output,
     )
     info = engine.info()
     host_memory, host_cpus = capacity(info, environ)

@@ -9,14 +9,18 @@ catching up read the store by byte offset (:meth:`OutputLog.read`), in bounded p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-from hgrun.engine import STDERR
+from hgrun.engine import STDERR, AttachStream
+from hgrun.models import OutputChunk
+from hgrun.rejoin import PROBE, Piece, Rejoin, Stored
 from hgrun.server.session import Hint, Output, RunSession
 from hgrun.store import Store
 
 ROWS = 256  # store rows read at a time
+
+Find = Callable[[bytes], Awaitable[int | None]]
 
 
 class OutputLog:
@@ -96,3 +100,103 @@ class OutputLog:
                 output[STDERR if chunk.stream == STDERR else 1][:0] = chunk.data
             before = chunks[-1].cursor
         return bytes(output[1][-cap:]), bytes(output[STDERR][-cap:])
+
+    # -- what recovery needs to join the engine's replay (hgrun.rejoin) -------------------------
+
+    def stored(self, run_id: int) -> Stored:
+        """What the store holds of the run: its byte count and its ends, as :class:`Stored`."""
+        run = self.store.run(run_id)
+        total = run.output_bytes + run.output_dropped
+        head = None
+        if run.output_dropped == 0:
+            first = bytearray()
+            for chunk in self._chunks(run_id):
+                first += chunk.data
+                if len(first) >= PROBE:
+                    break
+            head = bytes(first[:PROBE])
+        last = bytearray()
+        before = None
+        while len(last) < PROBE:
+            chunks = self.store.output(run_id=run_id, before=before, limit=ROWS, newest_first=True)
+            if not chunks:
+                break
+            for chunk in chunks:
+                if chunk.offset is not None:
+                    last[:0] = chunk.data
+            before = chunks[-1].cursor
+        return Stored(total=total, head=head, tail=bytes(last[-PROBE:]), kept=run.output_bytes)
+
+    def find(self, run_id: int, needle: bytes) -> int | None:
+        """The run's byte at which ``needle`` last begins in its stored output, or None; read
+        in pieces of ROWS chunks, holding no more than a chunk and ``needle``."""
+        found = None
+        carry, carry_at = b"", 0
+        for chunk in self._chunks(run_id):
+            if chunk.offset is None:
+                continue
+            if carry and carry_at + len(carry) != chunk.offset:
+                carry = b""  # never across a gap
+            window = carry + chunk.data
+            base = chunk.offset - len(carry)
+            at = window.rfind(needle)
+            if at >= 0:
+                found = base + at
+            keep = len(needle) - 1
+            carry = window[-keep:] if keep else b""
+            carry_at = base + len(window) - len(carry)
+        return found
+
+    def _chunks(self, run_id: int) -> Iterator[OutputChunk]:
+        """The run's stored chunks in order, markers left out, ROWS at a time."""
+        cursor = 0
+        while chunks := self.store.output(run_id=run_id, after=cursor, limit=ROWS):
+            for chunk in chunks:
+                if chunk.offset is not None:
+                    yield chunk
+            cursor = chunks[-1].cursor
+
+
+async def rejoined(
+    source: AsyncIterator[Piece], rejoin: Rejoin, find: Find
+) -> AsyncIterator[Piece]:
+    """The pieces of ``source`` (an engine's replay of a run's output, maybe going on live)
+    that the store lacks, as :class:`~hgrun.rejoin.Rejoin` decides; ``find`` answers its
+    questions (:meth:`OutputLog.find`, off the event loop)."""
+    async for stream, data in source:
+        out = rejoin.feed(stream, data)
+        while (probe := rejoin.asks) is not None:
+            out += rejoin.answer(await find(probe))
+        for piece in out:
+            if piece[1]:
+                yield piece
+    out = rejoin.close()
+    while (probe := rejoin.asks) is not None:
+        out += rejoin.answer(await find(probe))
+    for piece in out:
+        if piece[1]:
+            yield piece
+
+
+class RejoinedStream:
+    """An attach stream whose replay (``logs=1``) is joined to what the store holds."""
+
+    def __init__(self, inner: AttachStream, rejoin: Rejoin, find: Find) -> None:
+        self._inner = inner
+        self._pieces = rejoined(self._reads(), rejoin, find)
+
+    async def _reads(self) -> AsyncIterator[Piece]:
+        while (piece := await self._inner.read()) is not None:
+            yield piece
+
+    async def read(self) -> Piece | None:
+        return await anext(self._pieces, None)
+
+    async def write(self, data: bytes) -> None:
+        await self._inner.write(data)
+
+    async def close_stdin(self) -> None:
+        await self._inner.close_stdin()
+
+    async def close(self) -> None:
+        await self._inner.close()

@@ -19,8 +19,10 @@ from hgrun.engine import LABEL_INSTANCE, LABEL_RUN, ContainerState
 from hgrun.errors import HgrunError, NodeLostError, NotFoundError
 from hgrun.lifecycle import Phase, Recover, Stop, recovery
 from hgrun.models import Run, RunStatus
+from hgrun.rejoin import Rejoin
 from hgrun.server.launcher import network_of
 from hgrun.server.leases import LeaseLost, lease_owner, process_gone, this_host
+from hgrun.server.output import RejoinedStream, rejoined
 from hgrun.server.session import RunSession
 
 if TYPE_CHECKING:
@@ -135,18 +137,25 @@ class Recoverer:
             last_activity=now,
             alone_since=None if run.detached else now,
         )
-        # The engine replays everything the container wrote: the stored copy goes, so nothing
-        # is stored twice.
-        await asyncio.to_thread(sup.store.clear_output, run.id)
+        # The engine replays what its log still holds of the container's output (Docker's
+        # rotates): what the store holds stays, and only what it lacks is added to it.
+        stored = await asyncio.to_thread(sup.output.stored, run.id)
+        session.total = session.stored = stored.total
+        rejoin = Rejoin(stored)
+
+        async def find(probe: bytes) -> int | None:
+            return await asyncio.to_thread(sup.output.find, run.id, probe)
+
         sup.sessions[run.id] = session
         exit_code = container.exit_code
         try:
             if action is Recover.ADOPT:
                 try:
                     # A TTY session's stdin outlived the old server: the new one takes it up.
-                    session.stream = await sup.engine.attach(
+                    attached = await sup.engine.attach(
                         container.id, tty=run.tty, stdin=run.tty and not run.detached, logs=True
                     )
+                    session.stream = RejoinedStream(attached, rejoin, find)
                 except HgrunError:
                     # It ended (or went) between the listing and the attach: finish it.
                     ended = await asyncio.to_thread(sup.engine.inspect, container.id)
@@ -154,7 +163,8 @@ class Recoverer:
                 else:
                     session.task = sup.spawn(self._resume(session))
                     return
-            async for stream, data in sup.engine.logs(container.id, tty=run.tty):
+            replay = sup.engine.logs(container.id, tty=run.tty)
+            async for stream, data in rejoined(replay, rejoin, find):
                 session.add(stream, data, sup.clock())
         except Exception as e:
             # Never leave a session no task finishes: the run would stay in flight for ever.
