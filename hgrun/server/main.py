@@ -78,6 +78,12 @@ def open_store(
     return Store(store or data_dir / "hgrun.db", max_output=max_output, sealer=sealer)
 
 
+def open_audit(data_dir: Path, keys: Sequence[bytes], store_url: str | None = None) -> AuditLog:
+    """The audit log: in the PostgreSQL store at ``store_url`` (one log for every server on
+    it), else ``audit.db`` in the data dir. ``keys[0]`` encrypts, the others still decrypt."""
+    return AuditLog(store_url or data_dir / "audit.db", keys[0], old_keys=keys[1:])
+
+
 def rotate_key(
     data_dir: Path, environ: Mapping[str, str], store_url: str | None = None
 ) -> tuple[int, int]:
@@ -91,11 +97,19 @@ def rotate_key(
         rows = store.reseal(rotate=True)
     finally:
         store.close()
-    audit = AuditLog(data_dir / "audit.db", keys[0], old_keys=keys[1:])
-    try:
-        records = audit.rekey()
-    finally:
-        audit.close()
+    # On PostgreSQL, the store's log, and a per-server audit.db left from before it: the old
+    # file stays readable with the new key (docs/scale-out.md).
+    old_file = data_dir / "audit.db"
+    targets: list[Path | str] = [old_file]
+    if store_url:
+        targets = [store_url, old_file] if old_file.exists() else [store_url]
+    records = 0
+    for target in targets:
+        audit = AuditLog(target, keys[0], old_keys=keys[1:])
+        try:
+            records += audit.rekey()
+        finally:
+            audit.close()
     finish_rotation(data_dir, environ)
     return rows, records
 
@@ -274,8 +288,7 @@ def serve(
     host_memory, host_cpus = capacity(info, environ)
     instance = store.meta("instance", lambda: secrets.token_hex(8))
     supervisor = Supervisor(store, engine, instance=instance, limits=limits)
-    keys = load_keys(data_dir, environ)
-    audit = AuditLog(data_dir / "audit.db", keys[0], old_keys=keys[1:])
+    audit = open_audit(data_dir, load_keys(data_dir, environ), store_url)
     supervisor.audit = lambda action, run, payload: audit.append(
         run.workspace, run.id, action, {"actor": str(run.trigger), **payload}
     )
@@ -330,6 +343,13 @@ def serve(
         say(f"hgrun server listening on {scheme}://{host}:{port}")
         say(f"engine {engine_kind} at {engine.host}, data in {data_dir}")
         say(f"store {store.backend} at {store.location}")
+        if audit.shared:
+            say("audit log in the store: one log for every server on it")
+            if (data_dir / "audit.db").exists():
+                say(
+                    f"{data_dir / 'audit.db'} is this server's audit log from before it: no"
+                    " longer written, kept as it is (docs/scale-out.md says how to read it)"
+                )
         if token:
             path = save_admin_token(data_dir, token)
             say(f"admin token saved in {path} (mode 0600; the server keeps only its hash)")

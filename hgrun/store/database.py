@@ -78,7 +78,15 @@ class Database:
     for_update: str = ""  # appended to a SELECT whose rows the transaction will rewrite
     where: str  # the store's address for messages (never a password)
 
-    def tx(self) -> contextlib.AbstractContextManager[Connection]:
+    def tx(self, what: str = "store error") -> contextlib.AbstractContextManager[Connection]:
+        """One write transaction; a driver error comes out as a StoreError saying ``what``."""
+        raise NotImplementedError
+
+    def snapshot(self, what: str = "store error") -> contextlib.AbstractContextManager[Connection]:
+        """One read-only transaction over a consistent snapshot, on a connection of its own:
+        a long read (the audit log's verification) neither sees writes made meanwhile nor
+        holds them up. Read big tables in batches (``WHERE id > ? ORDER BY id LIMIT ?``): a
+        PostgreSQL cursor holds its whole result in memory."""
         raise NotImplementedError
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
@@ -88,7 +96,11 @@ class Database:
         """Serialize the rest of transaction ``db`` with every other transaction locking
         ``name`` (until commit). A no-op on SQLite, whose write transactions are serial."""
 
-    def migrate(self, migrations: Sequence[str]) -> None:
+    def migrate(self, migrations: Sequence[str], *, versions: str = "hgrun_schema") -> None:
+        """Run the migrations this database has not had. ``versions``: on PostgreSQL, the
+        one-row table that holds the version of this list of migrations (the store's, or the
+        audit log's of its own); SQLite keeps it in the file (``PRAGMA user_version``), and the
+        audit log is a file of its own there."""
         raise NotImplementedError
 
     @property
@@ -154,11 +166,16 @@ class SqliteDatabase(Database):
     milliseconds more). The thread checkpoints PASSIVE (it neither waits for nor blocks the
     writer) ``CHECKPOINT_SECONDS`` after a commit, or at once after ``CHECKPOINT_COMMITS``, so
     the WAL stays small; closing the last connection checkpoints what is left.
+
+    ``synchronous``: SQLite's, NORMAL for the store; the audit log keeps FULL, as its file
+    always had.
     """
 
     kind = "sqlite"
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, synchronous: str = "NORMAL") -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         self.where = str(path)
         self._lock = threading.RLock()
         self._commits = 0  # since the last checkpoint
@@ -167,7 +184,7 @@ class SqliteDatabase(Database):
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
             # A secret replaced in place (sealed by the migration, re-sealed by a rotation) must
@@ -199,7 +216,7 @@ class SqliteDatabase(Database):
             db.close()
 
     @contextlib.contextmanager
-    def tx(self) -> Iterator[Connection]:
+    def tx(self, what: str = "store error") -> Iterator[Connection]:
         """``BEGIN IMMEDIATE`` takes SQLite's write lock at once, so a read-check-write inside
         it is atomic against other connections and processes too."""
         with self._lock:
@@ -221,7 +238,22 @@ class SqliteDatabase(Database):
             except sqlite3.IntegrityError as e:
                 raise ConflictError(f"conflicting change: {e}") from e
             except sqlite3.Error as e:
-                raise store_error(e, "store error") from e
+                raise store_error(e, what) from e
+
+    @contextlib.contextmanager
+    def snapshot(self, what: str = "store error") -> Iterator[Connection]:
+        """A connection of its own in one read transaction: WAL gives it a consistent
+        snapshot from its first read, and writers are not held up meanwhile."""
+        try:
+            db = sqlite3.connect(self.where, isolation_level=None)
+            try:
+                db.execute("BEGIN")
+                yield db
+                db.execute("COMMIT")
+            finally:
+                db.close()
+        except sqlite3.Error as e:
+            raise store_error(e, what) from e
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
@@ -230,7 +262,7 @@ class SqliteDatabase(Database):
             except sqlite3.Error as e:
                 raise store_error(e, "store error") from e
 
-    def migrate(self, migrations: Sequence[str]) -> None:
+    def migrate(self, migrations: Sequence[str], *, versions: str = "hgrun_schema") -> None:
         try:
             with self._lock:
                 version = self.schema_version

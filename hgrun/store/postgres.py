@@ -137,12 +137,23 @@ class PostgresDatabase(Database):
             raise StoreError(f"cannot connect to the store {self.where}: {e}") from e
 
     @contextlib.contextmanager
-    def tx(self) -> Iterator[Connection]:
+    def tx(self, what: str = "store error") -> Iterator[Connection]:
         try:
             with self._pool.connection() as conn, conn.transaction():
                 yield _Tx(conn)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
-            raise _translate(e, "store error") from e
+            raise _translate(e, what) from e
+
+    @contextlib.contextmanager
+    def snapshot(self, what: str = "store error") -> Iterator[Connection]:
+        """REPEATABLE READ, READ ONLY: every statement of the transaction sees the database as
+        it was at the first one; writers are not held up."""
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                yield _Tx(conn)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
+            raise _translate(e, what) from e
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         try:
@@ -154,12 +165,14 @@ class PostgresDatabase(Database):
     def lock(self, db: Connection, name: str) -> None:
         db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))
 
-    def migrate(self, migrations: Sequence[str]) -> None:
+    def migrate(self, migrations: Sequence[str], *, versions: str = "hgrun_schema") -> None:
+        if not versions.isidentifier():
+            raise ValueError(f"not a table name: {versions!r}")
         for number, script in enumerate(migrations, start=1):
             with self.tx() as db:
                 self.lock(db, MIGRATION_LOCK)
-                db.execute("CREATE TABLE IF NOT EXISTS hgrun_schema (version BIGINT NOT NULL)")
-                row = db.execute("SELECT version FROM hgrun_schema").fetchone()
+                db.execute(f"CREATE TABLE IF NOT EXISTS {versions} (version BIGINT NOT NULL)")
+                row = db.execute(f"SELECT version FROM {versions}").fetchone()
                 version = int(row[0]) if row else 0
                 if version > len(migrations):
                     raise newer_schema(version, len(migrations), self.where)
@@ -169,9 +182,9 @@ class PostgresDatabase(Database):
                     if statement.strip():
                         db.execute(ddl(statement))
                 if row is None:
-                    db.execute("INSERT INTO hgrun_schema (version) VALUES (?)", (number,))
+                    db.execute(f"INSERT INTO {versions} (version) VALUES (?)", (number,))
                 else:
-                    db.execute("UPDATE hgrun_schema SET version = ?", (number,))
+                    db.execute(f"UPDATE {versions} SET version = ?", (number,))
 
     @property
     def schema_version(self) -> int:
