@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from fake_engine import FakeEngine
-from support.store import app_with_release, new_store
+from support.store import app_with_release, counted_writes, new_store
 
 from hgrun.errors import CapacityError, StoreError
 from hgrun.models import Concurrency, RunStatus, Script, ScriptRecord, Trigger, TriggerKind
@@ -51,20 +51,6 @@ async def _until(condition: Callable[[], bool]) -> None:
             await asyncio.sleep(0.01)
 
 
-def _counting_writes(store: Store) -> list[str]:
-    """Every write transaction of the store from now on (one entry each)."""
-    writes: list[str] = []
-    database = store._db  # noqa: SLF001 - counting the store's write transactions
-    tx = database.tx
-
-    def counted() -> Any:
-        writes.append("tx")
-        return tx()
-
-    database.tx = counted  # type: ignore[method-assign]
-    return writes
-
-
 def test_a_storm_on_a_queue_script_is_one_transaction_in_order_with_one_run_started(
     tmp_path: Path,
 ) -> None:
@@ -73,8 +59,8 @@ def test_a_storm_on_a_queue_script_is_one_transaction_in_order_with_one_run_star
     script = _script(store, "q")
 
     async def scenario() -> list[Any]:
-        writes = _counting_writes(store)
-        runs = await asyncio.gather(*(runner.trigger(script, API) for _ in range(n)))
+        with counted_writes(store) as writes:
+            runs = await asyncio.gather(*(runner.trigger(script, API) for _ in range(n)))
         # The records: one transaction; then the launch of the one started (its token, its
         # container and its moves are the supervisor's, after).
         assert runner.intake.flushes == 1

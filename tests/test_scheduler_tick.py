@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from fake_engine import FakeEngine
-from support.store import app_with_release, new_store
+from support.store import app_with_release, counted_writes, new_store
 from support.stores import StoreFactory
 
 from hgrun.models import Catchup, Concurrency, RunStatus, Script, ScriptRecord, Trigger, TriggerKind
@@ -261,21 +261,13 @@ def test_one_slots_runs_are_recorded_in_one_transaction_then_started(tmp_path: P
         + [Script(name="skipper", command="true", cron="* * * * *", concurrency=Concurrency.SKIP)],
     )
     runner, engine = _runner(store)
-    writes: list[str] = []
 
     async def scenario() -> None:
         s = Scheduler(store, runner, clock=lambda: SLOT)
         assert s.tick(SLOT - 30) == []  # first sight
-        database = store._db  # noqa: SLF001 - counting the store's write transactions
-        tx = database.tx
-
-        def counted() -> Any:
-            writes.append("tx")
-            return tx()
-
-        database.tx = counted  # type: ignore[method-assign]
-        assert s.tick(SLOT) == []  # nothing left to one-at-a-time triggers
-        database.tx = tx  # type: ignore[method-assign]
+        with counted_writes(store) as writes:
+            assert s.tick(SLOT) == []  # nothing left to one-at-a-time triggers
+        assert writes == ["tx"]  # the runs and the cursors: one transaction
         # Recorded `starting` before any container exists, and out of recovery's way.
         runs = [r for r in store.active_runs() if r.slot == "2026-12-01T04:00:00Z"]
         assert len(runs) == n + 1
@@ -295,7 +287,6 @@ def test_one_slots_runs_are_recorded_in_one_transaction_then_started(tmp_path: P
         await _until(lambda: not runner.supervisor.sessions)
 
     run(scenario())
-    assert writes == ["tx"]  # the runs and the cursors: one transaction
     cursors = {r.cursor for r in store.scripts(cron_only=True)}
     assert cursors == {SLOT}
     per_slot = [r for r in store.runs("default", app_id=app.id, limit=1000)]

@@ -3,6 +3,8 @@ defaults (a detached `true` on starter) that a test overrides only where it matt
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +61,22 @@ def new_run(store: Store, app: App, release: Release, **fields: Any) -> Run:
         **fields,
     }
     return store.create_run(**values)
+
+
+@contextlib.contextmanager
+def counted_writes(store: Store) -> Iterator[list[str]]:
+    """Each write transaction ``store`` begins inside the block: one ``"tx"`` in the list
+    each (a batch's promise of one transaction is a count, not a timing)."""
+    writes: list[str] = []
+    database = store._db  # noqa: SLF001 - counting the store's write transactions
+    begin = database.tx
+
+    def counted() -> Any:
+        writes.append("tx")
+        return begin()
+
+    database.tx = counted  # type: ignore[method-assign]
+    try:
+        yield writes
+    finally:
+        database.tx = begin  # type: ignore[method-assign]
