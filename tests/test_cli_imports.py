@@ -38,9 +38,13 @@ HEAVY = (
     "hgrun.manifest",
     "hgrun.schedule",
     "hgrun.stacks",
+    # The attach client is blocking code on the standard library: asyncio and the websockets
+    # client cost ~100 ms of import, more than a whole `docker run` start.
+    "asyncio",
+    "websockets",
 )
-# Only when a run is attached: the asyncio WebSocket client.
-ATTACH = ("asyncio", "websockets", "hgrun.cli.attach")
+# Only when a run is attached: the attach client.
+ATTACH = ("hgrun.cli.attach", "hgrun.relay.websocket")
 
 
 def imported(stderr: bytes) -> set[str]:

@@ -379,24 +379,19 @@ def _upload(ctx: Context, run_id: int, entries: list[uploads.Upload]) -> None:
 
 def attach_run(ctx: Context, run_id: int, tty: bool, terminal: Terminal | None = None) -> int:
     """Attach the terminal to run ``run_id`` until it ends; its exit code."""
-    import asyncio
-
-    from hgrun.cli.attach import RECONNECT_WINDOW
-    from hgrun.cli.attach import attach as attach_session
+    from hgrun.cli.attach import RECONNECT_WINDOW, attach_blocking
 
     settings = ctx.settings
     url = settings.ws_url(f"/v1/runs/{run_id}/attach")
     try:
-        return asyncio.run(
-            attach_session(
-                url,
-                settings.headers(),
-                terminal or ctx.terminal,
-                tty=tty,
-                run_id=run_id,
-                ssl=settings.ssl_context(),
-                reconnect=RECONNECT_WINDOW,
-            )
+        return attach_blocking(
+            url,
+            settings.headers(),
+            terminal or ctx.terminal,
+            tty=tty,
+            run_id=run_id,
+            ssl=settings.ssl_context(),
+            reconnect=RECONNECT_WINDOW,
         )
     except (AuthError, ForbiddenError) as e:
         raise cli_hint(e, settings) from None
