@@ -23,8 +23,7 @@ import stat
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from ssl import SSLContext, SSLError, SSLWantReadError, SSLWantWriteError
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hgrun import errors
 from hgrun.cli import trace
@@ -50,6 +49,9 @@ OPEN_TIMEOUT = 15.0
 RECONNECT_WINDOW = 60.0
 """How long a lost session is tried again: the server's default grace (``--grace``)."""
 RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)
+
+if TYPE_CHECKING:
+    from ssl import SSLContext  # ssl (OpenSSL) is imported for wss:// only
 TRY_AGAIN = 1013  # RFC 6455 close code the server lets a viewer go with (relay.server.Close)
 
 
@@ -86,16 +88,23 @@ class Cancelled(Exception):
 
 
 class WebSocket:
-    """One open WebSocket: a socket, what was read past the handshake, the agreed subprotocol
-    and the answer's headers (names lower-case)."""
+    """One open WebSocket: a non-blocking socket, what was read past the handshake, the agreed
+    subprotocol and the answer's headers (names lower-case). ``again``: the errors that mean
+    "not now" on this socket (TLS adds its own)."""
 
     def __init__(
-        self, sock: socket.socket, subprotocol: str | None, headers: Mapping[str, str], rest: bytes
+        self,
+        sock: socket.socket,
+        subprotocol: str | None,
+        headers: Mapping[str, str],
+        rest: bytes,
+        again: tuple[type[Exception], ...] = (BlockingIOError,),
     ) -> None:
         self.sock = sock
         self.subprotocol = subprotocol
         self.headers = headers
         self.rest = rest
+        self.again = again
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -112,6 +121,30 @@ def connect(
     :class:`~hgrun.errors.NotFoundError` (or the server's own JSON error) when it refuses the
     upgrade, :class:`~hgrun.errors.UnreachableError` when it cannot be reached.
     """
+    opened = _handshake(url, headers, what, ssl)
+    if isinstance(opened, WebSocket):
+        return opened
+    raise _refused(*opened, what)
+
+
+def create_and_connect(
+    url: str, headers: Mapping[str, str], what: str, ssl: SSLContext | None = None
+) -> WebSocket | None:
+    """:func:`connect` to an endpoint that creates the run it attaches to; None when the
+    server refuses without an hgrun error, as one without that endpoint does (the caller then
+    creates and attaches in two steps)."""
+    opened = _handshake(url, headers, what, ssl)
+    if isinstance(opened, WebSocket):
+        return opened
+    if _json_error(opened[1]) is None:
+        return None
+    raise _refused(*opened, what)
+
+
+def _handshake(
+    url: str, headers: Mapping[str, str], what: str, ssl: SSLContext | None
+) -> WebSocket | tuple[wsproto.Answer, bytes]:
+    """The open WebSocket, or the refusal's answer and body (the socket closed)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise errors.InputError(f"bad attach URL {url!r}: not a ws:// or wss:// URL")
@@ -127,13 +160,17 @@ def connect(
     key = wsproto.new_key()
     request = wsproto.handshake_request(host_header, target, key, SUBPROTOCOLS, headers)
     sock: socket.socket | None = None
+    again: tuple[type[Exception], ...] = (BlockingIOError,)
+    verify_error: tuple[type[Exception], ...] = ()  # a certificate the context refuses
     try:
         sock = socket.create_connection((host, port), timeout=OPEN_TIMEOUT)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if secure:
-            if ssl is None:
-                import ssl as ssl_module
+            import ssl as ssl_module
 
+            again = (BlockingIOError, ssl_module.SSLWantReadError, ssl_module.SSLWantWriteError)
+            verify_error = (ssl_module.SSLCertVerificationError,)
+            if ssl is None:
                 ssl = ssl_module.create_default_context()
             sock = ssl.wrap_socket(sock, server_hostname=host)
         sock.sendall(request)
@@ -144,28 +181,27 @@ def connect(
                 raise ConnectionResetError("the server closed the connection in the handshake")
             received += chunk
         if answer.status != 101:
-            raise _refused(answer, _body(sock, answer), what)
+            body = _body(sock, answer)
+            sock.close()
+            return answer, body
         subprotocol = wsproto.check_handshake(answer, key, SUBPROTOCOLS)
         sock.settimeout(None)
         sock.setblocking(False)
-        return WebSocket(sock, subprotocol, answer.headers, answer.rest)
+        return WebSocket(sock, subprotocol, answer.headers, answer.rest, again)
     except errors.HgrunError:
         if sock is not None:
             sock.close()
         raise
-    except SSLError as e:
+    except OSError as e:  # TimeoutError and ssl.SSLError too
         if sock is not None:
             sock.close()
-        reason = getattr(e, "verify_message", None) or e.reason or "verification failed"
-        if e.__class__.__name__ == "SSLCertVerificationError":
+        if isinstance(e, verify_error):
+            reason = getattr(e, "verify_message", None) or getattr(e, "reason", None)
             raise errors.UnreachableError(
-                f"cannot attach to {what}: the server's certificate is not trusted ({reason})",
+                f"cannot attach to {what}: the server's certificate is not trusted"
+                f" ({reason or 'verification failed'})",
                 hint="Pass its CA: hgrun login --ca-cert CA.pem (or set HGRUN_CA_CERT).",
             ) from e
-        raise _unreachable(what, e) from e
-    except (OSError, TimeoutError) as e:
-        if sock is not None:
-            sock.close()
         raise _unreachable(what, e) from e
 
 
@@ -190,17 +226,25 @@ def _body(sock: socket.socket, answer: wsproto.Answer) -> bytes:
     return body
 
 
-def _refused(answer: wsproto.Answer, body: bytes, what: str) -> errors.HgrunError:
-    """Turn a refused handshake into an hgrun error, using the server's JSON error if any."""
-    status = answer.status
+def _json_error(body: bytes) -> dict[str, Any] | None:
+    """The hgrun JSON error in a refusal's body, if it is one."""
     with contextlib.suppress(ValueError, UnicodeDecodeError):
         parsed = json.loads(body or b"")
         if isinstance(parsed, dict) and parsed.get("error"):
-            err = errors.from_json(parsed, status)
-            if status in _REFUSALS and not isinstance(err, _REFUSALS[status][0]):
-                cls = _REFUSALS[status][0]
-                err = cls(err.message, err.hint)
-            return err
+            return parsed
+    return None
+
+
+def _refused(answer: wsproto.Answer, body: bytes, what: str) -> errors.HgrunError:
+    """Turn a refused handshake into an hgrun error, using the server's JSON error if any."""
+    status = answer.status
+    parsed = _json_error(body)
+    if parsed is not None:
+        err = errors.from_json(parsed, status)
+        if status in _REFUSALS and not isinstance(err, _REFUSALS[status][0]):
+            cls = _REFUSALS[status][0]
+            err = cls(err.message, err.hint)
+        return err
     if status in _REFUSALS:
         cls, message, hint = _REFUSALS[status]
         return cls(message.format(what=what), hint)
@@ -566,7 +610,7 @@ class _Session:
             size = self.retry or min(len(self.outgoing), RECV_CHUNK)
             try:
                 sent = self.sock.send(self.outgoing[:size])
-            except (BlockingIOError, SSLWantWriteError, SSLWantReadError):
+            except self.ws.again:
                 self.retry = size
                 return
             except OSError:
@@ -581,7 +625,7 @@ class _Session:
         while True:
             try:
                 data = self.sock.recv(RECV_CHUNK)
-            except (BlockingIOError, SSLWantReadError, SSLWantWriteError):
+            except self.ws.again:
                 return None
             except OSError:
                 raise _Closed(None) from None

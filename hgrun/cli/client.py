@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import json
 import os
-import ssl
 import stat
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hgrun import errors
+
+if TYPE_CHECKING:
+    # Imported when a request is made (http.client pulls in the email package, ssl OpenSSL):
+    # `hgrun run` attaches over its own socket and needs neither.
+    import http.client
+    import ssl
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 
@@ -89,6 +93,8 @@ class Settings:
         None for http."""
         if not self.url.startswith("https://"):
             return None
+        import ssl
+
         try:
             return ssl.create_default_context(cafile=self.ca_cert)
         except (OSError, ssl.SSLError) as e:
@@ -131,6 +137,8 @@ class Api:
             self._conn = None
 
     def _connection(self) -> http.client.HTTPConnection:
+        import http.client
+
         if self._conn is None:
             if self._https:
                 self._conn = http.client.HTTPSConnection(
@@ -150,6 +158,8 @@ class Api:
         headers: Mapping[str, str] | None = None,
         read_timeout: float | None = 60,
     ) -> http.client.HTTPResponse:
+        import http.client
+
         query = _query(params)
         target = self._prefix + path + (f"?{query}" if query else "")
         all_headers = {**self._headers, **(headers or {})}
@@ -235,6 +245,8 @@ class Api:
         headers: Mapping[str, str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """An NDJSON response, one object per line, as it arrives."""
+        import http.client
+
         body = None if content is None else (c for c in content if c)
         response = self._send(
             method, path, params=params, body=body, headers=headers, read_timeout=None
@@ -249,6 +261,8 @@ class Api:
             self.close()
 
     def _unreachable(self, e: Exception) -> errors.UnreachableError:
+        import ssl
+
         if isinstance(e, ssl.SSLCertVerificationError):
             return untrusted(self.settings.url, e)
         return errors.UnreachableError(

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import os
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Final
 
 from hgrun.errors import InputError
+
+try:
+    from _sha1 import sha1  # CPython's own: hashlib would load OpenSSL first (ms at start-up)
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import sha1
 
 GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
@@ -58,7 +62,7 @@ def new_key() -> str:
 
 def accept_for(key: str) -> str:
     """The ``Sec-WebSocket-Accept`` a server must answer ``key`` with (section 4.2.2)."""
-    return base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
+    return base64.b64encode(sha1(key.encode() + GUID).digest()).decode()
 
 
 def handshake_request(

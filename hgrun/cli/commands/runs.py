@@ -1,8 +1,9 @@
 """Runs: ``hgrun run``, ``attach``, ``ps``, ``runs``, ``runs:info`` and ``stop``.
 
 :func:`attach_run` is the one way a command attaches the terminal to a run (``scripts:run`` too).
-The attach client (websockets) and the upload progress bar (rich) are imported when used, so a
-command that needs neither starts fast.
+An attached `hgrun run` without uploads creates its run on the attach handshake itself
+(``/v1/apps/{app}/runs/attach``): one connection, one round trip. The attach client and the upload
+progress bar (rich) are imported when used, so a command that needs neither starts fast.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from hgrun.errors import AuthError, ForbiddenError, HgrunError, InputError
 from hgrun.models import SIZES, RunStatus, TriggerKind
 
 if TYPE_CHECKING:
-    from hgrun.cli import uploads
+    from hgrun.cli import attach, uploads
 
 T = TypeVar("T")
 
@@ -151,11 +152,6 @@ def run(
     if size is not None and size not in SIZES:
         raise InputError(f"--size {size!r}: unknown size", f"sizes: {', '.join(SIZES)}")
     asked_timeout = duration_flag("--timeout", timeout) if timeout is not None else None
-    if not detached:
-        # The attach client (asyncio, websockets) is most of the run path's import time: it
-        # loads in a thread while this one waits on the server for the folder check and the
-        # create. The import system's module locks make `attach_run`'s import wait for it.
-        _Background(_load_attach_client)
     entries: list[uploads.Upload] = []
     if files:
         from hgrun.cli import uploads
@@ -185,8 +181,13 @@ def run(
     if built is not None:
         body["build"], body["procfile"] = built.context_hash, built.procfile_text
     trace.mark("request")
+    opened: attach.WebSocket | None = None
     try:
-        run_info = ctx.api.post(f"/v1/apps/{name}/runs", body)
+        created = None if detached or entries else _create_attached(ctx, name, body)
+        if created is not None:
+            opened, run_info = created
+        else:
+            run_info = ctx.api.post(f"/v1/apps/{name}/runs", body)
     finally:  # said also when the create fails: the folder may be why
         if folder_note is not None and (note := folder_note.result()):
             ctx.output.info(note)
@@ -214,7 +215,41 @@ def run(
                     f" stop it with `hgrun stop {run_id}`."
                 )
         return 0
-    return attach_run(ctx, run_id, use_tty, terminal)
+    return attach_run(ctx, run_id, use_tty, terminal, opened)
+
+
+def _create_attached(
+    ctx: Context, app: str, body: dict[str, Any]
+) -> tuple[attach.WebSocket, dict[str, Any]] | None:
+    """Create the run and attach to it in one handshake (``/v1/apps/{app}/runs/attach``): the
+    WebSocket and the run made. None when the request is too long for a header, or the server
+    predates that endpoint: then it is a POST and an attach."""
+    from hgrun.cli import attach
+    from hgrun.relay import runheader
+
+    request = runheader.encode(body)
+    if len(request) > runheader.MAX_REQUEST:
+        return None
+    settings = ctx.settings
+    try:
+        ws = attach.create_and_connect(
+            settings.ws_url(f"/v1/apps/{app}/runs/attach"),
+            {**settings.headers(), runheader.HEADER: request},
+            f"a new run of {app}",
+            settings.ssl_context(),
+        )
+    except (AuthError, ForbiddenError) as e:
+        raise cli_hint(e, settings) from None
+    if ws is None:
+        return None
+    try:
+        run_info = runheader.decode(ws.headers.get(runheader.HEADER.lower(), ""))
+        if not isinstance(run_info, dict) or not isinstance(run_info.get("id"), int):
+            raise InputError(f"the server's {runheader.HEADER} answer holds no run")
+    except BaseException:
+        ws.close()
+        raise
+    return ws, run_info
 
 
 def _once(flag: str, before: str | None, after: str | None) -> str | None:
@@ -271,10 +306,6 @@ class _Background(Generic[T]):
         if self._error is not None:
             raise self._error
         return self._value
-
-
-def _load_attach_client() -> None:
-    import hgrun.cli.attach  # noqa: F401 - loaded for attach_run
 
 
 def _prepare_app(
@@ -377,8 +408,15 @@ def _upload(ctx: Context, run_id: int, entries: list[uploads.Upload]) -> None:
     ctx.output.info(f"Uploaded {len(entries)} file(s), {total / 1024**2:.1f} MB to /tmp/uploads")
 
 
-def attach_run(ctx: Context, run_id: int, tty: bool, terminal: Terminal | None = None) -> int:
-    """Attach the terminal to run ``run_id`` until it ends; its exit code."""
+def attach_run(
+    ctx: Context,
+    run_id: int,
+    tty: bool,
+    terminal: Terminal | None = None,
+    opened: attach.WebSocket | None = None,
+) -> int:
+    """Attach the terminal to run ``run_id`` until it ends (``opened``: a WebSocket already
+    open on it); its exit code."""
     from hgrun.cli.attach import RECONNECT_WINDOW, attach_blocking
 
     settings = ctx.settings
@@ -392,6 +430,7 @@ def attach_run(ctx: Context, run_id: int, tty: bool, terminal: Terminal | None =
             run_id=run_id,
             ssl=settings.ssl_context(),
             reconnect=RECONNECT_WINDOW,
+            opened=opened,
         )
     except (AuthError, ForbiddenError) as e:
         raise cli_hint(e, settings) from None

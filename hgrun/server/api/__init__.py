@@ -5,8 +5,8 @@ Errors are JSON ``{"error", "message", "hint"}`` with the matching status; bad i
 never a 500. Request bodies are size-capped; uploads and build contexts are streamed.
 
 One module per resource holds its handlers (:mod:`.apps`, :mod:`.runs`, :mod:`.scripts`,
-:mod:`.tokens`, :mod:`.nodes`, :mod:`.attach`); :mod:`.requests` reads requests and
-:mod:`.views` renders rows.
+:mod:`.tokens`, :mod:`.nodes`, :mod:`.attach`, :mod:`.runattach`); :mod:`.requests` reads
+requests and :mod:`.views` renders rows.
 This module is the route table and :func:`build_app`.
 """
 
@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from hgrun import __version__
 from hgrun.engine import DEFAULT_BUILD_LIMITS, BuildLimits, Engine
-from hgrun.server.api import apps, attach, nodes, openapi, runs, scripts, tokens
+from hgrun.server.api import apps, attach, nodes, openapi, runattach, runs, scripts, tokens
 from hgrun.server.api.requests import Handler, RouteSpec, dispatch
 from hgrun.server.api.runs import stderr_tail
 from hgrun.server.api.views import run_json
@@ -70,6 +70,7 @@ def build_app(server: Server) -> Starlette:
         for path, handlers in by_path.items()
     ]
     routes.append(WebSocketRoute("/v1/runs/{run_id:int}/attach", attach.endpoint(server)))
+    routes.append(WebSocketRoute("/v1/apps/{app}/runs/attach", runattach.endpoint(server)))
     from hgrun.server import dashboard  # the web pages at / (its own package; mounted here)
 
     return Starlette(

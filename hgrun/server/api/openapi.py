@@ -389,6 +389,50 @@ def document(routes: Iterable[RouteSpec]) -> dict[str, Any]:
             "x-websocket": True,
         }
     }
+    run_body = operations[("POST", "/v1/apps/{app}/runs")]["body"]["content"]["application/json"]
+    paths["/v1/apps/{app}/runs/attach"] = {
+        "get": {
+            "summary": (
+                "WebSocket: create an attached run and attach to it in one handshake; header"
+                " X-Hgrun-Run is the body of POST /v1/apps/{app}/runs as base64url JSON (not"
+                " detached, no uploads), and the 101 answer's X-Hgrun-Run the Run made, likewise;"
+                " then as /v1/runs/{run_id}/attach [run]"
+            ),
+            "operationId": "create_and_attach_run",
+            "parameters": [
+                {"name": "app", "in": "path", "required": True, "schema": STR},
+                {
+                    "name": "X-Hgrun-Run",
+                    "in": "header",
+                    "required": True,
+                    "schema": {
+                        "type": "string",
+                        "contentEncoding": "base64url",
+                        "contentMediaType": "application/json",
+                        "contentSchema": run_body["schema"],
+                    },
+                },
+            ],
+            "responses": {
+                "101": {
+                    "description": "Switching Protocols; X-Hgrun-Run: the Run, base64url JSON",
+                    "headers": {
+                        "X-Hgrun-Run": {
+                            "schema": {
+                                "type": "string",
+                                "contentEncoding": "base64url",
+                                "contentMediaType": "application/json",
+                                "contentSchema": _ref("Run"),
+                            }
+                        }
+                    },
+                },
+                "default": {"$ref": "#/components/responses/Error"},
+            },
+            "security": [{"bearer": []}],
+            "x-websocket": True,
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "hgrun", "version": __version__},

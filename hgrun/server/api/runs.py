@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from hgrun.duration import parse_duration
 from hgrun.errors import ConflictError, ForbiddenError, InputError, NotFoundError
-from hgrun.models import ENV_NAME, OutputChunk, RunStatus, Trigger, TriggerKind
+from hgrun.models import ENV_NAME, App, OutputChunk, RunStatus, Trigger, TriggerKind
 from hgrun.procfile import parse_procfile
 from hgrun.server.api.requests import (
     bool_param,
@@ -29,7 +29,7 @@ from hgrun.server.api.requests import (
     workspace_run,
 )
 from hgrun.server.api.views import run_json
-from hgrun.server.auth import authenticate
+from hgrun.server.auth import Principal, authenticate
 from hgrun.server.launcher import Request as LaunchRequest
 from hgrun.server.logs import (
     MAX_LINE,
@@ -47,6 +47,7 @@ from hgrun.uploadtar import UploadFilter
 
 if TYPE_CHECKING:
     from hgrun.server.api import Server
+    from hgrun.server.session import RunSession
 
 log = logging.getLogger("hgrun.api")
 
@@ -61,7 +62,16 @@ MAX_RUNS_PAGE = 10_000  # runs of one GET /v1/apps/A/runs
 async def create_run(server: Server, request: Request) -> Response:
     caller = principal(server, request, "run")
     app = path_app(server, caller, request)
-    body = await json_body(request)
+    session = await launch_run(server, caller, app, await json_body(request))
+    return JSONResponse(run_json(session.run, app.name), status_code=201)
+
+
+async def launch_run(
+    server: Server, caller: Principal, app: App, body: dict[str, Any]
+) -> RunSession:
+    """Record and launch the run ``body`` asks for (the JSON of ``POST /v1/apps/{app}/runs``):
+    its checks, its container made and attached. Raises the 4xx of a bad request before
+    anything is recorded; an engine that fails records the run failed and raises."""
     release = server.store.latest_release(app.id)
     if release is None:
         raise NotFoundError(f"app {app.name!r} has no release yet", "run `hgrun deploy` first")
@@ -126,7 +136,7 @@ async def create_run(server: Server, request: Request) -> Response:
         app.name,
         ", ".join(sorted(run.env)),
     )
-    return JSONResponse(run_json(run, app.name), status_code=201)
+    return session
 
 
 def _timeout(value: Any) -> float | None:
