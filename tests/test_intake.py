@@ -171,3 +171,19 @@ def test_a_store_error_fails_every_caller_of_its_batch() -> None:
         return await asyncio.gather(*(batch.submit(i) for i in range(3)), return_exceptions=True)
 
     assert [type(e) for e in asyncio.run(scenario())] == [StoreError] * 3
+
+
+def test_recovery_reads_no_run_waiting_in_a_backlog(tmp_path: Path) -> None:
+    """A storm leaves a thousand runs queued; each recovery pass (every few seconds) read and
+    decoded them all though it leaves them to their queue: it no longer reads them."""
+    store, runner, engine = _setup(tmp_path, Script(name="q", command="true"))
+    script = _script(store, "q")
+
+    async def scenario() -> list[Any]:
+        runs = await asyncio.gather(*(runner.trigger(script, API) for _ in range(5)))
+        await _until(lambda: len(engine.containers) == 1)
+        return runs
+
+    runs = asyncio.run(scenario())
+    assert [r.id for r in store.active_runs(backlogs=False)] == [runs[0].id]
+    assert [r.id for r in store.active_runs()] == [r.id for r in runs]

@@ -48,7 +48,9 @@ class Recoverer:
         sup = self.supervisor
         listed = await asyncio.to_thread(sup.engine.list, {LABEL_INSTANCE: sup.instance})
         containers = {c.labels.get(LABEL_RUN, ""): c for c in listed}
-        for run in sup.store.active_runs():
+        # A run waiting in its script's queue has no container and is left to the queue
+        # (lifecycle.recovery: LEAVE): not read.
+        for run in sup.store.active_runs(backlogs=False):
             container = containers.pop(str(run.id), None)
             if run.id in sup.sessions or run.id in sup.pending:
                 continue

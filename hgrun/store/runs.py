@@ -376,8 +376,21 @@ class RunStore(StoreBase):
             raise NotFoundError(f"run {run_id} not found", "list runs with `hgrun runs`")
         return row
 
-    def active_runs(self) -> list[Run]:
-        rows = self._query(f"SELECT * FROM runs WHERE status IN ({ACTIVE_SQL}) ORDER BY id")
+    def active_runs(self, *, backlogs: bool = True) -> list[Run]:
+        """Every run in flight, oldest first; without ``backlogs``, not the runs waiting in a
+        script's queue (queued, no container): recovery leaves those to their queue, and a
+        storm's thousand of them were decoded at every pass for nothing."""
+        waiting = (
+            ""
+            if backlogs
+            else (
+                f" AND NOT (status = '{RunStatus.QUEUED.value}' AND script_id IS NOT NULL"
+                " AND container_id IS NULL)"
+            )
+        )
+        rows = self._query(
+            f"SELECT * FROM runs WHERE status IN ({ACTIVE_SQL}){waiting} ORDER BY id"
+        )
         return [run_from_row(r, self._unseal) for r in rows]
 
 
