@@ -530,6 +530,27 @@ def test_a_storm_on_a_skip_script_runs_one_and_records_the_rest_skipped(
     assert len(api.script_runs(script_id)) == 50
 
 
+def test_hgrun_runs_script_lists_that_scripts_runs_newest_first_across_pages(
+    cli: Cli, api: Api, policy_app: str
+) -> None:
+    """`hgrun runs --script NAME` reads GET /v1/scripts/{id}/runs (one index seek, see
+    test_store); with --status it says why not; an unknown script is named."""
+    script_id = api.script_id(policy_app, "allowed")
+    responses = storm(api, script_id, 3)
+    assert [r.status_code for r in responses] == [201] * 3
+    listed = json.loads(
+        check(cli("runs", "--app", policy_app, "--script", "allowed", "--json", "-n", "2"))
+    )
+    want = [r["id"] for r in api.script_runs(script_id)][:2]
+    assert [r["id"] for r in listed] == want and len(want) == 2
+    assert {r["script"] for r in listed} == {"allowed"}
+    refused = cli("runs", "--app", policy_app, "--script", "allowed", "--status", "failed")
+    assert refused.returncode != 0 and "--script" in text(refused.stderr)
+    assert "Traceback" not in text(refused.stderr)
+    missing = cli("runs", "--app", policy_app, "--script", "nope")
+    assert missing.returncode != 0 and "no script 'nope'" in text(missing.stderr)
+
+
 def test_a_manual_trigger_of_a_running_skip_script_is_recorded_skipped(
     cli: Cli, api: Api, policy_app: str
 ) -> None:

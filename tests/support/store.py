@@ -80,3 +80,31 @@ def counted_writes(store: Store) -> Iterator[list[str]]:
         yield writes
     finally:
         database.tx = begin  # type: ignore[method-assign]
+
+
+def traced_sql(store: Store) -> Iterator[list[str] | None]:
+    """The SQL statements the store runs inside the block, values bound (SQLite's trace);
+    None on PostgreSQL, whose planner picks by its statistics (no plan to assert)."""
+    raw = store._db._db if store.backend == "sqlite" else None  # type: ignore[attr-defined]  # noqa: SLF001
+    if raw is None:
+        yield None
+        return
+    statements: list[str] = []
+    raw.set_trace_callback(statements.append)
+    try:
+        yield statements
+    finally:
+        raw.set_trace_callback(None)
+
+
+def assert_index_seek(store: Store, sql: str, index: str | None = None) -> str:
+    """Assert SQLite answers ``sql`` (values bound) by a search of an index (``index``, when
+    named) that gives the rows in the order asked: no scan of the table, no sort step (``USE
+    TEMP B-TREE``). Returns the plan, one line, for further checks."""
+    raw = store._db._db  # type: ignore[attr-defined]  # noqa: SLF001 - the SQLite connection
+    plan = " ".join(row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "SEARCH runs USING INDEX" in plan, (sql, plan)
+    assert "TEMP B-TREE" not in plan, (sql, plan)  # rows come in id order, no sort
+    if index is not None:
+        assert f"USING INDEX {index} " in plan, (sql, plan)
+    return plan

@@ -34,7 +34,7 @@ from hgrun.cli.options import (
 )
 from hgrun.cli.output import duration
 from hgrun.cli.terminal import Terminal
-from hgrun.errors import AuthError, ForbiddenError, HgrunError, InputError
+from hgrun.errors import AuthError, ForbiddenError, HgrunError, InputError, NotFoundError
 from hgrun.models import SIZES, RunStatus, TriggerKind
 
 if TYPE_CHECKING:
@@ -475,6 +475,7 @@ def ps(ctx: Context, app_name: str | None, as_json: bool) -> None:
     help="Filter (repeatable).",
 )
 @click.option("--trigger", type=click.Choice([t.value for t in TriggerKind]), help="Filter.")
+@click.option("--script", "script_name", metavar="NAME", help="Only this script's runs.")
 @click.option("--limit", "-n", default=50, show_default=True, type=click.IntRange(1, 10000))
 @json_option
 @pass_ctx
@@ -483,16 +484,42 @@ def runs(
     app_name: str | None,
     statuses: tuple[str, ...],
     trigger: str | None,
+    script_name: str | None,
     limit: int,
     as_json: bool,
 ) -> None:
     """Run history, newest first."""
-    params: dict[str, Any] = {"limit": limit, "trigger": trigger}
-    if statuses:
-        params["status"] = list(statuses)
     from hgrun.cli import views
 
-    items = ctx.api.get(f"/v1/apps/{app_name_or_here(app_name)}/runs", **params)
+    app = app_name_or_here(app_name)
+    if script_name is not None:
+        if statuses or trigger:
+            raise InputError(
+                "--script lists all of a script's runs: it takes no --status or --trigger",
+                "drop them, or use --status/--trigger without --script",
+            )
+        # GET /v1/scripts/{id}/runs: one index seek among any number of runs (Store.script_runs).
+        found = [s for s in ctx.api.get(f"/v1/apps/{app}/scripts") if s["name"] == script_name]
+        if not found:
+            raise NotFoundError(
+                f"app {app} has no script {script_name!r}",
+                "scripts come from hgrun.yaml; list them with `hgrun scripts`",
+            )
+        # At most 1,000 a page there: older ones are read page by page, by id.
+        items: list[Any] = []
+        while len(items) < limit:
+            params: dict[str, Any] = {"limit": min(1000, limit - len(items))}
+            if items:
+                params["before"] = items[-1]["id"]
+            page = ctx.api.get(f"/v1/scripts/{found[0]['id']}/runs", **params)
+            items += page
+            if len(page) < params["limit"]:
+                break
+    else:
+        params = {"limit": limit, "trigger": trigger}
+        if statuses:
+            params["status"] = list(statuses)
+        items = ctx.api.get(f"/v1/apps/{app}/runs", **params)
     show_rows(ctx, items, as_json, views.RUN_COLUMNS, views.run_row)
 
 
