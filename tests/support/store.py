@@ -82,6 +82,7 @@ def counted_writes(store: Store) -> Iterator[list[str]]:
         database.tx = begin  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
 def traced_sql(store: Store) -> Iterator[list[str] | None]:
     """The SQL statements the store runs inside the block, values bound (SQLite's trace);
     None on PostgreSQL, whose planner picks by its statistics (no plan to assert)."""
