@@ -18,7 +18,7 @@ import pytest
 from conftest import ServerFactory
 from support.apps import deploy_busybox_app
 from support.cli import Cli, check, text
-from support.stores import StoreFactory
+from support.stores import Databases, StoreFactory
 from support.waits import wait_for
 
 from hgrun.store.audit import AuditLog
@@ -280,6 +280,34 @@ def test_a_run_that_never_started_is_audited(
     records = wait_for(recorded, 30, f"a run.not_started record ({label})")
     assert records[0]["payload"]["status"] == "failed", records
     assert records[0]["payload"]["command"] == ["true"]
+
+
+def test_rotating_the_key_on_postgresql_rekeys_the_stores_log_and_an_old_audit_db(
+    store_databases: Databases, tmp_path: Path
+) -> None:
+    """``hgrun server --rotate-key --store URL``: the store's log, and the per-server audit.db
+    left from before PostgreSQL, stay readable under the new key only."""
+    from hgrun.server.main import rotate_key
+    from hgrun.store.keys import load_keys
+
+    url = store_databases.create()
+    try:
+        (before,) = load_keys(tmp_path, {})
+        _fill(url, before, 3)
+        _fill(tmp_path / "audit.db", before, 2)
+        _rows, records = rotate_key(tmp_path, {}, url)
+        assert records == 5
+        after = load_key(tmp_path, {})
+        for target, count in ((url, 3), (tmp_path / "audit.db", 2)):
+            log = AuditLog(target, after)
+            page = log.page("default")
+            assert page.problems == [] and page.checked == count, (target, page.problems)
+            log.close()
+            log = AuditLog(target, before)
+            assert log.page("default").problems, target
+            log.close()
+    finally:
+        store_databases.drop(url)
 
 
 def test_a_lost_run_is_audited_once(make_store: StoreFactory, tmp_path: Path) -> None:

@@ -15,20 +15,24 @@ run): docs/scale-out.md.
 from __future__ import annotations
 
 import datetime
+import json
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from cryptography.fernet import Fernet
 from support.api import Api
-from support.apps import deploy_script_app, unique
+from support.apps import deploy_busybox_app, deploy_script_app, unique
 from support.cli import Cli, check, run_id
 from support.server import HgrunServer, free_port
 from support.stores import Databases
 from support.waits import wait_for
+
+from hgrun.store.audit import AuditLog
 
 pytestmark = pytest.mark.docker
 
@@ -193,3 +197,61 @@ def _each_script_ran_once(api: Api, name: str, slot: float) -> None:
         cron = [r for r in api.script_runs(script_id) if r["trigger"]["kind"] == "cron"]
         names = [r["trigger"]["name"] for r in cron]
         assert len(names) == len(set(names)), f"a slot ran twice: {names}"
+
+
+def test_one_audit_log_for_both_servers(pair: Pair, tmp_path: Path) -> None:
+    """The audit log is the store's (issue 9 with issue 8's audit): a run supervised and
+    finished by A and one by B are both in ``hgrun audit`` through either server, as one chain
+    that verifies; neither server writes an audit.db of its own, and B's, left from before,
+    stays as it was (B says so at start)."""
+    a, b = pair.a, pair.b
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    old = AuditLog(tmp_path / "b" / "audit.db", b.env["HGRUN_AUDIT_KEY"].encode())
+    old.append("default", 1, "run.finish", {"stdout": "from before PostgreSQL"})
+    old.close()
+    a.start()
+    b.token = a.token  # one store, one admin token
+    b.start()
+    cli = Cli(a, tmp_path / "xdg")
+    name = deploy_busybox_app(cli, tmp_path / "app", unique("audit"), server=a)
+    runs: dict[str, int] = {}
+    for label, server in (("a", a), ("b", b)):
+        # Long enough for the lease to be seen: the server that made the run supervises it.
+        command = f"sleep 4; echo finished-by-{label}"
+        runs[label] = run_id(
+            check(cli("run", "--detached", "-a", name, command, server=server)).strip()
+        )
+        wait_for(
+            lambda n=runs[label], s=server: pair.held_by(f"run:{n}", s),
+            20,
+            f"run {runs[label]} held by server {label}",
+        )
+
+    def both_finished(server: HgrunServer) -> dict[str, Any] | None:
+        page = json.loads(check(cli("audit", "--json", "-n", "100", server=server)))
+        finished = {r["run"]: r for r in page["records"] if r["action"] == "run.finish"}
+        return page if set(runs.values()) <= set(finished) else None
+
+    pages = []
+    for label, server in (("a", a), ("b", b)):
+        page = wait_for(
+            lambda s=server: both_finished(s), 60, f"both runs' run.finish through {label}"
+        )
+        assert page["problems"] == [] and page["checked"] == len(page["records"]), page
+        for who, number in runs.items():
+            (finish,) = [
+                r for r in page["records"] if r["run"] == number and r["action"] == "run.finish"
+            ]
+            assert finish["payload"]["stdout"] == f"finished-by-{who}\n", finish
+            assert finish["problem"] is None
+        pages.append([(r["id"], r["run"], r["action"]) for r in page["records"]])
+    assert pages[0] == pages[1]  # one log, whichever server answers
+    assert not (tmp_path / "a" / "audit.db").exists()
+    assert "audit log from before it: no longer written" in b.log, b.log
+    old = AuditLog(tmp_path / "b" / "audit.db", b.env["HGRUN_AUDIT_KEY"].encode())
+    (record,) = old.read("default")
+    assert record.payload == {"stdout": "from before PostgreSQL"} and record.problem is None
+    old.close()
+    for server in (a, b):
+        check(cli("audit", "-n", "5", server=server))  # exit 0: the whole chain verifies
