@@ -7,10 +7,13 @@ Its clock is the supervisor's and its sleep is injected: each test drives beats 
 from __future__ import annotations
 
 import asyncio
+import threading
 
+import pytest
 from test_supervisor import DEADLINE, LIMITS, World, asyncio_test, until, world
 
 from hgrun.engine import STDOUT
+from hgrun.errors import EngineError
 from hgrun.models import RunStatus
 
 __all__ = ["world"]  # the fixture, shared with test_supervisor
@@ -119,3 +122,64 @@ async def test_a_failing_check_does_not_stop_the_other_runs_checks(world: World)
     assert world.store.run(timed.run.id).status is RunStatus.TIMED_OUT
     world.engine.exit(broken.container_id or "", 0)
     await asyncio.wait_for(broken.finished.wait(), DEADLINE)
+
+
+@asyncio_test
+async def test_a_slow_engine_stop_holds_up_no_other_runs_deadline(world: World) -> None:
+    sup = world.supervisor(tick=0.5)
+    slow = await sup.launch(world.run(timeout=10.0), world.release, "none")
+    other = await sup.launch(world.run(timeout=20.0), world.release, "none")
+    await until(lambda: len(world.engine.running()) == 2, "both containers started")
+    started = max(world.store.run(s.run.id).started or 0.0 for s in (slow, other))
+    # The engine's stop of the first run hangs until the test lets it go (a dockerd that
+    # takes its time); every other call goes through.
+    entered, release, stop = threading.Event(), threading.Event(), world.engine.stop
+    slow_stops: list[float] = []
+
+    def engine_stop(container_id: str, grace: float) -> None:
+        if container_id == slow.container_id:
+            slow_stops.append(grace)
+            entered.set()
+            release.wait(3 * DEADLINE)
+        stop(container_id, grace)
+
+    world.engine.stop = engine_stop  # type: ignore[method-assign]
+    try:
+        world.now[0] = started + 10.0
+        await asyncio.wait_for(sup.watchdog.beat(), DEADLINE)  # it does not wait for the stop
+        await asyncio.to_thread(entered.wait, DEADLINE)
+        world.now[0] = started + 20.0
+        await asyncio.wait_for(sup.watchdog.beat(), DEADLINE)
+        await asyncio.wait_for(other.finished.wait(), DEADLINE)
+        assert world.store.run(other.run.id).status is RunStatus.TIMED_OUT
+        assert not slow.finished.is_set()  # its stop is still in flight
+        await sup.watchdog.beat()  # a beat meanwhile starts no second stop of it
+        assert slow_stops == [1.0]
+    finally:
+        release.set()
+    await asyncio.wait_for(slow.finished.wait(), DEADLINE)
+    assert world.store.run(slow.run.id).status is RunStatus.TIMED_OUT
+
+
+@asyncio_test
+async def test_an_engine_stop_that_fails_is_logged_and_the_watchdog_goes_on(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = world.supervisor(tick=0.5)
+    session = await sup.launch(world.run(timeout=10.0), world.release, "none")
+    await until(lambda: world.engine.running() != [], "the container started")
+    started = world.store.run(session.run.id).started
+    assert started is not None
+    world.engine.errors["stop"] = EngineError("dockerd said no")
+    world.now[0] = started + 10.0
+    await sup.watchdog.beat()
+    await until(lambda: "dockerd said no" in caplog.text, "the failed stop logged")
+    assert not session.finished.is_set()
+    await sup.watchdog.beat()
+    # `hgrun stop` tries again, and hears of the engine's error when there is one.
+    world.engine.errors["stop"] = EngineError("dockerd said no again")
+    with pytest.raises(EngineError, match="again"):
+        await sup.stop(session.run.id)
+    await sup.stop(session.run.id)
+    await asyncio.wait_for(session.finished.wait(), DEADLINE)
+    assert world.store.run(session.run.id).status is RunStatus.TIMED_OUT

@@ -51,6 +51,7 @@ from hgrun.server.leases import LEASE_TTL, LeaseLost, Leases
 from hgrun.server.output import OutputLog
 from hgrun.server.recovery import Recoverer
 from hgrun.server.session import LAG_LIMIT, Finished, Output, RunSession, Subscriber
+from hgrun.server.stopping import Stopper, StopTask
 from hgrun.server.watchdog import Watchdog
 from hgrun.store import Store
 
@@ -97,6 +98,7 @@ class Supervisor:
         # Called synchronously the moment a run's outcome is stored, before anyone can see it.
         self.on_outcome: list[Callable[[Run], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self.stopper = Stopper(engine)
         self._watchdog: asyncio.Task[None] | None = None
         self.output = OutputLog(store, clock)
         self.recoverer = Recoverer(self)
@@ -114,6 +116,7 @@ class Supervisor:
         (their leases are let go, so it need not wait for them to expire)."""
         if self._watchdog:
             self._watchdog.cancel()
+        self.stopper.cancel()
         for session in list(self.sessions.values()):
             if session.task:
                 session.task.cancel()
@@ -296,16 +299,23 @@ class Supervisor:
                 run, exit_code=None, stop=Stop(status, why or f"{run.label} was stopped")
             )
             return self.store.record_outcome(run_id, result, finished=self.clock())
-        await self.request_stop(session, Stop(status, why or f"{session.run.label} was stopped"))
+        stop = Stop(status, why or f"{session.run.label} was stopped")
+        if (stopping := await self.request_stop(session, stop)) and (error := await stopping):
+            raise error
         return self.store.run(run_id)
 
-    async def request_stop(self, session: RunSession, stop: Stop) -> None:
+    async def request_stop(self, session: RunSession, stop: Stop) -> StopTask | None:
+        """Flag the stop (see :func:`lifecycle.on_stop`); a running container is stopped by a
+        task of its own (:mod:`hgrun.server.stopping`), so a slow engine stop holds up no
+        caller (the watchdog checks every other deadline on time). That task, if any: it gives
+        the engine's error (also logged)."""
         if session.stop is None:
             session.stop = stop
         session.changed.set()
-        if on_stop(session.phase) is StopAction.KILL and session.container_id:
-            grace = kill_grace(session.stop, self.limits)
-            await asyncio.to_thread(self.engine.stop, session.container_id, grace)
+        if on_stop(session.phase) is not StopAction.KILL or not session.container_id:
+            return None
+        grace = kill_grace(session.stop, self.limits)
+        return self.stopper.stop(session.run, session.container_id, grace)
 
     # -- the run itself ----------------------------------------------------------------------
 
