@@ -36,6 +36,7 @@ HEAVY = (
     "hgrun.store",
     "hgrun.engine",
     "hgrun.manifest",
+    "hgrun.models",  # the records (a dozen dataclasses); the CLI reads hgrun.vocabulary
     "hgrun.schedule",
     "hgrun.stacks",
     # The attach client is blocking code on the standard library: asyncio and the websockets

@@ -15,7 +15,7 @@ from hgrun.cli.output import Output
 from hgrun.cli.terminal import Terminal
 from hgrun.duration import parse_duration
 from hgrun.errors import InputError
-from hgrun.models import ENV_NAME
+from hgrun.vocabulary import ENV_NAME
 
 
 @dataclasses.dataclass

@@ -35,7 +35,7 @@ from hgrun.cli.options import (
 from hgrun.cli.output import duration
 from hgrun.cli.terminal import Terminal
 from hgrun.errors import AuthError, ForbiddenError, HgrunError, InputError, NotFoundError
-from hgrun.models import SIZES, RunStatus, TriggerKind
+from hgrun.vocabulary import SIZES, RunStatus, TriggerKind
 
 if TYPE_CHECKING:
     from hgrun.cli import attach, uploads

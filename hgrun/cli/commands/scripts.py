@@ -22,7 +22,7 @@ from hgrun.cli.options import (
     show_rows,
 )
 from hgrun.errors import ExitStatus, InputError
-from hgrun.models import RunStatus
+from hgrun.vocabulary import RunStatus
 
 
 def _script(ctx: Context, app: str, name: str) -> dict[str, Any]:
