@@ -361,11 +361,13 @@ def test_a_runs_own_token_only_triggers_and_dies_with_the_run(
     cli: Cli, api: Api, tmp_path: Path
 ) -> None:
     """The token a run gets for fan-out is a trigger token, revoked when the run ends."""
+    # The run lives until the test stops it: a run that ended by itself (it slept 4 s) could
+    # end, on a loaded machine, before the checks that need it running.
     name = deploy_script_app(
         cli,
         tmp_path,
         unique("tok"),
-        '  leak:\n    command: echo "token=$HGRUN_TOKEN"; sleep 4\n',
+        '  leak:\n    command: echo "token=$HGRUN_TOKEN"; sleep 300\n',
     )
     script_id = api.script_id(name, "leak")
     run = api.start(script_id)
@@ -374,13 +376,14 @@ def test_a_runs_own_token_only_triggers_and_dies_with_the_run(
         log = api.log_text(name, run["id"])
         return log.split("token=", 1)[1].split()[0] if "token=" in log else None
 
-    token = wait_for(leaked_token, 10, "the run to print its token")
+    token = wait_for(leaked_token, 60, "the run to print its token")
     assert token.startswith("hgr_")
     with Api(api.server, token) as inside:
         assert api.run(run["id"])["status"] == "running"
         for path in (f"/v1/apps/{name}/config", f"/v1/apps/{name}/logs", "/v1/tokens"):
             assert inside.http.get(path).status_code == 403, path
         assert inside.run(run["id"])["status"] == "running", "it may read the runs it may start"
+        api.stop(run["id"])
         api.finished_run(run["id"])
         assert inside.trigger(script_id).status_code == 401
     assert not any(t["name"] == f"run.{run['id']}" for t in api.get("/v1/tokens"))
@@ -447,7 +450,7 @@ def test_a_every_minute_script_runs_once_per_slot_tagged_cron_and_an_overlap_is_
         return runs if len(runs) >= count else None
 
     ticks = wait_for(lambda: cron_runs(tick_id, 2), 140, "two cron runs of tick", interval=1)
-    longs = wait_for(lambda: cron_runs(long_id, 2), 15, "two cron runs of long", interval=0.5)
+    longs = wait_for(lambda: cron_runs(long_id, 2), 30, "two cron runs of long", interval=0.5)
     try:
         ticks.sort(key=lambda r: r["id"])
         slots = [parse_slot(r["trigger"]["name"]) for r in ticks]
@@ -459,7 +462,7 @@ def test_a_every_minute_script_runs_once_per_slot_tagged_cron_and_an_overlap_is_
             assert api.finished_run(run["id"])["status"] == "succeeded"
         assert len(cron_runs(tick_id, 0) or []) == 2, "one run per slot, not more"
         assert target in slots
-        (nepal_run,) = wait_for(lambda: cron_runs(nepal["id"], 1), 10, "nepal's run")
+        (nepal_run,) = wait_for(lambda: cron_runs(nepal["id"], 1), 30, "nepal's run")
         assert nepal_run["trigger"]["name"] == slot_name(target)
 
         longs.sort(key=lambda r: r["id"])
@@ -728,7 +731,7 @@ def test_catchup_latest_runs_only_the_most_recent_missed_slot_and_skip_none(
     missed_slots_app: tuple[HgrunServer, Api, dict[str, int], list[float]],
 ) -> None:
     srv, api, ids, slots = missed_slots_app
-    runs = wait_for(lambda: api.script_runs(ids["latest"]), 15, "the catch-up run")
+    runs = wait_for(lambda: api.script_runs(ids["latest"]), 60, "the catch-up run")
     assert len(runs) == 1, runs
     run = api.finished_run(runs[0]["id"])
     assert run["status"] == "succeeded", run
@@ -748,7 +751,7 @@ def test_restarts_never_run_one_slot_twice(
     """A crash between the trigger and the cursor's move (simulated by moving the cursor back
     again) retries the slot at each start; the store's unique key makes the retry a no-op."""
     srv, api, ids, slots = missed_slots_app
-    first = wait_for(lambda: api.script_runs(ids["latest"]), 15, "the catch-up run")
+    first = wait_for(lambda: api.script_runs(ids["latest"]), 60, "the catch-up run")
     api.finished_run(first[0]["id"])
     for _ in range(2):
         srv.stop()
@@ -763,7 +766,7 @@ def test_two_servers_on_one_store_run_a_missed_slot_once(
     missed_slots_app: tuple[HgrunServer, Api, dict[str, int], list[float]],
 ) -> None:
     srv, api, ids, slots = missed_slots_app
-    wait_for(lambda: api.script_runs(ids["latest"]), 15, "the catch-up run")
+    wait_for(lambda: api.script_runs(ids["latest"]), 60, "the catch-up run")
     srv.stop()
     # Forget the run and the cursor: both servers now see the same missed slot as due.
     db = sqlite3.connect(srv.data_dir / "hgrun.db")
@@ -869,7 +872,7 @@ def test_only_the_last_n_runs_of_a_script_are_kept_with_their_output(
         runs = api.script_runs(script_id)
         return runs if len(runs) == 3 else None
 
-    kept = wait_for(pruned, 10, "the history to be pruned to 3")
+    kept = wait_for(pruned, 30, "the history to be pruned to 3")
     assert [r["id"] for r in kept] == ids[:1:-1], "not the newest three, newest first"
     for i, number in enumerate(ids[2:], start=2):
         assert f'output of {{"n": {i}}}' in api.log_text(name, number)
@@ -1203,7 +1206,7 @@ def test_the_audit_store_is_encrypted_shown_by_hgrun_audit_and_tampering_is_repo
         raw = store_bytes(srv.data_dir, "audit.db")
         return raw if raw.count(b"run.finish") >= 3 else None
 
-    raw = wait_for(sealed, 10, "the audit records of both runs")
+    raw = wait_for(sealed, 30, "the audit records of both runs")
     plain_texts = (command_mark, stdin_mark, stdin_mark.upper(), json_mark, json_mark.upper())
     for plain in (*plain_texts, one_off_mark):
         assert plain.encode() not in raw, f"{plain!r} is in audit.db in plaintext"
