@@ -7,6 +7,11 @@ script, on time). Then A comes back, and B is killed in the middle of the next s
 A takes over and every script's slot runs once. The takeover times are measured from the
 store's leases and printed.
 
+Attach through the server that does not hold the run (hgrun/server/remote.py): a run created
+through A (its holder) is attached through B, in a real terminal and piped; B's client gets the
+output live, its input, resizes and EOF reach the container, and the exit code comes back. A is
+given a short ``--grace``: had it not counted B's client, it would have canceled the run.
+
 Both servers run on this host, so B sees A's process die (``process_gone``) at its next lease
 check; on another host it waits for the lease to expire (10 s for the scheduler, 15 s for a
 run): docs/scale-out.md.
@@ -15,8 +20,15 @@ run): docs/scale-out.md.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
+import os
+import re
 import signal
+import struct
+import subprocess
+import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +39,7 @@ import pytest
 from cryptography.fernet import Fernet
 from support.api import Api
 from support.apps import deploy_busybox_app, deploy_script_app, unique
-from support.cli import Cli, check, run_id
+from support.cli import CLI, Cli, check, cli_popen, run_id
 from support.server import HgrunServer, free_port
 from support.stores import Databases
 from support.waits import wait_for
@@ -44,10 +56,12 @@ SCRIPTS = 6
 class Pair:
     """Servers A and B on one PostgreSQL store (``url``), sharing the key of its secrets."""
 
-    def __init__(self, url: str, docker_host: str, tmp_path: Path) -> None:
+    def __init__(
+        self, url: str, docker_host: str, tmp_path: Path, extra: tuple[str, ...] = ()
+    ) -> None:
         self.url = url
         env = {"HGRUN_AUDIT_KEY": Fernet.generate_key().decode()}
-        args = ("--store", url)
+        args = ("--store", url, *extra)
         self.a = HgrunServer(free_port(), tmp_path / "a", docker_host, args=args, env=env)
         self.b = HgrunServer(free_port(), tmp_path / "b", docker_host, args=args, env=env)
         self.db = psycopg.connect(url, autocommit=True)
@@ -83,6 +97,35 @@ def pair(
     finally:
         servers.close()
         store_databases.drop(url)
+
+
+GRACE = 4.0  # --grace of the attach tests: an attached run with no client is canceled after it
+
+
+@pytest.fixture
+def short_grace_pair(
+    store_databases: Databases, docker_host: str, busybox_image: str, tmp_path: Path
+) -> Iterator[Pair]:
+    url = store_databases.create()
+    servers = Pair(url, docker_host, tmp_path, ("--grace", f"{GRACE:g}s"))
+    try:
+        yield servers
+    finally:
+        servers.close()
+        store_databases.drop(url)
+
+
+def _start_both(pair: Pair, tmp_path: Path) -> Cli:
+    """A (the scheduler's holder) and B up on the one store; a CLI logged in to A."""
+    a, b = pair.a, pair.b
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a.start()
+    wait_for(lambda: "runs the scheduler" in a.log, 20, "A to run the scheduler")
+    b.token = a.token  # one store, one admin token: B prints none (it is not the first start)
+    b.start()
+    wait_for(lambda: "standing by" in b.log, 20, "B to stand by")
+    return Cli(a, tmp_path / "xdg")
 
 
 def _slot(stamp: float) -> str:
@@ -255,3 +298,172 @@ def test_one_audit_log_for_both_servers(pair: Pair, tmp_path: Path) -> None:
     old.close()
     for server in (a, b):
         check(cli("audit", "-n", "5", server=server))  # exit 0: the whole chain verifies
+
+
+# -- attach through the server that does not hold the run --------------------------------------
+
+
+def _create_attached(api: Api, app: str, command: list[str], *, tty: bool) -> int:
+    """An attached run made through ``api``'s server (no client yet: it waits for one)."""
+    response = api.http.post(f"/v1/apps/{app}/runs", json={"command": command, "tty": tty})
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+class Terminal:
+    """A process on a real pseudo-terminal of ``cols`` x ``rows``; everything it prints is
+    gathered by a thread."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cols: int, rows: int) -> None:
+        self.master, slave = os.openpty()
+        self.resize(cols, rows, signal_it=False, fd=slave)
+        self.process = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+        )
+        os.close(slave)
+        self._seen = bytearray()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            with self._lock:
+                self._seen += data
+
+    @property
+    def text(self) -> str:
+        with self._lock:
+            return self._seen.decode(errors="replace")
+
+    def type(self, keys: bytes) -> float:
+        os.write(self.master, keys)
+        return time.monotonic()
+
+    def expect(self, pattern: str, after: int, what: str, timeout: float = 20) -> re.Match[str]:
+        """The first match of ``pattern`` in what was printed after character ``after``."""
+        return wait_for(lambda: re.compile(pattern).search(self.text, after), timeout, what)
+
+    def resize(
+        self, cols: int, rows: int, *, signal_it: bool = True, fd: int | None = None
+    ) -> None:
+        size = struct.pack("HHHH", rows, cols, 0, 0)
+        fcntl.ioctl(self.master if fd is None else fd, termios.TIOCSWINSZ, size)
+        if signal_it:
+            os.kill(self.process.pid, signal.SIGWINCH)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        os.close(self.master)
+
+
+def test_a_tty_session_made_through_a_is_attached_through_b_live(
+    short_grace_pair: Pair, tmp_path: Path
+) -> None:
+    """Made through A, attached only through B (as behind a balancer): the run starts, B's
+    terminal gets the shell's answers live, its resize reaches the TTY, the session outlives A's
+    grace, and `exit 3` comes back as the CLI's exit code."""
+    pair = short_grace_pair
+    cli = _start_both(pair, tmp_path)
+    name = deploy_busybox_app(cli, tmp_path / "app", unique("xa"), server=pair.a)
+    with Api(pair.a) as api:
+        number = _create_attached(api, name, ["sh"], tty=True)
+    terminal = Terminal([*CLI, "attach", str(number)], cli.env(pair.b), 100, 30)
+    try:
+        with Api(pair.b) as api:
+            api.running(number, timeout=30)
+        assert pair.held_by(f"run:{number}", pair.a)
+        mark = len(terminal.text)
+        typed = terminal.type(b"echo pid$$\r")
+        terminal.expect(r"pid\d+", mark, "the shell's answer through B")
+        print(f"typed through B, answer seen {time.monotonic() - typed:.2f} s later")
+        mark = len(terminal.text)
+        terminal.type(b"stty size\r")
+        terminal.expect(r"\n30 100\r?\n", mark, "the first size")
+        terminal.resize(132, 43)
+        time.sleep(0.5)  # the resize travels on its own (no answer to wait for)
+        mark = len(terminal.text)
+        terminal.type(b"stty size\r")
+        terminal.expect(r"\n43 132\r?\n", mark, "the new size")
+
+        # Twice A's grace with this one client through B: A counts it, the run goes on.
+        time.sleep(2 * GRACE)
+        mark = len(terminal.text)
+        terminal.type(b"echo still-$((40+2))\r")
+        terminal.expect(r"still-42", mark, "an answer after A's grace")
+
+        terminal.type(b"exit 3\r")
+        assert terminal.process.wait(timeout=30) == 3, terminal.text
+        with Api(pair.b) as api:
+            run = api.finished_run(number)
+            assert (run["status"], run["exit_code"]) == ("failed", 3), run
+            # The stored output has each answer once.
+            log = api.log_text(name, number)
+            assert len(re.findall(r"pid\d+", log)) == 1, log
+            assert log.count("still-42") == 1, log
+    finally:
+        terminal.close()
+
+
+def test_a_piped_session_run_through_a_is_attached_through_b_with_eof(
+    short_grace_pair: Pair, tmp_path: Path
+) -> None:
+    """`hgrun run` through A (its client stays there, silent), a second client attaches through
+    B and pipes: each line reaches the command and its answer comes back to both before the next
+    is sent (live), B's EOF ends the command's input, and both clients exit with its code."""
+    pair = short_grace_pair
+    cli = _start_both(pair, tmp_path)
+    name = deploy_busybox_app(cli, tmp_path / "app", unique("xp"), server=pair.a)
+    script = 'while read line; do echo "got-$line"; done; echo eof; exit 3'
+    first = cli_popen(cli, "run", "-a", name, script, server=pair.a)
+    with Api(pair.a) as api:
+        (found,) = wait_for(
+            lambda: api.get(f"/v1/apps/{name}/runs", active=1) or None, 30, "the run through A"
+        )
+        number = int(found["id"])
+        api.running(number, timeout=30)
+    assert pair.held_by(f"run:{number}", pair.a)
+    second = cli_popen(cli, "attach", str(number), server=pair.b)
+    clients = (first, second)
+    seen: tuple[list[str], list[str]] = ([], [])
+
+    def read(client: subprocess.Popen[bytes], lines: list[str]) -> None:
+        for line in client.stdout or ():
+            lines.append(line.decode())
+
+    readers = [
+        threading.Thread(target=read, args=(client, lines), daemon=True)
+        for client, lines in zip(clients, seen, strict=True)
+    ]
+    for reader in readers:
+        reader.start()
+    assert second.stdin is not None
+    try:
+        for word in ("one", "two", "three"):
+            second.stdin.write(f"{word}\n".encode())
+            second.stdin.flush()
+            wait_for(lambda w=word: f"got-{w}\n" in seen[1], 20, f"the answer to {word} through B")
+        second.stdin.write(b"four\n")
+        second.stdin.close()  # EOF
+        for client in clients:
+            assert client.wait(timeout=30) == 3, client.stderr.read() if client.stderr else ""
+        for reader in readers:
+            reader.join(10)
+        expected = ["got-one\n", "got-two\n", "got-three\n", "got-four\n", "eof\n"]
+        assert seen == (expected, expected), seen
+        with Api(pair.b) as api:
+            run = api.finished_run(number)
+            assert (run["status"], run["exit_code"]) == ("failed", 3), run
+            assert pair.lease(f"run:{number}") is None  # A held it to the end, and let it go
+    finally:
+        for client in clients:
+            if client.poll() is None:
+                client.kill()
+                client.wait()

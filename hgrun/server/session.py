@@ -219,6 +219,9 @@ class RunSession:
     flushing: asyncio.Task[None] | None = None  # the flush the pump started, if any
     stdin_log: bytearray = dataclasses.field(default_factory=bytearray)
     last_flush: float = 0.0
+    # A client follows the run through another server (from the store): its output is stored
+    # as it comes rather than every FLUSH_SECONDS (hgrun.server.remote).
+    watched_elsewhere: bool = False
 
     @property
     def presence(self) -> Presence:

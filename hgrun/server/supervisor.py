@@ -376,7 +376,9 @@ class Supervisor:
             held = session.unstored_bytes
             if held >= HOLD_BYTES:
                 await self.flush(session)  # the store keeps up, or the container waits
-            elif held >= FLUSH_BYTES and (session.flushing is None or session.flushing.done()):
+            elif (held >= FLUSH_BYTES or session.watched_elsewhere) and (
+                session.flushing is None or session.flushing.done()
+            ):
                 # In a worker thread while the pump goes on; a failure shows at the last flush.
                 session.flushing = self.spawn(self._flush_held(session))
         await self.flush(session)
@@ -484,6 +486,9 @@ class Supervisor:
     async def _flush_held(self, session: RunSession) -> None:
         try:
             await self.flush(session)
+            # Watched through another server: what came during that flush is stored at once too.
+            while session.watched_elsewhere and session.unstored and session.outcome is None:
+                await self.flush(session)
         except LeaseLost as e:
             await self.recoverer.let_go(session, e.holder)
 

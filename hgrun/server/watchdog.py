@@ -17,6 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from hgrun.server.remote import count_remote_viewers
+
 if TYPE_CHECKING:
     from hgrun.server.supervisor import Supervisor
 
@@ -45,6 +47,10 @@ class Watchdog:
         sup = self.supervisor
         self.beats += 1
         now = sup.clock()
+        try:
+            await count_remote_viewers(sup, now)
+        except Exception:
+            log.exception("reading the clients attached through other servers failed")
         for session in list(sup.sessions.values()):
             try:
                 await sup.check(session, now)

@@ -3,8 +3,8 @@ written and sqlite3 or psycopg imported.
 
 :class:`Store` composes one module per concept on one database (``base``; the dialect seam is
 ``database``): workspaces and tokens, apps and releases, runs and their transitions, scripts,
-output, registered node endpoints. The audit log is a separate SQLite file of each server
-(``audit``).
+output, registered node endpoints, clients attached through a server that does not hold their
+run (``viewers``). The audit log is a separate SQLite file of each server (``audit``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from hgrun.store.output import NewChunk, OutputStore
 from hgrun.store.runs import NewRun, RunStore
 from hgrun.store.scripts import ScriptStore
 from hgrun.store.tokens import TokenStore, hash_token
+from hgrun.store.viewers import RemoteViewer, ViewerStore
 
-__all__ = ["NewChunk", "NewRun", "NodeEndpoint", "Store", "hash_token"]
+__all__ = ["NewChunk", "NewRun", "NodeEndpoint", "RemoteViewer", "Store", "hash_token"]
 
 
-class Store(TokenStore, AppStore, RunStore, ScriptStore, OutputStore, NodeStore, StoreBase):
+class Store(
+    TokenStore, AppStore, RunStore, ScriptStore, OutputStore, NodeStore, ViewerStore, StoreBase
+):
     """The whole store; see each base class for its concept."""

@@ -2,8 +2,9 @@
 
 The WebSocket side (handshake, framing, moving bytes) is :mod:`hgrun.relay.server`; this module
 admits the caller and hands the relay an attachment: a live run's session through the supervisor,
-or the stored output of a run that already ended. ``?offset=N`` (bytes of output the client
-already has, stdout and stderr together) resumes after them: nothing missed, nothing twice.
+a run in flight that another server holds (:mod:`hgrun.server.remote`), or the stored output of
+a run that already ended. ``?offset=N`` (bytes of output the client already has, stdout and
+stderr together) resumes after them: nothing missed, nothing twice.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hgrun.relay import server as relay
 from hgrun.server.api.requests import path_id
 from hgrun.server.auth import Principal, authenticate
 from hgrun.server.output import OutputLog
+from hgrun.server.remote import RemoteRun
 from hgrun.server.session import READ_BYTES, Dropped, Finished, Output, RunSession, Subscriber
 from hgrun.server.supervisor import Supervisor
 from hgrun.store import Store
@@ -64,8 +66,12 @@ def _triggered_by(store: Store, principal: Principal, run_id: int) -> bool:
 
 
 def open_attachment(supervisor: Supervisor, run: Run, offset: int | None) -> relay.Attachment:
-    """The live session if the supervisor holds the run, else a replay of what it stored."""
+    """The live session if the supervisor holds the run; a run in flight that another server
+    holds (or that waits to be launched or taken up) through the store and the engine
+    (:class:`RemoteRun`); else a replay of what was stored."""
     if run.id not in supervisor.sessions:
+        if run.status.active:
+            return RemoteRun(supervisor, run, offset)
         return StoredRun(supervisor.output, supervisor.store.run, run.id, offset or 0)
     session, subscriber = supervisor.subscribe(run.id, offset)
     return LiveRun(supervisor, session, subscriber)
