@@ -29,7 +29,7 @@ from aiosmtpd.controller import Controller
 from conftest import ServerFactory
 from support.api import ACTIVE, Api
 from support.apps import deploy_script_app, unique
-from support.cli import Cli, check, text
+from support.cli import Cli, check, cli_popen, text
 from support.server import HgrunServer, free_port
 from support.waits import wait_for
 
@@ -641,20 +641,35 @@ def test_a_queue_waits_across_a_server_restart_and_keeps_its_order(
 def test_an_attached_trigger_of_a_busy_queue_script_waits_then_attaches(
     cli: Cli, api: Api, tmp_path: Path
 ) -> None:
-    name = deploy_script_app(
-        cli,
-        tmp_path,
-        unique("qatt"),
-        '  work:\n    command: sleep 3; echo "done $HOSTINGGURU_RUN_INPUT"; exit 5\n',
+    # The first run (no input) goes on until the test stops it, once the second is queued
+    # behind it: a first run that ended by itself (it slept 3 s) could end, on a loaded
+    # machine, before the second CLI process had even started.
+    work = (
+        'case "$HOSTINGGURU_RUN_INPUT" in *n*) ;; *) sleep 300;; esac;'
+        ' echo "done $HOSTINGGURU_RUN_INPUT"; exit 5'
     )
-    first = api.start(api.script_id(name, "work"))
+    name = deploy_script_app(cli, tmp_path, unique("qatt"), f"  work:\n    command: '{work}'\n")
+    script_id = api.script_id(name, "work")
+    first = api.start(script_id)
     api.running(first["id"])
-    done = cli("scripts:run", "work", "--app", name, "--input", '{"n": 2}', input=b"")
-    assert done.returncode == 5, (done.returncode, text(done.stderr))
-    assert 'done {"n": 2}' in text(done.stdout)
-    assert "queued" in text(done.stderr)
-    second = api.script_runs(api.script_id(name, "work"), limit=1)[0]
-    assert second["started"] >= api.run(first["id"])["finished"]
+    client = cli_popen(cli, "scripts:run", "work", "--app", name, "--input", '{"n": 2}')
+    try:
+        second = wait_for(
+            lambda: [r for r in api.script_runs(script_id) if r["id"] != first["id"]],
+            60,
+            "the second run",
+        )[0]
+        assert second["status"] == "queued", second
+        api.stop(first["id"])
+        out, err = client.communicate(b"", timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == 5, (client.returncode, text(err))
+    assert 'done {"n": 2}' in text(out)
+    assert "queued" in text(err)
+    assert api.run(second["id"])["started"] >= api.finished_run(first["id"])["finished"]
 
 
 # -- 7. catch-up after downtime ------------------------------------------------------------
