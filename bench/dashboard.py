@@ -51,6 +51,10 @@ from typing import Any
 import httpx
 import uvicorn
 
+# The seeding SQL is the test suite's (tests/support/seed.py), shared, not copied.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.seed import seed_runs  # noqa: E402
+
 from hgrun.models import Manifest, Scope, Script
 from hgrun.server.dashboard import Dashboard, build_router, pages
 from hgrun.server.workers import Workers
@@ -106,39 +110,35 @@ def build_store(path: Path, runs: int) -> None:
     store.sync_scripts("default", app.id, scripts)
     script_id = store.script_by_name(app.id, "greet").id
     store.close()
-    db = sqlite3.connect(path)
+    db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA synchronous = OFF")
-    indexes = db.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs'"
-        " AND sql IS NOT NULL"
-    ).fetchall()
-    with db:
-        for name, _sql in indexes:
-            db.execute(f"DROP INDEX {name}")
-        db.execute(
-            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :n - 1)"
-            " INSERT INTO runs (workspace, app_id, release_id, command, tty, detached, uploads,"
-            " size, timeout, env, trigger_kind, trigger_name, script, script_id, status,"
-            " exit_code, created, started, finished)"
-            ' SELECT \'default\', :app, :release, \'["sh", "-c", "true"]\', 0, 1, 0,'
-            " 'starter', 900, '{}',"
-            " CASE WHEN i % 1000 = 7 THEN 'user' ELSE 'cron' END,"
-            " CASE WHEN i % 1000 = 7 THEN 'admin' ELSE 'cron' END,"
-            " CASE WHEN i % 10 = 9 THEN NULL ELSE 'greet' END,"
-            " CASE WHEN i % 10 = 9 THEN NULL ELSE :script END,"
-            " CASE WHEN i % 100000 = 7 THEN 'timed_out' WHEN i % 5 = 3 THEN 'failed'"
-            " WHEN i % 5 = 4 THEN 'canceled' ELSE 'succeeded' END,"
-            " CASE WHEN i % 5 < 3 THEN 0 ELSE 1 END, :t0 + i, :t0 + i, :t0 + i + 0.5 FROM n",
-            {
-                "n": runs,
-                "app": app.id,
-                "release": release.id,
-                "script": script_id,
-                "t0": time.time() - runs,
-            },
-        )
-        for _name, sql in indexes:
-            db.execute(sql)
+    seed_runs(
+        db,
+        runs,
+        {
+            "workspace": "'default'",
+            "app_id": ":app",
+            "release_id": ":release",
+            "command": '\'["sh", "-c", "true"]\'',
+            "tty": "0",
+            "detached": "1",
+            "uploads": "0",
+            "size": "'starter'",
+            "timeout": "900",
+            "env": "'{}'",
+            "trigger_kind": "CASE WHEN n.i % 1000 = 7 THEN 'user' ELSE 'cron' END",
+            "trigger_name": "CASE WHEN n.i % 1000 = 7 THEN 'admin' ELSE 'cron' END",
+            "script": "CASE WHEN n.i % 10 = 9 THEN NULL ELSE 'greet' END",
+            "script_id": "CASE WHEN n.i % 10 = 9 THEN NULL ELSE :script END",
+            "status": "CASE WHEN n.i % 100000 = 7 THEN 'timed_out' WHEN n.i % 5 = 3 THEN 'failed'"
+            " WHEN n.i % 5 = 4 THEN 'canceled' ELSE 'succeeded' END",
+            "exit_code": "CASE WHEN n.i % 5 < 3 THEN 0 ELSE 1 END",
+            "created": ":t0 + n.i",
+            "started": ":t0 + n.i",
+            "finished": ":t0 + n.i + 0.5",
+        },
+        {"app": app.id, "release": release.id, "script": script_id, "t0": time.time() - runs},
+    )
     db.close()
 
 

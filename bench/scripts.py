@@ -77,6 +77,10 @@ import harness
 import httpx
 from harness import BenchError, say
 
+# The seeding SQL is the test suite's (tests/support/seed.py), shared, not copied.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.seed import seed_runs  # noqa: E402
+
 ACTIVE = ("queued", "starting", "running")
 MAX_TIMEOUT = "30m"  # the server's --max-timeout: no bench run can hang for an hour
 SETTLE = 5.0  # seconds after the slot before the cron is switched off again
@@ -1038,27 +1042,11 @@ def seed(
         params: dict[str, Any] = {f"c_{c}": base[c] for c in cols if c not in per_row}
         params.update(rows=rows, k=n_scripts, t0=time.time() - rows)  # one run a second
         exprs = [per_row.get(c, f":c_{c}") for c in cols]
-        indexes = [
-            (r[0], r[1])
-            for r in con.execute(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs'"
-                " AND sql IS NOT NULL"
-            )
-        ]
-        con.execute("BEGIN")
-        t = time.monotonic()
-        for name, _sql in indexes:
-            con.execute(f"DROP INDEX {name}")
-        con.execute(
-            f"INSERT INTO runs ({', '.join(cols)})"
-            " WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < :rows)"
-            f" SELECT {', '.join(exprs)} FROM n JOIN seed_scripts s ON s.k = n.i % :k",
-            params,
-        )
-        for _name, sql in indexes:
-            con.execute(sql)
-        con.execute("COMMIT")
-        say(f"  {rows:,} rows and the indexes written in {time.monotonic() - t:.1f} s")
+        took = seed_runs(
+            con, rows, dict(zip(cols, exprs, strict=True)), params,
+            join="JOIN seed_scripts s ON s.k = n.i % :k",
+        )  # fmt: skip
+        say(f"  {rows:,} rows and the indexes written in {took:.1f} s")
         con.execute("PRAGMA journal_mode=WAL")  # as the server keeps it
         return {
             r[0]: (r[1], r[2])

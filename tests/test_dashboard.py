@@ -26,6 +26,7 @@ from conftest import ServerFactory
 from support.api import Api
 from support.apps import deploy_script_app, unique, write_script_app
 from support.cli import check
+from support.seed import seed_runs
 from support.server import HgrunServer, free_port, https_server
 from support.tls import certificate, spki_pin
 
@@ -643,39 +644,36 @@ def big_server(
     db = sqlite3.connect(server.data_dir / "hgrun.db", timeout=30)
     app_id, release = db.execute("SELECT app_id, id FROM releases ORDER BY id DESC").fetchone()
     script_id = db.execute("SELECT id FROM scripts WHERE name = 'greet'").fetchone()[0]
-    started = time.monotonic()
     db.execute("PRAGMA synchronous = OFF")
-    # The runs' indexes are dropped for the insert and made again after (a sort, not a million
-    # B-tree inserts): whatever indexes the schema has, by their own SQL.
-    indexes = db.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs'"
-        " AND sql IS NOT NULL"
-    ).fetchall()
-    with db:
-        for index, _sql in indexes:
-            db.execute(f"DROP INDEX {index}")
-        # One statement, rows made inside SQLite: a Python loop over a million rows takes 30 s.
-        db.execute(
-            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :n - 1)"
-            " INSERT INTO runs (workspace, app_id, release_id, command, tty, detached, uploads,"
-            " size, timeout, env, trigger_kind, trigger_name, script, script_id, status,"
-            " exit_code, created, started, finished)"
-            " SELECT 'default', :app, :release, '[\"sh\"]', 0, 1, 0, 'starter', 900, '{}', 'cron',"
-            " 'cron', 'greet', :script, CASE i % 5 WHEN 3 THEN 'failed' WHEN 4 THEN 'canceled'"
-            " ELSE 'succeeded' END, CASE WHEN i % 5 < 3 THEN 0 ELSE 1 END,"
-            " :t0 + i, :t0 + i, :t0 + i + 0.5 FROM n",
-            {
-                "n": MILLION,
-                "app": app_id,
-                "release": release,
-                "script": script_id,
-                "t0": time.time() - MILLION,
-            },
-        )
-        for _index, sql in indexes:
-            db.execute(sql)
+    took = seed_runs(
+        db,
+        MILLION,
+        {
+            "workspace": "'default'",
+            "app_id": ":app",
+            "release_id": ":release",
+            "command": "'[\"sh\"]'",
+            "tty": "0",
+            "detached": "1",
+            "uploads": "0",
+            "size": "'starter'",
+            "timeout": "900",
+            "env": "'{}'",
+            "trigger_kind": "'cron'",
+            "trigger_name": "'cron'",
+            "script": "'greet'",
+            "script_id": ":script",
+            "status": "CASE n.i % 5 WHEN 3 THEN 'failed' WHEN 4 THEN 'canceled'"
+            " ELSE 'succeeded' END",
+            "exit_code": "CASE WHEN n.i % 5 < 3 THEN 0 ELSE 1 END",
+            "created": ":t0 + n.i",
+            "started": ":t0 + n.i",
+            "finished": ":t0 + n.i + 0.5",
+        },
+        {"app": app_id, "release": release, "script": script_id, "t0": time.time() - MILLION},
+    )
     db.close()
-    print(f"\ninserted {MILLION} runs in {time.monotonic() - started:.1f} s")
+    print(f"\ninserted {MILLION} runs in {took:.1f} s")
     return server
 
 
