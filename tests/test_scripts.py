@@ -492,7 +492,8 @@ def policy_app(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> str:
         f"  queued:\n    command: sleep 0.3\n    concurrency: queue\n"
         f"  skipper:\n    command: '{slow.format(6)}'\n    concurrency: skip\n"
         f"  replacer:\n    command: '{slow.format(60)}'\n    concurrency: replace\n"
-        f"  allowed:\n    command: sleep 3\n    concurrency: allow\n",
+        # 8 s: three containers made and started at once on a loaded machine still overlap
+        f"  allowed:\n    command: sleep 8\n    concurrency: allow\n",
     )
 
 
