@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -350,3 +351,44 @@ def test_stop_drops_the_starts_still_waiting_and_recovery_can_take_them(tmp_path
     assert len(runs) == 12 and {r.status for r in runs} == {RunStatus.STARTING}
     assert not runner.supervisor.pending
     assert len(engine.calls) < 12  # not every container was asked for
+
+
+def test_a_slots_starts_go_to_the_engine_as_many_at_once_as_it_serves(tmp_path: Path) -> None:
+    """The engine says how many calls it serves at once (``Engine.concurrency``: docker-py's
+    connection pool); a slot's 30 starts keep it that busy, never more, until all are made."""
+    store = new_store(tmp_path / "hgrun.db", clock=lambda: SLOT)
+    app, _ = app_with_release(store)
+    store.sync_scripts(
+        "default",
+        app.id,
+        [Script(name=f"s{i:02d}", command="true", cron="* * * * *") for i in range(30)],
+    )
+    runner, engine = _runner(store)
+    engine.concurrency = 3
+    lock = threading.Lock()
+    inside = [0]
+    most = [0]
+    gate = threading.Event()
+    create = engine.create
+
+    def counted(spec: Any) -> str:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        gate.wait(0.02)  # a create takes a while: the next ones pile up behind the pool
+        with lock:
+            inside[0] -= 1
+        return create(spec)
+
+    engine.create = counted  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        s = Scheduler(store, runner, clock=lambda: SLOT)
+        s.tick(SLOT - 30)
+        s.tick(SLOT)
+        await _until(lambda: len(engine.containers) == 30)
+        await _until(lambda: not runner.supervisor.pending)
+        await s.stop()
+
+    run(scenario())
+    assert most[0] == 3  # as many as the engine serves, and no more
