@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sqlite3
 import threading
 from pathlib import Path
@@ -256,6 +257,26 @@ def test_hgrun_audit_exits_1_naming_a_record_outside_what_it_prints(
     assert "#1000 !! the newest record(s) #1000 were deleted" in text(done.stdout), text(
         done.stdout
     )
+
+
+def test_an_old_audit_db_is_read_by_a_sqlite_hgrun_on_a_copy_of_its_data_dir(
+    hgrun_server: ServerFactory, cli: Cli, tmp_path: Path
+) -> None:
+    """docs/scale-out.md: a server moved to a PostgreSQL store keeps its audit.db from before,
+    not imported; a SQLite hgrun started on a copy of its data dir without the store (same key)
+    shows the file's records, verified."""
+    from cryptography.fernet import Fernet
+
+    key = Fernet.generate_key()
+    old = tmp_path / "old"
+    old.mkdir()
+    _fill(old / "audit.db", key, 3)
+    copy = tmp_path / "copy"
+    shutil.copytree(old, copy)
+    srv = hgrun_server(data_dir=copy, env={"HGRUN_AUDIT_KEY": key.decode()})
+    page = json.loads(check(cli("audit", "--json", server=srv)))
+    assert page["problems"] == [] and page["checked"] == 3, page
+    assert [r["payload"]["command"] for r in page["records"]] == [["0"], ["1"], ["2"]]
 
 
 def test_a_run_that_never_started_is_audited(

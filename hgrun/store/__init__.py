@@ -4,7 +4,8 @@ written and sqlite3 or psycopg imported.
 :class:`Store` composes one module per concept on one database (``base``; the dialect seam is
 ``database``): workspaces and tokens, apps and releases, runs and their transitions, scripts,
 output, registered node endpoints, clients attached through a server that does not hold their
-run (``viewers``). The audit log is a separate SQLite file of each server (``audit``).
+run (``viewers``). The audit log (``audit``) is a SQLite file of its own beside a SQLite store,
+or tables of its own in a PostgreSQL store (one log for every server on it).
 """
 
 from __future__ import annotations
