@@ -27,12 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import psycopg
 import pytest
 from conftest import SCRIPTS, _script
+from cryptography.fernet import Fernet
 from support.api import Api
 from support.apps import unique, write_busybox_app
 from support.cli import Cli, check, cli_popen, run_id, text
 from support.server import HgrunServer, free_port, instance_id
+from support.stores import Databases
 from support.waits import wait_for
 
 from hgrun.engine import CAPABILITIES, ContainerSpec, ContainerStatus
@@ -537,6 +540,79 @@ def test_an_attached_run_on_a_worker_gets_stdin_and_eof_and_its_exit_codes(
     assert fields["NoNewPrivs"].strip() == "1"
     # CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID NET_BIND_SERVICE: bits 0 1 3-7 10.
     assert int(fields["CapEff"], 16) == 0x4FB
+
+
+def test_an_attach_through_the_server_not_holding_a_workers_run_reaches_it(
+    swarm: Swarm, store_databases: Databases, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two servers on one PostgreSQL store, both on the swarm: a piped run made through A (its
+    holder), placed on a worker, attached only through B: B writes to the task's container
+    through the worker's endpoint (each line answered before the next is sent), its EOF is the
+    shim's, and the exit code is the run's (docs/scale-out.md, "Attach through any server")."""
+    url = store_databases.create()
+    env = {"HGRUN_AUDIT_KEY": Fernet.generate_key().decode()}
+    servers: list[HgrunServer] = []
+    try:
+        for _ in range(2):
+            server = HgrunServer(
+                port=free_port(),
+                data_dir=tmp_path_factory.mktemp("hgrun-swarm-pair"),
+                docker_host=swarm.manager,
+                args=(
+                    "--engine",
+                    "swarm",
+                    "--engine-tls",
+                    str(swarm.tls),
+                    "--store",
+                    url,
+                    "--placement",
+                    "node.role==worker",
+                ),  # fmt: skip
+                env=env,
+            )
+            if servers:
+                server.token = servers[0].token  # one store, one admin token
+            servers.append(server.start())
+        a, b = servers
+        cli = Cli(a, tmp_path_factory.mktemp("xdg-swarm-pair"))
+        name = unique("swx")
+        root = write_busybox_app(tmp_path_factory.mktemp("swarm-app-pair"), name)
+        check(cli("apps:create", name, server=a))
+        check(cli("deploy", cwd=root, server=a))
+        with Api(a) as api:
+            made = api.http.post(
+                f"/v1/apps/{name}/runs",
+                json={"command": ["sh", "-c", 'while read l; do echo "got-$l"; done; exit 4']},
+            )
+            assert made.status_code == 201, made.text
+            number = int(made.json()["id"])
+        client = cli_popen(cli, "attach", str(number), server=b)
+        assert client.stdin is not None and client.stdout is not None
+        try:
+            with Api(b) as api:
+                run = api.running(number, timeout=60)
+            assert run["node"] in ("n2", "n3"), run
+            db = psycopg.connect(url, autocommit=True)
+            try:
+                row = db.execute("SELECT value FROM meta WHERE key = %s", (f"lease:run:{number}",))
+                holder = str((row.fetchone() or ("",))[0])
+            finally:
+                db.close()
+            assert a.process is not None and f":{a.process.pid}:" in holder, holder
+            for word in ("one", "two"):
+                client.stdin.write(f"{word}\n".encode())
+                client.stdin.flush()
+                assert client.stdout.readline() == f"got-{word}\n".encode()
+            client.stdin.close()
+            assert client.wait(timeout=60) == 4, client.stderr.read() if client.stderr else ""
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+    finally:
+        for server in servers:
+            server.stop(signal.SIGKILL)
+        store_databases.drop(url)
 
 
 def test_with_a_registry_the_workers_pull_the_release_from_it(
