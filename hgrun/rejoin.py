@@ -28,6 +28,15 @@ So ``P`` is found from the bytes themselves, in this order:
 
 Streams are compared as one sequence of bytes (stdout and stderr together, in the engine's order),
 as the store counts them.
+
+Where 1-3 place the store's end, one more step (``TRAIL``): Docker's json-file log writes a line
+once its newline comes (moby ``daemon/logger/copier.go``: a line without one waits in the copier's
+buffer until it has one, fills 16 KB, or the container ends), so a replay made while the container
+runs lacks the run's last line when it is unfinished: a shell's prompt, say, in a TTY session.
+The store's bytes after its last newline (:meth:`Rejoin._partial`) are then compared with the
+engine's bytes where they would be: the same, the log had them (the join is after them); else
+it lacked them, and what the engine gives there is new. Without this a TTY session taken over
+showed nothing until 4 KB more came, then all of it twice.
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ class Stored:
 class Mode(enum.Enum):
     PROBE = enum.auto()  # reading the engine's first bytes
     ASK = enum.auto()  # waiting for the store's answer
+    TRAIL = enum.auto()  # is the store's unfinished last line in the engine's log? (docstring)
     COUNT = enum.auto()  # passing on every byte from ``join`` on
     SEARCH = enum.auto()  # looking for the store's tail in the engine's output
 
@@ -89,6 +99,8 @@ class Rejoin:
         self._window = b""  # SEARCH: the last len(tail) - 1 bytes seen
         self._searched: collections.deque[Piece] = collections.deque()  # SEARCH: the newest
         self._searched_bytes = 0
+        self._matched = 0  # TRAIL: bytes of the store's unfinished line found in the engine's
+        self._trail_held: list[Piece] = []  # TRAIL: those bytes, held until it is decided
         self._closed = False
 
     @property
@@ -103,18 +115,23 @@ class Rejoin:
             self._held.append((stream, data))
             self._probe += data[: max(0, PROBE - len(self._probe))]
             self.position += len(data)
-            return self._probed() if len(self._probe) >= PROBE else []
+            return self._probed() if len(self._probe) >= self._probe_size() else []
         start = self.position
         self.position += len(data)
         if self.mode is Mode.SEARCH:
             return self._search(stream, data, start)
-        return self._from_join(stream, data, start)
+        return self._pass(stream, data, start)
 
     def close(self) -> list[Piece]:
         """The engine's output ended (settle with what came)."""
         self._closed = True
         if self.mode is Mode.PROBE:
             return self._probed()
+        if self.mode is Mode.TRAIL:
+            # Ended on a beginning of the store's unfinished line: the log's copy of it (the
+            # copier writes what it holds when the container ends). Nothing new.
+            self.mode = Mode.COUNT
+            self._trail_held = []
         if self.mode is Mode.SEARCH:
             return self._give_up()  # not found by the end: as if not found by ``total``
         return []
@@ -133,10 +150,29 @@ class Rejoin:
             return self._count(overlap)
         if stored.head is not None:
             self.lost = True
-            return [(STDERR, lost_line()), *self._count(0)]
+            return [(STDERR, lost_line()), *self._count(0, trail=False)]
         return self._start_search()
 
     # -- the steps -----------------------------------------------------------------------------
+
+    def _partial(self) -> bytes:
+        """The store's last bytes after its last newline: an unfinished line the engine's log
+        may not hold yet (module docstring). Empty when the store ends a line, or when its
+        tail has no newline but is not the whole run (a line too long to tell)."""
+        tail = self.stored.tail
+        at = tail.rfind(b"\n")
+        if at >= 0:
+            return tail[at + 1 :]
+        return tail if len(tail) == self.stored.total else b""
+
+    def _probe_size(self) -> int:
+        """The engine's bytes needed to compare its start with the store's: a probe, or, when
+        the store holds the whole run in fewer bytes, its finished lines (the engine's log
+        may lack the rest, and a session's next output may be far off)."""
+        head = self.stored.head
+        if head is not None and len(head) < PROBE:
+            return len(head) - len(self._partial())
+        return PROBE
 
     def _probed(self) -> list[Piece]:
         head, probe = self.stored.head, bytes(self._probe)
@@ -144,22 +180,57 @@ class Rejoin:
             return self._count(self.stored.total)
         if head is not None:
             n = min(len(head), len(probe))
-            if probe[:n] == head[:n]:
+            whole = self._probe_size()  # the head's finished lines, when it is the whole run
+            if probe[:n] == head[:n] or (len(head) < PROBE and probe[:whole] == head[:whole]):
                 return self._count(self.stored.total)
         self.mode = Mode.ASK
         return self.answer(None) if self.stored.kept == 0 else []
 
-    def _count(self, join: int) -> list[Piece]:
-        """From now on, pass on the engine's bytes from ``join`` on (the held ones too)."""
+    def _count(self, join: int, *, trail: bool = True) -> list[Piece]:
+        """From now on, pass on the engine's bytes from ``join`` on (the held ones too); with
+        ``trail`` (``join`` is the store's end), first see whether the engine's log holds the
+        store's unfinished last line (``TRAIL``)."""
+        partial = self._partial() if trail else b""
         self.mode = Mode.COUNT
         self.join = max(0, join)
+        if partial and join >= len(partial):
+            self.mode = Mode.TRAIL
+            self.join = join - len(partial)  # where that line is in the log, if it is there
         held, self._held = self._held, []
         out: list[Piece] = []
         start = 0
         for stream, data in held:
-            out += self._from_join(stream, data, start)
+            out += self._pass(stream, data, start)
             start += len(data)
         return out
+
+    def _pass(self, stream: int, data: bytes, start: int) -> list[Piece]:
+        if self.mode is Mode.TRAIL:
+            return self._trail(stream, data, start)
+        return self._from_join(stream, data, start)
+
+    def _trail(self, stream: int, data: bytes, start: int) -> list[Piece]:
+        """Compare the engine's bytes at ``join`` with the store's unfinished line: all of it,
+        the log had it (the run goes on after it); a difference, the log lacked it (what the
+        engine gives from ``join`` on is new); a beginning of it, held until it is told."""
+        if start + len(data) <= self.join:
+            return []
+        partial = self._partial()
+        at = self.join + self._matched - start  # where the next byte to compare is in ``data``
+        want = partial[self._matched :]
+        got = data[at : at + len(want)]
+        if got == want:
+            self.mode = Mode.COUNT
+            self.join += len(partial)
+            self._trail_held = []
+            return self._from_join(stream, data, start)
+        if want.startswith(got):
+            self._matched += len(got)
+            self._trail_held.append((stream, data[at:]))
+            return []
+        self.mode = Mode.COUNT
+        held, self._trail_held = self._trail_held, []
+        return held + self._from_join(stream, data, start)
 
     def _from_join(self, stream: int, data: bytes, start: int) -> list[Piece]:
         end = start + len(data)

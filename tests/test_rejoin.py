@@ -127,6 +127,60 @@ def test_streams_are_kept_apart_and_counted_together() -> None:
     assert got == pieces[3000:]
 
 
+LINES = SEQ[: SEQ.index(b"\n", 10_000) + 1]  # whole lines, more than a probe
+
+
+def _fed(stored: bytes, engine: list[bytes]) -> tuple[list[bytes], Rejoin]:
+    """What rejoin gives after each piece of ``engine``, the store holding all of ``stored``."""
+    rejoin = Rejoin(
+        Stored(total=len(stored), head=stored[:PROBE], tail=stored[-PROBE:], kept=len(stored))
+    )
+    return [b"".join(d for _, d in rejoin.feed(1, piece)) for piece in engine], rejoin
+
+
+@pytest.mark.parametrize(
+    ("stored", "engine", "new"),
+    [
+        # A TTY session's prompt is stored but not yet in Docker's log (no newline): the
+        # engine's next bytes are new, and given at once (not after 4 KB).
+        (b"hi\r\n/app # ", [b"hi\r\n", b"e", b"cho x\r\n"], [b"", b"e", b"cho x\r\n"]),
+        # The log had it (finished meanwhile, or the container ended): the join is after it.
+        (b"hi\r\n/app # ", [b"hi\r\n/app # ", b"ls\r\n"], [b"", b"ls\r\n"]),
+        (b"hi\r\n/app # ", [b"hi\r\n/ap", b"p # ", b"ls\r\n"], [b"", b"", b"ls\r\n"]),
+        # New output beginning like that line: held only until it differs.
+        (b"hi\r\n/app # ", [b"hi\r\n", b"/ap", b"x\r\n"], [b"", b"", b"/apx\r\n"]),
+        # A run with no finished line at all.
+        (b"Password: ", [b"secret\n"], [b"secret\n"]),
+        # A store that ends a line: decided at its end.
+        (b"hi\n", [b"hi\n", b"x"], [b"", b"x"]),
+        # Longer than a probe, ending unfinished.
+        (LINES + b"pro", [LINES, b"new\n"], [b"", b"new\n"]),
+        (LINES + b"pro", [LINES, b"pr", b"o\n"], [b"", b"", b"\n"]),
+    ],
+    ids=[
+        "prompt-not-logged",
+        "logged",
+        "logged-in-pieces",
+        "like-it",
+        "no-line",
+        "ends-a-line",
+        "long-not-logged",
+        "long-logged",
+    ],  # fmt: skip
+)
+def test_an_unfinished_last_line_the_engines_log_may_lack(
+    stored: bytes, engine: list[bytes], new: list[bytes]
+) -> None:
+    got, rejoin = _fed(stored, engine)
+    assert got == new
+    assert not rejoin.lost
+
+
+def test_a_replay_that_ends_on_the_unfinished_line_adds_nothing() -> None:
+    got, rejoin = _fed(b"hi\n/app # ", [b"hi\n/ap"])
+    assert got == [b""] and rejoin.close() == []
+
+
 def test_feeding_before_the_stores_answer_is_a_callers_bug() -> None:
     rejoin = Rejoin(stored_of(SEQ, 100_000, 100_000))
     rejoin.feed(1, SEQ[50_000 : 50_000 + PROBE])

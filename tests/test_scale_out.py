@@ -369,7 +369,8 @@ def test_a_tty_session_made_through_a_is_attached_through_b_live(
 ) -> None:
     """Made through A, attached only through B (as behind a balancer): the run starts, B's
     terminal gets the shell's answers live, its resize reaches the TTY, the session outlives A's
-    grace, and `exit 3` comes back as the CLI's exit code."""
+    grace and then A itself (killed -9: B takes the run over under the same attach), and
+    `exit 3` comes back as the CLI's exit code."""
     pair = short_grace_pair
     cli = _start_both(pair, tmp_path)
     name = deploy_busybox_app(cli, tmp_path / "app", unique("xa"), server=pair.a)
@@ -399,15 +400,26 @@ def test_a_tty_session_made_through_a_is_attached_through_b_live(
         terminal.type(b"echo still-$((40+2))\r")
         terminal.expect(r"still-42", mark, "an answer after A's grace")
 
+        # A dies; B takes the run over (recovery joins the engine's replay to the stored
+        # output, the prompt not yet in Docker's log); the same attach goes on.
+        assert pair.a.process is not None
+        pair.a.process.send_signal(signal.SIGKILL)
+        pair.a.process.wait()
+        wait_for(lambda: pair.held_by(f"run:{number}", pair.b), 40, "B to take the run over")
+        mark = len(terminal.text)
+        terminal.type(b"echo after-$((6*7))\r")
+        terminal.expect(r"after-42", mark, "an answer after the takeover")
+
         terminal.type(b"exit 3\r")
         assert terminal.process.wait(timeout=30) == 3, terminal.text
         with Api(pair.b) as api:
             run = api.finished_run(number)
             assert (run["status"], run["exit_code"]) == ("failed", 3), run
-            # The stored output has each answer once.
+            # The stored output has each answer once (nothing doubled by the takeover).
             log = api.log_text(name, number)
             assert len(re.findall(r"pid\d+", log)) == 1, log
-            assert log.count("still-42") == 1, log
+            assert log.count("still-42") == 1 and log.count("after-42") == 1, log
+            assert "lost" not in log and log.count("echo after-$((6*7))") == 1, log
     finally:
         terminal.close()
 
