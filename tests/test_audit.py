@@ -193,6 +193,56 @@ def test_two_servers_appending_at_once_make_one_chain(
         log.close()
 
 
+def test_reads_while_servers_append_see_one_consistent_log(
+    audit_target: Path | str, tmp_path: Path
+) -> None:
+    """A read is one snapshot: records and head as they were at its first statement, so an
+    append committed between reading the records and the head is no false alarm."""
+    key = load_key(tmp_path, {})
+    _fill(audit_target, key, 10)
+    writer, reader = AuditLog(audit_target, key), AuditLog(audit_target, key)
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def append() -> None:
+        try:
+            for n in range(300):
+                writer.append("default", n, "run.finish", {"n": n})
+        except BaseException as e:  # reported below
+            failures.append(e)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=append)
+    thread.start()
+    reads = 0
+    while not done.is_set() or reads == 0:
+        page = reader.page("default", limit=5)
+        assert page.problems == [], (reads, page.problems)
+        reads += 1
+    thread.join(timeout=60)
+    assert failures == [] and reads > 1, (failures, reads)
+    assert reader.page("default").checked == 310
+    writer.close()
+    reader.close()
+
+
+def test_an_audit_log_newer_than_this_hgrun_is_refused(
+    audit_target: Path | str, tmp_path: Path
+) -> None:
+    from hgrun.errors import StoreError
+
+    key = load_key(tmp_path, {})
+    AuditLog(audit_target, key).close()
+    raw = Raw(audit_target)
+    if raw.postgres:
+        raw("UPDATE hgrun_audit_schema SET version = 99")
+    else:
+        raw("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="schema version 99, newer than this hgrun"):
+        AuditLog(audit_target, key)
+
+
 def test_rekey_rewrites_the_chain_under_the_new_key_and_refuses_a_tampered_log(
     audit_target: Path | str, tmp_path: Path
 ) -> None:

@@ -348,6 +348,9 @@ class AuditLog:
                 prev, last = _digest(token), id_
             if last:
                 self._write_head(db, last, prev)
+        # The tokens under the old key are freed pages now (zeroed: secure_delete); SQLite's
+        # WAL still holds them until a checkpoint.
+        self._db.after_reseal()
         return count
 
     def close(self) -> None:
