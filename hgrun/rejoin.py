@@ -118,9 +118,7 @@ class Rejoin:
             return self._probed() if len(self._probe) >= self._probe_size() else []
         start = self.position
         self.position += len(data)
-        if self.mode is Mode.SEARCH:
-            return self._search(stream, data, start)
-        return self._pass(stream, data, start)
+        return self._step(stream, data, start)
 
     def close(self) -> list[Piece]:
         """The engine's output ended (settle with what came)."""
@@ -196,13 +194,22 @@ class Rejoin:
         if partial and join >= len(partial):
             self.mode = Mode.TRAIL
             self.join = join - len(partial)  # where that line is in the log, if it is there
+        return self._replay_held()
+
+    def _replay_held(self) -> list[Piece]:
+        """The pieces held while probing, through the mode now decided."""
         held, self._held = self._held, []
         out: list[Piece] = []
         start = 0
         for stream, data in held:
-            out += self._pass(stream, data, start)
+            out += self._step(stream, data, start)
             start += len(data)
         return out
+
+    def _step(self, stream: int, data: bytes, start: int) -> list[Piece]:
+        if self.mode is Mode.SEARCH:
+            return self._search(stream, data, start)
+        return self._pass(stream, data, start)
 
     def _pass(self, stream: int, data: bytes, start: int) -> list[Piece]:
         if self.mode is Mode.TRAIL:
@@ -240,12 +247,7 @@ class Rejoin:
 
     def _start_search(self) -> list[Piece]:
         self.mode = Mode.SEARCH
-        held, self._held = self._held, []
-        out: list[Piece] = []
-        start = 0
-        for stream, data in held:
-            out += self._search(stream, data, start)
-            start += len(data)
+        out = self._replay_held()
         if self.mode is Mode.SEARCH and self._closed:
             out += self.close()
         return out

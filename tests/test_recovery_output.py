@@ -10,7 +10,6 @@ nothing it had stored dropped, nothing doubled, nothing written while the server
 from __future__ import annotations
 
 import signal
-import sqlite3
 from pathlib import Path
 
 import docker
@@ -19,7 +18,7 @@ from conftest import ServerFactory
 from support.api import Api
 from support.apps import deploy_busybox_app, unique
 from support.cli import Cli, check, run_id
-from support.server import HgrunServer, run_containers
+from support.server import HgrunServer, run_containers, store_rows
 from support.waits import wait_for
 
 
@@ -29,13 +28,7 @@ def seq(first: int, last: int) -> bytes:
 
 def stored_output(server: HgrunServer, number: int) -> bytes:
     """The run's stored output, every chunk in order, read from the server's SQLite store."""
-    db = sqlite3.connect(server.data_dir / "hgrun.db", timeout=30)
-    try:
-        rows = db.execute(
-            "SELECT data FROM output WHERE run_id = ? ORDER BY id", (number,)
-        ).fetchall()
-    finally:
-        db.close()
+    rows = store_rows(server, "SELECT data FROM output WHERE run_id = ? ORDER BY id", number)
     return b"".join(bytes(row[0]) for row in rows)
 
 

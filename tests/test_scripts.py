@@ -30,7 +30,7 @@ from conftest import ServerFactory
 from support.api import ACTIVE, Api
 from support.apps import deploy_script_app, unique
 from support.cli import Cli, check, cli_popen, text
-from support.server import HgrunServer, free_port
+from support.server import HgrunServer, free_port, store_rows
 from support.waits import wait_for
 
 USAGE = 2
@@ -702,13 +702,9 @@ def wait_ticks(server: HgrunServer, n: int) -> None:
 
 def slot_runs(server: HgrunServer, script_id: int) -> list[tuple[int, str | None, str]]:
     """(id, slot, trigger name) of every run of a script, straight from the store."""
-    db = sqlite3.connect(f"file:{server.data_dir / 'hgrun.db'}?mode=ro", uri=True)
-    try:
-        rows = db.execute(
-            "SELECT id, slot, trigger_name FROM runs WHERE script_id = ? ORDER BY id", (script_id,)
-        ).fetchall()
-    finally:
-        db.close()
+    rows = store_rows(
+        server, "SELECT id, slot, trigger_name FROM runs WHERE script_id = ? ORDER BY id", script_id
+    )
     return [(int(r[0]), r[1], str(r[2])) for r in rows]
 
 

@@ -159,8 +159,7 @@ def test_the_scan_for_clear_rows_runs_once_and_again_after_a_keyless_open(
 
 def test_rotation_by_environment_needs_the_new_key_first(tmp_path: Path) -> None:
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
-    store = Store(tmp_path / "hgrun.db", sealer=Sealer([old.encode()]))
-    store.ensure_workspace("default")
+    store = new_store(tmp_path / "hgrun.db", sealer=Sealer([old.encode()]))
     app, _ = app_with_release(store)
     store.update_config(app.id, {"K": "v"})
     store.close()

@@ -8,15 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 from test_supervisor import DEADLINE, LIMITS, World, asyncio_test, until, world
 
 from hgrun.engine import STDOUT
 from hgrun.errors import EngineError
+from hgrun.lifecycle import Phase
 from hgrun.models import RunStatus
+from hgrun.server.session import RunSession
+from hgrun.server.supervisor import Supervisor
 
 __all__ = ["world"]  # the fixture, shared with test_supervisor
+
+
+async def launched(world: World, sup: Supervisor, **run: Any) -> tuple[RunSession, float]:
+    """A run launched by ``sup`` (``run``: its fields), once its container started: the
+    session, and the instant the run started."""
+    session = await sup.launch(world.run(**run), world.release, "none")
+    # Recorded once the engine's start returned (a container seen running is not enough).
+    await until(lambda: session.phase is Phase.RUNNING, "the run recorded running")
+    started = world.store.run(session.run.id).started
+    assert started is not None
+    return session, started
 
 
 @asyncio_test
@@ -24,10 +39,7 @@ async def test_a_run_is_timed_out_at_the_first_beat_past_its_timeout_not_before(
     world: World,
 ) -> None:
     sup = world.supervisor(tick=0.5)
-    session = await sup.launch(world.run(timeout=60.0), world.release, "none")
-    await until(lambda: world.engine.running() != [], "the container started")
-    started = world.store.run(session.run.id).started
-    assert started is not None
+    session, started = await launched(world, sup, timeout=60.0)
     world.now[0] = started + 59.9
     await sup.watchdog.beat()
     assert not session.finished.is_set() and world.engine.running() != []
@@ -127,10 +139,9 @@ async def test_a_failing_check_does_not_stop_the_other_runs_checks(world: World)
 @asyncio_test
 async def test_a_slow_engine_stop_holds_up_no_other_runs_deadline(world: World) -> None:
     sup = world.supervisor(tick=0.5)
-    slow = await sup.launch(world.run(timeout=10.0), world.release, "none")
-    other = await sup.launch(world.run(timeout=20.0), world.release, "none")
-    await until(lambda: len(world.engine.running()) == 2, "both containers started")
-    started = max(world.store.run(s.run.id).started or 0.0 for s in (slow, other))
+    slow, started = await launched(world, sup, timeout=10.0)
+    other, other_started = await launched(world, sup, timeout=20.0)
+    assert other_started == started  # the injected clock stands still
     # The engine's stop of the first run hangs until the test lets it go (a dockerd that
     # takes its time); every other call goes through.
     entered, release, stop = threading.Event(), threading.Event(), world.engine.stop
@@ -166,10 +177,7 @@ async def test_an_engine_stop_that_fails_is_logged_and_the_watchdog_goes_on(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     sup = world.supervisor(tick=0.5)
-    session = await sup.launch(world.run(timeout=10.0), world.release, "none")
-    await until(lambda: world.engine.running() != [], "the container started")
-    started = world.store.run(session.run.id).started
-    assert started is not None
+    session, started = await launched(world, sup, timeout=10.0)
     world.engine.errors["stop"] = EngineError("dockerd said no")
     world.now[0] = started + 10.0
     await sup.watchdog.beat()

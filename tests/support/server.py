@@ -149,16 +149,21 @@ def https_server(certs: Path, data_dir: Path, docker_host: str) -> HgrunServer:
     )
 
 
-def instance_id(server: HgrunServer) -> str:
-    """The server's instance id (the ``hgrun.instance`` label of its containers), read from
-    its store with sqlite3 in read-only mode."""
-    db = sqlite3.connect(f"file:{server.data_dir / 'hgrun.db'}?mode=ro", uri=True)
+def store_rows(server: HgrunServer, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` on the server's SQLite store, opened read-only with sqlite3 (what
+    the store wrote, behind the server's back)."""
+    db = sqlite3.connect(f"file:{server.data_dir / 'hgrun.db'}?mode=ro", uri=True, timeout=30)
     try:
-        row = db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+        return db.execute(sql, params).fetchall()
     finally:
         db.close()
-    assert row is not None, "the store has no instance id"
-    return str(row[0])
+
+
+def instance_id(server: HgrunServer) -> str:
+    """The server's instance id (the ``hgrun.instance`` label of its containers)."""
+    rows = store_rows(server, "SELECT value FROM meta WHERE key = 'instance'")
+    assert rows, "the store has no instance id"
+    return str(rows[0][0])
 
 
 def run_containers(client: docker.DockerClient, server: HgrunServer, number: int) -> list[Any]:
