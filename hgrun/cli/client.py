@@ -265,10 +265,15 @@ class Api:
 
         if isinstance(e, ssl.SSLCertVerificationError):
             return untrusted(self.settings.url, e)
-        return errors.UnreachableError(
-            f"cannot reach the hgrun server at {self.settings.url} ({e.__class__.__name__})",
-            "start it with `hgrun server`, or point HGRUN_URL / `hgrun login --url` at it",
-        )
+        return unreachable(self.settings.url, e)
+
+
+def unreachable(url: str, e: BaseException) -> errors.UnreachableError:
+    """The one-line error for a server that cannot be reached (``e``: why)."""
+    return errors.UnreachableError(
+        f"cannot reach the hgrun server at {url} ({e.__class__.__name__})",
+        "start it with `hgrun server`, or point HGRUN_URL / `hgrun login --url` at it",
+    )
 
 
 def untrusted(url: str, e: ssl.SSLCertVerificationError) -> errors.UnreachableError:

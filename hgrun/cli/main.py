@@ -1,132 +1,32 @@
 """The ``hgrun`` command. Only ``cli/`` prints or exits; one handler maps errors to exit codes.
 
-The commands live in :mod:`hgrun.cli.commands`, one module per group; this module is the root
-group they hang on, and :func:`main`, the one top-level handler.
+:func:`main` is that handler. The command line is read by click (:mod:`hgrun.cli.root`, the root
+group every command hangs on), except the common forms of ``hgrun run``, read by
+:mod:`hgrun.cli.runfast` so that a one-off starts without importing click.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import click
-
-from hgrun import __version__
-from hgrun.cli import examples, trace
-from hgrun.cli.options import Context
+from hgrun.cli import trace
+from hgrun.cli.invocation import Context
 from hgrun.cli.output import Output
 from hgrun.cli.terminal import Terminal
-from hgrun.errors import ExitStatus, HgrunError, InputError
-
-COMMANDS: dict[str, str] = {
-    "server": "server",
-    "login": "session",
-    "logout": "session",
-    "completion": "session",
-    "apps": "apps",
-    "apps:create": "apps",
-    "apps:destroy": "apps",
-    "deploy": "deploy",
-    "releases": "deploy",
-    "releases:rollback": "deploy",
-    "config": "config",
-    "config:set": "config",
-    "config:unset": "config",
-    "run": "runs",
-    "attach": "runs",
-    "ps": "runs",
-    "runs": "runs",
-    "runs:info": "runs",
-    "stop": "runs",
-    "logs": "logs",
-    "scripts": "scripts",
-    "scripts:run": "scripts",
-    "tokens": "tokens",
-    "tokens:create": "tokens",
-    "tokens:revoke": "tokens",
-    "audit": "tokens",
-    "nodes": "nodes",
-    "nodes:add": "nodes",
-    "nodes:remove": "nodes",
-}
-"""Each command and the module of :mod:`hgrun.cli.commands` that defines it (in its ``COMMANDS``).
-
-A module is imported when one of its commands runs (or ``--help`` lists them all), so starting
-``hgrun run`` costs no other command's code."""
+from hgrun.errors import ExitStatus, HgrunError
 
 
-class Commands(click.Group):
-    """The root group, loading each command's module on first use (see :data:`COMMANDS`).
+def __getattr__(name: str) -> Any:
+    # `cli` and `COMMANDS` are the root group's (hgrun.cli.root), imported only when asked for.
+    if name in ("cli", "COMMANDS"):
+        from hgrun.cli import root
 
-    Each command's help ends with its examples (:mod:`hgrun.cli.examples`); ``help`` is here."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*COMMANDS, "help"])
-
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        name = args[0] if args else ""
-        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
-            # click suggests from the commands it holds; these load lazily, so suggest here.
-            import difflib
-
-            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
-            ctx.fail(
-                f"No such command {name!r}." + (f" Did you mean {close[0]!r}?" if close else "")
-            )
-        return super().resolve_command(ctx, args)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name == "help":
-            return help_cmd
-        module = COMMANDS.get(cmd_name)
-        if module is None:
-            return None
-        commands = importlib.import_module(f"hgrun.cli.commands.{module}").COMMANDS
-        command = next((c for c in commands if c.name == cmd_name), None)
-        if command is not None and command.epilog is None:
-            command.epilog = examples.epilog(cmd_name)
-        return command
-
-
-@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="hgrun")
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-@click.pass_context
-def cli(click_ctx: click.Context, debug: bool) -> None:
-    """hgrun: one-off containers and on-demand scripts for your app, self-hosted."""
-    ctx = click_ctx.ensure_object(Context)
-    ctx.debug = debug
-
-
-cli.epilog = examples.epilog("hgrun")
-
-
-@click.command("help")
-@click.argument("command_name", required=False, metavar="[COMMAND]")
-@click.pass_context
-def help_cmd(click_ctx: click.Context, command_name: str | None) -> None:
-    """Show the help of hgrun, or of one command (as `hgrun COMMAND --help`)."""
-    ctx = click_ctx.find_object(Context)
-    root = click_ctx.find_root()
-    if command_name is None:
-        ctx.output.line(cli.get_help(root))
-        return
-    command = cli.get_command(root, command_name)
-    if command is None:
-        import difflib
-
-        close = difflib.get_close_matches(command_name, cli.list_commands(root), n=1)
-        raise InputError(
-            f"no command {command_name!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
-            "`hgrun help` lists the commands",
-        )
-    with click.Context(command, info_name=command_name, parent=root) as sub:
-        ctx.output.line(command.get_help(sub))
+        return getattr(root, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: Sequence[str] | None = None, terminal: Terminal | None = None) -> int:
@@ -141,7 +41,7 @@ def main(argv: Sequence[str] | None = None, terminal: Terminal | None = None) ->
         from hgrun.cli import completion
 
         completion.install()
-    status = _run_cli(ctx, args)
+    status = _handled(ctx, lambda: _dispatch(ctx, args))
     trace.dump()
     if argv is None:
         # Skip the interpreter's teardown (tens of ms of module cleanup): everything the CLI
@@ -153,23 +53,24 @@ def main(argv: Sequence[str] | None = None, terminal: Terminal | None = None) ->
     return status
 
 
-def _run_cli(ctx: Context, args: list[str]) -> int:
+def _dispatch(ctx: Context, args: list[str]) -> int:
+    from hgrun.cli import runfast
+
+    quick = runfast.parse(args)
+    if quick is not None:
+        from hgrun.cli import runstart
+
+        return runstart.start(ctx, quick)
+    from hgrun.cli import root
+
+    return root.run_click(ctx, args)
+
+
+def _handled(ctx: Context, call: Callable[[], int]) -> int:
+    """``call()``'s status; any error it raises is one line (a traceback with --debug) and its
+    exit status."""
     try:
-        result = cli.main(args=args, prog_name="hgrun", obj=ctx, standalone_mode=False)
-        return int(result) if isinstance(result, int) else 0
-    except click.exceptions.Exit as e:
-        return int(e.exit_code)
-    except click.UsageError as e:
-        # One line, as every other error: what is wrong, then where the options are listed.
-        where = e.ctx.command_path if e.ctx is not None else "hgrun"
-        what = "commands" if e.ctx is None or isinstance(e.ctx.command, click.Group) else "options"
-        ctx.output.error(e.format_message(), f"`{where} --help` lists the {what}")
-        return int(ExitStatus.USAGE)
-    except click.ClickException as e:
-        e.show()
-        return int(ExitStatus.USAGE)
-    except click.exceptions.Abort:
-        return 130
+        return call()
     except HgrunError as e:
         if ctx.debug:
             import traceback

@@ -1,0 +1,379 @@
+"""What ``hgrun run`` does once its arguments are read: the run made and attached, or detached.
+
+Both readers of the arguments land here with a :class:`RunArgs`: click's (``hgrun run --help``,
+errors with their hints, everything unusual) in :mod:`hgrun.cli.commands.runs`, and the quick
+one of :mod:`hgrun.cli.runfast`, which starts without importing click. An attached run without
+uploads creates its run on the attach handshake itself (``/v1/apps/{app}/runs/attach``): one
+connection, one round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from hgrun.cli import appdir, runargs, trace
+from hgrun.cli.client import Api, Settings, cli_hint, unreachable
+from hgrun.cli.invocation import Context, app_name_or_here, duration_flag, env_pair
+from hgrun.cli.output import duration
+from hgrun.cli.terminal import Terminal
+from hgrun.errors import AuthError, ForbiddenError, HgrunError, InputError, UnreachableError
+from hgrun.vocabulary import SIZES
+
+if TYPE_CHECKING:
+    from hgrun.cli import attach, uploads
+
+T = TypeVar("T")
+
+NO_COMMAND = "give a command, e.g. `hgrun run bash`, or a process type (--type)"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunArgs:
+    """``hgrun run``'s arguments as read (the options before the command; those after it are
+    taken by :func:`start`). ``raw``: the words after ``run``, as typed."""
+
+    command: tuple[str, ...]
+    raw: tuple[str, ...]
+    app_name: str | None = None
+    env_pairs: tuple[str, ...] = ()
+    size: str | None = None
+    process_type: str | None = None
+    detached: bool = False
+    files: tuple[str, ...] = ()
+    timeout: str | None = None
+    no_stdin: bool = False
+    build: bool = False
+    tty: bool | None = None
+    exit_code: bool = False
+    no_build: bool = False
+    as_json: bool = False
+
+
+def start(ctx: Context, args: RunArgs) -> int:
+    """Run ``args``; the exit status (the command's, attached; 0 once detached)."""
+    trace.mark("parsed")
+    command, app_name, env_pairs = args.command, args.app_name, args.env_pairs
+    size, process_type, timeout = args.size, args.process_type, args.timeout
+    detached, as_json = args.detached, args.as_json
+    if command and args.raw.count("--") == command.count("--"):
+        # No `--` before the command: hgrun's options after it are hgrun's.
+        split = runargs.split_after_command(command)
+        command = split.command
+        app_name = _once("--app", app_name, split.app)
+        size = _once("--size", size, split.size)
+        process_type = _once("--type", process_type, split.type)
+        env_pairs = env_pairs + split.env
+        noticed = [w for w in split.taken if not w.startswith(("-a ", "--app"))]
+        if noticed:
+            ctx.output.info(
+                f"hgrun: took {', '.join(noticed)} after the command as hgrun's option(s);"
+                " to give them to the command, put the command after --"
+            )
+    if not command and not process_type:  # the parsers refuse it first; never reached
+        raise InputError(NO_COMMAND)
+    env = dict(env_pair(p, "--env") for p in env_pairs)
+    if size is not None and size not in SIZES:
+        raise InputError(f"--size {size!r}: unknown size", f"sizes: {', '.join(SIZES)}")
+    asked_timeout = duration_flag("--timeout", timeout) if timeout is not None else None
+    entries: list[uploads.Upload] = []
+    if args.files:
+        from hgrun.cli import uploads
+
+        entries = uploads.plan(args.files)
+    name, built, folder_note = _prepare_app(
+        ctx, app_name, args.build, check_folder=not args.no_build
+    )
+    terminal = ctx.terminal
+    if args.no_stdin:
+        terminal = dataclasses.replace(terminal, stdin=None, stdin_isatty=False)
+    elif not detached:
+        _hint_stdin_loop(ctx)
+    tty = args.tty
+    use_tty = (terminal.stdin_isatty and terminal.stdout_isatty) if tty is None else tty
+    if use_tty and not detached and "TERM" not in env and ctx.environ.get("TERM"):
+        # The remote shell draws for the local terminal (as Scalingo's and Heroku's CLIs do).
+        env["TERM"] = ctx.environ["TERM"]
+    body: dict[str, Any] = {
+        "command": list(command),
+        "env": env,
+        "size": size,
+        "timeout": timeout,
+        "detached": detached,
+        "tty": use_tty and not detached,
+        "uploads": bool(entries),
+    }
+    if process_type:
+        body["type"] = process_type
+    if built is not None:
+        body["build"], body["procfile"] = built.context_hash, built.procfile_text
+    trace.mark("request")
+    opened: attach.WebSocket | None = None
+    try:
+        created = None if detached or entries else _create_attached(ctx, name, body)
+        if created is not None:
+            opened, run_info = created
+        else:
+            run_info = ctx.api.post(f"/v1/apps/{name}/runs", body)
+    finally:  # said also when the create fails: the folder may be why
+        if folder_note is not None and (note := folder_note.result()):
+            ctx.output.info(note)
+    trace.mark("created")
+    run_id = run_info["id"]
+    if (
+        asked_timeout is not None
+        and run_info.get("timeout")
+        and run_info["timeout"] < asked_timeout
+    ):
+        ctx.output.info(
+            f"hgrun: --timeout {timeout} is over the server's limit: {run_info['label']} stops"
+            f" after {duration(run_info['timeout'])} (the server's --max-timeout)"
+        )
+    if entries:
+        _upload(ctx, run_id, entries)
+    if detached:
+        if as_json:
+            ctx.output.json(run_info)
+        else:
+            ctx.output.line(run_info["label"])
+            if ctx.terminal.stderr_isatty:
+                ctx.output.info(
+                    f"Follow it with `hgrun logs -t --run {run_id}`;"
+                    f" stop it with `hgrun stop {run_id}`."
+                )
+        return 0
+    return attach_run(ctx, run_id, use_tty, terminal, opened)
+
+
+def _create_attached(
+    ctx: Context, app: str, body: dict[str, Any]
+) -> tuple[attach.WebSocket, dict[str, Any]] | None:
+    """Create the run and attach to it in one handshake (``/v1/apps/{app}/runs/attach``): the
+    WebSocket and the run made. None when the request is too long for a header, or the server
+    predates that endpoint: then it is a POST and an attach."""
+    from hgrun.cli import attach
+    from hgrun.relay import runheader
+
+    request = runheader.encode(body)
+    if len(request) > runheader.MAX_REQUEST:
+        return None
+    settings = ctx.settings
+    try:
+        ws = attach.create_and_connect(
+            settings.ws_url(f"/v1/apps/{app}/runs/attach"),
+            {**settings.headers(), runheader.HEADER: request},
+            f"a new run of {app}",
+            settings.ssl_context(),
+        )
+    except (AuthError, ForbiddenError) as e:
+        raise cli_hint(e, settings) from None
+    except UnreachableError as e:
+        if isinstance(e.__cause__, OSError) and "certificate" not in e.message:
+            # Said as a POST would say it: the server is not there.
+            raise unreachable(settings.url, e.__cause__) from e.__cause__
+        raise
+    if ws is None:
+        return None
+    try:
+        run_info = runheader.decode(ws.headers.get(runheader.HEADER.lower(), ""))
+        if not isinstance(run_info, dict) or not isinstance(run_info.get("id"), int):
+            raise InputError(f"the server's {runheader.HEADER} answer holds no run")
+    except BaseException:
+        ws.close()
+        raise
+    return ws, run_info
+
+
+def _once(flag: str, before: str | None, after: str | None) -> str | None:
+    if before is not None and after is not None and before != after:
+        raise InputError(f"{flag} given twice ({before!r} and {after!r})")
+    return after if after is not None else before
+
+
+def _hint_stdin_loop(ctx: Context) -> None:
+    """Say so when stdin is a file something already read part of: a `while read` loop's.
+
+    A shell's `read` on a regular file reads a line and leaves the offset after it; `hgrun run`
+    would then send the rest of the file to the command, and the loop ends after one turn.
+    """
+    stdin = ctx.terminal.stdin
+    if stdin is None or ctx.terminal.stdin_isatty:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        fd = stdin.fileno()
+        if stat.S_ISREG(os.fstat(fd).st_mode) and os.lseek(fd, 0, os.SEEK_CUR) > 0:
+            ctx.output.info(
+                "hgrun: stdin is a file already partly read (a `while read` loop?); the run"
+                " reads the rest of it. Pass -n/--no-stdin to leave stdin to the loop."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Built:
+    """What `--build` made: the folder's context (built) and its Procfile."""
+
+    context_hash: str
+    procfile_text: str
+
+
+class _Background(Generic[T]):
+    """``fn()`` in a daemon thread, started at once; :meth:`result` waits for its value (or
+    raises what it raised). A CLI that exits meanwhile does not wait for it."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._fn = fn
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller of result()
+            self._error = e
+
+    def result(self) -> T | None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _prepare_app(
+    ctx: Context, app_name: str | None, build: bool, *, check_folder: bool = True
+) -> tuple[str, _Built | None, _Background[str | None] | None]:
+    """The app to run, with --build what this folder's build is, and the folder check.
+
+    Never deploys. From the folder of the app being run, when the folder differs from the live
+    release, one line on stderr says so and how to act on it: that check (the manifest loaded,
+    the folder hashed, the live release asked for) runs in a thread, alongside the run's
+    create; its note is the returned result. ``check_folder`` False (``--no-build``) skips it.
+    """
+    root = appdir.find_app_dir(Path.cwd())
+    name = app_name or (appdir.quick_name(root) if root is not None else None)
+    if build:
+        if root is None:
+            raise InputError("--build needs an app folder", "run from your app's folder")
+        app = appdir.load(root)
+        if app_name and app_name != app.name:
+            raise InputError(
+                f"--build builds this folder, which is app {app.name}, not {app_name}",
+                "drop --app, or run from that app's folder",
+            )
+        # Only now: the build view is not loaded for a run of the live release.
+        from hgrun.cli.commands.deploy import build_context
+
+        digest = build_context(ctx, app, quiet=not ctx.terminal.stderr_isatty)
+        return app.name, _Built(digest, app.procfile_text), None
+    if name is None:
+        name = app_name_or_here(app_name)  # the manifest parsed whole (its errors are shown)
+    note = None
+    if check_folder and root is not None and appdir.quick_name(root) in (None, name):
+        settings, folder = ctx.settings, root
+        note = _Background(lambda: _folder_differs(settings, folder, name))
+    return name, None, note
+
+
+def _folder_differs(settings: Settings, root: Path, name: str) -> str | None:
+    """The note to show when the folder differs from ``name``'s live release (or does not
+    load); None when it is the live release. Its own API connection: it runs in a thread. An
+    API error is left to the run's create, which meets it too."""
+    try:
+        app = appdir.load(root)
+    except HgrunError as e:
+        if appdir.quick_name(root) == name:
+            return (
+                f"hgrun: running the live release of {name}; this folder does not load"
+                f" ({e.message}), so `hgrun deploy` would fail"
+            )
+        return None
+    if app.name != name:
+        return None
+    api = Api(settings)
+    try:
+        live = api.get(f"/v1/apps/{name}").get("release")
+    except HgrunError:
+        return None
+    finally:
+        api.close()
+    if live is None:
+        return None  # the server says "no release yet, run `hgrun deploy`"
+    if live["context_hash"] != app.context_hash():
+        return (
+            f"hgrun: this folder differs from {name}'s live release v{live['version']}, which"
+            " is what runs; `hgrun deploy` releases the folder, `hgrun run --build` runs it"
+            " this once"
+        )
+    return None
+
+
+def _upload(ctx: Context, run_id: int, entries: list[uploads.Upload]) -> None:
+    from hgrun.cli import uploads
+
+    total = uploads.total_bytes(entries)
+    path = f"/v1/runs/{run_id}/files"
+    if not ctx.terminal.stderr_isatty:
+        ctx.api.put_stream(path, uploads.tar_stream(entries), uploads.tar_size(entries))
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=ctx.output.err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("Uploading", total=total)
+        ctx.api.put_stream(
+            path,
+            uploads.tar_stream(entries, lambda n: progress.advance(task, n)),
+            uploads.tar_size(entries),
+        )
+    ctx.output.info(f"Uploaded {len(entries)} file(s), {total / 1024**2:.1f} MB to /tmp/uploads")
+
+
+def attach_run(
+    ctx: Context,
+    run_id: int,
+    tty: bool,
+    terminal: Terminal | None = None,
+    opened: attach.WebSocket | None = None,
+) -> int:
+    """Attach the terminal to run ``run_id`` until it ends (``opened``: a WebSocket already
+    open on it); its exit code."""
+    from hgrun.cli.attach import RECONNECT_WINDOW, attach_blocking
+
+    settings = ctx.settings
+    url = settings.ws_url(f"/v1/runs/{run_id}/attach")
+    try:
+        return attach_blocking(
+            url,
+            settings.headers(),
+            terminal or ctx.terminal,
+            tty=tty,
+            run_id=run_id,
+            ssl=settings.ssl_context(),
+            reconnect=RECONNECT_WINDOW,
+            opened=opened,
+        )
+    except (AuthError, ForbiddenError) as e:
+        raise cli_hint(e, settings) from None
+    except KeyboardInterrupt:
+        # Without a TTY, Ctrl-C is ours: stop the remote command too, as `docker run` does.
+        with contextlib.suppress(HgrunError):
+            ctx.api.post(f"/v1/runs/{run_id}/stop")
+        raise
