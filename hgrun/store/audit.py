@@ -133,18 +133,15 @@ class AuditLog:
             self._db = SqliteDatabase(target, synchronous="FULL")
             self._head_table = "head"
         try:
-            fresh = self._db.kind == "sqlite" and self._db.schema_version == 0
+            # An audit.db without a version is new, or from before sealed heads (never so on
+            # PostgreSQL, where the log came later).
+            unversioned = self._db.kind == "sqlite" and self._db.schema_version == 0
             self._db.migrate(migrations(self._head_table), versions=VERSIONS)
-            if fresh:
+            if unversioned:
                 self._seal_legacy_tail()
         except BaseException:
             self._db.close()
             raise
-
-    @property
-    def location(self) -> str:
-        """Where the log is: the audit.db file, or the PostgreSQL URL without its password."""
-        return self._db.where
 
     @property
     def shared(self) -> bool:
