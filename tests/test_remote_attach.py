@@ -21,7 +21,7 @@ from test_supervisor import DEADLINE, World, asyncio_test, until
 from hgrun.engine import STDERR, STDOUT
 from hgrun.models import RunStatus
 from hgrun.relay import server as relay
-from hgrun.server.remote import RemoteRun, count_remote_viewers
+from hgrun.server.remote import RemoteRun, count_remote_viewers, inputs_of
 from hgrun.store import RemoteViewer
 
 
@@ -162,3 +162,43 @@ async def test_a_remote_tty_client_resizes_and_ends_with_a_stop(world: World) ->
         remote.detach()
     end = events[-1]
     assert isinstance(end, relay.Exit) and end.reason == "Canceled", events
+
+
+@asyncio_test
+async def test_a_piped_runs_stdin_outlives_a_client_that_drops(world: World) -> None:
+    """Closing a piped run's stdin attach is the command's EOF: the server keeps it past a
+    client that drops (without EOF), the next client's input goes on through it, and only an
+    EOF or the container's end closes it."""
+    holder = world.supervisor()
+    session = await holder.launch(world.run(detached=False), world.release, "none")
+    elsewhere = world.supervisor()
+    first = RemoteRun(elsewhere, session.run, None, clock=world.clock)
+    task = asyncio.create_task(_collect(first.events(), []))
+    await until(lambda: bool(world.store.remote_viewers()), "the client's row")
+    await count_remote_viewers(holder, world.now[0])
+    await until(lambda: world.engine.running() != [], "the run started for its client")
+    cid = world.engine.only().id
+    container = world.engine.containers[cid]
+    await until(lambda: len(container.streams) == 2, "the holder's attach and the client's")
+    before = list(container.streams)
+    await asyncio.wait_for(first.stdin(b"one\n"), DEADLINE)
+    (stdin,) = [s for s in container.streams if s not in before]  # its stdin attach
+    task.cancel()
+    first.detach()  # dropped, no EOF
+    await until(lambda: all(s.closed for s in before[1:]), "the client's own attach closed")
+    assert not stdin.closed and len(inputs_of(elsewhere)) == 1  # the stdin attach stays
+    second = RemoteRun(elsewhere, session.run, 3, clock=world.clock)
+    task = asyncio.create_task(_collect(second.events(), []))
+    try:
+        await until(lambda: len(container.streams) == 4, "the second client's own attach")
+        await asyncio.wait_for(second.stdin(b"two\n"), DEADLINE)
+        assert (bytes(container.stdin), container.stdin_closed) == (b"one\ntwo\n", False)
+        assert len(container.streams) == 4  # through the same stdin attach
+        await asyncio.wait_for(second.close_stdin(), DEADLINE)
+        assert container.stdin_closed
+        world.engine.exit(cid, 0)
+        await asyncio.wait_for(task, DEADLINE)
+    finally:
+        task.cancel()
+        second.detach()
+    await until(lambda: len(inputs_of(elsewhere)) == 0, "the stdin attach closed at the end")

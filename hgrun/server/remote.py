@@ -18,9 +18,11 @@ the outcome), the server the client reached serves it as :class:`RemoteRun`:
 - **Input goes to the container through the engine**: stdin on an attach of our own (single host:
   the same dockerd; swarm: the task's node endpoint, as the holder does), a resize through the
   engine, EOF by closing that attach's stdin (a piped run's ``StdinOnce``; the shim's EOF frame on
-  a swarm). A piped run's stdin is attached only once its client sends input: a watcher that
-  leaves must not close a command's stdin (its EOF). Input waits until the store says the run is
-  running, as on the holder.
+  a swarm). A piped run's stdin attach is this server's, not the client's (:class:`PipedInputs`):
+  made when a client first sends input, it outlives the client, since closing it is the command's
+  EOF; only the client's EOF or the container's end closes it, so a client that drops and comes
+  back finds its command's stdin open, as through the holder. Input waits until the store says
+  the run is running, as on the holder.
 - **The exit code is the store's outcome**, read once the run is final (the holder stores all of
   the output before the outcome, so what follows is read to the end first).
 - **The holder counts the client**: the attachment keeps a row in the store
@@ -39,6 +41,7 @@ import contextlib
 import logging
 import secrets
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -87,8 +90,7 @@ class RemoteRun:
         self._container: str | None = None
         self._size: tuple[int, int] | None = None
         self._watch: AttachStream | None = None  # the doorbell (with stdin on a TTY)
-        self._input: AttachStream | None = None  # a piped run's stdin, once it has some
-        self._input_lock = asyncio.Lock()
+        self._inputs = inputs_of(supervisor)  # a piped run's stdin, kept past this client
         self._tasks: set[asyncio.Task[None]] = set()
         self._ended = False  # the container's output ended (seen on our own attach)
         self._closed = False
@@ -198,19 +200,12 @@ class RemoteRun:
             self._heat()
 
     async def _stdin_stream(self) -> AttachStream | None:
-        """Where the client's input goes: the TTY's attach, or a piped run's own stdin attach
-        (made on first use); None once the run ended."""
+        """Where the client's input goes: the TTY's attach, or the piped run's stdin attach of
+        this server (:class:`PipedInputs`); None when there is none (the run ended)."""
         await self._running.wait()
-        if self._tty or self._container is None:
+        if self._tty or self._container is None or self._closed:
             return self._watch
-        async with self._input_lock:
-            if self._input is None and not self._closed:
-                with contextlib.suppress(HgrunError):
-                    self._input = await self._sup.engine.attach(
-                        self._container, tty=False, stdin=True, logs=False
-                    )
-                    self._spawn(self._ring(self._input))
-            return self._input
+        return await self._inputs.stream(self._sup, self.run_id, self._container)
 
     async def stdin(self, data: bytes) -> None:
         self._active = self._clock()
@@ -252,14 +247,71 @@ class RemoteRun:
         self._sup.spawn(self._close())
 
     async def _close(self) -> None:
-        for stream in (self._watch, self._input):
-            if stream is not None:
-                with contextlib.suppress(Exception):
-                    await stream.close()
+        if self._watch is not None:
+            with contextlib.suppress(Exception):
+                await self._watch.close()
         try:
             await asyncio.to_thread(self._sup.store.drop_viewer, self.run_id, self._viewer)
         except HgrunError as e:  # its row expires by itself
             log.warning("run %s: cannot drop its client: %s", self.run_id, e.message)
+
+
+class PipedInputs:
+    """The stdin attaches this server opened to piped runs it does not hold, one per run,
+    shared by its clients of that run and kept past them: closing one is the command's EOF
+    (``StdinOnce``), so it ends only with the client's own EOF or the container's end (its
+    output, read and dropped here, ends then). A client that drops and attaches again, here or
+    through another server, finds the command's stdin as it left it, as through the holder."""
+
+    def __init__(self) -> None:
+        self._streams: dict[int, AttachStream] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def __len__(self) -> int:
+        """The runs with a stdin attach open here."""
+        return len(self._streams)
+
+    async def stream(
+        self, supervisor: Supervisor, run_id: int, container: str
+    ) -> AttachStream | None:
+        lock = self._locks.setdefault(run_id, asyncio.Lock())
+        async with lock:
+            stream = self._streams.get(run_id)
+            if stream is None:
+                try:
+                    stream = await supervisor.engine.attach(
+                        container, tty=False, stdin=True, logs=False
+                    )
+                except HgrunError as e:
+                    log.info("run %s: cannot attach its stdin: %s", run_id, e)
+                    return None
+                self._streams[run_id] = stream
+                supervisor.spawn(self._drain(run_id, stream))
+            return stream
+
+    async def _drain(self, run_id: int, stream: AttachStream) -> None:
+        """Read (and drop) the attach's output until the container ends it, then let go."""
+        try:
+            with contextlib.suppress(HgrunError, OSError):
+                while await stream.read() is not None:
+                    pass
+        finally:
+            if self._streams.get(run_id) is stream:
+                del self._streams[run_id]
+                self._locks.pop(run_id, None)
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+
+_INPUTS: weakref.WeakKeyDictionary[Supervisor, PipedInputs] = weakref.WeakKeyDictionary()
+
+
+def inputs_of(supervisor: Supervisor) -> PipedInputs:
+    """The piped stdin attaches of the server ``supervisor`` belongs to."""
+    inputs = _INPUTS.get(supervisor)
+    if inputs is None:
+        inputs = _INPUTS[supervisor] = PipedInputs()
+    return inputs
 
 
 async def count_remote_viewers(supervisor: Supervisor, now: float) -> None:
