@@ -299,6 +299,24 @@ def test_one_audit_log_for_both_servers(pair: Pair, tmp_path: Path) -> None:
     for server in (a, b):
         check(cli("audit", "-n", "5", server=server))  # exit 0: the whole chain verifies
 
+    # Tampering in the database is seen through either server: a record's run changed, then
+    # (put back) the newest record deleted.
+    (first_id, first_run, _action) = pages[0][0]
+    pair.db.execute("UPDATE audit SET run_id = %s WHERE id = %s", (first_run + 1000, first_id))
+    for server in (a, b):
+        done = cli("audit", "-n", "1", server=server)
+        shown = done.stdout.decode(errors="replace")
+        assert done.returncode == 1, shown
+        assert f"#{first_id} !! the record's id, time, workspace, run or action" in shown, shown
+    pair.db.execute("UPDATE audit SET run_id = %s WHERE id = %s", (first_run, first_id))
+    check(cli("audit", "-n", "1", server=b))
+    (newest,) = pair.db.execute("SELECT max(id) FROM audit").fetchone()
+    pair.db.execute("DELETE FROM audit WHERE id = %s", (newest,))
+    done = cli("audit", "-n", "1", server=a)
+    shown = done.stdout.decode(errors="replace")
+    assert done.returncode == 1, shown
+    assert f"#{newest} !! the newest record(s) #{newest} were deleted" in shown, shown
+
 
 # -- attach through the server that does not hold the run --------------------------------------
 
