@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -45,6 +44,8 @@ class AppDir:
 
     def tar_chunks(self, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
         """The build context as tar chunks, spooled to disk first (never whole in memory)."""
+        import tempfile  # here: with shutil and random, ms that `hgrun run` need not pay
+
         from hgrun.context import write_context_tar
 
         with tempfile.TemporaryFile(prefix="hgrun-context-") as spool:
