@@ -166,6 +166,16 @@ class StoreFullError(StoreError):
     http_status = 507  # Insufficient Storage, RFC 4918 section 11.5
 
 
+class BusyError(HgrunError):
+    """The server runs as many runs as it may (``--max-runs``) and its queue is full
+    (``--max-queue``): nothing was recorded; try again later (a 503 with ``Retry-After``)."""
+
+    code = "busy"
+    exit_status = ExitStatus.CANNOT_RUN
+    http_status = 503
+    retry_after = 5  # seconds (RFC 9110 section 10.2.3)
+
+
 class UnreachableError(HgrunError):
     """The CLI could not reach the server."""
 
@@ -192,6 +202,7 @@ _BY_CODE: dict[str, type[HgrunError]] = {
         NotExecutableError,
         StoreError,
         StoreFullError,
+        BusyError,
         UnreachableError,
     )
 }

@@ -285,6 +285,7 @@ def attach_blocking(
     clock: Callable[[], float] = time.monotonic,
     wake: Wakeup | None = None,
     opened: WebSocket | None = None,
+    wait: Callable[[], bool] | None = None,
 ) -> int:
     """Attach the terminal to the run behind ``url`` until it exits; return its exit code.
 
@@ -301,7 +302,9 @@ def attach_blocking(
 
     ``opened``: a WebSocket already open on the run (the create's own handshake); ``url`` is
     then only where to take it up again. ``wake``: who wakes the session; without one, SIGWINCH
-    is caught here (which only the main thread may do).
+    is caught here (which only the main thread may do). ``wait``: the run waits for a slot of
+    the server (``--max-runs``): once connected, and before the terminal goes raw, the session
+    is held open while ``wait()`` says so (:func:`wait_while`).
 
     Raises :class:`~hgrun.errors.AuthError`, :class:`~hgrun.errors.ForbiddenError` or
     :class:`~hgrun.errors.NotFoundError` when the server refuses the handshake,
@@ -315,6 +318,8 @@ def attach_blocking(
     state = _State()
     ws = opened if opened is not None else connect(url, headers, what, ssl)
     trace.mark("attached")
+    if wait is not None:
+        wait_while(ws, wait)
     own_wake = wake is None
     wake = wake or Wakeup()
     previous: Any = None
@@ -384,6 +389,51 @@ async def attach(
             loop.remove_signal_handler(signal.SIGWINCH)
         if future.done():
             wake.close()
+
+
+def wait_while(ws: WebSocket, waiting: Callable[[], bool], interval: float = 1.0) -> None:
+    """Hold the open WebSocket while ``waiting()`` (asked every ``interval`` seconds) says the
+    run still waits for a slot of the server: the server's pings are answered (uvicorn closes
+    a connection whose pongs stop), and anything else it sends (the run's first output, or its
+    exit when it is stopped while it waits) ends the wait. Every byte read is kept in
+    ``ws.rest`` for the session, which reads it first (a ping answered here is answered again
+    there: an unsolicited pong is ignored, RFC 6455 section 5.5.3). The terminal is left as it
+    is: keys wait in its own buffer, Ctrl-C is a signal."""
+    reader = wsproto.FrameReader(MAX_MESSAGE)
+    kept = bytearray(ws.rest)
+
+    def only_pings(data: bytes) -> bool:
+        for event in reader.feed(data) if data else ():
+            if not isinstance(event, wsproto.Ping):
+                return False
+            with contextlib.suppress(OSError):
+                ws.sock.send(wsproto.frame(wsproto.PONG, event.data))
+        return True
+
+    try:
+        if not only_pings(bytes(ws.rest)):
+            return
+        with selectors.DefaultSelector() as selector:
+            selector.register(ws.sock, selectors.EVENT_READ)
+            due = time.monotonic()
+            while True:
+                if time.monotonic() >= due:
+                    if not waiting():
+                        return
+                    due = time.monotonic() + interval
+                if not selector.select(max(0.0, due - time.monotonic())):
+                    continue
+                try:
+                    data = ws.sock.recv(RECV_CHUNK)
+                except ws.again:
+                    continue
+                except OSError:
+                    return  # the session finds the connection lost, and takes it up again
+                kept += data
+                if not data or not only_pings(data):
+                    return
+    finally:
+        ws.rest = bytes(kept)
 
 
 def _one_connection(

@@ -27,7 +27,7 @@ from hgrun.errors import AuthError, ForbiddenError, HgrunError, InputError, Unre
 from hgrun.vocabulary import SIZES
 
 if TYPE_CHECKING:
-    from hgrun.cli import attach, uploads
+    from hgrun.cli import attach, slotwait, uploads
 
 T = TypeVar("T")
 
@@ -135,6 +135,11 @@ def start(ctx: Context, args: RunArgs) -> int:
             f"hgrun: --timeout {timeout} is over the server's limit: {run_info['label']} stops"
             f" after {duration(run_info['timeout'])} (the server's --max-timeout)"
         )
+    queued = run_info["status"] == "queued"
+    if entries and queued:
+        # The files go into the run's container, made once the run has a slot: wait for it.
+        _wait_for_slot(ctx, run_id)
+        queued = False
     if entries:
         _upload(ctx, run_id, entries)
     if detached:
@@ -142,13 +147,41 @@ def start(ctx: Context, args: RunArgs) -> int:
             ctx.output.json(run_info)
         else:
             ctx.output.line(run_info["label"])
+            if ctx.terminal.stderr_isatty and queued:
+                from hgrun.cli.views import waiting_line
+
+                ctx.output.info(waiting_line(run_info).replace("waiting for", "queued for"))
             if ctx.terminal.stderr_isatty:
                 ctx.output.info(
                     f"Follow it with `hgrun logs -t --run {run_id}`;"
                     f" stop it with `hgrun stop {run_id}`."
                 )
         return 0
-    return attach_run(ctx, run_id, use_tty, terminal, opened)
+    return attach_run(ctx, run_id, use_tty, terminal, opened, queued=queued)
+
+
+def _waiting(ctx: Context, run_id: int) -> slotwait.Waiting:
+    """Whether the run still waits for a slot of the server, shown on a terminal's stderr."""
+    from hgrun.cli import slotwait
+
+    return slotwait.Waiting(
+        lambda: dict(ctx.api.get(f"/v1/runs/{run_id}")),
+        ctx.terminal.stderr if ctx.terminal.stderr_isatty else None,
+    )
+
+
+def _wait_for_slot(ctx: Context, run_id: int) -> None:
+    """Wait (showing it) until the run has a slot of the server; Ctrl-C stops the run."""
+    from hgrun.cli import slotwait
+
+    waiting = _waiting(ctx, run_id)
+    try:
+        slotwait.wait_out(waiting)
+    except KeyboardInterrupt:
+        waiting.clear()
+        with contextlib.suppress(HgrunError):
+            ctx.api.post(f"/v1/runs/{run_id}/stop")
+        raise
 
 
 def _create_attached(
@@ -352,13 +385,17 @@ def attach_run(
     tty: bool,
     terminal: Terminal | None = None,
     opened: attach.WebSocket | None = None,
+    *,
+    queued: bool = False,
 ) -> int:
     """Attach the terminal to run ``run_id`` until it ends (``opened``: a WebSocket already
-    open on it); its exit code."""
+    open on it); its exit code. ``queued``: the run waits for a slot of the server; the wait
+    is shown before the session goes raw, and Ctrl-C meanwhile stops the run."""
     from hgrun.cli.attach import RECONNECT_WINDOW, attach_blocking
 
     settings = ctx.settings
     url = settings.ws_url(f"/v1/runs/{run_id}/attach")
+    waiting = _waiting(ctx, run_id) if queued else None
     try:
         return attach_blocking(
             url,
@@ -369,10 +406,13 @@ def attach_run(
             ssl=settings.ssl_context(),
             reconnect=RECONNECT_WINDOW,
             opened=opened,
+            wait=waiting,
         )
     except (AuthError, ForbiddenError) as e:
         raise cli_hint(e, settings) from None
     except KeyboardInterrupt:
+        if waiting is not None:
+            waiting.clear()
         # Without a TTY, Ctrl-C is ours: stop the remote command too, as `docker run` does.
         with contextlib.suppress(HgrunError):
             ctx.api.post(f"/v1/runs/{run_id}/stop")

@@ -40,11 +40,29 @@ def trigger_shown(run: dict[str, Any]) -> str:
     return f"{run['trigger']['kind']}:{run['trigger']['name']}"
 
 
+def status_shown(run: dict[str, Any]) -> str:
+    """A run's status; a run waiting for a slot of the server says how many wait ahead."""
+    queue = run.get("queue")
+    if run["status"] == "queued" and queue:
+        return f"queued ({queue['position']} ahead)"
+    return str(run["status"])
+
+
+def waiting_line(run: dict[str, Any]) -> str:
+    """What ``hgrun run`` shows while its run waits for a slot (``--max-runs``)."""
+    queue = run.get("queue") or {}
+    if not queue:
+        return f"hgrun: {run['label']} is queued ..."
+    ahead = queue["position"]
+    where = "next in line" if ahead == 0 else f"{ahead} ahead"
+    return f"hgrun: waiting for a free run slot ({where}, --max-runs {queue['max_runs']})"
+
+
 def run_row(run: dict[str, Any]) -> tuple[Any, ...]:
     """A row under :data:`RUN_COLUMNS`."""
     return (
         run["label"],
-        run["status"],
+        status_shown(run),
         command_shown(run)[:60],
         trigger_shown(run),
         run["exit_code"],
@@ -58,7 +76,7 @@ def ps_row(run: dict[str, Any]) -> tuple[Any, ...]:
     mode = "detached" if run["detached"] else ("attached tty" if run["tty"] else "attached")
     return (
         run["label"],
-        run["status"],
+        status_shown(run),
         mode,
         command_shown(run)[:60],
         trigger_shown(run),
@@ -74,7 +92,7 @@ def run_fields(run: dict[str, Any]) -> list[tuple[str, Any]]:
         ("Command", shlex.join(run["command"])),
         ("Process type", run["process_type"] or ""),
         ("Trigger", trigger_shown(run)),
-        ("Status", run["status"]),
+        ("Status", status_shown(run)),
         ("Exit code", "" if run["exit_code"] is None else run["exit_code"]),
         ("OOM killed", "yes" if run["oom"] else "no"),
         ("Size", run["size"]),

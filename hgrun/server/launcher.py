@@ -173,6 +173,16 @@ class Launcher:
         return await self.supervisor.launch(run, release, network_of(release), extra_env)
 
     async def run(self, request: Request) -> RunSession:
-        """Record and launch at once (``hgrun run``)."""
+        """Record and launch at once (``hgrun run``, the dashboard's shell).
+
+        With every slot taken (``--max-runs``) the run is recorded ``queued`` and waits in line
+        (the session returned is the waiting one); with the line full too, nothing is recorded
+        and :class:`~hgrun.errors.BusyError` (a 503) is raised. No ``await`` between the check
+        and the launch taking its slot or its place in line.
+        """
+        slots = self.supervisor.slots
+        slots.check()
+        if slots.room() <= 0:
+            request = dataclasses.replace(request, status=RunStatus.QUEUED)
         run = self.create(request)
         return await self.start(run, request.release)

@@ -31,6 +31,7 @@ from hgrun.server.recovery import process_gone
 from hgrun.server.retention import Pruner, Retention
 from hgrun.server.scheduler import Scheduler
 from hgrun.server.scripts import ScriptRunner
+from hgrun.server.slots import DEFAULT_MAX_QUEUE, DEFAULT_MAX_RUNS
 from hgrun.server.supervisor import Limits, Supervisor
 from hgrun.server.workers import Workers
 from hgrun.store import Store
@@ -256,6 +257,8 @@ def serve(
     retention: Retention | None = None,
     registry: str | None = None,
     max_connections: int = MAX_CONNECTIONS,
+    max_runs: int = DEFAULT_MAX_RUNS,
+    max_queue: int = DEFAULT_MAX_QUEUE,
     require_non_root: bool = False,
     build_limits: BuildLimits = DEFAULT_BUILD_LIMITS,
     engine_tls: str | None = None,
@@ -288,6 +291,7 @@ def serve(
     host_memory, host_cpus = capacity(info, environ)
     instance = store.meta("instance", lambda: secrets.token_hex(8))
     supervisor = Supervisor(store, engine, instance=instance, limits=limits)
+    supervisor.slots.max_runs, supervisor.slots.max_queue = max_runs, max_queue
     audit = open_audit(data_dir, load_keys(data_dir, environ), store_url)
     supervisor.audit = lambda action, run, payload: audit.append(
         run.workspace, run.id, action, {"actor": str(run.trigger), **payload}

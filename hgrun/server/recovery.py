@@ -38,6 +38,7 @@ class Recoverer:
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
         self._lock = asyncio.Lock()
+        self._first = True
 
     async def recover(self) -> None:
         """One pass: take up what no live server holds; remove strays."""
@@ -50,9 +51,13 @@ class Recoverer:
         containers = {c.labels.get(LABEL_RUN, ""): c for c in listed}
         # A run waiting in its script's queue has no container and is left to the queue
         # (lifecycle.recovery: LEAVE): not read.
-        for run in sup.store.active_runs(backlogs=False):
+        # The first pass (at start-up) takes up the runs that waited in the line of a server
+        # that stopped (--max-runs): detached ones wait again here, in order; later passes
+        # leave every queue alone (this server's line is in memory).
+        first, self._first = self._first, False
+        for run in sup.store.active_runs(backlogs=first):
             container = containers.pop(str(run.id), None)
-            if run.id in sup.sessions or run.id in sup.pending:
+            if run.id in sup.sessions or run.id in sup.pending or sup.slots.waiting(run.id):
                 continue
             try:
                 await self._take_up(run, container)
@@ -77,6 +82,10 @@ class Recoverer:
                 await sup.request_stop(
                     session, Stop(stored.status, stored.error or f"{stored.label} was stopped")
                 )
+        # An attached run waiting for a slot keeps its lease (no other server's recovery may
+        # record it lost while its client waits); a detached one holds none while it waits.
+        for run_id in list(sup.slots.attached):
+            await sup.leases.taken(run_id, confirm=True)
 
     async def let_go(self, session: RunSession, holder: str) -> None:
         """Leave a run another server took over to it: no outcome, no removal, no lease
@@ -87,6 +96,7 @@ class Recoverer:
         session.phase = Phase.FINISHING
         if sup.sessions.get(run.id) is session:
             del sup.sessions[run.id]
+            sup.slots.release(run.id)
         sup.leases.forget(run.id)
         for subscriber in session.subscribers:
             subscriber.let_go(f"{run.label} is followed by another hgrun server now")
@@ -149,6 +159,7 @@ class Recoverer:
             return await asyncio.to_thread(sup.output.find, run.id, probe)
 
         sup.sessions[run.id] = session
+        sup.slots.hold(run.id)  # in flight already: it counts against --max-runs
         exit_code = container.exit_code
         try:
             if action is Recover.ADOPT:

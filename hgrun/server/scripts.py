@@ -156,11 +156,11 @@ class ScriptRunner:
                 return made
             # LOCKED: a decision for this script holds its lock; wait for it, as below.
         async with self._exclusive(script.id):
-            counts = self.store.script_run_counts(script.id)
-            queued = counts.get(RunStatus.QUEUED, 0)
-            active = counts.get(RunStatus.STARTING, 0) + counts.get(RunStatus.RUNNING, 0)
+            queued, active = self._counts(script.id)
             policy = script.spec.concurrency
             decision = decide(policy, active, queued, self.backlog)
+            if slot is None and decision in (Decision.START, Decision.REPLACE):
+                self.supervisor.slots.check()  # the server's line is full: 503, nothing made
             status = RunStatus.SKIPPED if decision is Decision.SKIP else RunStatus.QUEUED
             why = skip_reason(policy, active, queued, self.backlog)
             due = Due(script, release, trigger, input_json, slot, parent_run, detached, tty)
@@ -195,6 +195,16 @@ class ScriptRunner:
             if decision in (Decision.START, Decision.REPLACE):
                 return await self._launch(run, release)
             return run
+
+    def _counts(self, script_id: int) -> tuple[int, int]:
+        """The script's runs (queued, active). A run its policy started that waits for one of
+        the server's slots (``--max-runs``) is recorded queued but counts as active: the policy
+        decided it runs, and it will."""
+        counts = self.store.script_run_counts(script_id)
+        waiting = self.supervisor.slots.waiting_for_script(script_id)
+        queued = counts.get(RunStatus.QUEUED, 0) - waiting
+        active = counts.get(RunStatus.STARTING, 0) + counts.get(RunStatus.RUNNING, 0) + waiting
+        return max(0, queued), active
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, script_id: int) -> AsyncIterator[None]:
@@ -275,7 +285,7 @@ class ScriptRunner:
             elif isinstance(result, HgrunError):
                 log.warning("script %s: slot %s not run: %s", item.script.spec.name,
                             slot_key(slot), result.message)  # fmt: skip
-        to_start = [run for run in made if run.status is RunStatus.STARTING]
+        to_start = [run for run in made if run.id in self.supervisor.pending]
         return SlotRuns(made=made, to_start=to_start, already=already, later=later)
 
     def _batched(self, script: ScriptRecord) -> bool:
@@ -291,7 +301,7 @@ class ScriptRunner:
         policy starts is launched here, by a task of the runner's (its caller awaits it)."""
         results: list[Recorded] = []
         for item, result in zip(items, self._record(items), strict=True):
-            if isinstance(result, Run) and result.status is RunStatus.STARTING:
+            if isinstance(result, Run) and result.id in self.supervisor.pending:
                 task = asyncio.create_task(self._start_recorded(result, item.release))
                 self._launches.add(task)
                 task.add_done_callback(_retrieved)
@@ -325,6 +335,8 @@ class ScriptRunner:
         counts: dict[int, dict[RunStatus, int]] = {}
         results: list[Run | None | HgrunError | _Locked] = [None] * len(items)
         batch: list[tuple[int, NewRun]] = []
+        started: list[bool] = []  # per run of the batch: its policy starts it (START)
+        room = self.supervisor.slots.room()  # runs that start now; the rest wait in line
         for i, item in enumerate(items):
             script, spec = item.script, item.script.spec
             if self._locks[script.id].locked():
@@ -332,7 +344,8 @@ class ScriptRunner:
                 continue
             try:
                 if script.id not in counts:
-                    counts[script.id] = self.store.script_run_counts(script.id)
+                    queued, active = self._counts(script.id)
+                    counts[script.id] = {RunStatus.QUEUED: queued, RunStatus.STARTING: active}
                 have = counts[script.id]
                 queued = have.get(RunStatus.QUEUED, 0)
                 active = have.get(RunStatus.STARTING, 0) + have.get(RunStatus.RUNNING, 0)
@@ -341,6 +354,14 @@ class ScriptRunner:
                     Decision.START: RunStatus.STARTING,
                     Decision.ENQUEUE: RunStatus.QUEUED,
                 }.get(decision, RunStatus.SKIPPED)
+                if status is RunStatus.STARTING and room <= 0:
+                    if item.slot is None:
+                        self.supervisor.slots.check()  # the line is full: 503, nothing made
+                    # Every server slot is taken (--max-runs): recorded queued, it waits in
+                    # the server's line once launched (still active for its policy).
+                    status = RunStatus.QUEUED
+                elif status is RunStatus.STARTING:
+                    room -= 1
                 why = skip_reason(spec.concurrency, active, queued, self.backlog)
                 request = item.request(status, why, held=status is RunStatus.STARTING)
                 with _saying_where(script):
@@ -349,15 +370,20 @@ class ScriptRunner:
                 results[i] = e
                 continue
             if status is not RunStatus.SKIPPED:
-                have[status] = have.get(status, 0) + 1
+                # A run its policy starts counts as active, even one recorded queued for
+                # want of a server slot (--max-runs).
+                counted = RunStatus.STARTING if decision is Decision.START else status
+                have[counted] = have.get(counted, 0) + 1
             batch.append((i, new))
+            started.append(decision is Decision.START)
         made = self.store.create_runs([new for _, new in batch], cursors=cursors)
         for (i, _), run in zip(batch, made, strict=True):
             results[i] = run
         # Recovery (here, every lease period) must not launch these itself: they are launched
-        # by the caller (start(), or the intake's task).
+        # by the caller (start(), or the intake's task), which knows them by this set: those
+        # recorded starting, and those the policy started that wait for a slot, queued.
         self.supervisor.pending.update(
-            run.id for run in made if run is not None and run.status is RunStatus.STARTING
+            run.id for run, go in zip(made, started, strict=True) if run is not None and go
         )
         return results
 
@@ -397,6 +423,9 @@ class ScriptRunner:
 
     async def _launch(self, run: Run, release: Release) -> Run:
         """Start a run of a script, with a token of its own for fan-out triggers."""
+        if run.id in self.supervisor.sessions or self.supervisor.slots.waiting(run.id):
+            # Launched or in the server's line already: a new token would replace its own.
+            raise ConflictError(f"{run.label} is already in flight")
         token = new_token()
         # Replaced if there: a server that died launching this run may have made it already.
         self.store.add_token(
@@ -436,8 +465,7 @@ class ScriptRunner:
     async def start_queued(self, script: ScriptRecord) -> None:
         """Start the oldest queued run when none of the script's runs is in flight."""
         async with self._exclusive(script.id):
-            counts = self.store.script_run_counts(script.id)
-            if counts.get(RunStatus.STARTING, 0) + counts.get(RunStatus.RUNNING, 0):
+            if self._counts(script.id)[1]:
                 return
             # A run that cannot start is recorded failed by the supervisor; take the next one.
             while (nxt := self.store.oldest_queued(script.id)) is not None:

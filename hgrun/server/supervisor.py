@@ -51,6 +51,7 @@ from hgrun.server.leases import LEASE_TTL, LeaseLost, Leases
 from hgrun.server.output import OutputLog
 from hgrun.server.recovery import Recoverer
 from hgrun.server.session import LAG_LIMIT, Finished, Output, RunSession, Subscriber
+from hgrun.server.slots import RunSlots, end_waiting, enqueue, stop_unlaunched
 from hgrun.server.stopping import Stopper, StopTask
 from hgrun.server.watchdog import Watchdog
 from hgrun.store import Store
@@ -103,6 +104,8 @@ class Supervisor:
         self.output = OutputLog(store, clock)
         self.recoverer = Recoverer(self)
         self.watchdog = Watchdog(self, tick)
+        # The cap on runs in flight (--max-runs) and the line beyond it (hgrun.server.slots).
+        self.slots = RunSlots(self.spawn)
 
     # -- the supervisor's own life -----------------------------------------------------------
 
@@ -156,6 +159,8 @@ class Supervisor:
         release: Release,
         network: str,
         extra_env: Mapping[str, str] | None = None,
+        *,
+        waited: RunSession | None = None,
     ) -> RunSession:
         """Create the run's container and attach to it; it starts when its inputs are ready.
 
@@ -163,8 +168,15 @@ class Supervisor:
         attaches; a run with uploads when they are in place. ``extra_env`` reaches the container
         only, never the store. Returns the session (its run final when stopped meanwhile);
         raises the engine's error when the container cannot be made (the run recorded failed).
+
+        With every slot taken (``--max-runs``) the run waits in line instead: the session
+        returned is in phase ``queued`` (clients may attach to it), and the launch goes on, with
+        that session (``waited``), once a slot frees (:mod:`hgrun.server.slots`); a full line
+        records the run failed and raises :class:`~hgrun.errors.BusyError`. Nothing here awaits
+        before the slot is taken or the run is in line, so a caller that checked the line just
+        before is not overtaken.
         """
-        if run.id in self.sessions:
+        if run.id in self.sessions or (waited is None and self.slots.waiting(run.id)):
             raise ConflictError(f"{run.label} is already in flight")
         holder = self.leases.hold(run.id)
         if holder is not None:
@@ -174,19 +186,27 @@ class Supervisor:
         )
         now = self.clock()
         run = self.store.run(run.id)  # a stop may have come since the caller read it
+        if not run.status.finished and not self.slots.take(run.id):
+
+            async def launch_waited(session: RunSession) -> None:
+                await self.launch(run, release, network, extra_env, waited=session)
+
+            return enqueue(self, run, launch_waited)
         if run.status is RunStatus.QUEUED:
             run = self.store.mark_starting(run.id)
-        session = RunSession(run=run, last_activity=now)
+        session = waited or RunSession(run=run)
+        session.run, session.phase, session.last_activity = run, Phase.CREATING, now
         if run.status.finished:  # stopped while it waited in its queue
-            session.phase = Phase.FINISHING
-            session.finished.set()
+            end_waiting(session, run)
+            self.slots.release(run.id)
             self.leases.release(run.id)
             return session
         if run.uploads:
             session.waiting_since = now
-        if not run.detached:
+        if not run.detached and not session.subscribers:
             session.alone_since = now
         self.sessions[run.id] = session
+        session.changed.set()  # an upload waiting for the container sees the phase move
         try:
             session.container_id = await asyncio.to_thread(self.engine.create, spec)
         except HgrunError as e:
@@ -215,6 +235,7 @@ class Supervisor:
             await self.finish(session)
             return session
         session.phase = Phase.WAITING
+        session.changed.set()
         session.task = self.spawn(self._supervise(session))
         if self.audit is not None:
             mode = "detached" if run.detached else ("tty" if run.tty else "attached")
@@ -280,7 +301,13 @@ class Supervisor:
 
     async def _started(self, session: RunSession) -> None:
         """Wait until the run runs or ended (stdin sent before the start waits for it)."""
-        while session.phase in (Phase.CREATING, Phase.ATTACHING, Phase.WAITING, Phase.STARTING):
+        while session.phase in (
+            Phase.QUEUED,
+            Phase.CREATING,
+            Phase.ATTACHING,
+            Phase.WAITING,
+            Phase.STARTING,
+        ):
             session.changed.clear()
             await session.changed.wait()
 
@@ -290,15 +317,9 @@ class Supervisor:
         """End the run with ``status``, whatever it is doing (see :func:`lifecycle.on_stop`)."""
         session = self.sessions.get(run_id)
         if session is None:
-            run = self.store.run(run_id)
-            if run.status.finished:
-                return run
-            # Not held here: waiting in a script's queue, or held by another server, which
-            # sees the run final at its next lease renewal and kills its container.
-            result = outcome(
-                run, exit_code=None, stop=Stop(status, why or f"{run.label} was stopped")
-            )
-            return self.store.record_outcome(run_id, result, finished=self.clock())
+            # Not launched here: waiting for a slot or in a script's queue, or held by another
+            # server, which sees the run final at its next lease renewal and kills its container.
+            return await stop_unlaunched(self, run_id, status, why)
         stop = Stop(status, why or f"{session.run.label} was stopped")
         if (stopping := await self.request_stop(session, stop)) and (error := await stopping):
             raise error
@@ -435,11 +456,7 @@ class Supervisor:
                 log.error("run %s: cannot record its end (%s); retrying", run.id, e.message)
                 await asyncio.sleep(STORE_RETRY)
         stored = session.run  # the first final state wins: what is stored is what happened
-        for hook in self.on_outcome:
-            try:
-                hook(stored)
-            except Exception:
-                log.exception("run %s: an outcome hook failed", run.id)
+        self.outcome_stored(stored)
         code = stored.exit_code if stored.exit_code is not None else result.exit_code
         session.outcome = Finished(code, stored.status, stored.error)
         session.finished.set()
@@ -447,6 +464,7 @@ class Supervisor:
         for subscriber in session.subscribers:
             subscriber.wake()
         self.sessions.pop(run.id, None)
+        self.slots.release(run.id)  # the head of the line starts
         try:
             if session.stream is not None:
                 await session.stream.close()
@@ -463,9 +481,18 @@ class Supervisor:
             log.exception("run %s: cleaning up failed", run.id)
         finally:
             # Whatever failed above, the run is over: a script's queue must hear of it.
-            await self._announce(stored)
+            await self.announce(stored)
 
-    async def _announce(self, run: Run) -> None:
+    def outcome_stored(self, run: Run) -> None:
+        """Tell the ``on_outcome`` hooks, at once, of a run whose outcome was just stored."""
+        for hook in self.on_outcome:
+            try:
+                hook(run)
+            except Exception:
+                log.exception("run %s: an outcome hook failed", run.id)
+
+    async def announce(self, run: Run) -> None:
+        """Tell the ``on_finish`` callbacks (a script's queue goes on) that ``run`` ended."""
         for callback in self.on_finish:
             try:
                 await callback(run)
@@ -499,7 +526,7 @@ class Supervisor:
         return session.container_id
 
     def _session(self, run_id: int) -> RunSession:
-        session = self.sessions.get(run_id)
+        session = self.sessions.get(run_id) or self.slots.session(run_id)
         if session is None:
             raise NotFoundError(f"run {run_id} is not in flight")
         return session

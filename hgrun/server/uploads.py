@@ -95,9 +95,13 @@ async def receive(
     """Stream the checked tar (entries under ``target.out_root``) into the run's container
     before it starts; a ``declared`` size over the cap is refused. A failed upload fails the
     run. Returns the bytes received."""
-    session = supervisor.sessions.get(run_id)
+    session = supervisor.sessions.get(run_id) or supervisor.slots.session(run_id)
     if session is None:
         raise NotFoundError(f"run {run_id} is not in flight")
+    # Waiting for a slot (--max-runs), or its container being made: the upload waits for it.
+    while session.phase in (Phase.QUEUED, Phase.CREATING, Phase.ATTACHING) and not session.stop:
+        session.changed.clear()
+        await session.changed.wait()
     if not session.run.uploads or session.uploads_done or session.uploading:
         raise NotFoundError(f"run {run_id} takes no upload", "pass --file when the run is created")
     if session.stop is not None or session.phase is not Phase.WAITING:

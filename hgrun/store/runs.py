@@ -378,15 +378,13 @@ class RunStore(StoreBase):
 
     def active_runs(self, *, backlogs: bool = True) -> list[Run]:
         """Every run in flight, oldest first; without ``backlogs``, not the runs waiting in a
-        script's queue (queued, no container): recovery leaves those to their queue, and a
-        storm's thousand of them were decoded at every pass for nothing."""
+        queue (queued, no container: a script's, or the server's line beyond ``--max-runs``):
+        recovery leaves those to their queue, and a storm's thousand of them were decoded at
+        every pass for nothing."""
         waiting = (
             ""
             if backlogs
-            else (
-                f" AND NOT (status = '{RunStatus.QUEUED.value}' AND script_id IS NOT NULL"
-                " AND container_id IS NULL)"
-            )
+            else f" AND NOT (status = '{RunStatus.QUEUED.value}' AND container_id IS NULL)"
         )
         rows = self._query(
             f"SELECT * FROM runs WHERE status IN ({ACTIVE_SQL}){waiting} ORDER BY id"

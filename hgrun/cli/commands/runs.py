@@ -118,7 +118,8 @@ def attach_cmd(ctx: Context, run_id: str, tty: bool | None) -> int:
     number = parse_run_id(run_id)
     info = ctx.api.get(f"/v1/runs/{number}")
     use_tty = bool(info["tty"]) if tty is None else tty
-    return attach_run(ctx, number, use_tty and ctx.terminal.stdin_isatty)
+    queued = info["status"] == "queued" and bool(info.get("queue"))  # waiting for a slot
+    return attach_run(ctx, number, use_tty and ctx.terminal.stdin_isatty, queued=queued)
 
 
 @click.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -106,10 +107,23 @@ def scripts_run(
             return _exit_code(info)
         return 0
     if info["status"] == "queued":
-        ctx.output.info(f"{info['label']} is queued behind the script's running run ...")
-        while info["status"] == "queued":
-            time.sleep(0.5)
-            info = ctx.api.get(f"/v1/runs/{run_id}")
+        # Waits before attaching: a run in the script's own backlog has no session yet.
+        from hgrun.cli import slotwait
+
+        if not info.get("queue"):
+            ctx.output.info(f"{info['label']} is queued behind the script's running run ...")
+        terminal = ctx.terminal
+        waiting = slotwait.Waiting(
+            lambda: dict(ctx.api.get(f"/v1/runs/{run_id}")),
+            terminal.stderr if terminal.stderr_isatty else None,
+        )
+        try:
+            slotwait.wait_out(waiting, interval=0.5)
+        except KeyboardInterrupt:
+            waiting.clear()
+            with contextlib.suppress(errors.HgrunError):
+                ctx.api.post(f"/v1/runs/{run_id}/stop")
+            raise
     return attach_run(ctx, run_id, use_tty)
 
 

@@ -94,6 +94,21 @@ MAX_BUILD_TIMEOUT = 7 * 24 * 3600.0
     type=click.IntRange(1),
     help="Connections open at once; beyond it requests get 503 with Retry-After.",
 )
+@click.option(
+    "--max-runs",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Runs in flight at once, every kind (0: no cap); beyond it runs wait, queued, first in"
+    " first out. Set it to what the host can run.",
+)
+@click.option(
+    "--max-queue",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Runs that may wait for --max-runs; beyond it new runs get 503 with Retry-After.",
+)
 @click.option("--notify-webhook", help="Also POST every script notification here.")
 @click.option("--notify-email", multiple=True, help="Also mail every notification here.")
 @click.option("--smtp-url", help="SMTP server for email, e.g. smtp://127.0.0.1:25.")
@@ -166,6 +181,8 @@ def server(
     keep_runs: int,
     keep_days: int,
     max_connections: int,
+    max_runs: int,
+    max_queue: int,
     notify_webhook: str | None,
     notify_email: tuple[str, ...],
     smtp_url: str | None,
@@ -250,6 +267,8 @@ def server(
         ),
         registry=registry,
         max_connections=max_connections,
+        max_runs=max_runs,
+        max_queue=max_queue,
         require_non_root=require_non_root,
         build_limits=BuildLimits(
             memory=build_memory * 1024 * 1024, cpus=build_cpus, timeout=build_seconds

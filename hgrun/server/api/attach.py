@@ -66,13 +66,15 @@ def _triggered_by(store: Store, principal: Principal, run_id: int) -> bool:
 
 
 def open_attachment(supervisor: Supervisor, run: Run, offset: int | None) -> relay.Attachment:
-    """The live session if the supervisor holds the run; a run in flight that another server
-    holds (or that waits to be launched or taken up) through the store and the engine
-    (:class:`RemoteRun`); else a replay of what was stored."""
-    if run.id not in supervisor.sessions:
+    """The live session if the supervisor holds the run (or it waits here for a slot,
+    ``--max-runs``); a run in flight that another server holds (or that waits to be launched
+    or taken up) through the store and the engine (:class:`RemoteRun`); else a replay of what
+    was stored."""
+    if run.id not in supervisor.sessions and not supervisor.slots.waiting(run.id):
         if run.status.active:
             return RemoteRun(supervisor, run, offset)
         return StoredRun(supervisor.output, supervisor.store.run, run.id, offset or 0)
+    # In flight, or waiting for a slot (--max-runs): the session the launch goes on with.
     session, subscriber = supervisor.subscribe(run.id, offset)
     return LiveRun(supervisor, session, subscriber)
 

@@ -80,6 +80,8 @@ SCHEMAS: dict[str, Schema] = {
         started=_null(NUM),
         finished=_null(NUM),
         duration=_null(NUM),
+        # Waiting for a slot of the server (--max-runs): runs ahead (0: next), and the cap.
+        queue=_null(_obj(position=INT, max_runs=INT)),
     ),
     "Script": _obj(
         id=INT,

@@ -17,7 +17,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hgrun.errors import HgrunError, InputError, NotFoundError, PayloadTooLargeError
+from hgrun.errors import BusyError, HgrunError, InputError, NotFoundError, PayloadTooLargeError
 from hgrun.models import App, Run
 from hgrun.server.auth import Principal, authenticate
 
@@ -39,6 +39,9 @@ def endpoint(server: Server, handler: Handler) -> Callable[[Request], Awaitable[
     async def run(request: Request) -> Response:
         try:
             return await handler(server, request)
+        except BusyError as e:
+            headers = {"Retry-After": str(e.retry_after)}
+            return JSONResponse(e.to_json(), status_code=e.http_status, headers=headers)
         except HgrunError as e:
             return JSONResponse(e.to_json(), status_code=e.http_status)
         except Exception:

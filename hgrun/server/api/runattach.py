@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
-from hgrun.errors import HgrunError, InputError
+from hgrun.errors import BusyError, HgrunError, InputError
 from hgrun.relay import protocol, runheader
 from hgrun.relay import server as relay
 from hgrun.server.api.attach import open_attachment
@@ -59,13 +59,15 @@ def endpoint(server: Server) -> Callable[[WebSocket], Awaitable[None]]:
                 )
             session = await launch_run(server, caller, app, {**body, "detached": False})
         except HgrunError as e:
+            retry = {"Retry-After": str(e.retry_after)} if isinstance(e, BusyError) else None
             await websocket.send_denial_response(
-                JSONResponse(e.to_json(), status_code=e.http_status)
+                JSONResponse(e.to_json(), status_code=e.http_status, headers=retry)
             )
             return
         attachment = open_attachment(server.supervisor, session.run, None)
         try:
-            view = runheader.encode(run_json(session.run, app.name))
+            queue = server.supervisor.slots.info(session.run.id)  # waiting for a slot: where
+            view = runheader.encode(run_json(session.run, app.name, queue))
             await websocket.accept(
                 subprotocol=subprotocol, headers=[(HEADER.encode(), view.encode())]
             )

@@ -63,7 +63,8 @@ async def create_run(server: Server, request: Request) -> Response:
     caller = principal(server, request, "run")
     app = path_app(server, caller, request)
     session = await launch_run(server, caller, app, await json_body(request))
-    return JSONResponse(run_json(session.run, app.name), status_code=201)
+    run = session.run
+    return JSONResponse(run_json(run, app.name, _queue(server, run.id)), status_code=201)
 
 
 async def launch_run(
@@ -139,6 +140,11 @@ async def launch_run(
     return session
 
 
+def _queue(server: Server, run_id: int) -> dict[str, int] | None:
+    """Where the run waits for a slot of this server (--max-runs), if it does."""
+    return server.supervisor.slots.info(run_id)
+
+
 def _timeout(value: Any) -> float | None:
     if value is None:
         return None
@@ -165,7 +171,7 @@ async def list_runs(server: Server, request: Request) -> Response:
     runs = server.store.runs(
         caller.workspace, app_id=app.id, statuses=statuses, trigger_kind=trigger, limit=limit
     )
-    return JSONResponse([run_json(r, app.name) for r in runs])
+    return JSONResponse([run_json(r, app.name, _queue(server, r.id)) for r in runs])
 
 
 async def get_run(server: Server, request: Request) -> Response:
@@ -177,7 +183,7 @@ async def get_run(server: Server, request: Request) -> Response:
             "a trigger token reads only the runs of the scripts it may trigger",
         )
     app = server.store.app_by_id(run.app_id)
-    body = run_json(run, app.name)
+    body = run_json(run, app.name, _queue(server, run.id))
     tail = int_param(request.query_params.get("stderr_tail"), "stderr_tail", 0, MAX_STDERR_TAIL)
     if tail:
         body["stderr_tail"] = await run_in(

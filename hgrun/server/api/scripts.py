@@ -80,7 +80,9 @@ async def trigger_script(server: Server, request: Request) -> Response:
     if run is None:  # only for cron slots
         raise ConflictError("this slot already ran")
     app = server.store.app_by_id(script.app_id)
-    return JSONResponse(run_json(run, app.name), status_code=201)
+    return JSONResponse(
+        run_json(run, app.name, server.supervisor.slots.info(run.id)), status_code=201
+    )
 
 
 async def list_script_runs(server: Server, request: Request) -> Response:

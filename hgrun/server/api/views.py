@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from collections.abc import Mapping
 from typing import Any
 
 from hgrun import schedule
@@ -29,7 +30,11 @@ def release_json(release: Release) -> dict[str, Any]:
     }
 
 
-def run_json(run: Run, app_name: str | None = None) -> dict[str, Any]:
+def run_json(
+    run: Run, app_name: str | None = None, queue: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """A run as the API shows it; ``queue``: where it waits for a slot of the server
+    (``{"position", "max_runs"}``, position 0 is next), None when it does not."""
     return {
         "id": run.id,
         "label": run.label,
@@ -56,6 +61,7 @@ def run_json(run: Run, app_name: str | None = None) -> dict[str, Any]:
         "duration": run.duration,
         # Bytes of output kept (the newest, up to the server's --max-output) and dropped.
         "output": {"bytes": run.output_bytes, "dropped": run.output_dropped},
+        "queue": dict(queue) if queue is not None else None,
     }
 
 
