@@ -161,24 +161,31 @@ async def test_beyond_the_cap_runs_wait_queued_and_start_in_order(world: World) 
     ]
     assert [sup.slots.position(i) for i in ids] == [None, None, 0, 1]
     assert sessions[2].phase is Phase.QUEUED and sessions[2].container_id is None
-    for run_id in ids:
-        # Each run starts only once those before it freed a slot, never more than 2 at once.
-        await until(lambda r=run_id: r in _container_runs(world.engine), f"run {run_id} made")
-        assert len(world.engine.running()) <= 2
-        cid = next(
+
+    def container_of(run_id: int) -> str:
+        (cid,) = [
             c.id
             for c in world.engine.containers.values()
             if c.spec.labels[LABEL_RUN] == str(run_id)
-        )
-        await until(lambda c=cid: world.engine.containers[c].status.value == "running", "started")
-        world.engine.exit(cid, 0)
+        ]
+        return cid
+
+    # One slot frees at a time: the run that takes it is the oldest waiting, never another.
+    for done, expected in ((ids[0], ids[2]), (ids[1], ids[3]), (ids[2], None), (ids[3], None)):
         await until(
-            lambda r=run_id: world.store.run(r).status is RunStatus.SUCCEEDED, f"run {run_id} done"
+            lambda d=done: world.engine.containers[container_of(d)].status.value == "running"
         )
+        world.engine.exit(container_of(done), 0)
+        await until(
+            lambda d=done: world.store.run(d).status is RunStatus.SUCCEEDED, f"{done} ended"
+        )
+        if expected is not None:
+            await until(lambda e=expected: e in _container_runs(world.engine), f"{expected} made")
+            waiting = [i for i in ids if i > expected]
+            assert not set(waiting) & set(_container_runs(world.engine)), "a later run overtook"
+            assert [sup.slots.position(i) for i in waiting] == list(range(len(waiting)))
+        assert len(world.engine.running()) <= 2
     assert [world.store.run(i).status for i in ids] == [RunStatus.SUCCEEDED] * 4
-    # First in, first out: each run started after the ones before it.
-    starts = [world.store.run(i).started for i in ids]
-    assert starts == sorted(starts)
     assert sup.slots.holding == set() and len(sup.slots) == 0
 
 
