@@ -8,15 +8,16 @@ from pathlib import Path
 
 import click
 
-from hgrun.cli.options import Context, duration_flag, pass_ctx
+from hgrun.cli.options import Context, Duration, pass_ctx
 from hgrun.errors import InputError
 
 MAX_BUILD_TIMEOUT = 7 * 24 * 3600.0
+DURATION = Duration()
 
 
-@click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+@click.command(context_settings={"show_default": True})
+@click.option("--host", default="127.0.0.1", help="Address to bind.")
+@click.option("--port", default=8765, type=click.IntRange(0, 65535))
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where the store lives.")
 @click.option(
     "--store",
@@ -31,7 +32,6 @@ MAX_BUILD_TIMEOUT = 7 * 24 * 3600.0
     "engine_kind",
     type=click.Choice(["docker", "swarm"]),
     default="docker",
-    show_default=True,
     help="One Docker engine, or a Docker Swarm (--docker-host is then its manager).",
 )
 @click.option(
@@ -42,7 +42,7 @@ MAX_BUILD_TIMEOUT = 7 * 24 * 3600.0
 @click.option(
     "--placement-timeout",
     default="60s",
-    show_default=True,
+    type=DURATION,
     help="How long a swarm run may wait for a node with room before it fails.",
 )
 @click.option(
@@ -59,45 +59,40 @@ MAX_BUILD_TIMEOUT = 7 * 24 * 3600.0
 @click.option(
     "--node-lost-after",
     default="30s",
-    show_default=True,
+    type=DURATION,
     help="Swarm: a node away this long loses its runs (back sooner: they are taken up again).",
 )
-@click.option("--grace", default="60s", show_default=True, help="Attached run kept after a drop.")
-@click.option("--idle-timeout", default="30m", show_default=True, help="Idle attached session.")
-@click.option("--max-timeout", default="1h", show_default=True, help="Cap on every run.")
-@click.option("--max-upload", default=2048, show_default=True, help="Upload cap, in MB.")
+@click.option("--grace", default="60s", type=DURATION, help="Attached run kept after a drop.")
+@click.option("--idle-timeout", default="30m", type=DURATION, help="Idle attached session.")
+@click.option("--max-timeout", default="1h", type=DURATION, help="Cap on every run.")
+@click.option("--max-upload", default=2048, help="Upload cap, in MB.")
 @click.option(
     "--max-output",
     default=100,
-    show_default=True,
     type=click.IntRange(1),
     help="Output kept per run, in MB: the newest, with a note of what was dropped.",
 )
 @click.option(
     "--keep-runs",
     default=1000,
-    show_default=True,
     type=click.IntRange(0),
     help="Finished one-off runs kept per app (scripts keep their own history:).",
 )
 @click.option(
     "--keep-days",
     default=30,
-    show_default=True,
     type=click.IntRange(0),
     help="Finished one-off runs older than this many days are deleted.",
 )
 @click.option(
     "--max-connections",
     default=1000,
-    show_default=True,
     type=click.IntRange(1),
     help="Connections open at once; beyond it requests get 503 with Retry-After.",
 )
 @click.option(
     "--max-runs",
     default=1000,
-    show_default=True,
     type=click.IntRange(0),
     help="Runs in flight at once, every kind (0: no cap); beyond it runs wait, queued, first in"
     " first out. Set it to what the host can run.",
@@ -105,14 +100,13 @@ MAX_BUILD_TIMEOUT = 7 * 24 * 3600.0
 @click.option(
     "--max-queue",
     default=1000,
-    show_default=True,
     type=click.IntRange(0),
     help="Runs that may wait for --max-runs; beyond it new runs get 503 with Retry-After.",
 )
 @click.option("--notify-webhook", help="Also POST every script notification here.")
 @click.option("--notify-email", multiple=True, help="Also mail every notification here.")
 @click.option("--smtp-url", help="SMTP server for email, e.g. smtp://127.0.0.1:25.")
-@click.option("--mail-from", default="hgrun@localhost", show_default=True)
+@click.option("--mail-from", default="hgrun@localhost")
 @click.option(
     "--tls-cert",
     type=click.Path(exists=True, dir_okay=False),
@@ -130,21 +124,19 @@ MAX_BUILD_TIMEOUT = 7 * 24 * 3600.0
 @click.option(
     "--build-memory",
     default=2048,
-    show_default=True,
     type=click.IntRange(6),
     help="Memory of each image build's steps, in MB (no swap).",
 )
 @click.option(
     "--build-cpus",
     default=2.0,
-    show_default=True,
     type=click.FloatRange(0.01, 1024),
     help="CPUs of each image build's steps.",
 )
 @click.option(
     "--build-timeout",
     default="30m",
-    show_default=True,
+    type=Duration(bounds=(1.0, MAX_BUILD_TIMEOUT)),
     help="An image build taking longer is stopped.",
 )
 @click.option(
@@ -169,13 +161,13 @@ def server(
     docker_host: str | None,
     engine_kind: str,
     placement: tuple[str, ...],
-    placement_timeout: str,
+    placement_timeout: float,
     registry: str | None,
     engine_tls: str | None,
-    node_lost_after: str,
-    grace: str,
-    idle_timeout: str,
-    max_timeout: str,
+    node_lost_after: float,
+    grace: float,
+    idle_timeout: float,
+    max_timeout: float,
     max_upload: int,
     max_output: int,
     keep_runs: int,
@@ -192,7 +184,7 @@ def server(
     allow_network: tuple[str, ...],
     build_memory: int,
     build_cpus: float,
-    build_timeout: str,
+    build_timeout: float,
     require_non_root: bool,
     rotate_key: bool,
 ) -> None:
@@ -218,9 +210,9 @@ def server(
     if bool(tls_cert) != bool(tls_key):
         raise InputError("--tls-cert and --tls-key go together", "pass both, or neither")
     limits = Limits(
-        grace=duration_flag("--grace", grace),
-        idle_timeout=duration_flag("--idle-timeout", idle_timeout),
-        max_timeout=duration_flag("--max-timeout", max_timeout),
+        grace=grace,
+        idle_timeout=idle_timeout,
+        max_timeout=max_timeout,
         max_upload=max_upload * 1024 * 1024,
     )
 
@@ -235,12 +227,6 @@ def server(
 
     if not math.isfinite(build_cpus):  # click's FloatRange lets nan through
         raise InputError(f"--build-cpus {build_cpus}: expected a number of CPUs", "e.g. 2")
-    build_seconds = duration_flag("--build-timeout", build_timeout)
-    if not 1 <= build_seconds <= MAX_BUILD_TIMEOUT:
-        raise InputError(
-            f"--build-timeout {build_timeout!r}: must be from 1s to 7d",
-            "e.g. --build-timeout 30m",
-        )
     if smtp_url and not smtp_url.startswith("smtp://"):
         raise InputError(f"--smtp-url {smtp_url!r}: expected smtp://HOST:PORT")
     targets = Targets(
@@ -261,7 +247,7 @@ def server(
         tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
         engine_kind=engine_kind,
         placement=placement,
-        placement_timeout=duration_flag("--placement-timeout", placement_timeout),
+        placement_timeout=placement_timeout,
         retention=Retention(
             max_output=max_output * 1024 * 1024, keep_runs=keep_runs, keep_days=keep_days
         ),
@@ -271,10 +257,10 @@ def server(
         max_queue=max_queue,
         require_non_root=require_non_root,
         build_limits=BuildLimits(
-            memory=build_memory * 1024 * 1024, cpus=build_cpus, timeout=build_seconds
+            memory=build_memory * 1024 * 1024, cpus=build_cpus, timeout=build_timeout
         ),
         engine_tls=engine_tls,
-        lost_after=duration_flag("--node-lost-after", node_lost_after),
+        lost_after=node_lost_after,
     )
 
 
