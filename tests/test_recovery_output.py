@@ -32,28 +32,38 @@ def stored_output(server: HgrunServer, number: int) -> bytes:
     return b"".join(bytes(row[0]) for row in rows)
 
 
-@pytest.mark.parametrize("ends_while_down", [False, True], ids=["taken-up-running", "ended"])
+# After the kill the run writes 5,000 lines, then: waits to be taken up and writes 95,000 more
+# ("taken-up"), ends ("ended"), or goes on writing 100 lines every 50 ms through the restart and
+# the takeover ("busy").
+AFTER = {
+    "taken-up": ("while [ ! -e /go2 ]; do sleep 0.05; done; seq 405001 500000", 500000),
+    "ended": ("true", 405000),
+    "busy": (
+        "for j in $(seq 0 599); do seq $((405001+j*100)) $((405100+j*100)); sleep 0.05; done",
+        465000,
+    ),
+}
+
+
+@pytest.mark.parametrize("after", list(AFTER))
 def test_output_survives_a_sigkill_of_the_server_past_dockers_log_rotation(
     hgrun_server: ServerFactory,
     cli: Cli,
     busybox_image: str,
     docker_client: docker.DockerClient,
     tmp_path: Path,
-    ends_while_down: bool,
+    after: str,
 ) -> None:
-    """Taken up running (an attach replaying Docker's log, then live), or ended while no
-    server was up (Docker's log read through the logs API)."""
+    """Taken up running (an attach replaying Docker's log, then live; idle or writing at the
+    takeover), or ended while no server was up (Docker's log read through the logs API)."""
     # A store cap of 4 MB: Docker's log rotates at 4 MB of JSON (about 50,000 lines of seq,
     # each stored by Docker as some 80 bytes of JSON), so the 400,000 lines written before the
     # kill have rotated out of it many times; the whole output (3.2 MB) stays under the cap.
     srv = hgrun_server("--max-output", "4")
     root = tmp_path / "app"
     deploy_busybox_app(cli, root, unique("rejoin"), server=srv)
-    command = "seq 1 400000; while [ ! -e /go1 ]; do sleep 0.05; done; seq 400001 405000"
-    last = 405000
-    if not ends_while_down:
-        command += "; while [ ! -e /go2 ]; do sleep 0.05; done; seq 405001 500000"
-        last = 500000
+    rest, last = AFTER[after]
+    command = "seq 1 400000; while [ ! -e /go1 ]; do sleep 0.05; done; seq 400001 405000; " + rest
     number = run_id(check(cli("run", "--detached", command, cwd=root, server=srv)))
     before = seq(1, 400000)
     wait_for(lambda: stored_output(srv, number) == before or None, 120, "the first part stored")
@@ -61,16 +71,18 @@ def test_output_survives_a_sigkill_of_the_server_past_dockers_log_rotation(
     (container,) = run_containers(docker_client, srv, number)
     container.exec_run(["touch", "/go1"])  # written while no server is up
     wait_for(
-        lambda: container.logs(tail=1) == b"405000\n" or None, 60, "the part written while down"
+        lambda: int(container.logs(tail=1) or 0) >= 405000 or None,
+        60,
+        "the part written while down",
     )
-    if ends_while_down:
+    if after == "ended":
         container.wait(timeout=60)
     # The test's premise: Docker's log no longer holds the run's start.
     assert not container.logs().startswith(b"1\n2\n3\n")
     srv.start()
     with Api(srv) as api:
         wait_for(lambda: srv.log.count("taken up here") or None, 60, "the run taken up")
-        if not ends_while_down:
+        if after == "taken-up":
             container.exec_run(["touch", "/go2"])  # written once the run is taken up again
         info = api.finished_run(number, timeout=120)
     assert info["status"] == "succeeded", info
