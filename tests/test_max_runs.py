@@ -9,7 +9,6 @@ Retry-After, one line from the CLI; queued runs survive a restart of the server.
 from __future__ import annotations
 
 import os
-import pty
 import re
 import signal
 import sys
@@ -22,10 +21,9 @@ import httpx
 import pytest
 from support.api import Api
 from support.apps import deploy_busybox_app, unique
-from support.cli import Cli, check, cli_popen, run_id, text
+from support.cli import Cli, check, cli_on_pty, cli_popen, read_until, run_id, text
 from support.server import HgrunServer, instance_id
 from support.waits import wait_for
-from test_races import _read_until
 
 pytestmark = pytest.mark.docker
 
@@ -131,30 +129,16 @@ def test_an_attached_run_shows_its_wait_then_gets_its_exit_code(
 ) -> None:
     app, root = capped_app
     blockers = [_detached(cli, capped, app, BLOCK) for _ in range(2)]
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: `hgrun run` on a terminal
-        os.chdir(root)
-        os.execve(
-            sys.executable,
-            [sys.executable, "-m", "hgrun.cli.main", "run", "sh", "-c", "echo in-the-run; exit 7"],
-            cli.env(capped),
-        )
-    try:
-        shown = _read_until(fd, rb"waiting for a free run slot \(next in line, --max-runs 2\)", 60)
+    command = ("run", "sh", "-c", "echo in-the-run; exit 7")
+    with cli_on_pty(cli, *command, cwd=root, server=capped) as (pid, fd):
+        shown = read_until(fd, rb"waiting for a free run slot \(next in line, --max-runs 2\)", 60)
         assert b"in-the-run" not in shown
         with Api(capped) as api:
             api.stop(blockers[0])  # a slot frees: the attached run goes on
-            shown += _read_until(fd, rb"in-the-run", 60)
+            shown += read_until(fd, rb"in-the-run", 60)
             _, status = os.waitpid(pid, 0)
             assert os.waitstatus_to_exitcode(status) == 7
             _end_all(api, blockers)
-    finally:
-        os.close(fd)
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
 
 
 def test_a_piped_attached_run_waits_quietly_and_keeps_its_stdin(

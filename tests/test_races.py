@@ -9,13 +9,10 @@ deadline on the thing awaited, never fixed sleeps.
 from __future__ import annotations
 
 import os
-import pty
 import re
-import select
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import docker
@@ -23,7 +20,7 @@ import pytest
 from conftest import ServerFactory
 from support.api import Api
 from support.apps import BUSYBOX_IMAGE, deploy_busybox_app, unique, write_busybox_app
-from support.cli import Cli, check
+from support.cli import Cli, check, cli_on_pty, read_until
 from support.server import HgrunServer, free_port, run_containers
 from support.waits import wait_for
 
@@ -134,23 +131,6 @@ def test_two_servers_on_one_store_never_supervise_a_run_twice(
     assert lines == [f"line{i}" for i in range(1, 41)]  # every line once, none twice
 
 
-def _read_until(fd: int, pattern: bytes, timeout: float) -> bytes:
-    """Read the pty until ``pattern`` (a regex) shows; everything read."""
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while not re.search(pattern, seen):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"{pattern!r} never came; got {seen[-500:]!r}")
-        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
-        if ready:
-            try:
-                seen += os.read(fd, 65536)
-            except OSError:
-                break
-    return seen
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="a pty and dockerd")
 def test_a_tty_session_outlives_a_sigkill_of_its_server(
     hgrun_server: ServerFactory, cli: Cli, busybox_image: str, tmp_path: Path
@@ -158,31 +138,16 @@ def test_a_tty_session_outlives_a_sigkill_of_its_server(
     server = hgrun_server()
     root = tmp_path / "app"
     deploy_busybox_app(cli, root, unique("tty"), server=server)
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: `hgrun run sh` on a terminal
-        os.chdir(root)
-        os.execve(
-            sys.executable,
-            [sys.executable, "-m", "hgrun.cli.main", "run", "sh"],
-            cli.env(server),
-        )
-    try:
-        _read_until(fd, rb"/app # ", 60)
+    with cli_on_pty(cli, "run", "sh", cwd=root, server=server) as (pid, fd):
+        read_until(fd, rb"/app # ", 60)
         os.write(fd, b"echo pid=$$\r")
-        before = re.findall(rb"pid=(\d+)", _read_until(fd, rb"pid=\d+", 30))[-1]
+        before = re.findall(rb"pid=(\d+)", read_until(fd, rb"pid=\d+", 30))[-1]
         server.restart(signal.SIGKILL)
-        shown = _read_until(fd, rb"reconnecting to run \d+\.\.\.", 30)
+        shown = read_until(fd, rb"reconnecting to run \d+\.\.\.", 30)
         assert shown.count(b"reconnecting") == 1
         os.write(fd, b"echo pid=$$ again\r")
-        after = re.findall(rb"pid=(\d+) again", _read_until(fd, rb"pid=\d+ again\r\n", 60))
+        after = re.findall(rb"pid=(\d+) again", read_until(fd, rb"pid=\d+ again\r\n", 60))
         assert after == [before]  # the same shell, taken up again
         os.write(fd, b"exit 3\r")
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 3
-    finally:
-        os.close(fd)
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass

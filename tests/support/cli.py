@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
+import re
+import select
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from support.server import HgrunServer
@@ -88,3 +94,39 @@ def run_id(label: str) -> int:
     label = label.strip()
     assert label.startswith("run.") and label[4:].isdigit(), f"not a run label: {label!r}"
     return int(label[4:])
+
+
+@contextlib.contextmanager
+def cli_on_pty(
+    cli: Cli, *args: str, cwd: Path, server: HgrunServer | None = None
+) -> Iterator[tuple[int, int]]:
+    """``hgrun ARGS`` from ``cwd`` with a pty for its terminal: its pid and the pty's fd. At
+    the end the fd is closed and the process killed and reaped if the test did not reap it."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: hgrun on a terminal
+        os.chdir(cwd)
+        os.execve(CLI[0], [*CLI, *args], cli.env(server))
+    try:
+        yield pid, fd
+    finally:
+        os.close(fd)
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def read_until(fd: int, pattern: bytes, timeout: float) -> bytes:
+    """Read the pty until ``pattern`` (a regex) shows; everything read."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, seen):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{pattern!r} never came; got {seen[-500:]!r}")
+        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+        if ready:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:
+                break
+    return seen
