@@ -12,6 +12,7 @@ of a waiting run cancels it without a container; a full line refuses before reco
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from test_supervisor import World, _read_all, asyncio_test, until, world  # noqa
 from hgrun.engine import LABEL_RUN, STDOUT
 from hgrun.errors import BusyError
 from hgrun.lifecycle import Phase
-from hgrun.models import RunStatus, Trigger, TriggerKind
+from hgrun.models import Concurrency, RunStatus, Script, Trigger, TriggerKind
 from hgrun.server.launcher import Launcher, Request
 from hgrun.server.session import Finished, Output, RunSession
 from hgrun.server.slots import Admission, RunSlots, admit
@@ -294,3 +295,53 @@ async def test_output_of_a_waiting_run_starts_at_its_first_byte(world: World) ->
     world.engine.exit(waiting.container_id or "", 0)
     item = await asyncio.wait_for(viewer.next(), 5)
     assert isinstance(item, Output) and item.data == b"first\n"
+
+
+# --- scripts under the cap ----------------------------------------------------------------------
+
+
+def test_a_script_run_waiting_for_a_slot_counts_as_active_for_its_policy(tmp_path: Path) -> None:
+    """A `skip` script whose run waits in the server's line is not started twice: the waiting
+    run is active for its policy; it starts once the one-off ahead of it frees the slot. A
+    trigger beyond a full line is refused (503) and nothing is recorded."""
+    from test_intake import API, _script, _setup, _until
+
+    store, runner, engine = _setup(
+        tmp_path,
+        Script(name="once", command="true", concurrency=Concurrency.SKIP),
+        Script(name="many", command="true", concurrency=Concurrency.ALLOW),
+    )
+    sup = runner.supervisor
+    sup.slots.max_runs, sup.slots.max_queue = 1, 1
+    script = _script(store, "once")
+    release = store.latest_release(script.app_id)
+    assert release is not None
+
+    async def scenario() -> None:
+        blocker = await runner.launcher.run(
+            Request(
+                workspace="default",
+                app_id=script.app_id,
+                release=release,
+                trigger=Trigger(TriggerKind.USER, "admin"),
+                argv=["sleep", "1"],
+            )
+        )
+        first = await runner.trigger(script, API)
+        assert first is not None and first.status is RunStatus.QUEUED
+        assert sup.slots.position(first.id) == 0
+        second = await runner.trigger(script, API)
+        assert second is not None and second.status is RunStatus.SKIPPED
+        with pytest.raises(BusyError, match="--max-queue 1"):
+            await runner.trigger(_script(store, "many"), API)
+        await _until(lambda: len(engine.running()) == 1)
+        engine.exit(engine.running()[0].id, 0)
+        await _until(lambda: store.run(blocker.run.id).status is RunStatus.SUCCEEDED)
+        await _until(lambda: len(engine.running()) == 1)
+        assert engine.running()[0].spec.labels[LABEL_RUN] == str(first.id)
+        engine.exit(engine.running()[0].id, 0)
+        await _until(lambda: store.run(first.id).status is RunStatus.SUCCEEDED)
+
+    asyncio.run(scenario())
+    assert len(store.script_runs(script.id, limit=10)) == 2
+    assert store.script_runs(_script(store, "many").id, limit=10) == []  # refused: nothing made
