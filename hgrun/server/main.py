@@ -23,6 +23,7 @@ from hgrun.engine.tls import EngineTLS
 from hgrun.errors import HgrunError, InputError
 from hgrun.models import Run, RunStatus, Scope
 from hgrun.server.api import Server, build_app, stderr_tail
+from hgrun.server.auditwriter import Appender, AuditWriter
 from hgrun.server.auth import new_token
 from hgrun.server.connections import HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD, guarded_protocol
 from hgrun.server.launcher import Launcher
@@ -115,7 +116,7 @@ def rotate_key(
     return rows, records
 
 
-def audit_unstarted(audit: AuditLog, run: Run) -> None:
+def audit_unstarted(audit: Appender, run: Run) -> None:
     """Record in the audit log a run that ended without the supervisor's ``run.finish``: lost
     (its container vanished, or the server stopped before it started) or failed before its
     command started (an image gone, a refused upload, the engine down)."""
@@ -293,10 +294,16 @@ def serve(
     supervisor = Supervisor(store, engine, instance=instance, limits=limits)
     supervisor.slots.max_runs, supervisor.slots.max_queue = max_runs, max_queue
     audit = open_audit(data_dir, load_keys(data_dir, environ), store_url)
-    supervisor.audit = lambda action, run, payload: audit.append(
-        run.workspace, run.id, action, {"actor": str(run.trigger), **payload}
-    )
-    store.on_run_ended.append(lambda run: audit_unstarted(audit, run))
+    writer = AuditWriter(audit)  # records written off the event loop, in order
+
+    def audit_run(action: str, run: Run, payload: dict[str, object]) -> None:
+        # A run's start is written before it goes on (a start that cannot be audited fails it,
+        # as a full disk does); its end, in the writer's thread: the exit is already reported.
+        write = audit.append if action == "run.start" else writer.append
+        write(run.workspace, run.id, action, {"actor": str(run.trigger), **payload})
+
+    supervisor.audit = audit_run
+    store.on_run_ended.append(lambda run: audit_unstarted(writer, run))
     scheme = "https" if tls else "http"
     advertised = f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     launcher = Launcher(store, supervisor, host_cpus=host_cpus, host_memory=host_memory)
@@ -390,5 +397,6 @@ def serve(
     except HgrunError:
         raise
     finally:
+        writer.close()
         store.close()
         audit.close()
