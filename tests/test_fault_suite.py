@@ -400,9 +400,20 @@ def test_sigkill_of_the_server_at_random_moments_of_a_mixed_load(
 
 
 def first_line(process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    """Wait for ``line1`` from ``process`` (a thread reads: a silent process cannot hang us)."""
+    """Wait for ``line1`` from ``process`` (a thread reads: a silent process cannot hang us).
+
+    Read a byte at a time from the pipe itself: ``communicate()`` later reads the pipe's fd, not
+    the file object, so a buffered ``readline`` would swallow ``line2`` when both come at once."""
     got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    fd = process.stdout.fileno()  # type: ignore[union-attr]
+
+    def read_line() -> None:
+        line = b""
+        while not line.endswith(b"\n") and (byte := os.read(fd, 1)):
+            line += byte
+        got.append(line)
+
+    reader = threading.Thread(target=read_line, daemon=True)
     reader.start()
     reader.join(timeout)
     assert got == [b"line1\n"], f"the attached run printed {got!r} within {timeout} s"
