@@ -141,6 +141,27 @@ def test_an_attached_run_shows_its_wait_then_gets_its_exit_code(
             _end_all(api, blockers)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="a pty")
+def test_ctrl_c_while_an_attached_run_waits_stops_it(
+    cli: Cli, capped: HgrunServer, capped_app: tuple[str, Path]
+) -> None:
+    app, root = capped_app
+    blockers = [_detached(cli, capped, app, BLOCK) for _ in range(2)]
+    with cli_on_pty(cli, "run", "sh", cwd=root, server=capped) as (pid, fd):
+        read_until(fd, rb"waiting for a free run slot", 60)
+        os.write(fd, b"\x03")  # the terminal is not raw yet: Ctrl-C is SIGINT to hgrun
+        shown = read_until(fd, rb"which waited for a slot", 30)
+        found = re.findall(rb"stopped run\.(\d+), which waited", shown)
+        assert found, shown
+        number = int(found[-1])
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 130
+    with Api(capped) as api:
+        run = api.run(number)
+        assert (run["status"], run["started"]) == ("canceled", None)
+        _end_all(api, blockers)
+
+
 def test_a_piped_attached_run_waits_quietly_and_keeps_its_stdin(
     cli: Cli, capped: HgrunServer, capped_app: tuple[str, Path]
 ) -> None:

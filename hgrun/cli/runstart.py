@@ -180,6 +180,7 @@ def _wait_for_slot(ctx: Context, run_id: int) -> None:
     except KeyboardInterrupt:
         waiting.clear()
         with contextlib.suppress(HgrunError):
+            ctx.api.close()  # the interrupt may have cut a request short: a fresh connection
             ctx.api.post(f"/v1/runs/{run_id}/stop")
         raise
 
@@ -411,9 +412,13 @@ def attach_run(
     except (AuthError, ForbiddenError) as e:
         raise cli_hint(e, settings) from None
     except KeyboardInterrupt:
+        # Without a TTY, or while the run waits for a slot, Ctrl-C is ours: stop the remote
+        # command too, as `docker run` does.
         if waiting is not None:
             waiting.clear()
-        # Without a TTY, Ctrl-C is ours: stop the remote command too, as `docker run` does.
         with contextlib.suppress(HgrunError):
-            ctx.api.post(f"/v1/runs/{run_id}/stop")
+            ctx.api.close()  # the interrupt may have cut a request short: a fresh connection
+            stopped = ctx.api.post(f"/v1/runs/{run_id}/stop")
+            if waiting is not None and waiting.info.get("status", "queued") == "queued":
+                ctx.output.info(f"hgrun: stopped {stopped['label']}, which waited for a slot")
         raise
