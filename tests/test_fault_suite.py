@@ -36,7 +36,7 @@ import pytest
 from conftest import ServerFactory
 from support.api import ACTIVE, Api
 from support.apps import create_and_deploy, unique, write_busybox_app
-from support.cli import Cli, cli_popen, text
+from support.cli import Cli, cli_popen, read_line, text
 from support.server import HgrunServer
 from support.waits import wait_for
 
@@ -400,23 +400,9 @@ def test_sigkill_of_the_server_at_random_moments_of_a_mixed_load(
 
 
 def first_line(process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    """Wait for ``line1`` from ``process`` (a thread reads: a silent process cannot hang us).
-
-    Read a byte at a time from the pipe itself: ``communicate()`` later reads the pipe's fd, not
-    the file object, so a buffered ``readline`` would swallow ``line2`` when both come at once."""
-    got: list[bytes] = []
-    fd = process.stdout.fileno()  # type: ignore[union-attr]
-
-    def read_line() -> None:
-        line = b""
-        while not line.endswith(b"\n") and (byte := os.read(fd, 1)):
-            line += byte
-        got.append(line)
-
-    reader = threading.Thread(target=read_line, daemon=True)
-    reader.start()
-    reader.join(timeout)
-    assert got == [b"line1\n"], f"the attached run printed {got!r} within {timeout} s"
+    """Wait for ``line1`` from ``process``."""
+    got = read_line(process, timeout)
+    assert got == b"line1\n", f"the attached run printed {got!r} within {timeout} s"
 
 
 def _instance(server: HgrunServer) -> str:

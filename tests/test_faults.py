@@ -19,7 +19,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ import pytest
 from conftest import ServerFactory
 from support.api import Api
 from support.apps import BUSYBOX_IMAGE, deploy_busybox_app, unique, write_busybox_app
-from support.cli import Cli, check, cli_popen, run_id, text
+from support.cli import Cli, check, cli_popen, read_line, run_id, text
 from support.server import HgrunServer, instance_id, run_containers
 from support.waits import wait_for
 
@@ -82,18 +81,6 @@ def active_run(api: Api, app: str, command: list[str]) -> int:
         return None
 
     return wait_for(find, 60, f"a running run of {command!r}")
-
-
-def read_line(process: subprocess.Popen[bytes], timeout: float = 60) -> bytes:
-    """The next line of ``process``'s stdout, or fail after ``timeout`` seconds (a thread
-    reads, so a silent process cannot hang the test)."""
-    got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(process.stdout.readline()))  # type: ignore[union-attr]
-    reader.daemon = True
-    reader.start()
-    reader.join(timeout)
-    assert got, f"no line from the CLI within {timeout} s"
-    return got[0]
 
 
 def finish(

@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -130,3 +131,25 @@ def read_until(fd: int, pattern: bytes, timeout: float) -> bytes:
             except OSError:
                 break
     return seen
+
+
+def read_line(process: subprocess.Popen[bytes], timeout: float = 60) -> bytes:
+    """The next line of ``process``'s stdout ("" at its end), or fail after ``timeout`` seconds
+    (a thread reads, so a silent process cannot hang the test).
+
+    It reads the pipe a byte at a time: ``communicate()`` later reads the pipe's fd, not the file
+    object, so a buffered ``readline`` would swallow what came with the line."""
+    got: list[bytes] = []
+    fd = process.stdout.fileno()  # type: ignore[union-attr]
+
+    def read() -> None:
+        line = b""
+        while not line.endswith(b"\n") and (byte := os.read(fd, 1)):
+            line += byte
+        got.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert got, f"no line from the CLI within {timeout} s"
+    return got[0]
