@@ -15,7 +15,7 @@ import pytest
 from support.apps import deploy_busybox_app, unique, write_busybox_app
 from support.cli import Cli, check, cli_popen, text
 
-from hgrun.cli.attach import status_line
+from hgrun.cli.attachsession import status_line
 from hgrun.cli.examples import EXAMPLES
 from hgrun.cli.main import cli as root_command
 

@@ -47,7 +47,12 @@ HEAVY = (
 # Never on the quick path of `hgrun run` (--help and unusual forms go through click).
 RUN_PATH_NEVER = ("click", "http.client", "email", "ssl", "hgrun.cli.options", "hgrun.cli.root")
 # Only when a run is attached: the attach client.
-ATTACH = ("hgrun.cli.attach", "hgrun.relay.websocket")
+ATTACH = (
+    "hgrun.cli.attach",
+    "hgrun.cli.attachsession",
+    "hgrun.cli.wsclient",
+    "hgrun.relay.websocket",
+)
 
 
 def imported(stderr: bytes) -> set[str]:

@@ -27,7 +27,7 @@ from hgrun.errors import AuthError, ForbiddenError, HgrunError, InputError, Unre
 from hgrun.vocabulary import SIZES
 
 if TYPE_CHECKING:
-    from hgrun.cli import attach, slotwait, uploads
+    from hgrun.cli import slotwait, uploads, wsclient
 
 T = TypeVar("T")
 
@@ -114,7 +114,7 @@ def start(ctx: Context, args: RunArgs) -> int:
     if built is not None:
         body["build"], body["procfile"] = built.context_hash, built.procfile_text
     trace.mark("request")
-    opened: attach.WebSocket | None = None
+    opened: wsclient.WebSocket | None = None
     try:
         created = None if detached or entries else _create_attached(ctx, name, body)
         if created is not None:
@@ -187,11 +187,11 @@ def _wait_for_slot(ctx: Context, run_id: int) -> None:
 
 def _create_attached(
     ctx: Context, app: str, body: dict[str, Any]
-) -> tuple[attach.WebSocket, dict[str, Any]] | None:
+) -> tuple[wsclient.WebSocket, dict[str, Any]] | None:
     """Create the run and attach to it in one handshake (``/v1/apps/{app}/runs/attach``): the
     WebSocket and the run made. None when the request is too long for a header, or the server
     predates that endpoint: then it is a POST and an attach."""
-    from hgrun.cli import attach
+    from hgrun.cli import wsclient
     from hgrun.relay import runheader
 
     request = runheader.encode(body)
@@ -199,7 +199,7 @@ def _create_attached(
         return None
     settings = ctx.settings
     try:
-        ws = attach.create_and_connect(
+        ws = wsclient.create_and_connect(
             settings.ws_url(f"/v1/apps/{app}/runs/attach"),
             {**settings.headers(), runheader.HEADER: request},
             f"a new run of {app}",
@@ -385,7 +385,7 @@ def attach_run(
     run_id: int,
     tty: bool,
     terminal: Terminal | None = None,
-    opened: attach.WebSocket | None = None,
+    opened: wsclient.WebSocket | None = None,
     *,
     queued: bool = False,
 ) -> int:
