@@ -31,6 +31,18 @@ STDERR = 2
 # signalling its own children (KILL) and binding ports below 1024 (NET_BIND_SERVICE).
 # Docker's defaults also grant MKNOD, NET_RAW, SETPCAP, SETFCAP, SYS_CHROOT and AUDIT_WRITE:
 # those are left out.
+# The size of each of the two files of a run's json-file log in Docker (both engines): the server
+# passes its store's cap per run, so Docker's log (read at recovery, hgrun.rejoin) holds at least
+# what the store keeps, and stays bounded (two files).
+DEFAULT_LOG_BYTES = 100 * 1024 * 1024
+LOG_FILES = 2
+
+
+def log_options(log_bytes: int) -> dict[str, str]:
+    """json-file's options for a run's log of ``log_bytes`` per file."""
+    return {"max-size": str(log_bytes), "max-file": str(LOG_FILES)}
+
+
 CAPABILITIES = (
     "CHOWN",
     "DAC_OVERRIDE",

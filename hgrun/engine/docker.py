@@ -27,10 +27,12 @@ from hgrun.duration import format_duration
 from hgrun.engine import (
     CAPABILITIES,
     DEFAULT_BUILD_LIMITS,
+    DEFAULT_LOG_BYTES,
     BuildLimits,
     ContainerSpec,
     ContainerState,
     EngineInfo,
+    log_options,
 )
 from hgrun.engine.dockerwire import (
     ERROR_BODY,
@@ -58,11 +60,6 @@ CPU_PERIOD = 100_000  # microseconds: CFS's default period, as docker run --cpus
 # docker-py keeps 10 connections per client; more threads than that calling it at once make it
 # drop connections ("Connection pool is full"), so the server's engine pool stays under it.
 CONCURRENCY = 8
-# The size of each of the two files of a container's json-file log: the server passes its store's
-# cap per run, so Docker's log (read at recovery, hgrun.rejoin) holds at least what the store
-# keeps, and stays bounded (two files).
-DEFAULT_LOG_BYTES = 100 * 1024 * 1024
-LOG_FILES = 2
 
 
 def create_args(
@@ -102,7 +99,7 @@ def create_args(
         # Docker's own copy of the output (read only at recovery) bounded too: the store keeps it.
         "log_config": {
             "type": "json-file",
-            "config": {"max-size": str(log_bytes), "max-file": str(LOG_FILES)},
+            "config": log_options(log_bytes),
         },
     }
     if spec.read_only:

@@ -31,6 +31,7 @@ from typing import IO, Any
 
 from hgrun.engine import (
     DEFAULT_BUILD_LIMITS,
+    DEFAULT_LOG_BYTES,
     LABEL_RUN,
     AttachStream,
     BuildLimits,
@@ -86,13 +87,15 @@ class SwarmEngine:
         tls: EngineTLS | None = None,
         registered: Callable[[], Mapping[str, str]] = dict,
         lost_after: float = LOST_AFTER,
+        log_bytes: int = DEFAULT_LOG_BYTES,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """``tls``: the client identity for every ``tcp://`` engine (manager and nodes);
         ``registered``: node name -> engine endpoint registered by an operator (read again
         every few seconds); ``lost_after``: how long a node may be away before its runs are
-        lost (see :mod:`hgrun.engine.swarmwatch`)."""
+        lost (see :mod:`hgrun.engine.swarmwatch`); ``log_bytes``: each task's json-file log
+        (see ``swarmspec.service_spec``)."""
         self.host = host
         self.registry = registry
         self.tls = tls
@@ -100,6 +103,7 @@ class SwarmEngine:
         self.constraints = tuple(constraints)
         self.placement_timeout = placement_timeout
         self.lost_after = lost_after
+        self.log_bytes = log_bytes
         self._clock = clock
         self._sleep = sleep
         with _translate(f"cannot reach the swarm manager at {host}"):
@@ -203,6 +207,7 @@ class SwarmEngine:
             argv=argv,
             shim=self._shim_config(),
             constraints=(*self.constraints, *spec.placement, *self.nodes.excluded()),
+            log_bytes=self.log_bytes,
         )
         with _translate(f"cannot create a swarm service from {spec.image}"):
             created = self._api._result(

@@ -10,7 +10,13 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hgrun.engine import CAPABILITIES, ContainerSpec, ContainerStatus
+from hgrun.engine import (
+    CAPABILITIES,
+    DEFAULT_LOG_BYTES,
+    ContainerSpec,
+    ContainerStatus,
+    log_options,
+)
 from hgrun.errors import InputError
 
 API_VERSION = "1.41"
@@ -62,6 +68,7 @@ def service_spec(
     shim: tuple[str, str],
     constraints: Sequence[str] = (),
     grace: float = STOP_GRACE,
+    log_bytes: int = DEFAULT_LOG_BYTES,
 ) -> dict[str, Any]:
     """The ``POST /services/create`` body for one run (Engine API 1.41), from values only.
 
@@ -71,6 +78,7 @@ def service_spec(
     it (capabilities, init, pids limit, ulimits; never privileged, no mounts). ``shim`` is the
     swarm config (id, name) holding the shim, mounted read-only and executable. ``user`` is
     carried; ``read_only`` is refused: the shim waits for a file put in the task's ``/``.
+    ``log_bytes``: the task's json-file log, as the single-host engine's (``log_options``).
     """
     if spec.read_only:
         raise InputError(
@@ -119,6 +127,7 @@ def service_spec(
             "Reservations": {"NanoCPUs": nano_cpus, "MemoryBytes": spec.size.memory},
         },
         "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
+        "LogDriver": {"Name": "json-file", "Options": log_options(log_bytes)},
         "Placement": {"Constraints": list(constraints)},
         "ForceUpdate": 0,
     }

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import uvicorn
 from starlette.applications import Starlette
 
-from hgrun.engine import DEFAULT_BUILD_LIMITS, BuildLimits, EngineInfo
-from hgrun.engine.docker import DEFAULT_LOG_BYTES, DockerEngine
+from hgrun.engine import DEFAULT_BUILD_LIMITS, DEFAULT_LOG_BYTES, BuildLimits, EngineInfo
+from hgrun.engine.docker import DockerEngine
 from hgrun.engine.tls import EngineTLS
 from hgrun.errors import HgrunError, InputError
 from hgrun.models import Run, RunStatus, Scope
@@ -206,6 +206,7 @@ def open_engine(
             tls=engine_tls,
             registered=registered,
             lost_after=lost_after,
+            log_bytes=log_bytes,
         )
     raise InputError(f"--engine {kind!r}: expected docker or swarm")
 
