@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 from hgrun import errors
 from hgrun.cli import trace
-from hgrun.cli.attachsession import MAX_MESSAGE, Cancelled, Session, State, Wakeup, write_all
+from hgrun.cli.attachsession import (
+    MAX_MESSAGE,
+    Cancelled,
+    Session,
+    State,
+    Wakeup,
+    status_line,
+    write_all,
+)
 from hgrun.cli.terminal import Terminal
 from hgrun.cli.wsclient import RECV_CHUNK, WebSocket, connect
 from hgrun.relay import websocket as wsproto
@@ -238,10 +246,12 @@ def _reconnect(
 ) -> WebSocket:
     """Connect again, resuming after the output already shown; the lost error after the
     deadline. One line says it is happening."""
-    newline = "\r\n" if terminal.stdin_isatty else "\n"
     why = lost.message.partition(": ")[2]
-    notice = f"hgrun: {why or 'connection lost'}; reconnecting to {what}...{newline}"
-    write_all(terminal.stderr, notice.encode())
+    notice = f"hgrun: {why or 'connection lost'}; reconnecting to {what}...\n".encode()
+    if terminal.stdin_isatty:  # raw mode: on a line of its own, as the server's status lines
+        notice = status_line(notice, state.at_line_start)
+        state.at_line_start = True
+    write_all(terminal.stderr, notice)
     resume = _with_offset(url, state.received)
     attempt = 0
     while True:

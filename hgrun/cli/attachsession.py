@@ -40,6 +40,7 @@ class State:
     stdin_eof: bool = False  # stdin reached its end
     stdin_closed: bool = False  # ... and the server was told
     reconnects: int = 0
+    at_line_start: bool = True  # the terminal's cursor is at a line's start (after a newline)
 
 
 class Wakeup:
@@ -106,7 +107,6 @@ class Session:
         self.tty = False
         self.reader = wsproto.FrameReader(MAX_MESSAGE)
         self.outgoing = bytearray()
-        self.at_line_start = True
         self.close_sent = False
         self.retry = 0  # a TLS write to retry with the same length (OpenSSL's rule)
 
@@ -265,13 +265,13 @@ class Session:
                     trace.mark("first_byte")
                 write_all(stdout, event.data)
                 if event.data:
-                    self.at_line_start = event.data.endswith(b"\n")
+                    state.at_line_start = event.data.endswith(b"\n")
                 state.received += len(event.data)
             elif isinstance(event, StderrData):
                 data = event.data
                 if self.tty:
-                    data = status_line(data, self.at_line_start)
-                    self.at_line_start = True
+                    data = status_line(data, state.at_line_start)
+                    state.at_line_start = True
                 write_all(stderr, data)
                 state.received += len(event.data)  # the server's bytes, as sent
             elif isinstance(event, Exited):
