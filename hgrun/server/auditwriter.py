@@ -5,8 +5,9 @@ for the chain's lock): several milliseconds each. The supervisor records every r
 the event loop, so written there they held every other run, attach and cron slot for that long.
 Here they go to one thread of their own, in order (the chain's order is the order of the calls).
 A run's start is still written before the run goes on (``server/main.py``): a start that cannot
-be audited fails its run. What may wait is bounded: past ``pending`` records not yet written, ``append`` blocks
-until one is, which is the log's back-pressure (and today's behaviour, at worst).
+be audited fails its run. What may wait is bounded: past ``pending`` records not yet written,
+``append`` blocks until one is, which is the log's back-pressure (and today's behaviour, at
+worst).
 
 A record that cannot be written (a full disk) is logged, as the run's own record is already
 stored: the audit log's failure never fails a run.

@@ -12,8 +12,7 @@ from hgrun.errors import ConflictError, InputError, NotFoundError
 from hgrun.models import Scope, Token
 from hgrun.server.api.requests import field, int_param, json_body, principal
 from hgrun.server.api.views import audit_json, token_json
-from hgrun.server.auth import new_token
-from hgrun.server.scripts import RUN_TOKEN_PREFIX
+from hgrun.server.auth import RUN_TOKEN_PREFIX, new_token
 from hgrun.server.workers import run_in
 
 if TYPE_CHECKING:

@@ -17,11 +17,11 @@ from hgrun.errors import ConflictError, ForbiddenError, HgrunError, InputError
 from hgrun.models import RunStatus, Scope
 from hgrun.server.api.requests import path_id
 from hgrun.server.api.tokens import TOKEN_NAME
-from hgrun.server.auth import new_token
+from hgrun.server.auth import RUN_TOKEN_PREFIX, new_token
 from hgrun.server.dashboard import session as sessions
 from hgrun.server.dashboard.pages import tokens_page
 from hgrun.server.dashboard.web import Dashboard, Viewer, is_tls, read_form, read_json, secure
-from hgrun.server.scripts import MAX_INPUT, RUN_TOKEN_PREFIX, parent_of, trigger_for
+from hgrun.server.scripts import MAX_INPUT, parent_of, trigger_for
 from hgrun.store import hash_token
 
 
