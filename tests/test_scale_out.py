@@ -136,14 +136,7 @@ def test_a_server_killed_during_runs_and_before_a_cron_slot_is_taken_over_by_the
     pair: Pair, tmp_path: Path
 ) -> None:
     a, b = pair.a, pair.b
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a.start()
-    wait_for(lambda: "runs the scheduler" in a.log, 20, "A to run the scheduler")
-    b.token = a.token  # one store, one admin token: B prints none (it is not the first start)
-    b.start()
-    wait_for(lambda: "standing by" in b.log, 20, "B to stand by")
-    cli = Cli(a, tmp_path / "xdg")
+    cli = _start_both(pair, tmp_path)
     scripts = "".join(
         f'  tick{i}:\n    command: echo tick{i}\n    cron: "* * * * *"\n' for i in range(SCRIPTS)
     )
