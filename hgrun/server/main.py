@@ -27,6 +27,7 @@ from hgrun.server.auditwriter import Appender, AuditWriter
 from hgrun.server.auth import new_token
 from hgrun.server.connections import HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD, guarded_protocol
 from hgrun.server.launcher import Launcher
+from hgrun.server.memory import fix_malloc_thresholds
 from hgrun.server.notifier import Notifier, Targets
 from hgrun.server.recovery import process_gone
 from hgrun.server.retention import Pruner, Retention
@@ -273,6 +274,7 @@ def serve(
     to the log, only to the 0600 file ``admin.token`` of the data directory. ``tls``: (cert,
     key) PEM files: HTTPS and WSS instead of HTTP and WS."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    fix_malloc_thresholds()  # a run's output buffers go back to the system when freed
     if tls is not None:
         check_tls(*tls)
     retention = retention or Retention()
