@@ -227,6 +227,9 @@ def containers(docker: str, env: dict[str, str], *labels: str) -> list[str]:
     ).stdout.split()
 
 
+RM_BATCH = 50  # containers per `docker rm -f`
+
+
 def remove_leftovers(docker: str, env: dict[str, str], labels: Sequence[str]) -> int:
     """Remove every container carrying one of ``labels``; how many there were."""
     removed = 0
@@ -234,7 +237,14 @@ def remove_leftovers(docker: str, env: dict[str, str], labels: Sequence[str]) ->
         ids = containers(docker, env, label)
         if ids:
             say(f"removing {len(ids)} leftover container(s) labelled {label}")
-            subprocess.run([docker, "rm", "-f", *ids], env=env, capture_output=True, timeout=600)
+            # In batches: one `docker rm -f` of ~900 running containers kills and removes them
+            # all at once, and a dockerd 20.10 stopped answering under it (seen in
+            # bench/scripts.py's docker side).
+            for at in range(0, len(ids), RM_BATCH):
+                batch = ids[at : at + RM_BATCH]
+                subprocess.run(
+                    [docker, "rm", "-f", *batch], env=env, capture_output=True, timeout=600
+                )
             removed += len(ids)
     return removed
 
