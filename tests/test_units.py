@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import io
+import os
+import socket
 import sqlite3
 import tarfile
+import threading
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.store import app_with_release, new_run, new_store
 
-from hgrun.cli import uploads
+from hgrun.cli import client, uploads
 from hgrun.engine import CAPABILITIES, ContainerSpec
 from hgrun.engine.docker import create_args
 from hgrun.engine.dockerwire import timestamp
@@ -156,6 +161,46 @@ def test_upload_tar_stream_is_a_valid_tar(tmp_path: Path) -> None:
         dump = tar.extractfile("uploads/dump.bin")
         assert dump is not None and dump.read() == (tmp_path / "dump.bin").read_bytes()
         assert tar.getmember("uploads/dir/run.sh").mode == 0o755
+
+
+def _sent_over_a_socket(pieces: Any, progress: Any = None) -> bytes:
+    """What :func:`hgrun.cli.client._send_pieces` writes to a real socket (read by a thread)."""
+    here, there = socket.socketpair()
+    got: list[bytes] = []
+
+    def drain() -> None:
+        while chunk := there.recv(1 << 20):
+            got.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        client._send_pieces(types.SimpleNamespace(sock=here), pieces, progress)  # type: ignore[arg-type]
+    finally:
+        here.close()
+        reader.join(30)
+        there.close()
+    return b"".join(got)
+
+
+def test_upload_pieces_send_the_same_bytes_as_the_stream(tmp_path: Path) -> None:
+    """File contents go with sendfile, headers and padding as bytes: the same tar either way."""
+    (tmp_path / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 7))
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "empty").write_bytes(b"")
+    entries = uploads.plan([str(tmp_path / "big.bin"), str(tmp_path / "dir")])
+    sent: list[int] = []
+    data = _sent_over_a_socket(uploads.tar_pieces(entries), sent.append)
+    assert data == b"".join(uploads.tar_stream(entries))
+    assert len(data) == uploads.tar_size(entries)
+    assert sum(sent) == uploads.total_bytes(entries)
+
+
+def test_a_file_that_shrinks_while_sent_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 1000)
+    span = uploads.FileSpan(tmp_path / "f", 5000)  # planned at 5000 bytes, now 1000
+    with pytest.raises(InputError, match="the file shrank while it was being sent"):
+        _sent_over_a_socket([b"head", span])
 
 
 @pytest.mark.parametrize(

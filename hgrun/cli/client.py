@@ -7,7 +7,7 @@ import json
 import os
 import stat
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     # `hgrun run` attaches over its own socket and needs neither.
     import http.client
     import ssl
+
+    from hgrun.cli.uploads import FileSpan
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 
@@ -188,6 +190,10 @@ class Api:
             except (OSError, http.client.HTTPException) as e:
                 self.close()
                 raise self._unreachable(e) from e
+        return self._checked(response)
+
+    def _checked(self, response: http.client.HTTPResponse) -> http.client.HTTPResponse:
+        """``response``, unless it is an error: then the error it carries, raised."""
         if response.status >= 400:
             data = response.read()
             try:
@@ -215,18 +221,47 @@ class Api:
     def patch(self, path: str, body: Any) -> Any:
         return self.request("PATCH", path, json=body)
 
-    def put_stream(self, path: str, chunks: Iterable[bytes], length: int | None = None) -> Any:
-        """PUT a stream; with its ``length`` known it goes as is, without chunked encoding."""
-        headers = {"Content-Type": "application/x-tar"}
-        if length is not None:
-            headers["Content-Length"] = str(length)
-        return self.request(
-            "PUT",
-            path,
-            body=(c for c in chunks if c),
-            headers=headers,
-            read_timeout=None,
-        )
+    def put_file_pieces(
+        self,
+        path: str,
+        pieces: Iterable[bytes | FileSpan],
+        length: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> Any:
+        """PUT ``length`` bytes made of ``pieces``: bytes as they are, each :class:`FileSpan`
+        from its file with ``sendfile`` (zero copy from the page cache on a plain connection;
+        read and sent on TLS). On a connection of its own, closed after: the server may read
+        such a body off its socket and then closes it."""
+        import http.client
+
+        self.close()
+        headers = {
+            **self._headers,
+            "Content-Type": "application/x-tar",
+            "Content-Length": str(length),
+        }
+        conn = self._connection()
+        try:
+            conn.timeout = None
+            conn.putrequest("PUT", self._prefix + path, skip_accept_encoding=True)
+            for name, value in headers.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+        except (OSError, http.client.HTTPException) as e:
+            self.close()
+            raise self._unreachable(e) from e
+        try:
+            try:
+                _send_pieces(conn, pieces, progress)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server answered early (a refused entry, the cap): its answer says why
+            response = self._checked(conn.getresponse())
+            data = response.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise self._unreachable(e) from e
+        finally:
+            self.close()
+        return json.loads(data) if data else None
 
     def exists(self, path: str) -> bool:
         try:
@@ -293,6 +328,32 @@ def _query(params: Mapping[str, Any] | None) -> str:
         for item in value if isinstance(value, list | tuple) else [value]:
             pairs.append((key, str(item)))
     return urllib.parse.urlencode(pairs)
+
+
+SENDFILE_SLICE = 8 * 1024 * 1024  # bytes per sendfile call: progress moves at least this often
+
+
+def _send_pieces(
+    conn: http.client.HTTPConnection,
+    pieces: Iterable[bytes | FileSpan],
+    progress: Callable[[int], None] | None,
+) -> None:
+    sock = conn.sock
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            sock.sendall(piece)
+            continue
+        from hgrun.cli.uploads import shrank
+
+        with open(piece.path, "rb") as f:
+            sent = 0
+            while sent < piece.size:
+                n = sock.sendfile(f, sent, min(SENDFILE_SLICE, piece.size - sent))
+                if n == 0:
+                    raise shrank(piece.path)
+                sent += n
+                if progress:
+                    progress(n)
 
 
 def _check(status: int, data: bytes) -> None:

@@ -353,8 +353,9 @@ def _upload(ctx: Context, run_id: int, entries: list[uploads.Upload]) -> None:
 
     total = uploads.total_bytes(entries)
     path = f"/v1/runs/{run_id}/files"
+    pieces, length = uploads.tar_pieces(entries), uploads.tar_size(entries)
     if not ctx.terminal.stderr_isatty:
-        ctx.api.put_stream(path, uploads.tar_stream(entries), uploads.tar_size(entries))
+        ctx.api.put_file_pieces(path, pieces, length)
         return
     from rich.progress import (
         BarColumn,
@@ -372,11 +373,7 @@ def _upload(ctx: Context, run_id: int, entries: list[uploads.Upload]) -> None:
         transient=True,
     ) as progress:
         task = progress.add_task("Uploading", total=total)
-        ctx.api.put_stream(
-            path,
-            uploads.tar_stream(entries, lambda n: progress.advance(task, n)),
-            uploads.tar_size(entries),
-        )
+        ctx.api.put_file_pieces(path, pieces, length, lambda n: progress.advance(task, n))
     ctx.output.info(f"Uploaded {len(entries)} file(s), {total / 1024**2:.1f} MB to /tmp/uploads")
 
 

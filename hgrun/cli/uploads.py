@@ -94,27 +94,49 @@ def tar_size(entries: Sequence[Upload]) -> int:
     return size
 
 
-def tar_stream(
-    entries: Sequence[Upload], progress: Callable[[int], None] | None = None
-) -> Iterator[bytes]:
-    """POSIX tar bytes for ``entries``: headers, then file contents in 1 MiB chunks."""
+@dataclasses.dataclass(frozen=True)
+class FileSpan:
+    """A file's contents in the tar stream: ``size`` bytes of ``path``, sent from the file
+    itself (with ``sendfile``: no copy through this process)."""
+
+    path: Path
+    size: int
+
+
+def tar_pieces(entries: Sequence[Upload]) -> Iterator[bytes | FileSpan]:
+    """POSIX tar for ``entries``: headers and padding as bytes, file contents as spans."""
     yield _header(_ROOT)
     for entry in entries:
         yield _header(entry)
         if entry.kind != "file":
             continue
+        yield FileSpan(entry.path, entry.size)
+        if entry.size % tarfile.BLOCKSIZE:
+            yield b"\0" * (tarfile.BLOCKSIZE - entry.size % tarfile.BLOCKSIZE)
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def tar_stream(
+    entries: Sequence[Upload], progress: Callable[[int], None] | None = None
+) -> Iterator[bytes]:
+    """:func:`tar_pieces` as bytes only: file contents read in 1 MiB chunks."""
+    for piece in tar_pieces(entries):
+        if isinstance(piece, bytes):
+            yield piece
+            continue
         sent = 0
-        with open(entry.path, "rb") as f:
-            while sent < entry.size and (chunk := f.read(min(CHUNK, entry.size - sent))):
+        with open(piece.path, "rb") as f:
+            while sent < piece.size and (chunk := f.read(min(CHUNK, piece.size - sent))):
                 sent += len(chunk)
                 if progress:
                     progress(len(chunk))
                 yield chunk
-        if sent < entry.size:
-            raise InputError(f"--file {entry.path}: the file shrank while it was being sent")
-        if entry.size % tarfile.BLOCKSIZE:
-            yield b"\0" * (tarfile.BLOCKSIZE - entry.size % tarfile.BLOCKSIZE)
-    yield b"\0" * (2 * tarfile.BLOCKSIZE)
+        if sent < piece.size:
+            raise shrank(piece.path)
+
+
+def shrank(path: Path) -> InputError:
+    return InputError(f"--file {path}: the file shrank while it was being sent")
 
 
 # Like /tmp itself: writable by a run that is not root (the generated Dockerfiles run as uid

@@ -4,13 +4,15 @@ uvicorn 0.54 with httptools (the parser hgrun serves with) bounds neither the re
 the time a client takes to send it: ``on_url`` and ``on_header`` accumulate whatever arrives, so a
 100 MB header is buffered whole, and a client that never finishes its head holds its connection
 for ever. Its ``limit_concurrency`` answers a plain-text 503 without ``Retry-After``.
-:func:`guarded_protocol` makes uvicorn's own httptools protocol class with three additions:
+:func:`guarded_protocol` makes uvicorn's own httptools protocol class with four additions:
 
 - the request head (request line and headers) is capped: past ``max_head`` bytes the client gets
   ``431 Request Header Fields Too Large`` (RFC 6585 section 5) and the connection is closed; at
   most one read (256 KB) past the cap is ever held;
 - a head not complete ``head_timeout`` seconds after it began gets ``408 Request Timeout``
   (RFC 9110 section 15.5.9) and a close, so slow clients cannot pin connections;
+- the request's scope carries a :class:`hgrun.server.rawbody.BodyTap`, so a handler can read
+  a large body straight off the socket instead of piece by piece;
 - over the connection cap (uvicorn's ``limit_concurrency``), the answer is a JSON 503 with
   ``Retry-After`` (RFC 9110 section 10.2.3), as every other hgrun error. uvicorn checks its cap
   only for plain requests: a WebSocket upgrade skips it (``on_headers_complete`` returns early
@@ -26,6 +28,8 @@ from typing import Any
 
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from hgrun.server.rawbody import EXTENSION, BodyTap
 
 MAX_HEAD = 64 * 1024
 """Bytes of request line plus headers; nginx allows 32 KB by default, Node.js 16 KB."""
@@ -89,6 +93,7 @@ def guarded_protocol(
         _head_bytes = 0  # raw bytes received while the head was open
         _head_parsed = 0  # request line and header bytes the parser has handed over
         _head_timer: asyncio.TimerHandle | None = None
+        _tap: BodyTap | None = None  # the current request's
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -128,7 +133,17 @@ def guarded_protocol(
                 # The whole head came in one read: refused all the same, the app never sees it.
                 self._refuse(431, "header_too_large", f"request head over {max_head // 1024} KB")
                 return
+            before = self.cycle
             super().on_headers_complete()
+            if self.cycle is not before and self.cycle is not None:
+                # The request's handler may take a large body off the socket (rawbody.py).
+                self._tap = BodyTap(self, self.cycle)
+                self.cycle.scope.setdefault("extensions", {})[EXTENSION] = self._tap
+
+        def on_body(self, body: bytes) -> None:
+            if self._tap is not None and not self._tap.on_body(len(body)):
+                return  # the handler reads the body off the socket itself
+            super().on_body(body)
 
         def on_message_complete(self) -> None:
             super().on_message_complete()

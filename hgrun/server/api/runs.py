@@ -40,6 +40,7 @@ from hgrun.server.logs import (
     tail_lines,
 )
 from hgrun.server.networks import check_network
+from hgrun.server.rawbody import body_stream
 from hgrun.server.uploads import receive, target
 from hgrun.server.workers import run_in
 from hgrun.store import Store
@@ -236,7 +237,7 @@ async def upload_files(server: Server, request: Request) -> Response:
     server.uploading.add(run.id)
     try:
         await receive(
-            server.supervisor, run.id, _checked(request.stream(), upload), declared, where
+            server.supervisor, run.id, _checked(body_stream(request), upload), declared, where
         )
     finally:
         server.uploading.discard(run.id)
