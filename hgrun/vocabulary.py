@@ -3,15 +3,17 @@ rules for names. No I/O here.
 
 They are apart from :mod:`hgrun.models` (the records built on them) because the CLI's start path
 reads them: ``hgrun run`` checks a size and an env name, and lists the statuses in its help, but
-makes no records, and a dozen dataclasses cost it milliseconds on every run.
+makes no records, and a dozen dataclasses cost it milliseconds on every run (nor does it
+import this module unless given ``--env`` or ``--size``; :class:`Size` is a plain record).
 :mod:`hgrun.models` re-exports every name here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import re
+
+from hgrun.record import Record
 
 # A name a POSIX shell accepts as a variable (IEEE Std 1003.1, XBD 3.235 "Name").
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")  # \Z: "$" would take a final newline
@@ -74,14 +76,16 @@ class Scope(enum.StrEnum):
     TRIGGER = "trigger"
 
 
-@dataclasses.dataclass(frozen=True)
-class Size:
+class Size(Record):
     """A run size: memory (bytes), CPUs and a pids limit, after Render's instance table."""
 
-    name: str
-    memory: int
-    cpus: float
-    pids: int
+    __slots__ = ("name", "memory", "cpus", "pids")
+
+    def __init__(self, name: str, memory: int, cpus: float, pids: int) -> None:
+        self.name = name
+        self.memory = memory
+        self.cpus = cpus
+        self.pids = pids
 
     @property
     def memory_mb(self) -> int:

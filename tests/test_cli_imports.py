@@ -17,6 +17,8 @@ import pytest
 from support.apps import deploy_busybox_app, unique
 from support.cli import CLI, Cli
 
+import hgrun
+
 # Never on the run path: the server's stack, the dashboard's, the build's and rich (tables,
 # progress bars: other commands').
 HEAVY = (
@@ -46,6 +48,37 @@ HEAVY = (
 )
 # Never on the quick path of `hgrun run` (--help and unusual forms go through click).
 RUN_PATH_NEVER = ("click", "http.client", "email", "ssl", "hgrun.cli.options", "hgrun.cli.root")
+# Never on the run path as a clean virtualenv runs it (python -S: no site-packages, nothing
+# preloaded by this machine's .pth files): the standard library's slow imports, ~40 ms of CPU
+# together before the first request. dataclasses brings inspect (ast, dis, tokenize); pathlib
+# brings fnmatch, urllib.parse and ipaddress; a str host to getaddrinfo brings the idna codec
+# (stringprep, unicodedata); signal builds enums (a TTY's resize needs it, not `--no-tty`);
+# hgrun.vocabulary builds the enums (only `--env`/`--size` read it).
+CLEAN_RUN_PATH_NEVER = (
+    "dataclasses",
+    "inspect",
+    "ast",
+    "dis",
+    "tokenize",
+    "typing",
+    "pathlib",
+    "fnmatch",
+    "urllib",
+    "ipaddress",
+    "threading",
+    "signal",
+    "encodings.idna",
+    "stringprep",
+    "unicodedata",
+    "shlex",
+    "termios",
+    "tty",
+    "hgrun.vocabulary",
+    "hgrun.models",
+)
+# What pip's generated `hgrun` script does before calling main (pip's own template: it imports
+# re itself, so re and enum come with every console script whatever hgrun does).
+CONSOLE_SCRIPT = "import re, sys; from hgrun.cli.main import main; sys.exit(main())"
 # Only when a run is attached: the attach client.
 ATTACH = (
     "hgrun.cli.attach",
@@ -111,6 +144,34 @@ def test_the_run_path_imports_the_attach_client_and_nothing_heavy(
     # The common forms of `hgrun run` are read without click (hgrun.cli.runfast), and the one
     # round trip needs no HTTP client: ~20 ms and ~15 ms of imports at every start.
     assert among(names, RUN_PATH_NEVER) == []
+
+
+@pytest.mark.docker
+def test_the_run_path_in_a_clean_interpreter_imports_none_of_the_slow_standard_library(
+    cli: Cli, tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> None:
+    """`hgrun run` as a clean virtualenv runs it: the interpreter without site (this machine's
+    .pth files preload pathlib, typing ... and would hide them), hgrun from its source tree, the
+    console script's own imports; the run really made and attached (its output seen)."""
+    root = tmp_path_factory.mktemp("clean-app")
+    name = deploy_busybox_app(cli, root, unique("clean"))
+    source = Path(hgrun.__file__).resolve().parent.parent
+    env = {k: v for k, v in cli.env().items() if not k.startswith("PYTHON")}
+    argv = ["run", "--no-tty", "-a", name, "echo", "clean"]
+    done = subprocess.run(
+        [sys.executable, "-S", "-X", "importtime", "-c", CONSOLE_SCRIPT, *argv],
+        env={**env, "PYTHONPATH": str(source)},
+        cwd=tmp_path_factory.mktemp("clean-elsewhere"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    assert done.stdout == b"clean\n"
+    names = imported(done.stderr)
+    assert "site" not in names and "hgrun.cli.runstart" in names  # -S held; the run path read
+    assert set(ATTACH) <= names
+    assert among(names, HEAVY + RUN_PATH_NEVER + CLEAN_RUN_PATH_NEVER) == []
 
 
 def test_the_parser_of_importtime_lines_reads_python_own_format() -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import IO, TYPE_CHECKING
 
 from hgrun.errors import InputError, LocatedError, ManifestError
 
+# On the start path of `hgrun run` (find_app_folder, quick_name): pathlib, typing and
+# dataclasses are not imported here at run time (tests/test_cli_imports.py).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+    from typing import IO
+
     from hgrun.models import Manifest
     from hgrun.stacks import AppFiles, Plan
 
@@ -22,15 +25,31 @@ MAX_PROJECT_FILE = 4 * 1024 * 1024  # a package.json or Pipfile.lock beyond this
 CHUNK = 1024 * 1024
 
 
-@dataclasses.dataclass(frozen=True)
 class AppDir:
-    root: Path
-    manifest: Manifest
-    manifest_text: str
-    procfile_text: str
-    dockerfile: str
-    generated: dict[str, bytes]
-    plan: Plan | None = None  # set when hgrun generated the Dockerfile for a stack
+    """An app folder as loaded: ``plan`` is set when hgrun generated the Dockerfile for a
+    stack. Not changed once made."""
+
+    __slots__ = (
+        "root", "manifest", "manifest_text", "procfile_text", "dockerfile", "generated", "plan"
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        root: Path,
+        manifest: Manifest,
+        manifest_text: str,
+        procfile_text: str,
+        dockerfile: str,
+        generated: dict[str, bytes],
+        plan: Plan | None = None,
+    ) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.manifest_text = manifest_text
+        self.procfile_text = procfile_text
+        self.dockerfile = dockerfile
+        self.generated = generated
+        self.plan = plan
 
     @property
     def name(self) -> str:
@@ -62,22 +81,41 @@ def read_chunks(f: IO[bytes], progress: Callable[[int], None] | None = None) -> 
 
 
 def find_app_dir(start: Path) -> Path | None:
-    for folder in (start, *start.parents):
-        if (folder / MANIFEST).is_file():
+    """The folder holding an ``hgrun.yaml``: ``start`` or the nearest one above it."""
+    found = find_app_folder(os.fspath(start.absolute()))
+    return None if found is None else as_path(found)
+
+
+def find_app_folder(start: str) -> str | None:
+    """:func:`find_app_dir` on strings (``start`` absolute): ``hgrun run``'s, without pathlib."""
+    folder = start
+    while True:
+        if os.path.isfile(os.path.join(folder, MANIFEST)):
             return folder
-    return None
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+def as_path(folder: str | Path) -> Path:
+    """``folder`` as a :class:`~pathlib.Path` (pathlib imported only by who needs one)."""
+    from pathlib import Path
+
+    return Path(folder)
 
 
 _NAME_LINE = re.compile(r"^name:[ \t]*['\"]?([a-z][a-z0-9-]{0,62})['\"]?[ \t]*(?:#.*)?$", re.M)
 
 
-def quick_name(root: Path) -> str | None:
+def quick_name(root: str | Path) -> str | None:
     """The app's name from a plain top-level ``name:`` line, without parsing the YAML.
 
     For commands that only need the name; None when the line is not that simple (then parse).
     """
     try:
-        text = (root / MANIFEST).read_text(encoding="utf-8")
+        with open(os.path.join(root, MANIFEST), encoding="utf-8") as f:
+            text = f.read()
     except (OSError, UnicodeDecodeError):
         return None
     found = _NAME_LINE.findall(text)

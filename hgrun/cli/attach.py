@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import selectors
-import signal
 import time
-import urllib.parse
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
 
 from hgrun import errors
 from hgrun.cli import trace
@@ -44,8 +40,11 @@ RECONNECT_WINDOW = 60.0
 """How long a lost session is tried again: the server's default grace (``--grace``)."""
 RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the start of `hgrun run` milliseconds: for the checker only
+    from collections.abc import Callable, Mapping
     from ssl import SSLContext  # ssl (OpenSSL) is imported for wss:// only
+    from typing import Any
 
 
 def attach_blocking(
@@ -99,6 +98,8 @@ def attach_blocking(
     wake = wake or Wakeup()
     previous: Any = None
     if tty and own_wake:
+        import signal  # its enums cost a run without a TTY a millisecond for nothing
+
         previous = signal.signal(signal.SIGWINCH, wake.resize)
     try:
         with terminal.raw() if tty else contextlib.nullcontext():
@@ -114,6 +115,8 @@ def attach_blocking(
                     )
     finally:
         if tty and own_wake:
+            import signal
+
             signal.signal(signal.SIGWINCH, previous if previous is not None else signal.SIG_DFL)
         if own_wake:
             wake.close()
@@ -135,6 +138,7 @@ async def attach(
     restored) before :class:`asyncio.CancelledError` propagates."""
     import asyncio
     import functools
+    import signal
 
     loop = asyncio.get_running_loop()
     wake = Wakeup()
@@ -280,6 +284,8 @@ def _sleep(seconds: float, wake: Wakeup) -> None:
 
 
 def _with_offset(url: str, offset: int) -> str:
+    import urllib.parse  # only to reconnect
+
     parts = urllib.parse.urlsplit(url)
     query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "offset"]
     query.append(("offset", str(offset)))

@@ -8,12 +8,9 @@ exits (its code), the server lets go of the client or the connection is lost (th
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import selectors
 import stat
-from collections.abc import Callable
-from typing import BinaryIO
 
 from hgrun import errors
 from hgrun.cli import trace
@@ -21,6 +18,11 @@ from hgrun.cli.terminal import Terminal
 from hgrun.cli.wsclient import RECV_CHUNK, WebSocket
 from hgrun.relay import websocket as wsproto
 from hgrun.relay.protocol import ClientConnection, Exited, StderrData, StdoutData
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the start of `hgrun run` milliseconds: for the checker only
+    from collections.abc import Callable
+    from typing import BinaryIO
 
 READ_CHUNK = 64 * 1024
 """How much stdin is read at a time."""
@@ -31,9 +33,10 @@ MAX_MESSAGE = 64 * 1024 * 1024
 TRY_AGAIN = 1013  # RFC 6455 close code the server lets a viewer go with (relay.server.Close)
 
 
-@dataclasses.dataclass
 class State:
-    """What carries over from one connection of a session to the next."""
+    """What carries over from one connection of a session to the next (made as ``State()``:
+    the class attributes are the starting values, each immutable, set on the instance as it
+    changes; no dataclass, whose import costs `hgrun run` milliseconds)."""
 
     received: int = 0  # bytes of output written (stdout and stderr): the offset to resume from
     unsent: bytes = b""  # input read but not sent when the connection went

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import stat
-import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from hgrun import errors
 
+# `hgrun run` imports this module on its start path, and makes no request with Api (it attaches
+# over its own socket): json, urllib.parse, pathlib and http.client (with the email package; ssl
+# with OpenSSL) are imported where they are used, typing only by the checker.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    # Imported when a request is made (http.client pulls in the email package, ssl OpenSSL):
-    # `hgrun run` attaches over its own socket and needs neither.
     import http.client
     import ssl
+    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from pathlib import Path
+    from typing import Any
 
     from hgrun.cli.uploads import FileSpan
 
@@ -25,29 +24,68 @@ DEFAULT_URL = "http://127.0.0.1:8765"
 
 
 def config_path(environ: Mapping[str, str]) -> Path:
-    base = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "hgrun" / "config.json"
+    from pathlib import Path
+
+    return Path(config_file(environ))
 
 
-@dataclasses.dataclass(frozen=True)
+def config_file(environ: Mapping[str, str]) -> str:
+    """The login file's path: ``$XDG_CONFIG_HOME/hgrun/config.json`` (else under ~/.config)."""
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "hgrun", "config.json")
+
+
 class Settings:
-    url: str
-    token: str | None
-    workspace: str | None
-    token_from: str = dataclasses.field(default="", compare=False)
-    """Where the token came from, for hints: "HGRUN_TOKEN", the config file's path, or ""."""
-    ca_cert: str | None = None
-    """A CA certificate (PEM file) that signs a private server's certificate; else the system's
-    trust store (``HGRUN_CA_CERT``, or saved by ``hgrun login --ca-cert``)."""
+    """Where the server is and who we are. ``token_from``: where the token came from, for hints
+    ("HGRUN_TOKEN", the config file's path, or ""; not compared). ``ca_cert``: a CA certificate
+    (PEM file) that signs a private server's certificate; else the system's trust store
+    (``HGRUN_CA_CERT``, or saved by ``hgrun login --ca-cert``). Not changed once made."""
+
+    __slots__ = ("url", "token", "workspace", "token_from", "ca_cert")
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        workspace: str | None,
+        token_from: str = "",
+        ca_cert: str | None = None,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.workspace = workspace
+        self.token_from = token_from
+        self.ca_cert = ca_cert
+
+    def _compared(self) -> tuple[str, str | None, str | None, str | None]:
+        return (self.url, self.token, self.workspace, self.ca_cert)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Settings):
+            return NotImplemented
+        return self._compared() == other._compared()
+
+    def __hash__(self) -> int:
+        return hash(self._compared())
+
+    def __repr__(self) -> str:
+        token = None if self.token is None else "..."  # never a secret in a traceback
+        return (
+            f"Settings(url={self.url!r}, token={token}, workspace={self.workspace!r},"
+            f" token_from={self.token_from!r}, ca_cert={self.ca_cert!r})"
+        )
 
     @classmethod
     def load(cls, environ: Mapping[str, str]) -> Settings:
         """The login file, overridden by HGRUN_URL, HGRUN_TOKEN and HGRUN_WORKSPACE."""
-        path = config_path(environ)
+        path = config_file(environ)
         stored: dict[str, Any] = {}
-        if path.exists():
+        if os.path.exists(path):
+            import json
+
             try:
-                stored = json.loads(path.read_text())
+                with open(path) as f:
+                    stored = json.loads(f.read())
             except (OSError, ValueError) as e:
                 raise errors.InputError(
                     f"{path}: cannot read the CLI config ({e})", "run `hgrun login` again"
@@ -67,6 +105,8 @@ class Settings:
 
     def save(self, environ: Mapping[str, str]) -> Path:
         """Write the login file with mode 0600 (created so, never readable by others)."""
+        import json
+
         path = config_path(environ)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_suffix(".tmp")
@@ -120,6 +160,8 @@ class Api:
     """
 
     def __init__(self, settings: Settings) -> None:
+        import urllib.parse
+
         self.settings = settings
         url = urllib.parse.urlsplit(settings.url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -203,6 +245,8 @@ class Api:
         return response
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import json
+
         if "json" in kwargs:
             kwargs["body"] = json.dumps(kwargs.pop("json")).encode()
             kwargs["headers"] = {"Content-Type": "application/json", **kwargs.get("headers", {})}
@@ -233,6 +277,7 @@ class Api:
         read and sent on TLS). On a connection of its own, closed after: the server may read
         such a body off its socket and then closes it."""
         import http.client
+        import json
 
         self.close()
         headers = {
@@ -281,6 +326,7 @@ class Api:
     ) -> Iterator[dict[str, Any]]:
         """An NDJSON response, one object per line, as it arrives."""
         import http.client
+        import json
 
         body = None if content is None else (c for c in content if c)
         response = self._send(
@@ -321,6 +367,8 @@ def untrusted(url: str, e: ssl.SSLCertVerificationError) -> errors.UnreachableEr
 
 
 def _query(params: Mapping[str, Any] | None) -> str:
+    import urllib.parse
+
     pairs: list[tuple[str, str]] = []
     for key, value in (params or {}).items():
         if value is None:
@@ -357,6 +405,8 @@ def _send_pieces(
 
 
 def _check(status: int, data: bytes) -> None:
+    import json
+
     try:
         body = json.loads(data)
     except ValueError:

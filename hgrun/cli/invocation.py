@@ -6,29 +6,41 @@ quick path of ``hgrun run`` (:mod:`hgrun.cli.runfast`) starts without importing 
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+import os
 
 from hgrun.cli import appdir
 from hgrun.cli.client import Api, Settings
-from hgrun.cli.output import Output
-from hgrun.cli.terminal import Terminal
 from hgrun.duration import parse_duration
 from hgrun.errors import InputError
-from hgrun.vocabulary import ENV_NAME
+
+# On the start path of `hgrun run`: typing, pathlib and dataclasses are not imported at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    from hgrun.cli.output import Output
+    from hgrun.cli.terminal import Terminal
 
 
-@dataclasses.dataclass
 class Context:
     """One invocation: the terminal, where output goes, the environment, the API (made on use)."""
 
-    terminal: Terminal
-    output: Output
-    environ: dict[str, str]
-    debug: bool = False
-    _api: Api | None = None
+    __slots__ = ("terminal", "output", "environ", "debug", "_api")
+
+    def __init__(
+        self,
+        terminal: Terminal,
+        output: Output,
+        environ: dict[str, str],
+        debug: bool = False,
+        _api: Api | None = None,
+    ) -> None:
+        self.terminal = terminal
+        self.output = output
+        self.environ = environ
+        self.debug = debug
+        self._api = _api
 
     @property
     def settings(self) -> Settings:
@@ -45,7 +57,7 @@ def app_name_or_here(app_name: str | None) -> str:
     """``--app``, else the name in the hgrun.yaml of this folder or one above."""
     if app_name:
         return app_name
-    root = appdir.find_app_dir(Path.cwd())
+    root = appdir.find_app_folder(os.getcwd())
     if root is None:
         raise InputError(
             "no app given and no hgrun.yaml in this folder or above",
@@ -53,7 +65,7 @@ def app_name_or_here(app_name: str | None) -> str:
         )
     # The name line is all a command needs: a typo elsewhere in hgrun.yaml must not stop
     # `hgrun ps` or `hgrun logs`. Anything but a plain `name:` line is parsed whole.
-    return appdir.quick_name(root) or appdir.load(root).name
+    return appdir.quick_name(root) or appdir.load(appdir.as_path(root)).name
 
 
 def parse_run_id(text: str) -> int:
@@ -82,6 +94,8 @@ def env_pair(text: str, where: str) -> tuple[str, str]:
 
 
 def check_env_name(key: str, where: str) -> None:
+    from hgrun.vocabulary import ENV_NAME  # with the enums: not for a run without --env
+
     if not ENV_NAME.match(key):
         raise InputError(
             f"{where} {key!r}: not a valid env var name",

@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
 
 from hgrun.cli import trace
 from hgrun.cli.invocation import Context
 from hgrun.cli.output import Output
 from hgrun.cli.terminal import Terminal
 from hgrun.errors import ExitStatus, HgrunError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the start of `hgrun run` milliseconds: for the checker only
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 
 def __getattr__(name: str) -> Any:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import functools
-import json
 import re
 import sys
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
-from hgrun.cli.terminal import Terminal
 from hgrun.duration import format_duration
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the start of `hgrun run` milliseconds: for the checker only
+    from collections.abc import Sequence
+    from typing import Any
+
     from rich.console import Console
+
+    from hgrun.cli.terminal import Terminal
 
 STATUS_STYLE = {
     "succeeded": "green",
@@ -101,6 +103,8 @@ class Output:
         return self.terminal.stdout_isatty
 
     def json(self, value: Any) -> None:
+        import json
+
         sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
         sys.stdout.flush()
 

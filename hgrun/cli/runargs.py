@@ -14,11 +14,12 @@ The rules, as ``heroku run`` (oclif, non-strict) and ``scalingo run`` take them:
 
 from __future__ import annotations
 
-import dataclasses
-import shlex
-from collections.abc import Sequence
-
 from hgrun.errors import InputError
+from hgrun.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 AFTER_COMMAND = {
     "-a": "app",
@@ -32,17 +33,27 @@ AFTER_COMMAND = {
 """The options hgrun takes after the command's first word, by the field they fill."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Split:
-    """The command, and what hgrun took from after it (in the order given)."""
+class Split(Record):
+    """The command, and what hgrun took from after it (in the order given); ``taken``: the
+    words hgrun took, as typed, to say so."""
 
-    command: tuple[str, ...]
-    app: str | None = None
-    size: str | None = None
-    type: str | None = None
-    env: tuple[str, ...] = ()
-    taken: tuple[str, ...] = ()
-    """The words hgrun took, as typed, to say so."""
+    __slots__ = ("command", "app", "size", "type", "env", "taken")
+
+    def __init__(
+        self,
+        command: tuple[str, ...],
+        app: str | None = None,
+        size: str | None = None,
+        type: str | None = None,  # noqa: A002 - the option's name
+        env: tuple[str, ...] = (),
+        taken: tuple[str, ...] = (),
+    ) -> None:
+        self.command = command
+        self.app = app
+        self.size = size
+        self.type = type
+        self.env = env
+        self.taken = taken
 
 
 def split_after_command(words: Sequence[str]) -> Split:
@@ -67,6 +78,8 @@ def split_after_command(words: Sequence[str]) -> Split:
         elif word in AFTER_COMMAND:
             field = AFTER_COMMAND[word]
             if i + 1 >= len(words):
+                import shlex  # only for this message
+
                 raise InputError(
                     f"{word} after the command needs a value",
                     f"to give {word} to the command, put the command after --:"

@@ -10,10 +10,12 @@ answering None: ``--help``, an unknown or misspelt option, a value glued to its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final
-
 from hgrun.cli.runstart import RunArgs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the start of `hgrun run` milliseconds: for the checker only
+    from collections.abc import Sequence
+    from typing import Final
 
 # Each option of `hgrun run` (see hgrun.cli.commands.runs.run) by every spelling: its
 # RunArgs field, and whether it takes a value. "--tty"/"--no-tty" are one flag's two ends.

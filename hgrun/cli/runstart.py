@@ -10,50 +10,71 @@ connection, one round trip.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import stat
-import threading
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from hgrun.cli import appdir, runargs, trace
 from hgrun.cli.client import Api, Settings, cli_hint, unreachable
 from hgrun.cli.invocation import Context, app_name_or_here, duration_flag, env_pair
 from hgrun.cli.output import duration
-from hgrun.cli.terminal import Terminal
 from hgrun.errors import AuthError, ForbiddenError, HgrunError, InputError, UnreachableError
-from hgrun.vocabulary import SIZES
+from hgrun.record import Record
 
+# This module is on the start path of `hgrun run`: what only the type checker needs, or only
+# some runs, is imported where it is used (tests/test_cli_imports.py holds the list).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from hgrun.cli import slotwait, uploads, wsclient
+    from collections.abc import Callable
+    from typing import Any
 
-T = TypeVar("T")
+    from hgrun.cli import slotwait, uploads, wsclient
+    from hgrun.cli.terminal import Terminal
 
 NO_COMMAND = "give a command, e.g. `hgrun run bash`, or a process type (--type)"
 
 
-@dataclasses.dataclass(frozen=True)
-class RunArgs:
+class RunArgs(Record):
     """``hgrun run``'s arguments as read (the options before the command; those after it are
     taken by :func:`start`). ``raw``: the words after ``run``, as typed."""
 
-    command: tuple[str, ...]
-    raw: tuple[str, ...]
-    app_name: str | None = None
-    env_pairs: tuple[str, ...] = ()
-    size: str | None = None
-    process_type: str | None = None
-    detached: bool = False
-    files: tuple[str, ...] = ()
-    timeout: str | None = None
-    no_stdin: bool = False
-    build: bool = False
-    tty: bool | None = None
-    exit_code: bool = False
-    no_build: bool = False
-    as_json: bool = False
+    __slots__ = (
+        "command", "raw", "app_name", "env_pairs", "size", "process_type", "detached", "files",
+        "timeout", "no_stdin", "build", "tty", "exit_code", "no_build", "as_json",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        command: tuple[str, ...],
+        raw: tuple[str, ...],
+        app_name: str | None = None,
+        env_pairs: tuple[str, ...] = (),
+        size: str | None = None,
+        process_type: str | None = None,
+        detached: bool = False,
+        files: tuple[str, ...] = (),
+        timeout: str | None = None,
+        no_stdin: bool = False,
+        build: bool = False,
+        tty: bool | None = None,
+        exit_code: bool = False,
+        no_build: bool = False,
+        as_json: bool = False,
+    ) -> None:
+        self.command = command
+        self.raw = raw
+        self.app_name = app_name
+        self.env_pairs = env_pairs
+        self.size = size
+        self.process_type = process_type
+        self.detached = detached
+        self.files = files
+        self.timeout = timeout
+        self.no_stdin = no_stdin
+        self.build = build
+        self.tty = tty
+        self.exit_code = exit_code
+        self.no_build = no_build
+        self.as_json = as_json
 
 
 def start(ctx: Context, args: RunArgs) -> int:
@@ -79,8 +100,8 @@ def start(ctx: Context, args: RunArgs) -> int:
     if not command and not process_type:  # the parsers refuse it first; never reached
         raise InputError(NO_COMMAND)
     env = dict(env_pair(p, "--env") for p in env_pairs)
-    if size is not None and size not in SIZES:
-        raise InputError(f"--size {size!r}: unknown size", f"sizes: {', '.join(SIZES)}")
+    if size is not None:
+        _check_size(size)
     asked_timeout = duration_flag("--timeout", timeout) if timeout is not None else None
     entries: list[uploads.Upload] = []
     if args.files:
@@ -92,7 +113,7 @@ def start(ctx: Context, args: RunArgs) -> int:
     )
     terminal = ctx.terminal
     if args.no_stdin:
-        terminal = dataclasses.replace(terminal, stdin=None, stdin_isatty=False)
+        terminal = terminal.without_stdin()
     elif not detached:
         _hint_stdin_loop(ctx)
     tty = args.tty
@@ -224,6 +245,13 @@ def _create_attached(
     return ws, run_info
 
 
+def _check_size(size: str) -> None:
+    from hgrun.vocabulary import SIZES  # the enums and sizes: only for a run given --size
+
+    if size not in SIZES:
+        raise InputError(f"--size {size!r}: unknown size", f"sizes: {', '.join(SIZES)}")
+
+
 def _once(flag: str, before: str | None, after: str | None) -> str | None:
     if before is not None and after is not None and before != after:
         raise InputError(f"{flag} given twice ({before!r} and {after!r})")
@@ -248,21 +276,25 @@ def _hint_stdin_loop(ctx: Context) -> None:
             )
 
 
-@dataclasses.dataclass(frozen=True)
-class _Built:
+class _Built(Record):
     """What `--build` made: the folder's context (built) and its Procfile."""
 
-    context_hash: str
-    procfile_text: str
+    __slots__ = ("context_hash", "procfile_text")
+
+    def __init__(self, context_hash: str, procfile_text: str) -> None:
+        self.context_hash = context_hash
+        self.procfile_text = procfile_text
 
 
-class _Background(Generic[T]):
+class _Background:
     """``fn()`` in a daemon thread, started at once; :meth:`result` waits for its value (or
     raises what it raised). A CLI that exits meanwhile does not wait for it."""
 
-    def __init__(self, fn: Callable[[], T]) -> None:
+    def __init__(self, fn: Callable[[], str | None]) -> None:
+        import threading  # only a run with the folder check starts a thread
+
         self._fn = fn
-        self._value: T | None = None
+        self._value: str | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -273,7 +305,7 @@ class _Background(Generic[T]):
         except BaseException as e:  # noqa: BLE001 - handed to the caller of result()
             self._error = e
 
-    def result(self) -> T | None:
+    def result(self) -> str | None:
         self._thread.join()
         if self._error is not None:
             raise self._error
@@ -282,7 +314,7 @@ class _Background(Generic[T]):
 
 def _prepare_app(
     ctx: Context, app_name: str | None, build: bool, *, check_folder: bool = True
-) -> tuple[str, _Built | None, _Background[str | None] | None]:
+) -> tuple[str, _Built | None, _Background | None]:
     """The app to run, with --build what this folder's build is, and the folder check.
 
     Never deploys. From the folder of the app being run, when the folder differs from the live
@@ -290,12 +322,12 @@ def _prepare_app(
     the folder hashed, the live release asked for) runs in a thread, alongside the run's
     create; its note is the returned result. ``check_folder`` False (``--no-build``) skips it.
     """
-    root = appdir.find_app_dir(Path.cwd())
+    root = appdir.find_app_folder(os.getcwd())
     name = app_name or (appdir.quick_name(root) if root is not None else None)
     if build:
         if root is None:
             raise InputError("--build needs an app folder", "run from your app's folder")
-        app = appdir.load(root)
+        app = appdir.load(appdir.as_path(root))
         if app_name and app_name != app.name:
             raise InputError(
                 f"--build builds this folder, which is app {app.name}, not {app_name}",
@@ -315,12 +347,12 @@ def _prepare_app(
     return name, None, note
 
 
-def _folder_differs(settings: Settings, root: Path, name: str) -> str | None:
+def _folder_differs(settings: Settings, root: str, name: str) -> str | None:
     """The note to show when the folder differs from ``name``'s live release (or does not
     load); None when it is the live release. Its own API connection: it runs in a thread. An
     API error is left to the run's create, which meets it too."""
     try:
-        app = appdir.load(root)
+        app = appdir.load(appdir.as_path(root))
     except HgrunError as e:
         if appdir.quick_name(root) == name:
             return (

@@ -7,13 +7,13 @@ Nothing reaches for ``sys.stdin``/``sys.stdout`` behind the caller's back: the C
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sys
-import termios
-import tty
-from collections.abc import Iterator, Mapping
-from typing import BinaryIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the start of `hgrun run` milliseconds: for the checker only
+    from collections.abc import Iterator, Mapping
+    from typing import BinaryIO
 
 DEFAULT_SIZE = (80, 24)
 
@@ -32,7 +32,6 @@ def _fileno(stream: BinaryIO | None) -> int | None:
         return None
 
 
-@dataclasses.dataclass
 class Terminal:
     """Binary standard streams plus what we know about them.
 
@@ -40,12 +39,33 @@ class Terminal:
     ``NO_COLOR``, ``COLUMNS`` and ``LINES``.
     """
 
-    stdin: BinaryIO | None
-    stdout: BinaryIO
-    stderr: BinaryIO
-    stdin_isatty: bool = False
-    stdout_isatty: bool = False
-    environ: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    __slots__ = ("stdin", "stdout", "stderr", "stdin_isatty", "stdout_isatty", "environ")
+
+    def __init__(
+        self,
+        stdin: BinaryIO | None,
+        stdout: BinaryIO,
+        stderr: BinaryIO,
+        stdin_isatty: bool = False,
+        stdout_isatty: bool = False,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.stdin_isatty = stdin_isatty
+        self.stdout_isatty = stdout_isatty
+        self.environ: Mapping[str, str] = {} if environ is None else environ
+
+    def __repr__(self) -> str:
+        return (
+            f"Terminal(stdin={self.stdin!r}, stdout={self.stdout!r}, stderr={self.stderr!r},"
+            f" stdin_isatty={self.stdin_isatty}, stdout_isatty={self.stdout_isatty})"
+        )
+
+    def without_stdin(self) -> Terminal:
+        """This terminal with no stdin (``hgrun run --no-stdin``)."""
+        return Terminal(None, self.stdout, self.stderr, False, self.stdout_isatty, self.environ)
 
     @classmethod
     def from_process(cls) -> Terminal:
@@ -108,6 +128,9 @@ class Terminal:
         if fd is None:
             yield
             return
+        import termios  # only a session on a tty goes raw
+        import tty
+
         saved = termios.tcgetattr(fd)
         try:
             tty.setraw(fd, termios.TCSAFLUSH)

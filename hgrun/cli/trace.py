@@ -9,7 +9,6 @@ costs one comparison; nothing is written.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -28,6 +27,8 @@ def dump() -> None:
     (tracing must never change how a command ends)."""
     if _FILE is None or not _marks:
         return
+    import json
+
     try:
         with open(_FILE, "a") as f:
             for name, ns in _marks:

@@ -10,16 +10,16 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import urllib.parse
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
 from hgrun import errors
 from hgrun.relay import websocket as wsproto
 from hgrun.relay.protocol import SUBPROTOCOLS
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the start of `hgrun run` milliseconds: for the checker only
+    from collections.abc import Mapping
     from ssl import SSLContext  # ssl (OpenSSL) is imported for wss:// only
+    from typing import Any
 
 RECV_CHUNK = 256 * 1024
 """How much is read from the socket at a time."""
@@ -84,25 +84,19 @@ def _handshake(
     url: str, headers: Mapping[str, str], what: str, ssl: SSLContext | None
 ) -> WebSocket | tuple[wsproto.Answer, bytes]:
     """The open WebSocket, or the refusal's answer and body (the socket closed)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise errors.InputError(f"bad attach URL {url!r}: not a ws:// or wss:// URL")
-    secure = parts.scheme == "wss"
-    try:
-        port = parts.port or (443 if secure else 80)
-    except ValueError as e:
-        raise errors.InputError(f"bad attach URL {url!r}: {e}") from e
-    host = parts.hostname
+    secure, host, port, target = split_url(url)
     default_port = port == (443 if secure else 80)
     host_header = (f"[{host}]" if ":" in host else host) + ("" if default_port else f":{port}")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     key = wsproto.new_key()
     request = wsproto.handshake_request(host_header, target, key, SUBPROTOCOLS, headers)
     sock: socket.socket | None = None
     again: tuple[type[Exception], ...] = (BlockingIOError,)
     verify_error: tuple[type[Exception], ...] = ()  # a certificate the context refuses
     try:
-        sock = socket.create_connection((host, port), timeout=OPEN_TIMEOUT)
+        # An ASCII name as bytes: a str is encoded by the idna codec, whose import (with
+        # stringprep and unicodedata) costs every start milliseconds.
+        address: Any = host.encode("ascii") if host.isascii() else host
+        sock = socket.create_connection((address, port), timeout=OPEN_TIMEOUT)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if secure:
             import ssl as ssl_module
@@ -142,6 +136,41 @@ def _handshake(
                 hint="Pass its CA: hgrun login --ca-cert CA.pem (or set HGRUN_CA_CERT).",
             ) from e
         raise _unreachable(what, e) from e
+
+
+def split_url(url: str) -> tuple[bool, str, int, str]:
+    """A ``ws://`` or ``wss://`` URL as (secure, host, port, target): the host as
+    :func:`urllib.parse.urlsplit` gives its ``hostname`` (lower-case, no brackets, no user
+    info), the port or the scheme's, the path (``/`` if none) and query. Pure; urllib.parse
+    is not imported for it (with ipaddress it costs every start of `hgrun run` milliseconds).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("ws", "wss"):
+        raise errors.InputError(f"bad attach URL {url!r}: not a ws:// or wss:// URL")
+    secure = scheme.lower() == "wss"
+    rest = rest.partition("#")[0]
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, target = rest[:end], rest[end:]
+    netloc = netloc.rpartition("@")[2]
+    if netloc.startswith("["):
+        host, bracket, after = netloc[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise errors.InputError(f"bad attach URL {url!r}: invalid IPv6 address")
+        port_text = after[1:]
+    else:
+        host, _, port_text = netloc.partition(":")
+    if not host:
+        raise errors.InputError(f"bad attach URL {url!r}: not a ws:// or wss:// URL")
+    if port_text and not (port_text.isascii() and port_text.isdigit()):
+        raise errors.InputError(f"bad attach URL {url!r}: port {port_text!r} is not a number")
+    port = int(port_text) if port_text else 0
+    if port > 65535:
+        raise errors.InputError(f"bad attach URL {url!r}: port out of range 0-65535")
+    if target.startswith("?") or not target:
+        target = "/" + target
+    if target.endswith("?"):
+        target = target[:-1]  # an empty query, as urlsplit drops it
+    return secure, host.lower(), port or (443 if secure else 80), target
 
 
 def _unreachable(what: str, e: BaseException) -> errors.UnreachableError:

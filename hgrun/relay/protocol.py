@@ -22,12 +22,15 @@ does). Text messages and the ``base64`` variants of the protocol are not support
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import Iterable
-from typing import Final, TypeAlias
 
 from hgrun.errors import ExitStatus, InputError
+from hgrun.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the start of `hgrun run` milliseconds: for the checker only
+    from collections.abc import Iterable
+    from typing import Final, TypeAlias
 
 V5: Final = "v5.channel.k8s.io"
 V4: Final = "v4.channel.k8s.io"
@@ -68,43 +71,56 @@ class ProtocolError(InputError):
     code = "protocol_error"
 
 
-@dataclasses.dataclass(frozen=True)
-class StdinData:
-    data: bytes
+class StdinData(Record):
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
-@dataclasses.dataclass(frozen=True)
-class StdinClosed:
+class StdinClosed(Record):
     """The client closed stdin (v5 only): the process should see EOF."""
 
-
-@dataclasses.dataclass(frozen=True)
-class Resize:
-    width: int
-    height: int
+    __slots__ = ()
 
 
-@dataclasses.dataclass(frozen=True)
-class StdoutData:
-    data: bytes
+class Resize(Record):
+    __slots__ = ("width", "height")
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width = width
+        self.height = height
 
 
-@dataclasses.dataclass(frozen=True)
-class StderrData:
-    data: bytes
+class StdoutData(Record):
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
-@dataclasses.dataclass(frozen=True)
-class Exited:
+class StderrData(Record):
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class Exited(Record):
     """The run finished. ``reason``/``message`` are None on success.
 
     A failure the server sent without an exit code (say ``InternalError``) arrives as
     :attr:`~hgrun.errors.ExitStatus.CANNOT_RUN` (125).
     """
 
-    exit_code: int
-    reason: str | None = None
-    message: str | None = None
+    __slots__ = ("exit_code", "reason", "message")
+
+    def __init__(
+        self, exit_code: int, reason: str | None = None, message: str | None = None
+    ) -> None:
+        self.exit_code = exit_code
+        self.reason = reason
+        self.message = message
 
 
 ClientEvent: TypeAlias = StdinData | StdinClosed | Resize

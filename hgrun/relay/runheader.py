@@ -11,9 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Final
 
 from hgrun.errors import InputError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the start of `hgrun run` milliseconds: for the checker only
+    from typing import Any, Final
 
 HEADER: Final = "X-Hgrun-Run"
 MAX_REQUEST: Final = 16 * 1024

@@ -11,13 +11,16 @@ handshake is a request to send (:func:`handshake_request`) and a head to check
 from __future__ import annotations
 
 import base64
-import dataclasses
 import os
 import struct
-from collections.abc import Mapping, Sequence
-from typing import Final
 
 from hgrun.errors import InputError
+from hgrun.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the start of `hgrun run` milliseconds: for the checker only
+    from collections.abc import Mapping, Sequence
+    from typing import Final
 
 try:
     from _sha1 import sha1  # CPython's own: hashlib would load OpenSSL first (ms at start-up)
@@ -43,16 +46,18 @@ class WebSocketError(InputError):
     code = "websocket_error"
 
 
-@dataclasses.dataclass(frozen=True)
-class Answer:
+class Answer(Record):
     """The server's answer to the upgrade request: status, headers (names lower-case), and for
-    a refusal its body as far as it has arrived."""
+    a refusal its body as far as it has arrived (``rest``: the bytes after the head, the first
+    frames of a 101 or the body of any other status)."""
 
-    status: int
-    reason: str
-    headers: Mapping[str, str]
-    rest: bytes
-    """Bytes after the head: the first frames (101) or the body (any other status)."""
+    __slots__ = ("status", "reason", "headers", "rest")
+
+    def __init__(self, status: int, reason: str, headers: Mapping[str, str], rest: bytes) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.rest = rest
 
 
 def new_key() -> str:
@@ -151,25 +156,31 @@ def close_payload(code: int, reason: str = "") -> bytes:
     return struct.pack("!H", code) + reason.encode()[:123]
 
 
-@dataclasses.dataclass(frozen=True)
-class Message:
+class Message(Record):
     """A whole data message (fragments joined)."""
 
-    binary: bool
-    data: bytes
+    __slots__ = ("binary", "data")
+
+    def __init__(self, binary: bool, data: bytes) -> None:
+        self.binary = binary
+        self.data = data
 
 
-@dataclasses.dataclass(frozen=True)
-class Ping:
-    data: bytes
+class Ping(Record):
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
-@dataclasses.dataclass(frozen=True)
-class Closed:
+class Closed(Record):
     """The server's close frame: its code (1005 when it gave none) and reason."""
 
-    code: int
-    reason: str
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
 
 
 Event = Message | Ping | Closed
