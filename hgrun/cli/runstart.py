@@ -134,13 +134,14 @@ def start(ctx: Context, args: RunArgs) -> int:
         body["type"] = process_type
     if built is not None:
         body["build"], body["procfile"] = built.context_hash, built.procfile_text
-    trace.mark("request")
     opened: wsclient.WebSocket | None = None
     try:
+        # The "request" mark: as the attach handshake leaves (wsclient), or as the POST does.
         created = None if detached or entries else _create_attached(ctx, name, body)
         if created is not None:
             opened, run_info = created
         else:
+            trace.mark("request")
             run_info = ctx.api.post(f"/v1/apps/{name}/runs", body)
     finally:  # said also when the create fails: the folder may be why
         if folder_note is not None and (note := folder_note.result()):

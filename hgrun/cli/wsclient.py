@@ -12,6 +12,7 @@ import json
 import socket
 
 from hgrun import errors
+from hgrun.cli import trace
 from hgrun.relay import websocket as wsproto
 from hgrun.relay.protocol import SUBPROTOCOLS
 
@@ -106,6 +107,7 @@ def _handshake(
             if ssl is None:
                 ssl = ssl_module.create_default_context()
             sock = ssl.wrap_socket(sock, server_hostname=host)
+        trace.mark("request")  # the run request leaves now (the first mark wins)
         sock.sendall(request)
         received = b""
         while (answer := wsproto.parse_answer(received)) is None:
