@@ -65,6 +65,26 @@ def default_cli() -> list[str]:
     return [sys.executable, "-m", "hgrun.cli.main"]
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def venv_cli(tmp: Path) -> list[str]:
+    """hgrun as a user installs it: a fresh virtualenv in ``tmp`` (none of this Python's
+    site-packages and their ``.pth`` files, which can cost a process start tens of ms), with
+    this checkout installed by pip (not editable: bytecode compiled at install time)."""
+    venv = tmp / "venv"
+    say(f"installing this checkout into a fresh virtualenv ({venv}) ...")
+    for argv in (
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", str(REPO)],
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:]
+            raise BenchError(f"{shlex.join(argv)} failed: {' '.join(last) or done.returncode}")
+    return [str(venv / "bin" / "hgrun")]
+
+
 def docker_cli() -> str:
     docker = shutil.which("docker")
     if docker is None:
@@ -109,11 +129,13 @@ class Workspace:
     """What every benchmark works with: its temp dir, the engine and base image, the hgrun and
     docker commands, their environment, and an app of a name no other bench uses."""
 
-    def __init__(self, tmp: Path, docker_host: str, base_image: str) -> None:
+    def __init__(
+        self, tmp: Path, docker_host: str, base_image: str, cli: list[str] | None = None
+    ) -> None:
         self.tmp = tmp
         self.docker_host = docker_host
         self.base_image = base_image
-        self.cli = default_cli()
+        self.cli = cli or default_cli()
         self.docker = docker_cli()
         self.app = f"bench-{uuid.uuid4().hex[:8]}"
         self.app_dir = tmp / "app"
@@ -341,7 +363,7 @@ def measure(
 
 def source_state() -> dict[str, Any]:
     """The commit the measured hgrun is (an editable install measures the work tree)."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO
 
     def git(*args: str) -> str:
         try:

@@ -267,9 +267,16 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
 
 class Bench(harness.Workspace):
     def __init__(
-        self, plan: Plan, tmp: Path, docker_host: str, base_image: str, *, pyc: bool = True
+        self,
+        plan: Plan,
+        tmp: Path,
+        docker_host: str,
+        base_image: str,
+        *,
+        pyc: bool = True,
+        cli: list[str] | None = None,
     ) -> None:
-        super().__init__(tmp, docker_host, base_image)
+        super().__init__(tmp, docker_host, base_image, cli)
         self.plan = plan
         self.bench_id = uuid.uuid4().hex[:10]  # labels the containers it runs with docker
         self.pyc = pyc
@@ -910,6 +917,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (for debugging)")
     parser.add_argument(
+        "--venv",
+        action="store_true",
+        help="hgrun installed by pip into a fresh virtualenv in the temp dir, as users install it",
+    )
+    parser.add_argument(
         "--only",
         help=f"comma-separated steps to run, of: {', '.join(STEPS)} (default: all)",
     )
@@ -934,7 +946,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     def make(tmp: Path) -> Bench:
-        return Bench(plan, tmp, docker_host, base_image, pyc=not args.no_pyc)
+        cli = harness.venv_cli(tmp) if args.venv else None
+        return Bench(plan, tmp, docker_host, base_image, pyc=not args.no_pyc, cli=cli)
 
     def steps(bench: Bench) -> int:
         bench.setup()
@@ -971,7 +984,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"load {doc['loadavg_before'][0]} -> {doc['loadavg_after'][0]}, image "
             f"{bench.image[7:19]} (FROM {base_image}), hgrun at {start.source['commit']}"
             f"{' + uncommitted changes' if start.source['hgrun_dirty'] else ''}, bytecode cache "
-            f"{'on' if bench.pyc else 'off'}"
+            f"{'on' if bench.pyc else 'off'}, hgrun "
+            f"{'from a fresh virtualenv' if args.venv else 'as ' + shlex.join(bench.cli)}"
         )
         if table:
             print_table(table)
