@@ -77,8 +77,9 @@ class UploadFilter:
         self._started = False
         self._current = ""
 
-    def feed(self, data: bytes) -> bytes:
-        """The checked bytes to pass on for ``data`` (possibly none); raises UploadError."""
+    def feed(self, data: bytes | memoryview) -> bytes | memoryview:
+        """The checked bytes to pass on for ``data`` (possibly none); raises UploadError.
+        Inside a file's content that is ``data`` itself, not a copy."""
         self.received += len(data)
         if self.received > self.max_bytes:
             raise UploadError(

@@ -193,9 +193,11 @@ class FakeEngine:
         container.streams.append(stream)
         return stream
 
-    async def put_archive(self, container_id: str, path: str, data: AsyncIterator[bytes]) -> None:
+    async def put_archive(
+        self, container_id: str, path: str, data: AsyncIterator[bytes | memoryview]
+    ) -> None:
         container = self._get(container_id)
-        body = b"".join([chunk async for chunk in data])
+        body = b"".join([bytes(chunk) async for chunk in data])  # a piece may be a reused view
         container.archives.append((path, body))
 
     async def logs(self, container_id: str, *, tty: bool) -> AsyncIterator[tuple[int, bytes]]:

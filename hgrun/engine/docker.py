@@ -414,20 +414,24 @@ class DockerEngine:
             raise EngineError(f"cannot attach to container {container_id[:12]}: {message}")
         return RawAttach(reader, writer, tty)
 
-    async def put_archive(self, container_id: str, path: str, data: AsyncIterator[bytes]) -> None:
+    async def put_archive(
+        self, container_id: str, path: str, data: AsyncIterator[bytes | memoryview]
+    ) -> None:
         """Extract a tar stream into the container at ``path`` (which must exist), streaming.
 
         Written straight to the engine's socket as a chunked request body (RFC 9112 section
         7.1), each piece as it comes, never joined or buffered whole: an upload is one copy
-        between the client's socket and the engine's. An exception from ``data`` (a refused
-        entry, the cap) aborts the request, so the engine extracts nothing more, and goes up.
+        between the client's socket and the engine's. A piece is sent (or copied) before the
+        next is asked for, so ``data`` may reuse one buffer for all of them. An exception from
+        ``data`` (a refused entry, the cap) aborts the request, so the engine extracts nothing
+        more, and goes up.
         """
         what = "cannot copy files into the container"
         target = self._path(f"/containers/{container_id}/archive")
         query = urllib.parse.urlencode({"path": path})
         reader, writer = await self._connect()
-        # Up to 1 MiB in flight before a piece waits for the engine: fewer wake-ups than the
-        # default 64 KiB, memory still flat.
+        # Through TLS: up to 1 MiB in flight before a piece waits for the engine (fewer
+        # wake-ups than the default 64 KiB, memory still flat). Plain: straight to the socket.
         writer.transport.set_write_buffer_limits(high=1024 * 1024)
         try:
             writer.write(
@@ -437,6 +441,7 @@ class DockerEngine:
             )
             with contextlib.suppress(ConnectionError, OSError):
                 # The engine may answer early (and close): its answer says why.
+                await writer.drain()
                 await send_chunked(writer, data)
             try:
                 head, code, status_line = await answer_head(reader)

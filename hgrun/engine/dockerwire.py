@@ -14,6 +14,8 @@ import collections
 import contextlib
 import datetime
 import json
+import os
+import socket
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -110,9 +112,17 @@ async def answer_head(reader: asyncio.StreamReader) -> tuple[bytes, int, str]:
     return head, code, status_line
 
 
-async def send_chunked(writer: asyncio.StreamWriter, data: AsyncIterator[bytes]) -> None:
+async def send_chunked(
+    writer: asyncio.StreamWriter, data: AsyncIterator[bytes | memoryview]
+) -> None:
     """``data`` as a chunked request body (RFC 9112 section 7.1), each piece as it comes, never
-    joined: the engine's pace is the sender's."""
+    joined: the engine's pace is the sender's. On a plain connection the pieces go straight to
+    the socket (:func:`send_chunked_raw`); through TLS, through the writer."""
+    raw = plain_socket(writer)
+    if raw is not None:
+        with raw:
+            await send_chunked_raw(raw, data)
+        return
     async for chunk in data:
         if chunk:
             writer.write(b"%x\r\n" % len(chunk))
@@ -121,6 +131,32 @@ async def send_chunked(writer: asyncio.StreamWriter, data: AsyncIterator[bytes])
             await writer.drain()
     writer.write(b"0\r\n\r\n")
     await writer.drain()
+
+
+def plain_socket(writer: asyncio.StreamWriter) -> socket.socket | None:
+    """A duplicate of the writer's socket to write to directly, once everything written
+    through the writer is out; None through TLS (the socket carries records, not bytes)."""
+    raw = writer.get_extra_info("socket")
+    if raw is None or writer.get_extra_info("sslcontext") is not None:
+        return None
+    if writer.transport.get_write_buffer_size():
+        return None  # the head still queued: the pieces must not overtake it
+    sock = socket.socket(fileno=os.dup(raw.fileno()))
+    sock.setblocking(False)
+    return sock
+
+
+async def send_chunked_raw(sock: socket.socket, data: AsyncIterator[bytes | memoryview]) -> None:
+    """:func:`send_chunked` on a non-blocking socket of its own: each piece is sent whole
+    before the next is asked for (so it may be a view of a buffer its source reuses), never
+    copied into a write buffer."""
+    loop = asyncio.get_running_loop()
+    async for chunk in data:
+        if chunk:
+            await loop.sock_sendall(sock, b"%x\r\n" % len(chunk))
+            await loop.sock_sendall(sock, chunk)
+            await loop.sock_sendall(sock, b"\r\n")
+    await loop.sock_sendall(sock, b"0\r\n\r\n")
 
 
 def unchunked(head: bytes, body: bytes) -> bytes:

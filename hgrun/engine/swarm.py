@@ -315,7 +315,9 @@ class SwarmEngine:
             clock=self._clock,
         )
 
-    async def put_archive(self, container_id: str, path: str, data: AsyncIterator[bytes]) -> None:
+    async def put_archive(
+        self, container_id: str, path: str, data: AsyncIterator[bytes | memoryview]
+    ) -> None:
         task = self._task(container_id)
         await task.node.engine.put_archive(task.container_id, path, data)
 

@@ -81,9 +81,10 @@ class BodyTap:
         return buffered, sock, remaining
 
 
-def body_stream(request: Request) -> AsyncIterator[bytes]:
+def body_stream(request: Request) -> AsyncIterator[bytes | memoryview]:
     """The request's body: off the socket in large reads when it can be taken over (a plain
-    connection, a ``Content-Length``), else through ``request.stream()``."""
+    connection, a ``Content-Length``), else through ``request.stream()``. A piece is valid
+    until the next is asked for (see :func:`_read`)."""
     tap = request.scope.get("extensions", {}).get(EXTENSION)
     length = request.headers.get("content-length", "")
     if (
@@ -97,21 +98,29 @@ def body_stream(request: Request) -> AsyncIterator[bytes]:
     return request.stream()
 
 
-async def _read(buffered: bytes, sock: socket.socket, remaining: int) -> AsyncIterator[bytes]:
+async def _read(
+    buffered: bytes, sock: socket.socket, remaining: int
+) -> AsyncIterator[bytes | memoryview]:
     """``buffered``, then up to ``remaining`` bytes off ``sock``; ends early if the client
-    closes (the reader of the body decides whether what came is whole)."""
+    closes (the reader of the body decides whether what came is whole).
+
+    The pieces read off the socket are views of one buffer, reused for the next read: a piece
+    must be used (sent on, or copied) before the next is asked for. No allocation per piece:
+    a fresh 1 MiB block each time would be a fresh mmap, each of its pages faulted in and
+    zeroed before the copy into it (hgrun/server/memory.py keeps such blocks off the heap)."""
     loop = asyncio.get_running_loop()
     try:
         if buffered:
             yield buffered
+        buffer = memoryview(bytearray(min(READ_SIZE, remaining)))
         while remaining > 0:
             try:
-                data = await loop.sock_recv(sock, min(READ_SIZE, remaining))
+                n = await loop.sock_recv_into(sock, buffer[: min(len(buffer), remaining)])
             except (ConnectionError, OSError):
                 return
-            if not data:
+            if not n:
                 return
-            remaining -= len(data)
-            yield data
+            remaining -= n
+            yield buffer[:n]
     finally:
         sock.close()  # the duplicate only: uvicorn's transport closes the connection

@@ -77,7 +77,9 @@ class Upload:
                 "upload fewer or smaller files, or raise the server's --max-upload",
             )
 
-    async def stream(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def stream(
+        self, body: AsyncIterator[bytes | memoryview]
+    ) -> AsyncIterator[bytes | memoryview]:
         yield self.lead
         async for chunk in body:
             self.received += len(chunk)
@@ -88,7 +90,7 @@ class Upload:
 async def receive(
     supervisor: Supervisor,
     run_id: int,
-    body: AsyncIterator[bytes],
+    body: AsyncIterator[bytes | memoryview],
     declared: int | None = None,
     target: Target = AT_ROOT,
 ) -> int:

@@ -244,7 +244,9 @@ async def upload_files(server: Server, request: Request) -> Response:
     return JSONResponse({"run": run.id, "bytes": upload.received})
 
 
-async def _checked(body: AsyncIterator[bytes], upload: UploadFilter) -> AsyncIterator[bytes]:
+async def _checked(
+    body: AsyncIterator[bytes | memoryview], upload: UploadFilter
+) -> AsyncIterator[bytes | memoryview]:
     """``body`` through ``upload``: only checked entries reach the engine."""
     async for chunk in body:
         if out := upload.feed(chunk):
