@@ -113,15 +113,15 @@ def test_a_body_short_of_its_content_length_fails_the_run(server: HgrunServer, a
 
 
 def test_a_refused_entry_past_the_first_read_is_a_400(server: HgrunServer, app: str) -> None:
-    """The hostile entry comes after megabytes of good content, read off the socket."""
+    """The hostile entry comes after megabytes of good content, read off the socket, and
+    megabytes follow it: the server reads them to the end and drops them, so the client,
+    still sending, gets the answer (a close with unread bytes would be a reset)."""
     size = 2 * 1024 * 1024
     data = make_tar(
         entry("uploads/ok.bin", os.urandom(size)),
         entry("uploads/ln", kind=tarfile.SYMTYPE, linkname="/etc/shadow"),
+        entry("uploads/after.bin", os.urandom(8 * size)),
     )
-    # Up to the link's header: the server reads every byte before it answers, so its close
-    # is clean (unread bytes would make it a reset, which may lose the answer).
-    data = data[: 512 + size + 512]
     with Api(server) as api:
         run = _run_taking_upload(api, app, ["true"])
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
@@ -131,3 +131,24 @@ def test_a_refused_entry_past_the_first_read_is_a_400(server: HgrunServer, app: 
         assert body["error"] == "bad_upload"
         assert "uploads/ln" in body["message"]
         assert api.finished_run(run)["status"] == "failed"
+
+
+def test_an_answer_before_the_body_is_read_keeps_the_connection(
+    server: HgrunServer, app: str
+) -> None:
+    """A run that takes no upload: the 404 comes before any body is read, uvicorn skips the
+    body (it is not taken over) and the connection serves the next request."""
+    data = make_tar(entry("uploads/a.bin", os.urandom(3 * 1024 * 1024)))
+    with Api(server) as api:
+        response = api.http.post(f"/v1/apps/{app}/runs", json={"command": ["true"]})
+        assert response.status_code == 201, response.text
+        run = int(response.json()["id"])
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.settimeout(60)
+            sock.sendall(_head(server, run, len(data)) + data)
+            sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answers = b""
+            while chunk := sock.recv(65536):
+                answers += chunk
+        assert answers.startswith(b"HTTP/1.1 404 "), answers[:300]
+        assert answers.count(b"HTTP/1.1 200 ") == 1, answers[:600]

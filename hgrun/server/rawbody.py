@@ -6,7 +6,7 @@ a ``bytearray`` and ``receive()`` copies that again, and reading pauses and resu
 (``HIGH_WATER_LIMIT``); each piece then wakes the app's task through an event. For a 1 GB upload
 that is four copies and thousands of wake-ups in the one event loop thread.
 
-:func:`body_stream` takes the rest of such a body over instead, when it can: uvicorn stops
+:class:`RequestBody` takes the rest of such a body over instead, when it can: uvicorn stops
 reading the connection, the bytes its parser already has are handed over first, then the socket
 (a duplicate of its descriptor) is read directly in reads of up to :data:`READ_SIZE`, exactly
 up to the declared ``Content-Length``. The connection is then closed after the answer (the
@@ -18,6 +18,7 @@ a chunked body, a body already being read, another server than hgrun's protocol.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from starlette.requests import Request
 
 EXTENSION = "hgrun.body_tap"  # the scope["extensions"] key of the connection's BodyTap
 READ_SIZE = 1024 * 1024
+DRAIN_SECONDS = 30.0  # at most this long reading the rest of a body that was refused part-way
 
 
 class BodyTap:
@@ -81,46 +83,86 @@ class BodyTap:
         return buffered, sock, remaining
 
 
-def body_stream(request: Request) -> AsyncIterator[bytes | memoryview]:
-    """The request's body: off the socket in large reads when it can be taken over (a plain
-    connection, a ``Content-Length``), else through ``request.stream()``. A piece is valid
-    until the next is asked for (see :func:`_read`)."""
-    tap = request.scope.get("extensions", {}).get(EXTENSION)
-    length = request.headers.get("content-length", "")
-    if (
-        isinstance(tap, BodyTap)
-        and "transfer-encoding" not in request.headers
-        and length.isascii()
-        and length.isdigit()
-        and (taken := tap.take(int(length))) is not None
-    ):
-        return _read(*taken)
-    return request.stream()
+class RequestBody:
+    """One request's body, read once through :meth:`chunks`: off the socket when it can be
+    taken over (a plain connection, a ``Content-Length``), else through
+    ``request.stream()``. The takeover happens at the first read, so a handler that answers
+    before reading (a 404, a 409, a declared size over the cap) leaves the body to uvicorn,
+    which skips it and keeps the connection.
 
+    Use it as an async context manager: when the handler fails part-way through a taken body,
+    the rest is read and dropped (for at most :data:`DRAIN_SECONDS`) before the answer goes,
+    so the connection closes cleanly and the client, still sending, reads the answer (a close
+    with unread bytes would be a reset, which may lose it); uvicorn does the same for the
+    bodies it reads."""
 
-async def _read(
-    buffered: bytes, sock: socket.socket, remaining: int
-) -> AsyncIterator[bytes | memoryview]:
-    """``buffered``, then up to ``remaining`` bytes off ``sock``; ends early if the client
-    closes (the reader of the body decides whether what came is whole).
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._sock: socket.socket | None = None
+        self._remaining = 0
 
-    The pieces read off the socket are views of one buffer, reused for the next read: a piece
-    must be used (sent on, or copied) before the next is asked for. No allocation per piece:
-    a fresh 1 MiB block each time would be a fresh mmap, each of its pages faulted in and
-    zeroed before the copy into it (hgrun/server/memory.py keeps such blocks off the heap)."""
-    loop = asyncio.get_running_loop()
-    try:
+    async def __aenter__(self) -> RequestBody:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        try:
+            if kind is not None and self._remaining > 0:
+                with contextlib.suppress(TimeoutError, OSError):
+                    async with asyncio.timeout(DRAIN_SECONDS):
+                        await self._drain(sock)
+        finally:
+            sock.close()  # the duplicate only: uvicorn's transport closes the connection
+
+    async def chunks(self) -> AsyncIterator[bytes | memoryview]:
+        """The body, piece by piece. Pieces read off the socket are views of one buffer,
+        reused for the next read: a piece must be used (sent on, or copied) before the next
+        is asked for. No allocation per piece: a fresh 1 MiB block each time would be a fresh
+        mmap, each of its pages faulted in and zeroed before the copy into it
+        (hgrun/server/memory.py keeps such blocks off the heap). Ends early if the client
+        closes: the reader of the body decides whether what came is whole."""
+        taken = self._take()
+        if taken is None:
+            async for chunk in self._request.stream():
+                yield chunk
+            return
+        buffered, self._sock, self._remaining = taken
         if buffered:
             yield buffered
-        buffer = memoryview(bytearray(min(READ_SIZE, remaining)))
-        while remaining > 0:
+        loop = asyncio.get_running_loop()
+        buffer = memoryview(bytearray(min(READ_SIZE, max(self._remaining, 1))))
+        while self._remaining > 0:
             try:
-                n = await loop.sock_recv_into(sock, buffer[: min(len(buffer), remaining)])
+                n = await loop.sock_recv_into(
+                    self._sock, buffer[: min(len(buffer), self._remaining)]
+                )
             except (ConnectionError, OSError):
                 return
             if not n:
                 return
-            remaining -= n
+            self._remaining -= n
             yield buffer[:n]
-    finally:
-        sock.close()  # the duplicate only: uvicorn's transport closes the connection
+
+    def _take(self) -> tuple[bytes, socket.socket, int] | None:
+        request = self._request
+        tap = request.scope.get("extensions", {}).get(EXTENSION)
+        length = request.headers.get("content-length", "")
+        if (
+            not isinstance(tap, BodyTap)
+            or "transfer-encoding" in request.headers
+            or not length.isascii()
+            or not length.isdigit()
+        ):
+            return None
+        return tap.take(int(length))
+
+    async def _drain(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        buffer = memoryview(bytearray(min(READ_SIZE, self._remaining)))
+        while self._remaining > 0:
+            n = await loop.sock_recv_into(sock, buffer[: min(len(buffer), self._remaining)])
+            if not n:
+                return
+            self._remaining -= n

@@ -40,7 +40,7 @@ from hgrun.server.logs import (
     tail_lines,
 )
 from hgrun.server.networks import check_network
-from hgrun.server.rawbody import body_stream
+from hgrun.server.rawbody import RequestBody
 from hgrun.server.uploads import receive, target
 from hgrun.server.workers import run_in
 from hgrun.store import Store
@@ -236,9 +236,10 @@ async def upload_files(server: Server, request: Request) -> Response:
     declared = int(length) if length.isascii() and length.isdigit() else None
     server.uploading.add(run.id)
     try:
-        await receive(
-            server.supervisor, run.id, _checked(body_stream(request), upload), declared, where
-        )
+        async with RequestBody(request) as body:
+            await receive(
+                server.supervisor, run.id, _checked(body.chunks(), upload), declared, where
+            )
     finally:
         server.uploading.discard(run.id)
     return JSONResponse({"run": run.id, "bytes": upload.received})
