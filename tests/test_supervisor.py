@@ -12,6 +12,8 @@ import dataclasses
 import functools
 import io
 import tarfile
+import threading
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -534,3 +536,90 @@ async def test_a_stalled_holder_whose_run_was_taken_over_neither_stores_nor_fini
     assert b"".join(c.data for c in world.store.output(run_id=run.id)) == b"once\nafter\n"
     await until(lambda: world.engine.containers == {}, "the container was removed")
     assert [c for c in world.engine.calls if c[0] == "remove"] == [("remove", cid)]  # once
+
+
+# --- the run.start audit record: written while the container is made, durable before start ---
+
+GAP = 1.0
+"""How long a held audit write waits to see whether the container starts meanwhile (it must
+not); only a broken supervisor makes it see one."""
+
+
+class HeldAudit:
+    """A run.start write that stays in flight: it sees whether the container was created while
+    it was (the overlap) and whether one started before it returned (it must not)."""
+
+    def __init__(self, engine: FakeEngine, error: Exception | None = None) -> None:
+        self.engine = engine
+        self.error = error
+        self.start_seen = threading.Event()
+        self.created_meanwhile = False
+        self.started_before_durable = False
+        self.durable = False
+        self.returned = threading.Event()
+        self.records: list[str] = []
+
+    def __call__(self, action: str, run: Run, payload: dict[str, Any]) -> None:
+        self.records.append(action)
+        if action != "run.start":
+            return
+        try:
+            self._write()
+        finally:
+            self.returned.set()
+
+    def _write(self) -> None:
+        end = time.monotonic() + DEADLINE
+        while not any(c[0] == "create" for c in self.engine.calls) and time.monotonic() < end:
+            time.sleep(0.002)
+        self.created_meanwhile = any(c[0] == "create" for c in self.engine.calls)
+        self.started_before_durable = self.start_seen.wait(GAP)
+        if self.error is not None:
+            raise self.error
+        self.durable = True
+
+
+@asyncio_test
+async def test_the_container_is_made_while_its_start_is_audited_and_starts_only_after(
+    world: World,
+) -> None:
+    sup = world.supervisor()
+    audit = HeldAudit(world.engine)
+    sup.audit = audit
+    start = world.engine.hold("start")
+    launching = asyncio.create_task(sup.launch(world.run(), world.release, "none"))
+    await asyncio.to_thread(lambda: start.entered.wait(DEADLINE) and audit.start_seen.set())
+    assert await asyncio.to_thread(audit.returned.wait, DEADLINE)
+    assert not audit.started_before_durable  # the start came after the record was written
+    assert audit.durable
+    assert audit.created_meanwhile  # and the container was made while it was being written
+    start.release()
+    session = await launching
+    world.engine.exit(world.engine.only().id, 0)
+    await asyncio.wait_for(session.finished.wait(), DEADLINE)
+    assert world.store.run(session.run.id).status is RunStatus.SUCCEEDED
+    assert audit.records[0] == "run.start"
+
+
+@asyncio_test
+async def test_a_start_that_cannot_be_audited_fails_its_run_and_its_container_never_starts(
+    world: World,
+) -> None:
+    from hgrun.errors import StoreFullError
+
+    sup = world.supervisor()
+    audit = HeldAudit(world.engine, StoreFullError("the disk of the data directory is full"))
+    sup.audit = audit
+    start = world.engine.hold("start")
+    run = world.run()
+    launching = asyncio.create_task(sup.launch(run, world.release, "none"))
+    await asyncio.to_thread(lambda: start.entered.wait(GAP) and audit.start_seen.set())
+    with pytest.raises(StoreFullError, match="disk of the data directory is full"):
+        await launching
+    assert audit.returned.is_set() and audit.created_meanwhile and not audit.started_before_durable
+    await until(lambda: world.engine.containers == {}, "the unstarted container was removed")
+    assert not [c for c in world.engine.calls if c[0] == "start"]
+    await until(lambda: world.store.run(run.id).status.finished, "the run was recorded ended")
+    ended = world.store.run(run.id)
+    assert ended.status is RunStatus.FAILED and "disk" in (ended.error or "")
+    assert run.id not in sup.sessions

@@ -300,8 +300,9 @@ def serve(
     writer = AuditWriter(audit)  # records written off the event loop, in order
 
     def audit_run(action: str, run: Run, payload: dict[str, object]) -> None:
-        # A run's start is written before it goes on (a start that cannot be audited fails it,
-        # as a full disk does); its end, in the writer's thread: the exit is already reported.
+        # A run's start is written durably (the supervisor calls this in a thread while the
+        # container is made, and starts the container only once it returns: a start that
+        # cannot be audited fails its run); its end, in the writer's thread, in order.
         write = audit.append if action == "run.start" else writer.append
         write(run.workspace, run.id, action, {"actor": str(run.trigger), **payload})
 

@@ -207,20 +207,26 @@ class Supervisor(AttachedClients):
             session.alone_since = now
         self.sessions[run.id] = session
         session.changed.set()  # an upload waiting for the container sees the phase move
+        # The run's start is audited (a durable write: ms of fsync) while its container is
+        # made; the container starts only once the record is durable (below).
+        audited = self._audit_start(run, spec.env)
         try:
             session.container_id = await asyncio.to_thread(self.engine.create, spec)
         except HgrunError as e:
+            await _settled(audited)  # its record first, then the run's end: the chain's order
             await self.finish(session, error=e)
             raise
         except Exception as e:
             # Never leave a run `starting` with no container: that would block its script.
             error = EngineError(f"cannot create the container: {e.__class__.__name__}: {e}")
+            await _settled(audited)
             await self.finish(session, error=error)
             raise error from e
         node = await asyncio.to_thread(self.engine.node, session.container_id)
         session.run = self.store.set_container(run.id, session.container_id, node)
         self._stopped_elsewhere(session)
         if after_step(Phase.CREATING, session.stop) is Step.ABORT:
+            await _settled(audited)
             await self.finish(session)
             return session
         session.phase = Phase.ATTACHING
@@ -229,22 +235,35 @@ class Supervisor(AttachedClients):
                 session.container_id, tty=run.tty, stdin=not run.detached, logs=False
             )
         except HgrunError as e:
+            await _settled(audited)
             await self.finish(session, error=e)
             raise
+        try:  # fail closed: no start (no _supervise) without a durable run.start record
+            await audited
+        except Exception as e:
+            refused = e if isinstance(e, HgrunError) else StoreError(f"cannot audit it: {e}")
+            # Failed and its container removed by a task: finish waits out a full disk, the
+            # caller does not (it answers this error at once, as it did before the overlap).
+            self.spawn(self.finish(session, error=refused))
+            raise refused from e
         if after_step(Phase.ATTACHING, session.stop) is Step.ABORT:
             await self.finish(session)
             return session
         session.phase = Phase.WAITING
         session.changed.set()
         session.task = self.spawn(self._supervise(session))
-        if self.audit is not None:
-            mode = "detached" if run.detached else ("tty" if run.tty else "attached")
-            input_json = run.env.get("HOSTINGGURU_RUN_INPUT")
-            payload = {"command": list(run.command), "env_keys": sorted(spec.env)}
-            self.audit(
-                "run.start", run, {**payload, "input": input_json, "mode": mode, "size": run.size}
-            )
         return session
+
+    def _audit_start(self, run: Run, env: Mapping[str, str]) -> asyncio.Future[None]:
+        """The run.start record, written in a thread (durable when the future is done)."""
+        if self.audit is None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        mode = "detached" if run.detached else ("tty" if run.tty else "attached")
+        payload: dict[str, Any] = {"command": list(run.command), "env_keys": sorted(env)}
+        payload |= {"input": run.env.get("HOSTINGGURU_RUN_INPUT"), "mode": mode, "size": run.size}
+        return asyncio.ensure_future(asyncio.to_thread(self.audit, "run.start", run, payload))
 
     def _stopped_elsewhere(self, session: RunSession) -> None:
         """A run recorded final by someone else (a stop answered by another server, say) is
@@ -472,3 +491,9 @@ class Supervisor(AttachedClients):
         if session is None:
             raise NotFoundError(f"run {run_id} is not in flight")
         return session
+
+
+async def _settled(future: asyncio.Future[None]) -> None:
+    """Wait for ``future`` whatever it ends with (its error is the start's, already moot)."""
+    with contextlib.suppress(Exception):
+        await future
