@@ -80,12 +80,7 @@ class UploadFilter:
     def feed(self, data: bytes | memoryview) -> bytes | memoryview:
         """The checked bytes to pass on for ``data`` (possibly none); raises UploadError.
         Inside a file's content that is ``data`` itself, not a copy."""
-        self.received += len(data)
-        if self.received > self.max_bytes:
-            raise UploadError(
-                f"the upload is over the server's cap of {self.max_bytes // 1024**2} MB",
-                "upload fewer or smaller files, or raise the server's --max-upload",
-            )
+        self._count(len(data))
         if self._data_left > len(data) and self._started:
             # Inside a file's content, not at its end (most of an upload): passed on as it
             # came, no copy.
@@ -133,14 +128,42 @@ class UploadFilter:
                 out += self._header_block(block)
         return bytes(out)
 
+    def truncated(self) -> UploadError:
+        """The error of a stream that stops here, before the end of the archive."""
+        where = f" in entry {self._current!r}" if self._current else ""
+        return UploadError(
+            f"the upload ended before the end of the tar archive{where}",
+            "the connection may have dropped: send the files again",
+        )
+
+    def content_ahead(self) -> int:
+        """How many of the next bytes are a file's content that may pass on unread (with
+        :meth:`passed`, e.g. spliced from socket to socket): all but the content's last byte,
+        which goes through :meth:`feed` to end the entry, and never past the cap (the byte
+        over it goes through :meth:`feed`, which refuses it)."""
+        if not self._started or self._data_left <= 1:
+            return 0
+        return min(self._data_left - 1, self.max_bytes - self.received)
+
+    def passed(self, n: int) -> None:
+        """``n`` bytes of :meth:`content_ahead` went on unread: counted against the cap."""
+        if not 0 <= n <= self.content_ahead():
+            raise ValueError(f"{n} bytes passed, {self.content_ahead()} may")
+        self._count(n)
+        self._data_left -= n
+
+    def _count(self, n: int) -> None:
+        self.received += n
+        if self.received > self.max_bytes:
+            raise UploadError(
+                f"the upload is over the server's cap of {self.max_bytes // 1024**2} MB",
+                "upload fewer or smaller files, or raise the server's --max-upload",
+            )
+
     def close(self) -> bytes:
         """The end-of-archive marker, once the stream ended where a tar may; else UploadError."""
         if not self._ended:
-            where = f" in entry {self._current!r}" if self._current else ""
-            raise UploadError(
-                f"the upload ended before the end of the tar archive{where}",
-                "the connection may have dropped: send the files again",
-            )
+            raise self.truncated()
         out = b"" if self._started else _header(self.out_root, tarfile.DIRTYPE, 0o1777, 0, 0)
         return out + bytes(2 * BLOCK)
 

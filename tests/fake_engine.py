@@ -23,6 +23,7 @@ from hgrun.engine import (
     ContainerStatus,
     EngineInfo,
 )
+from hgrun.engine.span import SocketSpan
 from hgrun.errors import NotFoundError
 
 WAIT = 10.0  # the longest a held call or a wait blocks, so a broken test fails, never hangs
@@ -194,10 +195,16 @@ class FakeEngine:
         return stream
 
     async def put_archive(
-        self, container_id: str, path: str, data: AsyncIterator[bytes | memoryview]
+        self, container_id: str, path: str, data: AsyncIterator[bytes | memoryview | SocketSpan]
     ) -> None:
         container = self._get(container_id)
-        body = b"".join([bytes(chunk) async for chunk in data])  # a piece may be a reused view
+        body = b""
+        async for chunk in data:  # a piece may be a reused view, or a span of a socket
+            if isinstance(chunk, SocketSpan):
+                async for piece in chunk.chunks():
+                    body += bytes(piece)
+            else:
+                body += bytes(chunk)
         container.archives.append((path, body))
 
     async def logs(self, container_id: str, *, tty: bool) -> AsyncIterator[tuple[int, bytes]]:

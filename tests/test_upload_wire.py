@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from hgrun.engine.dockerwire import send_chunked_raw
+from hgrun.engine.span import Pipe, SocketSpan
 
 
 def _unchunk(data: bytes) -> bytes:
@@ -83,3 +84,75 @@ def test_a_failing_source_sends_no_last_chunk() -> None:
     finally:
         here.close()
         there.close()
+
+
+# -- spans: bytes spliced from the client's socket to the engine's ----------------------------
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A loopback TCP connection (the client's side, the server's side), as a client's is."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return client, server
+
+
+def _send_in_thread(sock: socket.socket, data: bytes, close: bool = True) -> threading.Thread:
+    def send() -> None:
+        sock.sendall(data)
+        if close:
+            sock.shutdown(socket.SHUT_WR)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+def _relay(payload: bytes, declared: int, *, broken: bool = False, ended=None) -> bytes:
+    """``payload`` sent on a TCP connection, a span of ``declared`` bytes of it moved (through
+    ``send_chunked_raw``, between two other pieces) to a Unix socket; what arrived there."""
+    client, source = _tcp_pair()
+    engine_side, engine = socket.socketpair()
+    source.setblocking(False)
+    engine_side.setblocking(False)
+    pipe = Pipe()
+    pipe.broken = broken
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.extend(iter(lambda: engine.recv(1 << 16), b"")))
+    reader.start()
+    sender = _send_in_thread(client, payload)
+
+    async def pieces() -> AsyncIterator[bytes | memoryview | SocketSpan]:
+        yield b"before"
+        span = SocketSpan(source, declared, pipe, ended)
+        yield span
+        assert span.moved == declared
+        yield b"after"
+
+    try:
+        asyncio.run(send_chunked_raw(engine_side, pieces()))
+    finally:
+        engine_side.close()
+        reader.join(30)
+        sender.join(30)
+        for s in (client, source, engine):
+            s.close()
+        pipe.close()
+    return _unchunk(b"".join(got))
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["spliced", "read-and-sent"])
+def test_a_span_moves_exactly_its_bytes(broken: bool) -> None:
+    payload = os.urandom(6 * 1024 * 1024 + 3)
+    assert _relay(payload, len(payload), broken=broken) == b"before" + payload + b"after"
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["spliced", "read-and-sent"])
+def test_a_source_that_ends_early_raises_the_span_s_error(broken: bool) -> None:
+    from hgrun.errors import InputError
+
+    def ended() -> InputError:
+        return InputError("the upload ended before the end of the tar archive")
+
+    with pytest.raises(InputError, match="ended before the end"):
+        _relay(os.urandom(100_000), 200_000, broken=broken, ended=ended)

@@ -191,3 +191,46 @@ def test_the_cli_follows_a_named_link_and_refuses_one_inside_a_folder(tmp_path) 
     (tmp_path / "d" / "inner").symlink_to(tmp_path / "real.txt")
     with pytest.raises(InputError, match="symbolic link inside a folder"):
         plan([str(tmp_path / "d")])
+
+
+def _with_passes(data: bytes, piece: int, cap: int = CAP) -> bytes:
+    """The filter run as the server runs it with spans: whatever content_ahead allows goes on
+    verbatim (as a splice would move it), the rest through feed."""
+    upload = UploadFilter(cap)
+    out, pos = bytearray(), 0
+    while pos < len(data):
+        if ahead := min(upload.content_ahead(), len(data) - pos):
+            out += data[pos : pos + ahead]
+            upload.passed(ahead)
+            pos += ahead
+            continue
+        out += upload.feed(data[pos : pos + piece])
+        pos += piece
+    return bytes(out + upload.close())
+
+
+@pytest.mark.parametrize("piece", [1, 511, 512, 4096, 10**9])
+def test_content_passed_unread_gives_the_same_stream(piece: int) -> None:
+    big = make_tar(entry("uploads/a.bin", bytes(range(256)) * 3000), entry("uploads/b", b"x"))
+    for data in (GOOD, big):
+        assert _with_passes(data, piece) == run_filter(data, piece)
+
+
+def test_content_ahead_stops_at_the_cap_and_the_entry_s_last_byte() -> None:
+    upload = UploadFilter(10_000)
+    upload.feed(make_tar(entry("uploads/a", b"a" * 6000))[:512])
+    assert upload.content_ahead() == 5999  # the last byte ends the entry, through feed
+    upload.passed(5999)
+    assert upload.content_ahead() == 0
+    with pytest.raises(ValueError, match="1 bytes passed, 0 may"):
+        upload.passed(1)
+    data = make_tar(entry("uploads/a", b"a" * 2500), entry("uploads/b", b"b" * 2500))
+    capped = UploadFilter(6000)  # a's header, content and padding (3072), b's header: 3584
+    capped.feed(data[:512])
+    capped.passed(capped.content_ahead())
+    capped.feed(data[512 + 2499 : 3584])  # a's last byte and padding, b's header
+    assert capped.received == 3584
+    assert capped.content_ahead() == 6000 - 3584 < 2499  # not past the cap
+    capped.passed(capped.content_ahead())
+    with pytest.raises(UploadError, match="over the server's cap"):
+        capped.feed(b"b")

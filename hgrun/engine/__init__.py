@@ -13,9 +13,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from hgrun.models import Size
+
+if TYPE_CHECKING:
+    from hgrun.engine.span import SocketSpan
 
 LABEL_RUN = "hgrun.run"
 LABEL_APP = "hgrun.app"
@@ -161,7 +164,7 @@ class Engine(Protocol):
         self, container_id: str, *, tty: bool, stdin: bool, logs: bool
     ) -> AttachStream: ...
     async def put_archive(
-        self, container_id: str, path: str, data: AsyncIterator[bytes | memoryview]
+        self, container_id: str, path: str, data: AsyncIterator[bytes | memoryview | SocketSpan]
     ) -> None:
         """Extract the tar ``data`` into the container at ``path``. A piece of ``data`` may be
         a view of a buffer its source reuses for the next: use or copy it before asking."""

@@ -44,6 +44,7 @@ from hgrun.engine.dockerwire import (
     unchunked,
 )
 from hgrun.engine.multiplex import Demuxer
+from hgrun.engine.span import SocketSpan
 from hgrun.engine.tls import EngineTLS, trust_only
 from hgrun.errors import (
     CommandNotFoundError,
@@ -415,7 +416,7 @@ class DockerEngine:
         return RawAttach(reader, writer, tty)
 
     async def put_archive(
-        self, container_id: str, path: str, data: AsyncIterator[bytes | memoryview]
+        self, container_id: str, path: str, data: AsyncIterator[bytes | memoryview | SocketSpan]
     ) -> None:
         """Extract a tar stream into the container at ``path`` (which must exist), streaming.
 

@@ -22,6 +22,7 @@ from typing import Any
 from hgrun import execfailure
 from hgrun.engine import ContainerState, ContainerStatus
 from hgrun.engine.multiplex import Demuxer
+from hgrun.engine.span import SocketSpan
 from hgrun.errors import EngineError
 
 # The most read from the attach socket at once: whatever the engine sent meanwhile, up to this,
@@ -114,7 +115,7 @@ async def answer_head(reader: asyncio.StreamReader) -> tuple[bytes, int, str]:
 
 
 async def send_chunked(
-    writer: asyncio.StreamWriter, data: AsyncIterator[bytes | memoryview]
+    writer: asyncio.StreamWriter, data: AsyncIterator[bytes | memoryview | SocketSpan]
 ) -> None:
     """``data`` as a chunked request body (RFC 9112 section 7.1), each piece as it comes, never
     joined: the engine's pace is the sender's. On a plain connection the pieces go straight to
@@ -125,11 +126,13 @@ async def send_chunked(
             await send_chunked_raw(raw, data)
         return
     async for chunk in data:
-        if chunk:
-            writer.write(b"%x\r\n" % len(chunk))
-            writer.write(chunk)
-            writer.write(b"\r\n")
-            await writer.drain()
+        pieces = chunk.chunks() if isinstance(chunk, SocketSpan) else _one(chunk)
+        async for piece in pieces:
+            if piece:
+                writer.write(b"%x\r\n" % len(piece))
+                writer.write(piece)
+                writer.write(b"\r\n")
+                await writer.drain()
     writer.write(b"0\r\n\r\n")
     await writer.drain()
 
@@ -151,14 +154,22 @@ def plain_socket(writer: asyncio.StreamWriter) -> socket.socket | None:
     return sock
 
 
-async def send_chunked_raw(sock: socket.socket, data: AsyncIterator[bytes | memoryview]) -> None:
+async def send_chunked_raw(
+    sock: socket.socket, data: AsyncIterator[bytes | memoryview | SocketSpan]
+) -> None:
     """:func:`send_chunked` on a non-blocking socket of its own: each piece is sent whole
     before the next is asked for (so it may be a view of a buffer its source reuses), never
     copied into a write buffer; a chunk's size line, its bytes and its end in one ``sendmsg``
-    as far as the socket takes them."""
+    as far as the socket takes them. A :class:`SocketSpan` is spliced, never read."""
     loop = asyncio.get_running_loop()
     async for chunk in data:
         if not chunk:
+            continue
+        if isinstance(chunk, SocketSpan):
+            # Spliced, never read: the size line, the bytes, the chunk's end.
+            await loop.sock_sendall(sock, b"%x\r\n" % len(chunk))
+            await chunk.move_to(sock)
+            await loop.sock_sendall(sock, b"\r\n")
             continue
         parts = (b"%x\r\n" % len(chunk), chunk, b"\r\n")
         try:
@@ -172,6 +183,10 @@ async def send_chunked_raw(sock: socket.socket, data: AsyncIterator[bytes | memo
             await loop.sock_sendall(sock, memoryview(part)[sent:])
             sent = 0
     await loop.sock_sendall(sock, b"0\r\n\r\n")
+
+
+async def _one(piece: bytes | memoryview) -> AsyncIterator[bytes | memoryview]:
+    yield piece
 
 
 def unchunked(head: bytes, body: bytes) -> bytes:

@@ -43,6 +43,7 @@ from hgrun.engine import (
 from hgrun.engine.docker import DockerEngine, _translate
 from hgrun.engine.dockerwire import timestamp
 from hgrun.engine.shim import FramedAttach, swarm_config
+from hgrun.engine.span import SocketSpan
 from hgrun.engine.swarmimages import ImageShipper
 from hgrun.engine.swarmnodes import NodeClient, Nodes
 from hgrun.engine.swarmspec import (
@@ -316,7 +317,7 @@ class SwarmEngine:
         )
 
     async def put_archive(
-        self, container_id: str, path: str, data: AsyncIterator[bytes | memoryview]
+        self, container_id: str, path: str, data: AsyncIterator[bytes | memoryview | SocketSpan]
     ) -> None:
         task = self._task(container_id)
         await task.node.engine.put_archive(task.container_id, path, data)

@@ -21,13 +21,17 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
 
+from hgrun.engine.span import Pipe, SocketSpan
+from hgrun.errors import HgrunError
+
 EXTENSION = "hgrun.body_tap"  # the scope["extensions"] key of the connection's BodyTap
 READ_SIZE = 1024 * 1024
+MIN_SPAN = 64 * 1024  # bytes worth a splice; fewer are read
 DRAIN_SECONDS = 30.0  # at most this long reading the rest of a body that was refused part-way
 
 
@@ -84,11 +88,15 @@ class BodyTap:
 
 
 class RequestBody:
-    """One request's body, read once through :meth:`chunks`: off the socket when it can be
-    taken over (a plain connection, a ``Content-Length``), else through
-    ``request.stream()``. The takeover happens at the first read, so a handler that answers
-    before reading (a 404, a 409, a declared size over the cap) leaves the body to uvicorn,
-    which skips it and keeps the connection.
+    """One request's body, read once: off the socket when it can be taken over (a plain
+    connection, a ``Content-Length``), else through ``request.stream()``. The takeover
+    happens at the first read, so a handler that answers before reading (a 404, a 409, a
+    declared size over the cap) leaves the body to uvicorn, which skips it and keeps the
+    connection.
+
+    Read with :meth:`read` (or :meth:`chunks`); where the reader knows the next bytes need no
+    look, :meth:`span` hands them on as a :class:`~hgrun.engine.span.SocketSpan` to be spliced
+    to the engine's socket, never read here.
 
     Use it as an async context manager: when the handler fails part-way through a taken body,
     the rest is read and dropped (for at most :data:`DRAIN_SECONDS`) before the answer goes,
@@ -98,52 +106,94 @@ class RequestBody:
 
     def __init__(self, request: Request) -> None:
         self._request = request
+        self._begun = False
+        self._stream: AsyncIterator[bytes] | None = None  # not taken: Starlette's
+        self._buffered = b""  # taken: what uvicorn's parser had, handed on first
         self._sock: socket.socket | None = None
-        self._remaining = 0
+        self._remaining = 0  # taken: bytes still on the socket (spans not counted)
+        self._buffer: memoryview | None = None
+        self._pipe: Pipe | None = None
+        self._span: SocketSpan | None = None  # the last span handed out
 
     async def __aenter__(self) -> RequestBody:
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, *rest: object) -> None:
         sock, self._sock = self._sock, None
-        if sock is None:
-            return
+        if self._span is not None:
+            self._remaining += self._span.size - self._span.moved
         try:
-            if kind is not None and self._remaining > 0:
+            if sock is not None and kind is not None and self._remaining > 0:
                 with contextlib.suppress(TimeoutError, OSError):
                     async with asyncio.timeout(DRAIN_SECONDS):
                         await self._drain(sock)
         finally:
-            sock.close()  # the duplicate only: uvicorn's transport closes the connection
+            if sock is not None:
+                sock.close()  # the duplicate only: uvicorn's transport closes the connection
+            if self._pipe is not None:
+                self._pipe.close()
+
+    async def read(self) -> bytes | memoryview | None:
+        """The next piece of the body; None at its end (or where the client stopped: the
+        reader decides whether what came is whole). Pieces read off the socket are views of
+        one buffer, reused for the next read: use (send on, or copy) a piece before asking
+        for the next. No allocation per piece: a fresh 1 MiB block each time would be a
+        fresh mmap, each of its pages faulted in and zeroed before the copy into it
+        (hgrun/server/memory.py keeps such blocks off the heap)."""
+        self._begin()
+        if self._stream is not None:
+            return await anext(self._stream, None)
+        if self._buffered:
+            piece, self._buffered = self._buffered, b""
+            return piece
+        if self._sock is None or self._remaining <= 0:
+            return None
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(min(READ_SIZE, self._remaining)))
+        want = self._buffer[: min(len(self._buffer), self._remaining)]
+        try:
+            n = await asyncio.get_running_loop().sock_recv_into(self._sock, want)
+        except (ConnectionError, OSError):
+            n = 0
+        if not n:
+            self._remaining = 0
+            return None
+        self._remaining -= n
+        return self._buffer[:n]
 
     async def chunks(self) -> AsyncIterator[bytes | memoryview]:
-        """The body, piece by piece. Pieces read off the socket are views of one buffer,
-        reused for the next read: a piece must be used (sent on, or copied) before the next
-        is asked for. No allocation per piece: a fresh 1 MiB block each time would be a fresh
-        mmap, each of its pages faulted in and zeroed before the copy into it
-        (hgrun/server/memory.py keeps such blocks off the heap). Ends early if the client
-        closes: the reader of the body decides whether what came is whole."""
+        """:meth:`read` until the end."""
+        while (piece := await self.read()) is not None:
+            yield piece
+
+    def span(self, limit: int, ended: Callable[[], HgrunError] | None = None) -> SocketSpan | None:
+        """The next ``limit`` bytes (fewer at the body's end) as a span to move unread (its
+        error when the client stops first: ``ended``); None where they must be read (a body
+        not taken over, bytes already buffered, too few)."""
+        self._begin()
+        if (
+            self._sock is None
+            or self._buffered
+            or min(limit, self._remaining) < MIN_SPAN
+            or not hasattr(os, "splice")
+        ):
+            return None
+        if self._pipe is None:
+            self._pipe = Pipe()
+        size = min(limit, self._remaining)
+        self._remaining -= size
+        self._span = SocketSpan(self._sock, size, self._pipe, ended)
+        return self._span
+
+    def _begin(self) -> None:
+        if self._begun:
+            return
+        self._begun = True
         taken = self._take()
         if taken is None:
-            async for chunk in self._request.stream():
-                yield chunk
-            return
-        buffered, self._sock, self._remaining = taken
-        if buffered:
-            yield buffered
-        loop = asyncio.get_running_loop()
-        buffer = memoryview(bytearray(min(READ_SIZE, max(self._remaining, 1))))
-        while self._remaining > 0:
-            try:
-                n = await loop.sock_recv_into(
-                    self._sock, buffer[: min(len(buffer), self._remaining)]
-                )
-            except (ConnectionError, OSError):
-                return
-            if not n:
-                return
-            self._remaining -= n
-            yield buffer[:n]
+            self._stream = self._request.stream().__aiter__()
+        else:
+            self._buffered, self._sock, self._remaining = taken
 
     def _take(self) -> tuple[bytes, socket.socket, int] | None:
         request = self._request

@@ -25,6 +25,7 @@ from hgrun.lifecycle import Phase, Stop
 from hgrun.models import RunStatus
 
 if TYPE_CHECKING:
+    from hgrun.engine.span import SocketSpan
     from hgrun.server.supervisor import Supervisor
 
 EXTRACT_AT = "/"
@@ -78,8 +79,8 @@ class Upload:
             )
 
     async def stream(
-        self, body: AsyncIterator[bytes | memoryview]
-    ) -> AsyncIterator[bytes | memoryview]:
+        self, body: AsyncIterator[bytes | memoryview | SocketSpan]
+    ) -> AsyncIterator[bytes | memoryview | SocketSpan]:
         yield self.lead
         async for chunk in body:
             self.received += len(chunk)
@@ -90,7 +91,7 @@ class Upload:
 async def receive(
     supervisor: Supervisor,
     run_id: int,
-    body: AsyncIterator[bytes | memoryview],
+    body: AsyncIterator[bytes | memoryview | SocketSpan],
     declared: int | None = None,
     target: Target = AT_ROOT,
 ) -> int:

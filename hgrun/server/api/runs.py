@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from hgrun.duration import parse_duration
+from hgrun.engine.span import SocketSpan
 from hgrun.errors import ConflictError, ForbiddenError, InputError, NotFoundError
 from hgrun.models import ENV_NAME, App, OutputChunk, RunStatus, Trigger, TriggerKind
 from hgrun.procfile import parse_procfile
@@ -237,19 +238,27 @@ async def upload_files(server: Server, request: Request) -> Response:
     server.uploading.add(run.id)
     try:
         async with RequestBody(request) as body:
-            await receive(
-                server.supervisor, run.id, _checked(body.chunks(), upload), declared, where
-            )
+            await receive(server.supervisor, run.id, _checked(body, upload), declared, where)
     finally:
         server.uploading.discard(run.id)
     return JSONResponse({"run": run.id, "bytes": upload.received})
 
 
 async def _checked(
-    body: AsyncIterator[bytes | memoryview], upload: UploadFilter
-) -> AsyncIterator[bytes | memoryview]:
-    """``body`` through ``upload``: only checked entries reach the engine."""
-    async for chunk in body:
+    body: RequestBody, upload: UploadFilter
+) -> AsyncIterator[bytes | memoryview | SocketSpan]:
+    """``body`` through ``upload``: only checked entries reach the engine. A file's content
+    that needs no look goes on as a span of the client's socket, spliced to the engine's."""
+    while True:
+        if (ahead := upload.content_ahead()) and (
+            span := body.span(ahead, upload.truncated)
+        ) is not None:
+            yield span
+            upload.passed(span.moved)  # all of it: the engine moved it before asking on
+            continue
+        chunk = await body.read()
+        if chunk is None:
+            break
         if out := upload.feed(chunk):
             yield out
     yield upload.close()
