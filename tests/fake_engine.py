@@ -230,6 +230,7 @@ class FakeEngine:
         return container.exit_code if container.exit_code is not None else -1
 
     def inspect(self, container_id: str) -> ContainerState:
+        self._enter("inspect", container_id)
         return self._state(self._get(container_id))
 
     def stop(self, container_id: str, grace: float) -> None:

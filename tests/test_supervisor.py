@@ -623,3 +623,30 @@ async def test_a_start_that_cannot_be_audited_fails_its_run_and_its_container_ne
     ended = world.store.run(run.id)
     assert ended.status is RunStatus.FAILED and "disk" in (ended.error or "")
     assert run.id not in sup.sessions
+
+
+@asyncio_test
+async def test_the_end_asks_the_engine_for_the_containers_state_while_the_lease_is_confirmed(
+    world: World,
+) -> None:
+    """The exit is reported after the lease is confirmed (a store write) and the container
+    inspected (an engine call): the two go at once, not one after the other."""
+    sup = world.supervisor()
+    confirming = asyncio.Event()
+    taken = sup.leases.taken
+
+    async def held_confirmation(run_id: int, *, confirm: bool = False) -> str | None:
+        if confirm:
+            await confirming.wait()  # the lease's confirmation stays in flight
+        return await taken(run_id, confirm=confirm)
+
+    sup.leases.taken = held_confirmation  # type: ignore[method-assign]
+    session = await sup.launch(world.run(), world.release, "none")
+    await until(lambda: world.engine.running() != [], "the container started")
+    cid = world.engine.only().id
+    world.engine.exit(cid, 0)
+    await until(lambda: ("inspect", cid) in world.engine.calls, "inspected during the confirm")
+    assert not session.finished.is_set()
+    confirming.set()
+    await asyncio.wait_for(session.finished.wait(), DEADLINE)
+    assert world.store.run(session.run.id).status is RunStatus.SUCCEEDED

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
-from hgrun.engine import Engine
+from hgrun.engine import ContainerState, Engine
 from hgrun.errors import (
     ConflictError,
     EngineError,
@@ -209,7 +209,7 @@ class Supervisor(AttachedClients):
         session.changed.set()  # an upload waiting for the container sees the phase move
         # The run's start is audited (a durable write: ms of fsync) while its container is
         # made; the container starts only once the record is durable (below).
-        audited = self._audit_start(run, spec.env)
+        audited = asyncio.ensure_future(self._audit_start(run, spec.env))
         try:
             session.container_id = await asyncio.to_thread(self.engine.create, spec)
         except HgrunError as e:
@@ -254,16 +254,14 @@ class Supervisor(AttachedClients):
         session.task = self.spawn(self._supervise(session))
         return session
 
-    def _audit_start(self, run: Run, env: Mapping[str, str]) -> asyncio.Future[None]:
-        """The run.start record, written in a thread (durable when the future is done)."""
-        if self.audit is None:
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
-        mode = "detached" if run.detached else ("tty" if run.tty else "attached")
-        payload: dict[str, Any] = {"command": list(run.command), "env_keys": sorted(env)}
-        payload |= {"input": run.env.get("HOSTINGGURU_RUN_INPUT"), "mode": mode, "size": run.size}
-        return asyncio.ensure_future(asyncio.to_thread(self.audit, "run.start", run, payload))
+    async def _audit_start(self, run: Run, env: Mapping[str, str]) -> None:
+        """The run.start record, written in a thread: durable once this returns."""
+        if self.audit is not None:
+            mode = "detached" if run.detached else ("tty" if run.tty else "attached")
+            payload: dict[str, Any] = {"command": list(run.command), "env_keys": sorted(env)}
+            payload |= {"input": run.env.get("HOSTINGGURU_RUN_INPUT"), "mode": mode}
+            payload["size"] = run.size
+            await asyncio.to_thread(self.audit, "run.start", run, payload)
 
     def _stopped_elsewhere(self, session: RunSession) -> None:
         """A run recorded final by someone else (a stop answered by another server, say) is
@@ -372,6 +370,10 @@ class Supervisor(AttachedClients):
         if session.phase is Phase.FINISHING:
             return
         run = session.run
+        # The container's state (its OOM flag, its times) is asked of the engine while the
+        # lease is confirmed: one engine round trip fewer before the exit is reported.
+        cid = session.container_id if error is None else None
+        inspecting = asyncio.ensure_future(_state_of(self.engine, cid))
         # A server that stalled past its lease must not finish a run another one took over:
         # that one records the outcome and removes the container (never twice, never early).
         while True:
@@ -381,16 +383,13 @@ class Supervisor(AttachedClients):
             except StoreError as e:  # a full disk: the lease is confirmed once space returns
                 log.error("run %s: cannot confirm its lease (%s); retrying", run.id, e.message)
                 await asyncio.sleep(STORE_RETRY)
-        if holder is not None:
-            await self.recoverer.let_go(session, holder)
-            return
-        if session.phase is Phase.FINISHING:  # finished meanwhile, by another task
+        if holder is not None or session.phase is Phase.FINISHING:  # another's, or finished
+            await _settled(inspecting)
+            if holder is not None:
+                await self.recoverer.let_go(session, holder)
             return
         session.phase = Phase.FINISHING
-        state = None
-        if session.container_id is not None and error is None:
-            with contextlib.suppress(HgrunError):
-                state = await asyncio.to_thread(self.engine.inspect, session.container_id)
+        state = await inspecting
         result = outcome(
             run,
             exit_code=exit_code,
@@ -493,7 +492,16 @@ class Supervisor(AttachedClients):
         return session
 
 
-async def _settled(future: asyncio.Future[None]) -> None:
+async def _state_of(engine: Engine, container_id: str | None) -> ContainerState | None:
+    """The container's state; None without one, or when the engine cannot say."""
+    if container_id is None:
+        return None
+    with contextlib.suppress(HgrunError):
+        return await asyncio.to_thread(engine.inspect, container_id)
+    return None
+
+
+async def _settled(future: asyncio.Future[Any]) -> None:
     """Wait for ``future`` whatever it ends with (its error is the start's, already moot)."""
     with contextlib.suppress(Exception):
         await future
