@@ -35,6 +35,17 @@ MIN_SPAN = 64 * 1024  # bytes worth a splice; fewer are read
 DRAIN_SECONDS = 30.0  # at most this long reading the rest of a body that was refused part-way
 
 
+# What take() reads and writes of uvicorn's RequestResponseCycle (0.30 to 0.54 at least).
+_CYCLE = (
+    "body",
+    "more_body",
+    "keep_alive",
+    "waiting_for_100_continue",
+    "response_started",
+    "disconnected",
+)
+
+
 class BodyTap:
     """What a request's handler needs to take its body off the connection: the uvicorn
     protocol and the request cycle it belongs to (set by :mod:`hgrun.server.connections`)."""
@@ -55,6 +66,8 @@ class BodyTap:
         bytes remain); None when the body cannot be taken (see the module's docstring)."""
         protocol, cycle = self.protocol, self.cycle
         transport = protocol.transport
+        if not all(hasattr(cycle, name) for name in _CYCLE) or not hasattr(protocol, "flow"):
+            return None  # a uvicorn of another shape: its own way, as any other body
         if (
             self.taken
             or protocol.cycle is not cycle
@@ -82,7 +95,7 @@ class BodyTap:
             transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             cycle.waiting_for_100_continue = False
         buffered = bytes(cycle.body)
-        cycle.body.clear()
+        cycle.body = cycle.body[:0]
         remaining = 0 if not cycle.more_body else declared - self.parsed
         return buffered, sock, remaining
 
