@@ -138,7 +138,8 @@ def guarded_protocol(
             if self.cycle is not before and self.cycle is not None:
                 # The request's handler may take a large body off the socket (rawbody.py).
                 self._tap = BodyTap(self, self.cycle)
-                self.cycle.scope.setdefault("extensions", {})[EXTENSION] = self._tap
+                # An ASGI extension is a dict (ASGI spec, "Extensions").
+                self.cycle.scope.setdefault("extensions", {})[EXTENSION] = {"tap": self._tap}
 
         def on_body(self, body: bytes) -> None:
             if self._tap is not None and not self._tap.on_body(len(body)):

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from hgrun.engine.span import Pipe, SocketSpan
 from hgrun.errors import HgrunError
 
-EXTENSION = "hgrun.body_tap"  # the scope["extensions"] key of the connection's BodyTap
+EXTENSION = "hgrun.body_tap"  # the scope["extensions"] key: {"tap": the request's BodyTap}
 READ_SIZE = 1024 * 1024
 MIN_SPAN = 64 * 1024  # bytes worth a splice; fewer are read
 DRAIN_SECONDS = 30.0  # at most this long reading the rest of a body that was refused part-way
@@ -210,7 +210,7 @@ class RequestBody:
 
     def _take(self) -> tuple[bytes, socket.socket, int] | None:
         request = self._request
-        tap = request.scope.get("extensions", {}).get(EXTENSION)
+        tap = request.scope.get("extensions", {}).get(EXTENSION, {}).get("tap")
         length = request.headers.get("content-length", "")
         if (
             not isinstance(tap, BodyTap)
