@@ -93,6 +93,27 @@ def test_reader_events_whole_and_byte_by_byte(frames: list[bytes], events: list[
     assert dribbled == events
 
 
+def test_reader_hands_out_views_of_bytes_and_copies_of_a_reused_buffer() -> None:
+    # Many messages in one feed, the last one cut short: the whole ones come out in order; a
+    # message lying in immutable bytes is a view of them (no copy) ...
+    frames = [_server_frame(ws.BINARY, bytes([i]) * (100 + i)) for i in range(50)]
+    data = b"".join(frames)
+    cut = len(data) - 7
+    reader = ws.FrameReader(1 << 20)
+    events = reader.feed(data[:cut])
+    assert [e.data for e in events] == [bytes([i]) * (100 + i) for i in range(49)]  # type: ignore[union-attr]
+    assert all(isinstance(e.data, memoryview) for e in events)  # type: ignore[union-attr]
+    # ... while a buffer the caller reuses is copied out of, the incomplete frame's bytes too.
+    buffer = bytearray(data[cut:])
+    assert reader.feed(buffer) == [ws.Message(True, bytes([49]) * 149)]
+    buffer[:] = b"\xff" * len(buffer)
+    head = _server_frame(ws.BINARY, b"xyz")
+    buffer = bytearray(head[:3])
+    assert reader.feed(buffer) == []
+    buffer[:] = b"\x00\x00\x00"
+    assert reader.feed(head[3:]) == [ws.Message(True, b"xyz")]
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

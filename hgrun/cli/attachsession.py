@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import selectors
 import stat
 
@@ -30,6 +31,16 @@ SEND_HIGH = 256 * 1024
 """Stdin is not read while this much is still unsent (backpressure)."""
 MAX_MESSAGE = 64 * 1024 * 1024
 """Largest message accepted from the server; output frames are far smaller."""
+RECV_BUFFER = 1024 * 1024
+"""The most read from the socket at once: what has arrived, up to this, in one read."""
+WRITE_BATCH = 1024 * 1024
+"""Output gathered from what has already arrived is written once it reaches this size (else
+when the socket has nothing more to give): one write for many small messages."""
+try:  # the most buffers one writev(2) takes (1024 on Linux; POSIX allows as few as 16)
+    IOV_MAX = os.sysconf("SC_IOV_MAX")
+except (AttributeError, OSError, ValueError):
+    IOV_MAX = 16
+NEWLINE = ord("\n")
 TRY_AGAIN = 1013  # RFC 6455 close code the server lets a viewer go with (relay.server.Close)
 
 
@@ -112,6 +123,10 @@ class Session:
         self.outgoing = bytearray()
         self.close_sent = False
         self.retry = 0  # a TLS write to retry with the same length (OpenSSL's rule)
+        # Output not yet written: pieces for one stream, in order (see _output).
+        self.out: list[bytes | memoryview] = []
+        self.out_stream: BinaryIO | None = None
+        self.out_size = 0
 
     def run(self, *, tty: bool) -> int:
         """Pump both ways until the exit status arrives; return the exit code."""
@@ -126,7 +141,10 @@ class Session:
                 self._send(self.conn.resize(width, height))
             if state.unsent:
                 self._send_stdin(state.unsent)
-            code = self._received(self.ws.rest)
+            try:
+                code = self._received(self.ws.rest)
+            finally:
+                self._write_out()
             if code is not None:
                 return code
             return self._loop()
@@ -228,19 +246,25 @@ class Session:
 
     def _read_socket(self) -> int | None:
         """Read what has arrived (all of it: TLS may hold decrypted bytes the selector cannot
-        see); the exit code once the status arrives."""
-        while True:
-            try:
-                data = self.sock.recv(RECV_CHUNK)
-            except self.ws.again:
-                return None
-            except OSError:
-                raise Closed(None) from None
-            if not data:
-                raise Closed(None)
-            code = self._received(data)
-            if code is not None:
-                return code
+        see); the exit code once the status arrives. The output it carried is written before
+        this returns or raises, whatever happens: nothing counted as received stays unshown."""
+        try:
+            while True:
+                try:
+                    # Fresh bytes each time: the messages in them are handed on as views of
+                    # them, down to the write to the terminal, never copied.
+                    data = self.sock.recv(RECV_BUFFER)
+                except self.ws.again:
+                    return None
+                except OSError:
+                    raise Closed(None) from None
+                if not data:
+                    raise Closed(None)
+                code = self._received(data)
+                if code is not None:
+                    return code
+        finally:
+            self._write_out()
 
     def _received(self, data: bytes) -> int | None:
         for event in self.reader.feed(data) if data else ():
@@ -259,28 +283,48 @@ class Session:
                     return code
         return None
 
-    def _message(self, message: bytes) -> int | None:
+    def _message(self, message: bytes | memoryview) -> int | None:
         stdout, stderr = self.terminal.stdout, self.terminal.stderr
         state = self.state
         for event in self.conn.receive(message):
             if isinstance(event, StdoutData):
                 if not state.received:
                     trace.mark("first_byte")
-                write_all(stdout, event.data)
+                self._output(stdout, event.data)
                 if event.data:
-                    state.at_line_start = event.data.endswith(b"\n")
+                    state.at_line_start = event.data[-1] == NEWLINE
                 state.received += len(event.data)
             elif isinstance(event, StderrData):
-                data = event.data
+                data = bytes(event.data)
                 if self.tty:
                     data = status_line(data, state.at_line_start)
                     state.at_line_start = True
-                write_all(stderr, data)
+                self._output(stderr, data)
                 state.received += len(event.data)  # the server's bytes, as sent
             elif isinstance(event, Exited):
                 trace.mark("exit_reported")
                 return event.exit_code
         return None
+
+    def _output(self, stream: BinaryIO, data: bytes | memoryview) -> None:
+        """Gather ``data`` for ``stream``: written with what came before it for the same
+        stream (in order across the two), by :meth:`_write_out` once the socket has nothing
+        more for now, or at :data:`WRITE_BATCH` bytes. Never waits for more to arrive."""
+        if self.out and stream is not self.out_stream:
+            self._write_out()
+        self.out.append(data)
+        self.out_stream = stream
+        self.out_size += len(data)
+        if self.out_size >= WRITE_BATCH:
+            self._write_out()
+
+    def _write_out(self) -> None:
+        if not self.out or self.out_stream is None:
+            return
+        parts = self.out
+        self.out = []
+        self.out_size = 0
+        write_parts(self.out_stream, parts)
 
     def _goodbye(self) -> None:
         """Close the WebSocket politely (section 7.1.2), without waiting for the answer: the
@@ -349,7 +393,33 @@ def status_line(data: bytes, at_line_start: bool) -> bytes:
     return text if at_line_start else b"\r\n" + text
 
 
-def write_all(stream: BinaryIO, data: bytes) -> None:
+def write_parts(stream: BinaryIO, parts: list[bytes | memoryview]) -> None:
+    """Write ``parts`` in order, all of them, and flush: with one writev(2) to the stream's
+    descriptor when it has one (nothing copied on the way), else joined."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: BytesIO
+        fd = -1
+    if fd < 0 or not hasattr(os, "writev"):
+        write_all(stream, parts[0] if len(parts) == 1 else b"".join(parts))
+        return
+    stream.flush()  # what went through the stream object before goes first
+    views = [memoryview(part).cast("B") for part in parts]
+    first = 0
+    while first < len(views):
+        try:
+            written = os.writev(fd, views[first : first + IOV_MAX])
+        except BlockingIOError:  # a non-blocking descriptor that is full: wait for room
+            select.select([], [fd], [])
+            continue
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
+            first += 1
+        if written:
+            views[first] = views[first][written:]
+
+
+def write_all(stream: BinaryIO, data: bytes | memoryview) -> None:
     """Write all of ``data`` and flush, so output shows as it arrives.
 
     Unbuffered streams may write less than asked (a signal during a write to a pipe), so loop.

@@ -93,16 +93,21 @@ class Resize(Record):
 
 
 class StdoutData(Record):
+    """Output on stdout; on the client's side a view of the message received when that was a
+    view (:meth:`ClientConnection.receive`), else bytes."""
+
     __slots__ = ("data",)
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self.data = data
 
 
 class StderrData(Record):
+    """Output on stderr, as :class:`StdoutData`."""
+
     __slots__ = ("data",)
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self.data = data
 
 
@@ -152,6 +157,13 @@ def _split(message: bytes | str, side: str) -> tuple[int, bytes]:
     if not message:
         raise ProtocolError(f"empty frame from the {side}: a frame starts with a channel byte")
     return message[0], bytes(message[1:])
+
+
+def _split_view(message: bytes | memoryview | str, side: str) -> tuple[int, bytes | memoryview]:
+    """:func:`_split`, the payload a view of ``message`` when that is a view (no copy)."""
+    if isinstance(message, memoryview) and message:
+        return message[0], message[1:]
+    return _split(message.tobytes() if isinstance(message, memoryview) else message, side)
 
 
 def _channel_name(channel: int) -> str:
@@ -320,14 +332,15 @@ class ClientConnection:
         _check_u16("height", height)
         return _json_frame(RESIZE, {"Width": width, "Height": height})
 
-    def receive(self, message: bytes | str) -> list[ServerEvent]:
+    def receive(self, message: bytes | memoryview | str) -> list[ServerEvent]:
         """Parse one message from the server.
 
         Returns no event for an empty output payload. Raises :class:`ProtocolError` for a text
         frame, a client channel, an unknown channel, a status that is not a ``metav1.Status``,
-        and any frame after the status.
+        and any frame after the status. The output of a message given as a view is a view of it
+        (a large output is not copied on its way to the terminal).
         """
-        channel, payload = _split(message, "server")
+        channel, payload = _split_view(message, "server")
         if self.exited:
             raise ProtocolError(f"{_channel_name(channel)} frame after the exit status")
         if channel == STDOUT:
@@ -335,7 +348,7 @@ class ClientConnection:
         if channel == STDERR:
             return [StderrData(payload)] if payload else []
         if channel == STATUS:
-            event = _parse_status(payload)
+            event = _parse_status(bytes(payload))
             self.exited = True
             return [event]
         if channel in _CHANNEL_NAMES:

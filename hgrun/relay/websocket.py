@@ -157,11 +157,12 @@ def close_payload(code: int, reason: str = "") -> bytes:
 
 
 class Message(Record):
-    """A whole data message (fragments joined)."""
+    """A whole data message (fragments joined). ``data`` may be a read-only view of the bytes
+    fed (see :meth:`FrameReader.feed`), which never change."""
 
     __slots__ = ("binary", "data")
 
-    def __init__(self, binary: bool, data: bytes) -> None:
+    def __init__(self, binary: bool, data: bytes | memoryview) -> None:
         self.binary = binary
         self.data = data
 
@@ -190,71 +191,100 @@ class FrameReader:
     """Received bytes in, whole messages and control frames out (sections 5.2 to 5.5).
 
     Messages larger than ``max_size`` are refused. After :class:`Closed`, nothing more is read.
+
+    Bytes fed are parsed where they lie, and what was parsed is dropped once per feed (a feed
+    holding many frames costs one pass over its bytes, not one move of the rest per frame);
+    only an incomplete frame's bytes are kept. A message lying whole in ``data`` of type
+    ``bytes`` (immutable) is handed out as a view of it, not copied; from anything else (a
+    receive buffer the caller reuses, or a frame that came in pieces) it is copied out once.
     """
 
     def __init__(self, max_size: int) -> None:
         self._buffer = bytearray()
         self._max_size = max_size
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | memoryview] = []
         self._parts_size = 0
         self._binary = True
         self._closed = False
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         if self._closed:
             return []
-        self._buffer += data
+        if self._buffer:
+            self._buffer += data
+            buf: bytes | bytearray | memoryview = self._buffer
+        else:
+            buf = data
         events: list[Event] = []
-        while (event := self._next()) is not None:
-            if event is not _PARTIAL:
-                events.append(event)  # type: ignore[arg-type]
-            if isinstance(event, Closed):
-                self._closed = True
-                self._buffer.clear()
-                break
+        pos = 0
+        with memoryview(buf) as view:
+            keep = isinstance(buf, bytes)  # views of it stay valid: hand them out
+            while (parsed := self._next(view, pos, keep)) is not None:
+                event, pos = parsed
+                if event is not _PARTIAL:
+                    events.append(event)  # type: ignore[arg-type]
+                if isinstance(event, Closed):
+                    self._closed = True
+                    break
+        if self._closed:
+            self._buffer.clear()
+        elif buf is self._buffer:
+            del self._buffer[:pos]
+        elif pos < len(data):
+            self._buffer += data[pos:]
         return events
 
-    def _next(self) -> Event | object | None:
-        buffer = self._buffer
-        if len(buffer) < 2:
+    def _next(self, buffer: memoryview, pos: int, keep: bool) -> tuple[Event | object, int] | None:
+        """The frame at ``pos`` as an event (or :data:`_PARTIAL`) and the position after it;
+        None while it is incomplete. ``keep``: a data payload may be a view of ``buffer``."""
+        have = len(buffer) - pos
+        if have < 2:
             return None
-        first, second = buffer[0], buffer[1]
+        first, second = buffer[pos], buffer[pos + 1]
         if first & 0x70:
             raise WebSocketError("the server set reserved bits (no extension was agreed)")
         if second & 0x80:
             raise WebSocketError("the server masked a frame (RFC 6455 section 5.1 forbids it)")
         fin, opcode, length, at = bool(first & 0x80), first & 0x0F, second & 0x7F, 2
         if length == 126:
-            if len(buffer) < 4:
+            if have < 4:
                 return None
-            (length,) = struct.unpack_from("!H", buffer, 2)
+            (length,) = struct.unpack_from("!H", buffer, pos + 2)
             at = 4
         elif length == 127:
-            if len(buffer) < 10:
+            if have < 10:
                 return None
-            (length,) = struct.unpack_from("!Q", buffer, 2)
+            (length,) = struct.unpack_from("!Q", buffer, pos + 2)
             at = 10
         if length > self._max_size or self._parts_size + length > self._max_size:
             raise WebSocketError(f"the server sent a message over {self._max_size} bytes")
-        if len(buffer) < at + length:
+        if have < at + length:
             return None
-        payload = bytes(buffer[at : at + length])
-        del buffer[: at + length]
+        end = pos + at + length
         if opcode >= 0x8:
-            if not fin or length > 125:
-                raise WebSocketError("the server sent a fragmented or long control frame")
-            if opcode == CLOSE:
-                if length == 0:
-                    return Closed(1005, "")
-                if length == 1:
-                    raise WebSocketError("the server sent a close frame of one byte")
-                (code,) = struct.unpack_from("!H", payload)
-                return Closed(code, payload[2:].decode(errors="replace"))
-            if opcode == PING:
-                return Ping(payload)
-            if opcode == PONG:
-                return _PARTIAL
-            raise WebSocketError(f"the server sent unknown control opcode {opcode}")
+            return self._control(fin, opcode, buffer[pos + at : end].tobytes()), end
+        payload = buffer[pos + at : end]
+        return self._data(fin, opcode, payload if keep else payload.tobytes()), end
+
+    def _control(self, fin: bool, opcode: int, payload: bytes) -> Event | object:
+        length = len(payload)
+        if not fin or length > 125:
+            raise WebSocketError("the server sent a fragmented or long control frame")
+        if opcode == CLOSE:
+            if length == 0:
+                return Closed(1005, "")
+            if length == 1:
+                raise WebSocketError("the server sent a close frame of one byte")
+            (code,) = struct.unpack_from("!H", payload)
+            return Closed(code, payload[2:].decode(errors="replace"))
+        if opcode == PING:
+            return Ping(payload)
+        if opcode == PONG:
+            return _PARTIAL
+        raise WebSocketError(f"the server sent unknown control opcode {opcode}")
+
+    def _data(self, fin: bool, opcode: int, payload: bytes | memoryview) -> Event | object:
+        length = len(payload)
         if opcode == CONTINUATION:
             if not self._parts:
                 raise WebSocketError("the server continued a message it never began")
