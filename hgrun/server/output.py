@@ -16,9 +16,15 @@ from hgrun.engine import STDERR, AttachStream
 from hgrun.models import OutputChunk
 from hgrun.rejoin import PROBE, Piece, Rejoin, Stored
 from hgrun.server.session import Hint, Output, RunSession
-from hgrun.store import Store
+from hgrun.store import NewChunk, Store
 
 ROWS = 256  # store rows read at a time
+# A flush stores what the pump added as few rows as it can: the pieces of one stream that came
+# one after another, within ROW_SECONDS of the row's first (whose time the row keeps: a log
+# line's time is off by no more than that), up to ROW_BYTES. A TTY gives the engine reads of a
+# few KB: one row each cost the store more than the bytes themselves.
+ROW_BYTES = 256 * 1024
+ROW_SECONDS = 0.01
 
 Find = Callable[[bytes], Awaitable[int | None]]
 
@@ -35,12 +41,13 @@ class OutputLog:
             session.last_flush = self.clock()
             if not batch:
                 return
-            chunks = [(p.stream, p.ts, p.data) for p in batch]
-            await asyncio.to_thread(
-                self.store.append_output, session.run.id, session.run.app_id, chunks
-            )
+            await asyncio.to_thread(self._append, session.run.id, session.run.app_id, batch)
             del session.unstored[: len(batch)]
             session.stored = batch[-1].end
+
+    def _append(self, run_id: int, app_id: int, batch: list[Output]) -> None:
+        """In a worker thread: the pieces as rows (:func:`rows`), stored."""
+        self.store.append_output(run_id, app_id, rows(batch, ROW_BYTES, ROW_SECONDS))
 
     async def read(
         self, run_id: int, hint: Hint, position: int, limit: int
@@ -90,16 +97,20 @@ class OutputLog:
 
     def tail(self, run_id: int, cap: int) -> tuple[bytes, bytes]:
         """The last ``cap`` bytes of the run's stdout and of its stderr (newest rows first)."""
-        output = {1: bytearray(), STDERR: bytearray()}
+        # Newest first, joined once at the end (prepending each row would move all the rest).
+        output: dict[int, list[bytes]] = {1: [], STDERR: []}
+        held = 0
         before = None
-        while sum(map(len, output.values())) < 2 * cap:
+        while held < 2 * cap:
             chunks = self.store.output(run_id=run_id, before=before, limit=ROWS, newest_first=True)
             if not chunks:
                 break
             for chunk in chunks:
-                output[STDERR if chunk.stream == STDERR else 1][:0] = chunk.data
+                output[STDERR if chunk.stream == STDERR else 1].append(chunk.data)
+                held += len(chunk.data)
             before = chunks[-1].cursor
-        return bytes(output[1][-cap:]), bytes(output[STDERR][-cap:])
+        stdout, stderr = (b"".join(reversed(output[key])) for key in (1, STDERR))
+        return stdout[-cap:], stderr[-cap:]
 
     # -- what recovery needs to join the engine's replay (hgrun.rejoin) -------------------------
 
@@ -155,6 +166,32 @@ class OutputLog:
                 if chunk.offset is not None:
                     yield chunk
             cursor = chunks[-1].cursor
+
+
+def rows(pieces: list[Output], max_bytes: int, seconds: float) -> list[NewChunk]:
+    """``pieces`` (in order, contiguous) as store rows ``(stream, ts, data)``: each run of
+    pieces on one stream within ``seconds`` of its first piece joined, up to ``max_bytes`` a
+    row (a piece larger than that is a row of its own, whole), with its first piece's time."""
+    out: list[NewChunk] = []
+    group: list[bytes] = []
+    size = 0
+    first: Output | None = None
+    for piece in pieces:
+        if (
+            first is not None
+            and piece.stream == first.stream
+            and piece.ts - first.ts <= seconds
+            and size + len(piece.data) <= max_bytes
+        ):
+            group.append(piece.data)
+            size += len(piece.data)
+            continue
+        if first is not None:
+            out.append((first.stream, first.ts, group[0] if len(group) == 1 else b"".join(group)))
+        first, group, size = piece, [piece.data], len(piece.data)
+    if first is not None:
+        out.append((first.stream, first.ts, group[0] if len(group) == 1 else b"".join(group)))
+    return out
 
 
 async def rejoined(
