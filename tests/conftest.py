@@ -233,6 +233,23 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
 
 ServerFactory = Callable[..., HgrunServer]
 
+# The servers each test started (by node id): a failing test's report shows their last lines,
+# which are otherwise gone with the server (a failure seen only under CI's load says why).
+_SERVERS_OF: dict[str, list[HgrunServer]] = {}
+SERVER_LOG_TAIL = 12_000  # characters of each server's output in a failure's report
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call" and report.failed:
+        for server in _SERVERS_OF.get(item.nodeid, []):
+            tail = server.log[-SERVER_LOG_TAIL:]
+            report.sections.append((f"hgrun server on port {server.port}, last lines", tail))
+    if report.when == "teardown":
+        _SERVERS_OF.pop(item.nodeid, None)
+
 
 @pytest.fixture(scope="session")
 def hgrun_server(
@@ -257,6 +274,8 @@ def hgrun_server(
             env=dict(env or {}),
         )
         started.append(server)
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+        _SERVERS_OF.setdefault(test, []).append(server)
         return server.start()
 
     try:

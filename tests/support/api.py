@@ -46,11 +46,17 @@ class Api:
     def finished_run(self, number: int, timeout: float = 60) -> dict[str, Any]:
         """The run once its status is final (polled)."""
 
+        seen: dict[str, Any] = {}
+
         def ended() -> dict[str, Any] | None:
             run = self.run(number)
+            seen.update(run)
             return run if run["status"] not in ACTIVE else None
 
-        return wait_for(ended, timeout, f"run {number} to end")
+        try:
+            return wait_for(ended, timeout, f"run {number} to end")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the run as last seen: {seen}") from None
 
     def running(self, number: int, timeout: float = 30) -> dict[str, Any]:
         """The run once it is running; fails if it ends first."""
