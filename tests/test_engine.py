@@ -8,26 +8,81 @@ from typing import Any
 import pytest
 
 from hgrun.engine import STDERR, STDOUT, ContainerStatus
+from hgrun.engine.attachpipe import Pipe
 from hgrun.engine.dockerwire import RawAttach, container_state
 from hgrun.engine.multiplex import frame
 
 
-class _Sink:
-    """The writer half of a connection, never written to in these tests."""
+class _Transport(asyncio.Transport):
+    """The transport under a Pipe in these tests: it records pauses, never writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def pause_reading(self) -> None:
+        self.paused += 1
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
 
     def close(self) -> None: ...
 
 
+def _received(pipe: Pipe, data: bytes) -> None:
+    """``data`` as the transport hands it over: into the pipe's own buffer."""
+    while data:
+        buffer = pipe.get_buffer(-1)
+        n = min(len(buffer), len(data))
+        buffer[:n] = data[:n]
+        pipe.buffer_updated(n)
+        data = data[n:]
+
+
 async def _read_all(raw: bytes, tty: bool, chunk: int) -> list[tuple[int, bytes]]:
-    reader = asyncio.StreamReader()
-    for i in range(0, len(raw), chunk):
-        reader.feed_data(raw[i : i + chunk])
-    reader.feed_eof()
-    stream = RawAttach(reader, _Sink(), tty)  # type: ignore[arg-type]
+    pipe = Pipe()
+    transport = _Transport()
+    pipe.connection_made(transport)
+    stream = RawAttach(pipe, transport, tty)
+
+    async def arrive() -> None:
+        for i in range(0, len(raw), chunk):
+            _received(pipe, raw[i : i + chunk])
+            if i % (3 * chunk) == 0:  # the reader takes after one piece, or after several
+                await asyncio.sleep(0)
+        pipe.eof_received()
+
+    engine = asyncio.create_task(arrive())
     out = []
     while (piece := await stream.read()) is not None:
         out.append(piece)
+    await engine
     return out
+
+
+def test_the_pipe_takes_its_head_then_what_came_after_it_and_pauses_when_full() -> None:
+    async def go() -> None:
+        pipe = Pipe(size=32)
+        transport = _Transport()
+        pipe.connection_made(transport)
+        _received(pipe, b"HTTP/1.1 101 UPGRADED\r\n\r\nab")
+        assert await pipe.head() == b"HTTP/1.1 101 UPGRADED\r\n\r\n"
+        assert await pipe.wait()
+        assert pipe.take(memoryview.tobytes) == b"ab"
+        assert transport.paused == 0
+        _received(pipe, b"x" * 32)
+        assert transport.paused == 1  # full: the engine waits until the reader takes
+        assert pipe.take(memoryview.tobytes) == b"x" * 32
+        pipe.eof_received()
+        assert not await pipe.wait()
+
+    asyncio.run(go())
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 8, 9, 1000])

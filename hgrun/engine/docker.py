@@ -34,11 +34,13 @@ from hgrun.engine import (
     EngineInfo,
     log_options,
 )
+from hgrun.engine.attachpipe import Pipe
 from hgrun.engine.dockerwire import (
     ERROR_BODY,
     RawAttach,
     answer_head,
     container_state,
+    head_status,
     json_message,
     send_chunked,
     unchunked,
@@ -394,26 +396,45 @@ class DockerEngine:
         query = urllib.parse.urlencode(
             {"stream": 1, "stdout": 1, "stderr": 1, "stdin": int(stdin), "logs": int(logs)}
         )
-        reader, writer = await self._connect()
+        pipe, transport = await self._open_pipe()
         request = (
             f"POST {self._path(f'/containers/{container_id}/attach')}?{query} HTTP/1.1\r\n"
             "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
         )
-        writer.write(request.encode())
-        await writer.drain()
+        transport.write(request.encode())
         try:
-            _, code, status_line = await answer_head(reader)
+            _, code, status_line = head_status(await pipe.head())
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as e:
-            writer.close()
+            transport.close()
             raise EngineError(f"cannot attach to container {container_id[:12]}: {e}") from e
         if code not in (101, 200):
-            body = await reader.read(ERROR_BODY)
-            writer.close()
+            body = b""
+            if await pipe.wait():
+                body = pipe.take(lambda view: view[:ERROR_BODY].tobytes())
+            transport.close()
             message = json_message(body) or status_line
             if code == 404:
                 raise NotFoundError(f"container {container_id[:12]} not found: {message}")
             raise EngineError(f"cannot attach to container {container_id[:12]}: {message}")
-        return RawAttach(reader, writer, tty)
+        return RawAttach(pipe, transport, tty)
+
+    async def _open_pipe(self) -> tuple[Pipe, asyncio.Transport]:
+        """A connection to the engine read by a :class:`Pipe` (the attach's hijacked stream)."""
+        loop = asyncio.get_running_loop()
+        try:
+            if self._uds is not None:
+                transport, pipe = await loop.create_unix_connection(Pipe, self._uds)
+            else:
+                assert self._tcp is not None  # noqa: S101 - set together with _uds in __init__
+                transport, pipe = await loop.create_connection(
+                    Pipe,
+                    *self._tcp,
+                    ssl=self._ssl,
+                    server_hostname=self._tcp[0] if self._ssl is not None else None,
+                )
+        except (OSError, ssl.SSLError) as e:
+            raise EngineError(f"cannot reach the Docker engine at {self.host}: {e}") from e
+        return pipe, transport  # type: ignore[return-value]
 
     async def put_archive(
         self, container_id: str, path: str, data: AsyncIterator[bytes | memoryview | SocketSpan]

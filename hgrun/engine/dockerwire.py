@@ -21,13 +21,11 @@ from typing import Any
 
 from hgrun import execfailure
 from hgrun.engine import ContainerState, ContainerStatus
-from hgrun.engine.multiplex import Demuxer
+from hgrun.engine.attachpipe import Pipe
+from hgrun.engine.multiplex import STDOUT, Demuxer
 from hgrun.engine.span import SocketSpan
 from hgrun.errors import EngineError
 
-# The most read from the attach socket at once: whatever the engine sent meanwhile, up to this,
-# becomes one piece (large frames to the client, few rows in the store), never waiting for more.
-READ_SIZE = 1024 * 1024
 SEND_BUFFER = 2 * 1024 * 1024  # bytes of an upload in the kernel's send buffer, at most
 ERROR_BODY = 65536  # bytes of an error answer read for its message
 # Docker's container states (Engine API, ContainerState.Status) in the interface's three words.
@@ -44,27 +42,28 @@ STATUS = {
 
 class RawAttach:
     """A hijacked attach connection: after the HTTP upgrade it is a plain byte pipe, carrying
-    Docker's multiplexed stream (raw stdout with a TTY), demultiplexed here."""
+    Docker's multiplexed stream (raw stdout with a TTY), demultiplexed here. ``pipe`` is the
+    connection's protocol (its head already read), ``transport`` its transport."""
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tty: bool
-    ) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, pipe: Pipe, transport: asyncio.Transport, tty: bool) -> None:
+        self._pipe = pipe
+        self._transport = transport
         self._demuxer = Demuxer(tty)
+        self._tty = tty
         self._ready: collections.deque[tuple[int, bytes]] = collections.deque()
         self._first = True
 
     async def _fill(self) -> bool:
-        """At least one piece ready; False at the end of the stream."""
+        """At least one piece ready; False at the end of the stream. All that arrived is taken
+        at once: with a TTY one piece, copied once out of the pipe's buffer; else the frames,
+        each run of one stream copied once (the demuxer's)."""
         while not self._ready:
-            try:
-                data = await self._reader.read(READ_SIZE)
-            except (ConnectionError, OSError):
-                data = b""
-            if not data:
+            if not await self._pipe.wait():
                 return False
-            self._ready.extend(self._demuxer.feed(data))
+            if self._tty:
+                self._ready.append((STDOUT, self._pipe.take(memoryview.tobytes)))
+            else:
+                self._ready.extend(self._pipe.take(self._demuxer.feed))
         return True
 
     async def read(self) -> tuple[int, bytes] | None:
@@ -88,26 +87,32 @@ class RawAttach:
 
     async def write(self, data: bytes) -> None:
         try:
-            self._writer.write(data)
-            await self._writer.drain()
+            if self._transport.is_closing():
+                raise ConnectionResetError("closed")
+            self._transport.write(data)
+            await self._pipe.drain()
         except (ConnectionError, OSError) as e:
             raise EngineError(f"the container's stdin is closed ({e})") from e
 
     async def close_stdin(self) -> None:
         # A half-close of the hijacked connection closes the container's stdin (StdinOnce).
-        with contextlib.suppress(ConnectionError, OSError):
-            if self._writer.can_write_eof():
-                self._writer.write_eof()
+        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+            if not self._transport.is_closing() and self._transport.can_write_eof():
+                self._transport.write_eof()
 
     async def close(self) -> None:
         with contextlib.suppress(ConnectionError, OSError):
-            self._writer.close()
+            self._transport.close()
 
 
 async def answer_head(reader: asyncio.StreamReader) -> tuple[bytes, int, str]:
     """The answer's head, its status code (0 when unreadable) and its status line. Raises what
     ``readuntil`` raises when the engine closes first."""
-    head = await reader.readuntil(b"\r\n\r\n")
+    return head_status(await reader.readuntil(b"\r\n\r\n"))
+
+
+def head_status(head: bytes) -> tuple[bytes, int, str]:
+    """An answer's head, its status code (0 when unreadable) and its status line."""
     status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
     parts = status_line.split(" ", 2)
     code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0

@@ -29,12 +29,14 @@ class Demuxer:
         self.tty = tty
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def feed(self, data: bytes | memoryview) -> list[tuple[int, bytes]]:
+        """The pieces ``data`` completes; a view is read only during the call (what is kept
+        of it, payloads or an incomplete frame, is copied)."""
         if self.tty:
-            return [(STDOUT, data)] if data else []
+            return [(STDOUT, bytes(data))] if data else []
         if self._buffer:
             self._buffer += data
-            buf: bytes | bytearray = self._buffer
+            buf: bytes | bytearray | memoryview = self._buffer
         else:
             buf = data
         out: list[tuple[int, bytes]] = []

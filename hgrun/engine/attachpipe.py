@@ -1,0 +1,147 @@
+"""The engine's side of a hijacked attach connection, as an asyncio protocol.
+
+The transport receives straight into one buffer that lives as long as the connection
+(``recv_into``: no bytes object made, no copy and no allocation per read, where a
+``StreamReader`` makes a fresh block for each read, copies it into its buffer and out again);
+the reader takes whatever arrived since it last took, at once, and never waits for more than
+is there. With a TTY the engine writes a few KB at a time, so this is paid once per few KB.
+
+Reading pauses while the buffer is full (the engine, then the container, waits: backpressure)
+and resumes once it is taken; writing waits while the transport asks (:meth:`Pipe.drain`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+BUFFER = 1024 * 1024  # bytes received at most before the reader takes them
+MAX_HEAD = 64 * 1024  # the engine's answer head, at most
+
+
+class Pipe(asyncio.BufferedProtocol):
+    """One hijacked connection: the answer's head, then bytes as they come (:meth:`take`)."""
+
+    def __init__(self, size: int = BUFFER) -> None:
+        self._size = size
+        self._buffer = bytearray(size)
+        self._filled = 0
+        self._eof = False
+        self._transport: asyncio.Transport | None = None
+        self._over_ssl = False
+        self._arrived: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._read_paused = False
+        self._write_paused = False
+        self.lost: Exception | None = None
+
+    # -- the transport's side ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - a stream connection
+        self._transport = transport
+        self._over_ssl = transport.get_extra_info("sslcontext") is not None
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._filled == len(self._buffer):
+            # Full, and reading is paused; TLS may still hand over what it decrypted already.
+            self._buffer.extend(bytes(max(sizehint, 65536)))
+        return memoryview(self._buffer)[self._filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._filled += nbytes
+        if self._filled >= len(self._buffer) and not self._read_paused and self._transport:
+            self._transport.pause_reading()
+            self._read_paused = True
+        _wake(self._arrived)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        _wake(self._arrived)
+        # Keep the connection open to write (the container's stdin), as StreamReaderProtocol
+        # does; over TLS a half-close is not possible (asyncio warns on True).
+        return not self._over_ssl
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self.lost = exc
+        _wake(self._arrived)
+        _wake(self._drained)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        _wake(self._drained)
+
+    # -- the reader's side ---------------------------------------------------------------------
+
+    async def wait(self) -> bool:
+        """Until something arrived: True; False at the end with nothing left."""
+        while not self._filled and not self._eof:
+            self._arrived = asyncio.get_running_loop().create_future()
+            try:
+                await self._arrived
+            finally:
+                self._arrived = None
+        return self._filled > 0
+
+    def take(self, consume: Callable[[memoryview], T]) -> T:
+        """``consume`` what arrived, given as a view valid only during the call (it copies
+        what it keeps); the buffer is then empty again."""
+        try:
+            with memoryview(self._buffer) as view:
+                return consume(view[: self._filled])
+        finally:
+            self._filled = 0
+            if self._read_paused and self._transport is not None:
+                self._read_paused = False
+                if len(self._buffer) > self._size:
+                    del self._buffer[self._size :]  # back to size after a TLS overrun
+                self._transport.resume_reading()
+
+    async def head(self) -> bytes:
+        """The answer's head, up to its blank line; what came after it stays to be taken.
+        Raises :class:`asyncio.IncompleteReadError` when the connection ends first, and
+        :class:`asyncio.LimitOverrunError` for a head over :data:`MAX_HEAD`."""
+        while True:
+            end = self._buffer.find(b"\r\n\r\n", 0, self._filled)
+            if end >= 0:
+                end += 4
+                head = bytes(self._buffer[:end])
+                rest = self._filled - end
+                self._buffer[:rest] = self._buffer[end : self._filled]
+                self._filled = rest
+                return head
+            if self._filled > MAX_HEAD:
+                raise asyncio.LimitOverrunError("the engine's answer head is too long", 0)
+            if self._eof:
+                raise asyncio.IncompleteReadError(bytes(self._buffer[: self._filled]), None)
+            self._arrived = asyncio.get_running_loop().create_future()
+            try:
+                await self._arrived
+            finally:
+                self._arrived = None
+
+    async def drain(self) -> None:
+        """Until the transport takes writes again; ConnectionResetError once it is gone."""
+        while self._write_paused and self.lost is None and not self._eof_closed():
+            self._drained = asyncio.get_running_loop().create_future()
+            try:
+                await self._drained
+            finally:
+                self._drained = None
+        if self._transport is None or self._transport.is_closing():
+            raise ConnectionResetError("the connection to the engine is closed")
+
+    def _eof_closed(self) -> bool:
+        return self._transport is None or self._transport.is_closing()
+
+
+def _wake(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
