@@ -27,7 +27,7 @@ from hgrun.server.auditwriter import Appender, AuditWriter
 from hgrun.server.auth import new_token
 from hgrun.server.connections import HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD, guarded_protocol
 from hgrun.server.launcher import Launcher
-from hgrun.server.memory import fix_malloc_thresholds
+from hgrun.server.memory import start_trimming
 from hgrun.server.notifier import Notifier, Targets
 from hgrun.server.recovery import process_gone
 from hgrun.server.retention import Pruner, Retention
@@ -274,7 +274,6 @@ def serve(
     to the log, only to the 0600 file ``admin.token`` of the data directory. ``tls``: (cert,
     key) PEM files: HTTPS and WSS instead of HTTP and WS."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    fix_malloc_thresholds()  # a run's output buffers go back to the system when freed
     if tls is not None:
         check_tls(*tls)
     retention = retention or Retention()
@@ -370,6 +369,7 @@ def serve(
             say(f"admin token saved in {path} (mode 0600; the server keeps only its hash)")
             show_secret(f"admin token: {token}")
             show_secret(f"(shown once. Log in with: hgrun login --token - < {path})")
+        stop_trimming = start_trimming()  # a run's output buffers go back to the system
         yield
         await scheduler.stop()
         await pruner.stop()
@@ -377,6 +377,8 @@ def serve(
         await notifier.drain()
         await engine.aclose()
         workers.shutdown()
+        if stop_trimming is not None:
+            stop_trimming()
 
     app = build_app(server)
     app.router.lifespan_context = lifespan

@@ -1,36 +1,56 @@
-"""The server gives the memory of a run's output back once it is freed.
+"""The server gives the memory of a run's output back to the system once it is freed.
 
-A run's output passes through buffers of up to 1 MiB (the engine's socket is read 1 MiB at a
-time, pieces are joined for the store and for viewers). glibc's malloc serves blocks that large
-with mmap, and unmaps them when freed, but only until the first one is freed: it then raises its
-mmap threshold to that block's size (the "dynamic threshold", up to 32 MiB on 64-bit), and
-every later block of that size comes from the heap, where a freed block in the middle of live
-ones is never returned to the system. Measured with bench/run.py: the server at 79 MB fresh held
-250 MB after two runs of 100 MB of output, and stayed there; with the threshold fixed, 107 MB.
+A run's output passes through buffers of up to 1 MiB (reads off the engine's socket, pieces
+joined for the store and for viewers), in several threads. glibc's malloc serves the first such
+blocks with mmap, but once one is freed it raises its mmap threshold to that size (the "dynamic
+threshold") and later ones come from the heaps of the threads' arenas, where a freed block below
+a live one is never returned. Measured with bench/run.py: the server at 79 MB fresh held 250 MB
+after two runs of 100 MB of output, and kept it.
 
-Setting the threshold explicitly turns the dynamic adjustment off (mallopt(3)). Blocks under it
-(Python's own small objects go to pymalloc's arenas anyway) are not affected. On a C library
-other than glibc (musl has no mallopt) this does nothing.
+Pinning the threshold (mallopt) fixes that but makes every large buffer an mmap whose pages
+fault in zeroed, which cost the output path a third more CPU. Instead a thread calls
+malloc_trim(3) every few seconds: it returns the free pages of every arena (about 25 ms for
+200 MB; ctypes releases the GIL for the call, so the event loop goes on). On a C library other
+than glibc (musl has no malloc_trim) nothing is started.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
+import threading
+from collections.abc import Callable
 
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 128 * 1024  # glibc's default, kept from moving
-TRIM_THRESHOLD = 1024 * 1024  # a free heap top over 1 MiB goes back to the system
+log = logging.getLogger("hgrun.memory")
+
+TRIM_EVERY = 5.0  # seconds between trims
 
 
-def fix_malloc_thresholds() -> bool:
-    """Pin glibc's mmap and trim thresholds; True when the C library took them."""
+def _malloc_trim() -> Callable[[], object] | None:
     try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+        trim = ctypes.CDLL(None).malloc_trim  # the C library the interpreter runs on
     except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    took_mmap = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-    took_trim = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-    return took_mmap and took_trim
+        return None
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
+
+
+def start_trimming(every: float = TRIM_EVERY) -> Callable[[], None] | None:
+    """Trim malloc's free memory every ``every`` seconds in a daemon thread; returns its stop,
+    or None when the C library has no malloc_trim."""
+    trim = _malloc_trim()
+    if trim is None:
+        return None
+    stopped = threading.Event()
+
+    def loop() -> None:
+        while not stopped.wait(every):
+            try:
+                trim()
+            except Exception:  # never seen; the server goes on without it
+                log.exception("malloc_trim failed; memory is no longer trimmed")
+                return
+
+    threading.Thread(target=loop, name="malloc-trim", daemon=True).start()
+    return stopped.set
