@@ -50,6 +50,7 @@ from hgrun.models import Release, Run, RunStatus
 from hgrun.server.clients import AUDIT_CAP, AttachedClients
 from hgrun.server.leases import LEASE_TTL, LeaseLost, Leases
 from hgrun.server.output import OutputLog
+from hgrun.server.pumping import FLUSH_SECONDS, OutputPump
 from hgrun.server.recovery import Recoverer
 from hgrun.server.session import Finished, Output, RunSession, Subscriber
 from hgrun.server.slots import RunSlots, end_waiting, enqueue, stop_unlaunched
@@ -61,15 +62,12 @@ __all__ = ["Finished", "LeaseLost", "Limits", "Output", "RunSession", "Subscribe
 
 log = logging.getLogger("hgrun.supervisor")
 
-FLUSH_BYTES = 1024 * 1024  # output held before a flush to the store starts (off the pump's path)
-HOLD_BYTES = 4 * 1024 * 1024  # output held past which the pump waits for the store
-FLUSH_SECONDS = 0.2
 STORE_RETRY = 2.0  # seconds between tries to record a run's end the store refused (a full disk)
 
 Audit = Callable[[str, Run, dict[str, Any]], None]
 
 
-class Supervisor(AttachedClients):
+class Supervisor(AttachedClients, OutputPump):
     def __init__(
         self,
         store: Store,
@@ -142,14 +140,6 @@ class Supervisor(AttachedClients):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    async def flush(self, session: RunSession) -> None:
-        """Store the run's output held in memory, unless another server took the run over
-        (then :class:`LeaseLost`: it stores that output itself, so nothing is stored twice)."""
-        holder = await self.leases.taken(session.run.id)
-        if holder is not None:
-            raise LeaseLost(holder)
-        await self.output.flush(session)
 
     # -- launching ---------------------------------------------------------------------------
 
@@ -345,24 +335,6 @@ class Supervisor(AttachedClients):
         exit_code = await asyncio.to_thread(self.engine.wait, self._container(session))
         await self.finish(session, exit_code)
 
-    async def _pump(self, session: RunSession) -> None:
-        stream = session.stream
-        if stream is None:
-            return
-        while (piece := await stream.read()) is not None:
-            now = self.clock()
-            session.last_activity = now
-            session.add(piece[0], piece[1], now)
-            held = session.unstored_bytes
-            if held >= HOLD_BYTES:
-                await self.flush(session)  # the store keeps up, or the container waits
-            elif (held >= FLUSH_BYTES or session.watched_elsewhere) and (
-                session.flushing is None or session.flushing.done()
-            ):
-                # In a worker thread while the pump goes on; a failure shows at the last flush.
-                session.flushing = self.spawn(self._flush_held(session))
-        await self.flush(session)
-
     async def finish(
         self, session: RunSession, exit_code: int | None = None, *, error: HgrunError | None = None
     ) -> None:
@@ -469,15 +441,6 @@ class Supervisor(AttachedClients):
         decision = due(session.run, session.presence, self.limits, now)
         if decision.stop is not None:
             await self.request_stop(session, decision.stop)
-
-    async def _flush_held(self, session: RunSession) -> None:
-        try:
-            await self.flush(session)
-            # Watched through another server: what came during that flush is stored at once too.
-            while session.watched_elsewhere and session.unstored and session.outcome is None:
-                await self.flush(session)
-        except LeaseLost as e:
-            await self.recoverer.let_go(session, e.holder)
 
     @staticmethod
     def _container(session: RunSession) -> str:
