@@ -22,14 +22,6 @@ def app(cli: Cli, busybox_image: str, tmp_path_factory: pytest.TempPathFactory) 
     return deploy_busybox_app(cli, tmp_path_factory.mktemp("upload-app"))
 
 
-def _run_taking_upload(api: Api, app: str, command: list[str]) -> int:
-    response = api.http.post(
-        f"/v1/apps/{app}/runs", json={"command": command, "detached": True, "uploads": True}
-    )
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
-
-
 HOSTILE = {
     "dotdot": (entry("uploads/../../etc/passwd", b"root::0:0::/:/bin/sh\n"), "etc/passwd"),
     "absolute": (entry("/etc/passwd", b"x"), "/etc/passwd"),
@@ -44,7 +36,7 @@ HOSTILE = {
 def test_a_hostile_tar_is_a_400_naming_the_entry(server: HgrunServer, app: str, name: str):
     hostile, named = HOSTILE[name]
     with Api(server) as api:
-        run = _run_taking_upload(api, app, ["ls", "-la", "/tmp/uploads"])
+        run = api.run_taking_upload(app, ["ls", "-la", "/tmp/uploads"])
         data = make_tar(entry("uploads/ok", b"fine"), hostile)
         response = api.http.put(f"/v1/runs/{run}/files", content=data)
         assert response.status_code == 400, response.text
@@ -64,7 +56,7 @@ def test_a_huge_declared_size_and_a_truncated_stream_are_400(server: HgrunServer
     truncated = make_tar(entry("uploads/a", b"x" * 5000))[:2048]
     with Api(server) as api:
         for data, words in ((huge, "declares"), (truncated, "ended before the end")):
-            run = _run_taking_upload(api, app, ["true"])
+            run = api.run_taking_upload(app, ["true"])
             response = api.http.put(f"/v1/runs/{run}/files", content=data)
             assert response.status_code == 400, response.text
             assert words in response.json()["message"]
@@ -76,8 +68,8 @@ def test_a_good_tar_lands_with_its_modes_masked(server: HgrunServer, app: str) -
         entry("uploads/dir/a.txt", b"hello\n", mode=0o1644),
     )
     with Api(server) as api:
-        run = _run_taking_upload(
-            api, app, ["sh", "-c", "cat /tmp/uploads/dir/a.txt; stat -c %a /tmp/uploads/dir/a.txt"]
+        run = api.run_taking_upload(
+            app, ["sh", "-c", "cat /tmp/uploads/dir/a.txt; stat -c %a /tmp/uploads/dir/a.txt"]
         )
         response = api.http.put(f"/v1/runs/{run}/files", content=data)
         assert response.status_code == 200, response.text
@@ -98,7 +90,7 @@ def test_a_second_upload_at_once_is_409(server: HgrunServer, app: str) -> None:
         yield data[4096:]
 
     with Api(server) as api:
-        run = _run_taking_upload(api, app, ["cat", "/tmp/uploads/a"])
+        run = api.run_taking_upload(app, ["cat", "/tmp/uploads/a"])
         results: list[httpx.Response] = []
         first = threading.Thread(
             target=lambda: results.append(api.http.put(f"/v1/runs/{run}/files", content=slow()))

@@ -26,14 +26,6 @@ def app(cli: Cli, busybox_image: str, tmp_path_factory: pytest.TempPathFactory) 
     return deploy_busybox_app(cli, tmp_path_factory.mktemp("upload-raw-app"))
 
 
-def _run_taking_upload(api: Api, app: str, command: list[str]) -> int:
-    response = api.http.post(
-        f"/v1/apps/{app}/runs", json={"command": command, "detached": True, "uploads": True}
-    )
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
-
-
 def _head(server: HgrunServer, run: int, length: int, extra: str = "") -> bytes:
     return (
         f"PUT /v1/runs/{run}/files HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -59,8 +51,8 @@ def test_a_large_body_sent_in_uneven_pieces_lands_whole(server: HgrunServer, app
     content = os.urandom(3 * 1024 * 1024 + 333)
     data = make_tar(entry("uploads/big.bin", content), entry("uploads/small", b"tail\n"))
     with Api(server) as api:
-        run = _run_taking_upload(
-            api, app, ["sh", "-c", "md5sum /tmp/uploads/big.bin; cat /tmp/uploads/small"]
+        run = api.run_taking_upload(
+            app, ["sh", "-c", "md5sum /tmp/uploads/big.bin; cat /tmp/uploads/small"]
         )
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
             # The head with the first bytes in one send (the server's parser holds those),
@@ -84,7 +76,7 @@ def test_a_large_body_sent_in_uneven_pieces_lands_whole(server: HgrunServer, app
 def test_expect_100_continue_is_answered_before_the_body(server: HgrunServer, app: str) -> None:
     data = make_tar(entry("uploads/a.txt", b"after continue\n"))
     with Api(server) as api:
-        run = _run_taking_upload(api, app, ["cat", "/tmp/uploads/a.txt"])
+        run = api.run_taking_upload(app, ["cat", "/tmp/uploads/a.txt"])
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
             sock.sendall(_head(server, run, len(data), "Expect: 100-continue\r\n"))
             sock.settimeout(30)
@@ -100,7 +92,7 @@ def test_expect_100_continue_is_answered_before_the_body(server: HgrunServer, ap
 def test_a_body_short_of_its_content_length_fails_the_run(server: HgrunServer, app: str) -> None:
     data = make_tar(entry("uploads/a.bin", os.urandom(2 * 1024 * 1024)))
     with Api(server) as api:
-        run = _run_taking_upload(api, app, ["true"])
+        run = api.run_taking_upload(app, ["true"])
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
             sock.sendall(_head(server, run, len(data)) + data[: 1024 * 1024])
             sock.shutdown(socket.SHUT_WR)  # the client is done: 1 MB short
@@ -123,7 +115,7 @@ def test_a_refused_entry_past_the_first_read_is_a_400(server: HgrunServer, app: 
         entry("uploads/after.bin", os.urandom(8 * size)),
     )
     with Api(server) as api:
-        run = _run_taking_upload(api, app, ["true"])
+        run = api.run_taking_upload(app, ["true"])
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
             sock.sendall(_head(server, run, len(data)) + data)
             status, _, body = _answer(sock)

@@ -39,6 +39,14 @@ class Api:
 
     # -- runs ----------------------------------------------------------------------------
 
+    def run_taking_upload(self, app: str, command: list[str]) -> int:
+        """A detached run that waits for its ``--file`` upload: its number."""
+        response = self.http.post(
+            f"/v1/apps/{app}/runs", json={"command": command, "detached": True, "uploads": True}
+        )
+        assert response.status_code == 201, response.text
+        return int(response.json()["id"])
+
     def run(self, number: int) -> dict[str, Any]:
         run: dict[str, Any] = self.get(f"/v1/runs/{number}")
         return run
