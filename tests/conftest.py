@@ -244,7 +244,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     if report.when == "call" and report.failed:
-        for server in _SERVERS_OF.get(item.nodeid, []):
+        shared = getattr(item, "funcargs", {}).get("server")  # the session's, if it used it
+        mine = _SERVERS_OF.get(item.nodeid, [])
+        for server in mine + ([shared] if isinstance(shared, HgrunServer) else []):
             tail = server.log[-SERVER_LOG_TAIL:]
             report.sections.append((f"hgrun server on port {server.port}, last lines", tail))
     if report.when == "teardown":
