@@ -85,6 +85,27 @@ def test_the_pipe_takes_its_head_then_what_came_after_it_and_pauses_when_full() 
     asyncio.run(go())
 
 
+def test_the_pipe_starts_small_grows_while_output_comes_fast_and_shrinks_when_it_slows() -> None:
+    """A connection that prints little holds FIRST bytes, not its largest buffer."""
+
+    async def go() -> None:
+        pipe = Pipe(size=64, first=16)
+        transport = _Transport()
+        pipe.connection_made(transport)
+        assert len(pipe.get_buffer(-1)) == 16
+        _received(pipe, b"a" * 60)  # faster than taken: 16 -> 32 -> 64
+        assert len(pipe._buffer) == 64 and transport.paused == 0
+        _received(pipe, b"b" * 4)
+        assert transport.paused == 1  # full at its largest: the engine waits
+        assert pipe.take(memoryview.tobytes) == b"a" * 60 + b"b" * 4
+        assert len(pipe._buffer) == 64  # a big take: it stays big
+        _received(pipe, b"c" * 3)
+        assert pipe.take(memoryview.tobytes) == b"ccc"
+        assert len(pipe._buffer) == 16  # a small take: back to the first size
+
+    asyncio.run(go())
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 8, 9, 1000])
 def test_attach_yields_stream_pairs_in_order(chunk: int) -> None:
     raw = frame(STDOUT, b"out1") + frame(STDERR, b"err") + frame(STDOUT, b"out2")

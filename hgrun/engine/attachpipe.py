@@ -6,8 +6,14 @@ The transport receives straight into one buffer that lives as long as the connec
 the reader takes whatever arrived since it last took, at once, and never waits for more than
 is there. With a TTY the engine writes a few KB at a time, so this is paid once per few KB.
 
-Reading pauses while the buffer is full (the engine, then the container, waits: backpressure)
-and resumes once it is taken; writing waits while the transport asks (:meth:`Pipe.drain`).
+The buffer starts small (:data:`FIRST`) and doubles while output comes faster than it is taken,
+up to :data:`BUFFER`; it goes back to its first size when a take finds little. A thousand runs
+in flight that print little hold 16 KB each, not 1 MB (bench/scripts.py: the server at 1.1 GB
+with 1,000 runs in flight when each connection had its 1 MB from the start).
+
+Reading pauses while the buffer is full at its largest (the engine, then the container, waits:
+backpressure) and resumes once it is taken; writing waits while the transport asks
+(:meth:`Pipe.drain`).
 """
 
 from __future__ import annotations
@@ -19,15 +25,17 @@ from typing import TypeVar
 T = TypeVar("T")
 
 BUFFER = 1024 * 1024  # bytes received at most before the reader takes them
+FIRST = 16 * 1024  # the buffer's first size, and its size again after a take of less
 MAX_HEAD = 64 * 1024  # the engine's answer head, at most
 
 
 class Pipe(asyncio.BufferedProtocol):
     """One hijacked connection: the answer's head, then bytes as they come (:meth:`take`)."""
 
-    def __init__(self, size: int = BUFFER) -> None:
+    def __init__(self, size: int = BUFFER, first: int = FIRST) -> None:
         self._size = size
-        self._buffer = bytearray(size)
+        self._first = min(first, size)
+        self._buffer = bytearray(self._first)
         self._filled = 0
         self._eof = False
         self._transport: asyncio.Transport | None = None
@@ -47,13 +55,24 @@ class Pipe(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._filled == len(self._buffer):
-            # Full, and reading is paused; TLS may still hand over what it decrypted already.
-            self._buffer.extend(bytes(max(sizehint, 65536)))
+            # Output comes faster than it is taken: twice the room. Or full at its largest,
+            # reading paused, and TLS may still hand over what it decrypted already.
+            if len(self._buffer) < self._size:
+                self._resize(min(2 * len(self._buffer), self._size))
+            else:
+                self._resize(len(self._buffer) + max(sizehint, 65536))
         return memoryview(self._buffer)[self._filled :]
+
+    def _resize(self, size: int) -> None:
+        """A new buffer of ``size`` holding what arrived (a new object: a view of the old one
+        that is still alive, the transport's last, stays valid and cannot block it)."""
+        buffer = bytearray(size)
+        buffer[: self._filled] = self._buffer[: self._filled]
+        self._buffer = buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         self._filled += nbytes
-        if self._filled >= len(self._buffer) and not self._read_paused and self._transport:
+        if self._filled >= self._size and not self._read_paused and self._transport:
             self._transport.pause_reading()
             self._read_paused = True
         _wake(self._arrived)
@@ -93,15 +112,18 @@ class Pipe(asyncio.BufferedProtocol):
     def take(self, consume: Callable[[memoryview], T]) -> T:
         """``consume`` what arrived, given as a view valid only during the call (it copies
         what it keeps); the buffer is then empty again."""
+        taken = self._filled
         try:
             with memoryview(self._buffer) as view:
-                return consume(view[: self._filled])
+                return consume(view[:taken])
         finally:
             self._filled = 0
+            if taken < self._first and len(self._buffer) > self._first:
+                self._resize(self._first)  # the output slowed down: back to the first size
+            elif len(self._buffer) > self._size:
+                self._resize(self._size)  # back to size after a TLS overrun
             if self._read_paused and self._transport is not None:
                 self._read_paused = False
-                if len(self._buffer) > self._size:
-                    del self._buffer[self._size :]  # back to size after a TLS overrun
                 self._transport.resume_reading()
 
     async def head(self) -> bytes:
