@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from hgrun.engine.dockerwire import send_chunked_raw
-from hgrun.engine.span import Pipe, SocketSpan
+from hgrun.engine.span import SocketSpan, SplicePipe
 
 
 def _unchunk(data: bytes) -> bytes:
@@ -115,7 +115,7 @@ def _relay(payload: bytes, declared: int, *, broken: bool = False, ended=None) -
     engine_side, engine = socket.socketpair()
     source.setblocking(False)
     engine_side.setblocking(False)
-    pipe = Pipe()
+    pipe = SplicePipe()
     pipe.broken = broken
     got: list[bytes] = []
     reader = threading.Thread(target=lambda: got.extend(iter(lambda: engine.recv(1 << 16), b"")))

@@ -28,7 +28,7 @@ _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
-class Pipe:
+class SplicePipe:
     """A non-blocking pipe for splicing, reused by every span of one transfer."""
 
     def __init__(self) -> None:
@@ -50,7 +50,7 @@ class SocketSpan:
         self,
         source: socket.socket,
         size: int,
-        pipe: Pipe,
+        pipe: SplicePipe,
         ended: Callable[[], HgrunError] | None = None,
     ) -> None:
         self.source = source

@@ -26,7 +26,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from hgrun.engine.span import Pipe, SocketSpan
+from hgrun.engine.span import SocketSpan, SplicePipe
 from hgrun.errors import HgrunError
 
 EXTENSION = "hgrun.body_tap"  # the scope["extensions"] key: {"tap": the request's BodyTap}
@@ -125,7 +125,7 @@ class RequestBody:
         self._sock: socket.socket | None = None
         self._remaining = 0  # taken: bytes still on the socket (spans not counted)
         self._buffer: memoryview | None = None
-        self._pipe: Pipe | None = None
+        self._pipe: SplicePipe | None = None
         self._span: SocketSpan | None = None  # the last span handed out
 
     async def __aenter__(self) -> RequestBody:
@@ -192,7 +192,7 @@ class RequestBody:
         ):
             return None
         if self._pipe is None:
-            self._pipe = Pipe()
+            self._pipe = SplicePipe()
         size = min(limit, self._remaining)
         self._remaining -= size
         self._span = SocketSpan(self._sock, size, self._pipe, ended)
