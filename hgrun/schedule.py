@@ -34,12 +34,13 @@ import math
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from croniter import CroniterBadDateError, CroniterError, croniter
 
 from hgrun.errors import InputError
 from hgrun.models import Catchup, Concurrency
+
+# croniter (with dateutil: ~36 ms of import) and zoneinfo (~8 ms) are imported where an
+# expression is read or a zone looked up: a manifest without cron scripts, the server's start
+# and `hgrun run`'s folder check do not pay for them (tests/test_cli_imports.py).
 
 # The @-macros of Vixie cron that name a schedule, with their five fields (crontab(5)).
 # @reboot names an event, not a time, and hgrun has no such event.
@@ -103,6 +104,8 @@ def validate_cron(expr: str) -> str | None:
         return f"{len(fields)} fields, expected 5 (minute hour day-of-month month day-of-week)"
     if any(_HASHED.search(f) for f in fields):
         return "H (hashed) and R (random) values are not supported"
+    from croniter import CroniterBadDateError, CroniterError, croniter
+
     if not croniter.is_valid(e):
         return "a field is malformed or out of range"
     # strict=True checks day-of-month against the month; only meaningful when day-of-week does
@@ -148,6 +151,8 @@ def last_fire(expr: str, tz: str, at: datetime) -> datetime:
 
 @functools.lru_cache(maxsize=4096)
 def _last_fire_in_minute(expr: str, tz: str, at: datetime) -> datetime:
+    from croniter import croniter
+
     cron, zone, fixed = _compile(expr, tz)
     # Slots fall on whole minutes, so "slot <= at" is "slot < floor(at) + 1 minute"; croniter's
     # get_prev is exclusive of its start.
@@ -356,6 +361,8 @@ def _runs(n: int) -> str:
 def _zone(tz: str) -> tzinfo:
     if tz == "UTC":
         return UTC
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError) as e:
@@ -379,6 +386,8 @@ def _compile(expr: str, tz: str) -> tuple[str, tzinfo, bool]:
 
 def _slots(expr: str, tz: str, after: datetime) -> Iterator[datetime]:
     """Slots strictly after ``after``, in UTC, strictly increasing, fall-back repeats dropped."""
+    from croniter import CroniterError, croniter
+
     cron, zone, fixed = _compile(expr, tz)
     prev = after
     it = croniter(cron, after.astimezone(zone))

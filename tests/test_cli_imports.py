@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,102 @@ def test_the_run_path_in_a_clean_interpreter_imports_none_of_the_slow_standard_l
     assert "site" not in names and "hgrun.cli.runstart" in names  # -S held; the run path read
     assert set(ATTACH) <= names
     assert among(names, HEAVY + RUN_PATH_NEVER + CLEAN_RUN_PATH_NEVER) == []
+
+
+# Never in the folder check of `hgrun run` once the folder is in the cache (a warm check): the
+# manifest's stack (YAML, cron, the models, the stacks), the context's hashing and tarring.
+WARM_FOLDER_CHECK_NEVER = (
+    "hgrun.manifest",
+    "hgrun.models",
+    "hgrun.schedule",
+    "hgrun.stacks",
+    "hgrun.procfile",
+    "hgrun.context",
+    "yaml",
+    "croniter",
+    "dateutil",
+    "zoneinfo",
+    "tarfile",
+    "hashlib",
+    "dataclasses",
+    "pathlib",
+)
+
+
+@pytest.mark.docker
+def test_a_warm_folder_check_imports_none_of_the_manifest_stack(
+    cli: Cli, tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> None:
+    """`hgrun run` from its app's folder, without --no-build: the first run loads the folder
+    (the manifest, YAML ...) and remembers it; a later run of the unchanged folder, as a clean
+    virtualenv runs it (python -S: YAML is not even importable), takes the answers from the
+    cache and imports none of that."""
+    root = tmp_path_factory.mktemp("warm-app")
+    deploy_busybox_app(cli, root, unique("warm"))
+    cache = tmp_path_factory.mktemp("warm-cache")
+    source = Path(hgrun.__file__).resolve().parent.parent
+    clean = {k: v for k, v in cli.env().items() if not k.startswith("PYTHON")}
+    clean.update(PYTHONPATH=str(source), XDG_CACHE_HOME=str(cache))
+
+    def run(argv: list[str], env: dict[str, str]) -> set[str]:
+        done = subprocess.run(
+            [*argv, "run", "--no-tty", "echo", "warm"],
+            env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
+            cwd=root,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+        assert done.stdout == b"warm\n"
+        said = [ln for ln in done.stderr.decode().splitlines() if not ln.startswith("import time")]
+        assert said == []  # the folder is the live release: no note
+        names = imported(done.stderr)
+        assert "hgrun.cli.foldercache" in names  # the check ran
+        return names
+
+    cold_env = cli.env(XDG_CACHE_HOME=str(cache))
+    cold = run(CLI, cold_env)
+    assert "hgrun.manifest" in cold and "yaml" in cold  # a miss loads the folder
+    # The entry is written once the folder's files are older than the racy window (2 s).
+    deadline = time.monotonic() + 60
+    while not any((cache / "hgrun" / "folders").glob("*.json")):
+        assert time.monotonic() < deadline, "the folder check never wrote its cache entry"
+        run(CLI, cold_env)
+    warm = run([sys.executable, "-S", "-c", CONSOLE_SCRIPT], clean)
+    assert "site" not in warm
+    assert among(warm, WARM_FOLDER_CHECK_NEVER) == []
+
+
+CRON_MANIFEST = """name: x
+scripts:
+  nightly:
+    command: "true"
+    cron: "0 4 * * *"
+    timezone: Europe/Paris
+"""
+
+
+@pytest.mark.parametrize("cron", [False, True], ids=["no-cron", "cron"])
+def test_croniter_and_zoneinfo_are_imported_only_for_a_cron_script(cron: bool) -> None:
+    """A manifest without cron scripts, and the server's start, import neither croniter (with
+    dateutil, ~36 ms) nor zoneinfo; a manifest that has one does (so this can tell)."""
+    text = CRON_MANIFEST if cron else "name: x\n"
+    code = (
+        "from hgrun.manifest import parse_manifest; import hgrun.server.main;"
+        f" parse_manifest({text!r})"
+    )
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    names = imported(done.stderr)
+    assert "hgrun.server.main" in names and "yaml" in names
+    heavy = among(names, ("croniter", "dateutil", "zoneinfo"))
+    if cron:
+        assert "croniter" in heavy and "zoneinfo" in heavy
+    else:
+        assert heavy == []
 
 
 def test_the_parser_of_importtime_lines_reads_python_own_format() -> None:

@@ -122,12 +122,20 @@ def quick_name(root: str | Path) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def load(root: Path) -> AppDir:
-    """Read and validate the app in ``root`` (errors name file:line:col); decide the build."""
+def load(root: Path, consulted: list[str] | None = None) -> AppDir:
+    """Read and validate the app in ``root`` (errors name file:line:col); decide the build.
+
+    ``consulted``: when given, each path (relative to ``root``) whose existence or content the
+    answer may depend on is appended to it before it is looked at, whether the load succeeds
+    or raises; what else it depends on is the listing of ``root`` the build context sees
+    (:func:`app_files`). ``hgrun run``'s folder cache (:mod:`hgrun.cli.foldercache`) stats them.
+    """
     # Imported here: YAML and cron validation are not needed by commands given --app.
     from hgrun.manifest import parse_manifest
     from hgrun.procfile import parse_procfile
 
+    seen = consulted if consulted is not None else []
+    seen += [MANIFEST, PROCFILE]
     manifest_path = root / MANIFEST
     try:
         manifest_text = manifest_path.read_text(encoding="utf-8")
@@ -146,7 +154,9 @@ def load(root: Path) -> AppDir:
             raise InputError(f"{procfile_path}: cannot read it ({e})") from e
     procfile = parse_procfile(procfile_text, file=_shown(procfile_path)) if procfile_text else {}
     manifest = parse_manifest(manifest_text, file=_shown(manifest_path), procfile=procfile)
-    dockerfile, generated, made = _build_plan(root, manifest, manifest_text, _shown(manifest_path))
+    dockerfile, generated, made = _build_plan(
+        root, manifest, manifest_text, _shown(manifest_path), seen
+    )
     return AppDir(root, manifest, manifest_text, procfile_text, dockerfile, generated, made)
 
 
@@ -158,7 +168,7 @@ def _shown(path: Path) -> str:
 
 
 def _build_plan(
-    root: Path, manifest: Manifest, text: str, file: str
+    root: Path, manifest: Manifest, text: str, file: str, seen: list[str]
 ) -> tuple[str, dict[str, bytes], Plan | None]:
     """The Dockerfile to build with, the files to add to the context, and the stack's plan.
 
@@ -173,6 +183,7 @@ def _build_plan(
 
     build = manifest.build
     if build.dockerfile:
+        seen.append(build.dockerfile)
         if not (root / build.dockerfile).is_file():
             line, col = at("build", "dockerfile")
             raise ManifestError(
@@ -183,10 +194,13 @@ def _build_plan(
                 hint="fix the path, or remove build.dockerfile to let hgrun generate one",
             )
         return build.dockerfile, {}, None
+    seen.append("Dockerfile")
     if build.stack is None and (root / "Dockerfile").is_file():
         return "Dockerfile", {}, None
     try:
-        made = plan(app_files(root), stack=build.stack, base=build.base, builder=build.builder)
+        made = plan(
+            app_files(root, seen), stack=build.stack, base=build.base, builder=build.builder
+        )
     except LocatedError as e:
         # The stack's own file (go.mod, package.json ...), named as the user would open it.
         raise LocatedError(
@@ -209,12 +223,14 @@ def _build_plan(
     return GENERATED_DOCKERFILE, generated, made
 
 
-def app_files(root: Path) -> AppFiles:
+def app_files(root: Path, consulted: list[str] | None = None) -> AppFiles:
     """The top-level entries of ``root`` the build sees (after .dockerignore), and the text of
-    the small project files a stack's plan reads."""
-    from hgrun.context import is_ignored, load_dockerignore
+    the small project files a stack's plan reads (``consulted``: as :func:`load`'s)."""
+    from hgrun.dockerignore import DOCKERIGNORE, is_ignored, load_dockerignore
     from hgrun.stacks import READ, AppFiles
 
+    seen = consulted if consulted is not None else []
+    seen.append(DOCKERIGNORE)
     patterns = load_dockerignore(root)
     names: set[str] = set()
     with os.scandir(root) as entries:
@@ -226,6 +242,7 @@ def app_files(root: Path) -> AppFiles:
     for name in READ:
         if name not in names:
             continue
+        seen.append(name)
         path = root / name
         try:
             if path.stat().st_size > MAX_PROJECT_FILE:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from hgrun.cli import slotwait, uploads, wsclient
+    from hgrun.cli import foldercache, slotwait, uploads, wsclient
     from hgrun.cli.terminal import Terminal
 
 NO_COMMAND = "give a command, e.g. `hgrun run bash`, or a process type (--type)"
@@ -350,35 +350,62 @@ def _prepare_app(
 
 def _folder_differs(settings: Settings, root: str, name: str) -> str | None:
     """The note to show when the folder differs from ``name``'s live release (or does not
-    load); None when it is the live release. Its own API connection: it runs in a thread. An
-    API error is left to the run's create, which meets it too."""
+    load); None when it is the live release. The folder's answers come from the cache while it
+    is unchanged (:mod:`hgrun.cli.foldercache`); the live release is asked on its own API
+    connection: this runs in a thread. An API error is left to the run's create, which meets it
+    too."""
+    import time
+
+    from hgrun.cli import foldercache
+
+    check = foldercache.FolderCheck(
+        root, foldercache.directory(os.environ), cwd=os.getcwd(), clock=time.time_ns
+    )
     try:
-        app = appdir.load(appdir.as_path(root))
-    except HgrunError as e:
+        return folder_note(check, root, name, lambda: _live_release(settings, name))
+    finally:
+        check.save()
+
+
+def folder_note(
+    check: foldercache.FolderCheck,
+    root: str,
+    name: str,
+    live_release: Callable[[], dict[str, Any] | None],
+) -> str | None:
+    """:func:`_folder_differs`'s decision: ``live_release()`` is ``name``'s live release as the
+    server tells it (None: none, or the server could not say)."""
+    found, error = check.manifest()
+    if error is not None:
         if appdir.quick_name(root) == name:
             return (
                 f"hgrun: running the live release of {name}; this folder does not load"
-                f" ({e.message}), so `hgrun deploy` would fail"
+                f" ({error}), so `hgrun deploy` would fail"
             )
         return None
-    if app.name != name:
+    if found != name:
         return None
-    api = Api(settings)
-    try:
-        live = api.get(f"/v1/apps/{name}").get("release")
-    except HgrunError:
-        return None
-    finally:
-        api.close()
+    live = live_release()
     if live is None:
         return None  # the server says "no release yet, run `hgrun deploy`"
-    if live["context_hash"] != app.context_hash():
+    if live["context_hash"] != check.context_hash():
         return (
             f"hgrun: this folder differs from {name}'s live release v{live['version']}, which"
             " is what runs; `hgrun deploy` releases the folder, `hgrun run --build` runs it"
             " this once"
         )
     return None
+
+
+def _live_release(settings: Settings, name: str) -> dict[str, Any] | None:
+    api = Api(settings)
+    try:
+        release = api.get(f"/v1/apps/{name}").get("release")
+    except HgrunError:
+        return None
+    finally:
+        api.close()
+    return release if isinstance(release, dict) else None
 
 
 def _upload(ctx: Context, run_id: int, entries: list[uploads.Upload]) -> None:
