@@ -744,7 +744,7 @@ def hardened_docker_flags() -> list[str] | None:
     hgrun's own code; None when that cannot be read (then the row is left out)."""
     try:
         from hgrun.engine import ContainerSpec
-        from hgrun.engine.docker import create_args
+        from hgrun.engine.dockerspec import create_args
         from hgrun.models import DEFAULT_SIZE, SIZES
 
         spec = ContainerSpec(

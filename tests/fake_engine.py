@@ -100,6 +100,9 @@ class FakeEngine:
         self._next = 0
         self._lock = threading.Lock()
         self.clock = 1000.0
+        # Whether ``ended`` announces an exited container's state (as Docker's die event
+        # does), or answers None so the supervisor asks ``wait``.
+        self.announces = False
 
     # -- what tests drive ------------------------------------------------------------------
 
@@ -223,7 +226,18 @@ class FakeEngine:
     def resize(self, container_id: str, width: int, height: int) -> None:
         self._get(container_id).sizes.append((width, height))
 
+    async def ended(self, container_id: str) -> ContainerState | None:
+        """With ``announces``, the state of an exited container (else None: ask wait)."""
+        self.calls.append(("ended", container_id))
+        container = self.containers.get(container_id)
+        if not self.announces or container is None:
+            return None
+        if container.status is not ContainerStatus.EXITED:
+            return None
+        return self._state(container)
+
     def wait(self, container_id: str) -> int:
+        self.calls.append(("wait", container_id))
         container = self._get(container_id)
         if not container.exited.wait(WAIT):
             raise TimeoutError(f"container {container_id} never exited")

@@ -29,7 +29,7 @@ from support.cli import Cli, check, run_id, text
 from support.server import HgrunServer
 
 from hgrun.engine import ContainerSpec, EngineInfo
-from hgrun.engine.docker import create_args
+from hgrun.engine.dockerspec import create_args
 from hgrun.errors import InputError
 from hgrun.models import SIZES
 from hgrun.server.main import capacity

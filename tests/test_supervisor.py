@@ -650,3 +650,23 @@ async def test_the_end_asks_the_engine_for_the_containers_state_while_the_lease_
     confirming.set()
     await asyncio.wait_for(session.finished.wait(), DEADLINE)
     assert world.store.run(session.run.id).status is RunStatus.SUCCEEDED
+
+
+@asyncio_test
+async def test_an_end_the_engine_announces_needs_neither_wait_nor_inspect(world: World) -> None:
+    """Docker's die event gives the exit code, the OOM flag and the times some 10 ms before
+    its wait answers: the outcome is recorded from it, with no wait and no inspect."""
+    world.engine.announces = True
+    sup = world.supervisor()
+    session = await sup.launch(world.run(), world.release, "none")
+    await until(lambda: world.engine.running() != [], "the container started")
+    cid = world.engine.only().id
+    world.engine.clock = 1010.0
+    world.engine.exit(cid, 137, oom=True)
+    await asyncio.wait_for(session.finished.wait(), DEADLINE)
+    run = world.store.run(session.run.id)
+    assert (run.status, run.exit_code, run.oom) == (RunStatus.FAILED, 137, True)
+    assert run.finished == 1010.0
+    methods = [method for method, c in world.engine.calls if c == cid]
+    assert "ended" in methods
+    assert "inspect" not in methods and "wait" not in methods

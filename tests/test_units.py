@@ -17,7 +17,7 @@ from support.store import app_with_release, new_run, new_store
 
 from hgrun.cli import client, uploads
 from hgrun.engine import CAPABILITIES, ContainerSpec
-from hgrun.engine.docker import create_args
+from hgrun.engine.dockerspec import create_args
 from hgrun.engine.dockerwire import timestamp
 from hgrun.engine.multiplex import STDERR, STDOUT, Demuxer, frame
 from hgrun.errors import ConflictError, EngineError, InputError, NotFoundError

@@ -15,7 +15,7 @@ import ssl
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import IO, Any
+from typing import IO
 
 import docker
 import docker.errors
@@ -25,16 +25,16 @@ from docker.types import Ulimit
 
 from hgrun.duration import format_duration
 from hgrun.engine import (
-    CAPABILITIES,
     DEFAULT_BUILD_LIMITS,
     DEFAULT_LOG_BYTES,
     BuildLimits,
     ContainerSpec,
     ContainerState,
     EngineInfo,
-    log_options,
 )
 from hgrun.engine.attachpipe import Pipe
+from hgrun.engine.dockerevents import Exits
+from hgrun.engine.dockerspec import create_args
 from hgrun.engine.dockerwire import (
     ERROR_BODY,
     RawAttach,
@@ -58,75 +58,10 @@ from hgrun.errors import (
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 MIN_API = "1.41"  # dockerd 20.10: what hgrun's engines are tested against
-TMP = "/tmp"  # a read-only run's writable folder
 CPU_PERIOD = 100_000  # microseconds: CFS's default period, as docker run --cpus uses
 # docker-py keeps 10 connections per client; more threads than that calling it at once make it
 # drop connections ("Connection pool is full"), so the server's engine pool stays under it.
 CONCURRENCY = 8
-
-
-def create_args(
-    spec: ContainerSpec, log_bytes: int = DEFAULT_LOG_BYTES
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """docker-py ``create_container`` kwargs and ``create_host_config`` kwargs for a run.
-
-    Docker's own log of the output is json-file, :data:`LOG_FILES` files of ``log_bytes`` each
-    (counted as Docker writes it: JSON, some 60 bytes more per line than the output itself).
-
-    Hardening after OWASP's Docker cheat sheet: all capabilities dropped but the few an ordinary
-    command needs, no-new-privileges, a pids limit, memory without swap (memswap == memory),
-    CPU quota, an init process (docker-init, i.e. tini) that reaps zombies and forwards signals,
-    no core dumps. Never privileged, no devices, no bind mounts (so never the Docker socket).
-
-    ``read_only``: the root filesystem read-only and ``/tmp`` an anonymous volume, removed with
-    the container (``remove`` passes ``v``). Not a tmpfs: Docker mounts a tmpfs only when the
-    container starts, so an upload put into ``/tmp`` of the created container would be hidden
-    under it, and it refuses an archive put anywhere else of a read-only root ("container rootfs
-    is marked read-only"); a volume is mounted for the put too (moby daemon/archive.go).
-    """
-    host_config: dict[str, Any] = {
-        "network_mode": spec.network,
-        "init": True,
-        "cap_drop": ["ALL"],
-        "cap_add": list(CAPABILITIES),
-        "security_opt": ["no-new-privileges:true"],
-        "pids_limit": spec.size.pids,
-        "mem_limit": spec.size.memory,
-        "memswap_limit": spec.size.memory,
-        "nano_cpus": int(spec.size.cpus * 1e9),
-        "ulimits": [
-            {"Name": "nofile", "Soft": 4096, "Hard": 4096},
-            {"Name": "core", "Soft": 0, "Hard": 0},
-        ],
-        "privileged": False,
-        # Docker's own copy of the output (read only at recovery) bounded too: the store keeps it.
-        "log_config": {
-            "type": "json-file",
-            "config": log_options(log_bytes),
-        },
-    }
-    if spec.read_only:
-        host_config["read_only"] = True
-        host_config["mounts"] = [docker.types.Mount(TMP, None, type="volume")]
-    create: dict[str, Any] = {
-        "image": spec.image,
-        "command": list(spec.command),
-        "environment": dict(spec.env),
-        "labels": dict(spec.labels),
-        "tty": spec.tty,
-        # docker-py sets StdinOnce along with OpenStdin when detach is false: the container's
-        # stdin then closes when the attached stdin closes, which is how EOF reaches a piped
-        # command, and also when the server's connection drops. With detach true (keep_stdin)
-        # StdinOnce is false: stdin stays open across attaches, and a session outlives a
-        # restart of the server. With a TTY, Docker never closes stdin on detach either way
-        # (moby container/stream/attach.go: `if cfg.CloseStdin && !cfg.TTY`).
-        "stdin_open": spec.stdin,
-        "detach": spec.keep_stdin,
-        "working_dir": spec.working_dir,
-    }
-    if spec.user:
-        create["user"] = spec.user
-    return create, host_config
 
 
 def _too_long(limits: BuildLimits) -> EngineError:
@@ -214,6 +149,7 @@ class DockerEngine:
                 f"unsupported Docker host {self.host!r}", "use unix:///path or tcp://host:port"
             )
         self._http = httpx.AsyncClient(transport=transport, base_url=base, timeout=None)
+        self._exits = Exits(self._events)
 
     def _path(self, path: str) -> str:
         return f"/v{self._version}{path}"
@@ -393,6 +329,7 @@ class DockerEngine:
 
     async def attach(self, container_id: str, *, tty: bool, stdin: bool, logs: bool) -> RawAttach:
         """Attach to stdio; call before start so no output is lost (as ``docker run`` does)."""
+        self._exits.watch()  # before the start, so that the container's end is seen
         query = urllib.parse.urlencode(
             {"stream": 1, "stdout": 1, "stderr": 1, "stdin": int(stdin), "logs": int(logs)}
         )
@@ -495,6 +432,20 @@ class DockerEngine:
         except httpx.HTTPError as e:
             raise EngineError(f"cannot read the container's logs: {e}") from e
 
+    async def ended(self, container_id: str) -> ContainerState | None:
+        """The container's end as the engine announced it (its ``die`` event), some 10 ms
+        before ``wait`` answers; None: ask ``wait`` (see :mod:`hgrun.engine.dockerevents`)."""
+        return await self._exits.ended(container_id)
+
+    @contextlib.asynccontextmanager
+    async def _events(
+        self, params: dict[str, str]
+    ) -> AsyncIterator[tuple[int, AsyncIterator[str]]]:
+        """The engine's event stream (``GET /events``): its status and its lines."""
+        async with self._http.stream("GET", self._path("/events"), params=params) as response:
+            yield response.status_code, response.aiter_lines()
+
     async def aclose(self) -> None:
+        await self._exits.aclose()
         await self._http.aclose()
         self._client.close()

@@ -341,6 +341,10 @@ class SwarmEngine:
             task = self._task(container_id)
             task.node.engine.resize(task.container_id, width, height)
 
+    async def ended(self, container_id: str) -> ContainerState | None:
+        """Never sooner than :meth:`wait`: a task's end comes from its node or its status."""
+        return None
+
     def wait(self, container_id: str) -> int:
         """The exit code, from the node (at once) or, when the node cannot say, the task's
         status or the node once it is back. A node away ``lost_after`` seconds in a row

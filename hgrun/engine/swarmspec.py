@@ -1,6 +1,6 @@
 """The swarm service of a run, as values: Engine API 1.41 bodies built and read, no I/O.
 
-:func:`service_spec` is to the swarm engine what ``engine/docker.py::create_args`` is to the
+:func:`service_spec` is to the swarm engine what ``engine/dockerspec.py::create_args`` is to the
 single-host one; the task-state readers turn Swarm's answers into the interface's words.
 """
 

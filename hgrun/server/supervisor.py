@@ -332,19 +332,32 @@ class Supervisor(AttachedClients, OutputPump):
     async def follow(self, session: RunSession) -> None:
         """Pump the output until it ends, wait for the exit code, record the outcome."""
         await self._pump(session)
-        exit_code = await asyncio.to_thread(self.engine.wait, self._container(session))
+        container_id = self._container(session)
+        # The engine's announcement of the exit when it has one (Docker's die event, ~10 ms
+        # before its wait answers); else wait, and the state is inspected while finishing.
+        ended = await self.engine.ended(container_id)
+        if ended is not None and ended.exit_code is not None:
+            await self.finish(session, ended.exit_code, state=ended)
+            return
+        exit_code = await asyncio.to_thread(self.engine.wait, container_id)
         await self.finish(session, exit_code)
 
     async def finish(
-        self, session: RunSession, exit_code: int | None = None, *, error: HgrunError | None = None
+        self,
+        session: RunSession,
+        exit_code: int | None = None,
+        *,
+        error: HgrunError | None = None,
+        state: ContainerState | None = None,
     ) -> None:
-        """Record the outcome, tell the viewers, remove the container. Runs once per session."""
+        """Record the outcome, tell the viewers, remove the container. Runs once per session.
+        ``state``: the container's end as the engine announced it, if it did."""
         if session.phase is Phase.FINISHING:
             return
         run = session.run
         # The container's state (its OOM flag, its times) is asked of the engine while the
         # lease is confirmed: one engine round trip fewer before the exit is reported.
-        cid = session.container_id if error is None else None
+        cid = session.container_id if error is None and state is None else None
         inspecting = asyncio.ensure_future(_state_of(self.engine, cid))
         # A server that stalled past its lease must not finish a run another one took over:
         # that one records the outcome and removes the container (never twice, never early).
@@ -361,7 +374,7 @@ class Supervisor(AttachedClients, OutputPump):
                 await self.recoverer.let_go(session, holder)
             return
         session.phase = Phase.FINISHING
-        state = await inspecting
+        state = state or await inspecting
         result = outcome(
             run,
             exit_code=exit_code,
