@@ -176,8 +176,15 @@ def test_the_run_path_in_a_clean_interpreter_imports_none_of_the_slow_standard_l
 
 
 # Never in the folder check of `hgrun run` once the folder is in the cache (a warm check): the
-# manifest's stack (YAML, cron, the models, the stacks), the context's hashing and tarring.
+# manifest's stack (YAML, cron, the models, the stacks), the context's hashing and tarring; nor
+# http.client (with email, ssl, urllib.parse ...) for its GET of the live release (quickget).
 WARM_FOLDER_CHECK_NEVER = (
+    "http",
+    "email",
+    "ssl",
+    "urllib",
+    "ipaddress",
+    "encodings.idna",
     "hgrun.manifest",
     "hgrun.models",
     "hgrun.schedule",
