@@ -6,7 +6,6 @@ here and nowhere else.
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Iterable, Sequence
 
@@ -254,5 +253,7 @@ def show(value: str) -> str:
 
 
 def suggest(word: str, options: Iterable[str], otherwise: str) -> str:
+    import difflib  # only for an error's hint: ~4 ms of import that a valid manifest skips
+
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}?" if close else otherwise
