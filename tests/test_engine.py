@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from hgrun.engine import STDERR, STDOUT, ContainerStatus
+from hgrun.engine import STDERR, STDOUT, ContainerStatus, attachpipe
 from hgrun.engine.attachpipe import Pipe
 from hgrun.engine.dockerwire import RawAttach, container_state
 from hgrun.engine.multiplex import frame
@@ -102,6 +102,41 @@ def test_the_pipe_starts_small_grows_while_output_comes_fast_and_shrinks_when_it
         _received(pipe, b"c" * 3)
         assert pipe.take(memoryview.tobytes) == b"ccc"
         assert len(pipe._buffer) == 16  # a small take: back to the first size
+
+    asyncio.run(go())
+
+
+def test_a_steady_stream_is_gathered_and_output_now_and_then_is_taken_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bytes that follow a take closely are left GATHER to fill (one take, not one per engine
+    write); bytes after a pause are taken the moment they arrive."""
+    monkeypatch.setattr(attachpipe, "GATHER", 0.3)
+    monkeypatch.setattr(attachpipe, "HOT", 0.2)
+
+    async def go() -> None:
+        pipe = Pipe()
+        pipe.connection_made(_Transport())
+        loop = asyncio.get_running_loop()
+        _received(pipe, b"first")
+        assert pipe.take(memoryview.tobytes) == b"first"
+        _received(pipe, b"a")  # right after the take: a steady stream
+        loop.call_later(0.05, _received, pipe, b"b")
+        assert await pipe.wait()
+        assert pipe.take(memoryview.tobytes) == b"ab"  # one take for both writes
+        pipe._taken_at -= 1.0  # the last take long ago: output now and then
+        _received(pipe, b"c")
+        loop.call_later(0.05, _received, pipe, b"d")
+        assert await pipe.wait()
+        assert pipe.take(memoryview.tobytes) == b"c"  # at once, not gathered
+        await asyncio.sleep(0.1)
+        assert pipe.take(memoryview.tobytes) == b"d"
+        monkeypatch.setattr(attachpipe, "GATHER_BYTES", 4)
+        _received(pipe, b"efgh")  # steady, but already a take's worth: at once
+        loop.call_later(0.05, _received, pipe, b"i")
+        assert await pipe.wait()
+        assert pipe.take(memoryview.tobytes) == b"efgh"
+        await asyncio.sleep(0.1)
 
     asyncio.run(go())
 

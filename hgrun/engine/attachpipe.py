@@ -11,6 +11,12 @@ up to :data:`BUFFER`; it goes back to its first size when a take finds little. A
 in flight that print little hold 16 KB each, not 1 MB (bench/scripts.py: the server at 1.1 GB
 with 1,000 runs in flight when each connection had its 1 MB from the start).
 
+A stream that keeps coming (its next bytes arrive within :data:`HOT` of the last take) is left
+:data:`GATHER` to fill before it is taken: with a TTY the engine writes some 8 KB at a time, and
+each take costs the pump, the store and every viewer's socket a message of their own, which
+on two cores starves the engine and the command of CPU. Output that comes now and then (a
+shell's echo, a log line) is taken the moment it arrives.
+
 Reading pauses while the buffer is full at its largest (the engine, then the container, waits:
 backpressure) and resumes once it is taken; writing waits while the transport asks
 (:meth:`Pipe.drain`).
@@ -19,6 +25,7 @@ backpressure) and resumes once it is taken; writing waits while the transport as
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -27,6 +34,9 @@ T = TypeVar("T")
 BUFFER = 1024 * 1024  # bytes received at most before the reader takes them
 FIRST = 16 * 1024  # the buffer's first size, and its size again after a take of less
 MAX_HEAD = 64 * 1024  # the engine's answer head, at most
+HOT = 0.005  # seconds: bytes arriving this soon after the last take come from a steady stream
+GATHER = 0.001  # seconds a steady stream is left to fill before it is taken
+GATHER_BYTES = 256 * 1024  # taken at once from this much on
 
 
 class Pipe(asyncio.BufferedProtocol):
@@ -44,6 +54,8 @@ class Pipe(asyncio.BufferedProtocol):
         self._drained: asyncio.Future[None] | None = None
         self._read_paused = False
         self._write_paused = False
+        self._taken_at = 0.0  # monotonic: the last take
+        self._arrived_at = 0.0  # monotonic: the first bytes since the last take
         self.lost: Exception | None = None
 
     # -- the transport's side ------------------------------------------------------------------
@@ -71,6 +83,8 @@ class Pipe(asyncio.BufferedProtocol):
         self._buffer = buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        if not self._filled:
+            self._arrived_at = time.monotonic()
         self._filled += nbytes
         if self._filled >= self._size and not self._read_paused and self._transport:
             self._transport.pause_reading()
@@ -100,19 +114,27 @@ class Pipe(asyncio.BufferedProtocol):
     # -- the reader's side ---------------------------------------------------------------------
 
     async def wait(self) -> bool:
-        """Until something arrived: True; False at the end with nothing left."""
+        """Until something arrived: True; False at the end with nothing left. A steady stream
+        is given :data:`GATHER` more to fill first."""
         while not self._filled and not self._eof:
             self._arrived = asyncio.get_running_loop().create_future()
             try:
                 await self._arrived
             finally:
                 self._arrived = None
+        if (
+            not self._eof
+            and self._filled < GATHER_BYTES
+            and self._arrived_at - self._taken_at < HOT
+        ):
+            await asyncio.sleep(GATHER)
         return self._filled > 0
 
     def take(self, consume: Callable[[memoryview], T]) -> T:
         """``consume`` what arrived, given as a view valid only during the call (it copies
         what it keeps); the buffer is then empty again."""
         taken = self._filled
+        self._taken_at = time.monotonic()
         try:
             with memoryview(self._buffer) as view:
                 return consume(view[:taken])
