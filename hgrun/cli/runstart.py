@@ -24,6 +24,7 @@ from hgrun.record import Record
 # some runs, is imported where it is used (tests/test_cli_imports.py holds the list).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable
     from typing import Any
 
@@ -137,10 +138,12 @@ def start(ctx: Context, args: RunArgs) -> int:
     opened: wsclient.WebSocket | None = None
     try:
         # The "request" mark: as the attach handshake leaves (wsclient), or as the POST does.
-        created = None if detached or entries else _create_attached(ctx, name, body)
+        created = None if detached or entries else _create_attached(ctx, name, body, folder_note)
         if created is not None:
             opened, run_info = created
         else:
+            if folder_note is not None:
+                folder_note.start()
             trace.mark("request")
             run_info = ctx.api.post(f"/v1/apps/{name}/runs", body)
     finally:  # said also when the create fails: the folder may be why
@@ -208,11 +211,12 @@ def _wait_for_slot(ctx: Context, run_id: int) -> None:
 
 
 def _create_attached(
-    ctx: Context, app: str, body: dict[str, Any]
+    ctx: Context, app: str, body: dict[str, Any], alongside: _Background | None = None
 ) -> tuple[wsclient.WebSocket, dict[str, Any]] | None:
     """Create the run and attach to it in one handshake (``/v1/apps/{app}/runs/attach``): the
     WebSocket and the run made. None when the request is too long for a header, or the server
-    predates that endpoint: then it is a POST and an attach."""
+    predates that endpoint: then it is a POST and an attach. ``alongside`` is started once the
+    request has left (the folder check: it then takes no CPU from the request's making)."""
     from hgrun.cli import wsclient
     from hgrun.relay import runheader
 
@@ -226,6 +230,7 @@ def _create_attached(
             {**settings.headers(), runheader.HEADER: request},
             f"a new run of {app}",
             settings.ssl_context(),
+            sent=None if alongside is None else alongside.start,
         )
     except (AuthError, ForbiddenError) as e:
         raise cli_hint(e, settings) from None
@@ -288,17 +293,23 @@ class _Built(Record):
 
 
 class _Background:
-    """``fn()`` in a daemon thread, started at once; :meth:`result` waits for its value (or
-    raises what it raised). A CLI that exits meanwhile does not wait for it."""
+    """``fn()`` in a daemon thread, started by :meth:`start` (at the latest by :meth:`result`);
+    :meth:`result` waits for its value (or raises what it raised). A CLI that exits meanwhile
+    does not wait for it."""
 
     def __init__(self, fn: Callable[[], str | None]) -> None:
-        import threading  # only a run with the folder check starts a thread
-
         self._fn = fn
         self._value: str | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start ``fn()``, unless it is started already."""
+        if self._thread is None:
+            import threading  # only a run with the folder check starts a thread
+
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         try:
@@ -307,7 +318,9 @@ class _Background:
             self._error = e
 
     def result(self) -> str | None:
-        self._thread.join()
+        self.start()
+        if self._thread is not None:  # start() made it
+            self._thread.join()
         if self._error is not None:
             raise self._error
         return self._value
@@ -319,9 +332,10 @@ def _prepare_app(
     """The app to run, with --build what this folder's build is, and the folder check.
 
     Never deploys. From the folder of the app being run, when the folder differs from the live
-    release, one line on stderr says so and how to act on it: that check (the manifest loaded,
-    the folder hashed, the live release asked for) runs in a thread, alongside the run's
-    create; its note is the returned result. ``check_folder`` False (``--no-build``) skips it.
+    release, one line on stderr says so and how to act on it: that check (the folder's answers
+    from the cache or the folder loaded and hashed, the live release asked for) runs in a
+    thread alongside the run's create, started (by the caller) once the create's request has
+    left; its note is the returned result. ``check_folder`` False (``--no-build``) skips it.
     """
     root = appdir.find_app_folder(os.getcwd())
     name = app_name or (appdir.quick_name(root) if root is not None else None)

@@ -18,7 +18,7 @@ from hgrun.relay.protocol import SUBPROTOCOLS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs the start of `hgrun run` milliseconds: for the checker only
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from ssl import SSLContext  # ssl (OpenSSL) is imported for wss:// only
     from typing import Any
 
@@ -68,12 +68,17 @@ def connect(
 
 
 def create_and_connect(
-    url: str, headers: Mapping[str, str], what: str, ssl: SSLContext | None = None
+    url: str,
+    headers: Mapping[str, str],
+    what: str,
+    ssl: SSLContext | None = None,
+    sent: Callable[[], object] | None = None,
 ) -> WebSocket | None:
     """:func:`connect` to an endpoint that creates the run it attaches to; None when the
     server refuses without an hgrun error, as one without that endpoint does (the caller then
-    creates and attaches in two steps)."""
-    opened = _handshake(url, headers, what, ssl)
+    creates and attaches in two steps). ``sent()`` is called once the request has left, while
+    the server makes the run: work done then costs the run no time."""
+    opened = _handshake(url, headers, what, ssl, sent)
     if isinstance(opened, WebSocket):
         return opened
     if _json_error(opened[1]) is None:
@@ -82,7 +87,11 @@ def create_and_connect(
 
 
 def _handshake(
-    url: str, headers: Mapping[str, str], what: str, ssl: SSLContext | None
+    url: str,
+    headers: Mapping[str, str],
+    what: str,
+    ssl: SSLContext | None,
+    sent: Callable[[], object] | None = None,
 ) -> WebSocket | tuple[wsproto.Answer, bytes]:
     """The open WebSocket, or the refusal's answer and body (the socket closed)."""
     secure, host, port, target = split_url(url)
@@ -109,6 +118,8 @@ def _handshake(
             sock = ssl.wrap_socket(sock, server_hostname=host)
         trace.mark("request")  # the run request leaves now (the first mark wins)
         sock.sendall(request)
+        if sent is not None:
+            sent()
         received = b""
         while (answer := wsproto.parse_answer(received)) is None:
             chunk = sock.recv(RECV_CHUNK)
