@@ -15,7 +15,6 @@ import io
 import os
 import posixpath
 import stat
-import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Literal
@@ -27,6 +26,10 @@ from hgrun.dockerignore import (  # noqa: F401 - re-exported: the context's rule
     parse_dockerignore,
     scan,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import tarfile  # imported where a tar is written
 
 _CHUNK = 1024 * 1024
 
@@ -124,6 +127,8 @@ def write_context_tar(
     entries = [
         e for e in walk_context(root, patterns, dockerfile=dockerfile) if e.relpath not in extra
     ]
+    import tarfile  # here: `hgrun run`'s folder check hashes the context, never tars it
+
     with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for item in _merge(entries, extra):
             if isinstance(item, Entry):
@@ -145,6 +150,8 @@ def _merge(entries: list[Entry], extra: Mapping[str, bytes]) -> Iterable[Entry |
 
 
 def _add_entry(tar: tarfile.TarFile, entry: Entry) -> None:
+    import tarfile
+
     if entry.kind == "dir":
         tar.addfile(_info(entry.relpath, tarfile.DIRTYPE, 0o755))
     elif entry.kind == "symlink":
@@ -161,6 +168,8 @@ def _add_entry(tar: tarfile.TarFile, entry: Entry) -> None:
 
 
 def _info(name: str, kind: bytes, mode: int) -> tarfile.TarInfo:
+    import tarfile
+
     info = tarfile.TarInfo(name)
     info.type = kind
     info.mode = mode
