@@ -77,6 +77,8 @@ def is_ignored(path: str, patterns: Sequence[str]) -> bool:
     excluded when the last pattern matching it, or matching one of its parent directories, is
     not an exception (``!``). This is moby's ``PatternMatcher.MatchesOrParentMatches``.
     """
+    if not patterns:  # the common case, once per entry of a walk: nothing to match
+        return False
     path = posixpath.normpath(path)
     parent = posixpath.dirname(path)
     parents = parent.split("/") if parent else []
