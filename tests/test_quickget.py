@@ -4,6 +4,7 @@ by Content-Length, chunked or to the connection's end, from a scripted peer on l
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 from support.apps import deploy_busybox_app, unique
 from support.cli import Cli
+from support.server import https_server
+from support.tls import certificate
 
 from hgrun.cli.client import Api, Settings
 from hgrun.cli.quickget import get_json, unchunk
@@ -30,6 +33,31 @@ def test_the_answer_is_the_api_clients(cli: Cli, tmp_path: Path, busybox_image: 
     assert got == expected and got["release"]["context_hash"]
     assert get_json(settings, f"/v1/apps/{unique('none')}") is None  # 404
     assert get_json(Settings(cli.server.url, "wrong", None), f"/v1/apps/{name}") is None  # 401
+
+
+@pytest.mark.docker
+def test_over_tls_the_server_is_verified(
+    docker_host: str, tmp_path: Path, busybox_image: str
+) -> None:
+    ca = certificate(tmp_path, "ca", ca=None)
+    certificate(tmp_path, "server", ca=ca)
+    certificate(tmp_path, "other-ca", ca=None)
+    (tmp_path / "data").mkdir()
+    srv = https_server(tmp_path, tmp_path / "data", docker_host).start()
+    try:
+        trusted = Settings(srv.url, srv.token, None, ca_cert=str(tmp_path / "ca.pem"))
+        api = Api(trusted)
+        try:
+            api.post("/v1/apps", {"name": "tls-app"})
+            expected = api.get("/v1/apps/tls-app")
+        finally:
+            api.close()
+        assert srv.url.startswith("https://")
+        assert get_json(trusted, "/v1/apps/tls-app") == expected
+        other = Settings(srv.url, srv.token, None, ca_cert=str(tmp_path / "other-ca.pem"))
+        assert get_json(other, "/v1/apps/tls-app") is None
+    finally:
+        srv.stop(signal.SIGKILL)
 
 
 def test_no_server_is_none() -> None:
