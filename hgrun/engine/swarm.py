@@ -342,7 +342,10 @@ class SwarmEngine:
             task.node.engine.resize(task.container_id, width, height)
 
     async def ended(self, container_id: str) -> ContainerState | None:
-        """Never sooner than :meth:`wait`: a task's end comes from its node or its status."""
+        """The end as the task's node announced it (DockerEngine.ended); None: ask wait."""
+        with contextlib.suppress(HgrunError):
+            task = self._task(container_id)
+            return await task.node.engine.ended(task.container_id)
         return None
 
     def wait(self, container_id: str) -> int:
