@@ -238,6 +238,18 @@ def test_a_link_out_of_the_folder_counts_by_what_it_points_to(tmp_path: Path) ->
     assert answers(after) == fresh(root, tmp_path)[0] != before
 
 
+def test_a_marker_that_is_no_regular_file_counts(tmp_path: Path) -> None:
+    """The context leaves FIFOs out; a stack's detection sees every name at the top."""
+    root, cache = make_app(tmp_path / "app"), tmp_path / "cache"
+    (root / "Dockerfile").unlink()
+    before = warm(root, cache)
+    assert before[1] is not None and "no stack detected" in before[1]
+    os.mkfifo(root / "manage.py")  # a python stack's marker
+    after = check_of(root, cache)
+    assert not after.hit
+    assert answers(after) == fresh(root, tmp_path)[0] != before
+
+
 def test_an_ignored_file_may_change_without_a_miss(tmp_path: Path) -> None:
     root, cache = make_app(tmp_path / "app"), tmp_path / "cache"
     (root / ".dockerignore").write_text("*.log\n")

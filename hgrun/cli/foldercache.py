@@ -14,7 +14,8 @@ files relative to it), the source files of hgrun (and of YAML and croniter) that
 the stat signature (kind, size, mtime and ctime in ns, inode, device, mode) of every path the load
 consulted (manifest, Procfile, Dockerfile, ``.dockerignore``, the stack's project files: see
 :func:`hgrun.cli.appdir.load`, followed if symlinks) and of every entry the context hash reads
-(:func:`hgrun.dockerignore.scan`, with the targets of symlinks). Directories count by name, kind
+(:func:`hgrun.dockerignore.scan`, with the targets of symlinks), and the kind of any socket, FIFO
+or device at the top (a stack's marker may be one). Directories count by name, kind
 and inode: what they hold is listed entry by entry, so a file the context ignores may come and go
 without invalidating the entry. What the load reads beyond the folder (the system's time zone
 database, for a manifest's ``timezone:``) is not in the key.
@@ -206,6 +207,15 @@ def signature(
             raise TypeError("consulted: not a path")
         line, newest = _stat_line("C", rel, os.path.join(root, rel), newest)
         lines.append(line)
+    special = []
+    with os.scandir(root) as top:
+        # The walk skips sockets, FIFOs and devices; a stack's markers are names of any kind
+        # (appdir.app_files), so those at the top count too.
+        for entry in top:
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                special.append(f"X\0{entry.name}\0{mode}")
+    lines += sorted(special)  # scandir lists in no particular order
     patterns = load_dockerignore(root)  # read whole: it decides the walk
     walked = scan(root, patterns, dockerfile=dockerfile) if dockerfile else scan(root, patterns)
     for rel, path, st in walked:
