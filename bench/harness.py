@@ -264,9 +264,14 @@ def remove_leftovers(docker: str, env: dict[str, str], labels: Sequence[str]) ->
             # bench/scripts.py's docker side).
             for at in range(0, len(ids), RM_BATCH):
                 batch = ids[at : at + RM_BATCH]
-                subprocess.run(
-                    [docker, "rm", "-f", *batch], env=env, capture_output=True, timeout=600
-                )
+                try:
+                    subprocess.run(
+                        [docker, "rm", "-f", *batch], env=env, capture_output=True, timeout=300
+                    )
+                except subprocess.TimeoutExpired:
+                    say(f"`docker rm -f` of {len(batch)} took over 300 s: the engine stalls;"
+                        f" {len(ids) - at} left")  # fmt: skip
+                    return removed + at
             removed += len(ids)
     return removed
 
