@@ -22,7 +22,8 @@ CLI = [sys.executable, "-m", "hgrun.cli.main"]
 
 
 class Cli:
-    """Runs ``python -m hgrun.cli.main ARGS`` against a server, with its own XDG_CONFIG_HOME."""
+    """Runs ``python -m hgrun.cli.main ARGS`` against a server, with its own XDG_CONFIG_HOME
+    (and XDG_CACHE_HOME in it: ``hgrun run``'s folder check writes there)."""
 
     def __init__(self, server: HgrunServer, config_home: Path) -> None:
         self.server = server
@@ -36,6 +37,7 @@ class Cli:
             "HGRUN_URL": target.url,
             "HGRUN_TOKEN": target.token,
             "XDG_CONFIG_HOME": str(self.config_home),
+            "XDG_CACHE_HOME": str(self.config_home / "cache"),
             "NO_COLOR": "1",
             **extra,
         }
