@@ -30,13 +30,26 @@ def _pieces(*spec: tuple[int, bytes, float]) -> list[Output]:
             [(1, b"a", 1.0), (2, b"E", 1.0), (1, b"b", 1.0)],
             [(1, 1.0, b"a"), (2, 1.0, b"E"), (1, 1.0, b"b")],
         ),
-        # Up to the size: 4 + 4 fit in 8, the next starts a row; a big piece stays whole.
+        # Up to the size: 4 + 4 fit in 8, the next starts a row; a big piece is cut to fill
+        # the row it joins, then rows of the size, its time on each.
         (
-            [(1, b"aaaa", 1.0), (1, b"bbbb", 1.0), (1, b"cc", 1.0), (1, b"d" * 20, 1.0)],
-            [(1, 1.0, b"aaaabbbb"), (1, 1.0, b"cc"), (1, 1.0, b"d" * 20)],
+            [(1, b"aaaa", 1.0), (1, b"bbbb", 1.0), (1, b"cc", 1.0), (1, b"d" * 20, 1.001)],
+            [
+                (1, 1.0, b"aaaabbbb"),
+                (1, 1.0, b"ccdddddd"),
+                (1, 1.001, b"d" * 8),
+                (1, 1.001, b"d" * 6),
+            ],
+        ),  # fmt: skip
+        # A row just full closes; the next piece starts its own.
+        ([(1, b"a" * 8, 1.0), (1, b"b", 1.0)], [(1, 1.0, b"a" * 8), (1, 1.0, b"b")]),
+        # A cut piece's rest is still joined with what follows within the time.
+        (
+            [(1, b"x" * 10, 1.0), (1, b"y", 1.0), (2, b"e" * 9, 1.0)],
+            [(1, 1.0, b"x" * 8), (1, 1.0, b"xxy"), (2, 1.0, b"e" * 8), (2, 1.0, b"e")],
         ),
     ],
-    ids=["none", "one", "joined", "time", "streams", "size"],
+    ids=["none", "one", "joined", "time", "streams", "size", "full", "cut"],
 )
 def test_rows(
     spec: list[tuple[int, bytes, float]], expected: list[tuple[int, float, bytes]]
@@ -45,3 +58,4 @@ def test_rows(
     got = rows(pieces, 8, 0.01)
     assert got == expected
     assert b"".join(data for _, _, data in got) == b"".join(p.data for p in pieces)
+    assert all(type(data) is bytes and 0 < len(data) <= 8 for _, _, data in got)

@@ -173,26 +173,35 @@ class OutputLog:
 def rows(pieces: list[Output], max_bytes: int, seconds: float) -> list[NewChunk]:
     """``pieces`` (in order, contiguous) as store rows ``(stream, ts, data)``: each run of
     pieces on one stream within ``seconds`` of its first piece joined, up to ``max_bytes`` a
-    row (a piece larger than that is a row of its own, whole), with its first piece's time."""
+    row, with its first piece's time. A piece larger than that is cut: no row is ever over
+    ``max_bytes``, so the cap, which drops whole rows, keeps at least the cap less one row."""
     out: list[NewChunk] = []
-    group: list[bytes] = []
-    size = 0
-    first: Output | None = None
+    group: list[bytes | memoryview] = []
+    size, stream, ts = 0, 0, 0.0
+
+    def close() -> None:
+        nonlocal group, size
+        if group:
+            data = group[0] if len(group) == 1 else b"".join(group)
+            out.append((stream, ts, data if isinstance(data, bytes) else bytes(data)))
+        group, size = [], 0
+
     for piece in pieces:
-        if (
-            first is not None
-            and piece.stream == first.stream
-            and piece.ts - first.ts <= seconds
-            and size + len(piece.data) <= max_bytes
-        ):
-            group.append(piece.data)
-            size += len(piece.data)
-            continue
-        if first is not None:
-            out.append((first.stream, first.ts, group[0] if len(group) == 1 else b"".join(group)))
-        first, group, size = piece, [piece.data], len(piece.data)
-    if first is not None:
-        out.append((first.stream, first.ts, group[0] if len(group) == 1 else b"".join(group)))
+        if group and (piece.stream != stream or piece.ts - ts > seconds):
+            close()
+        data: bytes | memoryview = piece.data
+        while data:
+            if not group:
+                stream, ts = piece.stream, piece.ts
+            if len(data) > max_bytes - size:
+                data = memoryview(data)  # cut without copying the rest at each cut
+            room = max_bytes - size
+            group.append(data[:room])
+            size += min(room, len(data))
+            data = data[room:]
+            if size >= max_bytes:
+                close()
+    close()
     return out
 
 
