@@ -85,6 +85,24 @@ def venv_cli(tmp: Path) -> list[str]:
     return [str(venv / "bin" / "hgrun")]
 
 
+def wait_exact(proc: subprocess.Popen[Any], timeout: float) -> int:
+    """``proc``'s exit status, seen the moment it exits: a blocking ``waitpid``, and a timer
+    that kills it past ``timeout`` (then :class:`subprocess.TimeoutExpired`).
+
+    ``Popen.wait(timeout)`` polls, sleeping up to 50 ms between looks: every start-to-exit
+    sample of both sides landed on a 50 ms grid (266, 316, 366, 417 ms) and the ratio moved by
+    whole steps of it."""
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    if timer.finished.is_set() and code < 0:
+        raise subprocess.TimeoutExpired(proc.args, timeout)
+    return code
+
+
 def docker_cli() -> str:
     docker = shutil.which("docker")
     if docker is None:

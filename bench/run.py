@@ -225,7 +225,7 @@ def run_timed(
                 fd = proc.stdout.fileno()  # type: ignore[union-attr]
                 while chunk := os.read(fd, MIB):
                     counted += len(chunk)
-            proc.wait(CMD_TIMEOUT)
+            harness.wait_exact(proc, CMD_TIMEOUT)
         except BaseException:
             proc.kill()
             proc.wait()
@@ -575,7 +575,7 @@ class Bench(harness.Workspace):
         first_ns = time.time_ns()
         rest = proc.stdout.read()
         err = proc.stderr.read()
-        code = proc.wait(CMD_TIMEOUT)
+        code = harness.wait_exact(proc, CMD_TIMEOUT)
         exit_ns = time.time_ns()
         if code != 0 or (first + rest).strip() != b"traced":
             raise BenchError(f"{side}: exited {code}, output {first + rest!r}, {err[-500:]!r}")
