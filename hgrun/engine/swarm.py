@@ -6,7 +6,8 @@ where each node answers, registered or advertised), as the manager has no attach
 archive API for a task's container. On the node, this module composes
 :class:`hgrun.engine.docker.DockerEngine` (its raw attach, streamed logs and uploads), watched
 by :mod:`hgrun.engine.swarmwatch` (a node away too long loses its runs; one back in time has
-them taken up again). Images reach the nodes through :mod:`hgrun.engine.swarmimages`.
+them taken up again). Images reach the nodes through :mod:`hgrun.engine.swarmimages`; a
+run's task, its node and its container there are found by :mod:`hgrun.engine.swarmtasks`.
 
 A container id of this engine is the run's service id. Two things Swarm cannot say are made
 right by a small static program, ``engine/shim.c``, shipped to the nodes as a swarm config and
@@ -45,17 +46,15 @@ from hgrun.engine.dockerwire import timestamp
 from hgrun.engine.shim import FramedAttach, swarm_config
 from hgrun.engine.span import SocketSpan
 from hgrun.engine.swarmimages import ImageShipper
-from hgrun.engine.swarmnodes import NodeClient, Nodes
+from hgrun.engine.swarmnodes import Nodes
 from hgrun.engine.swarmspec import (
     API_VERSION,
     GO_FILE,
-    LABEL_FRAMED,
-    TASK_ENDED,
     service_spec,
     task_command,
     task_state,
-    unplaceable,
 )
+from hgrun.engine.swarmtasks import SwarmTasks, _Task
 from hgrun.engine.swarmwatch import NodeWatch, WatchedAttach
 from hgrun.engine.tls import EngineTLS, api_client
 from hgrun.errors import EngineError, HgrunError, NotFoundError
@@ -66,14 +65,7 @@ ORPHAN = "orphan:"  # the id of a task container whose service is gone
 LOST_AFTER = 30.0  # a node away this long (seconds in a row) has lost its runs
 
 
-@dataclasses.dataclass
-class _Task:
-    node: NodeClient
-    container_id: str
-    framed: bool
-
-
-class SwarmEngine:
+class SwarmEngine(SwarmTasks):
     """hgrun's engine on a Docker Swarm, through its manager; see the module docstring."""
 
     concurrency = CONCURRENCY
@@ -222,65 +214,6 @@ class SwarmEngine:
                 self.remove(service_id)
             raise
         return service_id
-
-    def _placed(self, service_id: str) -> _Task:
-        """Poll the task until its container runs; raise with Swarm's reason if it cannot."""
-        started = self._clock()
-        pause = 0.02
-        while True:
-            task = self._current_task(service_id)
-            if task is not None:
-                state = (task.get("Status") or {}).get("State")
-                reason = unplaceable(task)
-                if state == "running":
-                    return self._task(service_id, task)
-                if state in TASK_ENDED:
-                    _word, code, err = task_state(task)
-                    raise EngineError(
-                        f"swarm could not run the task: {err or state}"
-                        + (f" (exit {code})" if code else "")
-                    )
-                if reason and self._clock() - started > self.placement_timeout:
-                    raise EngineError(
-                        f"swarm could not place the run: {reason}",
-                        "a smaller --size, or free or add nodes; placement constraints:"
-                        f" {', '.join(self.constraints) or 'none'}",
-                    )
-            if self._clock() - started > max(self.placement_timeout, 30.0) * 2:
-                raise EngineError("swarm did not start the task in time")
-            self._sleep(pause)
-            pause = min(pause * 1.5, 0.25)
-
-    def _current_task(self, service_id: str) -> dict[str, Any] | None:
-        with _translate(f"cannot read the task of service {service_id[:12]}"):
-            tasks: list[dict[str, Any]] = list(self._api.tasks(filters={"service": service_id}))
-        if not tasks:
-            return None
-        # One task per service (a job of one, never restarted): the newest, to be sure.
-        return max(tasks, key=lambda t: str(t.get("CreatedAt", "")))
-
-    def _task(self, service_id: str, task: Mapping[str, Any] | None = None) -> _Task:
-        known = self._tasks.get(service_id)
-        if known is not None:
-            return known
-        if task is None:
-            try:
-                task = self._current_task(service_id)
-            except NotFoundError:
-                task = None
-        if task is None:
-            raise NotFoundError(f"service {service_id[:12]} has no task")
-        container = ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID")
-        if not container or not task.get("NodeID"):
-            raise NotFoundError(f"service {service_id[:12]} has no container yet")
-        labels = (task.get("Spec") or {}).get("ContainerSpec", {}).get("Labels") or {}
-        found = _Task(
-            node=self.nodes.client(str(task["NodeID"])),
-            container_id=str(container),
-            framed=labels.get(LABEL_FRAMED) == "framed",
-        )
-        self._tasks[service_id] = found
-        return found
 
     async def attach(
         self, container_id: str, *, tty: bool, stdin: bool, logs: bool
