@@ -303,13 +303,14 @@ class _Background:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Start ``fn()``, unless it is started already."""
+    def start(self) -> threading.Thread:
+        """Start ``fn()``, unless it is started already; its thread."""
         if self._thread is None:
             import threading  # only a run with the folder check starts a thread
 
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
+        return self._thread
 
     def _run(self) -> None:
         try:
@@ -318,9 +319,7 @@ class _Background:
             self._error = e
 
     def result(self) -> str | None:
-        self.start()
-        if self._thread is not None:  # start() made it
-            self._thread.join()
+        self.start().join()
         if self._error is not None:
             raise self._error
         return self._value

@@ -14,7 +14,7 @@ import os
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import IO
 
 import docker
@@ -315,17 +315,31 @@ class DockerEngine:
     # -- streaming calls (asyncio) ----------------------------------------------------------
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the engine as asyncio streams (an upload's request and answer)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport = await self._open(lambda: protocol)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def _open(self, protocol: Callable[[], asyncio.BaseProtocol]) -> asyncio.Transport:
+        """A connection to the engine (its unix socket, or TCP with TLS when configured)
+        driven by ``protocol()``."""
+        loop = asyncio.get_running_loop()
         try:
             if self._uds is not None:
-                return await asyncio.open_unix_connection(self._uds, limit=1 << 20)
-            assert self._tcp is not None  # noqa: S101 - set together with _uds in __init__
-            if self._ssl is not None:
-                return await asyncio.open_connection(
-                    *self._tcp, ssl=self._ssl, server_hostname=self._tcp[0], limit=1 << 20
+                transport, _ = await loop.create_unix_connection(protocol, self._uds)
+            else:
+                assert self._tcp is not None  # noqa: S101 - set together with _uds in __init__
+                transport, _ = await loop.create_connection(
+                    protocol,
+                    *self._tcp,
+                    ssl=self._ssl,
+                    server_hostname=self._tcp[0] if self._ssl is not None else None,
                 )
-            return await asyncio.open_connection(*self._tcp, limit=1 << 20)
         except (OSError, ssl.SSLError) as e:
             raise EngineError(f"cannot reach the Docker engine at {self.host}: {e}") from e
+        return transport  # type: ignore[return-value]
 
     async def attach(self, container_id: str, *, tty: bool, stdin: bool, logs: bool) -> RawAttach:
         """Attach to stdio; call before start so no output is lost (as ``docker run`` does)."""
@@ -333,7 +347,8 @@ class DockerEngine:
         query = urllib.parse.urlencode(
             {"stream": 1, "stdout": 1, "stderr": 1, "stdin": int(stdin), "logs": int(logs)}
         )
-        pipe, transport = await self._open_pipe()
+        pipe = Pipe()
+        transport = await self._open(lambda: pipe)
         request = (
             f"POST {self._path(f'/containers/{container_id}/attach')}?{query} HTTP/1.1\r\n"
             "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
@@ -354,24 +369,6 @@ class DockerEngine:
                 raise NotFoundError(f"container {container_id[:12]} not found: {message}")
             raise EngineError(f"cannot attach to container {container_id[:12]}: {message}")
         return RawAttach(pipe, transport, tty)
-
-    async def _open_pipe(self) -> tuple[Pipe, asyncio.Transport]:
-        """A connection to the engine read by a :class:`Pipe` (the attach's hijacked stream)."""
-        loop = asyncio.get_running_loop()
-        try:
-            if self._uds is not None:
-                transport, pipe = await loop.create_unix_connection(Pipe, self._uds)
-            else:
-                assert self._tcp is not None  # noqa: S101 - set together with _uds in __init__
-                transport, pipe = await loop.create_connection(
-                    Pipe,
-                    *self._tcp,
-                    ssl=self._ssl,
-                    server_hostname=self._tcp[0] if self._ssl is not None else None,
-                )
-        except (OSError, ssl.SSLError) as e:
-            raise EngineError(f"cannot reach the Docker engine at {self.host}: {e}") from e
-        return pipe, transport  # type: ignore[return-value]
 
     async def put_archive(
         self, container_id: str, path: str, data: AsyncIterator[bytes | memoryview | SocketSpan]
