@@ -192,9 +192,10 @@ class FakeEngine:
         if logs:
             for piece in container.output:
                 stream.push(piece)
-        if container.status is ContainerStatus.EXITED:
-            stream.push(None)
-        container.streams.append(stream)
+        # As Docker does: an attach to a container that has ended already is never ended (its
+        # streams were closed before this one was registered); it is left open.
+        if container.status is not ContainerStatus.EXITED:
+            container.streams.append(stream)
         return stream
 
     async def put_archive(

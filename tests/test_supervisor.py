@@ -424,6 +424,29 @@ async def test_a_container_that_exited_meanwhile_is_finished_from_its_logs(world
 
 
 @asyncio_test
+async def test_a_container_that_ends_between_the_listing_and_the_attach_is_finished(
+    world: World,
+) -> None:
+    """Listed running, ended before the attach: Docker never ends such an attach (the fake
+    does as Docker does), so the run is finished from the log, not followed for ever. The
+    CI's fault suite met it: a client waiting for an exit code that never came."""
+    run = world.run()
+    cid = world.started_container(run)
+    world.store.mark_running(run.id, 1000.0)
+    world.engine.emit(cid, STDOUT, b"all of it\n")
+    attach = world.engine.hold("attach")
+    sup = world.supervisor()
+    recovering = asyncio.create_task(sup.recoverer.recover())
+    await attach.reached()
+    world.engine.exit(cid, 4)  # it ends while the attach is on its way
+    attach.release()
+    await asyncio.wait_for(recovering, DEADLINE)
+    await until(lambda: world.store.run(run.id).status is RunStatus.FAILED, "the run finished")
+    assert world.store.run(run.id).exit_code == 4
+    assert b"".join(c.data for c in world.store.output(run_id=run.id)) == b"all of it\n"
+
+
+@asyncio_test
 async def test_a_stop_answered_by_another_server_ends_the_run_where_it_runs(world: World) -> None:
     holder = world.supervisor()
     session = await holder.launch(world.run(), world.release, "none")
@@ -528,9 +551,8 @@ async def test_a_stalled_holder_whose_run_was_taken_over_neither_stores_nor_fini
     assert cid in world.engine.containers  # not removed under the taker
     assert world.store.run(session.run.id).status is RunStatus.RUNNING  # not finished by it
     attaching.release()
-    await recovering
-    taken = taker.sessions[session.run.id]
-    await asyncio.wait_for(taken.finished.wait(), DEADLINE)
+    await asyncio.wait_for(recovering, DEADLINE)
+    await until(lambda: taker.sessions == {}, "the taker finished the run")
     run = world.store.run(session.run.id)
     assert (run.status, run.exit_code, run.error) == (RunStatus.SUCCEEDED, 0, None)
     assert b"".join(c.data for c in world.store.output(run_id=run.id)) == b"once\nafter\n"

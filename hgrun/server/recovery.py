@@ -168,14 +168,20 @@ class Recoverer:
                     attached = await sup.engine.attach(
                         container.id, tty=run.tty, stdin=run.tty and not run.detached, logs=True
                     )
+                except HgrunError:  # it ended (or went) between the listing and the attach
+                    attached = None
+                # Docker registers an attach's streams before it answers and closes them when
+                # the container ends, but never closes those of a container that had ended
+                # already (dockerd 20.10 and later): so only an attach that finds it still
+                # running is followed. Else the log holds its whole output.
+                state = await asyncio.to_thread(sup.engine.inspect, container.id)
+                if attached is not None and state.running:
                     session.stream = RejoinedStream(attached, rejoin, find)
-                except HgrunError:
-                    # It ended (or went) between the listing and the attach: finish it.
-                    ended = await asyncio.to_thread(sup.engine.inspect, container.id)
-                    exit_code = ended.exit_code
-                else:
                     session.task = sup.spawn(self._resume(session))
                     return
+                if attached is not None:
+                    await attached.close()
+                exit_code = state.exit_code
             replay = sup.engine.logs(container.id, tty=run.tty)
             async for stream, data in rejoined(replay, rejoin, find):
                 session.add(stream, data, sup.clock())
