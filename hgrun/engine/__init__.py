@@ -10,11 +10,13 @@ container that is gone).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Protocol
 
+from hgrun.errors import EngineError
 from hgrun.models import Size
 
 if TYPE_CHECKING:
@@ -183,3 +185,25 @@ class Engine(Protocol):
     def stop(self, container_id: str, grace: float) -> None: ...
     def remove(self, container_id: str) -> None: ...
     def list(self, labels: Mapping[str, str]) -> list[ContainerState]: ...
+
+
+async def attach_running(
+    engine: Engine, container_id: str, *, tty: bool, stdin: bool, logs: bool
+) -> AttachStream:
+    """Attach to a container started before (a run taken up, another server's): raises
+    EngineError when it has ended (or went) meanwhile.
+
+    Docker registers an attach's streams before it answers and closes them when the container
+    ends, but it never ends an attach to a container that had ended already, not even once the
+    container is removed. An inspect once attached tells which: still running, the stream will
+    end with it."""
+    stream = await engine.attach(container_id, tty=tty, stdin=stdin, logs=logs)
+    try:
+        running = (await asyncio.to_thread(engine.inspect, container_id)).running
+    except BaseException:
+        await stream.close()
+        raise
+    if not running:
+        await stream.close()
+        raise EngineError(f"container {container_id[:12]} is no longer running")
+    return stream

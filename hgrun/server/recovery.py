@@ -15,7 +15,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from hgrun.engine import LABEL_INSTANCE, LABEL_RUN, ContainerState
+from hgrun.engine import LABEL_INSTANCE, LABEL_RUN, ContainerState, attach_running
 from hgrun.errors import HgrunError, NodeLostError, NotFoundError
 from hgrun.lifecycle import Phase, Recover, Stop, recovery
 from hgrun.models import Run, RunStatus
@@ -165,23 +165,21 @@ class Recoverer:
             if action is Recover.ADOPT:
                 try:
                     # A TTY session's stdin outlived the old server: the new one takes it up.
-                    attached = await sup.engine.attach(
-                        container.id, tty=run.tty, stdin=run.tty and not run.detached, logs=True
+                    attached = await attach_running(
+                        sup.engine,
+                        container.id,
+                        tty=run.tty,
+                        stdin=run.tty and not run.detached,
+                        logs=True,
                     )
-                except HgrunError:  # it ended (or went) between the listing and the attach
-                    attached = None
-                # Docker registers an attach's streams before it answers and closes them when
-                # the container ends, but never closes those of a container that had ended
-                # already (dockerd 20.10 and later): so only an attach that finds it still
-                # running is followed. Else the log holds its whole output.
-                state = await asyncio.to_thread(sup.engine.inspect, container.id)
-                if attached is not None and state.running:
                     session.stream = RejoinedStream(attached, rejoin, find)
+                except HgrunError:
+                    # It ended (or went) between the listing and the attach: finish it.
+                    ended = await asyncio.to_thread(sup.engine.inspect, container.id)
+                    exit_code = ended.exit_code
+                else:
                     session.task = sup.spawn(self._resume(session))
                     return
-                if attached is not None:
-                    await attached.close()
-                exit_code = state.exit_code
             replay = sup.engine.logs(container.id, tty=run.tty)
             async for stream, data in rejoined(replay, rejoin, find):
                 session.add(stream, data, sup.clock())
