@@ -40,6 +40,7 @@ from hgrun.engine import (
     ContainerState,
     ContainerStatus,
     EngineInfo,
+    attach_running,
 )
 from hgrun.engine.docker import DockerEngine, _translate
 from hgrun.engine.dockerwire import timestamp
@@ -222,7 +223,13 @@ class SwarmEngine(SwarmTasks):
         task = self._task(container_id)
 
         async def attach(logs: bool) -> AttachStream:
-            raw = await task.node.engine.attach(task.container_id, tty=tty, stdin=stdin, logs=logs)
+            # With its log: to a container started before (a reattach, a run taken up), which
+            # may have ended meanwhile, and Docker never ends an attach to an ended container.
+            node, cid = task.node.engine, task.container_id
+            if logs:
+                raw = await attach_running(node, cid, tty=tty, stdin=stdin, logs=True)
+            else:
+                raw = await node.attach(cid, tty=tty, stdin=stdin, logs=False)
             return FramedAttach(raw) if task.framed else raw
 
         return WatchedAttach(
