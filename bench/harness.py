@@ -92,13 +92,19 @@ def wait_exact(proc: subprocess.Popen[Any], timeout: float) -> int:
     ``Popen.wait(timeout)`` polls, sleeping up to 50 ms between looks: every start-to-exit
     sample of both sides landed on a 50 ms grid (266, 316, 366, 417 ms) and the ratio moved by
     whole steps of it."""
-    timer = threading.Timer(timeout, proc.kill)
+    fired = threading.Event()  # the timer's own `finished` is set by cancel() too
+
+    def kill() -> None:
+        fired.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill)
     timer.start()
     try:
         code = proc.wait()
     finally:
         timer.cancel()
-    if timer.finished.is_set() and code < 0:
+    if fired.is_set():
         raise subprocess.TimeoutExpired(proc.args, timeout)
     return code
 
