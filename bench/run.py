@@ -52,6 +52,9 @@ MIB = 1024 * 1024
 SAMPLE_EVERY = 0.05  # seconds between RSS samples
 CMD_TIMEOUT = 900.0  # no single command of the benchmark may take longer
 SETTLE = 0.25  # seconds of pause before each timed command (after the engine is quiet)
+# hgrun's warm pool asks for its next container 0.25 s after a run took one
+# (hgrun.server.warm.REFILL_DELAY): looked at only once it has.
+WARM_REFILL = 0.3
 QUIESCE_MAX = 60.0  # at most this long waiting for the previous sample's containers to go
 
 
@@ -292,6 +295,7 @@ class Bench(harness.Workspace):
         self.results: dict[str, Any] = {}
         self.retries: list[str] = []
         self.instance: str | None = None  # the server's instance label, once it runs
+        self.warm_seen = 0  # the most warm containers idle at once (see quiesce)
 
     def attempt(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """One sample; on a failure, note it and try again (twice at most).
@@ -494,24 +498,38 @@ class Bench(harness.Workspace):
         """Before each timed sample: wait until no container of the previous one is left, then
         pause a little, as between a user's commands. hgrun reports the exit before it removes
         the container (a removal of a container holding 1 GB takes a while): that work must
-        not land on the next sample, which may be docker's."""
+        not land on the next sample, which may be docker's.
+
+        hgrun's warm containers (``hgrun server --warm``) stay, started and idle, between
+        samples: that is their point. But the pool makes the next one a moment after a run
+        takes one, and that work must not land on the next sample either: the wait goes on
+        until as many are started and idle as ever were, and none is being made."""
         deadline = time.monotonic() + QUIESCE_MAX
         labels = [f"hgrun.bench={self.bench_id}"]
         if self.instance:
             labels.append(f"hgrun.instance={self.instance}")
+        time.sleep(WARM_REFILL)
         while time.monotonic() < deadline:
-            busy = False
+            busy, warm = False, 0
             for label in labels:
                 listed = subprocess.run(
-                    self.docker_cmd("ps", "-aq", "--filter", f"label={label}"),
+                    self.docker_cmd(
+                        "ps", "-a", "--filter", f"label={label}",
+                        "--format", '{{.Label "hgrun.run"}} {{.State}}',
+                    ),
                     env=self.env,
                     capture_output=True,
                     text=True,
-                )
-                busy = busy or bool(listed.stdout.strip())
-            if not busy:
+                )  # fmt: skip
+                for line in listed.stdout.splitlines():
+                    if line.strip() == "warm running":
+                        warm += 1
+                    else:
+                        busy = True
+            if not busy and warm >= self.warm_seen:
                 break
             time.sleep(0.05)
+        self.warm_seen = warm  # fewer after a timeout: one was let go, not to be waited for
         time.sleep(SETTLE)
 
     def _seconds(self, argv: Sequence[str]) -> float:

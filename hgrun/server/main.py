@@ -35,6 +35,8 @@ from hgrun.server.scheduler import Scheduler
 from hgrun.server.scripts import ScriptRunner
 from hgrun.server.slots import DEFAULT_MAX_QUEUE, DEFAULT_MAX_RUNS
 from hgrun.server.supervisor import Limits, Supervisor
+from hgrun.server.warm import DEFAULT_SIZE as DEFAULT_WARM
+from hgrun.server.warm import WarmPool
 from hgrun.server.workers import Workers
 from hgrun.store import Store
 from hgrun.store.audit import AuditLog
@@ -262,6 +264,7 @@ def serve(
     max_connections: int = MAX_CONNECTIONS,
     max_runs: int = DEFAULT_MAX_RUNS,
     max_queue: int = DEFAULT_MAX_QUEUE,
+    warm: int = DEFAULT_WARM,
     require_non_root: bool = False,
     build_limits: BuildLimits = DEFAULT_BUILD_LIMITS,
     engine_tls: str | None = None,
@@ -295,6 +298,8 @@ def serve(
     instance = store.meta("instance", lambda: secrets.token_hex(8))
     supervisor = Supervisor(store, engine, instance=instance, limits=limits)
     supervisor.slots.max_runs, supervisor.slots.max_queue = max_runs, max_queue
+    if warm and engine_kind == "docker":
+        supervisor.warm = WarmPool(engine, size=warm)
     audit = open_audit(data_dir, load_keys(data_dir, environ), store_url)
     writer = AuditWriter(audit)  # records written off the event loop, in order
 

@@ -12,10 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
-from hgrun.engine import LABEL_INSTANCE, LABEL_RUN, ContainerState, attach_running
+from hgrun.engine import (
+    LABEL_INSTANCE,
+    LABEL_RUN,
+    ContainerState,
+    ContainerStatus,
+    attach_running,
+)
+from hgrun.engine.handoff import MAX_SCRIPT
 from hgrun.errors import HgrunError, NodeLostError, NotFoundError
 from hgrun.lifecycle import Phase, Recover, Stop, recovery
 from hgrun.models import Run, RunStatus
@@ -24,6 +32,7 @@ from hgrun.server.launcher import network_of
 from hgrun.server.leases import LeaseLost, lease_owner, process_gone, this_host
 from hgrun.server.output import RejoinedStream, rejoined
 from hgrun.server.session import RunSession
+from hgrun.server.warm import HandoffStream, is_warm, replayed
 
 if TYPE_CHECKING:
     from hgrun.server.supervisor import Supervisor
@@ -48,7 +57,9 @@ class Recoverer:
     async def _pass(self) -> None:
         sup = self.supervisor
         listed = await asyncio.to_thread(sup.engine.list, {LABEL_INSTANCE: sup.instance})
-        containers = {c.labels.get(LABEL_RUN, ""): c for c in listed}
+        containers = {c.labels.get(LABEL_RUN, ""): c for c in listed if not is_warm(c.labels)}
+        # A warm container names no run: the store knows which run took it (hgrun.server.warm).
+        warm = {c.id: c for c in listed if is_warm(c.labels)}
         # A run waiting in its script's queue has no container and is left to the queue
         # (lifecycle.recovery: LEAVE): not read.
         # The first pass (at start-up) takes up the runs that waited in the line of a server
@@ -57,6 +68,8 @@ class Recoverer:
         first, self._first = self._first, False
         for run in sup.store.active_runs(backlogs=first):
             container = containers.pop(str(run.id), None)
+            if container is None and run.container_id in warm:
+                container = _handed_over(run, warm.pop(run.container_id))
             if run.id in sup.sessions or run.id in sup.pending or sup.slots.waiting(run.id):
                 continue
             try:
@@ -67,6 +80,16 @@ class Recoverer:
             if key.isdigit() and int(key) in sup.sessions:
                 continue
             await self._reap(key, container)
+        held = {s.container_id for s in sup.sessions.values()}
+        pool = sup.warm
+        for container in warm.values():
+            # The pool's own, or one a run here just took; else left by a server that stopped
+            # (while the pool makes one, it may be listed before the pool knows it: next pass).
+            if container.id in held or (pool and (pool.busy or pool.holds(container.id))):
+                continue
+            log.info("removing warm container %s, no run's", container.id[:12])
+            with contextlib.suppress(HgrunError):
+                await asyncio.to_thread(sup.engine.remove, container.id)
 
     async def renew(self) -> None:
         """Renew the lease of every run held here; a run recorded final elsewhere is stopped;
@@ -148,6 +171,7 @@ class Recoverer:
             clients_seen=True,
             last_activity=now,
             alone_since=None if run.detached else now,
+            warm=is_warm(container.labels),
         )
         # The engine replays what its log still holds of the container's output (Docker's
         # rotates): what the store holds stays, and only what it lacks is added to it.
@@ -172,6 +196,8 @@ class Recoverer:
                         stdin=run.tty and not run.detached,
                         logs=True,
                     )
+                    if session.warm:
+                        attached = HandoffStream(attached, None, 4 * MAX_SCRIPT)
                     session.stream = RejoinedStream(attached, rejoin, find)
                 except HgrunError:
                     # It ended (or went) between the listing and the attach: finish it.
@@ -181,6 +207,8 @@ class Recoverer:
                     session.task = sup.spawn(self._resume(session))
                     return
             replay = sup.engine.logs(container.id, tty=run.tty)
+            if session.warm:
+                replay = replayed(replay)
             async for stream, data in rejoined(replay, rejoin, find):
                 session.add(stream, data, sup.clock())
         except Exception as e:
@@ -217,3 +245,12 @@ class Recoverer:
             log.info("removing stray container %s", container.id[:12])
             with contextlib.suppress(HgrunError):
                 await asyncio.to_thread(sup.engine.remove, container.id)
+
+
+def _handed_over(run: Run, container: ContainerState) -> ContainerState:
+    """A warm container as recovery must see it: a run not yet recorded running was never
+    handed over (the supervisor records it before the handoff), so its command never ran,
+    whatever became of the shell waiting for it: the container counts as created."""
+    if run.status is RunStatus.RUNNING:
+        return container
+    return dataclasses.replace(container, status=ContainerStatus.CREATED)

@@ -222,6 +222,9 @@ class RunSession:
     # A client follows the run through another server (from the store): its output is stored
     # as it comes rather than every FLUSH_SECONDS (hgrun.server.remote).
     watched_elsewhere: bool = False
+    # Its container came from the warm pool (hgrun.server.warm): running before the run was,
+    # its command handed over on its stdin, where another's is started.
+    warm: bool = False
 
     @property
     def presence(self) -> Presence:

@@ -55,6 +55,7 @@ from hgrun.server.recovery import Recoverer
 from hgrun.server.session import Finished, Output, RunSession, Subscriber
 from hgrun.server.slots import RunSlots, end_waiting, enqueue, stop_unlaunched
 from hgrun.server.stopping import Stopper, StopTask
+from hgrun.server.warm import HandoffStream, WarmPool
 from hgrun.server.watchdog import Watchdog
 from hgrun.store import Store
 
@@ -104,6 +105,8 @@ class Supervisor(AttachedClients, OutputPump):
         self.watchdog = Watchdog(self, tick)
         # The cap on runs in flight (--max-runs) and the line beyond it (hgrun.server.slots).
         self.slots = RunSlots(self.spawn)
+        # Containers started ahead of the attached runs that take them (hgrun.server.warm).
+        self.warm: WarmPool | None = None
 
     # -- the supervisor's own life -----------------------------------------------------------
 
@@ -118,6 +121,9 @@ class Supervisor(AttachedClients, OutputPump):
         if self._watchdog:
             self._watchdog.cancel()
         self.stopper.cancel()
+        if self.warm is not None:
+            with contextlib.suppress(Exception):
+                await self.warm.close()
         for session in list(self.sessions.values()):
             if session.task:
                 session.task.cancel()
@@ -201,7 +207,12 @@ class Supervisor(AttachedClients, OutputPump):
         # made; the container starts only once the record is durable (below).
         audited = asyncio.ensure_future(self._audit_start(run, spec.env))
         try:
-            session.container_id = await asyncio.to_thread(self.engine.create, spec)
+            if self.warm is not None and not run.detached and not run.uploads:
+                if (taken := await self.warm.take(spec)) is not None:
+                    session.container_id, session.stream = taken
+                    session.warm = True
+            if session.container_id is None:
+                session.container_id = await asyncio.to_thread(self.engine.create, spec)
         except HgrunError as e:
             await _settled(audited)  # its record first, then the run's end: the chain's order
             await self.finish(session, error=e)
@@ -221,7 +232,7 @@ class Supervisor(AttachedClients, OutputPump):
             return session
         session.phase = Phase.ATTACHING
         try:
-            session.stream = await self.engine.attach(
+            session.stream = session.stream or await self.engine.attach(
                 session.container_id, tty=run.tty, stdin=not run.detached, logs=False
             )
         except HgrunError as e:
@@ -299,13 +310,16 @@ class Supervisor(AttachedClients, OutputPump):
                 await self.finish(session)
                 return
             session.phase = Phase.STARTING
-            try:
-                await asyncio.to_thread(self.engine.start, self._container(session))
-            except HgrunError as e:
-                await self.finish(session, error=e)
-                return
-            now = self.clock()
-            session.run = self.store.mark_running(run.id, now)
+            if isinstance(session.stream, HandoffStream):
+                now = await self._hand_off(session, session.stream)
+            else:
+                try:
+                    await asyncio.to_thread(self.engine.start, self._container(session))
+                except HgrunError as e:
+                    await self.finish(session, error=e)
+                    return
+                now = self.clock()
+                session.run = self.store.mark_running(run.id, now)
             self._stopped_elsewhere(session)
             session.phase = Phase.RUNNING
             session.last_activity = now
@@ -313,7 +327,7 @@ class Supervisor(AttachedClients, OutputPump):
             if after_step(Phase.STARTING, session.stop) is Step.KILL and session.stop:
                 grace = kill_grace(session.stop, self.limits)
                 await asyncio.to_thread(self.engine.stop, self._container(session), grace)
-            if session.size and run.tty:
+            if session.size and run.tty and not session.warm:
                 await asyncio.to_thread(self.engine.resize, self._container(session), *session.size)
             await self.follow(session)
         except asyncio.CancelledError:
@@ -328,6 +342,18 @@ class Supervisor(AttachedClients, OutputPump):
             if session.stop is None:
                 session.stop = Stop(RunStatus.FAILED, f"hgrun failed to supervise the run: {e}")
             await self.finish(session)
+
+    async def _hand_off(self, session: RunSession, stream: HandoffStream) -> float:
+        """Start a warm container's run: recorded running first (recovery takes a warm
+        container of a run still `starting` for one never handed over), its terminal sized
+        before the command can ask, then the command handed over."""
+        now = self.clock()
+        session.run = self.store.mark_running(session.run.id, now)
+        if session.size and session.run.tty:
+            with contextlib.suppress(HgrunError):
+                await asyncio.to_thread(self.engine.resize, self._container(session), *session.size)
+        await stream.hand_off()
+        return now
 
     async def follow(self, session: RunSession) -> None:
         """Pump the output until it ends, wait for the exit code, record the outcome."""
@@ -385,7 +411,9 @@ class Supervisor(AttachedClients, OutputPump):
         now = self.clock()
         if result.message and result.status is not RunStatus.SUCCEEDED:
             session.note(result.message, now)
-        started = state.started_at if state and state.started_at and run.started else None
+        # A warm container started before its run: the run's start is the one recorded.
+        engine_start = state.started_at if state and not session.warm else None
+        started = engine_start if engine_start and run.started else None
         finished = state.finished_at if state and state.finished_at else now
         while True:
             try:

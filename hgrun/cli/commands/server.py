@@ -103,6 +103,13 @@ DURATION = Duration()
     type=click.IntRange(0),
     help="Runs that may wait for --max-runs; beyond it new runs get 503 with Retry-After.",
 )
+@click.option(
+    "--warm",
+    default=4,
+    type=click.IntRange(0),
+    help="Containers kept started ahead of attached runs (`hgrun run`), one per kind of run"
+    " (image, size, TTY...), each gone after 10 min idle; 0: none. Docker engine only.",
+)
 @click.option("--notify-webhook", help="Also POST every script notification here.")
 @click.option("--notify-email", multiple=True, help="Also mail every notification here.")
 @click.option("--smtp-url", help="SMTP server for email, e.g. smtp://127.0.0.1:25.")
@@ -175,6 +182,7 @@ def server(
     max_connections: int,
     max_runs: int,
     max_queue: int,
+    warm: int,
     notify_webhook: str | None,
     notify_email: tuple[str, ...],
     smtp_url: str | None,
@@ -255,6 +263,7 @@ def server(
         max_connections=max_connections,
         max_runs=max_runs,
         max_queue=max_queue,
+        warm=warm,
         require_non_root=require_non_root,
         build_limits=BuildLimits(
             memory=build_memory * 1024 * 1024, cpus=build_cpus, timeout=build_timeout

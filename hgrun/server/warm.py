@@ -1,0 +1,252 @@
+"""The warm pool: containers started ahead of the runs that will need them.
+
+Most of ``docker run``'s time is the container's start (the runtime, the mounts, the cgroups),
+not the command. An attached run (``hgrun run CMD``: a person or a script waits for it) takes a
+container of the same kind that is already running :data:`~hgrun.engine.handoff.SHIM`, and the
+command and its env are handed to it on its stdin (:mod:`hgrun.engine.handoff`): the shell
+``exec``\\ s the command, which becomes the container's main process, as in a container made for
+it. A container is used by one run only and removed with it, as any run's.
+
+Kinds: same image, size, network, TTY, stdin, user, working directory, root filesystem and
+labels but the run's; at most one idle container a kind, at most ``size`` in all (the oldest
+goes first), each removed once idle for ``idle`` seconds. A kind's first run starts its
+container the usual way and asks for one; a run that takes one asks for the next, a moment later
+so as not to slow the run down. An image the shim cannot run in (no ``sh``) is not asked again.
+
+What differs from a container made for the run: the container's labels name no run
+(``hgrun.run=warm``; the store knows its container), its env is the image's (the run's is the
+command's), and the engine's start time is the pool's (the run's own is recorded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hgrun.engine import LABEL_RUN, AttachStream, ContainerSpec, Engine, attach_running, handoff
+from hgrun.errors import HgrunError
+
+log = logging.getLogger("hgrun.warm")
+
+WARM = "warm"  # the hgrun.run label of a warm container: no run's yet
+DEFAULT_SIZE = 4
+DEFAULT_IDLE = 600.0
+REFILL_DELAY = 0.25  # seconds after a take before its kind's next container is asked for
+SWEEP_SECONDS = 30.0
+
+
+def is_warm(labels: Any) -> bool:
+    return bool(labels) and labels.get(LABEL_RUN) == WARM
+
+
+class HandoffStream:
+    """A warm container's attached stdio: the script goes first (:meth:`hand_off`), the run's
+    stdin after it, and its output comes without what preceded the marker."""
+
+    def __init__(self, stream: AttachStream, script: bytes | None, limit: int) -> None:
+        self._stream = stream
+        self._script = script
+        self._filter = handoff.Handoff(limit)
+        self._handed = asyncio.Event()
+        if script is None:  # taken up after a restart: handed over already
+            self._handed.set()
+
+    async def hand_off(self) -> None:
+        if self._script is not None and not self._handed.is_set():
+            await self._stream.write(self._script)
+            self._handed.set()
+
+    async def read(self) -> tuple[int, bytes] | None:
+        while (piece := await self._stream.read()) is not None:
+            data = self._filter.feed(*piece)
+            if data:
+                return piece[0], data
+        return None
+
+    async def write(self, data: bytes) -> None:
+        await self._handed.wait()
+        await self._stream.write(data)
+
+    async def close_stdin(self) -> None:
+        await self._handed.wait()
+        await self._stream.close_stdin()
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+
+async def replayed(pieces: Any, limit: int = 4 * handoff.MAX_SCRIPT) -> Any:
+    """A warm container's log as the run's: without the handoff before the marker."""
+    drop = handoff.Handoff(limit)
+    async for stream, data in pieces:
+        if data := drop.feed(stream, data):
+            yield stream, data
+
+
+@dataclasses.dataclass
+class _Idle:
+    container_id: str
+    since: float
+
+
+class WarmPool:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        size: int = DEFAULT_SIZE,
+        idle: float = DEFAULT_IDLE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.size = size
+        self.idle = idle
+        self.clock = clock
+        self._idle: dict[tuple[Any, ...], _Idle] = {}
+        self._filling: dict[tuple[Any, ...], asyncio.Task[None]] = {}
+        self._asked: dict[tuple[Any, ...], asyncio.TimerHandle] = {}
+        self._ids: set[str] = set()  # every container the pool holds, idle or being made
+        self._refused: set[str] = set()  # images the shim cannot run in
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- what the supervisor and recovery ask --------------------------------------------------
+
+    def holds(self, container_id: str) -> bool:
+        return container_id in self._ids
+
+    @property
+    def busy(self) -> bool:
+        """A container is being made (it may be listed before the pool knows its id)."""
+        return bool(self._filling)
+
+    async def take(self, spec: ContainerSpec) -> tuple[str, HandoffStream] | None:
+        """A running container for ``spec``, attached, its handoff ready; None: make one the
+        usual way (a kind's first run, a script the shim cannot take, an image without sh)."""
+        script = handoff.script(spec.command, spec.env)
+        if script is None or spec.image in self._refused or not spec.stdin or self.size < 1:
+            return None
+        key = _kind(spec)
+        while True:
+            idle = self._idle.pop(key, None)
+            if idle is None and (asked := self._asked.pop(key, None)) is not None:
+                asked.cancel()
+                self._fill(key, spec)
+            if idle is None and (filling := self._filling.get(key)) is not None:
+                with contextlib.suppress(Exception):  # more than half made already, most often
+                    await asyncio.shield(filling)
+                idle = self._idle.pop(key, None)
+            if idle is None:
+                self._ask(key, spec, 0.0)
+                return None
+            self._ids.discard(idle.container_id)
+            self._ask(key, spec, REFILL_DELAY)
+            try:
+                stream = await attach_running(
+                    self.engine, idle.container_id, tty=spec.tty, stdin=True, logs=False
+                )
+            except HgrunError as e:  # it ended meanwhile (an OOM of the shim, a hand): next
+                log.warning("warm container %s is gone: %s", idle.container_id[:12], e.message)
+                self._remove(idle.container_id)
+                continue
+            return idle.container_id, HandoffStream(stream, script, 4 * len(script) + 4096)
+
+    async def close(self) -> None:
+        """Remove every container the pool holds (the server is stopping)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for handle in self._asked.values():
+            handle.cancel()
+        for task in list(self._filling.values()):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        ids, self._idle, self._ids = set(self._ids), {}, set()
+        await asyncio.gather(*(asyncio.to_thread(self._remove_now, cid) for cid in ids))
+
+    # -- keeping it filled ---------------------------------------------------------------------
+
+    def _ask(self, key: tuple[Any, ...], spec: ContainerSpec, delay: float) -> None:
+        if key in self._asked or key in self._filling or key in self._idle:
+            return
+        loop = asyncio.get_running_loop()
+        self._asked[key] = loop.call_later(delay, self._asked_for, key, spec)
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep())
+
+    def _asked_for(self, key: tuple[Any, ...], spec: ContainerSpec) -> None:
+        self._asked.pop(key, None)
+        self._fill(key, spec)
+
+    def _fill(self, key: tuple[Any, ...], spec: ContainerSpec) -> None:
+        task = asyncio.create_task(self._make(key, spec))
+        self._filling[key] = task
+        task.add_done_callback(lambda _t: self._filling.pop(key, None))
+
+    async def _make(self, key: tuple[Any, ...], spec: ContainerSpec) -> None:
+        labels = {**spec.labels, LABEL_RUN: WARM}
+        warm = dataclasses.replace(spec, command=["sh", "-c", handoff.SHIM], env={}, labels=labels)
+        try:
+            container_id = await asyncio.to_thread(self.engine.create, warm)
+        except HgrunError as e:
+            log.warning("cannot make a warm container of %s: %s", spec.image, e.message)
+            return
+        self._ids.add(container_id)
+        try:
+            await asyncio.to_thread(self.engine.start, container_id)
+        except HgrunError as e:
+            # Docker refuses the start of a command it cannot find (no sh in the image).
+            log.warning("%s cannot keep a warm container: %s", spec.image, e.message)
+            self._refused.add(spec.image)
+            self._remove(container_id)
+            return
+        except asyncio.CancelledError:
+            self._remove(container_id)
+            raise
+        while len(self._idle) >= self.size:  # the oldest idle container makes room
+            oldest = min(self._idle, key=lambda k: self._idle[k].since)
+            self._remove(self._idle.pop(oldest).container_id)
+        self._idle[key] = _Idle(container_id, self.clock())
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = self.clock()
+            for key, idle in list(self._idle.items()):
+                if now - idle.since >= self.idle:
+                    del self._idle[key]
+                    self._remove(idle.container_id)
+
+    def _remove(self, container_id: str) -> None:
+        self._ids.discard(container_id)
+        task = asyncio.create_task(asyncio.to_thread(self._remove_now, container_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _remove_now(self, container_id: str) -> None:
+        with contextlib.suppress(HgrunError):
+            self.engine.remove(container_id)
+
+
+def _kind(spec: ContainerSpec) -> tuple[Any, ...]:
+    """What two runs must share to use the same warm container: all of the spec but the
+    command, the env and the run's label."""
+    labels = tuple(sorted((k, v) for k, v in spec.labels.items() if k != LABEL_RUN))
+    return (
+        spec.image,
+        spec.size,
+        spec.network,
+        spec.tty,
+        spec.stdin,
+        spec.keep_stdin,
+        spec.working_dir,
+        tuple(spec.placement),
+        spec.user,
+        spec.read_only,
+        labels,
+    )
