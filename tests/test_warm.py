@@ -1,16 +1,29 @@
-"""The warm pool on a real engine: attached runs take a container started ahead of them
-(hgrun.server.warm), and what a user sees is what a container made for the run gives."""
+"""The warm pool on a real engine (hgrun.server.warm): an attached run takes a container started
+ahead of it, and gives what a container made for it gives: output, exit code, env, stdin, a
+terminal of the client's size, recovery after a SIGKILL of the server. Which kind of container a
+run had is read from inside it: a warm container's PID 1 (docker-init) carries the shim."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import signal
+import struct
+import termios
 from pathlib import Path
 
 import docker
 import pytest
-from support.apps import deploy_busybox_app, unique
-from support.cli import Cli, check, text
-from support.server import HgrunServer
+from conftest import ServerFactory
+from support.api import Api
+from support.apps import create_and_deploy, deploy_busybox_app, unique, write_busybox_app
+from support.cli import Cli, check, cli_on_pty, cli_popen, read_line, read_until, text
+from support.server import HgrunServer, instance_id
 from support.waits import wait_for
+
+PID1 = "tr '\\0' ' ' < /proc/1/cmdline; echo"
+SHIM_MARK = "__hgrun_l"  # a word of the shim's, on PID 1's command line in a warm container
 
 
 @pytest.fixture
@@ -19,22 +32,235 @@ def app(cli: Cli, busybox_image: str, tmp_path: Path) -> tuple[str, Path]:
     return deploy_busybox_app(cli, root, unique("warm")), root
 
 
-def warm_ids(docker_host: str, app: str) -> set[str]:
-    client = docker.DockerClient(base_url=docker_host)
-    try:
-        found = client.containers.list(all=True, filters={"label": "hgrun.run=warm"}, sparse=True)
-        return {c.id for c in found}
-    finally:
-        client.close()
+def warm(client: docker.DockerClient, instance: str) -> list[str]:
+    """The idle warm containers of a server (by its instance label), running."""
+    found = client.containers.list(
+        filters={"label": ["hgrun.run=warm", f"hgrun.instance={instance}"], "status": "running"}
+    )
+    return [c.id for c in found]
 
 
-def test_the_second_run_takes_a_warm_container(
-    cli: Cli, app: tuple[str, Path], server: HgrunServer, docker_host: str
+def was_warm(output: bytes) -> bool:
+    return SHIM_MARK in text(output).splitlines()[0]
+
+
+def test_the_next_run_takes_a_warm_container_and_gives_what_a_fresh_one_gives(
+    cli: Cli, app: tuple[str, Path], server: HgrunServer, docker_client: docker.DockerClient
 ) -> None:
     _, root = app
-    first = cli("run", "--no-tty", "sh", "-c", "echo one; exit 3", cwd=root, input=b"")
-    assert first.returncode == 3, text(first.stderr)
-    assert first.stdout == b"one\n"
-    second = cli("run", "--no-tty", "sh", "-c", "echo two; exit 4", cwd=root, input=b"")
-    assert second.returncode == 4, text(second.stderr)
-    assert second.stdout == b"two\n"
+    script = f"{PID1}; echo out; echo err >&2; exit 7"
+    first = cli("run", "--no-tty", "sh", "-c", script, cwd=root, input=b"")
+    assert first.returncode == 7, text(first.stderr)
+    assert not was_warm(first.stdout), "a kind's first run has no warm container to take"
+    instance = instance_id(server)
+    wait_for(lambda: warm(docker_client, instance), 30, "a warm container after the first run")
+    second = cli("run", "--no-tty", "sh", "-c", script, cwd=root, input=b"")
+    assert second.returncode == 7, text(second.stderr)
+    assert was_warm(second.stdout), text(second.stdout)
+    assert second.stdout.splitlines()[1:] == [b"out"]
+    assert second.stderr == b"err\n"
+
+
+def test_argv_env_and_stdin_arrive_exactly(
+    cli: Cli, app: tuple[str, Path], server: HgrunServer, docker_client: docker.DockerClient
+) -> None:
+    _, root = app
+    args = ["it's", "", "new\nline", "ünï €", "$HOME `id` %s", "x" * 5000]
+    values = {"QUOTE": "a'b\"c", "LINES": "one\ntwo\n", "UTF": "日本", "EMPTY": ""}
+    env_flags = [f"--env={k}={v}" for k, v in values.items()]
+    show = (
+        "for a in \"$@\"; do printf '%s' \"$a\" | od -An -v -tx1 | tr -d ' \\n'; echo; done;"
+        f" echo ===; env; echo ===; {PID1}; echo ---; cat"
+    )
+    data = os.urandom(256 * 1024)
+    runs = []
+    for _ in range(2):  # cold, then warm
+        done = cli(
+            "run", "--no-tty", *env_flags, "sh", "-c", show, "sh", *args, cwd=root, input=data
+        )
+        assert done.returncode == 0, text(done.stderr)
+        head, _, piped = done.stdout.partition(b"---\n")
+        hexes, env_text, pid1 = head.decode().split("===\n")
+        assert [bytes.fromhex(h).decode() for h in hexes.splitlines()] == args
+        for key, value in values.items():
+            assert f"{key}={value}\n" in env_text, key
+        assert "__hgrun" not in env_text, "the shim's own names leak into the run's env"
+        assert piped == data, "stdin through to the command, and its end"
+        runs.append(SHIM_MARK in pid1)
+        wait_for(lambda: warm(docker_client, instance_id(server)), 30, "a warm container")
+    assert runs == [False, True]
+
+
+def test_exit_codes_of_a_missing_and_a_non_executable_command(
+    cli: Cli, app: tuple[str, Path], server: HgrunServer, docker_client: docker.DockerClient
+) -> None:
+    _, root = app
+    check(cli("run", "--no-tty", "true", cwd=root, input=b""))
+    wait_for(lambda: warm(docker_client, instance_id(server)), 30, "a warm container")
+    missing = cli("run", "--no-tty", "no-such-command-here", cwd=root, input=b"")
+    assert missing.returncode == 127, text(missing.stderr)
+    assert "no-such-command-here" in text(missing.stderr)
+    wait_for(lambda: warm(docker_client, instance_id(server)), 30, "a warm container")
+    not_executable = cli("run", "--no-tty", "/etc/passwd", cwd=root, input=b"")
+    assert not_executable.returncode == 126, text(not_executable.stderr)
+
+
+def winsize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def test_a_terminal_shows_no_echo_of_the_handoff_and_has_the_client_s_size(
+    cli: Cli, app: tuple[str, Path], server: HgrunServer, docker_client: docker.DockerClient
+) -> None:
+    _, root = app
+    shown = []
+    for _ in range(2):  # cold, then warm
+        with cli_on_pty(cli, "run", "sh", "-c", f"{PID1}; stty size; exit 3", cwd=root) as (
+            pid,
+            fd,
+        ):
+            winsize(fd, 33, 111)
+            seen = read_until(fd, rb"33 111", 60)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 3
+        assert b"__hgrun_v" not in seen and b"printf" not in seen, seen
+        shown.append(seen)
+        wait_for(lambda: warm(docker_client, instance_id(server)), 30, "a warm container")
+    assert SHIM_MARK not in text(shown[0]) and SHIM_MARK in text(shown[1])
+
+
+def test_a_warm_run_is_taken_up_again_after_a_sigkill_of_its_server(
+    hgrun_server: ServerFactory,
+    cli: Cli,
+    busybox_image: str,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    srv = hgrun_server()
+    root = tmp_path / "app"
+    name = deploy_busybox_app(cli, root, unique("warmkill"), server=srv)
+    instance = instance_id(srv)
+    check(cli("run", "--no-tty", "true", cwd=root, server=srv, input=b""))
+    wait_for(lambda: warm(docker_client, instance), 30, "a warm container")
+    script = f"{PID1}; echo before; sleep 3; echo after; exit 5"
+    client = cli_popen(cli, "run", "--no-tty", "sh", "-c", script, cwd=root, server=srv)
+    assert SHIM_MARK in text(read_line(client)), "the run took the warm container"
+    assert read_line(client) == b"before\n"
+    srv.restart(signal.SIGKILL)
+    client.kill()
+    client.wait()
+    with Api(srv) as api:
+        (number,) = [
+            r["id"] for r in json.loads(check(cli("runs", "--json", cwd=root, server=srv)))[:1]
+        ]
+        info = api.finished_run(number, timeout=60)
+        assert (info["status"], info["exit_code"]) == ("failed", 5), info
+        lines = [line["line"] for line in api.log_lines(name, number)]
+    assert lines[1:] == ["before", "after"], lines
+    assert SHIM_MARK in lines[0]
+
+    def only_warm_left() -> bool:
+        left = docker_client.containers.list(
+            all=True, filters={"label": f"hgrun.instance={instance}"}
+        )
+        return all(c.labels.get("hgrun.run") == "warm" for c in left)
+
+    wait_for(only_warm_left, 30, "the run's container removed")
+
+
+def test_warm_containers_of_a_killed_server_are_removed_when_it_starts_again(
+    hgrun_server: ServerFactory,
+    cli: Cli,
+    busybox_image: str,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    srv = hgrun_server()
+    root = tmp_path / "app"
+    deploy_busybox_app(cli, root, unique("warmstray"), server=srv)
+    instance = instance_id(srv)
+    check(cli("run", "--no-tty", "true", cwd=root, server=srv, input=b""))
+    wait_for(lambda: warm(docker_client, instance), 30, "a warm container")
+    left = set(warm(docker_client, instance))
+    srv.restart(signal.SIGKILL)
+
+    def removed() -> bool:
+        every = docker_client.containers.list(
+            all=True, filters={"label": f"hgrun.instance={instance}"}
+        )
+        return not left & {c.id for c in every}
+
+    wait_for(removed, 30, "the killed server's warm containers removed")
+    srv.stop()
+
+    def none_left() -> bool:
+        return not docker_client.containers.list(
+            all=True, filters={"label": f"hgrun.instance={instance}"}
+        )
+
+    check(cli("run", "--no-tty", "true", cwd=root, server=srv.start(), input=b""))
+    wait_for(lambda: warm(docker_client, instance), 30, "a warm container")
+    srv.stop()  # SIGTERM: a server that stops removes its own
+    wait_for(none_left, 30, "a stopped server's warm containers removed")
+
+
+def test_an_image_without_a_shell_runs_the_usual_way_and_is_not_tried_again(
+    hgrun_server: ServerFactory,
+    cli: Cli,
+    busybox_image: str,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    srv = hgrun_server()
+    root = tmp_path / "app"
+    name = unique("nosh")
+    dockerfile = (
+        f"FROM {busybox_image} AS tools\nFROM scratch\nCOPY --from=tools /bin/busybox /busybox\n"
+    )
+    write_busybox_app(root, name, dockerfile=dockerfile)
+    create_and_deploy(cli, root, name, srv)
+    instance = instance_id(srv)
+    for i in range(4):
+        done = cli("run", "--no-tty", "/busybox", "echo", f"run {i}", cwd=root, server=srv)
+        assert check(done) == f"run {i}\n"
+    made = docker_client.containers.list(
+        all=True, filters={"label": ["hgrun.run=warm", f"hgrun.instance={instance}"]}
+    )
+    assert len(made) <= 1, "the pool gives up on an image whose shell is missing"
+    assert "cannot keep a warm container" in srv.log or "warm container" in srv.log
+
+
+def test_no_warm_container_with_warm_0(
+    hgrun_server: ServerFactory,
+    cli: Cli,
+    busybox_image: str,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    srv = hgrun_server("--warm", "0")
+    root = tmp_path / "app"
+    deploy_busybox_app(cli, root, unique("cold"), server=srv)
+    for _ in range(2):
+        done = cli("run", "--no-tty", "sh", "-c", PID1, cwd=root, server=srv, input=b"")
+        assert SHIM_MARK not in check(done)
+    assert not docker_client.containers.list(
+        all=True, filters={"label": ["hgrun.run=warm", f"hgrun.instance={instance_id(srv)}"]}
+    )
+
+
+def test_a_stop_reaches_the_command_of_a_warm_run(
+    cli: Cli, app: tuple[str, Path], server: HgrunServer, docker_client: docker.DockerClient
+) -> None:
+    _, root = app
+    check(cli("run", "--no-tty", "true", cwd=root, input=b""))
+    wait_for(lambda: warm(docker_client, instance_id(server)), 30, "a warm container")
+    script = f"{PID1}; trap 'echo got TERM; exit 9' TERM; echo ready; while :; do sleep 0.1; done"
+    client = cli_popen(cli, "run", "--no-tty", "sh", "-c", script, cwd=root)
+    assert SHIM_MARK in text(read_line(client))
+    assert read_line(client) == b"ready\n"
+    (number,) = [r["id"] for r in json.loads(check(cli("ps", "--json", cwd=root)))]
+    check(cli("stop", f"run.{number}", cwd=root, timeout=60))
+    out, _ = client.communicate(timeout=60)
+    assert out == b"got TERM\n"  # the command's trap ran: docker-init passed the SIGTERM on
+    with Api(server) as api:
+        assert api.finished_run(number)["status"] == "canceled"

@@ -23,10 +23,11 @@ from collections.abc import Mapping, Sequence
 
 from hgrun.engine import STDOUT
 
-# ``sh -c SHIM``: the lines before ``.`` are the script; a stdin that ends first is an error.
+# ``sh -c SHIM``: the lines before ``.`` are the script, each a whole command (joined with ``;``:
+# the shim stays one line in ``ps``); a stdin that ends before the ``.`` is an error.
 SHIM = (
     'while IFS= read -r __hgrun_l; do [ "$__hgrun_l" = . ] && break; '
-    '__hgrun_s="$__hgrun_s$__hgrun_l\n"; done; '
+    '__hgrun_s="$__hgrun_s$__hgrun_l;"; done; '
     '[ "$__hgrun_l" = . ] || exit 125; eval "$__hgrun_s"'
 )
 MARKER = b"\x1b]hgrun;go\x07"  # an OSC sequence, which a terminal ignores

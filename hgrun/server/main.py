@@ -299,7 +299,7 @@ def serve(
     supervisor = Supervisor(store, engine, instance=instance, limits=limits)
     supervisor.slots.max_runs, supervisor.slots.max_queue = max_runs, max_queue
     if warm and engine_kind == "docker":
-        supervisor.warm = WarmPool(engine, size=warm)
+        supervisor.warm = WarmPool(engine, supervisor.leases.owner, size=warm)
     audit = open_audit(data_dir, load_keys(data_dir, environ), store_url)
     writer = AuditWriter(audit)  # records written off the event loop, in order
 

@@ -32,7 +32,7 @@ from hgrun.server.launcher import network_of
 from hgrun.server.leases import LeaseLost, lease_owner, process_gone, this_host
 from hgrun.server.output import RejoinedStream, rejoined
 from hgrun.server.session import RunSession
-from hgrun.server.warm import HandoffStream, is_warm, replayed
+from hgrun.server.warm import LABEL_OWNER, HandoffStream, is_warm, replayed
 
 if TYPE_CHECKING:
     from hgrun.server.supervisor import Supervisor
@@ -81,11 +81,11 @@ class Recoverer:
                 continue
             await self._reap(key, container)
         held = {s.container_id for s in sup.sessions.values()}
-        pool = sup.warm
         for container in warm.values():
-            # The pool's own, or one a run here just took; else left by a server that stopped
-            # (while the pool makes one, it may be listed before the pool knows it: next pass).
-            if container.id in held or (pool and (pool.busy or pool.holds(container.id))):
+            # A run here just took it, or a live server's pool keeps it; else its server died.
+            if container.id in held or (sup.warm and sup.warm.keeps(container, process_gone)):
+                continue
+            if not sup.warm and not process_gone(container.labels.get(LABEL_OWNER, "")):
                 continue
             log.info("removing warm container %s, no run's", container.id[:12])
             with contextlib.suppress(HgrunError):

@@ -28,12 +28,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hgrun.engine import LABEL_RUN, AttachStream, ContainerSpec, Engine, attach_running, handoff
+from hgrun.engine import (
+    LABEL_RUN,
+    AttachStream,
+    ContainerSpec,
+    ContainerState,
+    Engine,
+    attach_running,
+    handoff,
+)
 from hgrun.errors import HgrunError
 
 log = logging.getLogger("hgrun.warm")
 
 WARM = "warm"  # the hgrun.run label of a warm container: no run's yet
+LABEL_OWNER = "hgrun.warm"  # the server process whose pool made it (a lease holder's id)
 DEFAULT_SIZE = 4
 DEFAULT_IDLE = 600.0
 REFILL_DELAY = 0.25  # seconds after a take before its kind's next container is asked for
@@ -77,6 +86,7 @@ class HandoffStream:
         await self._stream.close_stdin()
 
     async def close(self) -> None:
+        self._handed.set()  # a write waiting for a handoff that will never come goes on
         await self._stream.close()
 
 
@@ -98,18 +108,21 @@ class WarmPool:
     def __init__(
         self,
         engine: Engine,
+        owner: str,
         *,
         size: int = DEFAULT_SIZE,
         idle: float = DEFAULT_IDLE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
+        self.owner = owner
         self.size = size
         self.idle = idle
         self.clock = clock
         self._idle: dict[tuple[Any, ...], _Idle] = {}
         self._filling: dict[tuple[Any, ...], asyncio.Task[None]] = {}
         self._asked: dict[tuple[Any, ...], asyncio.TimerHandle] = {}
+        self._awaited: set[tuple[Any, ...]] = set()  # kinds whose next container a run awaits
         self._ids: set[str] = set()  # every container the pool holds, idle or being made
         self._refused: set[str] = set()  # images the shim cannot run in
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -117,13 +130,14 @@ class WarmPool:
 
     # -- what the supervisor and recovery ask --------------------------------------------------
 
-    def holds(self, container_id: str) -> bool:
-        return container_id in self._ids
-
-    @property
-    def busy(self) -> bool:
-        """A container is being made (it may be listed before the pool knows its id)."""
-        return bool(self._filling)
+    def keeps(self, container: ContainerState, gone: Callable[[str], bool]) -> bool:
+        """Whether a warm container is still some pool's: this one's (held, or being made:
+        listed before the pool knows its id), or another live server's. ``gone``: whether a
+        server process (a lease holder's id) has died."""
+        owner = container.labels.get(LABEL_OWNER, "")
+        if owner != self.owner:
+            return not gone(owner)
+        return container.id in self._ids or bool(self._filling)
 
     async def take(self, spec: ContainerSpec) -> tuple[str, HandoffStream] | None:
         """A running container for ``spec``, attached, its handoff ready; None: make one the
@@ -132,29 +146,52 @@ class WarmPool:
         if script is None or spec.image in self._refused or not spec.stdin or self.size < 1:
             return None
         key = _kind(spec)
-        while True:
-            idle = self._idle.pop(key, None)
-            if idle is None and (asked := self._asked.pop(key, None)) is not None:
-                asked.cancel()
-                self._fill(key, spec)
-            if idle is None and (filling := self._filling.get(key)) is not None:
-                with contextlib.suppress(Exception):  # more than half made already, most often
-                    await asyncio.shield(filling)
-                idle = self._idle.pop(key, None)
-            if idle is None:
-                self._ask(key, spec, 0.0)
-                return None
-            self._ids.discard(idle.container_id)
-            self._ask(key, spec, REFILL_DELAY)
+        idle = self._idle.pop(key, None)
+        if idle is None and (asked := self._asked.pop(key, None)) is not None:
+            asked.cancel()
+            self._fill(key, spec)
+        filling = self._filling.get(key)
+        if idle is None and filling is not None and key not in self._awaited:
+            # One run waits for the container being made (most often more than half made);
+            # others of its kind meanwhile are made the usual way.
+            self._awaited.add(key)
             try:
-                stream = await attach_running(
-                    self.engine, idle.container_id, tty=spec.tty, stdin=True, logs=False
-                )
-            except HgrunError as e:  # it ended meanwhile (an OOM of the shim, a hand): next
-                log.warning("warm container %s is gone: %s", idle.container_id[:12], e.message)
-                self._remove(idle.container_id)
-                continue
-            return idle.container_id, HandoffStream(stream, script, 4 * len(script) + 4096)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(filling)
+            finally:
+                self._awaited.discard(key)
+            idle = self._idle.pop(key, None)
+        if idle is None:
+            self._ask(key, spec, 0.0)
+            return None
+        self._ask(key, spec, REFILL_DELAY)
+        try:
+            stream = await attach_running(
+                self.engine, idle.container_id, tty=spec.tty, stdin=True, logs=False
+            )
+        except HgrunError as e:
+            # It ended: a hand removed it, or the shim could not run (an image without sh:
+            # docker-init starts, finds no sh and exits 127). This run is made the usual way;
+            # an image whose shim could not run is not asked again.
+            log.warning("warm container %s ended: %s", idle.container_id[:12], e.message)
+            if await self._could_not_run(idle.container_id):
+                self._refused.add(spec.image)
+                if (asked := self._asked.pop(key, None)) is not None:
+                    asked.cancel()
+            self._remove(idle.container_id)
+            return None
+        # Held here until the run's session holds it (the caller, without awaiting): a
+        # recovery pass meanwhile must not take it for a stray.
+        self._ids.discard(idle.container_id)
+        return idle.container_id, HandoffStream(stream, script, 4 * len(script) + 4096)
+
+    async def _could_not_run(self, container_id: str) -> bool:
+        """Whether the shim of an ended warm container could not run (126, 127: its shell)."""
+        try:
+            state = await asyncio.to_thread(self.engine.inspect, container_id)
+        except HgrunError:
+            return False
+        return state.exit_code in (126, 127)
 
     async def close(self) -> None:
         """Remove every container the pool holds (the server is stopping)."""
@@ -189,7 +226,7 @@ class WarmPool:
         task.add_done_callback(lambda _t: self._filling.pop(key, None))
 
     async def _make(self, key: tuple[Any, ...], spec: ContainerSpec) -> None:
-        labels = {**spec.labels, LABEL_RUN: WARM}
+        labels = {**spec.labels, LABEL_RUN: WARM, LABEL_OWNER: self.owner}
         warm = dataclasses.replace(spec, command=["sh", "-c", handoff.SHIM], env={}, labels=labels)
         try:
             container_id = await asyncio.to_thread(self.engine.create, warm)
