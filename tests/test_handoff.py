@@ -10,11 +10,14 @@ import pty
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hgrun import execfailure
 from hgrun.engine import STDERR, STDOUT
 from hgrun.engine.handoff import MARKER, MAX_SCRIPT, SHIM, Handoff, script
 
@@ -78,8 +81,8 @@ def test_argv_env_and_stdin_arrive_exactly_through_a_pipe(
     for shell in shells():
         done = through_pipe(shell, text + b"the run's own stdin\n")
         assert done.returncode == 0, done.stderr
-        assert done.stdout.startswith(MARKER), done.stdout[:200]
-        argv, seen_env, stdin = json.loads(done.stdout[len(MARKER) :])
+        assert done.stdout.startswith(MARKER + b"\n"), done.stdout[:200]
+        argv, seen_env, stdin = json.loads(done.stdout[len(MARKER) + 1 :])
         assert argv == args
         assert {k: seen_env.get(k) for k in env} == env
         assert not any(k.startswith("__hgrun") for k in seen_env), "the shim's own names leak"
@@ -101,13 +104,48 @@ def test_on_a_terminal_the_echo_is_dropped_and_only_the_command_shows(args: list
         assert json.loads(shown)[0] == args
 
 
-def test_exit_codes_and_a_missing_command_are_the_command_s() -> None:
+def test_the_command_s_exit_code_is_the_shell_s() -> None:
     for shell in shells():
-        done = through_pipe(shell, script(["sh", "-c", "exit 7"], {}) or b"")
-        assert done.returncode == 7
-        done = through_pipe(shell, script(["no-such-command-here"], {}) or b"")
-        assert done.returncode == 127
-        assert b"no-such-command-here" in done.stderr
+        assert through_pipe(shell, script(["sh", "-c", "exit 7"], {}) or b"").returncode == 7
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "words"),
+    [
+        (
+            "no-such-command-here",
+            127,
+            b"hgrun: command not found in the image: no-such-command-here",
+        ),
+        ("/no/such/file", 127, b"hgrun: command not found in the image: /no/such/file"),
+        ("/etc/passwd", 126, b"hgrun: command not executable in the image: /etc/passwd (perm"),
+        ("/etc", 126, b"hgrun: command not executable in the image: /etc (permission denied)"),
+    ],
+)
+def test_a_command_that_cannot_run_is_said_as_for_a_container_made_for_it(
+    command: str, code: int, words: bytes
+) -> None:
+    # docker-init's line, which hgrun.execfailure turns into hgrun's, and its exit code.
+    for shell in shells():
+        done = through_pipe(shell, script([command, "--flag"], {}) or b"")
+        assert done.returncode == code
+        assert done.stderr.startswith(b"[FATAL tini ("), done.stderr
+        assert (execfailure.explain(done.stderr) or b"").startswith(words)
+
+
+def test_a_name_is_looked_up_in_path_in_order() -> None:
+    # The first executable file of that name wins; a directory or a plain file before it is
+    # passed over, as execvp does.
+    with tempfile.TemporaryDirectory() as tmp:
+        first, second = Path(tmp, "a"), Path(tmp, "b")
+        (first / "tool").mkdir(parents=True)
+        second.mkdir()
+        (second / "tool").write_text("#!/bin/sh\necho second $1\n")
+        (second / "tool").chmod(0o755)
+        env = {"PATH": f"{first}:{second}:/usr/bin:/bin"}
+        for shell in shells():
+            done = through_pipe(shell, script(["tool", "x"], env) or b"")
+            assert done.stdout == MARKER + b"\nsecond x\n", done.stderr
 
 
 def test_a_stdin_that_ends_before_the_script_does_runs_nothing() -> None:
@@ -143,19 +181,27 @@ def test_only_short_printable_lines_go_on_the_wire() -> None:
 # -- the filter ------------------------------------------------------------------------------
 
 
-def test_the_marker_split_across_pieces_is_found() -> None:
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"echo of the scr", b"ipt\r\n", MARKER[:3], MARKER[3:] + b"\r\nout", b"put"],
+        [b"echo", MARKER, b"\r", b"\noutput"],
+        [MARKER + b"\r", b"\nout", b"put"],
+        [MARKER, b"\noutput"],
+        [MARKER + b"\n", b"output"],
+        [MARKER + b"output"],  # no line end: what follows is the run's
+    ],
+)
+def test_the_marker_and_its_line_end_are_found_however_split(pieces: list[bytes]) -> None:
     drop = Handoff(1000)
-    seen = b""
-    for piece in [b"echo of the scr", b"ipt\r\n", MARKER[:3], MARKER[3:] + b"out", b"put"]:
-        seen += drop.feed(STDOUT, piece)
-    assert seen == b"output"
+    assert b"".join(drop.feed(STDOUT, piece) for piece in pieces) == b"output"
 
 
 def test_stderr_passes_and_stdout_after_the_marker_is_untouched() -> None:
     drop = Handoff(1000)
     assert drop.feed(STDERR, b"sh: warning\n") == b"sh: warning\n"
-    assert drop.feed(STDOUT, b"typed" + MARKER + b"a" + MARKER) == b"a" + MARKER
-    assert drop.feed(STDOUT, b"later") == b"later"
+    assert drop.feed(STDOUT, b"typed" + MARKER + b"\na" + MARKER) == b"a" + MARKER
+    assert drop.feed(STDOUT, b"\nlater") == b"\nlater"
 
 
 def test_past_its_limit_without_the_marker_it_gives_up_and_shows_all() -> None:
@@ -182,6 +228,6 @@ def test_any_argv_and_env_arrive_exactly(args: list[str], env: dict[str, str]) -
     assert text is not None
     done = through_pipe(shells()[0], text)
     assert done.returncode == 0, done.stderr
-    argv, seen_env, _ = json.loads(done.stdout[len(MARKER) :])
+    argv, seen_env, _ = json.loads(done.stdout[len(MARKER) + 1 :])
     assert argv == args
     assert {k: seen_env.get(k) for k in env} == env

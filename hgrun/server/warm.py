@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hgrun import execfailure
 from hgrun.engine import (
     LABEL_RUN,
     AttachStream,
@@ -62,6 +63,7 @@ class HandoffStream:
         self._script = script
         self._filter = handoff.Handoff(limit)
         self._handed = asyncio.Event()
+        self._first = True
         if script is None:  # taken up after a restart: handed over already
             self._handed.set()
 
@@ -74,6 +76,9 @@ class HandoffStream:
         while (piece := await self._stream.read()) is not None:
             data = self._filter.feed(*piece)
             if data:
+                if self._first:  # a command the image lacks, in hgrun's words
+                    self._first = False
+                    data = execfailure.explain(data) or data
                 return piece[0], data
         return None
 
