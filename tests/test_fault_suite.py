@@ -71,8 +71,10 @@ def all_final(api: Api, app: str, timeout: float) -> list[dict[str, Any]]:
 
 
 def hgrun_containers(client: docker.DockerClient) -> list[str]:
+    """Runs' containers (not the warm pool's, which stay, waiting: hgrun.server.warm)."""
     found = client.containers.list(all=True, sparse=True, filters={"label": "hgrun.run"})
-    return [c.id for c in found]
+    warm = client.containers.list(all=True, sparse=True, filters={"label": "hgrun.run=warm"})
+    return sorted({c.id for c in found} - {c.id for c in warm})
 
 
 # -- dockerd killed and restarted --------------------------------------------------------------

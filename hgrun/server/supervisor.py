@@ -310,14 +310,21 @@ class Supervisor(AttachedClients, OutputPump):
                 await self.finish(session)
                 return
             session.phase = Phase.STARTING
-            if isinstance(session.stream, HandoffStream):
-                now = await self._hand_off(session, session.stream)
-            else:
-                try:
+            warm = session.stream if isinstance(session.stream, HandoffStream) else None
+            if warm is not None:
+                # Recorded running first: recovery takes a warm container of a run still
+                # `starting` for one never handed over (hgrun.server.recovery).
+                now = self.clock()
+                session.run = self.store.mark_running(run.id, now)
+            try:
+                if warm is not None:
+                    await self._hand_off(session, warm)
+                else:
                     await asyncio.to_thread(self.engine.start, self._container(session))
-                except HgrunError as e:
-                    await self.finish(session, error=e)
-                    return
+            except HgrunError as e:
+                await self.finish(session, error=e)
+                return
+            if warm is None:
                 now = self.clock()
                 session.run = self.store.mark_running(run.id, now)
             self._stopped_elsewhere(session)
@@ -343,17 +350,13 @@ class Supervisor(AttachedClients, OutputPump):
                 session.stop = Stop(RunStatus.FAILED, f"hgrun failed to supervise the run: {e}")
             await self.finish(session)
 
-    async def _hand_off(self, session: RunSession, stream: HandoffStream) -> float:
-        """Start a warm container's run: recorded running first (recovery takes a warm
-        container of a run still `starting` for one never handed over), its terminal sized
-        before the command can ask, then the command handed over."""
-        now = self.clock()
-        session.run = self.store.mark_running(session.run.id, now)
+    async def _hand_off(self, session: RunSession, stream: HandoffStream) -> None:
+        """Start a warm container's run: its terminal sized before the command can ask, then
+        the command handed over."""
         if session.size and session.run.tty:
             with contextlib.suppress(HgrunError):
                 await asyncio.to_thread(self.engine.resize, self._container(session), *session.size)
         await stream.hand_off()
-        return now
 
     async def follow(self, session: RunSession) -> None:
         """Pump the output until it ends, wait for the exit code, record the outcome."""
