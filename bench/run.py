@@ -52,8 +52,8 @@ MIB = 1024 * 1024
 SAMPLE_EVERY = 0.05  # seconds between RSS samples
 CMD_TIMEOUT = 900.0  # no single command of the benchmark may take longer
 SETTLE = 0.25  # seconds of pause before each timed command (after the engine is quiet)
-# hgrun's warm pool asks for its next container 0.25 s after a run took one
-# (hgrun.server.warm.REFILL_DELAY): looked at only once it has.
+# hgrun's warm pool asks for its next container as a run takes one: looked at once the
+# engine has heard of it.
 WARM_REFILL = 0.3
 QUIESCE_MAX = 60.0  # at most this long waiting for the previous sample's containers to go
 

@@ -8,10 +8,14 @@ command and its env are handed to it on its stdin (:mod:`hgrun.engine.handoff`):
 it. A container is used by one run only and removed with it, as any run's.
 
 Kinds: same image, size, network, TTY, stdin, user, working directory, root filesystem and
-labels but the run's; at most one idle container a kind, at most ``size`` in all (the oldest
-goes first), each removed once idle for ``idle`` seconds. A kind's first run starts its
-container the usual way and asks for one; a run that takes one asks for the next, a moment later
-so as not to slow the run down. An image the shim cannot run in (no ``sh``) is not asked again.
+labels but the run's: one container a kind. A kind's first run gets its container the usual
+way and asks for one; a run that takes one asks for the next at once. A run that finds none
+idle waits for the one being made if no other run waits for it (it is most often nearer ready
+than a new one: a script's loop of ``hgrun run`` goes at the pace the engine makes them),
+else it is made the usual way. Keeping more than one a kind was measured and dropped: on two
+cores, containers made side by side are made no faster, and a loop went slower. At most
+``size`` in all (the oldest idle one makes room), each removed once unused for ``idle``
+seconds. An image the shim cannot run in (no ``sh``) is not asked again.
 
 What differs from a container made for the run: the container's labels name no run
 (``hgrun.run=warm``; the store knows its container), its env is the image's (the run's is the
@@ -21,6 +25,7 @@ command's), and the engine's start time is the pool's (the run's own is recorded
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -46,7 +51,6 @@ WARM = "warm"  # the hgrun.run label of a warm container: no run's yet
 LABEL_OWNER = "hgrun.warm"  # the server process whose pool made it (a lease holder's id)
 DEFAULT_SIZE = 4
 DEFAULT_IDLE = 600.0
-REFILL_DELAY = 0.25  # seconds after a take before its kind's next container is asked for
 SWEEP_SECONDS = 30.0
 
 
@@ -109,6 +113,22 @@ class _Idle:
     since: float
 
 
+@dataclasses.dataclass
+class _Kind:
+    """The warm container of one kind of run, idle or being made."""
+
+    spec: ContainerSpec  # a run's: what a container of the kind is made from
+    idle: collections.deque[_Idle] = dataclasses.field(default_factory=collections.deque)
+    making: int = 0
+    waiting: int = 0  # runs waiting for a container being made
+    changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def announce(self) -> None:
+        """Wake the runs waiting for a container being made (one was, or failed)."""
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
 class WarmPool:
     def __init__(
         self,
@@ -124,10 +144,7 @@ class WarmPool:
         self.size = size
         self.idle = idle
         self.clock = clock
-        self._idle: dict[tuple[Any, ...], _Idle] = {}
-        self._filling: dict[tuple[Any, ...], asyncio.Task[None]] = {}
-        self._asked: dict[tuple[Any, ...], asyncio.TimerHandle] = {}
-        self._awaited: set[tuple[Any, ...]] = set()  # kinds whose next container a run awaits
+        self._kinds: dict[tuple[Any, ...], _Kind] = {}
         self._ids: set[str] = set()  # every container the pool holds, idle or being made
         self._refused: set[str] = set()  # images the shim cannot run in
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -142,34 +159,34 @@ class WarmPool:
         owner = container.labels.get(LABEL_OWNER, "")
         if owner != self.owner:
             return not gone(owner)
-        return container.id in self._ids or bool(self._filling)
+        return container.id in self._ids or any(k.making for k in self._kinds.values())
 
     async def take(self, spec: ContainerSpec) -> tuple[str, HandoffStream] | None:
         """A running container for ``spec``, attached, its handoff ready; None: make one the
-        usual way (a kind's first run, a script the shim cannot take, an image without sh)."""
+        usual way (a kind's first run, a script the shim cannot take, an image without sh,
+        every container of the kind taken and none being made that no other run waits for)."""
         script = handoff.script(spec.command, spec.env)
         if script is None or spec.image in self._refused or not spec.stdin or self.size < 1:
             return None
         key = _kind(spec)
-        idle = self._idle.pop(key, None)
-        if idle is None and (asked := self._asked.pop(key, None)) is not None:
-            asked.cancel()
-            self._fill(key, spec)
-        filling = self._filling.get(key)
-        if idle is None and filling is not None and key not in self._awaited:
-            # One run waits for the container being made (most often more than half made);
-            # others of its kind meanwhile are made the usual way.
-            self._awaited.add(key)
-            try:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(filling)
-            finally:
-                self._awaited.discard(key)
-            idle = self._idle.pop(key, None)
-        if idle is None:
-            self._ask(key, spec, 0.0)
+        kind = self._kinds.get(key)
+        if kind is None:  # its first run: made the usual way, and one asked for the next
+            self._kinds[key] = kind = _Kind(spec)
+            self._top_up(kind)
             return None
-        self._ask(key, spec, REFILL_DELAY)
+        if not kind.idle and kind.making > kind.waiting:
+            # One being made that no run waits for yet: most often nearer ready than a new one.
+            kind.waiting += 1
+            try:
+                while not kind.idle and kind.making:
+                    await kind.changed.wait()
+            finally:
+                kind.waiting -= 1
+        if not kind.idle:
+            self._top_up(kind)
+            return None
+        idle = kind.idle.popleft()
+        self._top_up(kind)
         try:
             stream = await attach_running(
                 self.engine, idle.container_id, tty=spec.tty, stdin=True, logs=False
@@ -181,8 +198,6 @@ class WarmPool:
             log.warning("warm container %s ended: %s", idle.container_id[:12], e.message)
             if await self._could_not_run(idle.container_id):
                 self._refused.add(spec.image)
-                if (asked := self._asked.pop(key, None)) is not None:
-                    asked.cancel()
             self._remove(idle.container_id)
             return None
         # Held here until the run's session holds it (the caller, without awaiting): a
@@ -202,73 +217,85 @@ class WarmPool:
         """Remove every container the pool holds (the server is stopping)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for handle in self._asked.values():
-            handle.cancel()
-        for task in list(self._filling.values()):
+        making = [t for t in self._tasks if not t.done()]
+        for task in making:
             task.cancel()
+        for task in making:
             with contextlib.suppress(BaseException):
                 await task
-        ids, self._idle, self._ids = set(self._ids), {}, set()
+        ids, self._kinds, self._ids = set(self._ids), {}, set()
         await asyncio.gather(*(asyncio.to_thread(self._remove_now, cid) for cid in ids))
 
     # -- keeping it filled ---------------------------------------------------------------------
 
-    def _ask(self, key: tuple[Any, ...], spec: ContainerSpec, delay: float) -> None:
-        if key in self._asked or key in self._filling or key in self._idle:
+    def _top_up(self, kind: _Kind) -> None:
+        """Start making a container of ``kind`` unless it has one, within the pool's size (the
+        oldest idle container of another kind makes room)."""
+        if kind.spec.image in self._refused or kind.idle or kind.making:
             return
-        loop = asyncio.get_running_loop()
-        self._asked[key] = loop.call_later(delay, self._asked_for, key, spec)
+        if self._held() >= self.size and not self._evict(kind):
+            return
+        kind.making += 1
+        self._spawn(self._make(kind))
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep())
 
-    def _asked_for(self, key: tuple[Any, ...], spec: ContainerSpec) -> None:
-        self._asked.pop(key, None)
-        self._fill(key, spec)
+    def _held(self) -> int:
+        return sum(len(k.idle) + k.making for k in self._kinds.values())
 
-    def _fill(self, key: tuple[Any, ...], spec: ContainerSpec) -> None:
-        task = asyncio.create_task(self._make(key, spec))
-        self._filling[key] = task
-        task.add_done_callback(lambda _t: self._filling.pop(key, None))
+    def _evict(self, keep: _Kind) -> bool:
+        others = [k for k in self._kinds.values() if k is not keep and k.idle]
+        if not others:
+            return False
+        oldest = min(others, key=lambda k: k.idle[0].since)
+        self._remove(oldest.idle.popleft().container_id)
+        return True
 
-    async def _make(self, key: tuple[Any, ...], spec: ContainerSpec) -> None:
+    async def _make(self, kind: _Kind) -> None:
+        spec = kind.spec
         labels = {**spec.labels, LABEL_RUN: WARM, LABEL_OWNER: self.owner}
         warm = dataclasses.replace(spec, command=["sh", "-c", handoff.SHIM], env={}, labels=labels)
+        container_id = None
         try:
             container_id = await asyncio.to_thread(self.engine.create, warm)
-        except HgrunError as e:
-            log.warning("cannot make a warm container of %s: %s", spec.image, e.message)
-            return
-        self._ids.add(container_id)
-        try:
+            self._ids.add(container_id)
             await asyncio.to_thread(self.engine.start, container_id)
         except HgrunError as e:
             # Docker refuses the start of a command it cannot find (no sh in the image).
             log.warning("%s cannot keep a warm container: %s", spec.image, e.message)
-            self._refused.add(spec.image)
-            self._remove(container_id)
+            if container_id is not None:
+                self._refused.add(spec.image)
+                self._remove(container_id)
             return
         except asyncio.CancelledError:
-            self._remove(container_id)
+            if container_id is not None:
+                self._remove(container_id)
             raise
-        while len(self._idle) >= self.size:  # the oldest idle container makes room
-            oldest = min(self._idle, key=lambda k: self._idle[k].since)
-            self._remove(self._idle.pop(oldest).container_id)
-        self._idle[key] = _Idle(container_id, self.clock())
+        else:
+            kind.idle.append(_Idle(container_id, self.clock()))
+        finally:
+            kind.making -= 1
+            kind.announce()
 
     async def _sweep(self) -> None:
+        """Every so often: containers unused for ``idle`` seconds go."""
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             now = self.clock()
-            for key, idle in list(self._idle.items()):
-                if now - idle.since >= self.idle:
-                    del self._idle[key]
-                    self._remove(idle.container_id)
+            for key, kind in list(self._kinds.items()):
+                while kind.idle and now - kind.idle[0].since >= self.idle:
+                    self._remove(kind.idle.popleft().container_id)
+                if not kind.idle and not kind.making and not kind.waiting:
+                    del self._kinds[key]
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _remove(self, container_id: str) -> None:
         self._ids.discard(container_id)
-        task = asyncio.create_task(asyncio.to_thread(self._remove_now, container_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(asyncio.to_thread(self._remove_now, container_id))
 
     def _remove_now(self, container_id: str) -> None:
         with contextlib.suppress(HgrunError):
