@@ -196,8 +196,8 @@ class WarmPool:
             # docker-init starts, finds no sh and exits 127). This run is made the usual way;
             # an image whose shim could not run is not asked again.
             log.warning("warm container %s ended: %s", idle.container_id[:12], e.message)
-            if await self._could_not_run(idle.container_id):
-                self._refused.add(spec.image)
+            if await self._could_not_run(idle.container_id):  # asked before its removal
+                self._refuse(spec.image)
             self._remove(idle.container_id)
             return None
         # Held here until the run's session holds it (the caller, without awaiting): a
@@ -264,29 +264,42 @@ class WarmPool:
             # Docker refuses the start of a command it cannot find (no sh in the image).
             log.warning("%s cannot keep a warm container: %s", spec.image, e.message)
             if container_id is not None:
-                self._refused.add(spec.image)
                 self._remove(container_id)
+                self._refuse(spec.image)
             return
         except asyncio.CancelledError:
             if container_id is not None:
                 self._remove(container_id)
             raise
         else:
-            kind.idle.append(_Idle(container_id, self.clock()))
+            if spec.image in self._refused:  # found meanwhile to have no shell
+                self._remove(container_id)
+            else:
+                kind.idle.append(_Idle(container_id, self.clock()))
         finally:
             kind.making -= 1
             kind.announce()
 
     async def _sweep(self) -> None:
-        """Every so often: containers unused for ``idle`` seconds go."""
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
-            now = self.clock()
-            for key, kind in list(self._kinds.items()):
-                while kind.idle and now - kind.idle[0].since >= self.idle:
-                    self._remove(kind.idle.popleft().container_id)
-                if not kind.idle and not kind.making and not kind.waiting:
-                    del self._kinds[key]
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Remove the containers unused for ``idle`` seconds (every :data:`SWEEP_SECONDS`)."""
+        now = self.clock()
+        for key, kind in list(self._kinds.items()):
+            while kind.idle and now - kind.idle[0].since >= self.idle:
+                self._remove(kind.idle.popleft().container_id)
+            if not kind.idle and not kind.making and not kind.waiting:
+                del self._kinds[key]
+
+    def _refuse(self, image: str) -> None:
+        """Make no more warm containers of ``image``; remove those made meanwhile."""
+        self._refused.add(image)
+        for kind in self._kinds.values():
+            while kind.spec.image == image and kind.idle:
+                self._remove(kind.idle.popleft().container_id)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
