@@ -278,6 +278,7 @@ class Bench(harness.Workspace):
         *,
         pyc: bool = True,
         cli: list[str] | None = None,
+        server_args: Sequence[str] = (),
     ) -> None:
         super().__init__(tmp, docker_host, base_image, cli)
         self.plan = plan
@@ -290,7 +291,9 @@ class Bench(harness.Workspace):
             # into the source tree.
             self.env.pop("PYTHONDONTWRITEBYTECODE", None)
             self.env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
-        self.server = harness.Server(self.cli, tmp / "data", docker_host, self.env, stop_timeout=20)
+        self.server = harness.Server(
+            self.cli, tmp / "data", docker_host, self.env, args=tuple(server_args), stop_timeout=20
+        )
         self.image = ""  # the deployed release's image id: what both sides run
         self.results: dict[str, Any] = {}
         self.retries: list[str] = []
@@ -948,6 +951,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="only the trace: where one run's time goes, phase by phase (N=--n, default 5)",
     )
+    parser.add_argument(
+        "--server-args",
+        default="",
+        help="more `hgrun server` flags, shell-split (`--warm 0`: no warm containers)",
+    )
     args = parser.parse_args(argv)
     only = list(STEPS) if not args.only else [x.strip() for x in args.only.split(",")]
     unknown = [x for x in only if x not in STEPS]
@@ -965,7 +973,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def make(tmp: Path) -> Bench:
         cli = harness.venv_cli(tmp) if args.venv else None
-        return Bench(plan, tmp, docker_host, base_image, pyc=not args.no_pyc, cli=cli)
+        return Bench(
+            plan,
+            tmp,
+            docker_host,
+            base_image,
+            pyc=not args.no_pyc,
+            cli=cli,
+            server_args=shlex.split(args.server_args),
+        )
 
     def steps(bench: Bench) -> int:
         bench.setup()
@@ -1004,6 +1020,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{' + uncommitted changes' if start.source['hgrun_dirty'] else ''}, bytecode cache "
             f"{'on' if bench.pyc else 'off'}, hgrun "
             f"{'from a fresh virtualenv' if args.venv else 'as ' + shlex.join(bench.cli)}"
+            f"{', server flags ' + args.server_args if args.server_args else ''}"
         )
         if table:
             print_table(table)
