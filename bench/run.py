@@ -614,9 +614,9 @@ class Bench(harness.Workspace):
         return out
 
     def _events(self, label: str, since: float, after_ns: int) -> dict[str, int]:
-        """The first create, attach, start, die and destroy of the one container labelled
-        ``label`` made after ``after_ns``, in epoch nanoseconds (``since``: where the engine's
-        log is read from, in epoch seconds)."""
+        """The first create, attach, start, die and destroy after ``after_ns`` of the one
+        container labelled ``label`` that ended then, in epoch nanoseconds (``since``: where
+        the engine's log is read from, in epoch seconds)."""
         listed = subprocess.run(
             self.docker_cmd(
                 "events", "--since", f"{since:.6f}", "--until", f"{time.time():.6f}",
@@ -625,19 +625,22 @@ class Bench(harness.Workspace):
             ),
             env=self.env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        found: dict[str, int] = {}
-        ids = set()
+        by_container: dict[str, dict[str, int]] = {}
         for line in listed.stdout.splitlines():
             event = json.loads(line)
             if int(event["timeNano"]) < after_ns:
                 continue  # the previous sample's container, going away
             action = str(event.get("Action", "")).split(":")[0]
+            found = by_container.setdefault(str(event.get("id")), {})
             if action in ENGINE_PHASES and action not in found:
                 found[action] = int(event["timeNano"])
-                ids.add(event.get("id"))
-        if len(ids) > 1:
-            raise BenchError(f"events of {len(ids)} containers labelled {label} in one sample")
-        return found
+        # The run's container is the one that ended. hgrun's warm pool makes its next
+        # container during the sample (it does not end); and a run that took a warm one
+        # created and started it before the spawn, so it has no create or start here.
+        ended = [found for found in by_container.values() if "die" in found]
+        if len(ended) != 1:
+            raise BenchError(f"{len(ended)} containers labelled {label} ended in one sample")
+        return ended[0]
 
     # -- 3 and 4. upload, and memory during it --------------------------------------------
 
