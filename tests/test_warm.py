@@ -42,6 +42,29 @@ def warm(client: docker.DockerClient, instance: str) -> list[str]:
     return [c.id for c in found]
 
 
+def warmed(
+    cli: Cli,
+    root: Path,
+    client: docker.DockerClient,
+    server: HgrunServer | None = None,
+    *,
+    mode: str = "--no-tty",
+) -> None:
+    """A run of the app in ``root``, then a warm container of its kind, idle."""
+    check(cli("run", mode, "true", cwd=root, server=server, input=b""))
+    instance = instance_id(server or cli.server)
+    wait_for(lambda: warm(client, instance), 30, "a warm container")
+
+
+def own_server(
+    hgrun_server: ServerFactory, cli: Cli, root: Path, prefix: str, *args: str
+) -> tuple[HgrunServer, str]:
+    """A server of the test's own (``args``: its flags) with a busybox app deployed in
+    ``root``: the server and the app's name."""
+    srv = hgrun_server(*args)
+    return srv, deploy_busybox_app(cli, root, unique(prefix), server=srv)
+
+
 def containers(client: docker.DockerClient, *labels: str) -> set[str]:
     """The ids of every container with all of ``labels``, in any state."""
     return {
@@ -104,8 +127,7 @@ def test_exit_codes_of_a_missing_and_a_non_executable_command(
     cli: Cli, app: tuple[str, Path], server: HgrunServer, docker_client: docker.DockerClient
 ) -> None:
     _, root = app
-    check(cli("run", "--no-tty", "true", cwd=root, input=b""))
-    wait_for(lambda: warm(docker_client, instance_id(server)), 30, "a warm container")
+    warmed(cli, root, docker_client)
     missing = cli("run", "--no-tty", "no-such-command-here", cwd=root, input=b"")
     assert missing.returncode == 127, text(missing.stderr)
     assert "no-such-command-here" in text(missing.stderr)
@@ -149,13 +171,10 @@ def test_a_warm_run_is_taken_up_again_after_a_sigkill_of_its_server(
 ) -> None:
     # The server dies before the run printed anything: the next one finds nothing stored and
     # takes every byte from Docker's log, which begins with the handoff (on a TTY, its echo).
-    srv = hgrun_server()
     root = tmp_path / "app"
-    name = deploy_busybox_app(cli, root, unique("warmkill"), server=srv)
+    srv, name = own_server(hgrun_server, cli, root, "warmkill")
     instance = instance_id(srv)
-    mode = "--tty" if tty else "--no-tty"
-    check(cli("run", mode, "true", cwd=root, server=srv, input=b""))
-    wait_for(lambda: warm(docker_client, instance), 30, "a warm container")
+    warmed(cli, root, docker_client, srv, mode="--tty" if tty else "--no-tty")
     script = f"sleep 2; {PID1}; echo after; exit 5"
     with contextlib.ExitStack() as stack:
         if tty:
@@ -196,12 +215,10 @@ def test_warm_containers_of_a_killed_server_are_removed_when_it_starts_again(
     docker_client: docker.DockerClient,
     tmp_path: Path,
 ) -> None:
-    srv = hgrun_server()
     root = tmp_path / "app"
-    deploy_busybox_app(cli, root, unique("warmstray"), server=srv)
+    srv, _ = own_server(hgrun_server, cli, root, "warmstray")
     instance = instance_id(srv)
-    check(cli("run", "--no-tty", "true", cwd=root, server=srv, input=b""))
-    wait_for(lambda: warm(docker_client, instance), 30, "a warm container")
+    warmed(cli, root, docker_client, srv)
     left = set(warm(docker_client, instance))
     srv.restart(signal.SIGKILL)
 
@@ -214,8 +231,7 @@ def test_warm_containers_of_a_killed_server_are_removed_when_it_starts_again(
     def none_left() -> bool:
         return not containers(docker_client, f"hgrun.instance={instance}")
 
-    check(cli("run", "--no-tty", "true", cwd=root, server=srv.start(), input=b""))
-    wait_for(lambda: warm(docker_client, instance), 30, "a warm container")
+    warmed(cli, root, docker_client, srv.start())
     srv.stop()  # SIGTERM: a server that stops removes its own
     wait_for(none_left, 30, "a stopped server's warm containers removed")
 
@@ -252,9 +268,8 @@ def test_no_warm_container_with_warm_0(
     docker_client: docker.DockerClient,
     tmp_path: Path,
 ) -> None:
-    srv = hgrun_server("--warm", "0")
     root = tmp_path / "app"
-    deploy_busybox_app(cli, root, unique("cold"), server=srv)
+    srv, _ = own_server(hgrun_server, cli, root, "cold", "--warm", "0")
     for _ in range(2):
         done = cli("run", "--no-tty", "sh", "-c", PID1, cwd=root, server=srv, input=b"")
         assert SHIM_MARK not in check(done)
@@ -265,8 +280,7 @@ def test_a_stop_reaches_the_command_of_a_warm_run(
     cli: Cli, app: tuple[str, Path], server: HgrunServer, docker_client: docker.DockerClient
 ) -> None:
     _, root = app
-    check(cli("run", "--no-tty", "true", cwd=root, input=b""))
-    wait_for(lambda: warm(docker_client, instance_id(server)), 30, "a warm container")
+    warmed(cli, root, docker_client)
     script = f"{PID1}; trap 'echo got TERM; exit 9' TERM; echo ready; while :; do sleep 0.1; done"
     client = cli_popen(cli, "run", "--no-tty", "sh", "-c", script, cwd=root)
     assert SHIM_MARK in text(read_line(client))
