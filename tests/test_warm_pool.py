@@ -12,6 +12,7 @@ from fake_engine import FakeEngine
 from test_supervisor import asyncio_test
 
 from hgrun.engine import LABEL_APP, LABEL_INSTANCE, LABEL_RUN, ContainerSpec, ContainerStatus
+from hgrun.errors import EngineError
 from hgrun.models import SIZES
 from hgrun.server.warm import LABEL_OWNER, WARM, HandoffStream, WarmPool
 
@@ -187,4 +188,20 @@ async def test_a_write_waits_for_the_handoff_and_a_close_frees_it() -> None:
     await asyncio.wait_for(early, 5)
     assert engine.containers[container_id].stdin.endswith(b".\ntyped early\n")
     assert engine.containers[container_id].status is ContainerStatus.RUNNING
+    await pool.close()
+
+
+@asyncio_test
+async def test_an_engine_that_fails_to_make_one_refuses_nothing() -> None:
+    # A start the engine refused (its trouble, not the image's) is tried again at the next
+    # run; only a shell that could not run (126, 127) refuses an image.
+    engine = FakeEngine()
+    pool = WarmPool(engine, OWNER)
+    engine.errors["start"] = EngineError("the engine is busy")
+    assert await pool.take(spec()) is None
+    await asyncio.sleep(0.1)
+    assert engine.running() == [] and len(engine.removed) == 1
+    assert await pool.take(spec()) is None
+    await settle(engine, 1)
+    assert await pool.take(spec()) is not None
     await pool.close()

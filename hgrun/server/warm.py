@@ -261,11 +261,11 @@ class WarmPool:
             self._ids.add(container_id)
             await asyncio.to_thread(self.engine.start, container_id)
         except HgrunError as e:
-            # Docker refuses the start of a command it cannot find (no sh in the image).
-            log.warning("%s cannot keep a warm container: %s", spec.image, e.message)
+            # The engine's trouble, not the image's: an image without sh starts (docker-init
+            # does) and ends at once, which the next take finds (126, 127: refused there).
+            log.warning("cannot make a warm container of %s: %s", spec.image, e.message)
             if container_id is not None:
                 self._remove(container_id)
-                self._refuse(spec.image)
             return
         except asyncio.CancelledError:
             if container_id is not None:
