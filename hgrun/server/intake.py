@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -111,6 +112,7 @@ class Due:
         )
 
 
+@functools.lru_cache(maxsize=64)
 def slot_key(slot: float) -> str:
     """A cron slot's key in the store (its UTC instant, to the second)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from hgrun.errors import ConflictError, ExitStatus, NotFoundError
 from hgrun.lifecycle import Outcome
@@ -34,7 +34,9 @@ class ScriptLaunches:
     starts: asyncio.Semaphore | None
     on_run_finished: list[Callable[[Run, ScriptRecord], None]]
 
-    def _counts(self, script_id: int) -> tuple[int, int]:
+    def _counts(
+        self, script_id: int, read: Mapping[int, dict[RunStatus, int]] | None = None
+    ) -> tuple[int, int]:
         raise NotImplementedError
 
     def _exclusive(self, script_id: int) -> contextlib.AbstractAsyncContextManager[None]:

@@ -195,15 +195,25 @@ class ScriptRunner(ScriptLaunches):
                 return await self._launch(run, release)
             return run
 
-    def _counts(self, script_id: int) -> tuple[int, int]:
-        """The script's runs (queued, active). A run its policy started that waits for one of
-        the server's slots (``--max-runs``) is recorded queued but counts as active: the policy
-        decided it runs, and it will."""
-        counts = self.store.script_run_counts(script_id)
+    def _counts(
+        self, script_id: int, read: Mapping[int, dict[RunStatus, int]] | None = None
+    ) -> tuple[int, int]:
+        """The script's runs (queued, active), from the store's counts (``read``: already
+        read for a batch). A run its policy started that waits for one of the server's slots
+        (``--max-runs``) is recorded queued but counts as active: the policy decided it runs,
+        and it will."""
+        if read is None:
+            read = self.store.script_run_counts([script_id])
+        counts = read.get(script_id, {})
         waiting = self.supervisor.slots.waiting_for_script(script_id)
         queued = counts.get(RunStatus.QUEUED, 0) - waiting
         active = counts.get(RunStatus.STARTING, 0) + counts.get(RunStatus.RUNNING, 0) + waiting
         return max(0, queued), active
+
+    def _held(self, script_id: int) -> bool:
+        """Whether a decision on the script waits on the engine under its lock."""
+        lock = self._locks.get(script_id)  # (no lock made for a script that never had one)
+        return lock is not None and lock.locked()
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, script_id: int) -> AsyncIterator[None]:
@@ -247,7 +257,7 @@ class ScriptRunner(ScriptLaunches):
         shared = self.store.backend == "postgresql"
         for script, slot in due:
             spec = script.spec
-            if shared or spec.concurrency is Concurrency.REPLACE or self._locks[script.id].locked():
+            if shared or spec.concurrency is Concurrency.REPLACE or self._held(script.id):
                 later.append((script, slot))
                 continue
             stamp = slot_key(slot)
@@ -336,14 +346,15 @@ class ScriptRunner(ScriptLaunches):
         batch: list[tuple[int, NewRun]] = []
         started: list[bool] = []  # per run of the batch: its policy starts it (START)
         room = self.supervisor.slots.room()  # runs that start now; the rest wait in line
+        read = self.store.script_run_counts(item.script.id for item in items)  # one query
         for i, item in enumerate(items):
             script, spec = item.script, item.script.spec
-            if self._locks[script.id].locked():
+            if self._held(script.id):
                 results[i] = LOCKED
                 continue
             try:
                 if script.id not in counts:
-                    queued, active = self._counts(script.id)
+                    queued, active = self._counts(script.id, read)
                     counts[script.id] = {RunStatus.QUEUED: queued, RunStatus.STARTING: active}
                 have = counts[script.id]
                 queued = have.get(RunStatus.QUEUED, 0)

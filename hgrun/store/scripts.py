@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from hgrun.errors import NotFoundError
@@ -79,13 +79,21 @@ class ScriptStore(StoreBase):
         with self._tx() as db:
             db.execute("UPDATE scripts SET cursor = ? WHERE id = ?", (cursor, script_id))
 
-    def script_run_counts(self, script_id: int) -> dict[RunStatus, int]:
+    def script_run_counts(self, script_ids: Iterable[int]) -> dict[int, dict[RunStatus, int]]:
+        """Each script's active runs by status, in one query (a script with none: absent)."""
+        ids = sorted(set(script_ids))
+        if not ids:
+            return {}
+        marks = ", ".join("?" * len(ids))
         rows = self._query(
-            "SELECT status, COUNT(*) FROM runs WHERE script_id = ?"
-            f" AND status IN ({ACTIVE_SQL}) GROUP BY status",
-            (script_id,),
+            f"SELECT script_id, status, COUNT(*) FROM runs WHERE script_id IN ({marks})"
+            f" AND status IN ({ACTIVE_SQL}) GROUP BY script_id, status",
+            tuple(ids),
         )
-        return {RunStatus(r[0]): int(r[1]) for r in rows}
+        counts: dict[int, dict[RunStatus, int]] = {}
+        for r in rows:
+            counts.setdefault(int(r[0]), {})[RunStatus(r[1])] = int(r[2])
+        return counts
 
     def queued_script_ids(self) -> list[int]:
         """The scripts with a run waiting in their queue (read from the active runs' index)."""
