@@ -32,7 +32,7 @@ from hgrun.server.launcher import network_of
 from hgrun.server.leases import LeaseLost, lease_owner, process_gone, this_host
 from hgrun.server.output import RejoinedStream, rejoined
 from hgrun.server.session import RunSession
-from hgrun.server.warm import LABEL_OWNER, HandoffStream, is_warm, replayed
+from hgrun.server.warm import HandoffStream, is_warm, kept, replayed
 
 if TYPE_CHECKING:
     from hgrun.server.supervisor import Supervisor
@@ -83,9 +83,7 @@ class Recoverer:
         held = {s.container_id for s in sup.sessions.values()}
         for container in warm.values():
             # A run here just took it, or a live server's pool keeps it; else its server died.
-            if container.id in held or (sup.warm and sup.warm.keeps(container, process_gone)):
-                continue
-            if not sup.warm and not process_gone(container.labels.get(LABEL_OWNER, "")):
+            if container.id in held or kept(sup.warm, container, process_gone):
                 continue
             log.info("removing warm container %s, no run's", container.id[:12])
             with contextlib.suppress(HgrunError):

@@ -47,6 +47,7 @@ from hgrun.lifecycle import (
     outcome,
 )
 from hgrun.models import Release, Run, RunStatus
+from hgrun.server import starting
 from hgrun.server.clients import AUDIT_CAP, AttachedClients
 from hgrun.server.leases import LEASE_TTL, LeaseLost, Leases
 from hgrun.server.output import OutputLog
@@ -55,7 +56,7 @@ from hgrun.server.recovery import Recoverer
 from hgrun.server.session import Finished, Output, RunSession, Subscriber
 from hgrun.server.slots import RunSlots, end_waiting, enqueue, stop_unlaunched
 from hgrun.server.stopping import Stopper, StopTask
-from hgrun.server.warm import HandoffStream, WarmPool
+from hgrun.server.warm import WarmPool
 from hgrun.server.watchdog import Watchdog
 from hgrun.store import Store
 
@@ -207,12 +208,7 @@ class Supervisor(AttachedClients, OutputPump):
         # made; the container starts only once the record is durable (below).
         audited = asyncio.ensure_future(self._audit_start(run, spec.env))
         try:
-            if self.warm is not None and not run.detached and not run.uploads:
-                if (taken := await self.warm.take(spec)) is not None:
-                    session.container_id, session.stream = taken
-                    session.warm = True
-            if session.container_id is None:
-                session.container_id = await asyncio.to_thread(self.engine.create, spec)
+            session.container_id = await starting.make(self.engine, self.warm, session, spec)
         except HgrunError as e:
             await _settled(audited)  # its record first, then the run's end: the chain's order
             await self.finish(session, error=e)
@@ -310,23 +306,11 @@ class Supervisor(AttachedClients, OutputPump):
                 await self.finish(session)
                 return
             session.phase = Phase.STARTING
-            warm = session.stream if isinstance(session.stream, HandoffStream) else None
-            if warm is not None:
-                # Recorded running first: recovery takes a warm container of a run still
-                # `starting` for one never handed over (hgrun.server.recovery).
-                now = self.clock()
-                session.run = self.store.mark_running(run.id, now)
             try:
-                if warm is not None:
-                    await self._hand_off(session, warm)
-                else:
-                    await asyncio.to_thread(self.engine.start, self._container(session))
+                now = await starting.start(self.engine, self.store, self.clock, session)
             except HgrunError as e:
                 await self.finish(session, error=e)
                 return
-            if warm is None:
-                now = self.clock()
-                session.run = self.store.mark_running(run.id, now)
             self._stopped_elsewhere(session)
             session.phase = Phase.RUNNING
             session.last_activity = now
@@ -334,8 +318,6 @@ class Supervisor(AttachedClients, OutputPump):
             if after_step(Phase.STARTING, session.stop) is Step.KILL and session.stop:
                 grace = kill_grace(session.stop, self.limits)
                 await asyncio.to_thread(self.engine.stop, self._container(session), grace)
-            if session.size and run.tty and not session.warm:
-                await asyncio.to_thread(self.engine.resize, self._container(session), *session.size)
             await self.follow(session)
         except asyncio.CancelledError:
             raise
@@ -349,14 +331,6 @@ class Supervisor(AttachedClients, OutputPump):
             if session.stop is None:
                 session.stop = Stop(RunStatus.FAILED, f"hgrun failed to supervise the run: {e}")
             await self.finish(session)
-
-    async def _hand_off(self, session: RunSession, stream: HandoffStream) -> None:
-        """Start a warm container's run: its terminal sized before the command can ask, then
-        the command handed over."""
-        if session.size and session.run.tty:
-            with contextlib.suppress(HgrunError):
-                await asyncio.to_thread(self.engine.resize, self._container(session), *session.size)
-        await stream.hand_off()
 
     async def follow(self, session: RunSession) -> None:
         """Pump the output until it ends, wait for the exit code, record the outcome."""

@@ -58,6 +58,15 @@ def is_warm(labels: Any) -> bool:
     return bool(labels) and labels.get(LABEL_RUN) == WARM
 
 
+def kept(pool: WarmPool | None, container: ContainerState, gone: Callable[[str], bool]) -> bool:
+    """Whether a warm container is still some pool's: this server's (:meth:`WarmPool.keeps`),
+    or, with no pool here, the live server's that made it. ``gone``: whether a server process
+    (a lease holder's id) has died."""
+    if pool is not None:
+        return pool.keeps(container, gone)
+    return not gone(container.labels.get(LABEL_OWNER, ""))
+
+
 class HandoffStream:
     """A warm container's attached stdio: the script goes first (:meth:`hand_off`), the run's
     stdin after it, and its output comes without what preceded the marker."""
