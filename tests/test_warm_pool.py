@@ -14,7 +14,7 @@ from test_supervisor import asyncio_test
 from hgrun.engine import LABEL_APP, LABEL_INSTANCE, LABEL_RUN, ContainerSpec, ContainerStatus
 from hgrun.errors import EngineError
 from hgrun.models import SIZES
-from hgrun.server.warm import LABEL_OWNER, WARM, HandoffStream, WarmPool
+from hgrun.server.warm import LABEL_OWNER, WARM, HandoffStream, WarmPool, kept
 
 OWNER = "host:1:me"
 
@@ -168,6 +168,11 @@ async def test_which_warm_containers_are_still_some_pool_s() -> None:
     other = dataclasses.replace(state, labels={**state.labels, LABEL_OWNER: "host:2:other"})
     assert pool.keeps(other, gone=lambda owner: False)
     assert not pool.keeps(other, gone=lambda owner: owner == "host:2:other")
+    # Recovery's rule (kept): the pool's word where there is one; else the owner's life.
+    assert kept(pool, state, gone=lambda owner: True)
+    assert not kept(pool, stray, gone=lambda owner: False)
+    assert kept(None, other, gone=lambda owner: False)
+    assert not kept(None, other, gone=lambda owner: owner == "host:2:other")
     await pool.close()
     assert mine.id in engine.removed and engine.containers == {}
 
