@@ -6,6 +6,7 @@ bounded output and retention."""
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import threading
 
 import pytest
@@ -31,6 +32,7 @@ from hgrun.models import (
 )
 from hgrun.server.retention import DAY, Pruner, Retention
 from hgrun.store import Store
+from hgrun.store.runs import SELECT_RUNS
 
 ACTIVE = [s for s in RunStatus if s in lifecycle.ACTIVE]
 FINAL = [s for s in RunStatus if s in lifecycle.FINAL]
@@ -521,10 +523,51 @@ def test_a_scripts_runs_are_one_index_seek_in_id_order(store: Store) -> None:
     assert [r.id for r in newest + older] == mine[:6]
     if plans is None:
         return
-    selects = [sql for sql in plans if sql.startswith("SELECT * FROM runs WHERE script_id")]
+    selects = [sql for sql in plans if sql.startswith(f"{SELECT_RUNS} WHERE script_id")]
     assert len(selects) == 2
     for sql in selects:
         assert_index_seek(store, sql, "runs_by_script")
+
+
+def test_every_column_of_a_run_reads_back_into_its_field(make_store: StoreFactory) -> None:
+    """A run is read by position (store.runs.SELECT_RUNS): each field comes from its own
+    column, checked with a value no other field has, by id, in an app's runs and in a
+    script's."""
+    store = make_store(clock=lambda: 1000.0, max_output=4)
+    app, release = _app(store)
+    store.sync_scripts("default", app.id, [Script(name="nightly", command="true")])
+    script_id = store.script_by_name(app.id, "nightly").id
+    parent = _new_run(store)
+    made = new_run(
+        store, app, release, command=["sh", "-c", "exit 3"], process_type="worker", tty=True,
+        detached=False, uploads=True, size="standard", timeout=42.5, env={"A": "1", "B": "2"},
+        trigger=Trigger(TriggerKind.CRON, "nightly"), script="nightly", slot="2026-12-01T04:00",
+        parent_run=parent.id, script_id=script_id,
+    )  # fmt: skip
+    store.mark_starting(made.id)
+    store.set_container(made.id, "c0ffee", node="node-2")
+    store.mark_running(made.id, started=1001.25)
+    store.append_output(made.id, app.id, [(1, 1001.5, b"abcdef")])
+    store.record_outcome(
+        made.id, Outcome(RunStatus.FAILED, 3, "exit status 3", oom=True), finished=1003.75
+    )
+    want = {
+        "id": made.id, "workspace": "default", "app_id": app.id, "release_id": release.id,
+        "command": ["sh", "-c", "exit 3"], "process_type": "worker", "tty": True,
+        "detached": False, "uploads": True, "size": "standard", "timeout": 42.5,
+        "env": {"A": "1", "B": "2"}, "trigger": Trigger(TriggerKind.CRON, "nightly"),
+        "script": "nightly", "slot": "2026-12-01T04:00", "parent_run": parent.id,
+        "status": RunStatus.FAILED, "exit_code": 3, "oom": True, "container_id": "c0ffee",
+        "error": "exit status 3", "created": 1000.0, "started": 1001.25, "finished": 1003.75,
+        "script_id": script_id, "node": "node-2", "output_bytes": 4, "output_dropped": 2,
+    }  # fmt: skip
+    assert set(want) == {field.name for field in dataclasses.fields(Run)}
+    for run in (
+        store.run(made.id),
+        store.runs("default", app_id=app.id, limit=1)[0],
+        store.script_runs(script_id, limit=1)[0],
+    ):
+        assert {name: getattr(run, name) for name in want} == want
 
 
 def test_filtered_runs_page_by_key_and_each_filter_reads_an_index(store: Store) -> None:
@@ -570,7 +613,7 @@ def test_filtered_runs_page_by_key_and_each_filter_reads_an_index(store: Store) 
             assert got == want, filters
     if plans is None:
         return
-    selects = {sql for sql in plans if sql.startswith("SELECT * FROM runs WHERE")}
+    selects = {sql for sql in plans if sql.startswith(f"{SELECT_RUNS} WHERE")}
     assert len(selects) >= len(cases)
     for sql in selects:
         plan = assert_index_seek(store, sql)

@@ -10,7 +10,7 @@ from typing import Any
 from hgrun.errors import NotFoundError
 from hgrun.models import Run, RunStatus, Script, ScriptRecord, script_from_json, script_to_json
 from hgrun.store.base import ACTIVE_SQL, StoreBase
-from hgrun.store.runs import run_from_row
+from hgrun.store.runs import SELECT_RUNS, run_from_row
 
 
 class ScriptStore(StoreBase):
@@ -106,7 +106,7 @@ class ScriptStore(StoreBase):
 
     def oldest_queued(self, script_id: int) -> Run | None:
         row = self._one(
-            "SELECT * FROM runs WHERE script_id = ? AND status = ? AND container_id IS NULL"
+            f"{SELECT_RUNS} WHERE script_id = ? AND status = ? AND container_id IS NULL"
             " ORDER BY id LIMIT 1",
             (script_id, RunStatus.QUEUED.value),
         )
@@ -114,7 +114,7 @@ class ScriptStore(StoreBase):
 
     def script_runs(self, script_id: int, limit: int = 50, before: int | None = None) -> list[Run]:
         rows = self._query(
-            "SELECT * FROM runs WHERE script_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            f"{SELECT_RUNS} WHERE script_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
             (script_id, before if before is not None else 2**62, limit),
         )
         return [run_from_row(r, self._unseal) for r in rows]
