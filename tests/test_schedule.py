@@ -28,7 +28,7 @@ from hgrun.schedule import (
     validate_timezone,
 )
 from hgrun.server.scheduler import Scheduler
-from hgrun.server.scripts import SlotRuns
+from hgrun.server.scripts import SlotPlan, SlotRuns
 from hgrun.store import Store
 
 NY = "America/New_York"
@@ -558,9 +558,12 @@ class FakeRunner:
         self.slots: list[str] = []
         self.gate: asyncio.Event | None = None
 
-    def record_slots(self, due: list[tuple[ScriptRecord, float]]) -> SlotRuns:
+    def plan_slots(self, due: list[tuple[ScriptRecord, float]]) -> SlotPlan:
         """Every due slot goes the one-at-a-time way (``trigger``), which this fake records."""
-        return SlotRuns(made=[], to_start=[], already=[], later=list(due))
+        return SlotPlan(due=list(due), items=[], prepared=[], cursors={}, later=list(due))
+
+    def record_slots(self, plan: SlotPlan) -> SlotRuns:
+        return SlotRuns(made=[], to_start=[], already=[], later=plan.later)
 
     async def trigger(self, script: ScriptRecord, trigger: Trigger, *, slot: float) -> Run | None:
         if self.gate is not None:

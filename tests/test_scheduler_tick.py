@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from support.stores import StoreFactory
 
 from hgrun.models import Catchup, Concurrency, RunStatus, Script, ScriptRecord, Trigger, TriggerKind
 from hgrun.server.launcher import Launcher
-from hgrun.server.scheduler import Scheduler
-from hgrun.server.scripts import ScriptRunner, SlotRuns
+from hgrun.server.scheduler import PLAN_AHEAD, Scheduler
+from hgrun.server.scripts import ScriptRunner, SlotPlan, SlotRuns
 from hgrun.server.supervisor import Supervisor
 from hgrun.store import Store
 
@@ -40,9 +41,12 @@ class FakeRunner:
         self.triggered: list[tuple[str, Trigger, float | None]] = []
         self.hold: asyncio.Event | None = None
 
-    def record_slots(self, due: list[tuple[ScriptRecord, float]]) -> SlotRuns:
+    def plan_slots(self, due: list[tuple[ScriptRecord, float]]) -> SlotPlan:
         """Every due slot goes the one-at-a-time way (``trigger``), which this fake records."""
-        return SlotRuns(made=[], to_start=[], already=[], later=list(due))
+        return SlotPlan(due=list(due), items=[], prepared=[], cursors={}, later=list(due))
+
+    def record_slots(self, plan: SlotPlan) -> SlotRuns:
+        return SlotRuns(made=[], to_start=[], already=[], later=plan.later)
 
     async def trigger(
         self, script: ScriptRecord, trigger: Trigger, *, slot: float | None = None
@@ -145,11 +149,25 @@ def test_scripts_without_cron_are_never_triggered(store: Store) -> None:
 
 
 def test_the_loop_sleeps_until_the_next_slot_and_wakes_at_its_boundary(store: Store) -> None:
-    """No fixed tick: the loop sleeps exactly until the next slot of any script (here a whole
-    minute), ticks at that instant, then sleeps until the one after."""
+    """No fixed tick: the loop sleeps until the next slot of any script (here a whole minute),
+    waking PLAN_AHEAD before it to make the slot's runs ready, ticks at that instant, then
+    sleeps until the one after. The tick at a planned slot reads no script: the plan did."""
     now = [SLOT - 12.5]
     sleeps: list[float] = []
+    events: list[tuple[str, float]] = []  # ("read" the scripts | "record" a slot, when)
     runner = FakeRunner()
+    scripts, record = store.scripts, runner.record_slots
+
+    def read(cron_only: bool = False) -> list[ScriptRecord]:
+        events.append(("read", now[0]))
+        return scripts(cron_only=cron_only)
+
+    def recording(plan: SlotPlan) -> SlotRuns:
+        events.append(("record", now[0]))
+        return record(plan)
+
+    store.scripts = read  # type: ignore[method-assign]
+    runner.record_slots = recording  # type: ignore[method-assign]
 
     async def scenario() -> None:
         done = asyncio.Event()
@@ -158,7 +176,7 @@ def test_the_loop_sleeps_until_the_next_slot_and_wakes_at_its_boundary(store: St
             sleeps.append(seconds)
             await asyncio.sleep(0.01)  # what the slot started runs meanwhile
             now[0] += seconds
-            if len(sleeps) == 3:
+            if len(sleeps) == 6:
                 done.set()
                 await asyncio.Event().wait()  # the loop sleeps for ever: the test stops it
 
@@ -169,11 +187,17 @@ def test_the_loop_sleeps_until_the_next_slot_and_wakes_at_its_boundary(store: St
         assert s.ticks == 3
 
     run(scenario())
-    # First sight at 03:59:47.5, then the 04:00 boundary, then 04:01 (every-minute is the
-    # soonest schedule).
-    assert sleeps == [12.5, 60.0, 60.0]
+    # First sight at 03:59:47.5, then the 04:00 boundary (planned a second before), then 04:01
+    # (every-minute is the soonest schedule).
+    ahead = PLAN_AHEAD
+    assert sleeps == [12.5 - ahead, ahead, 60 - ahead, ahead, 60 - ahead, ahead]
     slots = [slot for _, _, slot in runner.triggered]
     assert slots.count(SLOT) == 2 and slots.count(SLOT + 60) == 1  # hourly and every-minute
+    # At each slot the runs are recorded before anything is read: the scripts were read
+    # ahead of it (then once more after it, for the next slot).
+    for slot in (SLOT, SLOT + 60):
+        assert events.index(("record", slot)) < events.index(("read", slot))
+        assert events.index(("read", slot - ahead)) < events.index(("record", slot))
 
 
 def test_wake_cuts_the_sleep_short() -> None:
@@ -194,6 +218,37 @@ def test_wake_cuts_the_sleep_short() -> None:
         await s.stop()
 
     run(scenario())
+
+
+def test_a_deploy_between_the_plan_and_its_slot_is_in_the_slot(store: Store) -> None:
+    """A script deployed after its slot was planned (the loop woken by the deploy) still
+    runs at that slot: the plan is made again. Real sleeps, the clock 1.5 s before a slot."""
+    t0 = time.monotonic()
+    runner = FakeRunner()
+
+    def clock() -> float:
+        return SLOT - 1.5 + (time.monotonic() - t0)
+
+    async def scenario() -> None:
+        s = Scheduler(store, runner, clock=clock)  # type: ignore[arg-type]
+        s.start()
+        await asyncio.sleep(0.8)  # planned at SLOT - PLAN_AHEAD, sleeping until the slot
+        app_id = store.scripts(cron_only=True)[0].app_id
+        names = ["every-minute", "hourly", "late"]
+        store.sync_scripts(
+            "default",
+            app_id,
+            [Script(name=name, command="true", cron="* * * * *") for name in names]
+            + [Script(name="manual", command="true")],
+        )
+        s.wake()
+        await asyncio.wait_for(_until(lambda: len(runner.triggered) >= 3), 5)
+        await s.stop()
+
+    run(scenario())
+    assert sorted((name, slot) for name, _, slot in runner.triggered) == [
+        ("every-minute", SLOT), ("hourly", SLOT), ("late", SLOT)
+    ]  # fmt: skip
 
 
 # -- one scheduler at a time on a shared store -----------------------------------------------
@@ -308,10 +363,10 @@ def test_a_batch_follows_each_scripts_concurrency_policy(tmp_path: Path) -> None
     )
     runner, _engine = _runner(store)
     scripts = {s.spec.name: s for s in store.scripts(cron_only=True)}
-    batch = runner.record_slots(
+    batch = runner.record_slots(runner.plan_slots(
         [(scripts["skip"], SLOT), (scripts["skip"], SLOT + 60), (scripts["queue"], SLOT),
          (scripts["queue"], SLOT + 60)]
-    )  # fmt: skip
+    ))  # fmt: skip
     runner.supervisor.pending.clear()
     statuses = [(r.script, r.slot[-10:], r.status) for r in batch.made]
     assert statuses == [
@@ -321,8 +376,37 @@ def test_a_batch_follows_each_scripts_concurrency_policy(tmp_path: Path) -> None
         ("queue", "T04:01:00Z", RunStatus.QUEUED),
     ]
     assert [r.script for r in batch.to_start] == ["skip", "queue"]
-    again = runner.record_slots([(scripts["skip"], SLOT)])
+    again = runner.record_slots(runner.plan_slots([(scripts["skip"], SLOT)]))
     assert again.made == [] and [s.spec.name for s, _ in again.already] == ["skip"]
+
+
+def test_a_script_whose_lock_was_taken_after_the_plan_goes_one_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """A decision on the script (a trigger waiting on the engine under its lock) began
+    between the plan and the slot: its slot is left to a trigger of its own, its cursor not
+    moved by the batch; the other scripts' runs are recorded."""
+    store = new_store(tmp_path / "hgrun.db", clock=lambda: SLOT)
+    app, _ = app_with_release(store)
+    store.sync_scripts(
+        "default", app.id, [Script(name=n, command="true", cron="* * * * *") for n in "ab"]
+    )
+    runner, _engine = _runner(store)
+    scripts = {s.spec.name: s for s in store.scripts(cron_only=True)}
+    for script in scripts.values():
+        store.set_cursor(script.id, SLOT - 60)
+    plan = runner.plan_slots([(scripts["a"], SLOT), (scripts["b"], SLOT)])
+
+    async def locked() -> SlotRuns:
+        async with runner._locks[scripts["a"].id]:
+            return runner.record_slots(plan)
+
+    batch = run(locked())
+    runner.supervisor.pending.clear()
+    assert [r.script for r in batch.made] == ["b"]
+    assert [(s.spec.name, slot) for s, slot in batch.later] == [("a", SLOT)]
+    cursors = {s.spec.name: s.cursor for s in store.scripts(cron_only=True)}
+    assert cursors == {"a": SLOT - 60, "b": SLOT}
 
 
 def test_stop_drops_the_starts_still_waiting_and_recovery_can_take_them(tmp_path: Path) -> None:

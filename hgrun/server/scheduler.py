@@ -8,11 +8,14 @@ store may have deployed).
 
 At a wake-up, every due slot of every script is recorded in one store transaction with the
 scripts' cursors (``ScriptRunner.record_slots``): a thousand scripts due at once all have their
-run within milliseconds of the slot. The containers are then started as fast as the engine
-takes them (``ScriptRunner.start``, bounded concurrency), in the background: the next slot's
-records never wait for this one's starts. A slot is recorded with its UTC instant as the run's
-slot key, which the store keeps unique per script: a restart, a retry or a second server process
-on the same store never runs a slot twice.
+run within milliseconds of the slot. What does not depend on the instant is done ``PLAN_AHEAD``
+before the slot (the scripts read, their due slots worked out, each run resolved and checked:
+``ScriptRunner.plan_slots``), so at the slot only the policies' decisions and the insert
+remain; a wake-up in between (a deploy) makes the plan again. The containers are then started
+as fast as the engine takes them (``ScriptRunner.start``, bounded concurrency), in the
+background: the next slot's records never wait for this one's starts. A slot is recorded with
+its UTC instant as the run's slot key, which the store keeps unique per script: a restart, a
+retry or a second server process on the same store never runs a slot twice.
 
 A slot that came due while this scheduler was up always runs, however late its wake-up (a busy
 event loop): only slots missed while the server was down go by the script's catch-up policy
@@ -40,13 +43,14 @@ from collections.abc import Awaitable, Callable
 from hgrun.errors import HgrunError
 from hgrun.models import ScriptRecord, Trigger, TriggerKind
 from hgrun.schedule import next_fire, slots_to_run
-from hgrun.server.scripts import ScriptRunner
+from hgrun.server.scripts import ScriptRunner, SlotPlan
 from hgrun.store import Store
 
 log = logging.getLogger("hgrun.scheduler")
 
 TICK_GRACE = 10.0  # a slot up to this late is "now"; older ones follow the catch-up policy
 LEASE = "scheduler"
+PLAN_AHEAD = 1.0  # seconds before a slot its runs are made ready (Scheduler._plan)
 LEASE_TTL = 10.0  # renewed every tick; a dead scheduler is replaced within this
 MAX_SLEEP = 60.0  # the longest sleep: scripts deployed by another server process are seen
 
@@ -119,25 +123,44 @@ class Scheduler:
             await asyncio.wait_for(self._woken.wait(), seconds)
 
     async def _loop(self) -> None:
+        plan: tuple[float, SlotPlan] | None = None
         while True:
+            if self._woken.is_set():
+                plan = None  # the scripts changed since it was made
             self._woken.clear()
             now = self.clock()
             try:
                 if self.lead(now):
-                    self.tick(now)
+                    self.tick(now, plan)
             except Exception:
                 log.exception("scheduler tick failed")
+            plan = None
             self.ticks += 1
             try:
-                wake = self.next_slot(now)
+                slot = wake = self.next_slot(now)
             except Exception:
                 log.exception("scheduler: cannot tell the next slot")
-                wake = now + MAX_SLEEP
+                slot, wake = None, now + MAX_SLEEP
             if self.owner is not None:
                 # The lease is renewed (or, standing by, watched) well before it expires.
                 wake = min(wake, now + self.lease_ttl / 3)
             self.next_wake = wake
+            if wake == slot and self.leading:
+                # The slot's runs are made ready ahead of it: at the slot, only the decisions
+                # and the insert remain.
+                await self._sleep(max(0.0, wake - PLAN_AHEAD - self.clock()))
+                if not self._woken.is_set():
+                    plan = self._plan(wake)
             await self._sleep(max(0.0, wake - self.clock()))
+
+    def _plan(self, slot: float) -> tuple[float, SlotPlan] | None:
+        """What the tick at ``slot`` records, made ready before it (None: it could not be)."""
+        try:
+            at, seen = (_utc(t) for t in (slot, self.clock()))
+            return slot, self.runner.plan_slots(self._due_at(at, self.up_since, seen))
+        except Exception:
+            log.exception("scheduler: cannot plan the slot %s", _stamp(slot))
+            return None
 
     def next_slot(self, now: float) -> float:
         """The instant (epoch seconds) the loop wakes next: the first slot of any cron script
@@ -173,26 +196,27 @@ class Scheduler:
             self.standby_since = at
         return False
 
-    def tick(self, now: float) -> list[asyncio.Task[int | None]]:
+    def tick(
+        self, now: float, plan: tuple[float, SlotPlan] | None = None
+    ) -> list[asyncio.Task[int | None]]:
         """Record the runs of every due slot at ``now`` (one transaction), start them in the
         background; the tasks of slots triggered one at a time (each gives a run id).
 
-        A script whose one-at-a-time trigger (``ScriptRunner.record_slots`` says which) is still
-        in flight is left for a later tick, and then runs late.
+        ``plan``: the slot it was made for (:meth:`_plan`) and the slots due then, made ready;
+        taken as what is due when that slot has come. A script whose one-at-a-time trigger
+        (``ScriptRunner.record_slots`` says which) is still in flight is left for a later
+        tick, and then runs late.
         """
         at = datetime.datetime.fromtimestamp(now, datetime.UTC)
         up_since, self.up_since = self.up_since, self.up_since or at
-        due: list[tuple[ScriptRecord, float]] = []
-        # The slots of one schedule from one cursor are the same for every script that shares
-        # them (a thousand `* * * * *` scripts whose cursors moved together): computed once.
-        memo: dict[tuple[object, ...], list[datetime.datetime]] = {}
-        for script in self.store.scripts(cron_only=True):
-            if script.id in self._in_flight:
-                continue
-            due += [(script, slot.timestamp()) for slot in self._due(script, at, up_since, memo)]
+        if plan is not None and plan[0] <= now:
+            ready = plan[1]
+        else:
+            ready = self.runner.plan_slots(self._due_at(at, up_since))
+        due = ready.due
         if not due:
             return []
-        batch = self.runner.record_slots(due)
+        batch = self.runner.record_slots(ready)
         for script, slot in batch.already:
             log.info("script %s: slot %s already has its run", script.spec.name, _stamp(slot))
         for script, slot in due:
@@ -219,20 +243,41 @@ class Scheduler:
     def _done(self, script_id: int, _task: asyncio.Task[int | None]) -> None:
         self._in_flight.pop(script_id, None)
 
+    def _due_at(
+        self,
+        at: datetime.datetime,
+        up_since: datetime.datetime | None,
+        seen: datetime.datetime | None = None,
+    ) -> list[tuple[ScriptRecord, float]]:
+        """Every slot due at ``at`` of every cron script with no trigger in flight here.
+        ``seen``: the instant it is asked, when that is before ``at`` (a plan)."""
+        due: list[tuple[ScriptRecord, float]] = []
+        # The slots of one schedule from one cursor are the same for every script that shares
+        # them (a thousand `* * * * *` scripts whose cursors moved together): computed once.
+        memo: dict[tuple[object, ...], list[datetime.datetime]] = {}
+        for script in self.store.scripts(cron_only=True):
+            if script.id in self._in_flight:
+                continue
+            slots = self._due(script, at, up_since, memo, seen)
+            due += [(script, slot.timestamp()) for slot in slots]
+        return due
+
     def _due(
         self,
         script: ScriptRecord,
         now: datetime.datetime,
         up_since: datetime.datetime | None,
         memo: dict[tuple[object, ...], list[datetime.datetime]] | None = None,
+        seen: datetime.datetime | None = None,
     ) -> list[datetime.datetime]:
         spec = script.spec
         if spec.cron is None:
             return []
         if script.cursor is None:
-            # First sight of this schedule: from now on, slots that pass unrun count as missed.
-            self.store.set_cursor(script.id, now.timestamp())
-            cursor = None
+            # First sight of this schedule: from now on, slots that pass unrun count as missed
+            # (seen ahead of ``now`` by a plan: those up to ``now`` are due then).
+            self.store.set_cursor(script.id, (seen or now).timestamp())
+            cursor = seen
         else:
             cursor = datetime.datetime.fromtimestamp(script.cursor, datetime.UTC)
         key = (spec.cron, spec.timezone, spec.catchup, cursor, spec.starting_deadline)
@@ -283,6 +328,10 @@ def _next_slot_after_minute(cron: str, timezone: str, minute: float) -> float:
     schedule, however often the loop wakes."""
     at = datetime.datetime.fromtimestamp(minute, datetime.UTC)
     return next_fire(cron, timezone, at).timestamp()
+
+
+def _utc(instant: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(instant, datetime.UTC)
 
 
 def _stamp(slot: float) -> str:

@@ -67,6 +67,22 @@ class SlotRuns:
     flight here, or concurrency ``replace`` (its runs in flight are stopped first)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class SlotPlan:
+    """Due cron slots made ready to record (:meth:`ScriptRunner.plan_slots`): all that does not
+    depend on the instant of the record, which is left to :meth:`ScriptRunner.record_slots`."""
+
+    due: list[tuple[ScriptRecord, float]]
+    """Every slot asked for, ``(script, slot)``."""
+    items: list[Due]
+    """Those recorded in the batch, each with its run prepared (:meth:`ScriptRunner._prepare`)."""
+    prepared: list[NewRun | HgrunError]
+    cursors: dict[int, float]
+    """The scripts' cron cursors, written with the batch (a slot that cannot run moves it too)."""
+    later: list[tuple[ScriptRecord, float]]
+    """Slots left to :meth:`ScriptRunner.trigger` (see :attr:`SlotRuns.later`)."""
+
+
 class _Locked:
     """A batch's answer for a script whose lock is held: decide one at a time, under it."""
 
@@ -234,26 +250,22 @@ class ScriptRunner(ScriptLaunches):
                 with contextlib.suppress(HgrunError):
                     self.store.release_lease(name, owner)
 
-    def record_slots(self, due: Sequence[tuple[ScriptRecord, float]]) -> SlotRuns:
-        """Record the runs of due cron slots ``(script, slot)``, oldest slot first per script,
-        with the scripts' cron cursors, in one store transaction: a thousand scripts due at
-        once are recorded within milliseconds of their slot, whatever the engine then takes.
-        (On PostgreSQL, a store several servers share, every slot is left to :meth:`trigger`.)
+    def plan_slots(self, due: Sequence[tuple[ScriptRecord, float]]) -> SlotPlan:
+        """Make due cron slots ``(script, slot)``, oldest slot first per script, ready for
+        :meth:`record_slots`: each slot's release read, checked and its run prepared; a slot
+        left to :meth:`trigger` (below) set aside. The scheduler plans a slot ahead of it, so
+        that at the slot only the decisions and the insert remain.
 
-        Each script's concurrency policy decides as :meth:`trigger` does, counting the runs
-        this batch makes; a run the policy starts is recorded ``starting`` (so it counts as
-        active at once, its lease held here) and held out of recovery until :meth:`start`
-        launches it. A slot that
-        cannot run (no release, a network the server does not allow, a size the host cannot
-        give) is logged and passed, as its cursor moves. No ``await``: nothing else in this
-        process runs between the counts and the insert.
+        A slot that cannot run (no release, a network the server does not allow, a size the
+        host cannot give) is logged and passed, as its cursor moves. On PostgreSQL, a store
+        several servers share, every slot is left to :meth:`trigger` (each decision holds the
+        script's lease there), as is one of concurrency ``replace`` or whose script has a
+        decision in flight here.
         """
         releases: dict[int, Release | None] = {}
         items: list[Due] = []
         cursors: dict[int, float] = {}
         later: list[tuple[ScriptRecord, float]] = []
-        # On a store shared by several servers (PostgreSQL) each decision holds the script's
-        # lease (``_exclusive``): slots go one at a time there, as triggers do.
         shared = self.store.backend == "postgresql"
         for script, slot in due:
             spec = script.spec
@@ -283,9 +295,33 @@ class ScriptRunner(ScriptLaunches):
                 continue
             cursors[script.id] = max(slot, cursors.get(script.id, slot))
             items.append(Due(script, release, Trigger(TriggerKind.CRON, stamp), slot=slot))
+        return SlotPlan(list(due), items, self._prepare(items), cursors, later)
+
+    def record_slots(self, plan: SlotPlan) -> SlotRuns:
+        """Record the runs of planned cron slots (:meth:`plan_slots`) with the scripts' cron
+        cursors, in one store transaction: a thousand scripts due at once are recorded within
+        milliseconds of their slot, whatever the engine then takes.
+
+        Each script's concurrency policy decides as :meth:`trigger` does, counting the runs
+        this batch makes; a run the policy starts is recorded ``starting`` (so it counts as
+        active at once, its lease held here) and held out of recovery until :meth:`start`
+        launches it. No ``await``: nothing else in this process runs between the counts and
+        the insert.
+        """
+        items: list[Due] = []
+        prepared: list[NewRun | HgrunError] = []
+        cursors, later = dict(plan.cursors), list(plan.later)
+        for item, new in zip(plan.items, plan.prepared, strict=True):
+            if self._held(item.script.id):  # a decision took the script's lock since the plan
+                later.append((item.script, item.slot or 0.0))
+                cursors.pop(item.script.id, None)  # moved by its trigger, slot by slot
+                continue
+            items.append(item)
+            prepared.append(new)
         made: list[Run] = []
         already: list[tuple[ScriptRecord, float]] = []
-        for item, result in zip(items, self._record(items, cursors), strict=True):
+        recorded = self._decide(items, prepared, cursors)
+        for item, result in zip(items, recorded, strict=True):
             slot = item.slot or 0.0  # every item here has its slot
             if isinstance(result, Run):
                 made.append(result)
@@ -326,20 +362,42 @@ class ScriptRunner(ScriptLaunches):
         finally:
             self.supervisor.pending.discard(run.id)
 
-    def _record(
-        self, items: Sequence[Due], cursors: Mapping[int, float] | None = None
+    def _record(self, items: Sequence[Due]) -> list[Run | None | HgrunError | _Locked]:
+        """:meth:`_decide` the items, their runs prepared here: one result per item."""
+        return self._decide(items, self._prepare(items))
+
+    def _prepare(self, items: Sequence[Due]) -> list[NewRun | HgrunError]:
+        """Each item's run as the launcher resolves and checks it, recorded ``starting`` with
+        its lease; :meth:`_decide` changes that where the policy decides otherwise. An item
+        whose request is refused (a size the host cannot give) gets its error."""
+        prepared: list[NewRun | HgrunError] = []
+        for item in items:
+            try:
+                with _saying_where(item.script):
+                    request = item.request(RunStatus.STARTING, None, held=True)
+                    prepared.append(self.launcher.prepare(request))
+            except HgrunError as e:
+                prepared.append(e)
+        return prepared
+
+    def _decide(
+        self,
+        items: Sequence[Due],
+        prepared: Sequence[NewRun | HgrunError],
+        cursors: Mapping[int, float] | None = None,
     ) -> list[Run | None | HgrunError | _Locked]:
-        """Decide each item by its script's concurrency policy and record the runs, with
-        ``cursors`` (script id -> cron cursor), in one store transaction: one result per item.
+        """Decide each item by its script's concurrency policy and record the runs
+        (``prepared``: :meth:`_prepare`), with ``cursors`` (script id -> cron cursor), in one
+        store transaction: one result per item.
 
         Each script's runs are counted once, then the counts move with each decision of the
         batch, in order, as if the items had come one at a time. A run the policy starts is
         recorded ``starting`` (so it counts as active at once, its lease held here) and held
-        out of recovery (``supervisor.pending``) until it is launched. An item whose request is
-        refused (a size the host cannot give) gets its error; one whose script's lock is held
-        (a decision waits on the engine under it) gets :data:`LOCKED`; one whose cron slot
-        already has its run, None. No ``await``: nothing else in this process runs between the
-        counts and the insert. A store error fails the whole batch (raised).
+        out of recovery (``supervisor.pending``) until it is launched. An item whose run could
+        not be prepared gets its error; one whose script's lock is held (a decision waits on
+        the engine under it) gets :data:`LOCKED`; one whose cron slot already has its run,
+        None. No ``await``: nothing else in this process runs between the counts and the
+        insert. A store error fails the whole batch (raised).
         """
         counts: dict[int, dict[RunStatus, int]] = {}
         results: list[Run | None | HgrunError | _Locked] = [None] * len(items)
@@ -347,38 +405,40 @@ class ScriptRunner(ScriptLaunches):
         started: list[bool] = []  # per run of the batch: its policy starts it (START)
         room = self.supervisor.slots.room()  # runs that start now; the rest wait in line
         read = self.store.script_run_counts(item.script.id for item in items)  # one query
-        for i, item in enumerate(items):
+        for i, (item, new) in enumerate(zip(items, prepared, strict=True)):
             script, spec = item.script, item.script.spec
             if self._held(script.id):
                 results[i] = LOCKED
                 continue
-            try:
-                if script.id not in counts:
-                    queued, active = self._counts(script.id, read)
-                    counts[script.id] = {RunStatus.QUEUED: queued, RunStatus.STARTING: active}
-                have = counts[script.id]
-                queued = have.get(RunStatus.QUEUED, 0)
-                active = have.get(RunStatus.STARTING, 0) + have.get(RunStatus.RUNNING, 0)
-                decision = decide(spec.concurrency, active, queued, self.backlog)
-                status = {
-                    Decision.START: RunStatus.STARTING,
-                    Decision.ENQUEUE: RunStatus.QUEUED,
-                }.get(decision, RunStatus.SKIPPED)
-                if status is RunStatus.STARTING and room <= 0:
-                    if item.slot is None:
-                        self.supervisor.slots.check()  # the line is full: 503, nothing made
-                    # Every server slot is taken (--max-runs): recorded queued, it waits in
-                    # the server's line once launched (still active for its policy).
-                    status = RunStatus.QUEUED
-                elif status is RunStatus.STARTING:
-                    room -= 1
-                why = skip_reason(spec.concurrency, active, queued, self.backlog)
-                request = item.request(status, why, held=status is RunStatus.STARTING)
-                with _saying_where(script):
-                    new = self.launcher.prepare(request)
-            except HgrunError as e:
-                results[i] = e
+            if isinstance(new, HgrunError):
+                results[i] = new
                 continue
+            if script.id not in counts:
+                queued, active = self._counts(script.id, read)
+                counts[script.id] = {RunStatus.QUEUED: queued, RunStatus.STARTING: active}
+            have = counts[script.id]
+            queued = have.get(RunStatus.QUEUED, 0)
+            active = have.get(RunStatus.STARTING, 0) + have.get(RunStatus.RUNNING, 0)
+            decision = decide(spec.concurrency, active, queued, self.backlog)
+            status = {
+                Decision.START: RunStatus.STARTING,
+                Decision.ENQUEUE: RunStatus.QUEUED,
+            }.get(decision, RunStatus.SKIPPED)
+            if status is RunStatus.STARTING and room <= 0:
+                if item.slot is None:
+                    try:
+                        self.supervisor.slots.check()  # the line is full: 503, nothing made
+                    except HgrunError as e:
+                        results[i] = e
+                        continue
+                # Every server slot is taken (--max-runs): recorded queued, it waits in the
+                # server's line once launched (still active for its policy).
+                status = RunStatus.QUEUED
+            elif status is RunStatus.STARTING:
+                room -= 1
+            if status is not RunStatus.STARTING:
+                why = skip_reason(spec.concurrency, active, queued, self.backlog)
+                new = dataclasses.replace(new, status=status, error=why, holder=None)
             if status is not RunStatus.SKIPPED:
                 # A run its policy starts counts as active, even one recorded queued for
                 # want of a server slot (--max-runs).
