@@ -24,7 +24,7 @@ from hgrun.engine import (
     EngineInfo,
 )
 from hgrun.engine.span import SocketSpan
-from hgrun.errors import NotFoundError
+from hgrun.errors import EngineError, NotFoundError
 
 WAIT = 10.0  # the longest a held call or a wait blocks, so a broken test fails, never hangs
 
@@ -185,9 +185,13 @@ class FakeEngine:
         self.containers[cid] = FakeContainer(cid, spec)
         return cid
 
-    async def attach(self, container_id: str, *, tty: bool, stdin: bool, logs: bool) -> FakeStream:
+    async def attach(
+        self, container_id: str, *, tty: bool, stdin: bool, logs: bool, running: bool = False
+    ) -> FakeStream:
         await asyncio.to_thread(self._enter, "attach", container_id)
         container = self._get(container_id)
+        if running and container.status is not ContainerStatus.RUNNING:
+            raise EngineError(f"container {container_id[:12]} is no longer running")
         stream = FakeStream(container, asyncio.get_running_loop())
         if logs:
             for piece in container.output:

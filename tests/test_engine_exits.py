@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hgrun.engine import LABEL_RUN, ContainerSpec, ContainerStatus, attach_running, dockerevents
+from hgrun.engine import LABEL_RUN, ContainerSpec, ContainerStatus, dockerevents
 from hgrun.engine.docker import DockerEngine
 from hgrun.engine.dockerevents import Exits
 from hgrun.errors import EngineError
@@ -221,8 +221,9 @@ def test_a_container_that_ended_before_the_stream_was_open_is_left_to_wait(
 def test_an_attach_to_a_container_that_ended_is_refused_not_left_open(
     docker_host: str, busybox_image: str
 ) -> None:
-    """Docker never ends an attach to a container that had ended already: attach_running says
-    so at once. One to a container still running ends with it, its whole output read."""
+    """Docker never ends an attach to a container that had ended already: an attach asked for
+    a running container (``running=True``) says so at once. One to a container still running
+    ends with it, its whole output read."""
 
     async def main() -> Any:
         engine = DockerEngine(docker_host)
@@ -231,16 +232,16 @@ def test_an_attach_to_a_container_that_ended_is_refused_not_left_open(
         try:
             await asyncio.to_thread(engine.start, ended)
             await asyncio.to_thread(engine.wait, ended)
-            # Docker's own behaviour, which the helper is for: this attach never ends.
+            # Docker's own behaviour, which `running` is for: this attach never ends.
             raw = await engine.attach(ended, tty=False, stdin=False, logs=True)
             with pytest.raises(TimeoutError):
                 while await asyncio.wait_for(raw.read(), 2) is not None:
                     pass
             await raw.close()
             with pytest.raises(EngineError, match="no longer running"):
-                await attach_running(engine, ended, tty=False, stdin=False, logs=True)
+                await engine.attach(ended, tty=False, stdin=False, logs=True, running=True)
             await asyncio.to_thread(engine.start, running)
-            stream = await attach_running(engine, running, tty=False, stdin=False, logs=True)
+            stream = await engine.attach(running, tty=False, stdin=False, logs=True, running=True)
             output = b""
             while (piece := await asyncio.wait_for(stream.read(), 30)) is not None:
                 output += piece[1]

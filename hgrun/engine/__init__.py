@@ -10,13 +10,11 @@ container that is gone).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import enum
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Protocol
 
-from hgrun.errors import EngineError
 from hgrun.models import Size
 
 if TYPE_CHECKING:
@@ -163,8 +161,14 @@ class Engine(Protocol):
         ...
 
     async def attach(
-        self, container_id: str, *, tty: bool, stdin: bool, logs: bool
-    ) -> AttachStream: ...
+        self, container_id: str, *, tty: bool, stdin: bool, logs: bool, running: bool = False
+    ) -> AttachStream:
+        """Attach to the container's stdio: before its start, so no output is lost (as ``docker
+        run`` does), or, ``running``, to one started before (a run taken up, another server's,
+        a warm one): then EngineError when it has ended (or went) meanwhile, rather than a
+        stream that never ends (Docker never ends an attach to a container that had ended)."""
+        ...
+
     async def put_archive(
         self, container_id: str, path: str, data: AsyncIterator[bytes | memoryview | SocketSpan]
     ) -> None:
@@ -185,25 +189,3 @@ class Engine(Protocol):
     def stop(self, container_id: str, grace: float) -> None: ...
     def remove(self, container_id: str) -> None: ...
     def list(self, labels: Mapping[str, str]) -> list[ContainerState]: ...
-
-
-async def attach_running(
-    engine: Engine, container_id: str, *, tty: bool, stdin: bool, logs: bool
-) -> AttachStream:
-    """Attach to a container started before (a run taken up, another server's): raises
-    EngineError when it has ended (or went) meanwhile.
-
-    Docker registers an attach's streams before it answers and closes them when the container
-    ends, but it never ends an attach to a container that had ended already, not even once the
-    container is removed. An inspect once attached tells which: still running, the stream will
-    end with it."""
-    stream = await engine.attach(container_id, tty=tty, stdin=stdin, logs=logs)
-    try:
-        running = (await asyncio.to_thread(engine.inspect, container_id)).running
-    except BaseException:
-        await stream.close()
-        raise
-    if not running:
-        await stream.close()
-        raise EngineError(f"container {container_id[:12]} is no longer running")
-    return stream

@@ -341,8 +341,29 @@ class DockerEngine:
             raise EngineError(f"cannot reach the Docker engine at {self.host}: {e}") from e
         return transport  # type: ignore[return-value]
 
-    async def attach(self, container_id: str, *, tty: bool, stdin: bool, logs: bool) -> RawAttach:
-        """Attach to stdio; call before start so no output is lost (as ``docker run`` does)."""
+    async def attach(
+        self, container_id: str, *, tty: bool, stdin: bool, logs: bool, running: bool = False
+    ) -> RawAttach:
+        """Attach to stdio; call before start so no output is lost (as ``docker run`` does).
+        ``running``: see :meth:`hgrun.engine.Engine.attach`.
+
+        Docker registers an attach's streams before it answers and closes them when the
+        container ends, but it never ends an attach to a container that had ended already, not
+        even once the container is removed. An inspect once attached tells which: still
+        running, the stream will end with it."""
+        stream = await self._attach(container_id, tty=tty, stdin=stdin, logs=logs)
+        if running:
+            try:
+                alive = (await asyncio.to_thread(self.inspect, container_id)).running
+            except BaseException:
+                await stream.close()
+                raise
+            if not alive:
+                await stream.close()
+                raise EngineError(f"container {container_id[:12]} is no longer running")
+        return stream
+
+    async def _attach(self, container_id: str, *, tty: bool, stdin: bool, logs: bool) -> RawAttach:
         self._exits.watch()  # before the start, so that the container's end is seen
         query = urllib.parse.urlencode(
             {"stream": 1, "stdout": 1, "stderr": 1, "stdin": int(stdin), "logs": int(logs)}

@@ -40,7 +40,6 @@ from hgrun.engine import (
     ContainerState,
     ContainerStatus,
     EngineInfo,
-    attach_running,
 )
 from hgrun.engine.docker import DockerEngine, _translate
 from hgrun.engine.dockerwire import timestamp
@@ -217,26 +216,23 @@ class SwarmEngine(SwarmTasks):
         return service_id
 
     async def attach(
-        self, container_id: str, *, tty: bool, stdin: bool, logs: bool
+        self, container_id: str, *, tty: bool, stdin: bool, logs: bool, running: bool = False
     ) -> AttachStream:
         """Attach through the task's node (the manager has no attach API)."""
         task = self._task(container_id)
 
-        async def attach(logs: bool) -> AttachStream:
-            # With its log: to a container started before (a reattach, a run taken up), which
-            # may have ended meanwhile, and Docker never ends an attach to an ended container.
+        async def attach(logs: bool, running: bool) -> AttachStream:
             node, cid = task.node.engine, task.container_id
-            if logs:
-                raw = await attach_running(node, cid, tty=tty, stdin=stdin, logs=True)
-            else:
-                raw = await node.attach(cid, tty=tty, stdin=stdin, logs=False)
+            raw = await node.attach(cid, tty=tty, stdin=stdin, logs=logs, running=running)
             return FramedAttach(raw) if task.framed else raw
 
         return WatchedAttach(
-            await attach(logs),
+            # With its log: to a container started before (a reattach, a run taken up), which
+            # may have ended meanwhile.
+            await attach(logs, running or logs),
             self._watch(task),
             inspect=lambda: task.node.engine.inspect(task.container_id),
-            reattach=lambda: attach(True),
+            reattach=lambda: attach(True, True),
             logs=lambda: task.node.engine.logs(task.container_id, tty=tty),
         )
 

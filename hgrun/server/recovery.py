@@ -21,7 +21,6 @@ from hgrun.engine import (
     LABEL_RUN,
     ContainerState,
     ContainerStatus,
-    attach_running,
 )
 from hgrun.engine.handoff import MAX_SCRIPT
 from hgrun.errors import HgrunError, NodeLostError, NotFoundError
@@ -187,12 +186,12 @@ class Recoverer:
             if action is Recover.ADOPT:
                 try:
                     # A TTY session's stdin outlived the old server: the new one takes it up.
-                    attached = await attach_running(
-                        sup.engine,
+                    attached = await sup.engine.attach(
                         container.id,
                         tty=run.tty,
                         stdin=run.tty and not run.detached,
                         logs=True,
+                        running=True,
                     )
                     if session.warm:
                         attached = HandoffStream(attached, None, 4 * MAX_SCRIPT)

@@ -45,7 +45,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from hgrun.engine import AttachStream, attach_running
+from hgrun.engine import AttachStream
 from hgrun.errors import HgrunError
 from hgrun.models import Run, RunStatus
 from hgrun.relay import server as relay
@@ -178,8 +178,8 @@ class RemoteRun:
         if container is None:
             return
         try:
-            self._watch = await attach_running(
-                self._sup.engine, container, tty=self._tty, stdin=self._tty, logs=False
+            self._watch = await self._sup.engine.attach(
+                container, tty=self._tty, stdin=self._tty, logs=False, running=True
             )
         except HgrunError as e:
             log.info("run %s: no attach of its own (%s): output from the store", self.run_id, e)
@@ -279,8 +279,8 @@ class PipedInputs:
             stream = self._streams.get(run_id)
             if stream is None:
                 try:
-                    stream = await attach_running(
-                        supervisor.engine, container, tty=False, stdin=True, logs=False
+                    stream = await supervisor.engine.attach(
+                        container, tty=False, stdin=True, logs=False, running=True
                     )
                 except HgrunError as e:
                     log.info("run %s: cannot attach its stdin: %s", run_id, e)

@@ -40,7 +40,6 @@ from hgrun.engine import (
     ContainerSpec,
     ContainerState,
     Engine,
-    attach_running,
     handoff,
 )
 from hgrun.errors import HgrunError
@@ -197,8 +196,8 @@ class WarmPool:
         idle = kind.idle.popleft()
         self._top_up(kind)
         try:
-            stream = await attach_running(
-                self.engine, idle.container_id, tty=spec.tty, stdin=True, logs=False
+            stream = await self.engine.attach(
+                idle.container_id, tty=spec.tty, stdin=True, logs=False, running=True
             )
         except HgrunError as e:
             # It ended: a hand removed it, or the shim could not run (an image without sh:
