@@ -29,7 +29,13 @@ import docker
 import pytest
 from conftest import ServerFactory
 from support.api import Api
-from support.apps import BUSYBOX_IMAGE, deploy_busybox_app, unique, write_busybox_app
+from support.apps import (
+    BUSYBOX_IMAGE,
+    deploy_busybox_app,
+    own_server_app,
+    unique,
+    write_busybox_app,
+)
 from support.cli import Cli, check, cli_popen, read_line, run_id, text
 from support.server import HgrunServer, instance_id, run_containers
 from support.waits import wait_for
@@ -42,16 +48,6 @@ def app(cli: Cli, busybox_image: str, tmp_path: Path) -> tuple[str, Path]:
     """A deployed busybox app on the shared server: (name, folder)."""
     root = tmp_path / "app"
     return deploy_busybox_app(cli, root, unique("fault")), root
-
-
-def own_server_app(
-    hgrun_server: ServerFactory, cli: Cli, tmp_path: Path, prefix: str, *args: str
-) -> tuple[HgrunServer, Path, str]:
-    """A server of the test's own (started with ``args``) and a busybox app deployed on it:
-    (server, app folder, app name)."""
-    server = hgrun_server(*args)
-    root = tmp_path / "app"
-    return server, root, deploy_busybox_app(cli, root, unique(prefix), server=server)
 
 
 def start_attached(

@@ -16,7 +16,7 @@ import docker
 import pytest
 from conftest import ServerFactory
 from support.api import Api
-from support.apps import deploy_busybox_app, unique
+from support.apps import own_server_app
 from support.cli import Cli, check, run_id
 from support.server import HgrunServer, run_containers, store_rows
 from support.waits import wait_for
@@ -59,9 +59,7 @@ def test_output_survives_a_sigkill_of_the_server_past_dockers_log_rotation(
     # A store cap of 4 MB: Docker's log rotates at 4 MB of JSON (about 50,000 lines of seq,
     # each stored by Docker as some 80 bytes of JSON), so the 400,000 lines written before the
     # kill have rotated out of it many times; the whole output (3.2 MB) stays under the cap.
-    srv = hgrun_server("--max-output", "4")
-    root = tmp_path / "app"
-    deploy_busybox_app(cli, root, unique("rejoin"), server=srv)
+    srv, root, _ = own_server_app(hgrun_server, cli, tmp_path, "rejoin", "--max-output", "4")
     rest, last = AFTER[after]
     command = "seq 1 400000; while [ ! -e /go1 ]; do sleep 0.05; done; seq 400001 405000; " + rest
     number = run_id(check(cli("run", "--detached", command, cwd=root, server=srv)))

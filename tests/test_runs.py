@@ -20,7 +20,7 @@ import docker
 import pytest
 from conftest import REPO, ServerFactory
 from support.api import Api
-from support.apps import deploy_busybox_app, unique, write_busybox_app
+from support.apps import deploy_busybox_app, own_server_app, unique, write_busybox_app
 from support.cli import Cli, check, cli_popen, run_id, text
 from support.server import HgrunServer, instance_id
 from support.waits import wait_for
@@ -428,9 +428,7 @@ def test_a_server_sigkill_during_three_detached_runs_loses_nothing(
     docker_client: docker.DockerClient,
     tmp_path: Path,
 ) -> None:
-    srv = hgrun_server()
-    root = tmp_path / "app"
-    deploy_busybox_app(cli, root, unique("crash"), server=srv)
+    srv, root, _ = own_server_app(hgrun_server, cli, tmp_path, "crash")
     instance = instance_id(srv)
     scripts = {
         # Still running after the restart: taken up again, output still captured.

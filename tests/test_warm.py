@@ -18,7 +18,13 @@ import docker
 import pytest
 from conftest import ServerFactory
 from support.api import Api
-from support.apps import create_and_deploy, deploy_busybox_app, unique, write_busybox_app
+from support.apps import (
+    create_and_deploy,
+    deploy_busybox_app,
+    own_server_app,
+    unique,
+    write_busybox_app,
+)
 from support.cli import Cli, check, cli_on_pty, cli_popen, read_line, read_until, text
 from support.server import HgrunServer, instance_id
 from support.waits import wait_for
@@ -54,15 +60,6 @@ def warmed(
     check(cli("run", mode, "true", cwd=root, server=server, input=b""))
     instance = instance_id(server or cli.server)
     wait_for(lambda: warm(client, instance), 30, "a warm container")
-
-
-def own_server(
-    hgrun_server: ServerFactory, cli: Cli, root: Path, prefix: str, *args: str
-) -> tuple[HgrunServer, str]:
-    """A server of the test's own (``args``: its flags) with a busybox app deployed in
-    ``root``: the server and the app's name."""
-    srv = hgrun_server(*args)
-    return srv, deploy_busybox_app(cli, root, unique(prefix), server=srv)
 
 
 def containers(client: docker.DockerClient, *labels: str) -> set[str]:
@@ -171,8 +168,7 @@ def test_a_warm_run_is_taken_up_again_after_a_sigkill_of_its_server(
 ) -> None:
     # The server dies before the run printed anything: the next one finds nothing stored and
     # takes every byte from Docker's log, which begins with the handoff (on a TTY, its echo).
-    root = tmp_path / "app"
-    srv, name = own_server(hgrun_server, cli, root, "warmkill")
+    srv, root, name = own_server_app(hgrun_server, cli, tmp_path, "warmkill")
     instance = instance_id(srv)
     warmed(cli, root, docker_client, srv, mode="--tty" if tty else "--no-tty")
     script = f"sleep 2; {PID1}; echo after; exit 5"
@@ -215,8 +211,7 @@ def test_warm_containers_of_a_killed_server_are_removed_when_it_starts_again(
     docker_client: docker.DockerClient,
     tmp_path: Path,
 ) -> None:
-    root = tmp_path / "app"
-    srv, _ = own_server(hgrun_server, cli, root, "warmstray")
+    srv, root, _ = own_server_app(hgrun_server, cli, tmp_path, "warmstray")
     instance = instance_id(srv)
     warmed(cli, root, docker_client, srv)
     left = set(warm(docker_client, instance))
@@ -268,8 +263,7 @@ def test_no_warm_container_with_warm_0(
     docker_client: docker.DockerClient,
     tmp_path: Path,
 ) -> None:
-    root = tmp_path / "app"
-    srv, _ = own_server(hgrun_server, cli, root, "cold", "--warm", "0")
+    srv, root, _ = own_server_app(hgrun_server, cli, tmp_path, "cold", "--warm", "0")
     for _ in range(2):
         done = cli("run", "--no-tty", "sh", "-c", PID1, cwd=root, server=srv, input=b"")
         assert SHIM_MARK not in check(done)

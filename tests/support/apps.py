@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from support.cli import Cli, check
@@ -64,6 +65,16 @@ def deploy_busybox_app(
     name = name or unique("bb")
     write_busybox_app(root, name, procfile)
     return create_and_deploy(cli, root, name, server)
+
+
+def own_server_app(
+    hgrun_server: Callable[..., HgrunServer], cli: Cli, tmp_path: Path, prefix: str, *args: str
+) -> tuple[HgrunServer, Path, str]:
+    """A server of the test's own (started with ``args``) and a busybox app deployed on it in
+    ``tmp_path / "app"``: (server, app folder, app name)."""
+    server = hgrun_server(*args)
+    root = tmp_path / "app"
+    return server, root, deploy_busybox_app(cli, root, unique(prefix), server=server)
 
 
 def deploy_script_app(
