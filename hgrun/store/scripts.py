@@ -12,6 +12,9 @@ from hgrun.models import Run, RunStatus, Script, ScriptRecord, script_from_json,
 from hgrun.store.base import ACTIVE_SQL, StoreBase
 from hgrun.store.runs import SELECT_RUNS, run_from_row
 
+# Scripts counted in one query: well within SQLite's cap on a statement's variables (32,766).
+COUNTS_CHUNK = 1000
+
 
 class ScriptStore(StoreBase):
     def sync_scripts(self, workspace: str, app_id: int, scripts: Sequence[Script]) -> None:
@@ -80,19 +83,20 @@ class ScriptStore(StoreBase):
             db.execute("UPDATE scripts SET cursor = ? WHERE id = ?", (cursor, script_id))
 
     def script_run_counts(self, script_ids: Iterable[int]) -> dict[int, dict[RunStatus, int]]:
-        """Each script's active runs by status, in one query (a script with none: absent)."""
+        """Each script's active runs by status, a query per ``COUNTS_CHUNK`` scripts (a script
+        with none: absent)."""
         ids = sorted(set(script_ids))
-        if not ids:
-            return {}
-        marks = ", ".join("?" * len(ids))
-        rows = self._query(
-            f"SELECT script_id, status, COUNT(*) FROM runs WHERE script_id IN ({marks})"
-            f" AND status IN ({ACTIVE_SQL}) GROUP BY script_id, status",
-            tuple(ids),
-        )
         counts: dict[int, dict[RunStatus, int]] = {}
-        for r in rows:
-            counts.setdefault(int(r[0]), {})[RunStatus(r[1])] = int(r[2])
+        for start in range(0, len(ids), COUNTS_CHUNK):
+            chunk = ids[start : start + COUNTS_CHUNK]
+            rows = self._query(
+                f"SELECT script_id, status, COUNT(*) FROM runs"
+                f" WHERE script_id IN ({', '.join('?' * len(chunk))})"
+                f" AND status IN ({ACTIVE_SQL}) GROUP BY script_id, status",
+                tuple(chunk),
+            )
+            for r in rows:
+                counts.setdefault(int(r[0]), {})[RunStatus(r[1])] = int(r[2])
         return counts
 
     def queued_script_ids(self) -> list[int]:
