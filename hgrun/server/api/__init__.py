@@ -18,13 +18,14 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from hgrun import __version__
 from hgrun.engine import DEFAULT_BUILD_LIMITS, BuildLimits, Engine
 from hgrun.server.api import apps, attach, nodes, openapi, runattach, runs, scripts, tokens
 from hgrun.server.api.requests import Handler, RouteSpec, dispatch
+from hgrun.server.api.responses import JSONResponse
 from hgrun.server.api.runs import stderr_tail
 from hgrun.server.api.views import run_json
 from hgrun.server.launcher import Launcher

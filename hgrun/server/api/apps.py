@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from hgrun.errors import (
     ConflictError,
@@ -23,6 +23,7 @@ from hgrun.manifest import parse_manifest
 from hgrun.models import APP_NAME, ENV_NAME, App, Manifest, Release, RunStatus, manifest_to_json
 from hgrun.procfile import parse_procfile
 from hgrun.server.api.requests import field, json_body, path_app, principal
+from hgrun.server.api.responses import JSONResponse
 from hgrun.server.api.views import app_json, release_json
 from hgrun.server.networks import check_network
 from hgrun.server.workers import run_in

@@ -10,11 +10,12 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from hgrun.engine.swarmnodes import NodeView
 from hgrun.errors import HgrunError, InputError
 from hgrun.server.api.requests import field, json_body, principal
+from hgrun.server.api.responses import JSONResponse
 from hgrun.server.workers import run_in
 
 if TYPE_CHECKING:

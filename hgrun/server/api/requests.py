@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hgrun.errors import BusyError, HgrunError, InputError, NotFoundError, PayloadTooLargeError
 from hgrun.models import App, Run
+from hgrun.server.api.responses import JSONResponse
 from hgrun.server.auth import Principal, authenticate
 
 if TYPE_CHECKING:

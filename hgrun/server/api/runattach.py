@@ -18,13 +18,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
 from hgrun.errors import BusyError, HgrunError, InputError
 from hgrun.relay import protocol, runheader
 from hgrun.relay import server as relay
 from hgrun.server.api.attach import open_attachment
+from hgrun.server.api.responses import JSONResponse
 from hgrun.server.api.runs import launch_run
 from hgrun.server.api.views import run_json
 from hgrun.server.auth import authenticate

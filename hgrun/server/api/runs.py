@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from hgrun.duration import parse_duration
 from hgrun.engine.span import SocketSpan
@@ -29,6 +29,7 @@ from hgrun.server.api.requests import (
     principal,
     workspace_run,
 )
+from hgrun.server.api.responses import JSONResponse
 from hgrun.server.api.views import run_json
 from hgrun.server.auth import Principal, authenticate
 from hgrun.server.launcher import Request as LaunchRequest

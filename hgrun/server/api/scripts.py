@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from hgrun.errors import ConflictError, ForbiddenError, InputError
 from hgrun.models import ScriptRecord
@@ -17,6 +17,7 @@ from hgrun.server.api.requests import (
     path_app,
     path_id,
 )
+from hgrun.server.api.responses import JSONResponse
 from hgrun.server.api.views import run_json, script_json
 from hgrun.server.auth import authenticate
 from hgrun.server.scripts import MAX_INPUT, parent_of, trigger_for

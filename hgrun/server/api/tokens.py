@@ -6,11 +6,12 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from hgrun.errors import ConflictError, InputError, NotFoundError
 from hgrun.models import Scope, Token
 from hgrun.server.api.requests import field, int_param, json_body, principal
+from hgrun.server.api.responses import JSONResponse
 from hgrun.server.api.views import audit_json, token_json
 from hgrun.server.auth import RUN_TOKEN_PREFIX, new_token
 from hgrun.server.workers import run_in
