@@ -161,6 +161,39 @@ def test_a_caller_gone_before_the_batch_makes_no_run_and_one_gone_after_still_st
     assert run.status is RunStatus.RUNNING and run.container_id is not None
 
 
+def test_a_storm_is_still_one_batch_while_the_next_queued_run_waits_on_the_engine(
+    tmp_path: Path,
+) -> None:
+    """The queue moves on (a run ends, the oldest queued one is launched) while a storm comes
+    in: the launch waiting on the engine holds no lock, so the storm is still decided in one
+    batch, not one trigger at a time behind it, and the queue keeps one run in flight."""
+    store, runner, engine = _setup(tmp_path, Script(name="q", command="true"))
+    script = _script(store, "q")
+
+    async def scenario() -> None:
+        first = await runner.trigger(script, API)
+        second = await runner.trigger(script, API)
+        assert second.status is RunStatus.QUEUED
+        await _until(lambda: len(engine.running()) == 1)
+        held = engine.hold("create")
+        engine.exit(engine.only().id, 0)  # the first ends: the second is launched, held
+        await held.reached()
+        assert store.run(second.id).status is RunStatus.STARTING
+        flushes = runner.intake.flushes
+        with counted_writes(store) as writes:
+            storm = asyncio.gather(*(runner.trigger(script, API) for _ in range(50)))
+            await _until(storm.done)
+        runs = storm.result()
+        assert runner.intake.flushes == flushes + 1 and len(writes) < 5, writes
+        assert {r.status for r in runs} == {RunStatus.QUEUED}
+        held.release()
+        await _until(lambda: len(engine.running()) == 1)
+        assert store.run(first.id).status is RunStatus.SUCCEEDED
+        assert store.run(second.id).status is RunStatus.RUNNING
+
+    asyncio.run(scenario())
+
+
 def test_a_store_error_fails_every_caller_of_its_batch() -> None:
     def broken(items: Any) -> list[int]:
         raise StoreError("disk gone")

@@ -110,29 +110,44 @@ class ScriptLaunches:
 
     async def start_queued(self, script: ScriptRecord) -> None:
         """Start the oldest queued run when none of the script's runs is in flight."""
+        # A run that cannot start is recorded failed by the supervisor; take the next one.
+        while (nxt := await self._take_queued(script)) is not None:
+            try:
+                await self._launch(nxt, self.store.release(nxt.release_id))
+                return
+            except ConflictError as e:
+                # Another server on the store is starting it (its token or its lease is there
+                # already): it is not ours to fail.
+                log.info("run %s: started by another server: %s", nxt.id, e.message)
+                return
+            except Exception as e:
+                log.warning("run %s: could not start from the queue: %s", nxt.id, e)
+                if not self.store.run(nxt.id).status.finished:
+                    self.store.record_outcome(
+                        nxt.id,
+                        Outcome(RunStatus.FAILED, int(ExitStatus.CANNOT_RUN), str(e)),
+                        finished=self.clock(),
+                    )
+            finally:
+                self.supervisor.pending.discard(nxt.id)
+
+    async def _take_queued(self, script: ScriptRecord) -> Run | None:
+        """The script's oldest queued run, now ``starting`` (so it counts as in flight), its
+        lease held here and out of recovery (``supervisor.pending``) until it is launched; None
+        when one is in flight, none waits, or another server holds it.
+
+        Decided under the script's lock, which is not held while the engine makes the
+        container: the triggers meanwhile see the run in flight and are decided in their
+        batch, not one at a time behind the launch."""
         async with self._exclusive(script.id):
             if self._counts(script.id)[1]:
-                return
-            # A run that cannot start is recorded failed by the supervisor; take the next one.
-            while (nxt := self.store.oldest_queued(script.id)) is not None:
-                if self.supervisor.hold(nxt.id) is not None:
-                    return  # another server on the store is launching it
-                try:
-                    await self._launch(nxt, self.store.release(nxt.release_id))
-                    return
-                except ConflictError as e:
-                    # Another server on the store is starting it (its token or its lease is
-                    # there already): it is not ours to fail.
-                    log.info("run %s: started by another server: %s", nxt.id, e.message)
-                    return
-                except Exception as e:
-                    log.warning("run %s: could not start from the queue: %s", nxt.id, e)
-                    if self.store.run(nxt.id).status is RunStatus.QUEUED:
-                        self.store.record_outcome(
-                            nxt.id,
-                            Outcome(RunStatus.FAILED, int(ExitStatus.CANNOT_RUN), str(e)),
-                            finished=self.clock(),
-                        )
+                return None
+            nxt = self.store.oldest_queued(script.id)
+            if nxt is None or self.supervisor.hold(nxt.id) is not None:
+                return None
+            nxt = self.store.mark_starting(nxt.id)
+            self.supervisor.pending.add(nxt.id)
+            return nxt
 
     async def resume_queues(self) -> None:
         """Start what waits in each script's queue with nothing in flight: after a restart, and
