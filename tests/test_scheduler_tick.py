@@ -43,7 +43,7 @@ class FakeRunner:
 
     def plan_slots(self, due: list[tuple[ScriptRecord, float]]) -> SlotPlan:
         """Every due slot goes the one-at-a-time way (``trigger``), which this fake records."""
-        return SlotPlan(due=list(due), items=[], prepared=[], cursors={}, later=list(due))
+        return SlotPlan(due=list(due), items=[], cursors={}, later=list(due))
 
     def record_slots(self, plan: SlotPlan) -> SlotRuns:
         return SlotRuns(made=[], to_start=[], already=[], later=plan.later)

@@ -74,9 +74,8 @@ class SlotPlan:
 
     due: list[tuple[ScriptRecord, float]]
     """Every slot asked for, ``(script, slot)``."""
-    items: list[Due]
+    items: list[tuple[Due, NewRun | HgrunError]]
     """Those recorded in the batch, each with its run prepared (:meth:`ScriptRunner._prepare`)."""
-    prepared: list[NewRun | HgrunError]
     cursors: dict[int, float]
     """The scripts' cron cursors, written with the batch (a slot that cannot run moves it too)."""
     later: list[tuple[ScriptRecord, float]]
@@ -295,7 +294,8 @@ class ScriptRunner(ScriptLaunches):
                 continue
             cursors[script.id] = max(slot, cursors.get(script.id, slot))
             items.append(Due(script, release, Trigger(TriggerKind.CRON, stamp), slot=slot))
-        return SlotPlan(list(due), items, self._prepare(items), cursors, later)
+        prepared = zip(items, self._prepare(items), strict=True)
+        return SlotPlan(list(due), list(prepared), cursors, later)
 
     def record_slots(self, plan: SlotPlan) -> SlotRuns:
         """Record the runs of planned cron slots (:meth:`plan_slots`) with the scripts' cron
@@ -311,7 +311,7 @@ class ScriptRunner(ScriptLaunches):
         items: list[Due] = []
         prepared: list[NewRun | HgrunError] = []
         cursors, later = dict(plan.cursors), list(plan.later)
-        for item, new in zip(plan.items, plan.prepared, strict=True):
+        for item, new in plan.items:
             if self._held(item.script.id):  # a decision took the script's lock since the plan
                 later.append((item.script, item.slot or 0.0))
                 cursors.pop(item.script.id, None)  # moved by its trigger, slot by slot
@@ -363,8 +363,13 @@ class ScriptRunner(ScriptLaunches):
             self.supervisor.pending.discard(run.id)
 
     def _record(self, items: Sequence[Due]) -> list[Run | None | HgrunError | _Locked]:
-        """:meth:`_decide` the items, their runs prepared here: one result per item."""
-        return self._decide(items, self._prepare(items))
+        """:meth:`_decide` the items, their runs prepared here: one result per item;
+        :data:`LOCKED` for one whose script's lock is held (a decision waits on the engine under
+        it), to be decided one at a time under that lock."""
+        locked = [self._held(item.script.id) for item in items]
+        free = [item for item, held in zip(items, locked, strict=True) if not held]
+        decided = iter(self._decide(free, self._prepare(free)))
+        return [LOCKED if held else next(decided) for held in locked]
 
     def _prepare(self, items: Sequence[Due]) -> list[NewRun | HgrunError]:
         """Each item's run as the launcher resolves and checks it, recorded ``starting`` with
@@ -385,7 +390,7 @@ class ScriptRunner(ScriptLaunches):
         items: Sequence[Due],
         prepared: Sequence[NewRun | HgrunError],
         cursors: Mapping[int, float] | None = None,
-    ) -> list[Run | None | HgrunError | _Locked]:
+    ) -> list[Run | None | HgrunError]:
         """Decide each item by its script's concurrency policy and record the runs
         (``prepared``: :meth:`_prepare`), with ``cursors`` (script id -> cron cursor), in one
         store transaction: one result per item.
@@ -394,22 +399,19 @@ class ScriptRunner(ScriptLaunches):
         batch, in order, as if the items had come one at a time. A run the policy starts is
         recorded ``starting`` (so it counts as active at once, its lease held here) and held
         out of recovery (``supervisor.pending``) until it is launched. An item whose run could
-        not be prepared gets its error; one whose script's lock is held (a decision waits on
-        the engine under it) gets :data:`LOCKED`; one whose cron slot already has its run,
-        None. No ``await``: nothing else in this process runs between the counts and the
-        insert. A store error fails the whole batch (raised).
+        not be prepared gets its error; one whose cron slot already has its run, None. No
+        ``await``: nothing else in this process runs between the counts and the insert. The
+        callers keep out the items whose script's lock is held. A store error fails the whole
+        batch (raised).
         """
         counts: dict[int, dict[RunStatus, int]] = {}
-        results: list[Run | None | HgrunError | _Locked] = [None] * len(items)
+        results: list[Run | None | HgrunError] = [None] * len(items)
         batch: list[tuple[int, NewRun]] = []
         started: list[bool] = []  # per run of the batch: its policy starts it (START)
         room = self.supervisor.slots.room()  # runs that start now; the rest wait in line
         read = self.store.script_run_counts(item.script.id for item in items)  # one query
         for i, (item, new) in enumerate(zip(items, prepared, strict=True)):
             script, spec = item.script, item.script.spec
-            if self._held(script.id):
-                results[i] = LOCKED
-                continue
             if isinstance(new, HgrunError):
                 results[i] = new
                 continue
