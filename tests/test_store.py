@@ -538,12 +538,15 @@ def test_every_column_of_a_run_reads_back_into_its_field(make_store: StoreFactor
     store.sync_scripts("default", app.id, [Script(name="nightly", command="true")])
     script_id = store.script_by_name(app.id, "nightly").id
     parent = _new_run(store)
+    skipped = new_run(store, app, release, status=RunStatus.SKIPPED, error="already running")
+    assert skipped == store.run(skipped.id) and skipped.finished == 1000.0
     made = new_run(
         store, app, release, command=["sh", "-c", "exit 3"], process_type="worker", tty=True,
         detached=False, uploads=True, size="standard", timeout=42.5, env={"A": "1", "B": "2"},
         trigger=Trigger(TriggerKind.CRON, "nightly"), script="nightly", slot="2026-12-01T04:00",
         parent_run=parent.id, script_id=script_id,
     )  # fmt: skip
+    assert made == store.run(made.id)  # the run create_runs returns is the one it recorded
     store.mark_starting(made.id)
     store.set_container(made.id, "c0ffee", node="node-2")
     store.mark_running(made.id, started=1001.25)

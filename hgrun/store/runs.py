@@ -46,9 +46,11 @@ _INSERT_RUN = (
 
 
 def _inserted(run_id: int, new: NewRun, now: float) -> Run:
-    spec = {field.name: getattr(new, field.name) for field in dataclasses.fields(RunSpec)}
-    return Run(
-        **spec | {"command": list(new.command), "env": dict(new.env)},  # as run_from_row reads
+    """The run ``new`` became, as :func:`run_from_row` would read it back."""
+    fields = {name: getattr(new, name) for name in _SPEC_FIELDS}
+    fields.update(
+        command=list(new.command),
+        env=dict(new.env),
         id=run_id,
         status=new.status,
         exit_code=None,
@@ -58,7 +60,14 @@ def _inserted(run_id: int, new: NewRun, now: float) -> Run:
         created=now,
         started=None,
         finished=now if new.status.finished else None,
+        node=None,
+        output_bytes=0,
+        output_dropped=0,
     )
+    return _built(fields)
+
+
+_SPEC_FIELDS = tuple(field.name for field in dataclasses.fields(RunSpec))
 
 
 def _run_values(new: NewRun, seal: Callable[[str], str], now: float) -> tuple[Any, ...]:
