@@ -231,18 +231,35 @@ def test_bad_run_fields_are_400_naming_the_field(
         (b'{"command": ["true"], "timeout": Infinity}', ["Infinity"]),
         (b'{"command": ["true"], "timeout": -Infinity}', ["Infinity"]),
         (b"\xff\xfe", ["UTF-8"]),
+        (b'{"command": ["echo", "\\ud800"]}', ["surrogate", "\\ud800"]),
+        (b'{"command": ["echo"], "env": {"A\\udfff": "1"}}', ["surrogate", "\\udfff"]),
     ],
-    ids=["deep", "nan", "inf", "-inf", "not-utf8"],
+    ids=["deep", "nan", "inf", "-inf", "not-utf8", "lone-surrogate", "lone-surrogate-key"],
 )
 def test_bad_json_bodies_are_400(server: HgrunServer, app: str, content: bytes, words) -> None:
     with Api(server) as api:
+
+        def ids() -> list[int]:
+            return [run["id"] for run in api.http.get(f"/v1/apps/{app}/runs").json()]
+
+        before = ids()
         _error(api.http.post(f"/v1/apps/{app}/runs", content=content), 400, *words)
+        assert ids() == before  # no run made
+
+
+def test_a_surrogate_pair_is_a_character_not_an_error(server: HgrunServer, app: str) -> None:
+    """JSON's escaped pair for one character beyond U+FFFF is valid, and echoed as it."""
+    with Api(server) as api:
+        body = b'{"command": ["echo", "\\ud83d\\ude00"], "detached": true}'
+        made = api.http.post(f"/v1/apps/{app}/runs", content=body)
+        assert made.status_code == 201, made.text
+        assert made.json()["command"] == ["echo", "\U0001f600"]
 
 
 def test_trigger_input_refuses_nan_and_deep_nesting(server: HgrunServer, app: str) -> None:
     with Api(server) as api:
         script = api.script_id(app, "echo")
-        for content in (b'{"x": NaN}', b"[1, Infinity]", b"[" * 60_000):
+        for content in (b'{"x": NaN}', b"[1, Infinity]", b"[" * 60_000, b'"\\udc80"'):
             _error(api.trigger(script, content), 400, "the run input")
         for params in ({"detached": "maybe"}, {"tty": "2"}, {"via": "user"}):
             _error(api.trigger(script, b"", **params), 400, next(iter(params)))

@@ -8,6 +8,7 @@ against an implementation of RFC 6455 that is not ours.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,8 @@ def test_one_handshake_creates_the_run_attaches_and_reports_its_exit(
         ({"command": ["true"], "size": "huge"}, None, 400, "invalid_input"),
         ({"command": ["true"], "env": {"1BAD": "x"}}, None, 400, "invalid_input"),
         (None, None, 400, "invalid_input"),
+        ({"command": ["echo", "\ud800"]}, None, 400, "invalid_input"),
+        (runheader.encode({"command": ["true"], "timeout": math.nan}), None, 400, "invalid_input"),
     ],
     ids=[
         "bad-token",
@@ -103,6 +106,8 @@ def test_one_handshake_creates_the_run_attaches_and_reports_its_exit(
         "unknown-size",
         "bad-env-name",
         "no-header",
+        "lone-surrogate",
+        "nan",
     ],  # fmt: skip
 )
 def test_a_refused_handshake_is_the_post_s_json_error(

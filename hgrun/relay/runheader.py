@@ -32,9 +32,22 @@ def encode(value: Any) -> str:
 def decode(text: str) -> Any:
     """The inverse of :func:`encode`; :class:`InputError` for what is not base64url JSON."""
     try:
-        return json.loads(base64.urlsafe_b64decode(text.encode("ascii")))
+        return json.loads(unwrap(text))
+    except (UnicodeError, ValueError) as e:
+        raise _not_json() from e
+
+
+def unwrap(text: str) -> bytes:
+    """The JSON text inside the header (the server parses it as it does a request's body);
+    :class:`InputError` for what is not base64url."""
+    try:
+        return base64.urlsafe_b64decode(text.encode("ascii"))
     except (UnicodeError, binascii.Error, ValueError) as e:
-        raise InputError(
-            f"header {HEADER} is not base64url-encoded JSON",
-            "send the body of POST /v1/apps/{app}/runs as JSON, then base64url",
-        ) from e
+        raise _not_json() from e
+
+
+def _not_json() -> InputError:
+    return InputError(
+        f"header {HEADER} is not base64url-encoded JSON",
+        "send the body of POST /v1/apps/{app}/runs as JSON, then base64url",
+    )

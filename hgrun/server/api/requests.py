@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -153,8 +154,12 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number (RFC 8259 section 6)")
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def parse_json(body: bytes, what: str = "request body") -> Any:
-    """``body`` as JSON: strict RFC 8259 (no NaN or Infinity), nesting bounded by the decoder.
+    """``body`` as JSON: strict RFC 8259 (no NaN or Infinity, no lone UTF-16 surrogate),
+    nesting bounded by the decoder.
 
     Anything else is an :class:`InputError` naming ``what``; never a RecursionError.
     """
@@ -163,12 +168,26 @@ def parse_json(body: bytes, what: str = "request body") -> Any:
     except UnicodeDecodeError as e:
         raise InputError(f"{what} is not UTF-8: {e.reason} at byte {e.start}") from e
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant)
     except RecursionError as e:
         # The C decoder stops at the interpreter's recursion limit (about 1,000 levels).
         raise InputError(f"{what} nests too deep") from e
     except ValueError as e:
         raise InputError(f"{what} is not valid JSON: {e}") from e
+    if _SURROGATE_ESCAPE.search(text):
+        # Only an escape makes a lone UTF-16 surrogate (a pair decodes to its character): a
+        # string no UTF-8 can hold, which would be stored and launched, then fail every answer.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            lone = f"\\u{ord(e.object[e.start]):04x}"
+            raise InputError(
+                f"{what} holds a lone UTF-16 surrogate ({lone}), which is not a character",
+                "send the character itself, or both halves of its surrogate pair",
+            ) from e
+        except RecursionError as e:
+            raise InputError(f"{what} nests too deep") from e
+    return value
 
 
 async def json_body(request: Request) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from hgrun.errors import BusyError, HgrunError, InputError
 from hgrun.relay import protocol, runheader
 from hgrun.relay import server as relay
 from hgrun.server.api.attach import open_attachment
+from hgrun.server.api.requests import parse_json
 from hgrun.server.api.responses import JSONResponse
 from hgrun.server.api.runs import launch_run
 from hgrun.server.api.views import run_json
@@ -49,7 +50,9 @@ def endpoint(server: Server) -> Callable[[WebSocket], Awaitable[None]]:
                 raise InputError(
                     "no supported subprotocol", f"offer one of {', '.join(protocol.SUBPROTOCOLS)}"
                 )
-            body = runheader.decode(websocket.headers.get(HEADER, ""))
+            body = parse_json(
+                runheader.unwrap(websocket.headers.get(HEADER, "")), f"header {runheader.HEADER}"
+            )
             if not isinstance(body, dict):
                 raise InputError(f"header {HEADER} must hold a JSON object")
             if body.get("detached") or body.get("uploads"):
