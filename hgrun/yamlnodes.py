@@ -71,7 +71,30 @@ def compose(text: str, file: str) -> Node:
             file=file,
             hint="start it with the app's name, e.g. 'name: myapp'; see docs/manifest.md",
         )
+    if "\\" in text:  # only an escape in a double-quoted scalar makes a lone surrogate
+        _no_lone_surrogate(root, file)
     return root
+
+
+def _no_lone_surrogate(node: Node, file: str) -> None:
+    """A ManifestError at the first scalar holding a lone UTF-16 surrogate (YAML's "\\ud800"):
+    a string no UTF-8 can hold, which would be stored, then fail every answer showing it."""
+    if isinstance(node, ScalarNode):
+        try:
+            node.value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            lone = f"\\u{ord(e.object[e.start]):04x}"
+            raise ManifestError(
+                f"a lone UTF-16 surrogate ({lone}) is not a character",
+                file=file,
+                line=node.start_mark.line + 1,
+                col=node.start_mark.column + 1,
+                hint="write the character itself, or YAML's 8-digit escape (\\U0001F600)",
+            ) from e
+        return
+    for item in node.value:
+        for child in item if isinstance(node, MappingNode) else (item,):
+            _no_lone_surrogate(child, file)
 
 
 def locate(text: str, path: Sequence[str]) -> tuple[int, int] | None:

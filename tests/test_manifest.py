@@ -701,6 +701,19 @@ def test_yaml_errors_are_chained() -> None:
     assert isinstance(info.value.__cause__, yaml.YAMLError)
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [('name: a\nenv:\n  A: "x\\ud800"\n', 3), ('name: a\nenv:\n  "B\\udfff": x\n', 3)],
+    ids=["value", "key"],
+)
+def test_a_lone_surrogate_is_refused_at_its_line(text: str, line: int) -> None:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(text)
+    assert info.value.line == line and "lone UTF-16 surrogate" in info.value.message
+    assert "U0001F600" in (info.value.hint or "")  # YAML joins no surrogate pair: its escape
+    assert parse_manifest('name: a\nenv:\n  A: "\\U0001F600"\n').env == {"A": "\U0001f600"}
+
+
 def test_reader_error_is_translated() -> None:
     with pytest.raises(ManifestError) as info:
         parse_manifest("name: a\nenv: {A: \x07}")
