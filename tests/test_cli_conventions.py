@@ -49,6 +49,22 @@ def test_several_arguments_run_as_given_without_a_shell(cli: Cli, app: tuple[str
     assert run(cli, root, "sh", "-c", "exit 3").returncode == 3
 
 
+def test_a_word_that_is_not_utf8_is_refused_before_anything_is_made(
+    cli: Cli, app: tuple[str, Path]
+) -> None:
+    """A shell passes any bytes; JSON carries only text: said in the CLI's terms, exit 2."""
+    _, root = app
+    for args, what in (
+        (("echo", "ok", "caf\udce9"), "argument 3 of the command is not UTF-8 text (character 4)"),
+        (("--env", "A=\udcff", "echo"), "--env 'A' is not UTF-8 text (character 3)"),
+    ):
+        done = run(cli, root, *args)
+        assert done.returncode == 2, done.stderr
+        lines = text(done.stderr).splitlines()
+        assert lines[0] == f"error: {what}"
+        assert lines[1].startswith("hint: hgrun sends commands and env values as UTF-8")
+
+
 @pytest.mark.parametrize("attempt", range(3))  # tini's line may arrive in pieces
 def test_a_command_the_image_lacks_is_said_plainly_with_127(
     cli: Cli, app: tuple[str, Path], attempt: int
