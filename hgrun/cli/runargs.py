@@ -1,4 +1,4 @@
-"""How ``hgrun run`` splits its words between hgrun and the command. Pure: words in, a split out.
+"""How ``hgrun run`` splits its words between hgrun and the command, and checks them. Pure.
 
 The rules, as ``heroku run`` (oclif, non-strict) and ``scalingo run`` take them:
 
@@ -106,3 +106,30 @@ def split_after_command(words: Sequence[str]) -> Split:
         env=tuple(env),
         taken=tuple(taken),
     )
+
+
+def check_text(command: Sequence[str], env_pairs: Sequence[str]) -> None:
+    """Each word of the command and each ``--env`` pair is text: a word that is not UTF-8 (a
+    shell passes any bytes; Python holds each such byte as a lone surrogate, which JSON cannot
+    carry) is refused here, in the user's terms."""
+    for i, word in enumerate(command):
+        _utf8(f"argument {i + 1} of the command", word)
+    for pair in env_pairs:
+        _utf8(f"--env {pair.partition('=')[0]!r}", pair)
+
+
+def _utf8(what: str, word: str) -> None:
+    try:
+        word.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"{what} is not UTF-8 text (character {e.start + 1})",
+            "hgrun sends commands and env values as UTF-8: convert it, e.g. with iconv",
+        ) from e
+
+
+def check_size(size: str) -> None:
+    from hgrun.vocabulary import SIZES  # the enums and sizes: only for a run given --size
+
+    if size not in SIZES:
+        raise InputError(f"--size {size!r}: unknown size", f"sizes: {', '.join(SIZES)}")

@@ -101,12 +101,9 @@ def start(ctx: Context, args: RunArgs) -> int:
     if not command and not process_type:  # the parsers refuse it first; never reached
         raise InputError(NO_COMMAND)
     env = dict(env_pair(p, "--env") for p in env_pairs)
-    for i, word in enumerate(command):
-        _check_text(f"argument {i + 1} of the command", word)
-    for pair in env_pairs:
-        _check_text(f"--env {pair.partition('=')[0]!r}", pair)
+    runargs.check_text(command, env_pairs)
     if size is not None:
-        _check_size(size)
+        runargs.check_size(size)
     asked_timeout = duration_flag("--timeout", timeout) if timeout is not None else None
     entries: list[uploads.Upload] = []
     if args.files:
@@ -253,25 +250,6 @@ def _create_attached(
         ws.close()
         raise
     return ws, run_info
-
-
-def _check_text(what: str, word: str) -> None:
-    """A word of the command line that is not UTF-8 (Python holds each such byte as a lone
-    surrogate, which JSON cannot carry): refused here, in the user's terms."""
-    try:
-        word.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise InputError(
-            f"{what} is not UTF-8 text (character {e.start + 1})",
-            "hgrun sends commands and env values as UTF-8: convert it, e.g. with iconv",
-        ) from e
-
-
-def _check_size(size: str) -> None:
-    from hgrun.vocabulary import SIZES  # the enums and sizes: only for a run given --size
-
-    if size not in SIZES:
-        raise InputError(f"--size {size!r}: unknown size", f"sizes: {', '.join(SIZES)}")
 
 
 def _once(flag: str, before: str | None, after: str | None) -> str | None:
