@@ -287,6 +287,23 @@ class Conn:
     writer: asyncio.StreamWriter
 
 
+def parse_head(head: bytes) -> tuple[int, int, bool]:
+    """(status, Content-Length, whether the server closes) of an HTTP/1.1 answer's head, as
+    the bench's hand-written clients read it: Content-Length only, never chunked."""
+    lines = head.rstrip(b"\r\n").split(b"\r\n")
+    length, close = 0, False
+    for line in lines[1:]:
+        key, _, value = line.partition(b":")
+        key = key.strip().lower()
+        if key == b"content-length":
+            length = int(value)
+        elif key == b"transfer-encoding":
+            raise BenchError("a chunked answer: the bench's clients read Content-Length only")
+        elif key == b"connection" and b"close" in value.lower():
+            close = True
+    return int(lines[0].split(b" ", 2)[1]), length, close
+
+
 class RawGet:
     """GETs on one keep-alive HTTP/1.1 connection, written by hand, timed from the request's
     first byte to the body's last: what the server takes as a client like curl sees it. A
@@ -311,17 +328,12 @@ class RawGet:
         while b"\r\n\r\n" not in buf:
             buf += self._recv()
         head, _, body = buf.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        length = None
-        for line in lines[1:]:
-            key, _, value = line.partition(b":")
-            if key.strip().lower() == b"content-length":
-                length = int(value)
-        if length is None:
+        code, length, _close = parse_head(head)
+        if b"content-length:" not in head.lower():
             raise BenchError(f"GET {path}: an answer without Content-Length")
         while len(body) < length:
             body += self._recv()
-        return time.perf_counter() - t, int(lines[0].split(b" ", 2)[1]), body
+        return time.perf_counter() - t, code, body
 
     def _recv(self) -> bytes:
         data = self.sock.recv(1 << 16)
@@ -840,19 +852,7 @@ class Bench(harness.Workspace):
         async def roundtrip(conn: Conn, request: bytes) -> tuple[int, bytes]:
             conn.writer.write(request)
             await conn.writer.drain()
-            head = await conn.reader.readuntil(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            code = int(lines[0].split(b" ", 2)[1])
-            length, close = 0, False
-            for line in lines[1:]:
-                key, _, value = line.partition(b":")
-                key = key.strip().lower()
-                if key == b"content-length":
-                    length = int(value)
-                elif key == b"transfer-encoding":
-                    raise BenchError("a chunked answer: the storm client reads Content-Length only")
-                elif key == b"connection" and b"close" in value.lower():
-                    close = True
+            code, length, close = parse_head(await conn.reader.readuntil(b"\r\n\r\n"))
             body = await conn.reader.readexactly(length)
             if close:  # the server ends this connection: open another
                 conn.writer.close()
