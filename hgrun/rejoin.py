@@ -1,7 +1,7 @@
 """Where an engine's replay of a run's output joins what the store already holds. Pure.
 
 After a restart of the server (even a SIGKILL), recovery reads a run's output again from the
-engine (Docker's json-file log, replayed by an attach with ``logs=1`` or the logs API) and must
+engine (Docker's log of the run, replayed by an attach with ``logs=1`` or the logs API) and must
 store only what the store lacks: nothing stored is dropped, nothing doubled. The store counts the
 run's bytes (``total``: kept and dropped past its cap); the engine's log holds the container's
 output from some byte ``P`` on, ``P`` > 0 once the log has rotated, and says nothing of ``P``.
@@ -29,8 +29,8 @@ So ``P`` is found from the bytes themselves, in this order:
 Streams are compared as one sequence of bytes (stdout and stderr together, in the engine's order),
 as the store counts them.
 
-Where 1-3 place the store's end, one more step (``TRAIL``): Docker's json-file log writes a line
-once its newline comes (moby ``daemon/logger/copier.go``: a line without one waits in the copier's
+Where 1-3 place the store's end, one more step (``TRAIL``): Docker's log writes a line once
+its newline comes (moby ``daemon/logger/copier.go``: a line without one waits in the copier's
 buffer until it has one, fills 16 KB, or the container ends), so a replay made while the container
 runs lacks the run's last line when it is unfinished: a shell's prompt, say, in a TTY session.
 The store's bytes after its last newline (:meth:`Rejoin._partial`) are then compared with the

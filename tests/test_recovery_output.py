@@ -1,6 +1,6 @@
 """A run's output across a SIGKILL of the server, end to end on a real dockerd.
 
-The run writes far more than Docker's json-file log keeps (its rotation is sized from the
+The run writes far more than Docker's log keeps (its rotation is sized from the
 server's ``--max-output``, small here), the server is killed with -9 in the middle, the run
 writes more while no server is up, the server starts again and takes the run up, and the run
 writes more still. What the store holds at the end must be the run's output byte for byte:
@@ -56,9 +56,10 @@ def test_output_survives_a_sigkill_of_the_server_past_dockers_log_rotation(
 ) -> None:
     """Taken up running (an attach replaying Docker's log, then live; idle or writing at the
     takeover), or ended while no server was up (Docker's log read through the logs API)."""
-    # A store cap of 4 MB: Docker's log rotates at 4 MB of JSON (about 50,000 lines of seq,
-    # each stored by Docker as some 80 bytes of JSON), so the 400,000 lines written before the
-    # kill have rotated out of it many times; the whole output (3.2 MB) stays under the cap.
+    # A store cap of 4 MB: Docker's log keeps two files of 4 MB (some 80,000 lines of seq each,
+    # stored by Docker's local driver with some 45 bytes of framing), so the 400,000 lines
+    # written before the kill have rotated out of it; the whole output (3.2 MB) stays under the
+    # cap. The premise is checked below.
     srv, root, _ = own_server_app(hgrun_server, cli, tmp_path, "rejoin", "--max-output", "4")
     rest, last = AFTER[after]
     command = "seq 1 400000; while [ ! -e /go1 ]; do sleep 0.05; done; seq 400001 405000; " + rest

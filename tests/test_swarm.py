@@ -121,8 +121,8 @@ def test_the_swarm_spec_carries_the_user_and_refuses_read_only() -> None:
 def test_the_swarm_spec_bounds_the_tasks_log_as_the_single_host_engine_does() -> None:
     # Docker's log of a run is read at recovery (hgrun.rejoin): as long as the store's cap, bounded.
     assert body()["TaskTemplate"]["LogDriver"] == {
-        "Name": "json-file",
-        "Options": {"max-size": str(100 * 1024 * 1024), "max-file": "2"},
+        "Name": "local",
+        "Options": {"max-size": str(100 * 1024 * 1024), "max-file": "2", "compress": "false"},
     }
     small = service_spec(spec(), name="n", argv=["sh"], shim=("c", "s"), log_bytes=4 * 1024 * 1024)
     assert small["TaskTemplate"]["LogDriver"]["Options"]["max-size"] == str(4 * 1024 * 1024)

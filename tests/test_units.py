@@ -97,8 +97,8 @@ def test_create_args_harden_the_container() -> None:
     assert host["network_mode"] == "none"
     assert "binds" not in host and "devices" not in host
     assert host["log_config"] == {
-        "type": "json-file",
-        "config": {"max-size": str(100 * 1024 * 1024), "max-file": "2"},
+        "type": "local",
+        "config": {"max-size": str(100 * 1024 * 1024), "max-file": "2", "compress": "false"},
     }
     assert create_args(spec, 4096)[1]["log_config"]["config"]["max-size"] == "4096"
     assert create["stdin_open"] is True and create["detach"] is False

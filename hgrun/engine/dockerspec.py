@@ -10,7 +10,7 @@ from typing import Any
 
 import docker.types
 
-from hgrun.engine import CAPABILITIES, DEFAULT_LOG_BYTES, ContainerSpec, log_options
+from hgrun.engine import CAPABILITIES, DEFAULT_LOG_BYTES, LOG_DRIVER, ContainerSpec, log_options
 
 TMP = "/tmp"  # a read-only run's writable folder
 
@@ -20,8 +20,9 @@ def create_args(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """docker-py ``create_container`` kwargs and ``create_host_config`` kwargs for a run.
 
-    Docker's own log of the output is json-file, :data:`LOG_FILES` files of ``log_bytes`` each
-    (counted as Docker writes it: JSON, some 60 bytes more per line than the output itself).
+    Docker's own log of the output is its "local" driver (:data:`LOG_DRIVER`), :data:`LOG_FILES`
+    files of ``log_bytes`` each (counted as Docker writes it: a few dozen bytes more per piece of
+    output than the output itself).
 
     Hardening after OWASP's Docker cheat sheet: all capabilities dropped but the few an ordinary
     command needs, no-new-privileges, a pids limit, memory without swap (memswap == memory),
@@ -51,7 +52,7 @@ def create_args(
         "privileged": False,
         # Docker's own copy of the output (read only at recovery) bounded too: the store keeps it.
         "log_config": {
-            "type": "json-file",
+            "type": LOG_DRIVER,
             "config": log_options(log_bytes),
         },
     }

@@ -10,7 +10,7 @@ The script is written through the attach stream, so on a TTY the terminal echoes
 line discipline echoes what it is given before the shell reads it): :class:`Handoff` drops
 every byte of stdout before the marker, and the marker. The marker is made by ``printf`` from
 escapes, so the echoed script (printable ASCII only, see below) can never contain it. It ends
-with a line end: Docker's json-file log writes a line only once it has ended, and a run taken
+with a line end: Docker's log writes a line only once it has ended, and a run taken
 up after a restart of its server reads its start from that log (``attach`` with ``logs=1``
 gives the log, then what comes after: a line not yet ended is in neither).
 

@@ -87,7 +87,7 @@ class SwarmEngine(SwarmTasks):
         """``tls``: the client identity for every ``tcp://`` engine (manager and nodes);
         ``registered``: node name -> engine endpoint registered by an operator (read again
         every few seconds); ``lost_after``: how long a node may be away before its runs are
-        lost (see :mod:`hgrun.engine.swarmwatch`); ``log_bytes``: each task's json-file log
+        lost (see :mod:`hgrun.engine.swarmwatch`); ``log_bytes``: each task's Docker log
         (see ``swarmspec.service_spec``)."""
         self.host = host
         self.registry = registry

@@ -13,6 +13,7 @@ from typing import Any
 from hgrun.engine import (
     CAPABILITIES,
     DEFAULT_LOG_BYTES,
+    LOG_DRIVER,
     ContainerSpec,
     ContainerStatus,
     log_options,
@@ -78,7 +79,7 @@ def service_spec(
     it (capabilities, init, pids limit, ulimits; never privileged, no mounts). ``shim`` is the
     swarm config (id, name) holding the shim, mounted read-only and executable. ``user`` is
     carried; ``read_only`` is refused: the shim waits for a file put in the task's ``/``.
-    ``log_bytes``: the task's json-file log, as the single-host engine's (``log_options``).
+    ``log_bytes``: the task's Docker log, as the single-host engine's (``log_options``).
     """
     if spec.read_only:
         raise InputError(
@@ -127,7 +128,7 @@ def service_spec(
             "Reservations": {"NanoCPUs": nano_cpus, "MemoryBytes": spec.size.memory},
         },
         "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
-        "LogDriver": {"Name": "json-file", "Options": log_options(log_bytes)},
+        "LogDriver": {"Name": LOG_DRIVER, "Options": log_options(log_bytes)},
         "Placement": {"Constraints": list(constraints)},
         "ForceUpdate": 0,
     }

@@ -8,7 +8,7 @@ the outcome), the server the client reached serves it as :class:`RemoteRun`:
   ordered record of a run's output; a second attach of our own to the container would give the
   same bytes but from a point no one can place exactly (Docker's attach says nothing of how much
   the container wrote before it; its ``logs=1`` replay and the live stream are joined without a
-  lock in dockerd, and the json-file log is capped), so joining it to the stored part could
+  lock in dockerd, and Docker's log is capped), so joining it to the stored part could
   double or lose bytes. Following the store cannot: the client's ``?offset`` counts the same
   bytes, and a takeover (the store's copy replaced by the engine's replay, same offsets) is
   followed through. To keep it live, the holder stores a run's output as it comes while a remote
