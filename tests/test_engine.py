@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -137,6 +138,48 @@ def test_a_steady_stream_is_gathered_and_output_now_and_then_is_taken_at_once(
         assert await pipe.wait()
         assert pipe.take(memoryview.tobytes) == b"efgh"
         await asyncio.sleep(0.1)
+
+    asyncio.run(go())
+
+
+def test_a_steady_stream_is_read_at_once_after_its_gather_on_a_real_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a steady stream gathers, reading pauses: the engine's writes (4 KB each with a TTY)
+    wait in the kernel and come in one read, not one turn of the event loop each."""
+    monkeypatch.setattr(attachpipe, "GATHER", 0.3)
+    monkeypatch.setattr(attachpipe, "HOT", 0.2)
+    chunk, count = b"x" * 4096, 40
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        ours, engine = socket.socketpair()
+        engine.setblocking(False)
+        pipe = Pipe()
+        reads: list[int] = []
+        updated = pipe.buffer_updated
+        monkeypatch.setattr(pipe, "buffer_updated", lambda n: (reads.append(n), updated(n)))
+        transport, _ = await loop.connect_accepted_socket(lambda: pipe, ours)
+        try:
+            engine.send(b"first")
+            assert await pipe.wait()
+            assert pipe.take(memoryview.tobytes) == b"first"
+            reads.clear()
+            engine.send(chunk)  # right after the take: a steady stream, left to gather
+
+            async def write() -> None:
+                for _ in range(count - 1):
+                    await asyncio.sleep(0.002)
+                    engine.send(chunk)
+
+            writer = asyncio.create_task(write())
+            assert await pipe.wait()
+            await writer
+            assert pipe.take(memoryview.tobytes) == chunk * count
+            assert len(reads) <= 3, f"{len(reads)} reads for {count} writes: {reads}"
+        finally:
+            transport.close()
+            engine.close()
 
     asyncio.run(go())
 
