@@ -139,8 +139,9 @@ class Pipe(asyncio.BufferedProtocol):
         if transport is None or self._read_paused or self._over_ssl:
             await asyncio.sleep(GATHER)
             return
-        if len(self._buffer) - self._filled < GATHER_BYTES:
-            self._resize(self._filled + GATHER_BYTES)
+        room = min(self._filled + GATHER_BYTES, self._size)
+        if len(self._buffer) < room:
+            self._resize(room)
         transport.pause_reading()
         try:
             await asyncio.sleep(GATHER)
