@@ -49,7 +49,7 @@ SCRIPT = textwrap.dedent(
     thread = threading.Thread(target=work)
     thread.start()
     thread.join()
-    freed = rss_mb()
+    freed = rss_mb()  # may lag: the kernel counts a process's RSS lazily
     deadline = time.monotonic() + (WAIT if stop else 0)
     while rss_mb() > seen["held"] - BLOCKS * 3 // 4 and time.monotonic() < deadline:
         time.sleep(0.05)

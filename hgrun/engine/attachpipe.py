@@ -137,6 +137,9 @@ class Pipe(asyncio.BufferedProtocol):
         engine's writes meanwhile, and they are then read at once, into room made for them."""
         transport = self._transport
         if transport is None or self._read_paused or self._over_ssl:
+            # Paused for backpressure already, or over TLS (an engine on tcp://, whose reads
+            # asyncio decrypts through its own buffer: the pause is not measured there), the
+            # stream is only left to fill, as before.
             await asyncio.sleep(GATHER)
             return
         room = min(self._filled + GATHER_BYTES, self._size)
