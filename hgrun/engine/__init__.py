@@ -125,6 +125,8 @@ class ContainerState:
     error: str
     finished_at: float | None = None  # epoch seconds, once the container has exited
     started_at: float | None = None
+    # Only what a listing tells (id, labels, status): ``inspect`` it for the rest.
+    partial: bool = False
 
     @property
     def running(self) -> bool:
@@ -195,4 +197,7 @@ class Engine(Protocol):
     def inspect(self, container_id: str) -> ContainerState: ...
     def stop(self, container_id: str, grace: float) -> None: ...
     def remove(self, container_id: str) -> None: ...
-    def list(self, labels: Mapping[str, str]) -> list[ContainerState]: ...
+    def list(self, labels: Mapping[str, str]) -> list[ContainerState]:
+        """The containers carrying ``labels``, in as few calls to the engine as it allows,
+        whatever their number: a state may be ``partial`` (then ``inspect`` it for the rest)."""
+        ...

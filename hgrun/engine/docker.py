@@ -42,6 +42,7 @@ from hgrun.engine.dockerwire import (
     container_state,
     head_status,
     json_message,
+    listed_state,
     send_chunked,
     unchunked,
 )
@@ -301,16 +302,12 @@ class DockerEngine:
                 raise
 
     def list(self, labels: Mapping[str, str]) -> list[ContainerState]:
+        """One listing: partial states (an inspect each was one call to dockerd per container,
+        a thousand every recovery pass with a thousand runs in flight)."""
         filters = {"label": [f"{k}={v}" if v else k for k, v in labels.items()]}
         with _translate("cannot list containers"):
             summaries = self._api.containers(all=True, filters=filters)
-            states = []
-            for summary in summaries:
-                # Removed between the listing and its inspect: gone, not an error (inside
-                # _translate, so Docker's own exception, not ours yet).
-                with contextlib.suppress(docker.errors.NotFound):
-                    states.append(container_state(self._api.inspect_container(summary["Id"])))
-        return states
+        return [listed_state(summary) for summary in summaries]
 
     # -- streaming calls (asyncio) ----------------------------------------------------------
 

@@ -231,6 +231,19 @@ def container_state(raw: Mapping[str, Any]) -> ContainerState:
     )
 
 
+def listed_state(summary: Mapping[str, Any]) -> ContainerState:
+    """A container as a listing (``GET /containers/json``) tells it: id, labels and status."""
+    return ContainerState(
+        id=str(summary["Id"]),
+        labels=dict(summary.get("Labels") or {}),
+        status=STATUS.get(str(summary.get("State", "")), ContainerStatus.EXITED),
+        exit_code=None,
+        oom_killed=False,
+        error="",
+        partial=True,
+    )
+
+
 def timestamp(text: str | None) -> float | None:
     """Docker's RFC 3339 times carry nanoseconds; the zero time means "not yet"."""
     if not text or text.startswith("0001-"):

@@ -21,6 +21,7 @@ from hgrun.engine import (
     LABEL_RUN,
     ContainerState,
     ContainerStatus,
+    Engine,
 )
 from hgrun.engine.handoff import MAX_SCRIPT
 from hgrun.errors import HgrunError, NodeLostError, NotFoundError
@@ -67,11 +68,18 @@ class Recoverer:
         first, self._first = self._first, False
         for run in sup.store.active_runs(backlogs=first):
             container = containers.pop(str(run.id), None)
+            handed = None  # a warm container the run took
             if container is None and run.container_id in warm:
-                container = _handed_over(run, warm.pop(run.container_id))
+                container = handed = warm.pop(run.container_id)
             if run.id in sup.sessions or run.id in sup.pending or sup.slots.waiting(run.id):
                 continue
             try:
+                # Taking a run up needs its container's exit code and times, which a listing
+                # may not tell: inspected here, for the few runs no live server holds.
+                if container is not None and container.partial:
+                    container = await _inspected(sup.engine, container.id)
+                if handed is not None and container is not None:
+                    container = _handed_over(run, container)
                 await self._take_up(run, container)
             except Exception:
                 log.exception("run %s: recovery failed", run.id)
@@ -242,6 +250,14 @@ class Recoverer:
             log.info("removing stray container %s", container.id[:12])
             with contextlib.suppress(HgrunError):
                 await asyncio.to_thread(sup.engine.remove, container.id)
+
+
+async def _inspected(engine: Engine, container_id: str) -> ContainerState | None:
+    """A container's full state; None: it went since it was listed."""
+    try:
+        return await asyncio.to_thread(engine.inspect, container_id)
+    except NotFoundError:
+        return None
 
 
 def _handed_over(run: Run, container: ContainerState) -> ContainerState:
