@@ -123,6 +123,13 @@ def engine() -> tuple[str, str]:
     return docker_host, base_image
 
 
+def host_cpu_seconds() -> float:
+    """CPU time every process on the host has used since boot: user, nice, system, irq and
+    softirq (not idle, iowait, or the time a hypervisor stole)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields[:3]) + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_env(tmp: Path, docker_host: str) -> dict[str, str]:
     """The environment of every hgrun and docker command: this engine, a config dir of its own."""
     return {
