@@ -200,6 +200,69 @@ def test_the_loop_sleeps_until_the_next_slot_and_wakes_at_its_boundary(store: St
         assert events.index(("read", slot - ahead)) < events.index(("record", slot))
 
 
+def test_wakes_to_renew_the_lease_read_no_script_until_a_slot_a_change_or_max_sleep(
+    tmp_path: Path,
+) -> None:
+    """With a lease, the loop wakes every third of its life to renew it; those wakes claim the
+    lease and read no script (a thousand of them took tens of ms each time). The scripts are
+    read again at the next slot, when woken by a change, and MAX_SLEEP after the last read."""
+    now = [SLOT + 30]  # the hourly script's next slot is 05:00, an hour away
+    store = new_store(tmp_path / "hgrun.db", clock=lambda: now[0])
+    app, _ = app_with_release(store)
+    store.sync_scripts("default", app.id, [Script(name="hourly", command="true", cron="0 * * * *")])
+    reads: list[float] = []
+    claims: list[float] = []
+    scripts, claim = store.scripts, store.claim_lease
+
+    def read(cron_only: bool = False) -> list[ScriptRecord]:
+        reads.append(now[0])
+        return scripts(cron_only=cron_only)
+
+    def claiming(*args: Any, **kwargs: Any) -> str | None:
+        claims.append(now[0])
+        return claim(*args, **kwargs)
+
+    store.scripts = read  # type: ignore[method-assign]
+    store.claim_lease = claiming  # type: ignore[method-assign]
+
+    async def scenario() -> Scheduler:
+        done = asyncio.Event()
+        sleeps: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            now[0] += seconds
+            if len(sleeps) == 8:
+                s.wake()  # a deploy, at SLOT + 70
+            if len(sleeps) == 22:
+                done.set()
+                await asyncio.Event().wait()
+            await asyncio.sleep(0)
+
+        s = Scheduler(
+            store,
+            FakeRunner(),
+            clock=lambda: now[0],
+            sleep=sleep,
+            owner="host:1:a",
+            lease_ttl=15.0,
+        )  # type: ignore[arg-type]
+        s.start()
+        await asyncio.wait_for(done.wait(), 10)
+        await s.stop()
+        return s
+
+    run(scenario())
+    # Every wake claims the lease, every 5 s (a third of its life), to SLOT + 130.
+    assert claims == [SLOT + 30 + 5 * i for i in range(21)]
+    # The scripts are read (twice: the due slots, then the next) at the start and at the
+    # deploy (the wake after the 8th sleep), never at the wakes between. MAX_SLEEP (60 s)
+    # after that read, the loop wakes as for a slot: planned a second before (one read), then
+    # the next slot read at it.
+    first, deploy = SLOT + 30, SLOT + 70
+    assert reads == [first, first, deploy, deploy, deploy + 60 - PLAN_AHEAD, deploy + 60]
+
+
 def test_wake_cuts_the_sleep_short() -> None:
     """A deploy wakes the loop: a new script's first slot is seen before the sleep ends."""
 

@@ -124,23 +124,41 @@ class Scheduler:
 
     async def _loop(self) -> None:
         plan: tuple[float, SlotPlan] | None = None
+        slot: float | None = None  # the next slot as last read; None: read the scripts again
+        read_at = 0.0
         while True:
             if self._woken.is_set():
-                plan = None  # the scripts changed since it was made
+                plan, slot = None, None  # the scripts changed since they were read
             self._woken.clear()
             now = self.clock()
+            was_leading = self.leading
             try:
-                if self.lead(now):
-                    self.tick(now, plan)
+                leading = self.lead(now)
             except Exception:
-                log.exception("scheduler tick failed")
-            plan = None
-            self.ticks += 1
-            try:
-                slot = wake = self.next_slot(now)
-            except Exception:
-                log.exception("scheduler: cannot tell the next slot")
-                slot, wake = None, now + MAX_SLEEP
+                log.exception("scheduler: cannot claim its lease")
+                leading = False
+            # A wake only to renew the lease (no slot come, nothing changed, the lead kept,
+            # the scripts read less than MAX_SLEEP ago) reads nothing: with a thousand cron
+            # scripts, reading them all twice took tens of ms of the event loop every 5 s.
+            if (
+                slot is None
+                or now >= slot
+                or now - read_at >= MAX_SLEEP
+                or (leading and not was_leading)
+            ):
+                try:
+                    if leading:
+                        self.tick(now, plan)
+                except Exception:
+                    log.exception("scheduler tick failed")
+                plan = None
+                self.ticks += 1
+                try:
+                    slot, read_at = self.next_slot(now), now
+                except Exception:
+                    log.exception("scheduler: cannot tell the next slot")
+                    slot = None
+            wake = slot if slot is not None else now + MAX_SLEEP
             if self.owner is not None:
                 # The lease is renewed (or, standing by, watched) well before it expires.
                 wake = min(wake, now + self.lease_ttl / 3)
