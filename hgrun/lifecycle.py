@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from hgrun.duration import format_duration
 from hgrun.engine import (
@@ -273,14 +273,16 @@ def due(run: Run, presence: Presence, limits: Limits, now: float) -> Due:
     """
     if presence.stopping or run.status.finished:
         return Due(None, None)
-    checks: list[tuple[float, Stop]] = []
+    # (deadline, its stop): the stop's words are made only for a deadline reached (the
+    # watchdog asks every run in flight each beat, a thousand of them at a time).
+    checks: list[tuple[float, Callable[[], Stop]]] = []
     if run.started is not None:
+        timeout = run.timeout
         checks.append(
             (
-                run.started + run.timeout,
-                Stop(
-                    RunStatus.TIMED_OUT,
-                    f"{run.label} timed out after {format_duration(run.timeout)}",
+                run.started + timeout,
+                lambda: Stop(
+                    RunStatus.TIMED_OUT, f"{run.label} timed out after {format_duration(timeout)}"
                 ),
             )
         )
@@ -289,7 +291,7 @@ def due(run: Run, presence: Presence, limits: Limits, now: float) -> Due:
         checks.append(
             (
                 presence.waiting_since + window,
-                Stop(
+                lambda: Stop(
                     RunStatus.FAILED,
                     f"the files for {run.label} did not arrive within"
                     f" {format_duration(window)}; run it again",
@@ -297,30 +299,31 @@ def due(run: Run, presence: Presence, limits: Limits, now: float) -> Due:
             )
         )
     if not run.detached and presence.alone_since is not None:
-        if run.started is None:
-            why = f"no client attached within {format_duration(limits.grace)}"
-        else:
-            why = f"no client attached for {format_duration(limits.grace)}"
+        grace, since = limits.grace, "within" if run.started is None else "for"
         checks.append(
             (
-                presence.alone_since + limits.grace,
-                Stop(RunStatus.CANCELED, f"{run.label} was stopped: {why}"),
+                presence.alone_since + grace,
+                lambda: Stop(
+                    RunStatus.CANCELED,
+                    f"{run.label} was stopped: no client attached {since} {format_duration(grace)}",
+                ),
             )
         )
     if not run.detached and run.started is not None:
+        idle = limits.idle_timeout
         checks.append(
             (
-                max(presence.last_activity, run.started) + limits.idle_timeout,
-                Stop(
+                max(presence.last_activity, run.started) + idle,
+                lambda: Stop(
                     RunStatus.CANCELED,
-                    f"{run.label} was idle for {format_duration(limits.idle_timeout)} and was"
+                    f"{run.label} was idle for {format_duration(idle)} and was"
                     " closed; for long tasks use `hgrun run --detached`",
                 ),
             )
         )
     for deadline, stop in checks:
         if now >= deadline:
-            return Due(stop, None)
+            return Due(stop(), None)
     return Due(None, min((deadline for deadline, _ in checks), default=None))
 
 
