@@ -207,6 +207,9 @@ def test_active_runs_are_the_lifecycle_active_ones(store: Store) -> None:
     made = {status: _run_in(store, status).id for status in _start_states()}
     active = {run.id for run in store.active_runs()}
     assert active == {made[s] for s in ACTIVE}
+    held = {made[s] for s in ACTIVE if s is not RunStatus.QUEUED}
+    others = {run.id for run in store.active_runs(besides=held)}
+    assert others == {made[s] for s in ACTIVE} - held and others
 
 
 @pytest.mark.parametrize("separate_connections", [False, True])

@@ -66,7 +66,7 @@ class Recoverer:
         # that stopped (--max-runs): detached ones wait again here, in order; later passes
         # leave every queue alone (this server's line is in memory).
         first, self._first = self._first, False
-        for run in sup.store.active_runs(backlogs=first):
+        for run in sup.store.active_runs(backlogs=first, besides=set(sup.sessions)):
             container = containers.pop(str(run.id), None)
             handed = None  # a warm container the run took
             if container is None and run.container_id in warm:

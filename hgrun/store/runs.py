@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from hgrun import lifecycle
@@ -383,18 +383,19 @@ class RunStore(StoreBase):
             raise NotFoundError(f"run {run_id} not found", "list runs with `hgrun runs`")
         return row
 
-    def active_runs(self, *, backlogs: bool = True) -> list[Run]:
+    def active_runs(self, *, backlogs: bool = True, besides: Collection[int] = ()) -> list[Run]:
         """Every run in flight, oldest first; without ``backlogs``, not the runs waiting in a
         queue (queued, no container: a script's, or the server's line beyond ``--max-runs``):
         recovery leaves those to their queue, and a storm's thousand of them were decoded at
-        every pass for nothing."""
+        every pass for nothing. Nor the runs ``besides`` (those recovery's server holds): not
+        decoded either (an env unsealed for each of a thousand runs, every pass)."""
         waiting = (
             ""
             if backlogs
             else f" AND NOT (status = '{RunStatus.QUEUED.value}' AND container_id IS NULL)"
         )
         rows = self._query(f"{SELECT_RUNS} WHERE status IN ({ACTIVE_SQL}){waiting} ORDER BY id")
-        return [run_from_row(r, self._unseal) for r in rows]
+        return [run_from_row(r, self._unseal) for r in rows if r[0] not in besides]
 
 
 # A listing decodes 50 rows a request, mostly with the same few commands, env snapshots and
