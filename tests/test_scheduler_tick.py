@@ -263,6 +263,46 @@ def test_wakes_to_renew_the_lease_read_no_script_until_a_slot_a_change_or_max_sl
     assert reads == [first, first, deploy, deploy, deploy + 60 - PLAN_AHEAD, deploy + 60]
 
 
+def test_a_tick_that_failed_is_tried_again_at_the_next_wake(tmp_path: Path) -> None:
+    """A tick that raised (a store busy for a moment, say) is not left to the next slot: the
+    next wake, a lease renewal 5 s on, evaluates the schedules again."""
+    now = [SLOT + 30]
+    store = new_store(tmp_path / "hgrun.db", clock=lambda: now[0])
+    app, _ = app_with_release(store)
+    store.sync_scripts("default", app.id, [Script(name="hourly", command="true", cron="0 * * * *")])
+    ticked: list[float] = []
+
+    async def scenario() -> None:
+        done = asyncio.Event()
+        sleeps: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            now[0] += seconds
+            if len(sleeps) == 3:
+                done.set()
+                await asyncio.Event().wait()
+            await asyncio.sleep(0)
+
+        s = Scheduler(
+            store, FakeRunner(), clock=lambda: now[0], sleep=sleep, owner="h:1:a", lease_ttl=15.0
+        )  # type: ignore[arg-type]
+
+        def tick(at: float, plan: Any = None) -> list[Any]:
+            ticked.append(at)
+            if len(ticked) == 1:
+                raise RuntimeError("the store is busy")
+            return []
+
+        s.tick = tick  # type: ignore[method-assign]
+        s.start()
+        await asyncio.wait_for(done.wait(), 10)
+        await s.stop()
+
+    run(scenario())
+    assert ticked == [SLOT + 30, SLOT + 35]  # failed, then again at the next wake only
+
+
 def test_wake_cuts_the_sleep_short() -> None:
     """A deploy wakes the loop: a new script's first slot is seen before the sleep ends."""
 
