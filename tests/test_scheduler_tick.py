@@ -200,6 +200,49 @@ def test_the_loop_sleeps_until_the_next_slot_and_wakes_at_its_boundary(store: St
         assert events.index(("read", slot - ahead)) < events.index(("record", slot))
 
 
+def _hourly_store(tmp_path: Path, now: list[float]) -> Store:
+    """A store on the fake clock ``now`` with one script, hourly."""
+    store = new_store(tmp_path / "hgrun.db", clock=lambda: now[0])
+    app, _ = app_with_release(store)
+    store.sync_scripts("default", app.id, [Script(name="hourly", command="true", cron="0 * * * *")])
+    return store
+
+
+def _leased_loop(
+    store: Store,
+    now: list[float],
+    sleeps: int,
+    *,
+    prepare: Callable[[Scheduler], None] = lambda _s: None,
+    on_sleep: Callable[[Scheduler, int], None] = lambda _s, _n: None,
+) -> None:
+    """Run the loop of a scheduler holding a lease of 15 s (a wake every 5 s) on the fake clock
+    ``now``, each sleep moving it, until its ``sleeps``-th sleep; ``on_sleep(s, n)`` after the
+    n-th sleep's move."""
+
+    async def scenario() -> None:
+        done, count = asyncio.Event(), [0]
+
+        async def sleep(seconds: float) -> None:
+            count[0] += 1
+            now[0] += seconds
+            on_sleep(s, count[0])
+            if count[0] == sleeps:
+                done.set()
+                await asyncio.Event().wait()
+            await asyncio.sleep(0)
+
+        s = Scheduler(
+            store, FakeRunner(), clock=lambda: now[0], sleep=sleep, owner="h:1:a", lease_ttl=15.0
+        )  # type: ignore[arg-type]
+        prepare(s)
+        s.start()
+        await asyncio.wait_for(done.wait(), 10)
+        await s.stop()
+
+    run(scenario())
+
+
 def test_wakes_to_renew_the_lease_read_no_script_until_a_slot_a_change_or_max_sleep(
     tmp_path: Path,
 ) -> None:
@@ -207,9 +250,7 @@ def test_wakes_to_renew_the_lease_read_no_script_until_a_slot_a_change_or_max_sl
     lease and read no script (a thousand of them took tens of ms each time). The scripts are
     read again at the next slot, when woken by a change, and MAX_SLEEP after the last read."""
     now = [SLOT + 30]  # the hourly script's next slot is 05:00, an hour away
-    store = new_store(tmp_path / "hgrun.db", clock=lambda: now[0])
-    app, _ = app_with_release(store)
-    store.sync_scripts("default", app.id, [Script(name="hourly", command="true", cron="0 * * * *")])
+    store = _hourly_store(tmp_path, now)
     reads: list[float] = []
     claims: list[float] = []
     scripts, claim = store.scripts, store.claim_lease
@@ -225,34 +266,11 @@ def test_wakes_to_renew_the_lease_read_no_script_until_a_slot_a_change_or_max_sl
     store.scripts = read  # type: ignore[method-assign]
     store.claim_lease = claiming  # type: ignore[method-assign]
 
-    async def scenario() -> Scheduler:
-        done = asyncio.Event()
-        sleeps: list[float] = []
+    def deploy_at_8th(s: Scheduler, n: int) -> None:
+        if n == 8:
+            s.wake()  # a deploy, at SLOT + 70
 
-        async def sleep(seconds: float) -> None:
-            sleeps.append(seconds)
-            now[0] += seconds
-            if len(sleeps) == 8:
-                s.wake()  # a deploy, at SLOT + 70
-            if len(sleeps) == 22:
-                done.set()
-                await asyncio.Event().wait()
-            await asyncio.sleep(0)
-
-        s = Scheduler(
-            store,
-            FakeRunner(),
-            clock=lambda: now[0],
-            sleep=sleep,
-            owner="host:1:a",
-            lease_ttl=15.0,
-        )  # type: ignore[arg-type]
-        s.start()
-        await asyncio.wait_for(done.wait(), 10)
-        await s.stop()
-        return s
-
-    run(scenario())
+    _leased_loop(store, now, 22, on_sleep=deploy_at_8th)
     # Every wake claims the lease, every 5 s (a third of its life), to SLOT + 130.
     assert claims == [SLOT + 30 + 5 * i for i in range(21)]
     # The scripts are read (twice: the due slots, then the next) at the start and at the
@@ -267,39 +285,18 @@ def test_a_tick_that_failed_is_tried_again_at_the_next_wake(tmp_path: Path) -> N
     """A tick that raised (a store busy for a moment, say) is not left to the next slot: the
     next wake, a lease renewal 5 s on, evaluates the schedules again."""
     now = [SLOT + 30]
-    store = new_store(tmp_path / "hgrun.db", clock=lambda: now[0])
-    app, _ = app_with_release(store)
-    store.sync_scripts("default", app.id, [Script(name="hourly", command="true", cron="0 * * * *")])
     ticked: list[float] = []
 
-    async def scenario() -> None:
-        done = asyncio.Event()
-        sleeps: list[float] = []
+    def tick(at: float, plan: Any = None) -> list[Any]:
+        ticked.append(at)
+        if len(ticked) == 1:
+            raise RuntimeError("the store is busy")
+        return []
 
-        async def sleep(seconds: float) -> None:
-            sleeps.append(seconds)
-            now[0] += seconds
-            if len(sleeps) == 3:
-                done.set()
-                await asyncio.Event().wait()
-            await asyncio.sleep(0)
-
-        s = Scheduler(
-            store, FakeRunner(), clock=lambda: now[0], sleep=sleep, owner="h:1:a", lease_ttl=15.0
-        )  # type: ignore[arg-type]
-
-        def tick(at: float, plan: Any = None) -> list[Any]:
-            ticked.append(at)
-            if len(ticked) == 1:
-                raise RuntimeError("the store is busy")
-            return []
-
+    def failing_first(s: Scheduler) -> None:
         s.tick = tick  # type: ignore[method-assign]
-        s.start()
-        await asyncio.wait_for(done.wait(), 10)
-        await s.stop()
 
-    run(scenario())
+    _leased_loop(_hourly_store(tmp_path, now), now, 3, prepare=failing_first)
     assert ticked == [SLOT + 30, SLOT + 35]  # failed, then again at the next wake only
 
 
