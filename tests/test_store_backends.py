@@ -64,6 +64,20 @@ def test_a_run_can_be_made_with_its_lease_held(make_store: StoreFactory) -> None
     assert store.claim_lease(f"run:{other.id}", "host:2:b", 15.0) is None
 
 
+def test_a_run_made_with_its_lease_replaces_a_stale_lease_of_its_id(
+    make_store: StoreFactory,
+) -> None:
+    """A lease left under the id the next run gets (SQLite hands the id of a deleted run on; a
+    server died holding it) does not stop that run from being made with its own lease."""
+    store = make_store()
+    app, release = app_with_release(store)
+    first = new_run(store, app, release)
+    assert store.claim_lease(f"run:{first.id + 1}", "host:9:gone", 60.0) is None
+    run = new_run(store, app, release, holder=("host:1:a", 15.0))
+    assert run.id == first.id + 1
+    assert store.claim_lease(f"run:{run.id}", "host:2:b", 15.0) == "host:1:a"
+
+
 def test_one_run_per_cron_slot_across_connections(make_store: StoreFactory) -> None:
     store = make_store()
     app, release = app_with_release(store)

@@ -169,8 +169,12 @@ class RunStore(StoreBase):
                 made.append(_inserted(int(row["id"]), one, now))
                 if one.holder is not None and not one.status.finished:
                     owner, ttl = one.holder
+                    # A lease already under this id is a stale one: SQLite gives the id of a
+                    # deleted run (the newest runs of a destroyed app) to the next run, and a
+                    # server that died holding that run left its lease behind.
                     db.execute(
-                        "INSERT INTO meta (key, value) VALUES (?, ?)",
+                        "INSERT INTO meta (key, value) VALUES (?, ?)"
+                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                         (f"lease:{run_lease(int(row['id']))}", f"{owner} {now + ttl}"),
                     )
             for script_id, cursor in (cursors or {}).items():
