@@ -9,6 +9,7 @@ own (by a label it chose), the app's image tags and the temp dir (:func:`remove_
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -280,30 +281,38 @@ def containers(docker: str, env: dict[str, str], *labels: str) -> list[str]:
     ).stdout.split()
 
 
-RM_BATCH = 50  # containers per `docker rm -f`
+RM_AT_ONCE = 4  # `docker rm -f` of one container each, this many at a time
 
 
 def remove_leftovers(docker: str, env: dict[str, str], labels: Sequence[str]) -> int:
-    """Remove every container carrying one of ``labels``; how many there were."""
+    """Remove every container carrying one of ``labels``; how many there were.
+
+    One container per `docker rm -f`, a few at a time: the CLI removes the ids it is given all
+    at once, and dozens of running containers exiting together deadlock dockerd 20.10 (two
+    libnetwork locks taken in opposite orders by the exit handler's sandbox delete and the
+    endpoint watch loop; seen with 50 per call, its goroutine dump in bench/README.md)."""
     removed = 0
     for label in labels:
         ids = containers(docker, env, label)
-        if ids:
-            say(f"removing {len(ids)} leftover container(s) labelled {label}")
-            # In batches: one `docker rm -f` of ~900 running containers kills and removes them
-            # all at once, and a dockerd 20.10 stopped answering under it (seen in
-            # bench/scripts.py's docker side).
-            for at in range(0, len(ids), RM_BATCH):
-                batch = ids[at : at + RM_BATCH]
-                try:
-                    subprocess.run(
-                        [docker, "rm", "-f", *batch], env=env, capture_output=True, timeout=300
-                    )
-                except subprocess.TimeoutExpired:
-                    say(f"`docker rm -f` of {len(batch)} took over 300 s: the engine stalls;"
-                        f" {len(ids) - at} left")  # fmt: skip
-                    return removed + at
-            removed += len(ids)
+        if not ids:
+            continue
+        say(f"removing {len(ids)} leftover container(s) labelled {label}")
+
+        def rm(cid: str) -> bool:
+            try:
+                argv = [docker, "rm", "-f", cid]
+                subprocess.run(argv, env=env, capture_output=True, timeout=120)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+
+        with concurrent.futures.ThreadPoolExecutor(RM_AT_ONCE) as pool:
+            done = list(pool.map(rm, ids))
+        if not all(done):
+            say(f"`docker rm -f` took over 120 s for {done.count(False)} of {len(ids)}:"
+                " the engine stalls")  # fmt: skip
+            return removed + done.count(True)
+        removed += len(ids)
     return removed
 
 
