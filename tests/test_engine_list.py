@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
-from typing import Any
 
 import pytest
+from support.calls import counted
 
 from hgrun.engine import ContainerSpec, ContainerStatus
 from hgrun.engine.docker import DockerEngine
@@ -38,7 +37,7 @@ def test_the_listing_is_one_call_with_each_status_and_inspect_tells_the_rest(
         assert engine.wait(ids["exited"]) == 5
         calls: list[str] = []
         for method in ("inspect_container", "containers"):
-            monkeypatch.setattr(engine._api, method, _counted(getattr(engine._api, method), calls))
+            monkeypatch.setattr(engine._api, method, counted(getattr(engine._api, method), calls))
         listed = {s.labels["hgrun.test-name"]: s for s in engine.list(mark)}
         assert calls == ["containers"], "one listing, no call per container"
         assert {name: s.status for name, s in listed.items()} == {
@@ -59,11 +58,3 @@ def test_the_listing_is_one_call_with_each_status_and_inspect_tells_the_rest(
 
 
 _SCRIPTS = {"created": "true", "running": "sleep 60", "exited": "exit 5"}
-
-
-def _counted(call: Callable[..., Any], calls: list[str]) -> Callable[..., Any]:
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(call.__name__)
-        return call(*args, **kwargs)
-
-    return counted

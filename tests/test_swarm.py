@@ -10,6 +10,7 @@ is attached through that worker's own engine endpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import json
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ from conftest import SCRIPTS, _script
 from cryptography.fernet import Fernet
 from support.api import Api
 from support.apps import unique, write_busybox_app
+from support.calls import counted
 from support.cli import Cli, check, cli_popen, run_id, text
 from support.server import HgrunServer, free_port, instance_id
 from support.stores import Databases
@@ -50,7 +53,7 @@ from hgrun.engine.swarmspec import (
     unplaceable,
 )
 from hgrun.engine.tls import EngineTLS, api_client
-from hgrun.errors import InputError
+from hgrun.errors import HgrunError, InputError
 from hgrun.models import SIZES
 from hgrun.store import Store
 
@@ -402,9 +405,10 @@ def test_a_placed_task_is_created_until_start_then_runs_to_its_exit_code(swarm: 
     service = engine.create(spec)
     try:
         assert engine.inspect(service).status is ContainerStatus.CREATED
-        assert [s.status for s in engine.list({"hgrun.test": "created"})] == [
-            ContainerStatus.CREATED
-        ]
+        # The listing says what the manager says (the task runs: its shim waits), partial:
+        # recovery inspects a run's state before it takes the run up.
+        (listed,) = engine.list({"hgrun.test": "created"})
+        assert (listed.id, listed.partial) == (service, True)
         engine.start(service)
         assert engine.wait(service) == 6
         state = engine.inspect(service)
@@ -413,6 +417,70 @@ def test_a_placed_task_is_created_until_start_then_runs_to_its_exit_code(swarm: 
     finally:
         engine.remove(service)
         asyncio.run(engine.aclose())
+
+
+def test_the_listing_asks_the_manager_twice_whatever_the_number_of_runs(
+    swarm: Swarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What every recovery pass reads: the services and their tasks in two calls to the
+    manager (a task query and a node inspect per run before), each state as the manager
+    tells it (partial); inspect asks the node for the rest."""
+    from hgrun.engine import swarmtasks
+    from hgrun.engine.docker import DockerEngine
+    from hgrun.engine.swarm import SwarmEngine
+
+    engine = SwarmEngine(swarm.manager, tls=EngineTLS.load(swarm.tls))
+    mark = {"hgrun.test-list": uuid.uuid4().hex}
+    scripts = {"running": "sleep 60", "exited": "exit 5", "exited-too": "exit 7"}
+
+    def made(name: str) -> str:
+        labels = {**mark, "hgrun.run": "0", "hgrun.test-name": name}
+        spec = ContainerSpec(image="hgrun-test/busybox:latest", command=["sh", "-c", scripts[name]],
+                             env={}, labels=labels, size=SIZES["starter"])  # fmt: skip
+        service = engine.create(spec)
+        engine.start(service)
+        return service
+
+    ids = {name: made(name) for name in scripts}
+    try:
+        assert (engine.wait(ids["exited"]), engine.wait(ids["exited-too"])) == (5, 7)
+        # The node knows of an end first, the manager (what the listing reads) a moment later.
+        for service in (ids["exited"], ids["exited-too"]):
+            wait_for(lambda s=service: _manager_saw_the_end(engine, s), 30, "the manager's word")
+        # Two services a task query: the batches of a thousand runs, on three.
+        monkeypatch.setattr(swarmtasks, "TASKS_AT_ONCE", 2)
+        calls: list[str] = []
+        for method in ("services", "tasks", "inspect_node"):
+            monkeypatch.setattr(engine._api, method, counted(getattr(engine._api, method), calls))
+        monkeypatch.setattr(DockerEngine, "inspect", counted(DockerEngine.inspect, calls))  # nodes
+        nodes = engine.nodes
+        monkeypatch.setattr(nodes, "orphans", lambda *_args: [])  # one listing per node: apart
+        listed = {s.labels["hgrun.test-name"]: s for s in engine.list(mark)}
+        assert sorted(calls) == ["services", "tasks", "tasks"], calls
+        assert {name: (s.id, s.status, s.exit_code) for name, s in listed.items()} == {
+            "running": (ids["running"], ContainerStatus.RUNNING, None),
+            "exited": (ids["exited"], ContainerStatus.EXITED, 5),
+            "exited-too": (ids["exited-too"], ContainerStatus.EXITED, 7),
+        }
+        assert all(s.partial for s in listed.values())
+        assert listed["exited"].finished_at is not None
+        full = engine.inspect(ids["exited"])
+        assert (full.status, full.exit_code, full.partial) == (ContainerStatus.EXITED, 5, False)
+        assert full.started_at is not None
+        # A service gone between the two calls: the rest are still listed.
+        engine._api.remove_service(ids["exited-too"])
+        assert set(engine._newest_tasks(list(ids.values()))) == {ids["running"], ids["exited"]}
+        assert ids["exited-too"] not in {s.id for s in engine.list(mark)}
+    finally:
+        for service in ids.values():
+            with contextlib.suppress(HgrunError):
+                engine.remove(service)
+        asyncio.run(engine.aclose())
+
+
+def _manager_saw_the_end(engine: Any, service: str) -> bool:
+    raw = engine._current_task(service)
+    return raw is not None and task_state(raw)[0] is ContainerStatus.EXITED
 
 
 def test_a_service_removed_before_its_start_leaves_no_container_on_its_node(swarm: Swarm) -> None:

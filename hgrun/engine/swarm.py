@@ -398,8 +398,13 @@ class SwarmEngine(SwarmTasks):
             pass
 
     def list(self, labels: Mapping[str, str]) -> list[ContainerState]:
-        """The services carrying ``labels``, each as its task's state; then the orphans: task
-        containers on the nodes whose service is gone (id ``orphan:NODE/CONTAINER``)."""
+        """The services carrying ``labels``, each as its task's state as the manager tells it
+        (partial: ``inspect`` asks the task's node for the rest); then the orphans: task
+        containers on the nodes whose service is gone (id ``orphan:NODE/CONTAINER``).
+
+        The manager is asked for the services, then for their tasks TASKS_AT_ONCE services a
+        call: a task query and a node inspect per service was a few calls per run in flight
+        at every recovery pass."""
         filters = {"label": [f"{k}={v}" if v else k for k, v in labels.items()]}
 
         def listed() -> list[dict[str, Any]]:
@@ -407,25 +412,43 @@ class SwarmEngine(SwarmTasks):
                 return list(self._api.services(filters=filters))
 
         services = listed()
+        tasks = self._newest_tasks([str(s["ID"]) for s in services])
         states = []
         for service in services:
             service_id = str(service["ID"])
-            with contextlib.suppress(NotFoundError):
-                raw = self._current_task(service_id)
-                if raw is None:
-                    spec_labels = (service.get("Spec") or {}).get("Labels") or {}
-                    states.append(
-                        ContainerState(
-                            id=service_id,
-                            labels=dict(spec_labels),
-                            status=ContainerStatus.CREATED,
-                            exit_code=None,
-                            oom_killed=False,
-                            error="",
-                        )
+            if service_id not in tasks:
+                continue  # removed since it was listed
+            raw = tasks[service_id]
+            if raw is None:
+                spec_labels = (service.get("Spec") or {}).get("Labels") or {}
+                states.append(
+                    ContainerState(
+                        id=service_id,
+                        labels=dict(spec_labels),
+                        status=ContainerStatus.CREATED,
+                        exit_code=None,
+                        oom_killed=False,
+                        error="",
                     )
-                    continue
-                states.append(self._state(service_id, raw))
+                )
+                continue
+            word, code, err = task_state(raw)
+            task_labels = (raw.get("Spec") or {}).get("ContainerSpec", {}).get("Labels") or {}
+            finished = None
+            if word is ContainerStatus.EXITED:
+                finished = timestamp(str((raw.get("Status") or {}).get("Timestamp") or ""))
+            states.append(
+                ContainerState(
+                    id=service_id,
+                    labels=dict(task_labels),
+                    status=word,
+                    exit_code=code,
+                    oom_killed=False,
+                    error=err,
+                    finished_at=finished,
+                    partial=True,
+                )
+            )
         runs = {s.labels.get(LABEL_RUN) for s in states}
         for node, state in self.nodes.orphans(labels, lambda: {str(s["ID"]) for s in listed()}):
             if state.labels.get(LABEL_RUN) not in runs:

@@ -16,6 +16,9 @@ from hgrun.engine.swarmnodes import NodeClient, Nodes
 from hgrun.engine.swarmspec import LABEL_FRAMED, TASK_ENDED, task_state, unplaceable
 from hgrun.errors import EngineError, NotFoundError
 
+# Services per task query when listing: their ids go in the query string (25 bytes each).
+TASKS_AT_ONCE = 100
+
 
 @dataclasses.dataclass
 class _Task:
@@ -69,7 +72,32 @@ class SwarmTasks:
         if not tasks:
             return None
         # One task per service (a job of one, never restarted): the newest, to be sure.
-        return max(tasks, key=lambda t: str(t.get("CreatedAt", "")))
+        return max(tasks, key=_created)
+
+    def _newest_tasks(self, service_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """Service id -> its newest task (one task per service: a job of one, never restarted;
+        the newest, to be sure), None before it has one, for many services in few calls to the
+        manager. A service removed meanwhile is left out (the manager refuses a query naming
+        it: its batch is asked again one service at a time)."""
+        newest: dict[str, dict[str, Any] | None] = {}
+        batches = [list(service_ids[at : at + TASKS_AT_ONCE])
+                   for at in range(0, len(service_ids), TASKS_AT_ONCE)]  # fmt: skip
+        while batches:
+            some = batches.pop()
+            try:
+                with _translate("cannot list the tasks of swarm services"):
+                    tasks = list(self._api.tasks(filters={"service": some}))
+            except NotFoundError:
+                if len(some) > 1:
+                    batches += [[one] for one in some]
+                continue
+            newest.update((service, None) for service in some)
+            for task in tasks:
+                service = str(task.get("ServiceID", ""))
+                known = newest.get(service)
+                if known is None or _created(task) > _created(known):
+                    newest[service] = task
+        return newest
 
     def _task(self, service_id: str, task: Mapping[str, Any] | None = None) -> _Task:
         known = self._tasks.get(service_id)
@@ -93,3 +121,7 @@ class SwarmTasks:
         )
         self._tasks[service_id] = found
         return found
+
+
+def _created(task: Mapping[str, Any]) -> str:
+    return str(task.get("CreatedAt", ""))
