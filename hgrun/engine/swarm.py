@@ -319,8 +319,10 @@ class SwarmEngine(SwarmTasks):
         return self._state(container_id, raw)
 
     def _state(self, service_id: str, raw: Mapping[str, Any]) -> ContainerState:
-        word, code, err = task_state(raw)
-        labels = (raw.get("Spec") or {}).get("ContainerSpec", {}).get("Labels") or {}
+        """The task's state, the manager's word completed by its node's (``_told`` alone is
+        what a listing gives)."""
+        told = _told(service_id, raw)
+        word, code = told.status, told.exit_code
         oom = False
         started = finished = None
         with contextlib.suppress(HgrunError):
@@ -339,17 +341,11 @@ class SwarmEngine(SwarmTasks):
                 # (what "created" means to recovery after a restart).
                 word, started = ContainerStatus.CREATED, None
         if finished is None and word is ContainerStatus.EXITED:
-            finished = timestamp(str((raw.get("Status") or {}).get("Timestamp") or ""))
-        return ContainerState(
-            id=service_id,
-            labels=dict(labels),
-            status=word,
-            exit_code=code,
-            oom_killed=oom,
-            error=err,
-            finished_at=finished,
-            started_at=started,
-        )
+            finished = _ended_at(raw)
+        return dataclasses.replace(
+            told, status=word, exit_code=code, oom_killed=oom, finished_at=finished,
+            started_at=started, partial=False,
+        )  # fmt: skip
 
     def _gate_open(self, task: _Task) -> bool:
         """Whether :meth:`start` copied the go file in (the shim leaves it there)."""
@@ -432,23 +428,7 @@ class SwarmEngine(SwarmTasks):
                     )
                 )
                 continue
-            word, code, err = task_state(raw)
-            task_labels = (raw.get("Spec") or {}).get("ContainerSpec", {}).get("Labels") or {}
-            finished = None
-            if word is ContainerStatus.EXITED:
-                finished = timestamp(str((raw.get("Status") or {}).get("Timestamp") or ""))
-            states.append(
-                ContainerState(
-                    id=service_id,
-                    labels=dict(task_labels),
-                    status=word,
-                    exit_code=code,
-                    oom_killed=False,
-                    error=err,
-                    finished_at=finished,
-                    partial=True,
-                )
-            )
+            states.append(_told(service_id, raw))
         runs = {s.labels.get(LABEL_RUN) for s in states}
         for node, state in self.nodes.orphans(labels, lambda: {str(s["ID"]) for s in listed()}):
             if state.labels.get(LABEL_RUN) not in runs:
@@ -459,3 +439,23 @@ class SwarmEngine(SwarmTasks):
         await self.nodes.aclose()
         await self.manager.aclose()
         self._api.close()
+
+
+def _told(service_id: str, raw: Mapping[str, Any]) -> ContainerState:
+    """A service's task as the manager tells it: partial (its node knows the rest)."""
+    word, code, err = task_state(raw)
+    labels = (raw.get("Spec") or {}).get("ContainerSpec", {}).get("Labels") or {}
+    return ContainerState(
+        id=service_id,
+        labels=dict(labels),
+        status=word,
+        exit_code=code,
+        oom_killed=False,
+        error=err,
+        finished_at=_ended_at(raw) if word is ContainerStatus.EXITED else None,
+        partial=True,
+    )
+
+
+def _ended_at(raw: Mapping[str, Any]) -> float | None:
+    return timestamp(str((raw.get("Status") or {}).get("Timestamp") or ""))
