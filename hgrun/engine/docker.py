@@ -34,7 +34,7 @@ from hgrun.engine import (
 )
 from hgrun.engine.attachpipe import Pipe
 from hgrun.engine.dockerevents import Exits
-from hgrun.engine.dockerspec import create_args
+from hgrun.engine.dockerspec import create_args, name_files
 from hgrun.engine.dockerwire import (
     ERROR_BODY,
     RawAttach,
@@ -254,7 +254,16 @@ class DockerEngine:
             container = self._api.create_container(
                 host_config=self._api.create_host_config(**host), **args
             )
-        return str(container["Id"])
+        container_id = str(container["Id"])
+        if args.get("network_disabled"):
+            try:
+                with _translate("cannot write /etc/hosts into the container"):
+                    self._api.put_archive(container_id, "/", name_files(container_id))
+            except HgrunError:
+                with contextlib.suppress(HgrunError):  # the put's error is the one to tell
+                    self.remove(container_id)
+                raise
+        return container_id
 
     def node(self, container_id: str) -> str | None:
         """One host: no node to name."""

@@ -6,6 +6,9 @@ engine: values in, the engine's arguments out, no I/O.
 
 from __future__ import annotations
 
+import io
+import tarfile
+import time
 from typing import Any
 
 import docker.types
@@ -13,6 +16,17 @@ import docker.types
 from hgrun.engine import CAPABILITIES, DEFAULT_LOG_BYTES, LOG_DRIVER, ContainerSpec, log_options
 
 TMP = "/tmp"  # a read-only run's writable folder
+
+# What Docker writes into /etc/hosts of a container on network "none" (moby libnetwork's
+# default hosts file), for the containers made without libnetwork (see :func:`create_args`).
+HOSTS = (
+    b"127.0.0.1\tlocalhost\n"
+    b"::1\tlocalhost ip6-localhost ip6-loopback\n"
+    b"fe00::0\tip6-localnet\n"
+    b"ff00::0\tip6-mcastprefix\n"
+    b"ff02::1\tip6-allnodes\n"
+    b"ff02::2\tip6-allrouters\n"
+)
 
 
 def create_args(
@@ -34,6 +48,17 @@ def create_args(
     container starts, so an upload put into ``/tmp`` of the created container would be hidden
     under it, and it refuses an archive put anywhere else of a read-only root ("container rootfs
     is marked read-only"); a volume is mounted for the put too (moby daemon/archive.go).
+
+    Network ``none`` (the default): the container is made with Docker's ``NetworkDisabled``
+    rather than through libnetwork's "none" driver. It still gets a network namespace of its
+    own with only the loopback up (runc brings it up in a new namespace), as with ``docker run
+    --network none``; what libnetwork costs besides is a sandbox per container and a prestart
+    hook that re-executes dockerd at each start, about half the engine's CPU for a start
+    (measured: 300 creates and starts 8 at a time, 34-42 s through libnetwork, 16-20 s without,
+    host CPU 65-81 s against 30-38 s). The files libnetwork would have mounted, /etc/hosts
+    (``localhost``) and /etc/hostname, are put into the created container instead
+    (:func:`name_files`). Not for a read-only root, which refuses that put: such a run goes
+    through libnetwork as before.
     """
     host_config: dict[str, Any] = {
         "network_mode": spec.network,
@@ -77,4 +102,26 @@ def create_args(
     }
     if spec.user:
         create["user"] = spec.user
+    if without_libnetwork(spec):
+        create["network_disabled"] = True
     return create, host_config
+
+
+def without_libnetwork(spec: ContainerSpec) -> bool:
+    """Whether the run's container is made with ``NetworkDisabled`` (see :func:`create_args`):
+    then :func:`name_files` must be put into it before it starts."""
+    return spec.network == "none" and not spec.read_only
+
+
+def name_files(container_id: str) -> bytes:
+    """A tar of /etc/hosts and /etc/hostname as Docker writes them for network "none", to put
+    at "/" of a container made without libnetwork. No entry for /etc itself: an existing one
+    keeps its owner and mode, a missing one is made (0755) by Docker's unpacking."""
+    hostname = f"{container_id[:12]}\n".encode()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in (("etc/hosts", HOSTS), ("etc/hostname", hostname)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
