@@ -281,16 +281,18 @@ def containers(docker: str, env: dict[str, str], *labels: str) -> list[str]:
     ).stdout.split()
 
 
-RM_AT_ONCE = 4  # `docker rm -f` of one container each, this many at a time
+RM_AT_ONCE = 1  # `docker rm -f` of one container each, this many at a time
 
 
 def remove_leftovers(docker: str, env: dict[str, str], labels: Sequence[str]) -> int:
     """Remove every container carrying one of ``labels``; how many there were.
 
-    One container per `docker rm -f`, a few at a time: the CLI removes the ids it is given all
-    at once, and dozens of running containers exiting together deadlock dockerd 20.10 (two
-    libnetwork locks taken in opposite orders by the exit handler's sandbox delete and the
-    endpoint watch loop; seen with 50 per call, its goroutine dump in bench/README.md)."""
+    One container per `docker rm -f`, one at a time: the CLI removes the ids it is given all
+    at once, and running containers exiting together deadlock dockerd 20.10 (two libnetwork
+    locks taken in opposite orders by the exit handler's sandbox delete and the endpoint watch
+    loop; seen with 50 per call, its goroutine dump in bench/README.md, and again with 4 calls
+    at a time after 857 of 1,000 docker-side containers). hgrun's own runs on network none no
+    longer go through libnetwork."""
     removed = 0
     for label in labels:
         ids = containers(docker, env, label)
