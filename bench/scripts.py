@@ -714,8 +714,6 @@ class Bench(harness.Workspace):
         ):
             list(pool.map(lambda i: c.post(f"/v1/runs/{i}/stop"), ids))
 
-    # -- 1b. the same fan-out through the docker CLI -------------------------------------
-
     def removed(self, then: str) -> None:
         """Wait until the server has removed its runs' containers, then 5 s more. hgrun
         reports a run's end before it removes the container: the removals of the step before
@@ -729,6 +727,8 @@ class Bench(harness.Workspace):
             time.sleep(1.0)
         time.sleep(5.0)
         say(f"  hgrun's containers removed after {time.monotonic() - t - 5:.0f} s; {then}")
+
+    # -- 1b. the same fan-out through the docker CLI -------------------------------------
 
     def docker_before(self) -> None:
         """The docker side before the fan-out, its containers removed after (see 1b)."""
